@@ -1,0 +1,120 @@
+"""Which implementation (compiled or pure) and which event loop are active.
+
+One switch, read once: ``NOPORTS_NO_EXTENSIONS=1`` forces the pure-Python twins. Nothing
+else in the package reads the environment for this. Library code asks ``speedups(name)``
+for a hot-path module; tests may ask for a specific twin with ``impl="c"`` or ``"py"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import platform
+import sys
+from types import ModuleType
+from typing import Any, Callable, Coroutine, TypeVar
+
+NO_EXTENSIONS: bool = bool(os.environ.get("NOPORTS_NO_EXTENSIONS")) or (
+    platform.python_implementation() != "CPython"
+)
+
+IMPLS = ("c", "py")
+T = TypeVar("T")
+
+
+def speedups(name: str, impl: str | None = None) -> ModuleType:
+    """Return the twin module for hot path ``name``: ``noports._speedups.<name>_c`` or ``_py``.
+
+    ``impl=None`` picks the compiled twin unless NOPORTS_NO_EXTENSIONS is set. When the
+    compiled twin was expected but cannot be imported this raises ImportError: a broken
+    build must be loud, never a quiet slowdown.
+    """
+    if impl is None:
+        impl = "py" if NO_EXTENSIONS else "c"
+    if impl not in IMPLS:
+        raise ValueError(f"unknown implementation {impl!r}")
+    return importlib.import_module(f"noports._speedups.{name}_{impl}")
+
+
+def implementation() -> str:
+    """'compiled' when the compiled speedups are active, else 'pure'."""
+    if NO_EXTENSIONS:
+        return "pure"
+    try:
+        speedups("pump")
+    except ImportError:
+        return "pure (compiled speedups missing)"
+    return "compiled"
+
+
+def have_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def loop_name(kind: str | None = None) -> str:
+    """Name of the loop ``new_event_loop(kind)`` creates."""
+    kind = kind or os.environ.get("NOPORTS_LOOP") or ("uvloop" if have_uvloop() else "asyncio")
+    if kind not in ("uvloop", "asyncio"):
+        raise ValueError(f"unknown event loop {kind!r} (uvloop or asyncio)")
+    if kind == "uvloop" and not have_uvloop():
+        raise ValueError("uvloop requested but not installed")
+    return kind
+
+
+def new_event_loop(kind: str | None = None) -> asyncio.AbstractEventLoop:
+    """A fresh event loop: uvloop when installed (or asked for), else asyncio's default.
+
+    ``NOPORTS_LOOP=asyncio|uvloop`` overrides the default for a whole process.
+    """
+    if loop_name(kind) == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def run(main: Coroutine[Any, Any, T], loop: str | None = None) -> T:
+    """Run ``main`` to completion on a new loop of the chosen kind."""
+    ev = new_event_loop(loop)
+    try:
+        asyncio.set_event_loop(ev)
+        return ev.run_until_complete(main)
+    finally:
+        try:
+            _cancel_all(ev)
+            ev.run_until_complete(ev.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            ev.close()
+
+
+def _cancel_all(ev: asyncio.AbstractEventLoop) -> None:
+    tasks = [t for t in asyncio.all_tasks(ev) if not t.done()]
+    for t in tasks:
+        t.cancel()
+    if tasks:
+        ev.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+
+
+def openssl_version() -> str:
+    from cryptography.hazmat.backends.openssl.backend import backend
+
+    return backend.openssl_version_text()
+
+
+def version_text(prog: str) -> str:
+    """The ``--version`` line every program prints."""
+    from . import __version__
+
+    return (
+        f"{prog} (noports) {__version__}; implementation {implementation()}; "
+        f"event loop {loop_name()}; {openssl_version()}; "
+        f"Python {platform.python_version()} on {sys.platform}-{platform.machine()}"
+    )
+
+

@@ -1,0 +1,1 @@
+"""Thin argparse front ends: each module exposes ``main(argv=None) -> int``."""

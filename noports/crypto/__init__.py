@@ -1,0 +1,1 @@
+"""Cryptographic building blocks: keys, .atKeys files, signed envelopes, ciphers."""
