@@ -102,3 +102,6 @@ def free_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Any:
         if var.startswith(("NOPORTS_", "RV_")):
             monkeypatch.delenv(var, raising=False)
     return home
+
+
+pytest_plugins = ["tests.fixtures_atsdk", "tests.fixtures_at"]
