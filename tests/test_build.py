@@ -1,0 +1,85 @@
+"""The build and the implementation switch.
+
+A normal install must run the compiled speedups (a silent fallback would hide a broken build,
+msgpack #481); NOPORTS_NO_EXTENSIONS=1 must select the pure twins; every twin pair exposes the
+same public names; every program's --version names version, implementation, loop and OpenSSL.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+from noports import _compat
+from noports._speedups import NAMES
+
+
+def _py(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    e = {k: v for k, v in os.environ.items() if k != "NOPORTS_NO_EXTENSIONS"}
+    e.update(env)
+    return subprocess.run(
+        [sys.executable, "-I", "-W", "error::RuntimeWarning", "-c", code],
+        capture_output=True, text=True, timeout=60, env=e, cwd=os.getcwd(),
+    )
+
+
+@pytest.mark.c_extension
+def test_compiled_speedups_are_active_by_default():
+    # -I ignores PYTHONPATH and the cwd: this is the installed package, as users get it.
+    p = _py("from noports import _compat; print(_compat.implementation())")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "compiled"
+
+
+@pytest.mark.c_extension
+@pytest.mark.parametrize("name", NAMES)
+def test_each_compiled_twin_imports_as_extension_module(name):
+    p = _py(f"import noports._speedups.{name}_c as m; print(m.__file__)")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().endswith((".so", ".pyd")), p.stdout
+
+
+def test_no_extensions_env_selects_pure_twins():
+    p = _py(
+        "from noports import _compat; m = _compat.speedups('pump'); "
+        "print(_compat.implementation(), m.__name__)",
+        NOPORTS_NO_EXTENSIONS="1",
+    )
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["pure", "noports._speedups.pump_py"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_twins_expose_the_same_public_api(name, impl):
+    if impl == "py":
+        pytest.skip("compared from the compiled side")
+    c = importlib.import_module(f"noports._speedups.{name}_c")
+    py = importlib.import_module(f"noports._speedups.{name}_py")
+    public = lambda m: {n for n in dir(m) if not n.startswith("_")} - {"annotations"}  # noqa: E731
+    assert public(py) <= public(c), f"compiled {name} lacks {public(py) - public(c)}"
+
+
+def test_unknown_impl_is_an_error():
+    with pytest.raises(ValueError):
+        _compat.speedups("pump", "fortran")
+
+
+@pytest.mark.parametrize("module", ["noports", "srv", "server_cli"])
+def test_version_names_implementation_loop_and_openssl(module):
+    target = {
+        "noports": "noports.cli.noports",
+        "srv": "noports.cli.srv",
+        "server_cli": "noports.cli.noports",
+    }[module]
+    argv = ["server", "--version"] if module == "server_cli" else ["--version"]
+    p = subprocess.run(
+        [sys.executable, "-m", target, *argv], capture_output=True, text=True, timeout=60
+    )
+    assert p.returncode == 0, p.stderr
+    line = p.stdout.strip()
+    assert "noports" in line and "implementation" in line and "event loop" in line
+    assert "OpenSSL" in line
