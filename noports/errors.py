@@ -53,6 +53,10 @@ class InsecureFileError(KeyFileError):
     exit_code = EXIT_AUTH
 
 
+class PortsExhaustedError(LocalError):
+    """No free listening ports left in a configured port range (relay)."""
+
+
 class ProtocolError(RemoteError):
     """A peer's bytes do not follow the protocol."""
 
