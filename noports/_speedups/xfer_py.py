@@ -1,0 +1,253 @@
+"""Transfer loop, pure-Python twin (the specification of ``noports._speedups.xfer_c``).
+
+A *pump* moves bytes one way, from a non-blocking source socket to a non-blocking
+destination socket, through a transform, without allocating per chunk (DESIGN decision 5):
+``recv_into`` one preallocated buffer, transform in place (CTR ``update_into``) or into a
+second preallocated buffer (AEAD ``encrypt_into``/``decrypt_into``), ``send`` from it. A pump
+never reads while it still holds unsent output, so it holds at most one buffer of data:
+that is the backpressure, in both directions, with no extra queue.
+
+``step()`` does as much as it can without blocking and says what it waits for:
+
+* ``WANT_READ``  - the source is drained (or the per-step budget is used up): call again
+  when the source is readable;
+* ``WANT_WRITE`` - the destination is full: call again when it is writable;
+* ``DONE``       - the source ended in order (TCP EOF; for record streams, the verified
+  close record) and every byte, including our own close record, has been sent. The caller
+  then half-closes the destination.
+
+Errors propagate: ``OSError`` from the sockets, ``IntegrityError``/``TruncationError``
+from record streams. The asyncio glue lives in ``noports.tunnel.bridge``.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from ..crypto.records import HEADER_LEN, MAX_FRAME, MAX_PLAINTEXT, PREAMBLE_LEN, TAG_LEN
+from ..errors import IntegrityError, TruncationError
+
+WANT_READ = 1
+WANT_WRITE = 2
+DONE = 3
+
+DEFAULT_BUFSIZE = 256 * 1024
+MAX_ROUNDS = 16
+RECORDS_PER_READ = 4
+
+
+class CopyPump:
+    """src -> dst, raw or through an AES-CTR context applied in place."""
+
+    def __init__(
+        self,
+        src: socket.socket,
+        dst: socket.socket,
+        ctx: Any = None,
+        bufsize: int = DEFAULT_BUFSIZE,
+        max_rounds: int = MAX_ROUNDS,
+    ) -> None:
+        self.src = src
+        self.dst = dst
+        self.ctx = ctx
+        self.bufsize = bufsize
+        self.max_rounds = max_rounds
+        self.buf = bytearray(bufsize)
+        self.mv = memoryview(self.buf)
+        self.off = 0
+        self.end = 0
+        self.eof = False
+        self.transferred = 0
+
+    def step(self) -> int:
+        rounds = 0
+        mv = self.mv
+        while True:
+            if self.off < self.end:
+                try:
+                    n = self.dst.send(mv[self.off:self.end])
+                except BlockingIOError:
+                    return WANT_WRITE
+                self.off += n
+                if self.off < self.end:
+                    return WANT_WRITE
+            if self.eof:
+                return DONE
+            if rounds >= self.max_rounds:
+                return WANT_READ
+            rounds += 1
+            try:
+                n = self.src.recv_into(mv, self.bufsize)
+            except BlockingIOError:
+                return WANT_READ
+            if n == 0:
+                self.eof = True
+                return DONE
+            if self.ctx is not None:
+                self.ctx.update_into(mv[:n], mv)
+            self.off = 0
+            self.end = n
+            self.transferred += n
+
+
+class SealPump:
+    """Plaintext src -> record stream on dst (``RecordSealer``); EOF becomes the close record."""
+
+    def __init__(
+        self,
+        src: socket.socket,
+        dst: socket.socket,
+        sealer: Any,
+        bufsize: int = RECORDS_PER_READ * MAX_PLAINTEXT,
+        max_rounds: int = MAX_ROUNDS,
+    ) -> None:
+        self.src = src
+        self.dst = dst
+        self.sealer = sealer
+        self.inlen = max(1, min(bufsize, RECORDS_PER_READ * MAX_PLAINTEXT))
+        self.max_rounds = max_rounds
+        self.inbuf = bytearray(self.inlen)
+        self.inmv = memoryview(self.inbuf)
+        nrec = (self.inlen + MAX_PLAINTEXT - 1) // MAX_PLAINTEXT
+        self.outbuf = bytearray(PREAMBLE_LEN + self.inlen + (nrec + 1) * (HEADER_LEN + TAG_LEN))
+        self.outmv = memoryview(self.outbuf)
+        self.off = 0
+        self.end = 0
+        self.eof = False
+        self.transferred = 0
+
+    def step(self) -> int:
+        rounds = 0
+        out = self.outmv
+        inp = self.inmv
+        sealer = self.sealer
+        while True:
+            if self.off < self.end:
+                try:
+                    n = self.dst.send(out[self.off:self.end])
+                except BlockingIOError:
+                    return WANT_WRITE
+                self.off += n
+                if self.off < self.end:
+                    return WANT_WRITE
+            if self.eof:
+                return DONE
+            if rounds >= self.max_rounds:
+                return WANT_READ
+            rounds += 1
+            try:
+                n = self.src.recv_into(inp, self.inlen)
+            except BlockingIOError:
+                return WANT_READ
+            pos = sealer.start_into(out)
+            if n == 0:
+                pos += sealer.close_into(out[pos:])
+                self.eof = True
+            else:
+                off = 0
+                while off < n:
+                    chunk = min(n - off, MAX_PLAINTEXT)
+                    pos += sealer.seal_into(inp[off:off + chunk], out[pos:])
+                    off += chunk
+                self.transferred += n
+            self.off = 0
+            self.end = pos
+
+
+class OpenPump:
+    """Record stream src -> verified plaintext on dst (``RecordOpener``).
+
+    A record's plaintext reaches ``dst`` only after its tag verified. EOF before the close
+    record raises ``TruncationError``; bytes after it raise ``IntegrityError``.
+    """
+
+    def __init__(
+        self,
+        src: socket.socket,
+        dst: socket.socket,
+        opener: Any,
+        bufsize: int = RECORDS_PER_READ * MAX_PLAINTEXT,
+        max_rounds: int = MAX_ROUNDS,
+    ) -> None:
+        self.src = src
+        self.dst = dst
+        self.opener = opener
+        self.outlen = max(MAX_PLAINTEXT, bufsize)
+        self.inlen = self.outlen + MAX_FRAME
+        self.max_rounds = max_rounds
+        self.inbuf = bytearray(self.inlen)
+        self.inmv = memoryview(self.inbuf)
+        self.outbuf = bytearray(self.outlen)
+        self.outmv = memoryview(self.outbuf)
+        self.istart = 0
+        self.iend = 0
+        self.off = 0
+        self.end = 0
+        self.eof = False
+        self.transferred = 0
+
+    def _decode(self) -> int:
+        """Open every whole record that fits the output buffer; returns plaintext bytes."""
+        opener = self.opener
+        inp = self.inmv
+        pos = 0
+        while True:
+            avail = self.iend - self.istart
+            if not opener.started:
+                if avail < PREAMBLE_LEN:
+                    return pos
+                opener.take_preamble(inp[self.istart:self.istart + PREAMBLE_LEN])
+                self.istart += PREAMBLE_LEN
+                continue
+            if avail < HEADER_LEN:
+                return pos
+            flen = opener.frame_length(inp[self.istart:self.istart + HEADER_LEN])
+            if avail < flen or pos + flen - HEADER_LEN - TAG_LEN > self.outlen:
+                return pos
+            pos += opener.open_into(inp[self.istart:self.istart + flen], self.outmv[pos:])
+            self.istart += flen
+            if opener.closed:
+                if self.istart != self.iend:
+                    raise IntegrityError("data after the close record")
+                self.eof = True
+                return pos
+
+    def step(self) -> int:
+        rounds = 0
+        out = self.outmv
+        while True:
+            if self.off < self.end:
+                try:
+                    n = self.dst.send(out[self.off:self.end])
+                except BlockingIOError:
+                    return WANT_WRITE
+                self.off += n
+                if self.off < self.end:
+                    return WANT_WRITE
+            if self.eof:
+                return DONE
+            n = self._decode()
+            if n:
+                self.off = 0
+                self.end = n
+                self.transferred += n
+                continue
+            if self.eof:
+                return DONE
+            if rounds >= self.max_rounds:
+                return WANT_READ
+            rounds += 1
+            if self.istart == self.iend:
+                self.istart = self.iend = 0
+            elif self.inlen - self.iend < MAX_FRAME:
+                left = self.iend - self.istart
+                self.inmv[0:left] = self.inmv[self.istart:self.iend]
+                self.istart, self.iend = 0, left
+            try:
+                n = self.src.recv_into(self.inmv[self.iend:], self.inlen - self.iend)
+            except BlockingIOError:
+                return WANT_READ
+            if n == 0:
+                raise TruncationError("record stream ended without a close record")
+            self.iend += n
