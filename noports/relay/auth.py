@@ -1,0 +1,112 @@
+"""The relay auth line as a sans-IO state machine (spec noports-protocol 4.4).
+
+Bytes go in, a verdict comes out; nothing here reads a clock or touches a socket, so the
+parser can be tested and fuzzed on its own. The adapter (``inbound.py``) enforces the
+absolute deadline and asks ``want()`` how many bytes it may read next: the verifier never
+lets more than ``max_line`` bytes (newline included) be read before a verdict, so an
+oversized sender is cut at the cap instead of being buffered (finding 2b.2).
+
+A verdict is final. ``rest`` holds the bytes that followed the newline in the same read:
+they are tunnel data and must be forwarded, never dropped.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from ..crypto import rsa
+from ..crypto.envelope import relay_expected_bytes, verify_relay_auth_line
+from ..errors import SignatureError
+
+DEFAULT_MAX_LINE = 4096
+
+
+class Outcome(enum.Enum):
+    NEED_MORE = "need_more"
+    OK = "ok"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: Outcome
+    reason: str = ""
+    rest: bytes = b""
+
+
+NEED_MORE = Verdict(Outcome.NEED_MORE)
+
+
+class AuthLine:
+    """Accumulates one connection's first line and checks it against a session.
+
+    ``reason`` values on failure (stable, for logs and counters): ``oversize``, ``eof``,
+    ``malformed`` (not a signed envelope), ``nonce`` (rvdNonce of another session or a
+    stale one), ``bad_sig`` (signature does not verify with this side's key).
+    """
+
+    __slots__ = ("_buf", "_expected", "_rvd_nonce", "_key", "_max", "_verdict")
+
+    def __init__(
+        self,
+        session_id: str,
+        client_nonce: str,
+        rvd_nonce: str,
+        key: rsa.PublicKey,
+        max_line: int = DEFAULT_MAX_LINE,
+    ) -> None:
+        if max_line < 2:
+            raise ValueError("max_line must allow at least one byte and a newline")
+        self._buf = bytearray()
+        self._expected = relay_expected_bytes(session_id, client_nonce, rvd_nonce)
+        self._rvd_nonce = rvd_nonce
+        self._key = key
+        self._max = max_line
+        self._verdict = NEED_MORE
+
+    @property
+    def verdict(self) -> Verdict:
+        return self._verdict
+
+    def want(self) -> int:
+        """How many more bytes may be read before a verdict is forced (0 once decided)."""
+        if self._verdict.outcome is not Outcome.NEED_MORE:
+            return 0
+        return self._max - len(self._buf)
+
+    def feed(self, data: bytes) -> Verdict:
+        """Add received bytes. Bytes beyond ``want()`` are an adapter bug, still handled."""
+        if self._verdict.outcome is not Outcome.NEED_MORE:
+            return self._verdict
+        start = len(self._buf)
+        self._buf += data
+        nl = self._buf.find(b"\n", start)
+        if nl < 0 or nl >= self._max:
+            if len(self._buf) >= self._max:
+                return self._decide(Verdict(Outcome.FAILED, "oversize"))
+            return NEED_MORE
+        line = bytes(self._buf[:nl])
+        rest = bytes(self._buf[nl + 1 :])
+        return self._decide(self._check(line, rest))
+
+    def eof(self) -> Verdict:
+        """The peer closed (or half-closed) before finishing its line."""
+        if self._verdict.outcome is NEED_MORE.outcome:
+            return self._decide(Verdict(Outcome.FAILED, "eof"))
+        return self._verdict
+
+    def _decide(self, verdict: Verdict) -> Verdict:
+        self._verdict = verdict
+        self._buf = bytearray()  # the line is a bearer token: do not keep it around
+        return verdict
+
+    def _check(self, line: bytes, rest: bytes) -> Verdict:
+        try:
+            verify_relay_auth_line(line, self._expected, self._rvd_nonce, self._key)
+        except SignatureError as exc:
+            reason = "nonce" if "rvdNonce" in str(exc) else "bad_sig"
+            return Verdict(Outcome.FAILED, reason)
+        except Exception:  # noqa: BLE001 - any parse failure (incl. RecursionError) is a refusal
+            return Verdict(Outcome.FAILED, "malformed")
+        return Verdict(Outcome.OK, "", rest)

@@ -1,0 +1,188 @@
+"""One accepted relay socket before it is paired: authentication, then waiting.
+
+The thin asyncio adapter around ``auth.AuthLine``. It reads with ``add_reader`` on the raw
+fd (no transport, so the pump can take the fd over later without copies), enforces the
+absolute auth deadline from an injected clock, and buffers a bounded amount of data while
+waiting for a partner. It never logs received bytes: the auth line is a bearer token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .auth import AuthLine, Outcome, Verdict
+
+if TYPE_CHECKING:
+    from .session import Session
+
+AUTHENTICATING = 0
+WAITING = 1
+DETACHED = 2
+CLOSED = 3
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def reset_close(sock: socket.socket) -> None:
+    """Close with RST: refused or failed peers leave no TIME_WAIT or unread data behind."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    except OSError:
+        pass
+    sock.close()
+
+
+class Inbound:
+    """An accepted socket on side 0 (A) or 1 (B) of a session, until paired or closed."""
+
+    __slots__ = ("session", "sock", "fd", "side", "peer_ip", "state", "verifier", "buf",
+                 "eof", "deadline", "_timer", "_reading", "_loop", "_clock", "_gated")
+
+    def __init__(
+        self,
+        session: Session,
+        sock: socket.socket,
+        side: int,
+        peer_ip: str,
+        verifier: AuthLine | None,
+        loop: asyncio.AbstractEventLoop,
+        clock: Callable[[], float],
+        gated: bool,
+    ) -> None:
+        self.session = session
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.side = side
+        self.peer_ip = peer_ip
+        self.verifier = verifier
+        self.state = AUTHENTICATING if verifier is not None else WAITING
+        self.buf = bytearray()
+        self.eof = False
+        self.deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._reading = False
+        self._loop = loop
+        self._clock = clock
+        self._gated = gated  # holds a PreAuthGate slot until it leaves AUTHENTICATING
+
+    def start(self, auth_timeout: float) -> None:
+        if self.state == AUTHENTICATING:
+            self.deadline = self._clock() + auth_timeout
+            self._timer = self._loop.call_later(auth_timeout, self._check_deadline)
+        self._resume()
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _resume(self) -> None:
+        if not self._reading:
+            self._loop.add_reader(self.fd, self._on_readable)
+            self._reading = True
+
+    def _pause(self) -> None:
+        if self._reading:
+            self._loop.remove_reader(self.fd)
+            self._reading = False
+
+    def _on_readable(self) -> None:
+        if self.state == AUTHENTICATING:
+            self._read_auth()
+        elif self.state == WAITING:
+            self._read_waiting()
+
+    def _read_auth(self) -> None:
+        verifier = self.verifier
+        assert verifier is not None
+        try:
+            data = self.sock.recv(verifier.want())
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._fail("error")
+            return
+        verdict = verifier.feed(data) if data else verifier.eof()
+        if verdict.outcome is Outcome.NEED_MORE:
+            return
+        if verdict.outcome is Outcome.FAILED:
+            self._fail(verdict.reason)
+            return
+        self._authenticated(verdict)
+
+    def _authenticated(self, verdict: Verdict) -> None:
+        self._leave_auth()
+        self.verifier = None
+        self.state = WAITING
+        if verdict.rest:
+            self.buf += verdict.rest
+        self.session._on_authenticated(self)
+        if self.state == WAITING and len(self.buf) >= self.session.limits.prepair_buffer:
+            self._pause()
+
+    def _read_waiting(self) -> None:
+        room = self.session.limits.prepair_buffer - len(self.buf)
+        if room <= 0:
+            self._pause()
+            return
+        try:
+            data = self.sock.recv(room)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.session._on_waiting_failed(self)
+            return
+        if not data:
+            # Half-close before pairing: remember it, the pump propagates it after the data.
+            self.eof = True
+            self._pause()
+            return
+        self.buf += data
+        if len(self.buf) >= self.session.limits.prepair_buffer:
+            self._pause()
+
+    # -- deadline -----------------------------------------------------------------------
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        if self.state != AUTHENTICATING:
+            return
+        left = self.deadline - self._clock()
+        if left > 0:  # the injected clock runs behind the loop's: wait for it
+            self._timer = self._loop.call_later(left, self._check_deadline)
+            return
+        self._fail("timeout")
+
+    # -- endings ------------------------------------------------------------------------
+
+    def _leave_auth(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._gated:
+            self._gated = False
+            self.session._release_gate(self.peer_ip)
+
+    def _fail(self, reason: str) -> None:
+        self.close()
+        self.session._on_auth_failed(self, reason)
+
+    def detach(self) -> tuple[socket.socket, bytes, bool]:
+        """Hand the socket, its buffered data and its EOF flag to a pump."""
+        self._pause()
+        self._leave_auth()
+        self.state = DETACHED
+        data = bytes(self.buf)
+        self.buf = bytearray()
+        return self.sock, data, self.eof
+
+    def close(self) -> None:
+        if self.state in (CLOSED, DETACHED):
+            return
+        self._pause()
+        self._leave_auth()
+        self.state = CLOSED
+        self.verifier = None
+        self.buf = bytearray()
+        reset_close(self.sock)

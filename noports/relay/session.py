@@ -1,0 +1,311 @@
+"""One relay session: two listening ports, socket authentication, FIFO pairing, pumps.
+
+Official semantics (spec 4.3) with the holes closed: any number of sockets per side; each
+authenticates on its own (a failure closes that socket only and does not use up a slot);
+authenticated sockets pair in the order they authenticated; data received before pairing
+is kept (bounded) and delivered first. The session ends "lonely" if no pair forms within
+``pair_timeout`` and "happy" when its last pair ends; ``close()`` ends it "cancelled".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from ..crypto import rsa
+from .auth import AuthLine
+from .inbound import WAITING, Inbound, reset_close
+from .limits import PreAuthGate, RelayLimits
+
+if TYPE_CHECKING:
+    from .relay import Relay
+
+log = logging.getLogger("noports.relay")
+
+SIDES = ("A", "B")
+_ACCEPTS_PER_WAKEUP = 64
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """What a session request asks for (spec 4.2, request R1)."""
+
+    session_id: str
+    atsign_a: str
+    atsign_b: str
+    client_nonce: str
+    auth_a: bool = True
+    auth_b: bool = True
+    public_key_a: rsa.PublicKey | None = None
+    public_key_b: rsa.PublicKey | None = None
+    rvd_nonce: str | None = None
+
+
+@dataclass
+class SessionStats:
+    """Counters of one session; ``outcome`` is its "mood" once closed.
+
+    Moods: ``happy`` (at least one pair formed and all ended), ``lonely`` (no pair within
+    the pair timeout), ``cancelled`` (closed by the relay or by ``Session.close``).
+    """
+
+    bytes_a_to_b: int = 0
+    bytes_b_to_a: int = 0
+    pairs: int = 0
+    pairs_failed: int = 0
+    auth_ok: int = 0
+    auth_failed: int = 0
+    refused: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    outcome: str | None = None
+
+
+class Session:
+    """Created by ``Relay.create_session``; not constructed directly."""
+
+    def __init__(
+        self,
+        relay: Relay,
+        spec: SessionSpec,
+        rvd_nonce: str,
+        listeners: tuple[socket.socket, socket.socket],
+        host: str,
+        pump_mod: ModuleType,
+    ) -> None:
+        self.spec = spec
+        self.session_id = spec.session_id
+        self.rvd_nonce = rvd_nonce
+        self.host = host
+        self.port_a: int = listeners[0].getsockname()[1]
+        self.port_b: int = listeners[1].getsockname()[1]
+        self.stats = SessionStats()
+        self.limits: RelayLimits = relay.limits
+        self._relay = relay
+        self._loop: asyncio.AbstractEventLoop = relay.loop
+        self._clock: Callable[[], float] = relay.clock
+        self._gate: PreAuthGate = relay.gate
+        self._pump_mod = pump_mod
+        self._listeners: list[socket.socket | None] = list(listeners)
+        self._auth = (spec.auth_a, spec.auth_b)
+        self._keys = (spec.public_key_a, spec.public_key_b)
+        self._authenticating: set[Inbound] = set()
+        self._pending: tuple[deque[Inbound], deque[Inbound]] = (deque(), deque())
+        self._pumps: set[Any] = set()
+        self._closed_fut: asyncio.Future[SessionStats] = self._loop.create_future()
+        self._created = self._clock()
+        self._timer: asyncio.TimerHandle | None = None
+        self._accept_paused = [False, False]
+        self.closed = False
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def _start(self) -> None:
+        for side in (0, 1):
+            self._listen(side)
+        self._timer = self._loop.call_later(self.limits.pair_timeout, self._check_lonely)
+        log.info("session %s started for %s to %s on ports (%d, %d)", self.session_id,
+                 self.spec.atsign_a, self.spec.atsign_b, self.port_a, self.port_b)
+
+    def _listen(self, side: int) -> None:
+        lsock = self._listeners[side]
+        if lsock is not None:
+            self._loop.add_reader(lsock.fileno(), self._on_accept, side)
+
+    async def wait_closed(self) -> SessionStats:
+        """Wait until the session has ended; returns its final stats."""
+        return await asyncio.shield(self._closed_fut)
+
+    @property
+    def live_pairs(self) -> int:
+        return len(self._pumps)
+
+    @property
+    def pending_counts(self) -> tuple[int, int, int]:
+        """(authenticating, waiting on A, waiting on B): for tests and metrics."""
+        return len(self._authenticating), len(self._pending[0]), len(self._pending[1])
+
+    def close(self, outcome: str = "cancelled") -> None:
+        """End the session now: listeners, waiting sockets and live pairs are all closed."""
+        if self.closed:
+            return
+        self.closed = True
+        self.stats.outcome = outcome
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for side, lsock in enumerate(self._listeners):
+            if lsock is not None:
+                if not self._accept_paused[side]:
+                    self._loop.remove_reader(lsock.fileno())
+                lsock.close()
+                self._listeners[side] = None
+        for inbound in list(self._authenticating):
+            inbound.close()
+        self._authenticating.clear()
+        for queue in self._pending:
+            for inbound in queue:
+                inbound.close()
+            queue.clear()
+        for pump in list(self._pumps):
+            pump.close()
+        self._relay._session_closed(self)
+        log.info("session %s finished (%s): %d pairs, %d bytes A->B, %d bytes B->A",
+                 self.session_id, outcome, self.stats.pairs, self.stats.bytes_a_to_b,
+                 self.stats.bytes_b_to_a)
+        if not self._closed_fut.done():
+            self._closed_fut.set_result(self.stats)
+
+    def _check_lonely(self) -> None:
+        self._timer = None
+        if self.closed or self.stats.pairs:
+            return
+        left = self._created + self.limits.pair_timeout - self._clock()
+        if left > 0:
+            self._timer = self._loop.call_later(left, self._check_lonely)
+            return
+        self.close("lonely")
+
+    # -- accepting ----------------------------------------------------------------------
+
+    def _on_accept(self, side: int) -> None:
+        lsock = self._listeners[side]
+        if lsock is None:
+            return
+        for _ in range(_ACCEPTS_PER_WAKEUP):
+            try:
+                conn, addr = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # EMFILE/ENFILE/ENOBUFS: back off instead of spinning on a readable listener.
+                log.warning("session %s: accept failed on side %s: %s", self.session_id,
+                            SIDES[side], exc)
+                self._pause_accept(side)
+                return
+            self._admit(side, conn, addr[0])
+            if self.closed:
+                return
+
+    def _pause_accept(self, side: int) -> None:
+        lsock = self._listeners[side]
+        if lsock is None or self._accept_paused[side]:
+            return
+        self._loop.remove_reader(lsock.fileno())
+        self._accept_paused[side] = True
+
+        def resume() -> None:
+            self._accept_paused[side] = False
+            if not self.closed:
+                self._listen(side)
+
+        self._loop.call_later(0.1, resume)
+
+    def _admit(self, side: int, conn: socket.socket, ip: str) -> None:
+        conn.setblocking(False)
+        needs_auth = self._auth[side]
+        if needs_auth and not self._gate.admit(ip):
+            self.stats.refused += 1
+            log.debug("session %s: side %s pre-auth cap reached, refusing %s",
+                      self.session_id, SIDES[side], ip)
+            reset_close(conn)
+            return
+        try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        verifier = None
+        if needs_auth:
+            key = self._keys[side]
+            assert key is not None
+            verifier = AuthLine(self.session_id, self.spec.client_nonce, self.rvd_nonce, key,
+                                self.limits.max_auth_line)
+        inbound = Inbound(self, conn, side, ip, verifier, self._loop, self._clock,
+                          gated=needs_auth)
+        if needs_auth:
+            self._authenticating.add(inbound)
+            inbound.start(self.limits.auth_timeout)
+        else:
+            inbound.start(self.limits.auth_timeout)
+            self._enqueue(inbound)
+
+    # -- callbacks from Inbound ---------------------------------------------------------
+
+    def _release_gate(self, ip: str) -> None:
+        self._gate.release(ip)
+
+    def _on_auth_failed(self, inbound: Inbound, reason: str) -> None:
+        self._authenticating.discard(inbound)
+        self.stats.auth_failed += 1
+        self.stats.failures[reason] = self.stats.failures.get(reason, 0) + 1
+        log.info("session %s: authentication failed on side %s from %s (%s)",
+                 self.session_id, SIDES[inbound.side], inbound.peer_ip, reason)
+
+    def _on_authenticated(self, inbound: Inbound) -> None:
+        self._authenticating.discard(inbound)
+        self.stats.auth_ok += 1
+        log.debug("session %s: side %s authenticated from %s", self.session_id,
+                  SIDES[inbound.side], inbound.peer_ip)
+        self._enqueue(inbound)
+
+    def _on_waiting_failed(self, inbound: Inbound) -> None:
+        queue = self._pending[inbound.side]
+        try:
+            queue.remove(inbound)
+        except ValueError:
+            pass
+        inbound.close()
+
+    # -- pairing ------------------------------------------------------------------------
+
+    def _enqueue(self, inbound: Inbound) -> None:
+        queue = self._pending[inbound.side]
+        if len(queue) >= self.limits.max_pending_per_side:
+            self.stats.refused += 1
+            log.info("session %s: side %s has %d sockets waiting, refusing another",
+                     self.session_id, SIDES[inbound.side], len(queue))
+            inbound.close()
+            return
+        queue.append(inbound)
+        self._pair()
+
+    def _pair(self) -> None:
+        qa, qb = self._pending
+        while qa and qb and not self.closed:
+            a = qa.popleft()
+            b = qb.popleft()
+            if a.state != WAITING or b.state != WAITING:  # pragma: no cover - defensive
+                for x in (a, b):
+                    if x.state == WAITING:
+                        self._pending[x.side].appendleft(x)
+                continue
+            sock_a, head_ab, eof_a = a.detach()
+            sock_b, head_ba, eof_b = b.detach()
+            pump = self._pump_mod.Pump(
+                self._loop, sock_a, sock_b, self._on_pump_done,
+                head_ab=head_ab, head_ba=head_ba, eof_a=eof_a, eof_b=eof_b,
+                bufsize=self.limits.pump_buffer, pipe_size=self.limits.pipe_size,
+            )
+            self._pumps.add(pump)
+            self.stats.pairs += 1
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            log.debug("session %s: pair %d formed", self.session_id, self.stats.pairs)
+            pump.start()
+
+    def _on_pump_done(self, pump: Any) -> None:
+        self._pumps.discard(pump)
+        self.stats.bytes_a_to_b += pump.bytes_ab
+        self.stats.bytes_b_to_a += pump.bytes_ba
+        if pump.error is not None:
+            self.stats.pairs_failed += 1
+            log.debug("session %s: a pair ended with %s", self.session_id,
+                      type(pump.error).__name__)
+        if not self._pumps and not self.closed:
+            self.close("happy")
