@@ -1,0 +1,1 @@
+"""atProtocol: client (noports.at.*) and embedded server (noports.at.server)."""
