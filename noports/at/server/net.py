@@ -1,0 +1,261 @@
+"""The asyncio/TLS adapter: one port serving the root directory and every hosted atSign.
+
+Root and atServer share the port. On a fresh connection a bare word that is not a verb
+(``alice``) is a root lookup, answered ``127.0.0.1:<port>\\r\\n@``; everything else is the
+atProtocol. That is why ``noports server add`` refuses atSigns named like bare verbs.
+
+Per connection there is no task: an ``asyncio.Protocol`` feeds a ``LineBuffer`` and runs each
+line through its ``Session`` synchronously. A reply with a delay (``noop:<ms>``, bad OTP back-off)
+parks the remaining lines and pauses reading until a timer fires, so order is kept. Monitors
+that stop reading are closed once their send buffer passes a cap; they catch up by replay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ...errors import AtError
+from ...fsutil import secure_dir
+from . import tls
+from .engine import Config, Engine, Reply, Session, wall_ms
+from .keys import dart_time
+from .parse import LineBuffer
+from .store import Store
+from .verbs_notify import flush_queued, stats_text
+
+log = logging.getLogger("noports.server")
+
+STATE_FILE = "server.json"
+DB_FILE = "server.db"
+
+
+class Connection(asyncio.Protocol):
+    """Thin adapter between a TLS transport and a Session (implements the session's Port)."""
+
+    def __init__(self, server: AtServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.session: Session | None = None
+        self.buf: LineBuffer | None = None
+        self.waiting: list[str] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.closed = False
+
+    # -- asyncio callbacks -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's SSL transport is duck-typed
+        srv = self.server
+        if len(srv.conns) >= srv.engine.config.max_connections:
+            transport.write(b"error:AT0012-inbound connection limit exceeded\n")
+            transport.close()
+            self.closed = True
+            return
+        srv.conns.add(self)
+        self.buf = LineBuffer(srv.engine.config.buffer_limit)
+        self.session = srv.engine.session(self)
+        self.session.last_write = srv.loop.time()
+        transport.write(b"@")
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed or self.buf is None:
+            return
+        try:
+            lines = self.buf.feed(data)
+        except AtError as exc:
+            self.write(f"error:{exc.code}-{exc.description}\n")
+            self.close()
+            return
+        if not lines:
+            return
+        if self.waiting is not None:
+            self.waiting.extend(lines)
+            return
+        self._process(lines)
+
+    def eof_received(self) -> bool | None:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+        self.server.conns.discard(self)
+        if self.session is not None:
+            self.session.closed = True
+            self.server.engine.closed(self.session)
+
+    # -- processing ----------------------------------------------------------------------
+
+    def _process(self, lines: list[str]) -> None:
+        session = self.session
+        assert session is not None
+        for i, line in enumerate(lines):
+            if self.closed:
+                return
+            reply = session.handle(line)
+            if reply.delay > 0:
+                self.waiting = lines[i + 1:]
+                assert self.transport is not None
+                self.transport.pause_reading()
+                self.timer = self.server.loop.call_later(reply.delay, self._resume, reply)
+                return
+            self._emit(reply)
+
+    def _resume(self, reply: Reply) -> None:
+        self.timer = None
+        if self.closed:
+            return
+        self._emit(reply)
+        lines, self.waiting = self.waiting or [], None
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+        if lines:
+            self._process(lines)
+
+    def _emit(self, reply: Reply) -> None:
+        if reply.text:
+            self.write(reply.text)
+        if reply.close:
+            self.close()
+
+    # -- Port ----------------------------------------------------------------------------
+
+    def write(self, text: str) -> None:
+        t = self.transport
+        if t is None or self.closed:
+            return
+        t.write(text.encode("utf-8"))
+        if self.session is not None:
+            self.session.last_write = self.server.loop.time()
+            if self.session.monitoring and t.get_write_buffer_size() > self.server.engine.config.monitor_buffer_limit:
+                log.warning("closing a monitor of %s that is not reading", self.session.atsign)
+                t.abort()
+                self.closed = True
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+
+def advertised_host(host: str) -> str:
+    if host in ("0.0.0.0", "", "localhost"):
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
+
+
+class AtServer:
+    """Owns the store, the engine, the listening socket and the periodic jobs."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], config: Config | None = None,
+                 clock: Any = wall_ms) -> None:
+        self.data_dir = Path(data_dir)
+        self.config = config or Config()
+        self.clock = clock
+        self.conns: set[Connection] = set()
+        self.loop = asyncio.get_event_loop()
+        self.engine: Engine
+        self.store: Store
+        self._server: asyncio.AbstractServer | None = None
+        self._jobs: dict[str, asyncio.TimerHandle] = {}
+        self.tls: tls.TlsFiles
+        self.port = 0
+
+    @property
+    def root(self) -> str:
+        return f"{advertised_host(self.config.host)}:{self.port}"
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        secure_dir(self.data_dir)
+        self.tls = tls.ensure(self.data_dir, self.config.host)
+        self.store = Store(self.data_dir / DB_FILE)
+        self.engine = Engine(self.store, self.config, self.clock)
+        ctx = tls.server_context(self.tls)
+        self._server = await self.loop.create_server(
+            lambda: Connection(self), self.config.host, self.config.port, ssl=ctx,
+            ssl_handshake_timeout=10.0, backlog=1024)
+        self.port = self._server.sockets[0].getsockname()[1]
+        self.engine.address = self.root
+        self._write_state()
+        n = flush_queued(self.engine)
+        if n:
+            log.info("delivered %d queued notifications at start", n)
+        self._schedule(self.config.stats_interval, self._stats)
+        self._schedule(5.0, self._housekeeping)
+        self._schedule(min(5.0, max(0.5, self.config.unauth_timeout / 4)), self._sweep_idle)
+        log.info("serving root and atServer on %s", self.root)
+
+    def _schedule(self, interval: float, fn: Any) -> None:
+        name = fn.__name__
+
+        def tick() -> None:
+            try:
+                fn()
+            except Exception:
+                log.exception("periodic job %s failed", name)
+            self._jobs[name] = self.loop.call_later(interval, tick)
+        self._jobs[name] = self.loop.call_later(interval, tick)
+
+    def _stats(self) -> None:
+        texts: dict[str, str] = {}
+        for m in self.engine.hub.monitors():
+            if m.atsign not in texts:
+                texts[m.atsign] = stats_text(self.engine, m.atsign)
+            m.sink.push(texts[m.atsign])
+
+    def _housekeeping(self) -> None:
+        flush_queued(self.engine)
+        now = self.clock()
+        self.store.purge_keys(now - 10 * 60 * 1000)
+        self.store.purge_notifications(now - 24 * 3600 * 1000)
+
+    def _idle_limit(self, authed: bool) -> float:
+        cfg = self.config
+        full, floor = (cfg.auth_timeout, 60.0) if authed else (cfg.unauth_timeout, 5.0)
+        load = len(self.conns) / max(1, cfg.max_connections)
+        if load <= 0.5:
+            return full
+        frac = min(1.0, (load - 0.5) / 0.5)
+        return max(min(floor, full), full - frac * (full - floor))
+
+    def _sweep_idle(self) -> None:
+        now = self.loop.time()
+        limits = {True: self._idle_limit(True), False: self._idle_limit(False)}
+        for c in list(self.conns):
+            s = c.session
+            if s is not None and now - s.last_write > limits[s.authed]:
+                c.close()
+
+    def _write_state(self) -> None:
+        state = {"pid": os.getpid(), "host": self.config.host, "port": self.port, "root": self.root,
+                 "ca_file": str(self.tls.ca_cert), "started": dart_time(self.clock())}
+        tmp = self.data_dir / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self.data_dir / STATE_FILE)
+
+    async def stop(self) -> None:
+        for j in self._jobs.values():
+            j.cancel()
+        if self._server is not None:
+            self._server.close()
+        for c in list(self.conns):
+            c.close()
+        if self._server is not None:
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+            except (asyncio.TimeoutError, Exception):
+                pass
+        try:
+            (self.data_dir / STATE_FILE).unlink()
+        except FileNotFoundError:
+            pass
+        self.store.close()

@@ -1,0 +1,142 @@
+"""``noports server``: run the embedded control plane, or administer its data dir.
+
+    noports server --data-dir DIR [--host 127.0.0.1] [--port N] [--output text|json]
+    noports server add @alice [--keys-file F] --data-dir DIR   (prints the activation secret last)
+    noports server list | remove @alice | status --data-dir DIR
+
+On start it prints the two exports that point every program at it (or one JSON line with
+``--output json``) and runs until SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from .. import _compat
+from ..errors import NoPortsError
+from .common import add_common, fail, setup_logging
+
+PROG = "noports server"
+ADMIN = ("add", "list", "remove", "status")
+
+
+def _default_dir() -> str:
+    return os.environ.get("NOPORTS_SERVER_DIR") or os.path.join(
+        os.path.expanduser("~"), ".local", "share", "noports", "server")
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Embedded root directory + atServer over TLS "
+                                "(subcommands: add, list, remove, status).")
+    add_common(p)
+    p.add_argument("--data-dir", default=_default_dir(), help="state directory (default %(default)s)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    p.add_argument("--port", type=int, default=0, help="port; 0 picks a free one (default)")
+    p.add_argument("--output", choices=("text", "json"), default="text", help="start-up line format")
+    t = p.add_argument_group("limits (defaults are the official server's)")
+    t.add_argument("--max-connections", type=int, default=200)
+    t.add_argument("--stats-interval", type=float, default=15.0, help="seconds between stats notifications")
+    t.add_argument("--unauth-timeout", type=float, default=600.0, help="idle seconds before an unauthenticated connection is closed")
+    t.add_argument("--notification-expiry", type=int, default=15 * 60, help="default notification expiry, seconds")
+    t.add_argument("--buffer-limit", type=int, default=10_240_000, help="largest request line, bytes")
+    t.add_argument("--root-unknown-delay", type=float, default=3.0, help=argparse.SUPPRESS)
+    return p
+
+
+def _admin_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Administer an embedded server's data dir.")
+    add_common(p)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name, hlp in (("add", "register an atSign"), ("list", "list atSigns"),
+                      ("remove", "remove an atSign and all its data"), ("status", "show status")):
+        sp = sub.add_parser(name, help=hlp)
+        sp.add_argument("--data-dir", default=_default_dir())
+        sp.add_argument("--output", choices=("text", "json"), default="text")
+        if name in ("add", "remove"):
+            sp.add_argument("atsign")
+        if name == "add":
+            sp.add_argument("--keys-file", type=Path, help="install the PKAM and encryption public keys from this .atKeys file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ADMIN:
+        return _admin(_admin_parser().parse_args(argv))
+    args = _run_parser().parse_args(argv)
+    setup_logging(args)
+    if not 0 <= args.port <= 65535:
+        _run_parser().error("--port must be 0-65535")
+    try:
+        return _compat.run(_serve(args))
+    except KeyboardInterrupt:
+        return 0
+    except (NoPortsError, OSError) as exc:
+        return fail(PROG, exc)
+
+
+def _admin(args: argparse.Namespace) -> int:
+    from ..at.server import admin
+
+    setup_logging(args)
+    data_dir = Path(args.data_dir)
+    try:
+        if args.cmd == "add":
+            secret = admin.add(data_dir, args.atsign, args.keys_file)
+            if secret is None:
+                print(f"added {args.atsign} with the keys from {args.keys_file}")
+            else:
+                print(f"added {args.atsign}; activation secret (use once, keep private):")
+                print(secret)
+        elif args.cmd == "list":
+            names = admin.list_atsigns(data_dir)
+            print(json.dumps(names) if args.output == "json" else "\n".join(names))
+        elif args.cmd == "remove":
+            if not admin.remove(data_dir, args.atsign):
+                print(f"{PROG}: error: {args.atsign} is not registered", file=sys.stderr)
+                return 4
+            print(f"removed {args.atsign}")
+        else:
+            st = admin.status(data_dir)
+            if args.output == "json":
+                print(json.dumps(st))
+            else:
+                for k, v in st.items():
+                    print(f"{k}: {v}")
+        return 0
+    except (NoPortsError, OSError) as exc:
+        return fail(PROG, exc)
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from ..at.server.engine import Config
+    from ..at.server.net import AtServer
+
+    cfg = Config(host=args.host, port=args.port, max_connections=args.max_connections,
+                 stats_interval=args.stats_interval, unauth_timeout=args.unauth_timeout,
+                 notification_expiry_ms=args.notification_expiry * 1000,
+                 buffer_limit=args.buffer_limit, root_unknown_delay=args.root_unknown_delay)
+    server = AtServer(args.data_dir, cfg)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    ca = str(server.tls.ca_cert)
+    if args.output == "json":
+        print(json.dumps({"root": server.root, "ca_file": ca, "data_dir": str(server.data_dir),
+                          "pid": os.getpid()}), flush=True)
+    else:
+        print(f"export NOPORTS_ROOT={server.root}")
+        print(f"export NOPORTS_CA_FILE={ca}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+    return 0
