@@ -239,16 +239,21 @@ class Wire:
         return resp[5:]
 
     def is_closed(self, wait: float = 3.0) -> bool:
-        """True if the server closes the connection within ``wait`` seconds."""
+        """True if the server closes the connection within ``wait`` seconds (data is skipped)."""
+        import socket
         import ssl
 
-        self.sock.settimeout(wait)
+        deadline = time.monotonic() + wait
         try:
-            while True:
+            while time.monotonic() < deadline:
+                self.sock.settimeout(max(0.01, deadline - time.monotonic()))
                 if not self._fill():
                     return True
-        except (TimeoutError, OSError, ssl.SSLError):
-            return isinstance(__import__("sys").exc_info()[1], (ConnectionError, ssl.SSLError))
+        except (socket.timeout, TimeoutError):
+            return False
+        except (ConnectionError, ssl.SSLError, OSError):
+            return True
+        return False
 
     def pkam(self, keys: AtKeys, enrollment_id: str | None = None, hashing: str = "sha256",
              dart_form: bool = False) -> str:

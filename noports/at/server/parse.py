@@ -75,6 +75,7 @@ class Command:
 
 _FROM_RE = re.compile(r"^(@?[^:@\s]+)(?::clientConfig:(\{.+\}))?$", re.I)
 _PKAM_OPTS = {"signingalgo": "signingAlgo", "hashingalgo": "hashingAlgo", "enrollmentid": "enrollmentId"}
+_ROOT_NAME_RE = re.compile(r"^[^\x00-\x20\x7f:@\ufffd]{1,255}$")
 _BARE_VERBS = {"scan", "info", "monitor", "noop", "stats", "@exit", "notify", "enroll", "otp"}
 
 
@@ -84,7 +85,10 @@ def parse_line(line: str) -> Command:
     head = verb_part.split(" ", 1)[0]
     verb = head.replace(" ", "").lower()
     if not sep and " " not in line and verb not in _BARE_VERBS:
-        return Command("root", {"name": line.strip().lstrip("@").lower()})
+        name = line.strip().lstrip("@").lower()
+        if not _ROOT_NAME_RE.match(name):
+            raise syntax("not a verb and not an atSign")
+        return Command("root", {"name": name})
     if " " in verb_part and verb in ("scan", "monitor"):
         rest = verb_part[len(head):] + (sep + rest if sep else "")
     fn = _PARSERS.get(verb)
