@@ -63,6 +63,7 @@ SPLICE = bool(NP_HAVE_SPLICE)
 _LINGER_RESET = _struct.pack("ii", 1, 0)
 cdef enum:
     PIPE_DEFAULT = 65536
+    MAX_ROUNDS = 8
 
 
 cdef class Pump:
@@ -220,6 +221,8 @@ cdef class Pump:
     cdef void _readable(self, int d) except *:
         cdef ssize_t n
         cdef int fds[2]
+        cdef int rounds
+        cdef size_t want = <size_t>(self.pipe_size if self.pipe_size > PIPE_DEFAULT else PIPE_DEFAULT)
         if self.closed:
             return
         if self.pr[d] < 0:
@@ -228,22 +231,28 @@ cdef class Pump:
                 return
             self.pr[d] = fds[0]
             self.pw[d] = fds[1]
-        n = np_splice(self.fd[d], self.pw[d], <size_t>(self.pipe_size if self.pipe_size > PIPE_DEFAULT else PIPE_DEFAULT))
-        if n > 0:
-            self.inpipe[d] = n
-            self._drain(d)
-        elif n == 0:
-            self.eof[d] = True
-            self._finish(d)
-        elif errno != EAGAIN and errno != EINTR:
-            self._abort(OSError(errno, "splice from socket failed"))
+        # A few rounds per wakeup: fewer trips through the event loop on a busy pair.
+        for rounds in range(MAX_ROUNDS):
+            n = np_splice(self.fd[d], self.pw[d], want)
+            if n > 0:
+                self.inpipe[d] = n
+                if not self._drain(d):
+                    return
+            elif n == 0:
+                self.eof[d] = True
+                self._finish(d)
+                return
+            else:
+                if errno != EAGAIN and errno != EINTR:
+                    self._abort(OSError(errno, "splice from socket failed"))
+                return
 
     cdef void _writable(self, int d) except *:
         if self.closed:
             return
         self._drain(d)
 
-    cdef void _drain(self, int d) except *:
+    cdef bint _drain(self, int d) except -1:
         """Write the head, then the pipe, to dst; switch to writer mode if dst blocks."""
         cdef ssize_t m
         cdef object head = self._head(d)
@@ -259,10 +268,10 @@ cdef class Pump:
                     self.count[d] += m
                 elif errno == EAGAIN or errno == EINTR:
                     self._want_write(d)
-                    return
+                    return False
                 else:
                     self._abort(OSError(errno, "send failed"))
-                    return
+                    return False
             if d == 0:
                 self.head0 = b""
             else:
@@ -274,14 +283,15 @@ cdef class Pump:
                 self.count[d] += m
             elif m < 0 and (errno == EAGAIN or errno == EINTR):
                 self._want_write(d)
-                return
+                return False
             else:
                 self._abort(OSError(errno, "splice to socket failed"))
-                return
+                return False
         if self.eof[d]:
             self._finish(d)
-        else:
-            self._want_read(d)
+            return False
+        self._want_read(d)
+        return not self.closed
 
     cdef void _finish(self, int d) except *:
         """src reached EOF and everything read has been written: half-close dst."""
