@@ -69,6 +69,9 @@ class EchoServer:
         self.connections = 0
         self.bytes = 0
         self.banner = b""
+        self.received: list[bytearray] = []  # per connection, what the service got
+        self.ends: list[str] = []  # per finished connection: "eof" or "reset"
+        self.echo = True
 
     async def start(self, banner: bytes = b"") -> EchoServer:
         self.banner = banner
@@ -78,6 +81,8 @@ class EchoServer:
 
     async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         self.connections += 1
+        got = bytearray()
+        self.received.append(got)
         try:
             if self.banner:
                 w.write(self.banner)
@@ -86,13 +91,18 @@ class EchoServer:
                 if not data:
                     break
                 self.bytes += len(data)
-                w.write(data)
-                await w.drain()
+                got += data
+                if self.echo:
+                    w.write(data)
+                    await w.drain()
+            self.ends.append("eof")
+            got = None  # type: ignore[assignment]
             if w.can_write_eof():
                 w.write_eof()
             await w.drain()
         except (ConnectionError, OSError):
-            pass
+            if got is not None:
+                self.ends.append("reset")
         finally:
             w.close()
             with contextlib.suppress(Exception):
@@ -160,7 +170,10 @@ class Middlebox:
         self.hold = hold
         self.port = 0
         self.server: asyncio.AbstractServer | None = None
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.auth_lines: list[bytes] = []
+        self.up_orig = bytearray()  # upstream payload as received (before mutation)
+        self.up_bytes = bytearray()  # upstream payload as forwarded (after the auth line)
+        self.down_bytes = bytearray()  # downstream bytes as forwarded
 
     async def start(self) -> Middlebox:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -172,6 +185,7 @@ class Middlebox:
 
         async def up() -> None:
             line = await cr.readline()
+            self.auth_lines.append(line)
             uw.write(line)
             off = 0
             held = bytearray()
@@ -179,6 +193,7 @@ class Middlebox:
                 d = await cr.read(65536)
                 if not d:
                     break
+                self.up_orig += d
                 if self.hold:
                     held += d
                     continue
@@ -187,10 +202,14 @@ class Middlebox:
                 else:
                     d2 = d
                 off += len(d)
+                self.up_bytes += d2
                 uw.write(d2)
                 await uw.drain()
             if self.hold and self.mutate is not None:
-                uw.write(self.mutate(0, bytes(held)))
+                held = bytearray(self.mutate(0, bytes(held)))
+            if self.hold:
+                self.up_bytes += held
+                uw.write(held)
             uw.write_eof()
             await uw.drain()
 
@@ -199,6 +218,7 @@ class Middlebox:
                 d = await ur.read(65536)
                 if not d:
                     break
+                self.down_bytes += d
                 cw.write(d)
                 await cw.drain()
             if cw.can_write_eof():
@@ -221,9 +241,10 @@ def flip_bit_at(pos: int, bit: int = 0) -> Mutator:
     """Flip one bit at stream offset ``pos``."""
 
     def m(off: int, chunk: bytes) -> bytes:
-        if off <= pos < off + len(chunk):
+        p = pos if pos >= 0 else len(chunk) + pos  # negative: from the end (hold mode)
+        if off <= p < off + len(chunk):
             b = bytearray(chunk)
-            b[pos - off] ^= 1 << bit
+            b[p - off] ^= 1 << bit
             return bytes(b)
         return chunk
 
