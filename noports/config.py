@@ -25,11 +25,12 @@ import argparse
 import os
 import re
 import sys
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from .errors import ConfigError
 
@@ -91,10 +92,20 @@ def option_table(parser: argparse.ArgumentParser) -> dict[str, _Opt]:
     for a in parser._actions:  # noqa: SLF001 - argparse has no public accessor
         if isinstance(a, _SKIP) or not a.option_strings or a.dest == argparse.SUPPRESS:
             continue
-        if isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction,  # noqa: SLF001
-                          argparse.BooleanOptionalAction)):
+        if isinstance(
+            a,
+            (
+                argparse._StoreTrueAction,
+                argparse._StoreFalseAction,  # noqa: SLF001
+                argparse.BooleanOptionalAction,
+            ),
+        ):
             kind = "bool"
-        elif isinstance(a, argparse._AppendAction) or a.nargs in ("*", "+") or isinstance(a.nargs, int):  # noqa: SLF001
+        elif (
+            isinstance(a, argparse._AppendAction)
+            or a.nargs in ("*", "+")
+            or isinstance(a.nargs, int)
+        ):  # noqa: SLF001
             kind = "list"
         elif isinstance(a, argparse._StoreAction):  # noqa: SLF001
             kind = "value"
@@ -115,8 +126,10 @@ def _convert_one(opt: _Opt, value: Any, where: str, from_text: bool) -> Any:
             if typ is not None:
                 value = typ(value)
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a {getattr(typ, '__name__', 'string')}, "
-                              f"got {type(value).__name__}")
+            raise ConfigError(
+                f"{where}: expected a {getattr(typ, '__name__', 'string')}, "
+                f"got {type(value).__name__}"
+            )
         elif typ is int and isinstance(value, int):
             pass
         elif typ is float:
@@ -124,8 +137,10 @@ def _convert_one(opt: _Opt, value: Any, where: str, from_text: bool) -> Any:
         elif typ is not None and typ is not int and isinstance(value, int):
             value = typ(str(value))
         else:
-            raise ConfigError(f"{where}: expected a {getattr(typ, '__name__', 'string')}, "
-                              f"got {type(value).__name__}")
+            raise ConfigError(
+                f"{where}: expected a {getattr(typ, '__name__', 'string')}, "
+                f"got {type(value).__name__}"
+            )
     except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
         if isinstance(exc, ConfigError):
             raise
@@ -209,7 +224,9 @@ def read_env(
                 raise ConfigError(f"both {name} and {name}_FILE are set; use one")
             if direct is None and via_file is None:
                 continue
-            text = direct if direct is not None else _read_value_file(via_file or "", name + "_FILE")
+            text = (
+                direct if direct is not None else _read_value_file(via_file or "", name + "_FILE")
+            )
             out[dest] = _convert(opt, text, f"environment variable {name}", from_text=True)
             break  # the most specific name wins
     return out
@@ -234,7 +251,9 @@ class ConfigLayers:
         return "default"
 
 
-def _config_path(argv: Sequence[str], prog: str, env: Mapping[str, str], default: str | None) -> str | None:
+def _config_path(
+    argv: Sequence[str], prog: str, env: Mapping[str, str], default: str | None
+) -> str | None:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", dest="config", default=None)
     known, _ = pre.parse_known_args(list(argv))
@@ -287,8 +306,12 @@ def parse_args(
     """
     args = list(argv) if argv is not None else sys.argv[1:]
     if "config" not in {a.dest for a in parser._actions}:  # noqa: SLF001
-        parser.add_argument("--config", metavar="PATH", default=None,
-                            help=f"TOML config file (env {env_names(prog, 'config')[0]})")
+        parser.add_argument(
+            "--config",
+            metavar="PATH",
+            default=None,
+            help=f"TOML config file (env {env_names(prog, 'config')[0]})",
+        )
     try:
         found = layers(parser, prog, args, environ=environ, default_config=default_config)
     except ConfigError as exc:
@@ -337,9 +360,7 @@ def parse_env_file(text: str, *, path: str = "<config>") -> dict[str, str]:
     return out
 
 
-def load_env_file(
-    path: str | os.PathLike[str], parser: argparse.ArgumentParser
-) -> dict[str, Any]:
+def load_env_file(path: str | os.PathLike[str], parser: argparse.ArgumentParser) -> dict[str, Any]:
     """Typed defaults from an sshnp profile file, keyed by ``dest``.
 
     The key for ``--local-port`` is ``LOCAL_PORT``. Switches are true iff the value is
@@ -362,9 +383,10 @@ def load_env_file(
                 by_key.setdefault(s[2:].upper().replace("-", "_"), opt)
     out: dict[str, Any] = {}
     for key, value in raw.items():
-        opt = by_key.get(key)
-        if opt is None:
+        found = by_key.get(key)
+        if found is None:
             raise ConfigError(f"{p}: unknown key {key}")
+        opt = found
         where = f"{p}: {key}"
         if opt.kind == "bool":
             out[opt.dest] = value.lower() == "true"

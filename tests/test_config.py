@@ -55,37 +55,64 @@ def test_env_names() -> None:
 
 
 def test_precedence_cli_over_env_over_file(tmp_path: Path) -> None:
-    cfg = write(tmp_path, 'atsign = "@file"\ndevice = "filedev"\nlocal-sshd-port = 2022\n'
-                          'managers = ["@m1", "@m2"]\nsshpublickey = true\n')
+    cfg = write(
+        tmp_path,
+        'atsign = "@file"\ndevice = "filedev"\nlocal-sshd-port = 2022\n'
+        'managers = ["@m1", "@m2"]\nsshpublickey = true\n',
+    )
     env = {"NOPORTS_SSHNPD_DEVICE": "envdev", "NOPORTS_SSHNPD_CONFIG": str(cfg)}
     ns = parse_args(make_parser(), "sshnpd", [], environ=env)
     assert (ns.atsign, ns.device, ns.local_sshd_port, ns.managers, ns.sshpublickey) == (
-        "@file", "envdev", 2022, ["@m1", "@m2"], True)
+        "@file",
+        "envdev",
+        2022,
+        ["@m1", "@m2"],
+        True,
+    )
     assert ns.config == str(cfg)
-    ns = parse_args(make_parser(), "sshnpd",
-                    ["-d", "clidev", "-m", "@cli", "--no-sshpublickey", "--config", str(cfg)],
-                    environ={"NOPORTS_SSHNPD_DEVICE": "envdev", "NOPORTS_SSHNPD_MANAGERS": "@e1,@e2"})
+    ns = parse_args(
+        make_parser(),
+        "sshnpd",
+        ["-d", "clidev", "-m", "@cli", "--no-sshpublickey", "--config", str(cfg)],
+        environ={"NOPORTS_SSHNPD_DEVICE": "envdev", "NOPORTS_SSHNPD_MANAGERS": "@e1,@e2"},
+    )
     assert ns.device == "clidev"
     assert ns.managers == ["@cli"]  # CLI replaces env/file lists, it does not append
     assert ns.sshpublickey is False
-    ns = parse_args(make_parser(), "sshnpd", ["-a", "@x"], environ={"NOPORTS_SSHNPD_MANAGERS": "@e1, @e2"})
+    ns = parse_args(
+        make_parser(), "sshnpd", ["-a", "@x"], environ={"NOPORTS_SSHNPD_MANAGERS": "@e1, @e2"}
+    )
     assert ns.managers == ["@e1", "@e2"] and ns.config is None
 
 
 def test_required_flag_satisfied_by_env_only(capsys: pytest.CaptureFixture[str]) -> None:
-    assert parse_args(make_parser(), "sshnpd", [], environ={"NOPORTS_SSHNPD_ATSIGN": "@e"}).atsign == "@e"
+    assert (
+        parse_args(make_parser(), "sshnpd", [], environ={"NOPORTS_SSHNPD_ATSIGN": "@e"}).atsign
+        == "@e"
+    )
     with pytest.raises(SystemExit) as ei:
         parse_args(make_parser(), "sshnpd", [], environ={})
     assert ei.value.code == 2
 
 
 def test_typed_env_values() -> None:
-    env = {"NOPORTS_SSHNPD_ATSIGN": "@a", "NOPORTS_SSHNPD_LOCAL_SSHD_PORT": "2222",
-           "NOPORTS_SSHNPD_VERBOSE": "yes", "NOPORTS_SSHNPD_TIMEOUT": "1.5",
-           "NOPORTS_LOG_FORMAT": "json", "NOPORTS_ROOT": "localhost:6464"}
+    env = {
+        "NOPORTS_SSHNPD_ATSIGN": "@a",
+        "NOPORTS_SSHNPD_LOCAL_SSHD_PORT": "2222",
+        "NOPORTS_SSHNPD_VERBOSE": "yes",
+        "NOPORTS_SSHNPD_TIMEOUT": "1.5",
+        "NOPORTS_LOG_FORMAT": "json",
+        "NOPORTS_ROOT": "localhost:6464",
+    }
     vals = read_env(make_parser(), "sshnpd", env)
-    assert vals == {"atsign": "@a", "local_sshd_port": 2222, "verbose": True, "timeout": 1.5,
-                    "log_format": "json", "root": "localhost:6464"}
+    assert vals == {
+        "atsign": "@a",
+        "local_sshd_port": 2222,
+        "verbose": True,
+        "timeout": 1.5,
+        "log_format": "json",
+        "root": "localhost:6464",
+    }
     # the program-specific variable beats the global one
     vals = read_env(make_parser(), "sshnpd", {"NOPORTS_ROOT": "a:1", "NOPORTS_SSHNPD_ROOT": "b:2"})
     assert vals["root"] == "b:2"
@@ -112,8 +139,11 @@ def test_file_variants_for_secrets(tmp_path: Path) -> None:
     vals = read_env(make_parser(), "sshnpd", {"NOPORTS_SSHNPD_SECRET_FILE": str(secret)})
     assert vals["secret"] == "hunter2"
     with pytest.raises(ConfigError, match="both"):
-        read_env(make_parser(), "sshnpd", {"NOPORTS_SSHNPD_SECRET_FILE": str(secret),
-                                           "NOPORTS_SSHNPD_SECRET": "x"})
+        read_env(
+            make_parser(),
+            "sshnpd",
+            {"NOPORTS_SSHNPD_SECRET_FILE": str(secret), "NOPORTS_SSHNPD_SECRET": "x"},
+        )
     with pytest.raises(ConfigError, match="cannot read"):
         read_env(make_parser(), "sshnpd", {"NOPORTS_SSHNPD_SECRET_FILE": str(tmp_path / "nope")})
     big = tmp_path / "big"
@@ -157,18 +187,28 @@ def test_toml_type_errors(tmp_path: Path, text: str, match: str) -> None:
 
 
 def test_toml_typed_values(tmp_path: Path) -> None:
-    cfg = write(tmp_path, 'timeout = 5\nrelay-port = 8443\nlocal_sshd_port = 2200\nverbose = false\n')
+    cfg = write(
+        tmp_path, "timeout = 5\nrelay-port = 8443\nlocal_sshd_port = 2200\nverbose = false\n"
+    )
     assert load_toml(cfg, make_parser()) == {
-        "timeout": 5.0, "relay_port": 8443, "local_sshd_port": 2200, "verbose": False}
+        "timeout": 5.0,
+        "relay_port": 8443,
+        "local_sshd_port": 2200,
+        "verbose": False,
+    }
 
 
-def test_bad_config_reported_through_parser_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_config_reported_through_parser_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = write(tmp_path, "bogus = 1\n")
     with pytest.raises(SystemExit) as ei:
         parse_args(make_parser(), "sshnpd", ["-a", "@a", "--config", str(cfg)], environ={})
     assert ei.value.code == 2 and "bogus" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        parse_args(make_parser(), "sshnpd", ["-a", "@a", "--config", str(tmp_path / "missing")], environ={})
+        parse_args(
+            make_parser(), "sshnpd", ["-a", "@a", "--config", str(tmp_path / "missing")], environ={}
+        )
 
 
 def test_default_config_path_used_only_if_present(tmp_path: Path) -> None:
@@ -201,7 +241,10 @@ def test_env_file_official_format_with_fixes(tmp_path: Path) -> None:
     )
     vals = load_env_file(f, sshnp_parser())
     assert vals == {
-        "from_": "@alice", "to": "@device", "local_port": 2222, "send_ssh_public_key": True,
+        "from_": "@alice",
+        "to": "@device",
+        "local_port": 2222,
+        "send_ssh_public_key": True,
         # values containing '=' are kept (official drops these lines)
         "local_ssh_options": ["ServerAliveInterval=15", "Compression=yes"],
         "encrypt_rvd_traffic": False,  # booleans are true iff "true", as official
@@ -209,7 +252,9 @@ def test_env_file_official_format_with_fixes(tmp_path: Path) -> None:
     ns = parse_args(sshnp_parser(), "sshnp", ["-l", "9", "-o", "X=1"], environ={}, file_values=vals)
     assert ns.local_port == 9 and ns.from_ == "@alice"  # command line overrides the file
     assert ns.local_ssh_options == ["X=1"]  # ... and replaces, not extends, its lists
-    ns = parse_args(sshnp_parser(), "sshnp", [], environ={"NOPORTS_SSHNP_TO": "@env"}, file_values=vals)
+    ns = parse_args(
+        sshnp_parser(), "sshnp", [], environ={"NOPORTS_SSHNP_TO": "@env"}, file_values=vals
+    )
     assert ns.to == "@env" and ns.send_ssh_public_key is True
 
 
@@ -242,4 +287,7 @@ def test_env_file_unknown_and_typed_errors(tmp_path: Path) -> None:
 
 
 def test_env_file_value_with_equals_survives() -> None:
-    assert parse_env_file("TO=@x\nREMOTE_USER_NAME=a=b=c\n") == {"TO": "@x", "REMOTE_USER_NAME": "a=b=c"}
+    assert parse_env_file("TO=@x\nREMOTE_USER_NAME=a=b=c\n") == {
+        "TO": "@x",
+        "REMOTE_USER_NAME": "a=b=c",
+    }

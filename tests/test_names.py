@@ -54,11 +54,34 @@ def test_valid_names_canonicalised(name: str, canon: str) -> None:
 @pytest.mark.parametrize(
     "name",
     [
-        "", "a", "-ab", "0" * 37, "a.b", "a/b", "../etc", "a%h", "%h", "dev\n", "dev\r",
-        "dev\x00", "dev\t1", "de\x1bv", "dev\x7f", "dev;rm", "dev$(id)", "dev`id`",
-        "dév", "ｄｅｖ", "dev\u200b", "\u212aelvin",  # KELVIN SIGN lower-cases to ASCII 'k'
+        "",
+        "a",
+        "-ab",
+        "0" * 37,
+        "a.b",
+        "a/b",
+        "../etc",
+        "a%h",
+        "%h",
+        "dev\n",
+        "dev\r",
+        "dev\x00",
+        "dev\t1",
+        "de\x1bv",
+        "dev\x7f",
+        "dev;rm",
+        "dev$(id)",
+        "dev`id`",
+        "dév",
+        "ｄｅｖ",
+        "dev\u200b",
+        "\u212aelvin",  # KELVIN SIGN lower-cases to ASCII 'k'
         "dev\u0131",  # dotless i
-        "dev\n INFO auth success @admin", "a:b", "a@b", "a*b", "a b\n",
+        "dev\n INFO auth success @admin",
+        "a:b",
+        "a@b",
+        "a*b",
+        "a b\n",
     ],
 )
 def test_invalid_names_rejected(name: str) -> None:
@@ -148,10 +171,33 @@ def test_add_at() -> None:
 @pytest.mark.parametrize(
     "raw",
     [
-        "", "@", "alice", "@@alice", "@ali ce", "@alice\n", "@alice\x00", "@al\x1bice",
-        "@" + "a" * 55, "@ali:ce", "@ali/ce", "@ali%ce", "@ali*ce", "@ali,ce", "@ali'ce",
-        '@ali"ce', "@ali#ce", "@ali?ce", "@ali\\ce", "@аlice",  # Cyrillic a
-        "@\u212aelvin", "@.alice", "@alice.", "@a..b", "@ali{ce}", "@ali=ce", "@ali\u200bce",
+        "",
+        "@",
+        "alice",
+        "@@alice",
+        "@ali ce",
+        "@alice\n",
+        "@alice\x00",
+        "@al\x1bice",
+        "@" + "a" * 55,
+        "@ali:ce",
+        "@ali/ce",
+        "@ali%ce",
+        "@ali*ce",
+        "@ali,ce",
+        "@ali'ce",
+        '@ali"ce',
+        "@ali#ce",
+        "@ali?ce",
+        "@ali\\ce",
+        "@аlice",  # Cyrillic a
+        "@\u212aelvin",
+        "@.alice",
+        "@alice.",
+        "@a..b",
+        "@ali{ce}",
+        "@ali=ce",
+        "@ali\u200bce",
     ],
 )
 def test_invalid_atsigns(raw: str) -> None:
@@ -182,11 +228,18 @@ def test_session_ids() -> None:
 @pytest.mark.parametrize(
     "sid",
     [
-        "", "x", str(uuid.uuid1()), str(uuid.uuid4()) + "\n", "\n" + str(uuid.uuid4())[1:],
-        str(uuid.uuid4()).replace("-", ""), "{" + str(uuid.uuid4())[1:-1] + "}",
+        "",
+        "x",
+        str(uuid.uuid1()),
+        str(uuid.uuid4()) + "\n",
+        "\n" + str(uuid.uuid4())[1:],
+        str(uuid.uuid4()).replace("-", ""),
+        "{" + str(uuid.uuid4())[1:-1] + "}",
         "00000000-0000-4000-c000-000000000000",  # wrong variant
-        "00000000-0000-4000-8000-00000000000g", "../../../../etc/passwd-0000-0000-000000",
-        None, 5,
+        "00000000-0000-4000-8000-00000000000g",
+        "../../../../etc/passwd-0000-0000-000000",
+        None,
+        5,
     ],
 )
 def test_bad_session_ids(sid: object) -> None:

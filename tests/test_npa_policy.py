@@ -35,8 +35,12 @@ device_names = { "build01" = ["localhost:22"] }
 
 
 def req(client: str, device: str, group: str = "__none__", daemon: str = "@home") -> dict[str, str]:
-    return {"daemonAtsign": daemon, "daemonDeviceName": device,
-            "daemonDeviceGroupName": group, "clientAtsign": client}
+    return {
+        "daemonAtsign": daemon,
+        "daemonDeviceName": device,
+        "daemonDeviceGroupName": group,
+        "clientAtsign": client,
+    }
 
 
 def decide(payload: dict[str, str]) -> dict[str, object]:
@@ -45,7 +49,10 @@ def decide(payload: dict[str, str]) -> dict[str, object]:
 
 def test_device_name_match() -> None:
     assert decide(req("@alice", "my_pi")) == {
-        "authorized": True, "message": None, "permitOpen": ["localhost:22", "localhost:3389"]}
+        "authorized": True,
+        "message": None,
+        "permitOpen": ["localhost:22", "localhost:3389"],
+    }
     assert list(decide(req("@alice", "my_pi"))) == ["authorized", "message", "permitOpen"]
 
 
@@ -66,8 +73,11 @@ def test_groups_combine_and_daemon_restriction() -> None:
 
 def test_denials() -> None:
     d = decide(req("@mallory", "my_pi"))
-    assert d == {"authorized": False, "permitOpen": [],
-                 "message": "@mallory is not permitted to use device my_pi of @home"}
+    assert d == {
+        "authorized": False,
+        "permitOpen": [],
+        "message": "@mallory is not permitted to use device my_pi of @home",
+    }
     assert not decide(req("@carol", "blocked", "web", daemon="@web"))["authorized"]  # [] = nothing
     assert not decide(req("@alice", "my_pi", daemon="@other"))["authorized"]
     assert decide(req("@dave", "build01"))["permitOpen"] == ["localhost:22"]
@@ -82,9 +92,13 @@ def test_permit_open_result_is_usable_by_the_daemon() -> None:
 @pytest.mark.parametrize(
     "payload",
     [
-        req("alice", "my_pi"), req("@alice", "my pi\n"), req("@alice", "x/../y"),
-        req("@alice\nINFO ok", "my_pi"), req("@alice", "my_pi", "lab\x1b[2J"),
-        {"daemonAtsign": "@home", "clientAtsign": "@alice"}, {},
+        req("alice", "my_pi"),
+        req("@alice", "my pi\n"),
+        req("@alice", "x/../y"),
+        req("@alice\nINFO ok", "my_pi"),
+        req("@alice", "my_pi", "lab\x1b[2J"),
+        {"daemonAtsign": "@home", "clientAtsign": "@alice"},
+        {},
         {**req("@alice", "my_pi"), "clientAtsign": 5},
     ],
 )

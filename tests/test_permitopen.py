@@ -255,7 +255,9 @@ def _resolver(table: dict[str, list[str]]):
 def test_resolve_checked_returns_the_checked_address_once() -> None:
     resolve, calls = _resolver({"db.internal": ["10.0.0.5", "10.0.0.6"]})
     daemon = PermitOpen.parse("db.internal:5432")
-    assert resolve_checked("DB.internal", 5432, daemon, PermitOpen.allow_all(), resolver=resolve) == (
+    assert resolve_checked(
+        "DB.internal", 5432, daemon, PermitOpen.allow_all(), resolver=resolve
+    ) == (
         "10.0.0.5",
         5432,
     )
@@ -267,7 +269,10 @@ def test_resolve_checked_rebind_cannot_redirect_localhost() -> None:
     with pytest.raises(AuthRefusedError, match="non-loopback"):
         resolve_checked("localhost", 22, PermitOpen.parse("localhost:22"), resolver=resolve)
     resolve, _ = _resolver({"localhost": ["::1", "127.0.0.1"]})
-    assert resolve_checked("localhost", 22, PermitOpen.parse("localhost:22"), resolver=resolve) == ("::1", 22)
+    assert resolve_checked("localhost", 22, PermitOpen.parse("localhost:22"), resolver=resolve) == (
+        "::1",
+        22,
+    )
 
 
 def test_resolve_checked_numeric_ip_only_if_named() -> None:
@@ -308,8 +313,12 @@ def test_resolve_checked_real_localhost() -> None:
 def test_ping_response_key_order_and_names() -> None:
     po = PermitOpen.parse(DEFAULT_PERMIT_OPEN)
     text = ping_response_json(
-        device="mypi", device_group="lab", accepts_public_keys=False,
-        allowed_services=po.allowed_services(), version="5.6.3", core_version="6.2.0",
+        device="mypi",
+        device_group="lab",
+        accepts_public_keys=False,
+        allowed_services=po.allowed_services(),
+        version="5.6.3",
+        core_version="6.2.0",
     )
     assert text == (
         '{"devicename":"mypi","deviceGroupName":"lab","version":"5.6.3",'
@@ -319,8 +328,12 @@ def test_ping_response_key_order_and_names() -> None:
     )
     d = ping_response("x1", accepts_public_keys=True, allowed_services=["*:*"])
     assert list(d) == [
-        "devicename", "deviceGroupName", "version", "corePackageVersion",
-        "supportedFeatures", "allowedServices",
+        "devicename",
+        "deviceGroupName",
+        "version",
+        "corePackageVersion",
+        "supportedFeatures",
+        "allowedServices",
     ]
     assert d["deviceGroupName"] == "__none__" and d["supportedFeatures"]["acceptsPublicKeys"]
 
@@ -340,21 +353,38 @@ def test_v4_daemon_without_supported_features() -> None:
         "This device daemon does not authenticate to the socket rendezvous",
         "This device daemon does not encrypt traffic to the socket rendezvous",
     ]
-    require_features(info, sshnp_required_features(
-        authenticate_device_to_rvd=False, encrypt_rvd_traffic=False, send_ssh_public_key=True))
+    require_features(
+        info,
+        sshnp_required_features(
+            authenticate_device_to_rvd=False, encrypt_rvd_traffic=False, send_ssh_public_key=True
+        ),
+    )
 
 
 def test_c_daemon_response_and_tolerance() -> None:
-    c = {"devicename": "d", "version": "0.2.0", "corePackageVersion": "c0.1.0",
-         "supportedFeatures": {"srAuth": True, "srE2ee": True, "acceptsPublicKeys": False,
-                               "supportsPortChoice": True, "unknownThing": {"x": 1}},
-         "allowedServices": ["localhost:22", 5, "*:0"], "extra": [1, 2]}
+    c = {
+        "devicename": "d",
+        "version": "0.2.0",
+        "corePackageVersion": "c0.1.0",
+        "supportedFeatures": {
+            "srAuth": True,
+            "srE2ee": True,
+            "acceptsPublicKeys": False,
+            "supportsPortChoice": True,
+            "unknownThing": {"x": 1},
+        },
+        "allowedServices": ["localhost:22", 5, "*:0"],
+        "extra": [1, 2],
+    }
     info = parse_ping_response(json.dumps(c))
     assert info.allowed_services == ("localhost:22", "*:0")
     require_features(info, npt_required_features())
     with pytest.raises(UnsupportedFeatureError) as ei:
         require_features(info, npt_required_features(timeout_s=60))
-    assert str(ei.value) == "This device daemon does not support the 'timeout' value in npt session requests"
+    assert (
+        str(ei.value)
+        == "This device daemon does not support the 'timeout' value in npt session requests"
+    )
     with pytest.raises(UnsupportedFeatureError, match="accept ssh public keys from the client"):
         require_features(info, sshnp_required_features(send_ssh_public_key=True))
     # a truthy non-boolean is not "supported" (official clients test == true)
@@ -367,7 +397,10 @@ def test_required_feature_sets() -> None:
     assert sshnp_required_features() == [DaemonFeature.SR_AUTH, DaemonFeature.SR_E2EE]
     assert DaemonFeature.ACCEPTS_PUBLIC_KEYS in sshnp_required_features(send_ssh_public_key=True)
     assert npt_required_features() == [
-        DaemonFeature.SR_AUTH, DaemonFeature.SR_E2EE, DaemonFeature.SUPPORTS_PORT_CHOICE]
+        DaemonFeature.SR_AUTH,
+        DaemonFeature.SR_E2EE,
+        DaemonFeature.SUPPORTS_PORT_CHOICE,
+    ]
     assert DaemonFeature.NOPORTS_AEAD in npt_required_features(aead=True)
     assert FEATURE_CHECK_TIMEOUT_MESSAGE == "Daemon feature check timed out"
 

@@ -46,14 +46,20 @@ import hashlib
 import logging
 import os
 import time
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import tomllib
+
 from ..cli.common import escape
 from ..errors import ConfigError, ProtocolError
-from ..sshnpd.names import InvalidNameError, validate_atsign, validate_device_group, validate_device_name
+from ..sshnpd.names import (
+    InvalidNameError,
+    validate_atsign,
+    validate_device_group,
+    validate_device_name,
+)
 from ..sshnpd.permitopen import PermitOpen, PermitOpenError
 
 __all__ = ["PolicyRequest", "Decision", "Policy", "PolicyStore", "parse_policy", "load_policy"]
@@ -101,7 +107,11 @@ class Decision:
 
     def payload(self) -> dict[str, Any]:
         """The NPA success payload, official key order."""
-        return {"authorized": self.authorized, "message": self.message, "permitOpen": list(self.permit_open)}
+        return {
+            "authorized": self.authorized,
+            "message": self.message,
+            "permitOpen": list(self.permit_open),
+        }
 
 
 @dataclass(frozen=True)
@@ -125,7 +135,9 @@ class Policy:
         permits: list[str] = []
         matched: list[str] = []
         for g in self.groups:
-            if req.client_atsign not in g.members or (g.daemons and req.daemon_atsign not in g.daemons):
+            if req.client_atsign not in g.members or (
+                g.daemons and req.daemon_atsign not in g.daemons
+            ):
                 continue
             rule = g.device_names.get(req.device_name)
             if rule is None:
@@ -162,7 +174,7 @@ def _atsign_list(value: Any, where: str) -> frozenset[str]:
 
 def _rules(value: Any, where: str, validate: Callable[[str], str]) -> dict[str, PermitOpen]:
     if not isinstance(value, Mapping):
-        raise _err(where, "expected a table of name = [\"host:port\", ...]")
+        raise _err(where, 'expected a table of name = ["host:port", ...]')
     out: dict[str, PermitOpen] = {}
     for name, permits in value.items():
         try:
@@ -172,7 +184,7 @@ def _rules(value: Any, where: str, validate: Callable[[str], str]) -> dict[str, 
         if canon in out:
             raise _err(where, f"{name!r} is given twice (names are case-insensitive)")
         if not isinstance(permits, list) or not all(isinstance(p, str) for p in permits):
-            raise _err(f"{where}.{canon}", "expected an array of \"host:port\" strings")
+            raise _err(f"{where}.{canon}", 'expected an array of "host:port" strings')
         try:
             out[canon] = PermitOpen.parse(permits)
         except PermitOpenError as exc:
@@ -196,8 +208,12 @@ def _group(name: str, body: Any, where: str, members: frozenset[str] | None) -> 
         name=name,
         members=members,
         daemons=daemons,
-        device_names=_rules(body.get("device_names", {}), f"{where}.device_names", validate_device_name),
-        device_groups=_rules(body.get("device_groups", {}), f"{where}.device_groups", validate_device_group),
+        device_names=_rules(
+            body.get("device_names", {}), f"{where}.device_names", validate_device_name
+        ),
+        device_groups=_rules(
+            body.get("device_groups", {}), f"{where}.device_groups", validate_device_group
+        ),
     )
 
 
@@ -224,7 +240,9 @@ def parse_policy(data: bytes, *, source: str = "<policy>") -> Policy:
             member = validate_atsign(user)
         except InvalidNameError as exc:
             raise _err(f"{source}: users", str(exc)) from None
-        groups.append(_group(f"user:{member}", body, f"{source}: users.{user}", frozenset({member})))
+        groups.append(
+            _group(f"user:{member}", body, f"{source}: users.{user}", frozenset({member}))
+        )
     daemons = _atsign_list(doc.get("daemon_atsigns", []), f"{source}: daemon_atsigns")
     return Policy(daemons, tuple(groups), hashlib.sha256(data).hexdigest()[:16])
 
@@ -259,7 +277,8 @@ class PolicyStore:
         try:
             fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except OSError as exc:
-            return self._fail(None, f"cannot open policy {self.path}: {exc.strerror}")
+            self._fail(None, f"cannot open policy {self.path}: {exc.strerror}")
+            return None
         try:
             sig = _signature(os.fstat(fd))
             if sig == self._sig:
@@ -272,7 +291,8 @@ class PolicyStore:
         try:
             policy = parse_policy(b"".join(chunks), source=self.path)
         except ConfigError as exc:
-            return self._fail(sig, str(exc))
+            self._fail(sig, str(exc))
+            return None
         self.policy, self._sig, self.last_error = policy, sig, None
         log.info("policy loaded from %s (version %s)", escape(self.path), policy.digest)
         return policy
@@ -283,7 +303,6 @@ class PolicyStore:
         self.last_error = msg
         if sig is not None:
             self._sig = sig  # do not re-parse the same broken file on every decision
-        return None
 
     def maybe_reload(self) -> bool:
         """Cheap change check (one stat); True if a new policy was loaded."""

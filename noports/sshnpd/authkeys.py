@@ -303,7 +303,7 @@ def default_authorized_keys_path() -> Path:
 def _key_tokens(line: str) -> set[str]:
     """``type b64`` pairs found in a line, whatever options precede them."""
     toks = line.split()
-    return {f"{KEY_TYPES[a]} {b}" for a, b in zip(toks, toks[1:]) if a in KEY_TYPES}
+    return {f"{KEY_TYPES[a]} {b}" for a, b in zip(toks, toks[1:], strict=False) if a in KEY_TYPES}
 
 
 class AuthorizedKeys:
@@ -333,7 +333,9 @@ class AuthorizedKeys:
 
     def _read(self) -> bytes:
         try:
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+            fd = os.open(
+                self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+            )
         except FileNotFoundError:
             return b""
         except OSError as exc:
@@ -411,7 +413,10 @@ class AuthorizedKeys:
         return self.add_key(key, permissions)
 
     def add_ephemeral(self, key: SshPublicKey | str, session_id: str, options: str) -> bool:
-        """Append an ephemeral key tagged ``sshnp_ephemeral_<sid>`` (see :func:`ephemeral_options`)."""
+        """Append an ephemeral key tagged ``sshnp_ephemeral_<sid>``.
+
+        ``options`` comes from :func:`ephemeral_options`; the key is validated like a client's.
+        """
         k = key if isinstance(key, SshPublicKey) else parse_public_key(key)
         return self.add_key(k, options, comment=ephemeral_comment(session_id))
 

@@ -174,8 +174,11 @@ def parse_ping_response(data: str | bytes | Mapping[str, Any]) -> DaemonInfo:
 
 
 def sshnp_required_features(
-    *, authenticate_device_to_rvd: bool = True, encrypt_rvd_traffic: bool = True,
-    send_ssh_public_key: bool = False, aead: bool = False,
+    *,
+    authenticate_device_to_rvd: bool = True,
+    encrypt_rvd_traffic: bool = True,
+    send_ssh_public_key: bool = False,
+    aead: bool = False,
 ) -> list[DaemonFeature]:
     """Features sshnp requires: ``srAuth`` if ``--ad``, ``srE2ee`` if ``--et``,
     ``acceptsPublicKeys`` if ``-s``; plus ``noportsAead`` when the strong mode is demanded."""
@@ -191,7 +194,9 @@ def sshnp_required_features(
     return req
 
 
-def npt_required_features(*, timeout_s: float = NPT_DEFAULT_TIMEOUT_S, aead: bool = False) -> list[DaemonFeature]:
+def npt_required_features(
+    *, timeout_s: float = NPT_DEFAULT_TIMEOUT_S, aead: bool = False
+) -> list[DaemonFeature]:
     """npt always needs ``srAuth``, ``srE2ee`` (even with ``--no-et``, as official) and
     ``supportsPortChoice``; ``adjustableTimeout`` if the timeout is not the 30 s default."""
     req = [DaemonFeature.SR_AUTH, DaemonFeature.SR_E2EE, DaemonFeature.SUPPORTS_PORT_CHOICE]

@@ -282,7 +282,9 @@ def check_request(
     if not daemon.check(host, port):
         return PermitDecision(False, f"Daemon does not permit connections to {_target(host, port)}")
     if not client.check(host, port):
-        return PermitDecision(False, f"Client is not permitted connections to {_target(host, port)}")
+        return PermitDecision(
+            False, f"Client is not permitted connections to {_target(host, port)}"
+        )
     return PermitDecision(True)
 
 
@@ -316,7 +318,9 @@ def resolve_checked(
     try:
         h, p = canonical_host(host), canonical_port(port)
     except PermitOpenError as exc:
-        raise AuthRefusedError(f"Daemon does not permit connections to {_target(host, port)}: {exc}") from None
+        raise AuthRefusedError(
+            f"Daemon does not permit connections to {_target(host, port)}: {exc}"
+        ) from None
     for i, plist in enumerate(lists):
         if not plist.names_exactly(h, p):
             who = "Daemon does not permit" if i == 0 else "Client is not permitted"
