@@ -27,8 +27,13 @@ def test_default_env_and_argument_precedence() -> None:
 
 @pytest.mark.parametrize(
     ("text", "want"),
-    [("host", ("host", 64)), ("host:1", ("host", 1)), ("[::1]:70", ("::1", 70)), ("[::1]", ("::1", 64)),
-     ("::1", ("::1", 64))],
+    [
+        ("host", ("host", 64)),
+        ("host:1", ("host", 1)),
+        ("[::1]:70", ("::1", 70)),
+        ("[::1]", ("::1", 64)),
+        ("::1", ("::1", 64)),
+    ],
 )
 def test_parse_host_port(text: str, want: tuple[str, int]) -> None:
     assert parse_host_port(text) == want

@@ -39,30 +39,51 @@ def make_ca(tmp: Path) -> tuple[Path, Path, Path]:
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(1)
-          .not_valid_before(now - datetime.timedelta(hours=1))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(2)
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(2)
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     ca_pem, leaf_pem, key_pem = tmp / "ca.pem", tmp / "leaf.pem", tmp / "leaf.key"
     ca_pem.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     leaf_pem.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
+    key_pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return ca_pem, leaf_pem, key_pem
 
 
@@ -147,7 +168,7 @@ def test_timeout_closes_the_connection(run, tls) -> None:
     async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         w.write(b"@")
         await r.readline()
-        await asyncio.sleep(0.5)          # too slow
+        await asyncio.sleep(0.5)  # too slow
         w.write(b"data:late\n@")
         await r.read()
 
@@ -174,7 +195,9 @@ def test_silent_server_times_out_on_greeting(run, tls) -> None:
         server, port = await serve(sctx, handler)
         async with server:
             with pytest.raises(PeerTimeoutError):
-                await AtConnection.open("127.0.0.1", port, ssl_context(str(ca), env={}), connect_timeout=0.3)
+                await AtConnection.open(
+                    "127.0.0.1", port, ssl_context(str(ca), env={}), connect_timeout=0.3
+                )
 
     run(main())
 
@@ -254,7 +277,10 @@ def test_root_lookup_and_pkam_wire_format(run, tls, keys) -> None:
         rserver, rport = await serve(sctx, root)
         ctx = ssl_context(str(ca), env={})
         async with server, rserver:
-            assert await find_atserver("@alice", root=f"127.0.0.1:{rport}", ssl_ctx=ctx) == ("127.0.0.1", port)
+            assert await find_atserver("@alice", root=f"127.0.0.1:{rport}", ssl_ctx=ctx) == (
+                "127.0.0.1",
+                port,
+            )
             with pytest.raises(SecondaryNotFoundError):
                 await find_atserver("@nobody", root=f"127.0.0.1:{rport}", ssl_ctx=ctx)
             conn = await connect_atserver("alice", root=f"127.0.0.1:{rport}", ssl_ctx=ctx)

@@ -33,10 +33,20 @@ from noports.errors import (
 )
 
 NOTE = {
-    "id": "n-1", "from": "@bob", "to": "@alice", "key": "@alice:ping.dev.sshnp@bob",
-    "value": "abc=", "operation": "update", "epochMillis": 1700000000123,
-    "messageType": "MessageType.key", "isEncrypted": True,
-    "metadata": {"ivNonce": "AAAAAAAAAAAAAAAAAAAAAA==", "encKeyName": None, "sharedKeyEnc": "x/y+z="},
+    "id": "n-1",
+    "from": "@bob",
+    "to": "@alice",
+    "key": "@alice:ping.dev.sshnp@bob",
+    "value": "abc=",
+    "operation": "update",
+    "epochMillis": 1700000000123,
+    "messageType": "MessageType.key",
+    "isEncrypted": True,
+    "metadata": {
+        "ivNonce": "AAAAAAAAAAAAAAAAAAAAAA==",
+        "encKeyName": None,
+        "sharedKeyEnc": "x/y+z=",
+    },
 }
 
 
@@ -102,11 +112,24 @@ def test_error_forms_map_to_classes() -> None:
 @pytest.mark.parametrize(
     ("payload", "code", "cls", "desc"),
     [
-        ("AT0401-Exception: pkam authentication failed", "AT0401", ClientAuthFailedError,
-         "Exception: pkam authentication failed"),
-        ("AT0026:enrollment_id: 123 is pending", "AT0026", ApkamAuthError, "enrollment_id: 123 is pending"),
-        ('{"errorCode":"AT0015","errorDescription":"key not found"}', "AT0015", KeyNotFoundError,
-         "key not found"),
+        (
+            "AT0401-Exception: pkam authentication failed",
+            "AT0401",
+            ClientAuthFailedError,
+            "Exception: pkam authentication failed",
+        ),
+        (
+            "AT0026:enrollment_id: 123 is pending",
+            "AT0026",
+            ApkamAuthError,
+            "enrollment_id: 123 is pending",
+        ),
+        (
+            '{"errorCode":"AT0015","errorDescription":"key not found"}',
+            "AT0015",
+            KeyNotFoundError,
+            "key not found",
+        ),
         ("AT9999-brand new", "AT9999", AtError, "brand new"),
         ("something odd", None, AtError, "something odd"),
     ],
@@ -122,10 +145,23 @@ def test_notification_after_prompt_on_same_line_and_stats() -> None:
     c = authed_codec()
     c.send("noop:0")
     body = json.dumps(NOTE).encode()
-    stats = json.dumps({"id": "-1", "from": "@alice", "to": "@alice", "key": "statsNotification.@alice",
-                        "value": "17", "operation": "update", "epochMillis": 5,
-                        "messageType": "MessageType.key", "isEncrypted": False, "metadata": None})
-    c.receive_data(b"data:ok\n@alice@notification: " + body + b"\nnotification:" + stats.encode() + b"\n")
+    stats = json.dumps(
+        {
+            "id": "-1",
+            "from": "@alice",
+            "to": "@alice",
+            "key": "statsNotification.@alice",
+            "value": "17",
+            "operation": "update",
+            "epochMillis": 5,
+            "messageType": "MessageType.key",
+            "isEncrypted": False,
+            "metadata": None,
+        }
+    )
+    c.receive_data(
+        b"data:ok\n@alice@notification: " + body + b"\nnotification:" + stats.encode() + b"\n"
+    )
     ev = c.events()
     assert ev[0] == Data("ok", "noop")
     assert ev[1] == Prompt("@alice@")
@@ -157,7 +193,10 @@ def test_root_replies() -> None:
     r.receive_data(b"127.0.0.1:6464\r\n@null\r\n@[::1]:7000\r\n@")
     ev = r.events()
     assert [e for e in ev if not isinstance(e, Prompt)] == [
-        RootReply("127.0.0.1", 6464), RootReply(None, None), RootReply("::1", 7000)]
+        RootReply("127.0.0.1", 6464),
+        RootReply(None, None),
+        RootReply("::1", 7000),
+    ]
     assert ev[-1] == Prompt("@")
 
 
@@ -201,8 +240,10 @@ def test_long_line_within_limit_in_many_chunks() -> None:
     assert isinstance(ev[1], Data) and len(ev[1].text) == 500_000 - 5
 
 
-@pytest.mark.parametrize("bad", [b"garbage line\n", b"notification: {not json\n", b"notification: [1]\n",
-                                 b"data:\xff\xfe\n"])
+@pytest.mark.parametrize(
+    "bad",
+    [b"garbage line\n", b"notification: {not json\n", b"notification: [1]\n", b"data:\xff\xfe\n"],
+)
 def test_malformed_lines_raise(bad: bytes) -> None:
     c = AtClientCodec()
     c.receive_data(b"@" + bad)
@@ -235,8 +276,16 @@ _STREAM = (
     b"data:ok\n@alice@notification: " + json.dumps(dict(NOTE, id="n-2")).encode() + b"\r\n"
     b"data:" + b"v" * 3000 + b"\n@alice@"
 )
-_CMDS = ["from:@alice", "pkam:sig", "llookup:k@alice", "scan", "llookup:x@alice", "noop:0", "noop:0",
-         "llookup:big@alice"]
+_CMDS = [
+    "from:@alice",
+    "pkam:sig",
+    "llookup:k@alice",
+    "scan",
+    "llookup:x@alice",
+    "noop:0",
+    "noop:0",
+    "llookup:big@alice",
+]
 
 
 def _parse_chunks(chunks: list[bytes]) -> list[object]:
@@ -295,7 +344,8 @@ def test_random_bytes_never_crash_differently(data: bytes) -> None:
 def test_pkam_forms() -> None:
     assert commands.pkam("SIG") == "pkam:signingAlgo:rsa2048:hashingAlgo:sha256:SIG"
     assert commands.pkam("SIG", enrollment_id="e-1") == (
-        "pkam:signingAlgo:rsa2048:hashingAlgo:sha256:enrollmentId:e-1:SIG")
+        "pkam:signingAlgo:rsa2048:hashingAlgo:sha256:enrollmentId:e-1:SIG"
+    )
     assert commands.pkam("SIG", dart_form=False) == "pkam:SIG"
     assert commands.pkam("SIG", dart_form=False, enrollment_id="e") == "pkam:enrollmentId:e:SIG"
 
@@ -309,32 +359,63 @@ def test_pkam_signature_verifies(keys) -> None:
 def test_cram_digest_is_sha512_hex_of_secret_plus_challenge() -> None:
     import hashlib
 
-    assert commands.cram("s3cret", "_x@alice:y") == "cram:" + hashlib.sha512(b"s3cret_x@alice:y").hexdigest()
+    assert (
+        commands.cram("s3cret", "_x@alice:y")
+        == "cram:" + hashlib.sha512(b"s3cret_x@alice:y").hexdigest()
+    )
 
 
 def test_from_with_client_config() -> None:
     assert commands.from_("alice") == "from:@alice"
-    assert commands.from_("@alice", {"version": "3.0.38"}) == 'from:@alice:clientConfig:{"version":"3.0.38"}'
+    assert (
+        commands.from_("@alice", {"version": "3.0.38"})
+        == 'from:@alice:clientConfig:{"version":"3.0.38"}'
+    )
 
 
 def test_update_metadata_in_canonical_order() -> None:
-    m = Metadata(iv_nonce="IV==", ttr=-1, ttl=10000, is_encrypted=True, shared_key_enc="S/+=",
-                 pub_key_cs="abc", ccd=True, ttb=5)
+    m = Metadata(
+        iv_nonce="IV==",
+        ttr=-1,
+        ttl=10000,
+        is_encrypted=True,
+        shared_key_enc="S/+=",
+        pub_key_cs="abc",
+        ccd=True,
+        ttb=5,
+    )
     assert commands.update("@bob:k.ns@alice", "CT==", m) == (
         "update:ttl:10000:ttb:5:ttr:-1:ccd:true:isEncrypted:true:sharedKeyEnc:S/+=:pubKeyCS:abc"
-        ":ivNonce:IV==:@bob:k.ns@alice CT==")
+        ":ivNonce:IV==:@bob:k.ns@alice CT=="
+    )
 
 
-@pytest.mark.parametrize("bad", [Metadata(ttl=-1), Metadata(iv_nonce="a:b"), Metadata(enc_algo="x y"),
-                                 Metadata(data_signature="a@b")])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        Metadata(ttl=-1),
+        Metadata(iv_nonce="a:b"),
+        Metadata(enc_algo="x y"),
+        Metadata(data_signature="a@b"),
+    ],
+)
 def test_metadata_rejects_bad_values(bad: Metadata) -> None:
     with pytest.raises(CommandError):
         bad.wire()
 
 
 def test_metadata_from_json_is_lenient() -> None:
-    m = Metadata.from_json({"ttl": "5", "ccd": "True", "isEncrypted": True, "ivNonce": "x",
-                            "unknown": 1, "ttr": None, "sharedkeyenc": "y"})
+    m = Metadata.from_json(
+        {
+            "ttl": "5",
+            "ccd": "True",
+            "isEncrypted": True,
+            "ivNonce": "x",
+            "unknown": 1,
+            "ttr": None,
+            "sharedkeyenc": "y",
+        }
+    )
     assert m == Metadata(ttl=5, ccd=True, is_encrypted=True, iv_nonce="x", shared_key_enc="y")
     assert Metadata(ttl=1).merged(Metadata(ttr=2)) == Metadata(ttl=1, ttr=2)
 
@@ -342,7 +423,9 @@ def test_metadata_from_json_is_lenient() -> None:
 def test_lookup_family() -> None:
     assert commands.llookup("shared_key.bob@alice") == "llookup:shared_key.bob@alice"
     assert commands.llookup("@bob:phone@alice", "all") == "llookup:all:@bob:phone@alice"
-    assert commands.lookup("x@bob", "meta", bypass_cache=True) == "lookup:bypassCache:true:meta:x@bob"
+    assert (
+        commands.lookup("x@bob", "meta", bypass_cache=True) == "lookup:bypassCache:true:meta:x@bob"
+    )
     assert commands.plookup("publickey@bob") == "plookup:publickey@bob"
     with pytest.raises(CommandError):
         commands.llookup("x@a", "everything")
@@ -353,7 +436,8 @@ def test_key_strings() -> None:
     assert commands.key_string("k", "@alice", public=True) == "public:k@alice"
     assert commands.key_string("k", "@alice", shared_with="Bob") == "@bob:k@alice"
     assert commands.key_string("shared_key", "@bob", shared_with="@alice", cached=True) == (
-        "cached:@alice:shared_key@bob")
+        "cached:@alice:shared_key@bob"
+    )
     with pytest.raises(CommandError):
         commands.key_string("k", "@a", shared_with="@b", public=True)
     with pytest.raises(CommandError):
@@ -362,12 +446,23 @@ def test_key_strings() -> None:
 
 def test_notify_every_option_in_order() -> None:
     cmd = commands.notify(
-        "@bob:ping.dev.sshnp@alice", "CT==", id="abc-1", operation="update", message_type="key",
-        priority="high", strategy="latest", latest_n=3, notifier="me", ttln=60000,
-        metadata=Metadata(ttl=10000, ttr=-1, is_encrypted=True, iv_nonce="IV=="))
-    assert cmd == ("notify:id:abc-1:update:messageType:key:priority:high:strategy:latest:latestN:3"
-                   ":notifier:me:ttln:60000:ttl:10000:ttr:-1:isEncrypted:true:ivNonce:IV=="
-                   ":@bob:ping.dev.sshnp@alice:CT==")
+        "@bob:ping.dev.sshnp@alice",
+        "CT==",
+        id="abc-1",
+        operation="update",
+        message_type="key",
+        priority="high",
+        strategy="latest",
+        latest_n=3,
+        notifier="me",
+        ttln=60000,
+        metadata=Metadata(ttl=10000, ttr=-1, is_encrypted=True, iv_nonce="IV=="),
+    )
+    assert cmd == (
+        "notify:id:abc-1:update:messageType:key:priority:high:strategy:latest:latestN:3"
+        ":notifier:me:ttln:60000:ttl:10000:ttr:-1:isEncrypted:true:ivNonce:IV=="
+        ":@bob:ping.dev.sshnp@alice:CT=="
+    )
     assert commands.notify("public:x@alice") == "notify:public:x@alice"
     with pytest.raises(CommandError):
         commands.notify("x@alice")
@@ -381,7 +476,8 @@ def test_other_verbs() -> None:
     assert commands.monitor() == "monitor"
     assert commands.monitor(".*", since=0) == "monitor:0 .*"
     assert commands.monitor("sshnp", since=17, self_notifications=True, strict=True) == (
-        "monitor:strict:selfNotifications:17 sshnp")
+        "monitor:strict:selfNotifications:17 sshnp"
+    )
     assert commands.scan("x.*", show_hidden=True) == "scan:showHidden:true x.*"
     assert commands.scan() == "scan"
     assert commands.delete("@bob:k@alice") == "delete:@bob:k@alice"
@@ -391,16 +487,20 @@ def test_other_verbs() -> None:
     assert commands.info() == "info" and commands.info(True) == "info:brief"
     assert commands.root_lookup("@Alice") == "alice"
     assert commands.enroll("approve", {"enrollmentId": "e", "x": "é"}) == (
-        'enroll:approve:{"enrollmentId":"e","x":"é"}')
+        'enroll:approve:{"enrollmentId":"e","x":"é"}'
+    )
     assert commands.enroll("revoke", {"enrollmentId": "e"}, force=True) == (
-        'enroll:revoke:force:{"enrollmentId":"e"}')
+        'enroll:revoke:force:{"enrollmentId":"e"}'
+    )
     assert commands.enroll("list") == "enroll:list"
     assert commands.otp_get() == "otp:get" and commands.otp_get(60000) == "otp:get:ttl:60000"
     assert commands.otp_put("ABC123") == "otp:put:ABC123"
     assert commands.keys_get("e.default_enc_private_key.__manage@alice") == (
-        "keys:get:keyName:e.default_enc_private_key.__manage@alice")
+        "keys:get:keyName:e.default_enc_private_key.__manage@alice"
+    )
     assert commands.keys_verb("get", visibility="self", namespace="__manage", key_name="k") == (
-        "keys:get:self:namespace:__manage:keyName:k")
+        "keys:get:self:namespace:__manage:keyName:k"
+    )
 
 
 def test_newlines_are_refused() -> None:

@@ -163,7 +163,11 @@ def _tok(text: str, what: str) -> str:
 
 
 def key_string(
-    name: str, owner: str, *, shared_with: str | None = None, public: bool = False,
+    name: str,
+    owner: str,
+    *,
+    shared_with: str | None = None,
+    public: bool = False,
     cached: bool = False,
 ) -> str:
     """The wire key: ``public:n@o``, ``@w:n@o``, ``n@o``; ``cached:`` prefix on request."""
@@ -204,7 +208,10 @@ def pkam_signature(key: rsa.PrivateKey, challenge: str, hashing: str = "sha256")
 
 
 def pkam(
-    signature: str, *, enrollment_id: str | None = None, dart_form: bool = True,
+    signature: str,
+    *,
+    enrollment_id: str | None = None,
+    dart_form: bool = True,
     hashing: str = "sha256",
 ) -> str:
     """``pkam:signingAlgo:rsa2048:hashingAlgo:sha256[:enrollmentId:<id>]:<sig>`` (Dart form),
@@ -270,8 +277,13 @@ def delete(key: str) -> str:
     return check_line(f"delete:{key}")
 
 
-def scan(regex: str | None = None, *, show_hidden: bool = False, for_atsign: str | None = None,
-         page: int | None = None) -> str:
+def scan(
+    regex: str | None = None,
+    *,
+    show_hidden: bool = False,
+    for_atsign: str | None = None,
+    page: int | None = None,
+) -> str:
     cmd = "scan"
     if show_hidden:
         cmd += ":showHidden:true"
@@ -351,8 +363,13 @@ def notify_remove(notification_id: str) -> str:
     return "notify:remove:" + _tok(notification_id, "notification id")
 
 
-def monitor(regex: str | None = None, *, since: int | None = None,
-            self_notifications: bool = False, strict: bool = False) -> str:
+def monitor(
+    regex: str | None = None,
+    *,
+    since: int | None = None,
+    self_notifications: bool = False,
+    strict: bool = False,
+) -> str:
     """``monitor[:strict][:selfNotifications][:<epochMillis>][ <regex>]``."""
     cmd = "monitor"
     if strict:
@@ -415,9 +432,16 @@ def keys_get(key_name: str) -> str:
 
 
 def keys_verb(
-    op: str, *, visibility: str | None = None, namespace: str | None = None,
-    app_name: str | None = None, device_name: str | None = None, key_type: str | None = None,
-    encryption_key_name: str | None = None, key_name: str | None = None, value: str | None = None,
+    op: str,
+    *,
+    visibility: str | None = None,
+    namespace: str | None = None,
+    app_name: str | None = None,
+    device_name: str | None = None,
+    key_type: str | None = None,
+    encryption_key_name: str | None = None,
+    key_name: str | None = None,
+    value: str | None = None,
 ) -> str:
     """General ``keys:(put|get|delete)…`` form, parts in the at_commons order."""
     if op not in ("put", "get", "delete"):
@@ -427,9 +451,14 @@ def keys_verb(
         if visibility not in ("public", "private", "self"):
             raise CommandError("keys visibility must be public, private or self")
         cmd += f":{visibility}"
-    for wire, v in (("namespace", namespace), ("appName", app_name), ("deviceName", device_name),
-                    ("keyType", key_type), ("encryptionKeyName", encryption_key_name),
-                    ("keyName", key_name)):
+    for wire, v in (
+        ("namespace", namespace),
+        ("appName", app_name),
+        ("deviceName", device_name),
+        ("keyType", key_type),
+        ("encryptionKeyName", encryption_key_name),
+        ("keyName", key_name),
+    ):
         if v is not None:
             cmd += f":{wire}:{_tok(v, wire)}"
     if value is not None:

@@ -37,7 +37,9 @@ class RootAddress(NamedTuple):
         return f"{'proxy:' if self.proxy else ''}{h}:{self.port}"
 
 
-def parse_host_port(text: str, default_port: int = DEFAULT_ROOT_PORT, *, what: str = "address") -> tuple[str, int]:
+def parse_host_port(
+    text: str, default_port: int = DEFAULT_ROOT_PORT, *, what: str = "address"
+) -> tuple[str, int]:
     """``host``, ``host:port`` or ``[v6]:port`` -> (host, port). Raises ConfigError."""
     s = text.strip()
     if not s:
@@ -46,7 +48,7 @@ def parse_host_port(text: str, default_port: int = DEFAULT_ROOT_PORT, *, what: s
         end = s.find("]")
         if end < 0:
             raise ConfigError(f"bad {what} {text!r}: missing ']'")
-        host, rest = s[1:end], s[end + 1:]
+        host, rest = s[1:end], s[end + 1 :]
         if rest and not rest.startswith(":"):
             raise ConfigError(f"bad {what} {text!r}")
         port_s = rest[1:] if rest else ""
@@ -79,7 +81,7 @@ def root_address(arg: str | None = None, env: Mapping[str, str] | None = None) -
     text = arg if arg else environ.get(ENV_ROOT) or DEFAULT_ROOT
     proxy = False
     if text.startswith("proxy:"):
-        proxy, text = True, text[len("proxy:"):]
+        proxy, text = True, text[len("proxy:") :]
     host, port = parse_host_port(text, what="root address")
     return RootAddress(host, port, proxy)
 
@@ -93,7 +95,9 @@ def ca_file(arg: str | None = None, env: Mapping[str, str] | None = None) -> str
     return path
 
 
-def ssl_context(ca_file_arg: str | None = None, env: Mapping[str, str] | None = None) -> ssl.SSLContext:
+def ssl_context(
+    ca_file_arg: str | None = None, env: Mapping[str, str] | None = None
+) -> ssl.SSLContext:
     """A client TLS context: system CAs, plus the extra CA file when one is configured.
 
     Hostname checks stay on (the embedded server's certificate carries ``IP:127.0.0.1``).

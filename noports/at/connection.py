@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from typing import Union
 
 from ..crypto import rsa
 from ..crypto.atkeys import AtKeys
@@ -60,11 +59,11 @@ from .protocol import (
 
 log = logging.getLogger("noports.at")
 
-Reply = Union[Data, ErrorReply, RootReply]
+Reply = Data | ErrorReply | RootReply
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_COMMAND_TIMEOUT = 10.0
-_QUEUE_HIGH = 10_000   # notifications buffered before we stop reading (backpressure)
+_QUEUE_HIGH = 10_000  # notifications buffered before we stop reading (backpressure)
 _QUEUE_LOW = 1_000
 
 
@@ -90,9 +89,15 @@ class _AtProtocol(asyncio.Protocol):
 class AtConnection:
     """A connected (TLS) atProtocol connection; use :meth:`open` to make one."""
 
-    def __init__(self, host: str, port: int, *, root: bool = False,
-                 command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
-                 max_buffer: int = DEFAULT_MAX_BUFFER) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        root: bool = False,
+        command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+        max_buffer: int = DEFAULT_MAX_BUFFER,
+    ) -> None:
         self.host = host
         self.port = port
         self.root = root
@@ -112,9 +117,15 @@ class AtConnection:
 
     @classmethod
     async def open(
-        cls, host: str, port: int, ssl_ctx: ssl.SSLContext | None = None, *, root: bool = False,
+        cls,
+        host: str,
+        port: int,
+        ssl_ctx: ssl.SSLContext | None = None,
+        *,
+        root: bool = False,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-        command_timeout: float = DEFAULT_COMMAND_TIMEOUT, max_buffer: int = DEFAULT_MAX_BUFFER,
+        command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+        max_buffer: int = DEFAULT_MAX_BUFFER,
     ) -> AtConnection:
         """Connect with TLS and wait for the server's first prompt."""
         ctx = ssl_ctx if ssl_ctx is not None else ssl_context()
@@ -122,14 +133,17 @@ class AtConnection:
         loop = asyncio.get_running_loop()
         try:
             await asyncio.wait_for(
-                loop.create_connection(lambda: _AtProtocol(conn), host, port, ssl=ctx,
-                                       server_hostname=host),
+                loop.create_connection(
+                    lambda: _AtProtocol(conn), host, port, ssl=ctx, server_hostname=host
+                ),
                 connect_timeout,
             )
             await asyncio.wait_for(asyncio.shield(conn._greeting), connect_timeout)
         except asyncio.TimeoutError as exc:
             conn._abort()
-            raise PeerTimeoutError(f"{host}:{port} did not greet within {connect_timeout:g}s") from exc
+            raise PeerTimeoutError(
+                f"{host}:{port} did not greet within {connect_timeout:g}s"
+            ) from exc
         except ssl.SSLError as exc:
             conn._abort()
             raise ConnectError(f"TLS with {host}:{port} failed: {exc}") from exc
@@ -246,20 +260,28 @@ class AtConnection:
         return await self.execute(commands.from_(atsign, client_config))
 
     async def authenticate_pkam(
-        self, atsign: str, private_key: rsa.PrivateKey, *, enrollment_id: str | None = None,
-        dart_form: bool = True, client_config: dict[str, str] | None = None,
+        self,
+        atsign: str,
+        private_key: rsa.PrivateKey,
+        *,
+        enrollment_id: str | None = None,
+        dart_form: bool = True,
+        client_config: dict[str, str] | None = None,
     ) -> None:
         """``from`` + ``pkam``. Raises ClientAuthFailedError / Apkam*Error on refusal."""
         challenge = await self.from_(atsign, client_config)
         sig = commands.pkam_signature(private_key, challenge)
-        text = await self.execute(commands.pkam(sig, enrollment_id=enrollment_id, dart_form=dart_form))
+        text = await self.execute(
+            commands.pkam(sig, enrollment_id=enrollment_id, dart_form=dart_form)
+        )
         if text.strip() != "success":
             raise AtError.for_code("AT0401", f"pkam answered {text[:40]!r}")
 
     async def authenticate(self, keys: AtKeys, *, dart_form: bool = True) -> None:
         """PKAM with an AtKeys; sends its enrollmentId when it has one."""
-        await self.authenticate_pkam(keys.atsign, keys.pkam_private,
-                                     enrollment_id=keys.enrollment_id, dart_form=dart_form)
+        await self.authenticate_pkam(
+            keys.atsign, keys.pkam_private, enrollment_id=keys.enrollment_id, dart_form=dart_form
+        )
 
     async def authenticate_cram(self, atsign: str, secret: str) -> None:
         """``from`` + ``cram`` (first onboarding only)."""
@@ -354,16 +376,21 @@ def _verb_of(command: str) -> str:
 
 
 async def find_atserver(
-    atsign: str, *, root: str | RootAddress | None = None, ssl_ctx: ssl.SSLContext | None = None,
-    ca_file: str | None = None, timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    atsign: str,
+    *,
+    root: str | RootAddress | None = None,
+    ssl_ctx: ssl.SSLContext | None = None,
+    ca_file: str | None = None,
+    timeout: float = DEFAULT_CONNECT_TIMEOUT,
 ) -> tuple[str, int]:
     """Ask the root directory where ``atsign`` lives (``proxy:`` roots answer themselves)."""
     ra = root if isinstance(root, RootAddress) else root_address(root)
     if ra.proxy:
         return ra.host, ra.port
     ctx = ssl_ctx if ssl_ctx is not None else ssl_context(ca_file)
-    conn = await AtConnection.open(ra.host, ra.port, ctx, root=True, connect_timeout=timeout,
-                                   command_timeout=timeout)
+    conn = await AtConnection.open(
+        ra.host, ra.port, ctx, root=True, connect_timeout=timeout, command_timeout=timeout
+    )
     try:
         return await conn.lookup(atsign)
     finally:
@@ -371,28 +398,39 @@ async def find_atserver(
 
 
 async def connect_atserver(
-    atsign: str, *, root: str | RootAddress | None = None, ca_file: str | None = None,
-    ssl_ctx: ssl.SSLContext | None = None, timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    atsign: str,
+    *,
+    root: str | RootAddress | None = None,
+    ca_file: str | None = None,
+    ssl_ctx: ssl.SSLContext | None = None,
+    timeout: float = DEFAULT_CONNECT_TIMEOUT,
     command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
 ) -> AtConnection:
     """Root lookup, then an (unauthenticated) TLS connection to the atSign's server."""
     ctx = ssl_ctx if ssl_ctx is not None else ssl_context(ca_file)
     host, port = await find_atserver(atsign, root=root, ssl_ctx=ctx, timeout=timeout)
-    return await AtConnection.open(host, port, ctx, connect_timeout=timeout,
-                                   command_timeout=command_timeout)
+    return await AtConnection.open(
+        host, port, ctx, connect_timeout=timeout, command_timeout=command_timeout
+    )
 
 
 async def connect_authenticated(
-    keys: AtKeys, *, root: str | RootAddress | None = None, ca_file: str | None = None,
-    ssl_ctx: ssl.SSLContext | None = None, timeout: float = DEFAULT_CONNECT_TIMEOUT,
-    command_timeout: float = DEFAULT_COMMAND_TIMEOUT, address: tuple[str, int] | None = None,
+    keys: AtKeys,
+    *,
+    root: str | RootAddress | None = None,
+    ca_file: str | None = None,
+    ssl_ctx: ssl.SSLContext | None = None,
+    timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+    address: tuple[str, int] | None = None,
 ) -> AtConnection:
     """A PKAM-authenticated connection for ``keys.atsign`` (``address`` skips the root)."""
     ctx = ssl_ctx if ssl_ctx is not None else ssl_context(ca_file)
     if address is None:
         address = await find_atserver(keys.atsign, root=root, ssl_ctx=ctx, timeout=timeout)
-    conn = await AtConnection.open(address[0], address[1], ctx, connect_timeout=timeout,
-                                   command_timeout=command_timeout)
+    conn = await AtConnection.open(
+        address[0], address[1], ctx, connect_timeout=timeout, command_timeout=command_timeout
+    )
     try:
         await conn.authenticate(keys)
     except BaseException:

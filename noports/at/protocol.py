@@ -40,10 +40,10 @@ DEFAULT_MAX_BUFFER = 16 * 1024 * 1024  # > the Dart server's 10,240,000-byte com
 class State(enum.Enum):
     """Where the conversation is (asyncpg ``ProtocolState`` style)."""
 
-    GREETING = "greeting"   # waiting for the server's first prompt
-    READY = "ready"          # request/response
-    MONITOR = "monitor"      # ``monitor`` sent: pushes plus replies to noop
-    CLOSED = "closed"        # EOF seen, @exit sent, or a fatal error
+    GREETING = "greeting"  # waiting for the server's first prompt
+    READY = "ready"  # request/response
+    MONITOR = "monitor"  # ``monitor`` sent: pushes plus replies to noop
+    CLOSED = "closed"  # EOF seen, @exit sent, or a fatal error
 
 
 class _NeedData:
@@ -136,7 +136,7 @@ class Notification(Event):
         if k.startswith("@") and ":" in k:
             k = k.split(":", 1)[1]
         if k.startswith("public:"):
-            k = k[len("public:"):]
+            k = k[len("public:") :]
         frm = self.from_atsign
         if frm and k.endswith(frm):
             k = k[: -len(frm)]
@@ -202,7 +202,7 @@ def parse_error(payload: str) -> tuple[str | None, str]:
     code = AtError.parse_code(text)
     if code is None:
         return None, text
-    rest = text[len(code):]
+    rest = text[len(code) :]
     if rest[:1] in ("-", ":"):
         rest = rest[1:]
     return code, rest.strip()
@@ -219,12 +219,12 @@ class AtClientCodec:
         self.root = root
         self.max_buffer = max_buffer
         self.state = State.GREETING
-        self.atsign: str | None = None          # from the last ``from:``
+        self.atsign: str | None = None  # from the last ``from:``
         self.authenticated = False
         self._buf = bytearray()
-        self._tail = 0                           # _buf[_tail:] holds no b"\n"
+        self._tail = 0  # _buf[_tail:] holds no b"\n"
         self._events: deque[Event] = deque()
-        self._pending: deque[str] = deque()      # verbs awaiting a reply, oldest first
+        self._pending: deque[str] = deque()  # verbs awaiting a reply, oldest first
         self._eof = False
         self._dead: ProtocolError | None = None
         self._closed_sent = False
@@ -369,14 +369,14 @@ class AtClientCodec:
             if m is None:  # pragma: no cover - the pattern always matches "@"
                 break
             self._announce_prompt(m.group(0))
-            line = line[m.end():]
+            line = line[m.end() :]
         if not line.strip():
             return
         self._classify(line)
 
     def _classify(self, line: str) -> None:
         if line.startswith("notification:"):
-            body = line[len("notification:"):].strip()
+            body = line[len("notification:") :].strip()
             try:
                 obj = json.loads(body)
             except ValueError:
