@@ -32,6 +32,7 @@ from typing import Any
 
 import tomllib
 
+from .cli.common import escape
 from .errors import ConfigError
 
 __all__ = [
@@ -189,7 +190,7 @@ def load_toml(path: str | os.PathLike[str], parser: argparse.ArgumentParser) -> 
     for key, value in data.items():
         dest = key.replace("-", "_")
         if dest not in table or dest == "config":
-            raise ConfigError(f"config file {p}: unknown key '{key}'")
+            raise ConfigError(f"config file {p}: unknown key '{escape(key, 80)}'")
         if dest in out:
             raise ConfigError(f"config file {p}: key '{key}' is given twice ('-' and '_' forms)")
         out[dest] = _convert(table[dest], value, f"config file {p}: key '{key}'", from_text=False)

@@ -18,9 +18,12 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from noports.errors import ConfigError, KeyFileError
 from noports.sshnpd.authkeys import (
+    KEY_TYPES,
     MAX_KEY_TEXT,
     AuthorizedKeys,
     InvalidPublicKeyError,
@@ -452,3 +455,25 @@ def test_real_sshd_honours_written_lines(tmp_path: Path) -> None:
         assert out.returncode == 255 and "noports-ok" not in out.stdout
     finally:
         sshd.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=200), st.binary(max_size=200)))
+def test_hypothesis_parser_only_raises_its_error(text: str | bytes) -> None:
+    try:
+        key = parse_public_key(text)
+    except InvalidPublicKeyError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert "\n" not in key.line()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=0, max_size=120), st.sampled_from(sorted(set(KEY_TYPES))))
+def test_hypothesis_random_blobs_are_refused_cleanly(blob: bytes, declared: str) -> None:
+    embedded = KEY_TYPES[declared].encode()
+    for b in (blob, _s(embedded) + blob):
+        try:
+            parse_public_key(f"{declared} {_b64(b)}" if b else declared)
+        except InvalidPublicKeyError:
+            continue

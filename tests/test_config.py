@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from noports.config import (
     env_names,
@@ -291,3 +293,23 @@ def test_env_file_value_with_equals_survives() -> None:
         "TO": "@x",
         "REMOTE_USER_NAME": "a=b=c",
     }
+
+
+def test_hostile_toml_key_is_escaped_in_the_error(tmp_path: Path) -> None:
+    cfg = write(tmp_path, '"a\\nINFO ok\\u001b[2J" = 1\n')
+    with pytest.raises(ConfigError) as ei:
+        load_toml(cfg, make_parser())
+    assert "\n" not in str(ei.value) and "\x1b" not in str(ei.value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200))
+def test_hypothesis_env_file_only_raises_config_error(text: str) -> None:
+    try:
+        out = parse_env_file(text)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
+        return
+    for key, value in out.items():
+        assert key.isupper() or key.replace("_", "").isalnum()
+        assert "\n" not in value and "\r" not in value

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from noports.errors import ConfigError, ProtocolError
 from noports.npa.policy import PolicyRequest, PolicyStore, parse_policy
@@ -200,3 +202,18 @@ def test_invalid_request_is_audited_without_raw_controls(tmp_path: Path) -> None
     assert "\\n" not in text and "\\u001b" not in text  # escaped by us, not by json
     assert "\n" not in rec["clientAtsign"] and "\x1b" not in rec["clientAtsign"]  # type: ignore[operator]
     assert "\n" not in rec["reason"]  # type: ignore[operator]
+
+
+def test_hostile_group_name_is_escaped() -> None:
+    with pytest.raises(ConfigError) as ei:
+        parse_policy(b'[groups."x\\nINFO granted"]\natsigns = ["@a"]\nbogus = 1\n')
+    assert "\n" not in str(ei.value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_hypothesis_policy_parser_only_raises_config_error(data: bytes) -> None:
+    try:
+        parse_policy(data)
+    except ConfigError:
+        pass

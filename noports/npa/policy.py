@@ -198,7 +198,7 @@ def _group(name: str, body: Any, where: str, members: frozenset[str] | None) -> 
     allowed = _GROUP_KEYS if members is None else _USER_KEYS
     for key in body:
         if key not in allowed:
-            raise _err(where, f"unknown key '{key}'")
+            raise _err(where, f"unknown key '{escape(key, 80)}'")
     if members is None:
         if "atsigns" not in body:
             raise _err(where, "missing 'atsigns'")
@@ -225,13 +225,13 @@ def parse_policy(data: bytes, *, source: str = "<policy>") -> Policy:
         raise ConfigError(f"policy {source}: {exc}") from None
     for key in doc:
         if key not in _TOP_KEYS:
-            raise _err(source, f"unknown key '{key}'")
+            raise _err(source, f"unknown key '{escape(key, 80)}'")
     groups: list[_Group] = []
     raw_groups = doc.get("groups", {})
     if not isinstance(raw_groups, Mapping):
         raise _err(source, "'groups' must be a table")
     for gname, body in raw_groups.items():
-        groups.append(_group(gname, body, f"{source}: groups.{gname}", None))
+        groups.append(_group(gname, body, f"{source}: groups.{escape(gname, 80)}", None))
     raw_users = doc.get("users", {})
     if not isinstance(raw_users, Mapping):
         raise _err(source, "'users' must be a table")
@@ -241,7 +241,9 @@ def parse_policy(data: bytes, *, source: str = "<policy>") -> Policy:
         except InvalidNameError as exc:
             raise _err(f"{source}: users", str(exc)) from None
         groups.append(
-            _group(f"user:{member}", body, f"{source}: users.{user}", frozenset({member}))
+            _group(
+                f"user:{member}", body, f"{source}: users.{escape(user, 80)}", frozenset({member})
+            )
         )
     daemons = _atsign_list(doc.get("daemon_atsigns", []), f"{source}: daemon_atsigns")
     return Policy(daemons, tuple(groups), hashlib.sha256(data).hexdigest()[:16])
