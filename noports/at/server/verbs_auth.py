@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from ...crypto.encoding import b64d
 from ...errors import AtError, ProtocolError
 from .parse import Command
+from .verbs_notify import flush_queued
 
 if TYPE_CHECKING:
     from .engine import Reply, Session
@@ -51,6 +52,7 @@ def from_verb(s: Session, cmd: Command) -> Reply:
     s.set_client_config(cmd.get("client_config"))
     if not s.engine.store.has_atsign(atsign):
         raise AtError.for_code("AT0401", f"{atsign} is not served here")
+    flush_queued(s.engine, atsign)  # sent before this atSign was added: deliver now
     s.atsign = atsign
     s.authed = False
     s.auth_kind = s.enrollment_id = None

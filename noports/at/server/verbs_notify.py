@@ -94,11 +94,11 @@ def _apply_cache(eng: Engine, n: Notification, now: int) -> None:
             store.delete(n.to_atsign, cached)
 
 
-def flush_queued(eng: Engine) -> int:
+def flush_queued(eng: Engine, to: str | None = None) -> int:
     """Deliver queued notifications whose recipient is now hosted here (e.g. added later)."""
     count = 0
     now = eng.clock()
-    for n in eng.store.queued_for(None, now):
+    for n in eng.store.queued_for(to, now):
         if not eng.store.has_atsign(n.to_atsign):
             continue
         eng.store.set_status(n.owner, "sent", n.id, "delivered")
