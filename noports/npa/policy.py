@@ -45,12 +45,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-import tomllib
 
 from ..cli.common import escape
 from ..errors import ConfigError, ProtocolError
@@ -61,6 +60,11 @@ from ..sshnpd.names import (
     validate_device_name,
 )
 from ..sshnpd.permitopen import PermitOpen, PermitOpenError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 needs the tomli backport
+    import tomli as tomllib
 
 __all__ = ["PolicyRequest", "Decision", "Policy", "PolicyStore", "parse_policy", "load_policy"]
 
