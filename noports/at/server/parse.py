@@ -152,15 +152,19 @@ def _lookup_common(verb: str, rest: str, *, llookup: bool) -> Command:
     return Command(verb, args)
 
 
-def _meta_and_rest(tokens: list[str], extra: dict[str, str] | None = None) -> tuple[dict[str, Any], dict[str, str], list[str]]:
-    """Consume leading ``name:value`` metadata (and ``extra`` option) pairs in any order."""
+def _meta_and_rest(tokens: list[str], extra: dict[str, str] | None = None, *, ops: bool = False
+                   ) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    """Consume leading ``name:value`` metadata (and ``extra`` option) pairs in any order.
+
+    ``ops``: bare ``update``/``delete`` tokens are the notify operation.
+    """
     meta: dict[str, Any] = {}
     opts: dict[str, str] = {}
     i = 0
     while i < len(tokens):
         t = tokens[i]
         low = t.replace("_", "").lower()
-        if extra is not None and low in ("update", "delete"):
+        if ops and low in ("update", "delete"):
             opts["operation"] = low
             i += 1
             continue
@@ -196,7 +200,8 @@ def _update(rest: str) -> Command:
     head, sp, value = rest.partition(" ")
     if not sp:
         raise syntax("update: expects '<key> <value>'")
-    meta, _, tokens = _meta_and_rest(head.split(":"))
+    # atsdk's metadata string may carry ttln even on update: accepted and ignored
+    meta, _, tokens = _meta_and_rest(head.split(":"), {"ttln": "ttln"})
     if not tokens or not tokens[0]:
         raise syntax("update: expects a key")
     return Command("update", {"key": ":".join(tokens), "value": value, "meta": meta})
@@ -251,7 +256,7 @@ def _notify(rest: str) -> Command:
     if low.startswith("fetch:"):
         return Command("notify:fetch", {"id": rest[6:]})
     tokens = rest.split(":")
-    meta, opts, tokens = _meta_and_rest(tokens, _NOTIFY_OPTS)
+    meta, opts, tokens = _meta_and_rest(tokens, _NOTIFY_OPTS, ops=True)
     mtype = opts.get("messageType", "key").lower()
     if mtype not in ("key", "text"):
         raise syntax("notify: messageType is key or text")
