@@ -4,7 +4,9 @@
 Same contract as ``noports/_speedups/pump_py.py`` (the specification twin): same class,
 arguments and attributes, same backpressure, half-close and error behaviour. The bytes
 never enter user space: each direction owns one non-blocking pipe (created on first use,
-so an idle pair holds no pipe; F_SETPIPE_SZ raises it to ``pipe_size`` where permitted).
+so an idle pair holds no pipe, and it grows to ``pipe_size`` with F_SETPIPE_SZ, where
+permitted, only once a bulk flow has filled it: interactive pairs keep the small default
+and leave the per-user pipe quota, fs.pipe-user-pages-soft, to the bulk ones).
 
 Per direction: read (splice src -> pipe) only while the pipe is empty; then drain the pipe
 into dst; if dst would block, stop reading src and wait for dst to become writable. So at
@@ -30,17 +32,20 @@ cdef extern from *:
     static ssize_t np_splice(int fd_in, int fd_out, size_t len) {
         return splice(fd_in, NULL, fd_out, NULL, len, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
     }
-    static int np_pipe(int fds[2], int size) {
+    static int np_pipe(int fds[2]) {
         if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) return -1;
-        if (size > 0) (void)fcntl(fds[1], F_SETPIPE_SZ, size);
-        return 0;
+        return fcntl(fds[1], F_GETPIPE_SZ);
+    }
+    static int np_grow(int fd, int size) {
+        return fcntl(fd, F_SETPIPE_SZ, size);
     }
     #else
     #define NP_HAVE_SPLICE 0
     static ssize_t np_splice(int fd_in, int fd_out, size_t len) {
         (void)fd_in; (void)fd_out; (void)len; errno = ENOSYS; return -1;
     }
-    static int np_pipe(int fds[2], int size) { (void)fds; (void)size; errno = ENOSYS; return -1; }
+    static int np_pipe(int fds[2]) { (void)fds; errno = ENOSYS; return -1; }
+    static int np_grow(int fd, int size) { (void)fd; (void)size; errno = ENOSYS; return -1; }
     #endif
     #ifndef MSG_NOSIGNAL
     #define MSG_NOSIGNAL 0
@@ -51,7 +56,8 @@ cdef extern from *:
     """
     int NP_HAVE_SPLICE
     ssize_t np_splice(int fd_in, int fd_out, size_t len) nogil
-    int np_pipe(int *fds, int size) nogil
+    int np_pipe(int *fds) nogil
+    int np_grow(int fd, int size) nogil
     ssize_t np_send(int fd, const char *buf, size_t len) nogil
 
 cdef extern from "unistd.h":
@@ -82,6 +88,8 @@ cdef class Pump:
     cdef int pr[2]          # pipe read end per direction, -1 until first use
     cdef int pw[2]          # pipe write end per direction
     cdef Py_ssize_t inpipe[2]
+    cdef int pcap[2]        # current pipe capacity per direction
+    cdef bint grown[2]      # growth to pipe_size attempted
     cdef long long count[2]
     cdef bint reading[2]    # reader registered on fd[d]
     cdef bint writing[2]    # writer registered on fd[1-d]
@@ -103,6 +111,8 @@ cdef class Pump:
             self.eof[d] = False
             self.done[d] = False
             self.hoff[d] = 0
+            self.pcap[d] = 0
+            self.grown[d] = False
 
     def __init__(self, loop, sock_a, sock_b, on_done, *, bytes head_ab=b"",
                  bytes head_ba=b"", bint eof_a=False, bint eof_b=False,
@@ -145,6 +155,11 @@ cdef class Pump:
     @property
     def bytes_ba(self):
         return self.count[1]
+
+    @property
+    def pipe_sizes(self):
+        """Current pipe capacity per direction (A->B, B->A); 0 while a direction has none."""
+        return (self.pcap[0], self.pcap[1])
 
     def start(self):
         if self.started:
@@ -203,6 +218,7 @@ cdef class Pump:
             self.pr[d] = -1
             self.pw[d] = -1
         self.inpipe[d] = 0
+        self.pcap[d] = 0
 
     # -- events -------------------------------------------------------------------------
 
@@ -221,21 +237,30 @@ cdef class Pump:
     cdef void _readable(self, int d) except *:
         cdef ssize_t n
         cdef int fds[2]
-        cdef int rounds
-        cdef size_t want = <size_t>(self.pipe_size if self.pipe_size > PIPE_DEFAULT else PIPE_DEFAULT)
+        cdef int rounds, cap
         if self.closed:
             return
         if self.pr[d] < 0:
-            if np_pipe(fds, self.pipe_size) != 0:
+            cap = np_pipe(fds)
+            if cap < 0:
                 self._abort(OSError(errno, "pipe2 failed"))
                 return
             self.pr[d] = fds[0]
             self.pw[d] = fds[1]
+            self.pcap[d] = cap if cap > 0 else PIPE_DEFAULT
         # A few rounds per wakeup: fewer trips through the event loop on a busy pair.
         for rounds in range(MAX_ROUNDS):
-            n = np_splice(self.fd[d], self.pw[d], want)
+            n = np_splice(self.fd[d], self.pw[d], <size_t>self.pcap[d])
             if n > 0:
                 self.inpipe[d] = n
+                if n >= self.pcap[d] and not self.grown[d]:
+                    # A bulk flow filled the default pipe: grow it once (best effort;
+                    # small pipes keep interactive pairs cheap and the pipe quota free).
+                    self.grown[d] = True
+                    if self.pipe_size > self.pcap[d]:
+                        cap = np_grow(self.pw[d], self.pipe_size)
+                        if cap > 0:
+                            self.pcap[d] = cap
                 if not self._drain(d):
                     return
             elif n == 0:

@@ -216,3 +216,27 @@ def test_compiled_twin_uses_splice() -> None:
     mod = _compat.speedups("pump", "c")
     assert mod.IMPLEMENTATION == "c" and mod.SPLICE is True
     assert _compat.implementation() in ("compiled", "pure")
+
+
+@pytest.mark.c_extension
+def test_splice_pipes_are_lazy_and_grow_only_for_bulk(run: Any) -> None:
+    """Idle directions hold no pipe, small flows keep the default, bulk grows to pipe_size."""
+
+    async def main() -> None:
+        rig = Rig("c", pipe_size=1 << 20).start()
+        try:
+            assert rig.pump.pipe_sizes == (0, 0)
+            await rig.loop.sock_sendall(rig.outer_a, b"hi")
+            assert await rig.loop.sock_recv(rig.outer_b, 10) == b"hi"
+            small = rig.pump.pipe_sizes
+            assert 0 < small[0] < 1 << 20 and small[1] == 0
+            sender = asyncio.ensure_future(rig.send_and_shut(rig.outer_a, bytes(16 << 20)))
+            got = len(await rig.recv_all(rig.outer_b, limit=8 << 20))
+            assert rig.pump.pipe_sizes[0] == 1 << 20
+            got += len(await rig.recv_all(rig.outer_b))
+            await sender
+            assert got == 16 << 20
+        finally:
+            rig.close()
+
+    run(main(), timeout=20)
