@@ -155,9 +155,10 @@ class Session:
         for pump in list(self._pumps):
             pump.close()
         self._relay._session_closed(self)
-        log.info("session %s finished (%s): %d pairs, %d bytes A->B, %d bytes B->A",
-                 self.session_id, outcome, self.stats.pairs, self.stats.bytes_a_to_b,
-                 self.stats.bytes_b_to_a)
+        log.info("session %s finished (%s): %d pairs, %d bytes A->B, %d bytes B->A, "
+                 "%d auth failures %s, %d refused", self.session_id, outcome, self.stats.pairs,
+                 self.stats.bytes_a_to_b, self.stats.bytes_b_to_a, self.stats.auth_failed,
+                 self.stats.failures or "", self.stats.refused)
         if not self._closed_fut.done():
             self._closed_fut.set_result(self.stats)
 
@@ -243,8 +244,9 @@ class Session:
         self._authenticating.discard(inbound)
         self.stats.auth_failed += 1
         self.stats.failures[reason] = self.stats.failures.get(reason, 0) + 1
-        log.info("session %s: authentication failed on side %s from %s (%s)",
-                 self.session_id, SIDES[inbound.side], inbound.peer_ip, reason)
+        # DEBUG per socket (a flood must not flood the log); the session's end line has totals.
+        log.debug("session %s: authentication failed on side %s from %s (%s)",
+                  self.session_id, SIDES[inbound.side], inbound.peer_ip, reason)
 
     def _on_authenticated(self, inbound: Inbound) -> None:
         self._authenticating.discard(inbound)
