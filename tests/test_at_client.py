@@ -317,7 +317,7 @@ def test_apkam_enrollment_pkam(run, at_server) -> None:
 
 
 def test_monitor_resumes_after_server_restart(run, make_at_server, keys) -> None:
-    srv = make_at_server()
+    srv = make_at_server("--stats-interval", "0.2")  # stats heartbeats must be ignored
     alice = dataclasses.replace(keys("@alice"), atsign="@alice")
     bob = dataclasses.replace(keys("@bob"), atsign="@bob")
     srv.add("@alice", alice)
@@ -361,6 +361,7 @@ def test_monitor_resumes_after_server_restart(run, make_at_server, keys) -> None
             with pytest.raises(PeerTimeoutError):
                 await mon.next(timeout=1)
             assert mon.reconnects >= 2
+            assert mon.stats_seen > 0
         assert got == (
             [f"before {i}" for i in range(3)]
             + [f"after {i}" for i in range(3)]

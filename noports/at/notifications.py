@@ -104,6 +104,7 @@ class Monitor:
         self.last_epoch_millis: int | None = since
         self.replay_all = since is not None
         self.reconnects = 0
+        self.stats_seen = 0  # stats heartbeats received (and not delivered)
         self.connection: AtConnection | None = None
         self._q: asyncio.Queue[Notification | BaseException] = asyncio.Queue(queue_size)
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -266,6 +267,7 @@ class Monitor:
         ):
             self.last_epoch_millis = n.epoch_millis
         if n.is_stats:
+            self.stats_seen += 1
             return
         if n.id in self._seen:
             return

@@ -22,9 +22,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Any
 
 from ..crypto import aes, rsa
+from ..crypto.encoding import b64d, loads_object
 from ..errors import KeyNotFoundError, ProtocolError
 from . import commands
 from .commands import Metadata
@@ -46,12 +48,13 @@ def pub_key_checksum(public_key_b64: str) -> str:
 class OutgoingKey:
     """What encrypting for one recipient needs: K, and their copy for ``sharedKeyEnc``."""
 
-    __slots__ = ("key_b64", "their_copy", "their_pub_cs")
+    __slots__ = ("key_b64", "their_copy", "their_pub_cs", "checked_at")
 
-    def __init__(self, key_b64: str, their_copy: str, their_pub_cs: str) -> None:
+    def __init__(self, key_b64: str, their_copy: str, their_pub_cs: str, checked_at: float) -> None:
         self.key_b64 = key_b64
         self.their_copy = their_copy
         self.their_pub_cs = their_pub_cs
+        self.checked_at = checked_at  # monotonic time the recipient's public key was checked
 
     def metadata(self, iv_b64: str) -> Metadata:
         return Metadata(
@@ -69,6 +72,7 @@ class SharedKeys:
         self.client = client
         self._out: dict[str, OutgoingKey] = {}
         self._in: dict[str, str] = {}
+        self._unwrapped: dict[str, tuple[str, str]] = {}  # other -> (wrapped, K): skip RSA
         self._locks: dict[str, asyncio.Lock] = {}
 
     def _lock(self, name: str) -> asyncio.Lock:
@@ -79,15 +83,22 @@ class SharedKeys:
 
     # -- sending ---------------------------------------------------------------------------
 
+    def _fresh(self, hit: OutgoingKey | None) -> bool:
+        return hit is not None and time.monotonic() - hit.checked_at < self.client.public_key_ttl
+
     async def outgoing(self, other: str) -> OutgoingKey:
-        """The key for data we share with ``other``: reuse ours, or make and publish one."""
+        """The key for data we share with ``other``: reuse ours, or make and publish one.
+
+        The entry is re-validated after ``client.public_key_ttl``: if the recipient's public
+        key changed (re-onboarded), their copy is re-wrapped for the new key.
+        """
         other = commands.atsign(other)
         hit = self._out.get(other)
-        if hit is not None:
+        if hit is not None and self._fresh(hit):
             return hit
         async with self._lock("out" + other):
             hit = self._out.get(other)
-            if hit is not None:
+            if hit is not None and self._fresh(hit):
                 return hit
             me = self.client.atsign
             keys = self.client.keys
@@ -119,7 +130,7 @@ class SharedKeys:
                     )
                 )
                 log.info("created a shared key for %s", other)
-            out = self._out[other] = OutgoingKey(key_b64, their_copy, cs)
+            out = self._out[other] = OutgoingKey(key_b64, their_copy, cs, time.monotonic())
             return out
 
     async def _their_copy(self, name: str, key_b64: str, their_pub: rsa.PublicKey, cs: str) -> str:
@@ -145,10 +156,23 @@ class SharedKeys:
     # -- receiving -------------------------------------------------------------------------
 
     def learn(self, other: str, encrypted_for_me: str) -> str:
-        """Unwrap a key ``other`` sent us (a shared_key notification) and cache it."""
-        key_b64 = rsa.decrypt(self.client.keys.encrypt_private, encrypted_for_me).decode("ascii")
+        """Unwrap a key ``other`` sent us (sharedKeyEnc, a shared_key notification) and cache
+        it. The same wrapped text is unwrapped only once: an RSA private-key operation per
+        notification would dominate a busy receiver's CPU."""
+        other = commands.atsign(other)
+        seen = self._unwrapped.get(other)
+        if seen is not None and seen[0] == encrypted_for_me:
+            self._in[other] = seen[1]
+            return seen[1]
+        try:
+            key_b64 = rsa.decrypt(self.client.keys.encrypt_private, encrypted_for_me).decode(
+                "ascii"
+            )
+        except UnicodeDecodeError as exc:
+            raise ProtocolError("unwrapped shared key is not base64 text") from exc
         aes_check(key_b64)
-        self._in[commands.atsign(other)] = key_b64
+        self._in[other] = key_b64
+        self._unwrapped[other] = (encrypted_for_me, key_b64)
         return key_b64
 
     async def incoming(
@@ -194,15 +218,12 @@ class SharedKeys:
 
     def forget_incoming(self, other: str) -> None:
         self._in.pop(commands.atsign(other), None)
+        self._unwrapped.pop(commands.atsign(other), None)
 
 
 def aes_check(key_b64: str) -> None:
-    from ..crypto.encoding import b64d
-
     b64d(key_b64, what="shared AES key", length=32)
 
 
-def _json(text: str) -> dict:
-    from ..crypto.encoding import loads_object
-
+def _json(text: str) -> dict[str, Any]:
     return loads_object(text, what="lookup reply")
