@@ -62,6 +62,14 @@ def test_root_lookup_pkam_forms_and_refusals(run, at_server, new_atsign, keys) -
         conn = await connect_atserver(alice.atsign, root=at_server.root, ca_file=at_server.ca_file)
         await conn.authenticate(alice, dart_form=False)  # atsdk / C form
         await conn.close()
+        # clientConfig turns errors into JSON; they map to the same classes
+        conn = await connect_atserver(alice.atsign, root=at_server.root, ca_file=at_server.ca_file)
+        await conn.authenticate_pkam(
+            alice.atsign, alice.pkam_private, client_config={"version": "3.0.38"}
+        )
+        with pytest.raises(KeyNotFoundError):
+            await conn.execute(commands.llookup(f"nothing{alice.atsign}"))
+        await conn.close()
         conn = await connect_atserver(alice.atsign, root=at_server.root, ca_file=at_server.ca_file)
         with pytest.raises(ClientAuthFailedError):
             await conn.authenticate_pkam(alice.atsign, keys("@mallory").pkam_private)
@@ -171,6 +179,9 @@ def test_encrypted_notify_to_monitor(run, at_server, new_atsign) -> None:
     async def main() -> None:
         a = await connect(at_server, alice)
         b = await connect(at_server, bob)
+        b2 = await connect(at_server, bob)
+        keymon = b2.monitor("shared_key")  # alice's new key reaches bob by autoNotify
+        await keymon.started(5)
         async with b.monitor(r"\.test", heartbeat=0.2) as mon:
             await mon.started(5)
             nid = await a.notify(
@@ -193,6 +204,13 @@ def test_encrypted_notify_to_monitor(run, at_server, new_atsign) -> None:
             with pytest.raises(PeerTimeoutError):
                 await mon.next(timeout=0.2)
             assert await a.notify_status(nid) in ("delivered", "queued")
+        # the shared_key notification was consumed (learnt), not delivered
+        with pytest.raises(PeerTimeoutError):
+            await keymon.next(timeout=0.3)
+        k = (await a.shared_keys.outgoing(bob.atsign)).key_b64
+        assert b2.shared_keys._in.get(alice.atsign) == k
+        await keymon.close()
+        await b2.close()
         with pytest.raises(MonitorClosed):
             await mon.next(timeout=1)
         await a.close()
