@@ -107,7 +107,8 @@ def test_onboard_env_secret_publishes_key_and_consumes_secret(
         # the encryption public key is published for everyone
         anon = await connect_atserver(atsign, root=at_server.root, ca_file=at_server.ca_file)
         try:
-            assert (await anon.execute(f"lookup:publickey{atsign}")).strip() == keys.encrypt_public_b64
+            published = (await anon.execute(f"lookup:publickey{atsign}")).strip()
+            assert published == keys.encrypt_public_b64
             with pytest.raises(ClientAuthFailedError):  # the secret was deleted
                 await anon.authenticate_cram(atsign, secret)
         finally:
