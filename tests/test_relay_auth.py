@@ -135,3 +135,19 @@ def test_limits_validate() -> None:
         RelayLimits(auth_timeout=0)
     with pytest.raises(ConfigError):
         RelayLimits(max_pending_per_side=0)
+
+
+def test_verified_lines_are_remembered_per_side(a: AtKeys, keys: Callable[[str], AtKeys]) -> None:
+    """A repeated identical line skips RSA (multi mode reuses it); anything else is checked."""
+    seen: set[bytes] = set()
+    line = good(a)
+    assert AuthLine(SID, CN, RVD, a.encrypt_public, verified=seen).feed(line).outcome is Outcome.OK
+    assert len(seen) == 1
+    # Same set, deliberately wrong key: only a remembered line can pass without RSA.
+    wrong = keys("@relay_b").encrypt_public
+    assert AuthLine(SID, CN, RVD, wrong, verified=seen).feed(line).outcome is Outcome.OK
+    respaced = line.replace(b'{"payload":', b'{ "payload":')
+    v = AuthLine(SID, CN, RVD, wrong, verified=seen).feed(respaced)
+    assert v.outcome is Outcome.FAILED and v.reason == "bad_sig"
+    bad = AuthLine(SID, CN, RVD, a.encrypt_public, verified=seen).feed(good(keys("@relay_b")))
+    assert bad.outcome is Outcome.FAILED and len(seen) == 1  # failures are never stored

@@ -13,6 +13,7 @@ they are tunnel data and must be forwarded, never dropped.
 from __future__ import annotations
 
 import enum
+import hashlib
 from dataclasses import dataclass
 
 from ..crypto import rsa
@@ -20,6 +21,7 @@ from ..crypto.envelope import relay_expected_bytes, verify_relay_auth_line
 from ..errors import SignatureError
 
 DEFAULT_MAX_LINE = 4096
+MAX_REMEMBERED = 16
 
 
 class Outcome(enum.Enum):
@@ -41,12 +43,15 @@ NEED_MORE = Verdict(Outcome.NEED_MORE)
 class AuthLine:
     """Accumulates one connection's first line and checks it against a session.
 
+    ``verified`` (optional, shared by one session side) remembers digests of lines that
+    verified, so repeated identical lines skip the RSA check; only successes are stored.
+
     ``reason`` values on failure (stable, for logs and counters): ``oversize``, ``eof``,
     ``malformed`` (not a signed envelope), ``nonce`` (rvdNonce of another session or a
     stale one), ``bad_sig`` (signature does not verify with this side's key).
     """
 
-    __slots__ = ("_buf", "_expected", "_rvd_nonce", "_key", "_max", "_verdict")
+    __slots__ = ("_buf", "_expected", "_rvd_nonce", "_key", "_max", "_verdict", "_verified")
 
     def __init__(
         self,
@@ -55,15 +60,19 @@ class AuthLine:
         rvd_nonce: str,
         key: rsa.PublicKey,
         max_line: int = DEFAULT_MAX_LINE,
+        verified: set[bytes] | None = None,
+        expected: bytes | None = None,
     ) -> None:
         if max_line < 2:
             raise ValueError("max_line must allow at least one byte and a newline")
         self._buf = bytearray()
-        self._expected = relay_expected_bytes(session_id, client_nonce, rvd_nonce)
+        # ``expected`` lets a session encode its signed bytes once instead of per socket.
+        self._expected = expected or relay_expected_bytes(session_id, client_nonce, rvd_nonce)
         self._rvd_nonce = rvd_nonce
         self._key = key
         self._max = max_line
         self._verdict = NEED_MORE
+        self._verified = verified
 
     @property
     def verdict(self) -> Verdict:
@@ -102,6 +111,13 @@ class AuthLine:
         return verdict
 
     def _check(self, line: bytes, rest: bytes) -> Verdict:
+        digest = None
+        if self._verified is not None:
+            # Every socket of a multi session repeats the same line (spec 4.4): a line this
+            # session and side already verified needs no second RSA operation.
+            digest = hashlib.sha256(line).digest()
+            if digest in self._verified:
+                return Verdict(Outcome.OK, "", rest)
         try:
             verify_relay_auth_line(line, self._expected, self._rvd_nonce, self._key)
         except SignatureError as exc:
@@ -109,4 +125,8 @@ class AuthLine:
             return Verdict(Outcome.FAILED, reason)
         except Exception:  # noqa: BLE001 - any parse failure (incl. RecursionError) is a refusal
             return Verdict(Outcome.FAILED, "malformed")
+        if digest is not None and self._verified is not None:
+            if len(self._verified) < MAX_REMEMBERED:  # distinct valid lines: a key holder's
+                self._verified.add(digest)
+
         return Verdict(Outcome.OK, "", rest)

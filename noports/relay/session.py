@@ -19,6 +19,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from ..crypto import rsa
+from ..crypto.envelope import relay_expected_bytes
 from .auth import AuthLine
 from .inbound import WAITING, Inbound, reset_close
 from .limits import PreAuthGate, RelayLimits
@@ -94,6 +95,8 @@ class Session:
         self._listeners: list[socket.socket | None] = list(listeners)
         self._auth = (spec.auth_a, spec.auth_b)
         self._keys = (spec.public_key_a, spec.public_key_b)
+        self._verified: tuple[set[bytes], set[bytes]] = (set(), set())
+        self._expected = relay_expected_bytes(spec.session_id, spec.client_nonce, rvd_nonce)
         self._authenticating: set[Inbound] = set()
         self._pending: tuple[deque[Inbound], deque[Inbound]] = (deque(), deque())
         self._pumps: set[Any] = set()
@@ -225,7 +228,8 @@ class Session:
             key = self._keys[side]
             assert key is not None
             verifier = AuthLine(self.session_id, self.spec.client_nonce, self.rvd_nonce, key,
-                                self.limits.max_auth_line)
+                                self.limits.max_auth_line, verified=self._verified[side],
+                                expected=self._expected)
         inbound = Inbound(self, conn, side, ip, verifier, self._loop, self._clock,
                           gated=needs_auth)
         if needs_auth:
