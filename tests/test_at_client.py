@@ -213,6 +213,8 @@ def test_encrypted_notify_to_monitor(run, at_server, new_atsign) -> None:
         await b2.close()
         with pytest.raises(MonitorClosed):
             await mon.next(timeout=1)
+        with pytest.raises(commands.CommandError):
+            b.monitor("two\nlines")
         await a.close()
         await b.close()
 
@@ -395,3 +397,25 @@ def test_monitor_resumes_after_server_restart(run, make_at_server, keys) -> None
         await b.close()
 
     run(main(), timeout=90)
+
+
+def test_monitor_stops_when_authentication_is_refused(run, at_server, new_atsign, keys) -> None:
+    """Retrying cannot fix refused keys: the monitor ends with the error instead of looping."""
+    alice = new_atsign("alice")
+
+    async def main() -> None:
+        a = await connect(at_server, alice)
+        mon = a.monitor("x")
+        await mon.started(5)
+        other = keys("@mallory").pkam_public_b64
+        await a.execute(f"update:privatekey:at_pkam_publickey {other}")
+        assert mon.connection is not None
+        mon.connection._abort()  # the reconnect must PKAM again, and is refused
+        with pytest.raises(ClientAuthFailedError):
+            await mon.next(timeout=10)
+        with pytest.raises(ClientAuthFailedError):  # and stays ended
+            await mon.next(timeout=1)
+        await mon.close()
+        await a.close()
+
+    run(main())

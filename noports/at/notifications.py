@@ -98,6 +98,8 @@ class Monitor:
         self.client = client
         self.regex = regex
         self.self_notifications = self_notifications
+        # build once so a bad regex fails here, not in an endless reconnect loop
+        commands.monitor(regex, since=0, self_notifications=self_notifications)
         self.heartbeat = heartbeat
         self.decrypt = decrypt
         self.max_backoff = max_backoff
