@@ -3,6 +3,7 @@
     python bench/run.py            # everything (several minutes)
     python bench/run.py -k relay   # a subset (pytest -k expression)
     python bench/run.py --json out.json
+    python bench/run.py --quick    # smaller transfers, fewer rounds (a smoke run)
 
 Each row: scenario, implementation, measured value, the baseline measured side by side in
 the same run, the ratio, and the DESIGN.md target.
@@ -34,6 +35,13 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, {cpu}, Linux {platform.release()}, Python {platform.python_version()}"
 
 
+def load_average() -> str:
+    try:
+        return ", ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
 def fmt(v: object, unit: str = "") -> str:
     if v is None:
         return "-"
@@ -47,19 +55,20 @@ def fmt(v: object, unit: str = "") -> str:
 def table(data: dict) -> str:
     rows = []
     for b in data.get("benchmarks", []):
-        x = b.get("extra_info") or {}
-        if "scenario" not in x:
+        info = b.get("extra_info") or {}
+        if "scenario" not in info:
             continue
         params = b.get("params") or {}
-        impl = params.get("impl") or x.get("impl") or "-"
-        loop = params.get("loop_kind") or x.get("loop") or ""
-        rows.append([
-            x["scenario"], f"{impl}{'/' + loop if loop else ''}", x["metric"],
-            fmt(x["value"], x["unit"]), x.get("baseline") or "-",
-            fmt(x.get("baseline_value"), x["unit"] if x.get("baseline_value") else ""),
-            fmt(x.get("ratio")) + ("x" if x.get("ratio") is not None else ""),
-            x.get("target") or "-",
-        ])
+        for x in [info, *info.get("more_rows", [])]:
+            impl = params.get("impl") or x.get("impl") or "-"
+            loop = params.get("loop_kind") or x.get("loop") or ""
+            rows.append([
+                x["scenario"], f"{impl}{'/' + loop if loop else ''}", x["metric"],
+                fmt(x["value"], x["unit"]), x.get("baseline") or "-",
+                fmt(x.get("baseline_value"), x["unit"] if x.get("baseline_value") else ""),
+                fmt(x.get("ratio")) + ("x" if x.get("ratio") is not None else ""),
+                x.get("target") or "-",
+            ])
     head = ["scenario", "impl", "metric", "value", "baseline", "baseline value", "ratio", "target"]
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))  # noqa: E731
@@ -71,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-k", default=None, help="pytest -k expression to select benchmarks")
     ap.add_argument("--json", default=None, help="also keep pytest-benchmark's JSON here")
+    ap.add_argument("--quick", action="store_true",
+                    help="smaller transfers and fewer rounds (NOPORTS_BENCH_QUICK=1): a smoke run")
     args = ap.parse_args(argv)
+    if args.quick:
+        os.environ["NOPORTS_BENCH_QUICK"] = "1"
     out = Path(args.json) if args.json else Path(tempfile.mkstemp(suffix=".json")[1])
     cmd = [sys.executable, "-m", "pytest", str(HERE), "-q", "-p", "no:cacheprovider",
            "--benchmark-only", f"--benchmark-json={out}", "--benchmark-disable-gc",
@@ -86,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         return rc or 1
     print()
     print(f"Machine: {machine()}")
+    print(f"Load average at the end (1/5/15 min): {load_average()}")
     print(table(data))
     return rc
 

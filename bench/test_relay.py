@@ -1,0 +1,361 @@
+"""Relay data-plane benchmarks: bulk throughput, added round trip, pairing cost, idle memory.
+
+The relay runs in its own process (``bench._loads.RelayProc``) so its CPU time and RSS are
+its own; senders, echoes and receivers are other processes or this one. Each figure is taken
+side by side with its baseline in the same test, interleaved round by round.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import statistics
+import time
+
+from bench._loads import (
+    GB,
+    QUICK,
+    Proc,
+    RelayProc,
+    Socat,
+    connect,
+    interleave,
+    listener,
+    load_average,
+    raise_nofile,
+    summary,
+    transfer,
+)
+from bench.conftest import record
+
+BULK = (256 << 20) if QUICK else (1 << 30)
+BULK_ROUNDS = 1 if QUICK else 3
+RTT_BLOCKS, RTT_PER_BLOCK = (2, 250) if QUICK else (4, 500)
+PAIRINGS = 100 if QUICK else 500
+IDLE_PAIRS = 200 if QUICK else 1000
+
+
+def _median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def test_relay_throughput(benchmark, impl, keys):
+    """1 GiB, one pair, measured at the receiver: direct vs socat vs the relay."""
+    ka, kb = keys("@bench_a"), keys("@bench_b")
+    have_socat = shutil.which("socat") is not None
+    res: dict[str, list[float]] = {"direct": [], "socat": [], "relay": []}
+    cpu: dict[str, list[float]] = {"socat": [], "relay": []}
+    with contextlib.ExitStack() as stack:
+        relay = stack.enter_context(RelayProc(impl))
+        sender = stack.enter_context(Proc(["sender"], name="sender"))
+        ls = stack.enter_context(listener())
+        state: dict[str, object] = {}
+
+        def setup():
+            # baselines first, same sender, same receiver, same size
+            res["direct"].append(
+                transfer(sender, ls, "127.0.0.1", ls.getsockname()[1], BULK, accept=True).gbps
+            )
+            if have_socat:
+                with Socat(ls.getsockname()[1]) as so:
+                    res["socat"].append(
+                        transfer(sender, ls, "127.0.0.1", so.port, BULK, accept=True).gbps
+                    )
+                    ru = so.proc.wait_exit(30)
+                    cpu["socat"].append((ru.ru_utime + ru.ru_stime) / (BULK / GB))
+            (sess,), _ = relay.sessions(1, ka, kb, f"tp{len(res['relay'])}")
+            rsock = connect(sess.host, sess.port_b, sess.line_b)
+            state["cpu0"] = relay.stats()["cpu"]
+            return (sess, rsock), {}
+
+        def run(sess, rsock):
+            got = transfer(sender, rsock, sess.host, sess.port_a, BULK, sess.line_a)
+            st = relay.stats()
+            res["relay"].append(got.gbps)
+            cpu["relay"].append((st["cpu"] - state["cpu0"]) / (BULK / GB))
+            return got
+
+        benchmark.pedantic(run, setup=setup, rounds=BULK_ROUNDS, iterations=1)
+        closed = relay.close_sessions()
+    direct, relay_gbps = _median(res["direct"]), _median(res["relay"])
+    load = load_average()
+    record(
+        benchmark,
+        scenario="relay bulk, 1 pair",
+        metric="receiver GB/s",
+        value=relay_gbps,
+        unit="GB/s",
+        baseline="direct loopback",
+        baseline_value=direct,
+        target=">= 0.45x",
+        rounds=res,
+        load=load,
+        bytes_per_round=BULK,
+        sessions_closed=closed["closed"],
+    )
+    if have_socat:
+        record(
+            benchmark,
+            scenario="relay bulk, 1 pair",
+            metric="receiver GB/s",
+            value=relay_gbps,
+            unit="GB/s",
+            baseline="socat",
+            baseline_value=_median(res["socat"]),
+            target="-",
+        )
+    record(
+        benchmark,
+        scenario="relay bulk, 1 pair",
+        metric="relay CPU s/GB",
+        value=_median(cpu["relay"]),
+        unit="s/GB",
+        baseline="socat CPU" if have_socat else None,
+        baseline_value=_median(cpu["socat"]) if have_socat else None,
+        target="<= 0.3 s/GB",
+        higher_is_better=False,
+        cpu_rounds=cpu,
+    )
+    if not have_socat:
+        benchmark.extra_info["socat"] = "skipped: socat is not installed"
+
+
+def test_relay_rtt(benchmark, impl, keys):
+    """64-byte ping-pong: direct to an echo vs through the relay (one added hop)."""
+    ka, kb = keys("@bench_a"), keys("@bench_b")
+    out: dict[str, list[float]] = {}
+    with contextlib.ExitStack() as stack:
+        relay = stack.enter_context(RelayProc(impl))
+        echo = stack.enter_context(Proc(["echo"], name="echo"))
+        port = echo.call({"op": "listen"})["port"]
+        direct = stack.enter_context(connect("127.0.0.1", port, nodelay=True))
+        (sess,), _ = relay.sessions(1, ka, kb, "rtt")
+        echo.call(
+            {"op": "connect", "host": sess.host, "port": sess.port_b, "first": sess.line_b.decode()}
+        )
+        via = stack.enter_context(connect(sess.host, sess.port_a, sess.line_a, nodelay=True))
+        interleave(1, {"direct": direct, "relay": via}, 200)  # warm-up, pair formed
+
+        def run():
+            out.update(interleave(RTT_BLOCKS, {"direct": direct, "relay": via}, RTT_PER_BLOCK))
+
+        benchmark.pedantic(run, rounds=1, iterations=1)
+    d, r = summary(out["direct"]), summary(out["relay"])
+    load = load_average()
+    record(
+        benchmark,
+        scenario="64 B round trip, relay",
+        metric="median RTT",
+        value=r["median"],
+        unit="us",
+        baseline="direct",
+        baseline_value=d["median"],
+        target="-",
+        higher_is_better=False,
+        relay=r,
+        direct=d,
+        load=load,
+    )
+    record(
+        benchmark,
+        scenario="64 B round trip, relay",
+        metric="added per hop (median)",
+        value=r["median"] - d["median"],
+        unit="us",
+        target="<= 40 us",
+        higher_is_better=False,
+    )
+    record(
+        benchmark,
+        scenario="64 B round trip, relay",
+        metric="p99 RTT",
+        value=r["p99"],
+        unit="us",
+        baseline="direct p99",
+        baseline_value=d["p99"],
+        higher_is_better=False,
+    )
+
+
+def _pair_all(sessions, timeout: float = 60.0) -> list:
+    """Connect and authenticate both sides of every session, A then B, from this process."""
+    socks = []
+    deadline = time.monotonic() + timeout
+    for s in sessions:
+        if time.monotonic() > deadline:
+            raise AssertionError("pairing load did not finish in time")
+        socks.append((connect(s.host, s.port_a, s.line_a), connect(s.host, s.port_b, s.line_b)))
+    return socks
+
+
+def _pair_batched(relay: RelayProc, sessions, base_pairs: int, batch: int = 100) -> list:
+    """Pair every session, ``batch`` at a time: stays under the per-IP pre-auth cap (256)."""
+    socks: list = []
+    try:
+        for i in range(0, len(sessions), batch):
+            socks += _pair_all(sessions[i : i + batch])
+            relay.wait_pairs(base_pairs + len(socks))
+    except BaseException:
+        for a, b in socks:
+            a.close()
+            b.close()
+        raise
+    return socks
+
+
+def _check_pairs(socks, sample: int = 50) -> None:
+    """Every ``len/sample``-th pair carries a byte each way (the pairs really bridge)."""
+    step = max(1, len(socks) // sample)
+    for i in range(0, len(socks), step):
+        a, b = socks[i]
+        a.sendall(b"x")
+        b.sendall(b"y")
+        assert b.recv(1) == b"x" and a.recv(1) == b"y", f"pair {i} does not bridge"
+
+
+def _pairing_cost(relay: RelayProc, ka, kb, n: int, prefix: str) -> dict[str, float]:
+    sessions, create_cpu = relay.sessions(n, ka, kb, prefix)
+    before = relay.stats()
+    socks = _pair_batched(relay, sessions, before["pairs"])
+    try:
+        after = relay.stats()
+        assert after["pairs"] - before["pairs"] == n, after
+        _check_pairs(socks)
+    finally:
+        for a, b in socks:
+            a.close()
+            b.close()
+        relay.close_sessions()
+    return {
+        "pair_us": (after["cpu"] - before["cpu"]) / n * 1e6,
+        "create_us": create_cpu / n * 1e6,
+        "refused": after.get("refused", 0),
+    }
+
+
+def test_relay_pairing_cost(benchmark, impl, keys):
+    """Relay CPU per pairing: accept, read and verify both auth lines, pair, start the pump.
+
+    Baseline: the same work in a straightforward asyncio-streams relay (``StreamsRelay``).
+    """
+    raise_nofile()
+    ka, kb = keys("@bench_a"), keys("@bench_b")
+    got: dict[str, list[dict[str, float]]] = {"noports": [], "streams": []}
+    with RelayProc(impl) as relay, RelayProc(impl, kind="streams") as streams:
+        _pairing_cost(relay, ka, kb, 20, "warm")  # imports, allocator warm-up
+        _pairing_cost(streams, ka, kb, 20, "warm")
+
+        def run():
+            got["streams"].append(
+                _pairing_cost(streams, ka, kb, PAIRINGS, f"s{len(got['streams'])}")
+            )
+            got["noports"].append(_pairing_cost(relay, ka, kb, PAIRINGS, f"n{len(got['noports'])}"))
+
+        benchmark.pedantic(run, rounds=2, iterations=1)
+    us = _median([g["pair_us"] for g in got["noports"]])
+    base = _median([g["pair_us"] for g in got["streams"]])
+    record(
+        benchmark,
+        scenario=f"pairing ({PAIRINGS} sessions)",
+        metric="relay CPU per pairing",
+        value=us,
+        unit="us",
+        baseline="asyncio streams relay",
+        baseline_value=base,
+        target="<= 100 us",
+        higher_is_better=False,
+        rounds=got,
+        load=load_average(),
+    )
+    record(
+        benchmark,
+        scenario=f"pairing ({PAIRINGS} sessions)",
+        metric="relay CPU per session created",
+        value=_median([g["create_us"] for g in got["noports"]]),
+        unit="us",
+        baseline="asyncio streams relay",
+        baseline_value=_median([g["create_us"] for g in got["streams"]]),
+        higher_is_better=False,
+    )
+    assert all(g["refused"] == 0 for g in got["noports"]), got
+
+
+def _idle_memory(
+    relay: RelayProc, ka, kb, n: int, prefix: str, batch: int = 100
+) -> dict[str, float]:
+    before = relay.stats()
+    sessions, _ = relay.sessions(n, ka, kb, prefix)
+    socks = _pair_batched(relay, sessions, before["pairs"], batch)
+    try:
+        for a, b in socks:  # every pair has carried data both ways, then goes idle
+            a.sendall(b"ping")
+            b.sendall(b"pong")
+        for a, b in socks:
+            assert b.recv(4) == b"ping" and a.recv(4) == b"pong"
+        time.sleep(0.5)
+        idle0 = relay.stats()
+        time.sleep(2.0)
+        idle1 = relay.stats()
+        assert idle1["pairs"] - before["pairs"] == n, idle1
+    finally:
+        for a, b in socks:
+            a.close()
+            b.close()
+        relay.close_sessions()
+    return {
+        "kib_per_pair": (idle1["rss_kib"] - before["rss_kib"]) / n,
+        "idle_cpu_pct": (idle1["cpu"] - idle0["cpu"]) / 2.0 * 100,
+        "fds_per_pair": (idle1["fds"] - before["fds"]) / n,
+    }
+
+
+def test_relay_idle_pair_memory(benchmark, impl, keys):
+    """RSS per idle pair with 1,000 single-pair sessions, and relay CPU over 2 s of idling."""
+    raise_nofile()
+    ka, kb = keys("@bench_a"), keys("@bench_b")
+    got: dict[str, dict[str, float]] = {}
+    with RelayProc(impl) as relay, RelayProc(impl, kind="streams") as streams:
+        _idle_memory(relay, ka, kb, 50, "warm")
+        _idle_memory(streams, ka, kb, 50, "warm")
+
+        def run():
+            got["streams"] = _idle_memory(streams, ka, kb, IDLE_PAIRS, "s")
+            got["noports"] = _idle_memory(relay, ka, kb, IDLE_PAIRS, "n")
+
+        benchmark.pedantic(run, rounds=1, iterations=1)
+    n, s = got["noports"], got["streams"]
+    scen = f"idle pairs ({IDLE_PAIRS})"
+    record(
+        benchmark,
+        scenario=scen,
+        metric="relay RSS per pair",
+        value=n["kib_per_pair"],
+        unit="KiB",
+        baseline="asyncio streams relay",
+        baseline_value=s["kib_per_pair"],
+        target="<= 4 KiB",
+        higher_is_better=False,
+        measured=got,
+        load=load_average(),
+    )
+    record(
+        benchmark,
+        scenario=scen,
+        metric="relay CPU while idle (2 s)",
+        value=n["idle_cpu_pct"],
+        unit="%",
+        baseline="asyncio streams relay",
+        baseline_value=s["idle_cpu_pct"] or None,
+        target="0%",
+        higher_is_better=False,
+    )
+    record(
+        benchmark,
+        scenario=scen,
+        metric="relay fds per pair",
+        value=n["fds_per_pair"],
+        unit="",
+        baseline="asyncio streams relay",
+        baseline_value=s["fds_per_pair"],
+        higher_is_better=False,
+    )

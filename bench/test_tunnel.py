@@ -1,0 +1,211 @@
+"""Encrypted tunnel benchmarks: client end -> relay -> daemon end -> local sink, vs ``ssh -L``.
+
+Every party is its own process, as deployed: the sender (a local application), the client
+end, the relay, the daemon end, and the sink (this process, which measures). The baseline
+is ``ssh -L`` through a real OpenSSH sshd on loopback (``tests/sshd.py``): sender -> ssh ->
+sshd -> sink. Both carry the same bytes in the same direction (client to daemon).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+
+from bench._loads import (
+    QUICK,
+    Proc,
+    RelayProc,
+    SshForward,
+    TunnelEnds,
+    connect,
+    interleave,
+    listener,
+    load_average,
+    start_sshd,
+    summary,
+    transfer,
+)
+from bench.conftest import record
+from noports.tunnel import AeadKeys, CtrKeys
+
+BULK = (256 << 20) if QUICK else (1 << 30)
+ROUNDS = 1 if QUICK else 2
+RTT_BLOCKS, RTT_PER_BLOCK = (2, 250) if QUICK else (4, 500)
+SSH_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+
+def _tunnel_throughput(benchmark, impl, keys, tmp_path, make_crypto, scenario: str) -> None:
+    ka, kb = keys("@bench_a"), keys("@bench_b")
+    res: dict[str, list[float]] = {"tunnel": [], **{c: [] for c in SSH_CIPHERS}}
+    ends_cpu: list[dict[str, float]] = []
+    with contextlib.ExitStack() as stack:
+        sshd = start_sshd(tmp_path / "sshd")
+        stack.callback(sshd.close)
+        relay = stack.enter_context(RelayProc(impl))
+        sender = stack.enter_context(Proc(["sender"], name="sender"))
+        sink = stack.enter_context(listener())
+        sink_port = sink.getsockname()[1]
+        state: dict[str, object] = {}
+
+        def setup():
+            for cipher in SSH_CIPHERS:
+                with SshForward(sshd, sink_port, cipher) as fwd:
+                    res[cipher].append(
+                        transfer(sender, sink, "127.0.0.1", fwd.port, BULK, accept=True).gbps
+                    )
+            (sess,), _ = relay.sessions(1, ka, kb, f"t{len(res['tunnel'])}")
+            ends = TunnelEnds(sess, make_crypto(sess.sid), impl, sink_port)
+            state["ends"] = ends
+            local, _ = sink.accept()  # the daemon end connected the service first
+            return (ends, local), {}
+
+        def run(ends, local):
+            try:
+                got = transfer(sender, local, "127.0.0.1", ends.port, BULK)
+                c, d = ends.finish()
+                assert c["up"] == BULK and d["down"] == BULK, (c, d)
+                ends_cpu.append({"client": c["cpu"], "daemon": d["cpu"]})
+            finally:
+                ends.close()
+            res["tunnel"].append(got.gbps)
+            return got
+
+        try:
+            benchmark.pedantic(run, setup=setup, rounds=ROUNDS, iterations=1)
+        finally:
+            ends = state.get("ends")
+            if ends is not None:
+                ends.close()
+        relay.close_sessions()
+    med = {k: statistics.median(v) for k, v in res.items()}
+    record(
+        benchmark,
+        scenario=scenario,
+        metric="receiver GB/s",
+        value=med["tunnel"],
+        unit="GB/s",
+        baseline="ssh -L aes128-gcm",
+        baseline_value=med[SSH_CIPHERS[0]],
+        target=">= 1.25x",
+        rounds=res,
+        ends_cpu=ends_cpu,
+        load=load_average(),
+        bytes_per_round=BULK,
+    )
+    record(
+        benchmark,
+        scenario=scenario,
+        metric="receiver GB/s",
+        value=med["tunnel"],
+        unit="GB/s",
+        baseline="ssh -L aes256-gcm",
+        baseline_value=med[SSH_CIPHERS[1]],
+    )
+
+
+def test_tunnel_throughput_aead(benchmark, impl, keys, tmp_path):
+    """The strong mode (AEAD records) end to end through the relay."""
+    _tunnel_throughput(
+        benchmark, impl, keys, tmp_path, lambda sid: AeadKeys.generate(sid), "tunnel bulk, AEAD"
+    )
+
+
+def test_tunnel_throughput_ctr(benchmark, impl, keys, tmp_path):
+    """Legacy AES-256-CTR (one key and IV both ways, as the official tools) end to end."""
+    _tunnel_throughput(
+        benchmark,
+        impl,
+        keys,
+        tmp_path,
+        lambda sid: CtrKeys.generate(twin=False),
+        "tunnel bulk, legacy CTR",
+    )
+
+
+def test_tunnel_rtt(benchmark, impl, keys, tmp_path):
+    """64-byte ping-pong: direct vs full tunnel (AEAD and CTR) vs ssh -L (aes128-gcm).
+
+    Hops added over direct: 3 processes for the tunnel (client end, relay, daemon end), 2 for
+    ``ssh -L`` (ssh, sshd).
+    """
+    ka, kb = keys("@bench_a"), keys("@bench_b")
+    out: dict[str, list[float]] = {}
+    with contextlib.ExitStack() as stack:
+        sshd = start_sshd(tmp_path / "sshd")
+        stack.callback(sshd.close)
+        relay = stack.enter_context(RelayProc(impl))
+        echo = stack.enter_context(Proc(["echo"], name="echo"))
+        port = echo.call({"op": "listen"})["port"]
+        socks = {"direct": stack.enter_context(connect("127.0.0.1", port, nodelay=True))}
+        for name, make in (
+            ("aead", lambda sid: AeadKeys.generate(sid)),
+            ("ctr", lambda sid: CtrKeys.generate(twin=False)),
+        ):
+            (sess,), _ = relay.sessions(1, ka, kb, f"rtt-{name}")
+            ends = stack.enter_context(TunnelEnds(sess, make(sess.sid), impl, port))
+            socks[name] = stack.enter_context(connect("127.0.0.1", ends.port, nodelay=True))
+        fwd = stack.enter_context(SshForward(sshd, port, SSH_CIPHERS[0]))
+        socks["ssh"] = stack.enter_context(connect("127.0.0.1", fwd.port, nodelay=True))
+        interleave(1, socks, 200)  # warm-up: pairs formed, ssh channel open
+
+        def run():
+            out.update(interleave(RTT_BLOCKS, socks, RTT_PER_BLOCK))
+
+        benchmark.pedantic(run, rounds=1, iterations=1)
+        relay.close_sessions()
+    s = {k: summary(v) for k, v in out.items()}
+    d = s["direct"]["median"]
+    scen = "64 B round trip, tunnel"
+    record(
+        benchmark,
+        scenario=scen,
+        metric="median RTT, AEAD tunnel",
+        value=s["aead"]["median"],
+        unit="us",
+        baseline="ssh -L aes128-gcm",
+        baseline_value=s["ssh"]["median"],
+        target="<= ssh -L (<= 1x)",
+        higher_is_better=False,
+        summaries=s,
+        load=load_average(),
+    )
+    record(
+        benchmark,
+        scenario=scen,
+        metric="median RTT, CTR tunnel",
+        value=s["ctr"]["median"],
+        unit="us",
+        baseline="ssh -L aes128-gcm",
+        baseline_value=s["ssh"]["median"],
+        target="<= ssh -L (<= 1x)",
+        higher_is_better=False,
+    )
+    record(
+        benchmark,
+        scenario=scen,
+        metric="added per hop, AEAD (3 hops)",
+        value=(s["aead"]["median"] - d) / 3,
+        unit="us",
+        baseline="ssh -L per hop (2 hops)",
+        baseline_value=(s["ssh"]["median"] - d) / 2,
+        target="<= 40 us",
+        higher_is_better=False,
+    )
+    record(
+        benchmark,
+        scenario=scen,
+        metric="p99 RTT, AEAD tunnel",
+        value=s["aead"]["p99"],
+        unit="us",
+        baseline="ssh -L p99",
+        baseline_value=s["ssh"]["p99"],
+        higher_is_better=False,
+    )
+    record(
+        benchmark,
+        scenario=scen,
+        metric="median RTT, direct",
+        value=d,
+        unit="us",
+        higher_is_better=False,
+    )
