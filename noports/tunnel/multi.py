@@ -157,11 +157,18 @@ class _MultiBase:
             except (TimeoutError, asyncio.TimeoutError):
                 return
 
-    async def _finish(self) -> None:
-        if self.control is not None:
-            await self.control.close()
-        if self._bridges:
-            await asyncio.gather(*list(self._bridges), return_exceptions=True)
+    async def _finish(self, graceful: bool) -> None:
+        """Close the control channel; let data connections finish (``graceful``) or tear
+        them down (a ``close()`` or cancellation)."""
+        if not graceful:
+            for t in list(self._bridges):
+                t.cancel()
+        try:
+            if self.control is not None:
+                await self.control.close()
+        finally:
+            if self._bridges:
+                await asyncio.gather(*list(self._bridges), return_exceptions=True)
 
 
 class ClientMulti(_MultiBase):
@@ -218,10 +225,15 @@ class ClientMulti(_MultiBase):
         return await self._task
 
     async def close(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        """Stop listening and tear down every data connection now."""
+        task = self._task
+        if task is None:
+            return
+        if not task.done():
+            task.cancel()
+            await asyncio.wait([task])
+        if not task.cancelled():
+            task.exception()  # retrieved: close() reports nothing
 
     async def _run(self) -> MultiStats:
         loop = asyncio.get_running_loop()
@@ -229,8 +241,10 @@ class ClientMulti(_MultiBase):
         if self.heartbeat:
             side.append(loop.create_task(self._heartbeats()))
         watch = loop.create_task(self._idle_watch())
+        graceful = False
         try:
             await asyncio.wait([watch, side[1]], return_when=asyncio.FIRST_COMPLETED)
+            graceful = True
         finally:
             for t in (*side, watch, *self._setups):
                 t.cancel()
@@ -238,12 +252,7 @@ class ClientMulti(_MultiBase):
             if self.listener is not None:
                 self.listener.close()
                 self.listener = None
-            try:
-                await self._finish()
-            except asyncio.CancelledError:
-                for t in list(self._bridges):
-                    t.cancel()
-                raise
+            await self._finish(graceful)
         return self.stats
 
     async def _accept_loop(self) -> None:
@@ -355,18 +364,15 @@ class DaemonMulti(_MultiBase):
         loop = asyncio.get_running_loop()
         reader = loop.create_task(self._read_control())
         watch = loop.create_task(self._idle_watch())
+        graceful = False
         try:
             await asyncio.wait([reader, watch], return_when=asyncio.FIRST_COMPLETED)
+            graceful = True
         finally:
             for t in (reader, watch):
                 t.cancel()
             await asyncio.gather(reader, watch, return_exceptions=True)
-            try:
-                await self._finish()
-            except asyncio.CancelledError:
-                for t in list(self._bridges):
-                    t.cancel()
-                raise
+            await self._finish(graceful)
         return self.stats
 
     def _accepts(self, msg: Connect) -> str | None:

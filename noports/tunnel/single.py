@@ -38,10 +38,9 @@ class SingleClient:
         self._close_listener()
         if not self._task.done():
             self._task.cancel()
-        try:
-            await self._task
-        except (asyncio.CancelledError, Exception):
-            pass
+            await asyncio.wait([self._task])
+        if not self._task.cancelled():
+            self._task.exception()  # retrieved: close() reports nothing
 
     def _close_listener(self) -> None:
         if self.listener is not None:
