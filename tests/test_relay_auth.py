@@ -8,8 +8,8 @@ import pytest
 
 from noports.crypto.atkeys import AtKeys
 from noports.crypto.envelope import relay_auth_line
-from noports.relay import AuthLine, Outcome, PreAuthGate, RelayLimits, new_rvd_nonce
 from noports.errors import ConfigError
+from noports.relay import AuthLine, Outcome, PreAuthGate, RelayLimits, new_rvd_nonce
 
 SID, CN, RVD = "sid-1", "client-nonce", "rvd-nonce-1"
 

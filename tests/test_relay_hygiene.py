@@ -134,3 +134,33 @@ def test_start_raises_the_fd_soft_limit(run: Any) -> None:
         assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_idle_pairs_cost_no_cpu(impl: str, run: Any, keys: Keys) -> None:
+    """50 idle pairs: the process sleeps (no timers or polling per pair, T5/DESIGN 4)."""
+    resource = pytest.importorskip("resource")
+
+    def cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    async def main() -> None:
+        relay = await started_relay(impl)
+        clients: list[asyncio.StreamWriter] = []
+        try:
+            sess = await relay.create_session(spec(keys))
+            for _ in range(50):
+                clients.append((await authed(sess, A, keys, b"x"))[1])
+                clients.append((await authed(sess, B, keys, b"y"))[1])
+            await wait_for(lambda: sess.live_pairs == 50)
+            await asyncio.sleep(0.2)
+            before = cpu()
+            await asyncio.sleep(0.5)
+            used = cpu() - before
+            assert used < 0.04, f"{used:.3f} s CPU in 0.5 s with 50 idle pairs"
+        finally:
+            await relay.close()
+            for w in clients:
+                w.close()
+
+    run(main(), timeout=20)

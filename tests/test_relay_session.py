@@ -99,7 +99,7 @@ def test_fifo_multi_pair(impl: str, run: Any, keys: Keys) -> None:
             side_b = []
             for i in range(n):
                 side_b.append(await authed(sess, B, keys, blob(60_000, 200 + i)))
-            for i, ((ra, wa), (rb, wb)) in enumerate(zip(side_a, side_b)):
+            for i, ((ra, _), (rb, _)) in enumerate(zip(side_a, side_b, strict=True)):
                 got_b = await asyncio.wait_for(rb.readexactly(50_000), 5)
                 got_a = await asyncio.wait_for(ra.readexactly(60_000), 5)
                 assert sha(got_b) == sha(blob(50_000, 100 + i)), f"pair {i} A->B"
@@ -227,7 +227,7 @@ def test_hostile_first_connectors_do_not_block_real_pairs(run: Any, keys: Keys,
                 left = t_hostile + deadline + 1.0 - loop.time()
                 assert await closed_by_peer(rh, left), "a hostile socket outlived the deadline"
                 wh.close()
-            for (wa, wb), sess in zip(real, sessions):
+            for (wa, wb), sess in zip(real, sessions, strict=True):
                 assert not sess.closed
                 wa.close()
                 wb.close()

@@ -20,7 +20,7 @@ class RelayLimits:
     """Tunables of one Relay. Defaults follow the official relay where it has a value."""
 
     auth_timeout: float = 5.0
-    """Absolute seconds from accept to a complete, verified auth line; trickling cannot extend it."""
+    """Absolute seconds from accept to a verified auth line; trickling cannot extend it."""
     max_auth_line: int = 4096
     """Maximum auth line length in bytes, newline included; longer lines are cut and refused."""
     pair_timeout: float = 30.0
