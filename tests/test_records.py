@@ -24,11 +24,14 @@ SID = "2d7f6a4e-0b4e-4d59-9a51-6d7d2a0c9e11"
 
 # ---- published known-answer vectors --------------------------------------------------
 
+
 def test_aes256gcm_mcgrew_viega_vectors() -> None:
     # "The Galois/Counter Mode of Operation (GCM)", test cases 13-16 (256-bit keys)
-    assert AESGCM(bytes(32)).encrypt(bytes(12), b"", None).hex() == "530f8afbc74536b9a963b4f1c4cb738b"
+    assert (
+        AESGCM(bytes(32)).encrypt(bytes(12), b"", None).hex() == "530f8afbc74536b9a963b4f1c4cb738b"
+    )
     assert AESGCM(bytes(32)).encrypt(bytes(12), bytes(16), None).hex() == (
-        "cea7403d4d606b6e074ec5d3baf39d18" "d0d1c8a799996bf0265b98b5d48ab919"
+        "cea7403d4d606b6e074ec5d3baf39d18d0d1c8a799996bf0265b98b5d48ab919"
     )
     k = bytes.fromhex("feffe9928665731c6d6a8f9467308308" * 2)
     iv = bytes.fromhex("cafebabefacedbaddecaf888")
@@ -49,8 +52,10 @@ def test_chacha20_poly1305_rfc8439_vector() -> None:
     k = bytes(range(0x80, 0xA0))
     n = bytes.fromhex("070000004041424344454647")
     aad = bytes.fromhex("50515253c0c1c2c3c4c5c6c7")
-    pt = (b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip "
-          b"for the future, sunscreen would be it.")
+    pt = (
+        b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip "
+        b"for the future, sunscreen would be it."
+    )
     out = ChaCha20Poly1305(k).encrypt(n, pt, aad)
     assert out[:16].hex() == "d31a8d34648e60db7b86afbc53ef7ec2"
     assert out[-16:].hex() == "1ae10b594f09e26a7e902ecbd0600691"
@@ -58,11 +63,16 @@ def test_chacha20_poly1305_rfc8439_vector() -> None:
 
 # ---- our wire format, rebuilt from the documented parts -------------------------------
 
+
 @pytest.mark.parametrize("suite", [R.SUITE_AES_256_GCM, R.SUITE_CHACHA20_POLY1305])
 def test_wire_format_rebuilt_independently(suite: int) -> None:
     label = {1: b"aes-256-gcm", 2: b"chacha20-poly1305"}[suite]
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=SID.encode(),
-               info=b"noports-aead-v1 " + label + b" c2d 7").derive(SECRET)
+    key = HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=SID.encode(),
+        info=b"noports-aead-v1 " + label + b" c2d 7",
+    ).derive(SECRET)
     aead = AESGCM(key) if suite == 1 else ChaCha20Poly1305(key)
     pre = b"NP\x01" + bytes([suite])
     ctx = b"c2d" + (7).to_bytes(4, "big") + SID.encode()
@@ -100,13 +110,14 @@ def test_directions_never_share_a_keystream() -> None:
     d2c = R.RecordSealer(SECRET, SID, R.D2C).seal(p)
     assert len(c2d) == len(d2c)
     body = slice(8, 8 + len(p))  # after preamble + header
-    assert bytes(a ^ b for a, b in zip(c2d[body], d2c[body])) != bytes(len(p))
+    assert bytes(a ^ b for a, b in zip(c2d[body], d2c[body], strict=False)) != bytes(len(p))
     # and no 16-byte block of the XOR is zero (a shared keystream block would be)
-    x = bytes(a ^ b for a, b in zip(c2d[body], d2c[body]))
-    assert all(x[i:i + 16] != bytes(16) for i in range(0, len(x), 16))
+    x = bytes(a ^ b for a, b in zip(c2d[body], d2c[body], strict=False))
+    assert all(x[i : i + 16] != bytes(16) for i in range(0, len(x), 16))
 
 
 # ---- T7 on the sans-IO opener ----------------------------------------------------------
+
 
 def _stream(n_records: int = 5, size: int = 3000) -> tuple[list[bytes], bytes, list[int]]:
     s = R.RecordSealer(SECRET, SID, R.D2C, 3)
@@ -122,7 +133,7 @@ def _feed(wire: bytes, *, step: int = 1000, conn_id: int = 3, sid: str = SID) ->
     o = R.RecordOpener(SECRET, sid, R.D2C, conn_id)
     out = bytearray()
     for i in range(0, len(wire), step):
-        for c in o.receive_data(wire[i:i + step]):
+        for c in o.receive_data(wire[i : i + step]):
             out += c
     o.receive_eof()
     return bytes(out)
@@ -152,7 +163,7 @@ def test_every_single_bit_flip_is_detected_with_zero_bad_bytes() -> None:
 
 def test_drop_duplicate_reorder_truncate_cross_session() -> None:
     chunks, wire, b = _stream()
-    rec = [wire[b[i]:b[i + 1]] for i in range(len(b) - 1)]  # rec[0] includes the preamble
+    rec = [wire[b[i] : b[i + 1]] for i in range(len(b) - 1)]  # rec[0] includes the preamble
     pre, first = rec[0][:4], rec[0][4:]
     body = [first] + rec[1:]
     variants = {
@@ -180,7 +191,10 @@ def test_drop_duplicate_reorder_truncate_cross_session() -> None:
 
 # ---- the transfer loops: identical bytes, identical failures ----------------------------
 
-def _pump_through(impl: str, kind: str, data: bytes, obj: object) -> tuple[bytes, BaseException | None]:
+
+def _pump_through(
+    impl: str, kind: str, data: bytes, obj: object
+) -> tuple[bytes, BaseException | None]:
     x = _compat.speedups("xfer", impl)
     src_w, src_r = socket.socketpair()
     dst_w, dst_r = socket.socketpair()
@@ -194,7 +208,7 @@ def _pump_through(impl: str, kind: str, data: bytes, obj: object) -> tuple[bytes
     for _ in range(100_000):
         if sent < len(data):
             try:
-                sent += src_w.send(data[sent:sent + 70_000])
+                sent += src_w.send(data[sent : sent + 70_000])
             except BlockingIOError:
                 pass
         elif not shut:
@@ -245,7 +259,9 @@ def test_open_pump_roundtrip_and_tamper(impl: str) -> None:
     for pos in (0, 3, 5, 9, 5000, 100_030, len(wire) - 1):
         bad = bytearray(wire)
         bad[pos] ^= 0x10
-        got, err = _pump_through(impl, "OpenPump", bytes(bad), R.RecordOpener(SECRET, SID, R.C2D, 0))
+        got, err = _pump_through(
+            impl, "OpenPump", bytes(bad), R.RecordOpener(SECRET, SID, R.C2D, 0)
+        )
         assert isinstance(err, IntegrityError), pos
         assert data.startswith(got)
         # zero bytes of the bad record: only whole records before it were released

@@ -16,9 +16,9 @@ from noports.crypto import records as R
 from noports.crypto.encoding import b64e
 from noports.crypto.stream import CtrKeys
 from noports.tunnel import AeadKeys, ControlChannel
+from noports.tunnel.bridge import bridge
 from noports.tunnel.control import format_connect
 from noports.tunnel.net import connect_relay, connect_tcp
-from noports.tunnel.bridge import bridge
 
 from .test_tunnel_helpers import EchoServer, free_port, pattern, relay_session, roundtrip, sha
 
@@ -84,8 +84,13 @@ def srv_env(extra: dict[str, str], impl: str = "c") -> dict[str, str]:
 
 async def start_srv(args: list[str], env: dict[str, str], *, wait_ready: bool = True) -> Srv:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "noports.cli.srv", *args,
-        env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "noports.cli.srv",
+        *args,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
     s = Srv(proc)
@@ -107,7 +112,12 @@ def crypto_env(mode: str) -> tuple[list[str], dict[str, str]]:
     if mode == "twin":
         k = CtrKeys.generate(twin=True)
         f = k.connect_fields()
-        return ["--rv-e2ee"], {"RV_AES_C2D": f[0], "RV_IV_C2D": f[1], "RV_AES_D2C": f[2], "RV_IV_D2C": f[3]}
+        return ["--rv-e2ee"], {
+            "RV_AES_C2D": f[0],
+            "RV_IV_C2D": f[1],
+            "RV_AES_D2C": f[2],
+            "RV_IV_D2C": f[3],
+        }
     return ["--rv-aead"], {"RV_AEAD_SECRET": b64e(os.urandom(32))}
 
 
@@ -117,11 +127,34 @@ async def _single(keys: Any, mode: str, impl: str) -> None:
         echo = await EchoServer().start(banner=b"SSH-2.0-test\r\n")
         lport = free_port()
         daemon = await start_srv(
-            ["-h", rc.host, "-p", str(rc.port_b), "--local-port", str(echo.port), "--local-host", "127.0.0.1",
-             "--rv-auth", *flags], srv_env({"RV_AUTH": rc.auth_b, **cenv}, impl))
+            [
+                "-h",
+                rc.host,
+                "-p",
+                str(rc.port_b),
+                "--local-port",
+                str(echo.port),
+                "--local-host",
+                "127.0.0.1",
+                "--rv-auth",
+                *flags,
+            ],
+            srv_env({"RV_AUTH": rc.auth_b, **cenv}, impl),
+        )
         client = await start_srv(
-            ["-h", rc.host, "-p", str(rc.port_a), "--local-port", str(lport), "--bind-local-port",
-             "--rv-auth", *flags], srv_env({"RV_AUTH": rc.auth_a, **cenv}, impl))
+            [
+                "-h",
+                rc.host,
+                "-p",
+                str(rc.port_a),
+                "--local-port",
+                str(lport),
+                "--bind-local-port",
+                "--rv-auth",
+                *flags,
+            ],
+            srv_env({"RV_AUTH": rc.auth_a, **cenv}, impl),
+        )
         try:
             data = pattern(3_000_000, seed=1)
             got = await roundtrip(lport, data)
@@ -151,11 +184,40 @@ async def _multi(keys: Any, mode: str, n: int = 20) -> None:
         echo = await EchoServer().start()
         lport = free_port()
         daemon = await start_srv(
-            ["-h", rc.host, "-p", str(rc.port_b), "--local-port", str(echo.port), "--local-host", "127.0.0.1",
-             "--rv-auth", "--multi", "--timeout", "3", *flags], srv_env({"RV_AUTH": rc.auth_b, **cenv}))
+            [
+                "-h",
+                rc.host,
+                "-p",
+                str(rc.port_b),
+                "--local-port",
+                str(echo.port),
+                "--local-host",
+                "127.0.0.1",
+                "--rv-auth",
+                "--multi",
+                "--timeout",
+                "3",
+                *flags,
+            ],
+            srv_env({"RV_AUTH": rc.auth_b, **cenv}),
+        )
         client = await start_srv(
-            ["-h", rc.host, "-p", str(rc.port_a), "--local-port", str(lport), "--bind-local-port",
-             "--rv-auth", "--multi", "--timeout", "3", *flags], srv_env({"RV_AUTH": rc.auth_a, **cenv}))
+            [
+                "-h",
+                rc.host,
+                "-p",
+                str(rc.port_a),
+                "--local-port",
+                str(lport),
+                "--bind-local-port",
+                "--rv-auth",
+                "--multi",
+                "--timeout",
+                "3",
+                *flags,
+            ],
+            srv_env({"RV_AUTH": rc.auth_a, **cenv}),
+        )
         try:
             datas = [pattern(100_000 + 997 * i, seed=100 + i) for i in range(n)]
             results = await asyncio.gather(*(roundtrip(lport, d) for d in datas))
@@ -187,10 +249,27 @@ async def _raw_client_to_daemon_srv(keys: Any, mode: str, messages_as_one_write:
         else:
             session, flags, env = None, [], {}
         daemon = await start_srv(
-            ["-h", rc.host, "-p", str(rc.port_b), "--local-port", str(echo.port), "--local-host", "127.0.0.1",
-             "--rv-auth", "--multi", "--timeout", "2", *flags], srv_env({"RV_AUTH": rc.auth_b, **env}))
+            [
+                "-h",
+                rc.host,
+                "-p",
+                str(rc.port_b),
+                "--local-port",
+                str(echo.port),
+                "--local-host",
+                "127.0.0.1",
+                "--rv-auth",
+                "--multi",
+                "--timeout",
+                "2",
+                *flags,
+            ],
+            srv_env({"RV_AUTH": rc.auth_b, **env}),
+        )
         try:
-            ctl = ControlChannel(await connect_relay(rc.host, rc.port_a, rc.auth_a), session, is_client=True)
+            ctl = ControlChannel(
+                await connect_relay(rc.host, rc.port_a, rc.auth_a), session, is_client=True
+            )
             n = 3
             relays, keysets, msgs = [], [], b""
             for _ in range(n):
@@ -264,12 +343,17 @@ def test_srv_daemon_connect_no_encrypt(keys, run) -> None:
 
 # ---- the process contract -----------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "flags,env,message",
     [
         (["--rv-auth"], {}, "--rv-auth required, but RV_AUTH is not in environment"),
         (["--rv-e2ee"], {}, "--rv-e2ee required, but RV_AES is not in environment"),
-        (["--rv-e2ee"], {"RV_AES": "A" * 43 + "="}, "--rv-e2ee required, but RV_IV is not in environment"),
+        (
+            ["--rv-e2ee"],
+            {"RV_AES": "A" * 43 + "="},
+            "--rv-e2ee required, but RV_IV is not in environment",
+        ),
         (["--rv-aead"], {}, "--rv-aead required, but RV_AEAD_SECRET is not in environment"),
     ],
 )
@@ -287,8 +371,20 @@ def test_bad_relay_exits_200(run) -> None:
     async def go() -> None:
         echo = await EchoServer().start()
         port = free_port()  # nothing listens there
-        s = await start_srv(["-h", "127.0.0.1", "-p", str(port), "--local-port", str(echo.port),
-                             "--local-host", "127.0.0.1"], srv_env({}), wait_ready=False)
+        s = await start_srv(
+            [
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "--local-port",
+                str(echo.port),
+                "--local-host",
+                "127.0.0.1",
+            ],
+            srv_env({}),
+            wait_ready=False,
+        )
         assert await s.wait() == 200
         assert "Exception running srv :" in s.stderr
         await echo.close()
@@ -304,8 +400,19 @@ def test_aead_client_refuses_tampered_daemon_stream_exit_200(keys, run) -> None:
             lport = free_port()
             secret = b64e(os.urandom(32))
             client = await start_srv(
-                ["-h", rc.host, "-p", str(rc.port_a), "--local-port", str(lport), "--bind-local-port",
-                 "--rv-auth", "--rv-aead"], srv_env({"RV_AUTH": rc.auth_a, "RV_AEAD_SECRET": secret}))
+                [
+                    "-h",
+                    rc.host,
+                    "-p",
+                    str(rc.port_a),
+                    "--local-port",
+                    str(lport),
+                    "--bind-local-port",
+                    "--rv-auth",
+                    "--rv-aead",
+                ],
+                srv_env({"RV_AUTH": rc.auth_a, "RV_AEAD_SECRET": secret}),
+            )
             try:
                 # the "daemon" uses another session id: its records cannot verify
                 wrong = AeadKeys(os.urandom(32), "other")
@@ -334,10 +441,27 @@ def test_aead_client_refuses_tampered_daemon_stream_exit_200(keys, run) -> None:
 def test_help_and_version() -> None:
     import subprocess
 
-    out = subprocess.run([sys.executable, "-m", "noports.cli.srv", "--help"], capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "noports.cli.srv", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0
-    for word in ("--rv-aead", "RV_AEAD_SECRET", "RV_AES_C2D", "--bind-local-port", "--multi", "-h HOST"):
+    for word in (
+        "--rv-aead",
+        "RV_AEAD_SECRET",
+        "RV_AES_C2D",
+        "--bind-local-port",
+        "--multi",
+        "-h HOST",
+    ):
         assert word in out.stdout
-    v = subprocess.run([sys.executable, "-m", "noports.cli.srv", "--version"], capture_output=True, text=True, timeout=30)
+    v = subprocess.run(
+        [sys.executable, "-m", "noports.cli.srv", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert v.returncode == 0 and "srv (noports)" in v.stdout
     assert R.MAX_PLAINTEXT == 65536

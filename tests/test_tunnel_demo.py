@@ -3,6 +3,8 @@ nothing running."""
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from noports.cli import demo
@@ -30,5 +32,5 @@ def test_size_parser() -> None:
     assert demo.parse_size("64M") == 64 << 20
     assert demo.parse_size("1GiB") == 1 << 30
     assert demo.parse_size("1000") == 1000
-    with pytest.raises(Exception):
+    with pytest.raises(argparse.ArgumentTypeError):
         demo.parse_size("lots")

@@ -38,7 +38,9 @@ class RelayCtx:
 
 
 @contextlib.asynccontextmanager
-async def relay_session(keys: Callable[[str], object], *, session_id: str | None = None) -> AsyncIterator[RelayCtx]:
+async def relay_session(
+    keys: Callable[[str], object], *, session_id: str | None = None
+) -> AsyncIterator[RelayCtx]:
     """A started relay with one authenticated session (@client side A, @daemon side B)."""
     ka, kb = keys("@tclient"), keys("@tdaemon")
     sid = session_id or str(uuid.uuid4())
@@ -47,11 +49,23 @@ async def relay_session(keys: Callable[[str], object], *, session_id: str | None
     await relay.start()
     try:
         sess = await relay.create_session(
-            SessionSpec(sid, "@tclient", "@tdaemon", nonce, auth_a=True, auth_b=True,
-                        public_key_a=ka.encrypt_public, public_key_b=kb.encrypt_public)  # type: ignore[attr-defined]
+            SessionSpec(
+                sid,
+                "@tclient",
+                "@tdaemon",
+                nonce,
+                auth_a=True,
+                auth_b=True,
+                public_key_a=ka.encrypt_public,
+                public_key_b=kb.encrypt_public,
+            )  # type: ignore[attr-defined]
         )
         yield RelayCtx(
-            relay, sess, sess.host, sess.port_a, sess.port_b,
+            relay,
+            sess,
+            sess.host,
+            sess.port_a,
+            sess.port_b,
             relay_auth_line(sid, nonce, sess.rvd_nonce, ka.encrypt_private),  # type: ignore[attr-defined]
             relay_auth_line(sid, nonce, sess.rvd_nonce, kb.encrypt_private),  # type: ignore[attr-defined]
             sid,
@@ -114,7 +128,9 @@ class EchoServer:
             await self.server.wait_closed()
 
 
-async def roundtrip(port: int, data: bytes, *, host: str = "127.0.0.1", chunk: int = 65536) -> bytes:
+async def roundtrip(
+    port: int, data: bytes, *, host: str = "127.0.0.1", chunk: int = 65536
+) -> bytes:
     """Send ``data``, half-close, return everything read until EOF (may raise on reset)."""
     r, w = await asyncio.open_connection(host, port)
     out = bytearray()
@@ -129,7 +145,7 @@ async def roundtrip(port: int, data: bytes, *, host: str = "127.0.0.1", chunk: i
     rt = asyncio.ensure_future(reader())
     try:
         for i in range(0, len(data), chunk):
-            w.write(data[i:i + chunk])
+            w.write(data[i : i + chunk])
             await w.drain()
         w.write_eof()
         await rt
@@ -164,7 +180,9 @@ class Middlebox:
     the client half-closes, then hands it to ``mutate(0, whole)`` (for reordering).
     """
 
-    def __init__(self, host: str, port: int, mutate: Mutator | None = None, *, hold: bool = False) -> None:
+    def __init__(
+        self, host: str, port: int, mutate: Mutator | None = None, *, hold: bool = False
+    ) -> None:
         self.target = (host, port)
         self.mutate = mutate
         self.hold = hold
@@ -256,7 +274,7 @@ def drop_range(start: int, length: int) -> Mutator:
         lo, hi = max(start, off), min(start + length, off + len(chunk))
         if lo >= hi:
             return chunk
-        return chunk[:lo - off] + chunk[hi - off:]
+        return chunk[: lo - off] + chunk[hi - off :]
 
     return m
 
@@ -265,7 +283,7 @@ def cut_after(limit: int) -> Mutator:
     """Forward only the first ``limit`` bytes (the rest is silently discarded)."""
 
     def m(off: int, chunk: bytes) -> bytes:
-        return chunk[:max(0, limit - off)]
+        return chunk[: max(0, limit - off)]
 
     return m
 

@@ -30,8 +30,12 @@ MODES = ["clear", "legacy", "twin", "aead"]
 
 
 def make_crypto(mode: str, sid: str = "sid"):  # type: ignore[no-untyped-def]
-    return {"clear": None, "legacy": CtrKeys.generate(twin=False), "twin": CtrKeys.generate(),
-            "aead": AeadKeys.generate(sid)}[mode]
+    return {
+        "clear": None,
+        "legacy": CtrKeys.generate(twin=False),
+        "twin": CtrKeys.generate(),
+        "aead": AeadKeys.generate(sid),
+    }[mode]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -41,11 +45,21 @@ def test_single_mode(keys, impl, mode, run) -> None:
             crypto = make_crypto(mode, rc.session_id)
             echo = await EchoServer().start(banner=b"SSH-2.0-banner-before-client\r\n")
             # the daemon end (and its banner) is up before the client end even exists
-            daemon = asyncio.ensure_future(run_daemon_single(
-                rc.host, rc.port_b, auth_line=rc.auth_b, crypto=crypto,
-                local_host="127.0.0.1", local_port=echo.port, impl=impl))
+            daemon = asyncio.ensure_future(
+                run_daemon_single(
+                    rc.host,
+                    rc.port_b,
+                    auth_line=rc.auth_b,
+                    crypto=crypto,
+                    local_host="127.0.0.1",
+                    local_port=echo.port,
+                    impl=impl,
+                )
+            )
             await asyncio.sleep(0.05)
-            client = await open_client_single(rc.host, rc.port_a, auth_line=rc.auth_a, crypto=crypto, impl=impl)
+            client = await open_client_single(
+                rc.host, rc.port_a, auth_line=rc.auth_a, crypto=crypto, impl=impl
+            )
             assert client.host == "127.0.0.1"
             data = pattern(1_500_000, seed=3)
             got = await roundtrip(client.port, data)
@@ -95,10 +109,20 @@ def test_half_close_and_no_byte_lost(keys, impl, mode, run) -> None:
             crypto = make_crypto(mode, rc.session_id)
             body = os.urandom(3_000_000)
             svc = await ReplyAfterEof(body).start()
-            client = await open_client_single(rc.host, rc.port_a, auth_line=rc.auth_a, crypto=crypto, impl=impl)
-            daemon = asyncio.ensure_future(run_daemon_single(
-                rc.host, rc.port_b, auth_line=rc.auth_b, crypto=crypto,
-                local_host="127.0.0.1", local_port=svc.port, impl=impl))
+            client = await open_client_single(
+                rc.host, rc.port_a, auth_line=rc.auth_a, crypto=crypto, impl=impl
+            )
+            daemon = asyncio.ensure_future(
+                run_daemon_single(
+                    rc.host,
+                    rc.port_b,
+                    auth_line=rc.auth_b,
+                    crypto=crypto,
+                    local_host="127.0.0.1",
+                    local_port=svc.port,
+                    impl=impl,
+                )
+            )
             data = os.urandom(777_777)
             got = await roundtrip(client.port, data)
             assert got[:32] == hashlib.sha256(data).digest()
@@ -132,10 +156,20 @@ def test_backpressure_bounds_buffering(keys, impl, run) -> None:
             port = server.sockets[0].getsockname()[1]
             # the asyncio StreamReader pauses its transport at 2*limit: the service's
             # socket really stops reading, so everything upstream must fill and stop
-            client = await open_client_single(rc.host, rc.port_a, auth_line=rc.auth_a, crypto=crypto, impl=impl)
-            daemon = asyncio.ensure_future(run_daemon_single(
-                rc.host, rc.port_b, auth_line=rc.auth_b, crypto=crypto,
-                local_host="127.0.0.1", local_port=port, impl=impl))
+            client = await open_client_single(
+                rc.host, rc.port_a, auth_line=rc.auth_a, crypto=crypto, impl=impl
+            )
+            daemon = asyncio.ensure_future(
+                run_daemon_single(
+                    rc.host,
+                    rc.port_b,
+                    auth_line=rc.auth_b,
+                    crypto=crypto,
+                    local_host="127.0.0.1",
+                    local_port=port,
+                    impl=impl,
+                )
+            )
             loop = asyncio.get_running_loop()
             app = socket.create_connection(("127.0.0.1", client.port))
             app.setblocking(False)
@@ -144,7 +178,7 @@ def test_backpressure_bounds_buffering(keys, impl, run) -> None:
             sent, last = 0, loop.time()
             while sent < 256 << 20:
                 try:
-                    sent += app.send(view[sent % len(block):])
+                    sent += app.send(view[sent % len(block) :])
                     last = loop.time()
                 except BlockingIOError:
                     if loop.time() - last > 1.0:
@@ -154,7 +188,7 @@ def test_backpressure_bounds_buffering(keys, impl, run) -> None:
             assert stalled_at < 96 << 20, stalled_at
             gate.set()
             # everything buffered so far arrives intact once the service reads again
-            await asyncio.wait_for(loop.sock_sendall(app, view[sent % len(block):]), 20)
+            await asyncio.wait_for(loop.sock_sendall(app, view[sent % len(block) :]), 20)
             await asyncio.wait_for(loop.sock_sendall(app, block), 20)
             total = sent - sent % len(block) + 2 * len(block)
             app.shutdown(socket.SHUT_WR)
@@ -175,12 +209,27 @@ def test_multi_20_concurrent_connections(keys, impl, mode, run) -> None:
         async with relay_session(keys) as rc:
             crypto = make_crypto(mode, rc.session_id)
             echo = await EchoServer().start()
-            dm = DaemonMulti(rc.host, rc.port_b, auth_line=rc.auth_b, crypto=crypto,
-                             local_host="127.0.0.1", local_port=echo.port, timeout=30, impl=impl)
+            dm = DaemonMulti(
+                rc.host,
+                rc.port_b,
+                auth_line=rc.auth_b,
+                crypto=crypto,
+                local_host="127.0.0.1",
+                local_port=echo.port,
+                timeout=30,
+                impl=impl,
+            )
             await dm.connect()
             dtask = asyncio.ensure_future(dm.run())
-            cm = await ClientMulti.open(rc.host, rc.port_a, auth_line=rc.auth_a, crypto=crypto,
-                                        timeout=30, heartbeat=0.02, impl=impl)
+            cm = await ClientMulti.open(
+                rc.host,
+                rc.port_a,
+                auth_line=rc.auth_a,
+                crypto=crypto,
+                timeout=30,
+                heartbeat=0.02,
+                impl=impl,
+            )
             datas = [pattern(60_000 + 1009 * i, seed=50 + i) for i in range(20)]
             res = await asyncio.gather(*(roundtrip(cm.port, d) for d in datas))
             assert [sha(r) for r in res] == [sha(d) for d in datas]
@@ -199,10 +248,19 @@ def test_multi_idle_timeout_ends_both(keys, run) -> None:
         async with relay_session(keys) as rc:
             crypto = make_crypto("aead", rc.session_id)
             echo = await EchoServer().start()
-            dm = DaemonMulti(rc.host, rc.port_b, auth_line=rc.auth_b, crypto=crypto,
-                             local_host="127.0.0.1", local_port=echo.port, timeout=0.5)
+            dm = DaemonMulti(
+                rc.host,
+                rc.port_b,
+                auth_line=rc.auth_b,
+                crypto=crypto,
+                local_host="127.0.0.1",
+                local_port=echo.port,
+                timeout=0.5,
+            )
             dtask = asyncio.ensure_future(dm.run())
-            cm = await ClientMulti.open(rc.host, rc.port_a, auth_line=rc.auth_a, crypto=crypto, timeout=0.5)
+            cm = await ClientMulti.open(
+                rc.host, rc.port_a, auth_line=rc.auth_a, crypto=crypto, timeout=0.5
+            )
             assert await roundtrip(cm.port, b"one") == b"one"
             st = await asyncio.wait_for(cm.wait(), 10)
             assert st.connections == 1
@@ -220,10 +278,19 @@ def test_aead_daemon_refuses_downgraded_connects(keys, offer, run) -> None:
         async with relay_session(keys) as rc:
             crypto = AeadKeys.generate(rc.session_id)
             echo = await EchoServer().start()
-            dm = DaemonMulti(rc.host, rc.port_b, auth_line=rc.auth_b, crypto=crypto,
-                             local_host="127.0.0.1", local_port=echo.port, timeout=5)
+            dm = DaemonMulti(
+                rc.host,
+                rc.port_b,
+                auth_line=rc.auth_b,
+                crypto=crypto,
+                local_host="127.0.0.1",
+                local_port=echo.port,
+                timeout=5,
+            )
             dtask = asyncio.ensure_future(dm.run())
-            ctl = ControlChannel(await connect_relay(rc.host, rc.port_a, rc.auth_a), crypto, is_client=True)
+            ctl = ControlChannel(
+                await connect_relay(rc.host, rc.port_a, rc.auth_a), crypto, is_client=True
+            )
             msg = format_connect() if offer == "no-encrypt" else format_connect(CtrKeys.generate())
             await ctl.send(msg + format_connect(conn_id=5) + format_connect(conn_id=5))
             await asyncio.sleep(0.3)
@@ -254,10 +321,19 @@ def test_close_tears_down_running_connections_without_stray_tasks(keys, run) -> 
         async with relay_session(keys) as rc:
             crypto = make_crypto("twin")
             echo = await EchoServer().start()
-            dm = DaemonMulti(rc.host, rc.port_b, auth_line=rc.auth_b, crypto=crypto,
-                             local_host="127.0.0.1", local_port=echo.port, timeout=30)
+            dm = DaemonMulti(
+                rc.host,
+                rc.port_b,
+                auth_line=rc.auth_b,
+                crypto=crypto,
+                local_host="127.0.0.1",
+                local_port=echo.port,
+                timeout=30,
+            )
             dtask = asyncio.ensure_future(dm.run())
-            cm = await ClientMulti.open(rc.host, rc.port_a, auth_line=rc.auth_a, crypto=crypto, timeout=30)
+            cm = await ClientMulti.open(
+                rc.host, rc.port_a, auth_line=rc.auth_a, crypto=crypto, timeout=30
+            )
             r, w = await asyncio.open_connection("127.0.0.1", cm.port)
             w.write(b"ping")
             assert await asyncio.wait_for(r.readexactly(4), 10) == b"ping"
@@ -268,8 +344,11 @@ def test_close_tears_down_running_connections_without_stray_tasks(keys, run) -> 
             await echo.close()
         await asyncio.sleep(0.05)
         me = asyncio.current_task()
-        stray = [t for t in asyncio.all_tasks() if t is not me and not t.done()
-                 and not t.get_coro().__qualname__.endswith("guarded")]  # conftest's wrapper
+        stray = [
+            t
+            for t in asyncio.all_tasks()
+            if t is not me and not t.done() and not t.get_coro().__qualname__.endswith("guarded")
+        ]  # conftest's wrapper
         assert stray == []
 
     run(go(), timeout=30)

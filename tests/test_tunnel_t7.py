@@ -15,7 +15,16 @@ from noports.errors import IntegrityError, TruncationError
 from noports.tunnel import AeadKeys, CtrKeys, open_client_single, run_daemon_single
 from noports.tunnel.net import connect_relay
 
-from .test_tunnel_helpers import EchoServer, Middlebox, cut_after, drop_range, flip_bit_at, pattern, relay_session, roundtrip
+from .test_tunnel_helpers import (
+    EchoServer,
+    Middlebox,
+    cut_after,
+    drop_range,
+    flip_bit_at,
+    pattern,
+    relay_session,
+    roundtrip,
+)
 
 DATA = pattern(200_000, seed=7)
 
@@ -23,8 +32,8 @@ DATA = pattern(200_000, seed=7)
 def split_records(stream: bytes) -> tuple[bytes, list[bytes]]:
     pre, pos, recs = stream[:4], 4, []
     while pos < len(stream):
-        n = 4 + (int.from_bytes(stream[pos:pos + 4], "big") & 0xFFFFFF)
-        recs.append(stream[pos:pos + n])
+        n = 4 + (int.from_bytes(stream[pos : pos + 4], "big") & 0xFFFFFF)
+        recs.append(stream[pos : pos + n])
         pos += n
     return pre, recs
 
@@ -53,11 +62,20 @@ async def _through_middlebox(keys, impl, crypto, mutate=None, *, hold=False, dat
         echo = await EchoServer().start()
         mb = await Middlebox(rc.host, rc.port_a, mutate, hold=hold).start()
         try:
-            client = await open_client_single(rc.host, mb.port, auth_line=rc.auth_a, crypto=crypto,
-                                              timeout=10, impl=impl)
-            daemon = asyncio.ensure_future(run_daemon_single(
-                rc.host, rc.port_b, auth_line=rc.auth_b, crypto=crypto,
-                local_host="127.0.0.1", local_port=echo.port, impl=impl))
+            client = await open_client_single(
+                rc.host, mb.port, auth_line=rc.auth_a, crypto=crypto, timeout=10, impl=impl
+            )
+            daemon = asyncio.ensure_future(
+                run_daemon_single(
+                    rc.host,
+                    rc.port_b,
+                    auth_line=rc.auth_b,
+                    crypto=crypto,
+                    local_host="127.0.0.1",
+                    local_port=echo.port,
+                    impl=impl,
+                )
+            )
             app: object
             try:
                 app = await asyncio.wait_for(roundtrip(client.port, data), 20)
@@ -90,15 +108,18 @@ def test_aead_roundtrip_through_middlebox(keys, impl, run) -> None:
 @pytest.mark.parametrize("mode", ["legacy", "twin", "aead"])
 def test_equal_plaintexts_both_ways_never_xor_to_zero(keys, impl, mode, run) -> None:
     """The echo service sends back exactly what it got: equal plaintexts both ways."""
-    crypto = {"legacy": CtrKeys.generate(twin=False), "twin": CtrKeys.generate(),
-              "aead": AeadKeys.generate("xor")}[mode]
+    crypto = {
+        "legacy": CtrKeys.generate(twin=False),
+        "twin": CtrKeys.generate(),
+        "aead": AeadKeys.generate("xor"),
+    }[mode]
     data = bytes(100_000)
     app, _, _, mb = run(_through_middlebox(keys, impl, crypto, data=data), timeout=40)
     assert app == data
     up, down = bytes(mb.up_bytes), bytes(mb.down_bytes)
     assert len(up) == len(down)
-    x = bytes(a ^ b for a, b in zip(up, down))
-    zero_blocks = sum(1 for i in range(0, len(x) - 15, 16) if x[i:i + 16] == bytes(16))
+    x = bytes(a ^ b for a, b in zip(up, down, strict=False))
+    zero_blocks = sum(1 for i in range(0, len(x) - 15, 16) if x[i : i + 16] == bytes(16))
     if mode == "legacy":
         # the official snapshot's keystream reuse, reproduced for interop: it leaks
         assert x == bytes(len(x))
@@ -108,15 +129,24 @@ def test_equal_plaintexts_both_ways_never_xor_to_zero(keys, impl, mode, run) -> 
 
 # stream offsets: preamble magic, suite byte, record type, length, ciphertext, a later
 # record (streaming); then, holding the whole stream: a late ciphertext byte, the close tag
-FLIPS = [(1, False), (3, False), (4, False), (6, False), (50, False), (100_010, False),
-         (-500, True), (-1, True)]
+FLIPS = [
+    (1, False),
+    (3, False),
+    (4, False),
+    (6, False),
+    (50, False),
+    (100_010, False),
+    (-500, True),
+    (-1, True),
+]
 
 
 @pytest.mark.parametrize("pos,hold", FLIPS)
 def test_one_flipped_bit_closes_the_stream_with_zero_bad_bytes(keys, impl, pos, hold, run) -> None:
     crypto = AeadKeys.generate("flip")
-    app, dres, echo, mb = run(_through_middlebox(keys, impl, crypto, flip_bit_at(pos, 2), hold=hold),
-                              timeout=40)
+    app, dres, echo, mb = run(
+        _through_middlebox(keys, impl, crypto, flip_bit_at(pos, 2), hold=hold), timeout=40
+    )
     assert isinstance(dres, IntegrityError), dres
     got = bytes(echo.received[0]) if echo.received else b""
     assert DATA.startswith(got)  # zero corrupted bytes
@@ -126,8 +156,9 @@ def test_one_flipped_bit_closes_the_stream_with_zero_bad_bytes(keys, impl, pos, 
 
 
 def test_dropped_bytes_detected(keys, impl, run) -> None:
-    app, dres, echo, _ = run(_through_middlebox(keys, impl, AeadKeys.generate("d"), drop_range(70_000, 16)),
-                             timeout=40)
+    app, dres, echo, _ = run(
+        _through_middlebox(keys, impl, AeadKeys.generate("d"), drop_range(70_000, 16)), timeout=40
+    )
     assert isinstance(dres, IntegrityError)
     got = bytes(echo.received[0]) if echo.received else b""
     assert DATA.startswith(got) and len(got) <= 65536
@@ -151,8 +182,10 @@ def _record_surgery(op: str):
 
 @pytest.mark.parametrize("op", ["drop", "duplicate", "reorder", "drop-close"])
 def test_record_drop_duplicate_reorder_truncate(keys, impl, op, run) -> None:
-    app, dres, echo, _ = run(_through_middlebox(keys, impl, AeadKeys.generate("s"), _record_surgery(op), hold=True),
-                             timeout=40)
+    app, dres, echo, _ = run(
+        _through_middlebox(keys, impl, AeadKeys.generate("s"), _record_surgery(op), hold=True),
+        timeout=40,
+    )
     if op == "drop-close":
         assert isinstance(dres, TruncationError)
         # verified bytes may be released, but the reset may discard what was in flight
@@ -165,8 +198,9 @@ def test_record_drop_duplicate_reorder_truncate(keys, impl, op, run) -> None:
 
 
 def test_cut_before_close_is_truncation(keys, impl, run) -> None:
-    app, dres, echo, mb = run(_through_middlebox(keys, impl, AeadKeys.generate("cut"), cut_after(100_000)),
-                              timeout=40)
+    app, dres, echo, mb = run(
+        _through_middlebox(keys, impl, AeadKeys.generate("cut"), cut_after(100_000)), timeout=40
+    )
     assert isinstance(dres, TruncationError)
     got = bytes(echo.received[0]) if echo.received else b""
     assert DATA.startswith(got) and len(got) <= released_limit(bytes(mb.up_orig), 100_000)
@@ -182,9 +216,16 @@ def test_cross_session_replay_rejected(keys, run) -> None:
         captured = bytes(mb.up_bytes)
         async with relay_session(keys, session_id="session-two") as rc:
             echo = await EchoServer().start()
-            daemon = asyncio.ensure_future(run_daemon_single(
-                rc.host, rc.port_b, auth_line=rc.auth_b, crypto=AeadKeys(secret, "session-two"),
-                local_host="127.0.0.1", local_port=echo.port))
+            daemon = asyncio.ensure_future(
+                run_daemon_single(
+                    rc.host,
+                    rc.port_b,
+                    auth_line=rc.auth_b,
+                    crypto=AeadKeys(secret, "session-two"),
+                    local_host="127.0.0.1",
+                    local_port=echo.port,
+                )
+            )
             sock = await connect_relay(rc.host, rc.port_a, rc.auth_a)
             loop = asyncio.get_running_loop()
             await loop.sock_sendall(sock, captured)

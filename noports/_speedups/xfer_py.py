@@ -66,7 +66,7 @@ class CopyPump:
         while True:
             if self.off < self.end:
                 try:
-                    n = self.dst.send(mv[self.off:self.end])
+                    n = self.dst.send(mv[self.off : self.end])
                 except BlockingIOError:
                     return WANT_WRITE
                 self.off += n
@@ -125,7 +125,7 @@ class SealPump:
         while True:
             if self.off < self.end:
                 try:
-                    n = self.dst.send(out[self.off:self.end])
+                    n = self.dst.send(out[self.off : self.end])
                 except BlockingIOError:
                     return WANT_WRITE
                 self.off += n
@@ -148,7 +148,7 @@ class SealPump:
                 off = 0
                 while off < n:
                     chunk = min(n - off, MAX_PLAINTEXT)
-                    pos += sealer.seal_into(inp[off:off + chunk], out[pos:])
+                    pos += sealer.seal_into(inp[off : off + chunk], out[pos:])
                     off += chunk
                 self.transferred += n
             self.off = 0
@@ -197,15 +197,15 @@ class OpenPump:
             if not opener.started:
                 if avail < PREAMBLE_LEN:
                     return pos
-                opener.take_preamble(inp[self.istart:self.istart + PREAMBLE_LEN])
+                opener.take_preamble(inp[self.istart : self.istart + PREAMBLE_LEN])
                 self.istart += PREAMBLE_LEN
                 continue
             if avail < HEADER_LEN:
                 return pos
-            flen = opener.frame_length(inp[self.istart:self.istart + HEADER_LEN])
+            flen = opener.frame_length(inp[self.istart : self.istart + HEADER_LEN])
             if avail < flen or pos + flen - HEADER_LEN - TAG_LEN > self.outlen:
                 return pos
-            pos += opener.open_into(inp[self.istart:self.istart + flen], self.outmv[pos:])
+            pos += opener.open_into(inp[self.istart : self.istart + flen], self.outmv[pos:])
             self.istart += flen
             if opener.closed:
                 if self.istart != self.iend:
@@ -219,7 +219,7 @@ class OpenPump:
         while True:
             if self.off < self.end:
                 try:
-                    n = self.dst.send(out[self.off:self.end])
+                    n = self.dst.send(out[self.off : self.end])
                 except BlockingIOError:
                     return WANT_WRITE
                 self.off += n
@@ -242,10 +242,10 @@ class OpenPump:
                 self.istart = self.iend = 0
             elif self.inlen - self.iend < MAX_FRAME:
                 left = self.iend - self.istart
-                self.inmv[0:left] = self.inmv[self.istart:self.iend]
+                self.inmv[0:left] = self.inmv[self.istart : self.iend]
                 self.istart, self.iend = 0, left
             try:
-                n = self.src.recv_into(self.inmv[self.iend:], self.inlen - self.iend)
+                n = self.src.recv_into(self.inmv[self.iend :], self.inlen - self.iend)
             except BlockingIOError:
                 return WANT_READ
             if n == 0:

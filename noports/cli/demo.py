@@ -51,12 +51,20 @@ def parse_size(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="noports demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--mode", choices=("aead", "twin", "legacy"), default="aead",
-                   help="tunnel cipher: aead (strong mode, default), twin (AES-CTR per direction), "
-                        "legacy (official snapshot AES-CTR)")
-    p.add_argument("--size", type=parse_size, default=parse_size("64M"), help="bulk bytes (default 64M)")
+    p.add_argument(
+        "--mode",
+        choices=("aead", "twin", "legacy"),
+        default="aead",
+        help="tunnel cipher: aead (strong mode, default), twin (AES-CTR per direction), "
+        "legacy (official snapshot AES-CTR)",
+    )
+    p.add_argument(
+        "--size", type=parse_size, default=parse_size("64M"), help="bulk bytes (default 64M)"
+    )
     p.add_argument("--pings", type=int, default=2000, help="ping-pong round trips (default 2000)")
-    p.add_argument("--impl", choices=("c", "py"), default=None, help="transfer loop (default: compiled)")
+    p.add_argument(
+        "--impl", choices=("c", "py"), default=None, help="transfer loop (default: compiled)"
+    )
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default=None, help="event loop")
     add_common(p)
     return p
@@ -131,7 +139,7 @@ def _bulk(port: int, size: int) -> tuple[float, bool]:
     block = memoryview(os.urandom(CHUNK))
     h = hashlib.sha256()
     for off in range(0, size, CHUNK):  # expected digest, outside the timed part
-        h.update(block[:min(CHUNK, size - off)])
+        h.update(block[: min(CHUNK, size - off)])
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.sendall(b"S")
         t0 = time.perf_counter()
@@ -178,12 +186,20 @@ def _in_thread(fn, *args):  # type: ignore[no-untyped-def]
     fut: asyncio.Future = loop.create_future()
 
     def target() -> None:
+        def settle(res: object, err: BaseException | None) -> None:
+            if fut.done():
+                return
+            if err is not None:
+                fut.set_exception(err)
+            else:
+                fut.set_result(res)
+
         try:
             res = fn(*args)
-        except BaseException as exc:  # noqa: BLE001
-            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_exception(exc))
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+            loop.call_soon_threadsafe(settle, None, exc)
         else:
-            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(res))
+            loop.call_soon_threadsafe(settle, res, None)
 
     threading.Thread(target=target, daemon=True).start()
     return fut
@@ -208,17 +224,35 @@ async def run_demo(args: argparse.Namespace) -> Report:
     cm: ClientMulti | None = None
     daemon_task: asyncio.Task | None = None
     try:
-        sess = await relay.create_session(SessionSpec(
-            sid, "@demo_client", "@demo_device", nonce, auth_a=True, auth_b=True,
-            public_key_a=client_keys.encrypt_public, public_key_b=daemon_keys.encrypt_public))
+        sess = await relay.create_session(
+            SessionSpec(
+                sid,
+                "@demo_client",
+                "@demo_device",
+                nonce,
+                auth_a=True,
+                auth_b=True,
+                public_key_a=client_keys.encrypt_public,
+                public_key_b=daemon_keys.encrypt_public,
+            )
+        )
         auth_a = relay_auth_line(sid, nonce, sess.rvd_nonce, client_keys.encrypt_private)
         auth_b = relay_auth_line(sid, nonce, sess.rvd_nonce, daemon_keys.encrypt_private)
-        dm = DaemonMulti(sess.host, sess.port_b, auth_line=auth_b, crypto=crypto, local_host="127.0.0.1",
-                         local_port=service_port, timeout=60, impl=args.impl)
+        dm = DaemonMulti(
+            sess.host,
+            sess.port_b,
+            auth_line=auth_b,
+            crypto=crypto,
+            local_host="127.0.0.1",
+            local_port=service_port,
+            timeout=60,
+            impl=args.impl,
+        )
         await dm.connect()
         daemon_task = asyncio.ensure_future(dm.run())
-        cm = await ClientMulti.open(sess.host, sess.port_a, auth_line=auth_a, crypto=crypto,
-                                    timeout=60, impl=args.impl)
+        cm = await ClientMulti.open(
+            sess.host, sess.port_a, auth_line=auth_a, crypto=crypto, timeout=60, impl=args.impl
+        )
         direct = await _in_thread(_pingpong, service_port, max(1, args.pings // 4))
         rtt = await _in_thread(_pingpong, cm.port, args.pings)
         seconds, ok = await _in_thread(_bulk, cm.port, args.size)
@@ -269,10 +303,16 @@ def main(argv: list[str] | None = None) -> int:
     print("noports demo: relay (auth on) + daemon end + client end + local service, one process")
     print(f"  mode            {mode}")
     print(f"  transfer loop   {impl}; event loop {_compat.loop_name(args.loop)}")
-    print(f"  bulk            {mib:.0f} MiB in {rep.bulk_seconds:.2f} s = "
-          f"{rep.bulk_bytes / rep.bulk_seconds / 1e6:.0f} MB/s; sha256 {'OK' if rep.digest_ok else 'MISMATCH'}")
-    print(f"  ping-pong 64 B  tunnel median {statistics.median(rep.rtt_us):.0f} us, p99 {_pct(rep.rtt_us, 0.99):.0f} us "
-          f"({len(rep.rtt_us)} round trips); direct median {statistics.median(rep.direct_rtt_us):.0f} us")
+    rate = rep.bulk_bytes / rep.bulk_seconds / 1e6
+    check = "OK" if rep.digest_ok else "MISMATCH"
+    med, p99 = statistics.median(rep.rtt_us), _pct(rep.rtt_us, 0.99)
+    direct = statistics.median(rep.direct_rtt_us)
+    secs = rep.bulk_seconds
+    print(f"  bulk            {mib:.0f} MiB in {secs:.2f} s = {rate:.0f} MB/s; sha256 {check}")
+    print(
+        f"  ping-pong 64 B  tunnel median {med:.0f} us, p99 {p99:.0f} us "
+        f"({len(rep.rtt_us)} round trips); direct median {direct:.0f} us"
+    )
     if stray:
         print(f"  stray tasks     {len(stray)}: {stray[:3]}", file=sys.stderr)
         return 1

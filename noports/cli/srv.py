@@ -11,7 +11,6 @@ Only parsing and the process contract live here; the work is ``noports.tunnel``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
@@ -65,30 +64,70 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--help", action="help", help="show this help and exit")
     p.add_argument("-h", "--host", required=True, help="relay host")
-    p.add_argument("-p", "--port", required=True, type=int, help="relay port (A for clients, B for daemons)")
-    p.add_argument("--local-port", type=int, default=22,
-                   help="daemon: port to connect to; client: port to listen on (default 22)")
-    p.add_argument("--local-host", default="localhost",
-                   help="daemon: host to connect to; client: address to listen on (default localhost)")
-    p.add_argument("--timeout", type=float, default=60.0,
-                   help="seconds to wait for a connection; multi: idle seconds before ending (default 60)")
-    p.add_argument("--bind-local-port", action="store_true", default=False,
-                   help="client mode: listen locally and accept")
-    p.add_argument("--rv-auth", action=argparse.BooleanOptionalAction, default=False,
-                   help="send RV_AUTH first on every relay socket")
-    p.add_argument("--rv-e2ee", action=argparse.BooleanOptionalAction, default=False,
-                   help="AES-256-CTR with RV_AES/RV_IV (or twin RV_*_C2D/RV_*_D2C keys)")
-    p.add_argument("--rv-aead", action=argparse.BooleanOptionalAction, default=False,
-                   help="noports strong mode: authenticated records keyed from RV_AEAD_SECRET")
-    p.add_argument("--multi", action="store_true", default=False,
-                   help="multi-connection mode (control channel)")
-    p.add_argument("--heartbeat", type=float, default=None, metavar="SECS",
-                   help="client multi mode: send a control heartbeat every SECS seconds")
+    p.add_argument(
+        "-p", "--port", required=True, type=int, help="relay port (A for clients, B for daemons)"
+    )
+    p.add_argument(
+        "--local-port",
+        type=int,
+        default=22,
+        help="daemon: port to connect to; client: port to listen on (default 22)",
+    )
+    p.add_argument(
+        "--local-host",
+        default="localhost",
+        help="daemon: host to connect to; client: address to listen on (default localhost)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for a connection; multi: idle seconds before ending (default 60)",
+    )
+    p.add_argument(
+        "--bind-local-port",
+        action="store_true",
+        default=False,
+        help="client mode: listen locally and accept",
+    )
+    p.add_argument(
+        "--rv-auth",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="send RV_AUTH first on every relay socket",
+    )
+    p.add_argument(
+        "--rv-e2ee",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="AES-256-CTR with RV_AES/RV_IV (or twin RV_*_C2D/RV_*_D2C keys)",
+    )
+    p.add_argument(
+        "--rv-aead",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="noports strong mode: authenticated records keyed from RV_AEAD_SECRET",
+    )
+    p.add_argument(
+        "--multi",
+        action="store_true",
+        default=False,
+        help="multi-connection mode (control channel)",
+    )
+    p.add_argument(
+        "--heartbeat",
+        type=float,
+        default=None,
+        metavar="SECS",
+        help="client multi mode: send a control heartbeat every SECS seconds",
+    )
     add_common(p, verbose_short=True)
     return p
 
 
-def crypto_from_env(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[str | None, TunnelCrypto]:
+def crypto_from_env(
+    args: argparse.Namespace, env: Mapping[str, str]
+) -> tuple[str | None, TunnelCrypto]:
     """(auth line, cipher settings) from the environment, as the flags require."""
     auth: str | None = None
     if args.rv_auth:
@@ -115,37 +154,67 @@ def _ready() -> None:
 
 async def run_srv(args: argparse.Namespace, auth: str | None, crypto: TunnelCrypto) -> None:
     """One srv lifetime: set up, announce readiness, run until the tunnel ends."""
-    log.info("srv %s mode, %s, %s", "client" if args.bind_local_port else "daemon",
-             "multi" if args.multi else "single", mode_name(crypto))
+    log.info(
+        "srv %s mode, %s, %s",
+        "client" if args.bind_local_port else "daemon",
+        "multi" if args.multi else "single",
+        mode_name(crypto),
+    )
     if args.bind_local_port:
         if args.multi:
-            cm = await ClientMulti.open(args.host, args.port, auth_line=auth, crypto=crypto,
-                                        local_host=args.local_host, local_port=args.local_port,
-                                        timeout=args.timeout, heartbeat=args.heartbeat)
+            cm = await ClientMulti.open(
+                args.host,
+                args.port,
+                auth_line=auth,
+                crypto=crypto,
+                local_host=args.local_host,
+                local_port=args.local_port,
+                timeout=args.timeout,
+                heartbeat=args.heartbeat,
+            )
             _ready()
             try:
                 await cm.wait()
             finally:
                 await cm.close()
         else:
-            client = await open_client_single(args.host, args.port, auth_line=auth, crypto=crypto,
-                                              local_host=args.local_host, local_port=args.local_port,
-                                              timeout=args.timeout)
+            client = await open_client_single(
+                args.host,
+                args.port,
+                auth_line=auth,
+                crypto=crypto,
+                local_host=args.local_host,
+                local_port=args.local_port,
+                timeout=args.timeout,
+            )
             _ready()
             try:
                 await client.wait()
             finally:
                 await client.close()
     elif args.multi:
-        dm = DaemonMulti(args.host, args.port, auth_line=auth, crypto=crypto,
-                         local_host=args.local_host, local_port=args.local_port, timeout=args.timeout)
+        dm = DaemonMulti(
+            args.host,
+            args.port,
+            auth_line=auth,
+            crypto=crypto,
+            local_host=args.local_host,
+            local_port=args.local_port,
+            timeout=args.timeout,
+        )
         await dm.connect()
         _ready()
         await dm.run()
     else:
-        await run_daemon_single(args.host, args.port, auth_line=auth, crypto=crypto,
-                                local_host=args.local_host, local_port=args.local_port,
-                                on_ready=_ready)
+        await run_daemon_single(
+            args.host,
+            args.port,
+            auth_line=auth,
+            crypto=crypto,
+            local_host=args.local_host,
+            local_port=args.local_port,
+            on_ready=_ready,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,7 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_OK
     except Exception as exc:  # noqa: BLE001 - the official contract: one line, exit 200
-        print(f"Exception running srv : {escape(str(exc) or type(exc).__name__)}", file=sys.stderr, flush=True)
+        print(
+            f"Exception running srv : {escape(str(exc) or type(exc).__name__)}",
+            file=sys.stderr,
+            flush=True,
+        )
         return EXIT_SRV_EXCEPTION
     return EXIT_OK
 

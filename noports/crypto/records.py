@@ -143,7 +143,9 @@ class RecordSealer:
         self.suite = default_suite() if suite is None else suite
         if self.suite not in SUITE_LABELS:
             raise ConfigError(f"unknown AEAD suite {self.suite}")
-        self.aead = _aead(self.suite, derive_key(secret, session_id, direction, conn_id, self.suite))
+        self.aead = _aead(
+            self.suite, derive_key(secret, session_id, direction, conn_id, self.suite)
+        )
         self.preamble = MAGIC + bytes([self.suite])
         self.nonce = bytearray(NONCE_LEN)
         self.aad = bytearray(HEADER_LEN) + self.preamble + _context(direction, conn_id, session_id)
@@ -181,7 +183,9 @@ class RecordSealer:
         _HEADER.pack_into(self.aad, 0, hdr)
         _SEQ.pack_into(self.nonce, 4, self.seq)
         self.seq += 1
-        self.aead.encrypt_into(self.nonce, pt, self.aad, memoryview(out)[HEADER_LEN:HEADER_LEN + ctlen])
+        self.aead.encrypt_into(
+            self.nonce, pt, self.aad, memoryview(out)[HEADER_LEN : HEADER_LEN + ctlen]
+        )
         if rtype == TYPE_CLOSE:
             self.closed = True
         return HEADER_LEN + ctlen
@@ -199,7 +203,7 @@ class RecordSealer:
         pos = self.start_into(mv)
         src = memoryview(data)
         for off in range(0, len(data), MAX_PLAINTEXT):
-            pos += self.seal_into(src[off:off + MAX_PLAINTEXT], mv[pos:])
+            pos += self.seal_into(src[off : off + MAX_PLAINTEXT], mv[pos:])
         return bytes(out[:pos])
 
     def close(self) -> bytes:
@@ -258,7 +262,9 @@ class RecordOpener:
         key = derive_key(self._secret, self._session_id, self._direction, self._conn_id, suite)
         self.suite = suite
         self.aead = _aead(suite, key)
-        self.aad = bytearray(HEADER_LEN) + pre + _context(self._direction, self._conn_id, self._session_id)
+        self.aad = (
+            bytearray(HEADER_LEN) + pre + _context(self._direction, self._conn_id, self._session_id)
+        )
         self._secret = b""
 
     def frame_length(self, header: Any) -> int:
@@ -320,11 +326,11 @@ class RecordOpener:
             while len(buf) - pos >= HEADER_LEN:
                 if self.closed:
                     raise IntegrityError("data after the close record")
-                flen = self.frame_length(buf[pos:pos + HEADER_LEN])
+                flen = self.frame_length(buf[pos : pos + HEADER_LEN])
                 if len(buf) - pos < flen:
                     break
                 pt = bytearray(flen - HEADER_LEN - TAG_LEN)
-                self.open_into(buf[pos:pos + flen], pt)
+                self.open_into(buf[pos : pos + flen], pt)
                 pos += flen
                 if pt:
                     out.append(bytes(pt))

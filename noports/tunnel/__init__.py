@@ -49,13 +49,13 @@ sent first on every relay socket; None when the relay does not authenticate that
 the local socket is reset, never closed in order.
 """
 
+from ..crypto.stream import CtrKeys
 from .bridge import BridgeStats, bridge, make_pumps
 from .control import Connect, ControlParser, Heartbeat, Unknown, format_connect, parse_message
 from .multi import ClientMulti, ControlChannel, DaemonMulti, MultiStats, run_daemon_multi
 from .net import client_bind_host, connect_relay, connect_tcp, listen
 from .settings import AeadKeys, TunnelCrypto, mode_name, session_id_from_auth
 from .single import SingleClient, open_client_single, run_daemon_single
-from ..crypto.stream import CtrKeys
 
 __all__ = [
     "AeadKeys",

@@ -166,7 +166,9 @@ async def bridge(
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-    up, down = pumps or make_pumps(local, relay, crypto, is_client=is_client, conn_id=conn_id, impl=impl)
+    up, down = pumps or make_pumps(
+        local, relay, crypto, is_client=is_client, conn_id=conn_id, impl=impl
+    )
     b = _Bridge(loop, x)
     b.flows = [_Flow(b, up, local, relay), _Flow(b, down, relay, local)]
     ok = False

@@ -84,10 +84,10 @@ def parse_message(line: str) -> Event:
     """One message, without its newline (surrounding whitespace ignored, as Dart trims)."""
     text = line.strip()
     if text.startswith("heartbeat:"):
-        return Heartbeat(text[len("heartbeat:"):])
+        return Heartbeat(text[len("heartbeat:") :])
     if not text.startswith("connect:"):
         return Unknown(text)
-    fields = text[len("connect:"):].split(":")
+    fields = text[len("connect:") :].split(":")
     if fields == ["no", "encrypt"]:
         return Connect()
     try:
@@ -120,7 +120,7 @@ class ControlParser:
             if nl < 0:
                 break
             line = bytes(self._buf[:nl])
-            del self._buf[:nl + 1]
+            del self._buf[: nl + 1]
             if line.strip():
                 events.append(parse_message(line.decode("utf-8", "replace")))
         if self._buf and self.accept_unterminated and _OLD.fullmatch(self._buf):

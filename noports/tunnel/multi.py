@@ -26,7 +26,7 @@ from typing import Any
 
 from ..crypto.records import C2D, D2C, RecordOpener, RecordSealer
 from ..crypto.stream import CtrKeys
-from ..errors import NoPortsError, ProtocolError
+from ..errors import NoPortsError
 from .bridge import bridge
 from .control import Connect, ControlParser, Heartbeat, format_connect, format_heartbeat
 from .net import RELAY_CONNECT_TIMEOUT, client_bind_host, connect_relay, connect_tcp, listen
@@ -136,10 +136,18 @@ class _MultiBase:
 
         task.add_done_callback(done)
 
-    async def _bridge(self, local: socket.socket, relay: socket.socket, crypto: TunnelCrypto,
-                      is_client: bool, conn_id: int) -> None:
+    async def _bridge(
+        self,
+        local: socket.socket,
+        relay: socket.socket,
+        crypto: TunnelCrypto,
+        is_client: bool,
+        conn_id: int,
+    ) -> None:
         try:
-            st = await bridge(local, relay, crypto, is_client=is_client, conn_id=conn_id, impl=self.impl)
+            st = await bridge(
+                local, relay, crypto, is_client=is_client, conn_id=conn_id, impl=self.impl
+            )
         except (OSError, NoPortsError) as exc:
             self.stats.failed += 1
             self.stats.errors.append(f"connection {conn_id}: {exc}")
@@ -174,9 +182,17 @@ class _MultiBase:
 class ClientMulti(_MultiBase):
     """Client end of a multi-mode tunnel. Create with ``await ClientMulti.open(...)``."""
 
-    def __init__(self, relay_host: str, relay_port: int, auth_line: str | bytes | None,
-                 crypto: TunnelCrypto, timeout: float, heartbeat: float | None,
-                 relay_timeout: float, impl: str | None) -> None:
+    def __init__(
+        self,
+        relay_host: str,
+        relay_port: int,
+        auth_line: str | bytes | None,
+        crypto: TunnelCrypto,
+        timeout: float,
+        heartbeat: float | None,
+        relay_timeout: float,
+        impl: str | None,
+    ) -> None:
         super().__init__(crypto, timeout, impl)
         self.relay_host = relay_host
         self.relay_port = relay_port
@@ -207,7 +223,9 @@ class ClientMulti(_MultiBase):
         impl: str | None = None,
     ) -> ClientMulti:
         """Open the control channel and start listening; returns when ready."""
-        self = cls(relay_host, relay_port, auth_line, crypto, timeout, heartbeat, relay_timeout, impl)
+        self = cls(
+            relay_host, relay_port, auth_line, crypto, timeout, heartbeat, relay_timeout, impl
+        )
         sock = await connect_relay(relay_host, relay_port, auth_line, timeout=relay_timeout)
         self.control = ControlChannel(sock, crypto, is_client=True)
         try:
@@ -274,8 +292,9 @@ class ClientMulti(_MultiBase):
         spawned = False
         try:
             async with self._setup:
-                relay = await connect_relay(self.relay_host, self.relay_port, self.auth_line,
-                                            timeout=self.relay_timeout)
+                relay = await connect_relay(
+                    self.relay_host, self.relay_port, self.auth_line, timeout=self.relay_timeout
+                )
                 self._next_id += 1
                 conn_id = self._next_id
                 crypto: TunnelCrypto
@@ -351,11 +370,15 @@ class DaemonMulti(_MultiBase):
         self.relay_timeout = relay_timeout
         self._last_id = 0
         twin = isinstance(crypto, CtrKeys) and crypto.twin
-        self.parser = ControlParser(accept_unterminated=not twin and not isinstance(crypto, AeadKeys))
+        self.parser = ControlParser(
+            accept_unterminated=not twin and not isinstance(crypto, AeadKeys)
+        )
 
     async def connect(self) -> None:
         """Open the control channel (the srv readiness point)."""
-        sock = await connect_relay(self.relay_host, self.relay_port, self.auth_line, timeout=self.relay_timeout)
+        sock = await connect_relay(
+            self.relay_host, self.relay_port, self.auth_line, timeout=self.relay_timeout
+        )
         self.control = ControlChannel(sock, self.crypto, is_client=False)
 
     async def run(self) -> MultiStats:
@@ -420,8 +443,13 @@ class DaemonMulti(_MultiBase):
         self._last_id = conn_id
         crypto: TunnelCrypto = self.crypto if msg.conn_id is not None else msg.keys
         try:
-            relay = await connect_relay(self.relay_host, self.relay_port, self.auth_line,
-                                        timeout=self.relay_timeout, attempts=4)
+            relay = await connect_relay(
+                self.relay_host,
+                self.relay_port,
+                self.auth_line,
+                timeout=self.relay_timeout,
+                attempts=4,
+            )
         except (OSError, NoPortsError) as exc:
             self.stats.failed += 1
             self.stats.errors.append(str(exc))
@@ -430,7 +458,9 @@ class DaemonMulti(_MultiBase):
         self.stats.connections += 1
         self._spawn(self._local_then_bridge(relay, crypto, conn_id))
 
-    async def _local_then_bridge(self, relay: socket.socket, crypto: TunnelCrypto, conn_id: int) -> None:
+    async def _local_then_bridge(
+        self, relay: socket.socket, crypto: TunnelCrypto, conn_id: int
+    ) -> None:
         try:
             local = await connect_tcp(self.local_host, self.local_port, self.relay_timeout)
         except (OSError, NoPortsError) as exc:

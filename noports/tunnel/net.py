@@ -17,7 +17,9 @@ log = logging.getLogger("noports.tunnel")
 RELAY_CONNECT_TIMEOUT = 10.0
 
 
-async def connect_tcp(host: str, port: int, timeout: float = RELAY_CONNECT_TIMEOUT) -> socket.socket:
+async def connect_tcp(
+    host: str, port: int, timeout: float = RELAY_CONNECT_TIMEOUT
+) -> socket.socket:
     """Connect to ``host:port`` trying each resolved address in turn, within ``timeout``."""
     loop = asyncio.get_running_loop()
     try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Union
 
 from ..crypto import records
 from ..crypto.encoding import b64d, b64e, loads_object
@@ -77,7 +76,7 @@ def session_id_from_auth(auth_line: str | None) -> str:
     return ""
 
 
-TunnelCrypto = Union[None, CtrKeys, AeadKeys]
+TunnelCrypto = CtrKeys | AeadKeys | None
 
 
 def mode_name(crypto: TunnelCrypto) -> str:

@@ -24,7 +24,11 @@ log = logging.getLogger("noports.tunnel")
 class SingleClient:
     """A listening client end. ``port`` is bound when ``open_client_single`` returns."""
 
-    def __init__(self, listener: socket.socket, task_factory: Callable[[SingleClient], asyncio.Task[BridgeStats]]) -> None:
+    def __init__(
+        self,
+        listener: socket.socket,
+        task_factory: Callable[[SingleClient], asyncio.Task[BridgeStats]],
+    ) -> None:
         self.listener: socket.socket | None = listener
         self.host, self.port = listener.getsockname()[:2]
         self._task = task_factory(self)
