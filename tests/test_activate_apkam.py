@@ -283,3 +283,30 @@ def test_manager_refuses_wrong_keys(owner: Owner, tmp_path: Path,
 
     with pytest.raises(ClientAuthFailedError):
         arun(login())
+
+
+def test_enroller_survives_a_server_restart(
+    make_at_server: Callable[..., AtServerProcess], enrollers: Callable[..., Enroller],
+    tmp_path: Path
+) -> None:
+    """The pending request lives in the server's store: the waiting enroller reconnects."""
+    srv = make_at_server()
+    atsign = new_atsign("rst")
+    secret = srv.add(atsign)
+    assert secret
+    home = tmp_path / "home"
+    env = cli_env(srv, home, AT_ACTIVATE_SECRET=secret)
+    assert cli(env, "onboard", "-a", atsign).returncode == 0
+    env.pop("AT_ACTIVATE_SECRET")
+    own = Owner(atsign, env, home / ".atsign" / "keys" / f"{atsign}_key.atKeys", srv)
+    keys_file = tmp_path / "after_restart.atKeys"
+    e = enrollers(own, keys_file, own.otp())
+    eid = str(e.first_line()["enrollmentId"])
+    srv.restart()
+    time.sleep(0.5)  # the enroller sees the connection drop while the server is back
+    assert e.proc.poll() is None
+    p = own.cli("approve", "-i", eid)
+    assert p.returncode == 0, p.stderr
+    rc, out, err = e.finish()
+    assert rc == 0, err
+    assert AtKeys.load(keys_file).enrollment_id == eid

@@ -54,6 +54,7 @@ from ..errors import (
     AuthRefusedError,
     ClientAuthFailedError,
     ConfigError,
+    ConnectError,
     EnrollmentExpiredError,
     InsecureFileError,
     InternalServerExceptionError,
@@ -224,7 +225,8 @@ async def onboard(
             "deviceName": device_name or default_device_name(),
             "apkamPublicKey": keys.pkam_public_b64,
             "encryptedDefaultEncryptionPrivateKey": aes.encrypt_b64(
-                sym, rsa.private_to_b64(keys.encrypt_private)),
+                sym, rsa.private_to_b64(keys.encrypt_private)
+            ),
             "encryptedDefaultSelfEncryptionKey": aes.encrypt_b64(sym, keys.self_encryption_key),
         }
         reply = _loads(await conn.execute(commands.enroll("request", params)), "enroll:request")
@@ -280,29 +282,43 @@ class PendingEnrollment:
         conn: AtConnection | None = None
         try:
             while True:
-                if conn is None or conn.closed:
-                    conn = await AtConnection.open(*self.address, self.ssl_ctx,
-                                                   connect_timeout=self.timeout,
-                                                   command_timeout=self.timeout)
                 try:
-                    await conn.authenticate_pkam(self.atsign, self.apkam_private,
-                                                 enrollment_id=self.enrollment_id)
+                    if conn is None or conn.closed:
+                        conn = await AtConnection.open(
+                            *self.address,
+                            self.ssl_ctx,
+                            connect_timeout=self.timeout,
+                            command_timeout=self.timeout,
+                        )
+                    await conn.authenticate_pkam(
+                        self.atsign, self.apkam_private, enrollment_id=self.enrollment_id
+                    )
                     break
                 except ApkamAuthError:
                     pass  # AT0026: still pending
+                except (ConnectError, PeerTimeoutError) as exc:
+                    # the request is stored server-side: a restart or a blip is not the end
+                    log.info("waiting for approval: %s; retrying", exc)
+                    if conn is not None:
+                        await conn.close()
+                    conn = None
                 except ApkamDeniedError as exc:
                     raise ApkamDeniedError(
-                        f"enrollment {self.enrollment_id} was denied by {self.atsign}") from exc
+                        f"enrollment {self.enrollment_id} was denied by {self.atsign}"
+                    ) from exc
                 except ApkamRevokedError as exc:
                     raise ApkamRevokedError(
-                        f"enrollment {self.enrollment_id} was revoked by {self.atsign}") from exc
+                        f"enrollment {self.enrollment_id} was revoked by {self.atsign}"
+                    ) from exc
                 except TooManyRequestsError as exc:  # AT0028: expired or unknown
                     raise EnrollmentExpiredError(
-                        f"enrollment {self.enrollment_id} expired or no longer exists") from exc
+                        f"enrollment {self.enrollment_id} expired or no longer exists"
+                    ) from exc
                 left = deadline - clock()
                 if left <= 0:
                     raise PeerTimeoutError(
-                        f"enrollment {self.enrollment_id} was not approved within {timeout:g}s")
+                        f"enrollment {self.enrollment_id} was not approved within {timeout:g}s"
+                    )
                 await asyncio.sleep(min(interval, left))
             return await self._fetch_keys(conn)
         finally:
@@ -313,8 +329,9 @@ class PendingEnrollment:
         sym, a, eid = self.apkam_symmetric_key, self.atsign, self.enrollment_id
 
         async def get(suffix: str) -> str:
-            body = _loads(await conn.execute(commands.keys_get(f"{eid}.{suffix}.__manage{a}")),
-                          "keys:get")
+            body = _loads(
+                await conn.execute(commands.keys_get(f"{eid}.{suffix}.__manage{a}")), "keys:get"
+            )
             value = body.get("value")
             if not isinstance(value, str) or not value:
                 raise ProtocolError(f"keys:get {suffix} has no value")
@@ -327,13 +344,21 @@ class PendingEnrollment:
         self_key = await get("default_self_enc_key")
         enc_public = enc_private.public_key()
         if rsa.public_to_b64(enc_public) != self.encrypt_public_b64:
-            raise ProtocolError(f"the encryption key the approver sent does not match "
-                                f"public:publickey{a}")
+            raise ProtocolError(
+                f"the encryption key the approver sent does not match public:publickey{a}"
+            )
         aes.encrypt_b64(self_key, "check")  # a malformed self key fails here, not later
         pub = self.apkam_private.public_key()
-        return AtKeys(atsign=a, pkam_private=self.apkam_private, pkam_public=pub,
-                      encrypt_private=enc_private, encrypt_public=enc_public,
-                      self_encryption_key=self_key, apkam_symmetric_key=sym, enrollment_id=eid)
+        return AtKeys(
+            atsign=a,
+            pkam_private=self.apkam_private,
+            pkam_public=pub,
+            encrypt_private=enc_private,
+            encrypt_public=enc_public,
+            self_encryption_key=self_key,
+            apkam_symmetric_key=sym,
+            enrollment_id=eid,
+        )
 
 
 async def request_enrollment(
@@ -366,8 +391,11 @@ async def request_enrollment(
         enc_pub = rsa.public_from_b64(enc_pub_b64)
         await conn.from_(a)
         params: dict[str, Any] = {
-            "appName": app_name, "deviceName": device_name, "namespaces": dict(namespaces),
-            "otp": otp, "apkamPublicKey": rsa.public_to_b64(apkam.public_key()),
+            "appName": app_name,
+            "deviceName": device_name,
+            "namespaces": dict(namespaces),
+            "otp": otp,
+            "apkamPublicKey": rsa.public_to_b64(apkam.public_key()),
             "encryptedAPKAMSymmetricKey": rsa.encrypt(enc_pub, sym.encode("ascii")),
         }
         if apkam_keys_expiry_ms is not None:
@@ -407,9 +435,17 @@ async def enroll(
     a = commands.atsign(atsign)
     path = keys_target(a, keys_path)
     check_keys_target(path, overwrite=overwrite)
-    pending = await request_enrollment(a, otp, app_name=app_name, device_name=device_name,
-                                       namespaces=namespaces, root=root, ca_file=ca_file,
-                                       ssl_ctx=ssl_ctx, timeout=timeout)
+    pending = await request_enrollment(
+        a,
+        otp,
+        app_name=app_name,
+        device_name=device_name,
+        namespaces=namespaces,
+        root=root,
+        ca_file=ca_file,
+        ssl_ctx=ssl_ctx,
+        timeout=timeout,
+    )
     if on_pending is not None:
         on_pending(pending)
     keys = await pending.wait(timeout=wait_timeout, interval=interval)
@@ -432,16 +468,25 @@ class Enrollment:
     encrypted_apkam_symmetric_key: str | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
-        return {"enrollmentId": self.enrollment_id, "appName": self.app_name,
-                "deviceName": self.device_name, "namespaces": self.namespaces,
-                "status": self.status}
+        return {
+            "enrollmentId": self.enrollment_id,
+            "appName": self.app_name,
+            "deviceName": self.device_name,
+            "namespaces": self.namespaces,
+            "status": self.status,
+        }
 
     @classmethod
     def from_summary(cls, eid: str, d: Mapping[str, Any]) -> Enrollment:
         ns = d.get("namespace") or d.get("namespaces") or {}
-        return cls(eid, _opt(d.get("appName")), _opt(d.get("deviceName")),
-                   {str(k): str(v) for k, v in ns.items()} if isinstance(ns, dict) else {},
-                   str(d.get("status") or "unknown"), _opt(d.get("encryptedAPKAMSymmetricKey")))
+        return cls(
+            eid,
+            _opt(d.get("appName")),
+            _opt(d.get("deviceName")),
+            {str(k): str(v) for k, v in ns.items()} if isinstance(ns, dict) else {},
+            str(d.get("status") or "unknown"),
+            _opt(d.get("encryptedAPKAMSymmetricKey")),
+        )
 
 
 def _opt(v: object) -> str | None:
@@ -456,11 +501,23 @@ class EnrollmentManager:
         self.conn = conn
 
     @classmethod
-    async def connect(cls, keys: AtKeys, *, root: Root = None, ca_file: str | None = None,
-                      ssl_ctx: ssl.SSLContext | None = None,
-                      timeout: float = DEFAULT_COMMAND_TIMEOUT) -> EnrollmentManager:
-        conn = await connect_authenticated(keys, root=root, ca_file=ca_file, ssl_ctx=ssl_ctx,
-                                           timeout=timeout, command_timeout=timeout)
+    async def connect(
+        cls,
+        keys: AtKeys,
+        *,
+        root: Root = None,
+        ca_file: str | None = None,
+        ssl_ctx: ssl.SSLContext | None = None,
+        timeout: float = DEFAULT_COMMAND_TIMEOUT,
+    ) -> EnrollmentManager:
+        conn = await connect_authenticated(
+            keys,
+            root=root,
+            ca_file=ca_file,
+            ssl_ctx=ssl_ctx,
+            timeout=timeout,
+            command_timeout=timeout,
+        )
         return cls(keys, conn)
 
     async def close(self) -> None:
@@ -496,7 +553,9 @@ class EnrollmentManager:
         symmetric key (which only our encryption private key can decrypt)."""
         got = await self.fetch(enrollment_id)
         if got.status != "pending":
-            raise AtError.for_code("AT0030", f"enrollment {enrollment_id} is {got.status}, not pending")
+            raise AtError.for_code(
+                "AT0030", f"enrollment {enrollment_id} is {got.status}, not pending"
+            )
         if not got.encrypted_apkam_symmetric_key:
             raise ProtocolError(f"enrollment {enrollment_id} carries no encrypted APKAM key")
         try:
@@ -504,13 +563,17 @@ class EnrollmentManager:
             sym_b64 = sym.decode("ascii")
             aes.encrypt_b64(sym_b64, "check")
         except (ProtocolError, UnicodeDecodeError) as exc:
-            raise ProtocolError(f"cannot decrypt the APKAM key of enrollment {enrollment_id} "
-                                "(was it made for a different encryption key?)") from exc
+            raise ProtocolError(
+                f"cannot decrypt the APKAM key of enrollment {enrollment_id} "
+                "(was it made for a different encryption key?)"
+            ) from exc
         params = {
             "encryptedDefaultEncryptionPrivateKey": aes.encrypt_b64(
-                sym_b64, rsa.private_to_b64(self.keys.encrypt_private)),
+                sym_b64, rsa.private_to_b64(self.keys.encrypt_private)
+            ),
             "encryptedDefaultSelfEncryptionKey": aes.encrypt_b64(
-                sym_b64, self.keys.self_encryption_key),
+                sym_b64, self.keys.self_encryption_key
+            ),
         }
         body = await self._call("approve", enrollment_id, params)
         got.status = str(body.get("status") or "approved")
@@ -523,30 +586,44 @@ class EnrollmentManager:
         body = await self._call("revoke", enrollment_id, {}, force=force)
         return str(body.get("status") or "revoked")
 
-    async def _call(self, op: str, eid: str, extra: dict[str, Any], *,
-                    force: bool = False) -> dict[str, Any]:
+    async def _call(
+        self, op: str, eid: str, extra: dict[str, Any], *, force: bool = False
+    ) -> dict[str, Any]:
         if not eid or any(c.isspace() or c in ':"' for c in eid):
             raise ConfigError(f"bad enrollment id {eid!r}")
         params = {"enrollmentId": eid, **extra}
         try:
             text = await self.conn.execute(commands.enroll(op, params, force=force))
         except TooManyRequestsError as exc:  # AT0028: unknown or expired
-            raise EnrollmentNotFoundError(f"{self.keys.atsign} has no enrollment {eid} "
-                                          "(unknown or expired)") from exc
+            raise EnrollmentNotFoundError(
+                f"{self.keys.atsign} has no enrollment {eid} (unknown or expired)"
+            ) from exc
         return _loads(text, f"enroll:{op}")
 
 
-async def get_otp(keys: AtKeys, *, ttl_ms: int | None = None, root: Root = None,
-                  ca_file: str | None = None, ssl_ctx: ssl.SSLContext | None = None,
-                  timeout: float = DEFAULT_COMMAND_TIMEOUT) -> str:
+async def get_otp(
+    keys: AtKeys,
+    *,
+    ttl_ms: int | None = None,
+    root: Root = None,
+    ca_file: str | None = None,
+    ssl_ctx: ssl.SSLContext | None = None,
+    timeout: float = DEFAULT_COMMAND_TIMEOUT,
+) -> str:
     """A one-time passcode for enrolling another device (needs a ``__manage`` enrollment)."""
-    async with await EnrollmentManager.connect(keys, root=root, ca_file=ca_file,
-                                               ssl_ctx=ssl_ctx, timeout=timeout) as mgr:
+    async with await EnrollmentManager.connect(
+        keys, root=root, ca_file=ca_file, ssl_ctx=ssl_ctx, timeout=timeout
+    ) as mgr:
         return await mgr.otp(ttl_ms)
 
 
-async def public_key_published(atsign: str, *, root: Root = None, ca_file: str | None = None,
-                               ssl_ctx: ssl.SSLContext | None = None) -> str | None:
+async def public_key_published(
+    atsign: str,
+    *,
+    root: Root = None,
+    ca_file: str | None = None,
+    ssl_ctx: ssl.SSLContext | None = None,
+) -> str | None:
     """The atSign's ``public:publickey`` as an unauthenticated client sees it (None if absent)."""
     a = commands.atsign(atsign)
     conn = await connect_atserver(a, root=root, ca_file=ca_file, ssl_ctx=ssl_ctx)

@@ -47,48 +47,94 @@ ENV_OTP = "AT_ACTIVATE_OTP"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--version", action=VersionAction, help="show version and exit")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-a", "--atsign", required=True, help="the atSign, e.g. @alice")
-    common.add_argument("-k", "--keys", type=Path, default=None,
-                        help="the .atKeys file (default ~/.atsign/keys/@alice_key.atKeys)")
-    common.add_argument("-r", "--root", default=None, help="root server host[:port] (default $NOPORTS_ROOT or root.atsign.org:64)")
-    common.add_argument("--ca-file", default=None, help="extra CA bundle (default $NOPORTS_CA_FILE)")
+    common.add_argument(
+        "-k",
+        "--keys",
+        type=Path,
+        default=None,
+        help="the .atKeys file (default ~/.atsign/keys/@alice_key.atKeys)",
+    )
+    common.add_argument(
+        "-r",
+        "--root",
+        default=None,
+        help="root server host[:port] (default $NOPORTS_ROOT or root.atsign.org:64)",
+    )
+    common.add_argument(
+        "--ca-file", default=None, help="extra CA bundle (default $NOPORTS_CA_FILE)"
+    )
     common.add_argument("--output", choices=("text", "json"), default="text", help="stdout format")
-    common.add_argument("--timeout", type=float, default=10.0, help="seconds per server request (default %(default)s)")
+    common.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds per server request (default %(default)s)",
+    )
     common.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     common.add_argument("--debug", action="store_true", help="log at DEBUG level")
     common.add_argument("--log-format", choices=("text", "json"), default="text")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("onboard", parents=[common], help="first activation with the activation secret")
-    s.add_argument("--secret-file", default=None,
-                   help=f"file holding the activation secret ('-' = stdin); or ${ENV_SECRET_FILE}")
-    s.add_argument("-c", "--secret", "--cramkey", dest="secret", default=None,
-                   help=f"the secret itself (visible to other local users: prefer ${ENV_SECRET} or --secret-file)")
+    s = sub.add_parser(
+        "onboard", parents=[common], help="first activation with the activation secret"
+    )
+    s.add_argument(
+        "--secret-file",
+        default=None,
+        help=f"file holding the activation secret ('-' = stdin); or ${ENV_SECRET_FILE}",
+    )
+    s.add_argument(
+        "-c",
+        "--secret",
+        "--cramkey",
+        dest="secret",
+        default=None,
+        help=f"the secret itself (other local users can see it: prefer ${ENV_SECRET})",
+    )
     _app_device(s, app_required=False)
     s.add_argument("--force", action="store_true", help="overwrite an existing keys file")
 
-    s = sub.add_parser("otp", parents=[common], help="print a one-time passcode for enrolling a device")
+    s = sub.add_parser(
+        "otp", parents=[common], help="print a one-time passcode for enrolling a device"
+    )
     s.add_argument("--ttl", type=int, default=None, help="validity in seconds (server default 300)")
 
-    s = sub.add_parser("enroll", parents=[common], help="enroll this device with an OTP and wait for approval")
+    s = sub.add_parser(
+        "enroll", parents=[common], help="enroll this device with an OTP and wait for approval"
+    )
     _app_device(s, app_required=True)
     s.add_argument("-n", "--namespaces", required=True, help='e.g. "sshnp:rw,sshrvd:rw"')
     s.add_argument("-s", "--otp", default=None, help=f"the one-time passcode (or ${ENV_OTP})")
-    s.add_argument("--wait-timeout", type=float, default=ob.DEFAULT_WAIT_TIMEOUT,
-                   help="seconds to wait for approval (default %(default)s)")
-    s.add_argument("--poll-interval", type=float, default=ob.DEFAULT_POLL_INTERVAL,
-                   help="seconds between approval checks (default %(default)s)")
+    s.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=ob.DEFAULT_WAIT_TIMEOUT,
+        help="seconds to wait for approval (default %(default)s)",
+    )
+    s.add_argument(
+        "--poll-interval",
+        type=float,
+        default=ob.DEFAULT_POLL_INTERVAL,
+        help="seconds between approval checks (default %(default)s)",
+    )
     s.add_argument("--force", action="store_true", help="overwrite an existing keys file")
 
     s = sub.add_parser("list", parents=[common], help="list enrollments")
     s.add_argument("--status", choices=ob.STATUSES, default=None, help="only this status")
-    for name, hlp in (("approve", "approve a pending enrollment"), ("deny", "deny a pending enrollment"),
-                      ("revoke", "revoke an approved enrollment")):
+    for name, hlp in (
+        ("approve", "approve a pending enrollment"),
+        ("deny", "deny a pending enrollment"),
+        ("revoke", "revoke an approved enrollment"),
+    ):
         s = sub.add_parser(name, parents=[common], help=hlp)
         s.add_argument("-i", "--enrollment-id", required=True)
         if name == "revoke":
@@ -97,8 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _app_device(s: argparse.ArgumentParser, *, app_required: bool) -> None:
-    s.add_argument("-p", "--app-name", required=app_required,
-                   default=None if app_required else ob.DEFAULT_APP_NAME, help="application name")
+    s.add_argument(
+        "-p",
+        "--app-name",
+        required=app_required,
+        default=None if app_required else ob.DEFAULT_APP_NAME,
+        help="application name",
+    )
     s.add_argument("-d", "--device-name", default=None, help="device name (default: host name)")
 
 
@@ -111,14 +162,19 @@ def _secret(args: argparse.Namespace) -> str:
     if args.secret_file:
         return _read_secret_file(args.secret_file)
     if args.secret:
-        print(f"{PROG}: warning: --secret is visible to other local users (ps, /proc); "
-              f"prefer ${ENV_SECRET} or --secret-file", file=sys.stderr)
+        print(
+            f"{PROG}: warning: --secret is visible to other local users (ps, /proc); "
+            f"prefer ${ENV_SECRET} or --secret-file",
+            file=sys.stderr,
+        )
         return str(args.secret).strip()
     if env.get(ENV_SECRET_FILE):
         return _read_secret_file(env[ENV_SECRET_FILE])
     if env.get(ENV_SECRET):
         return env[ENV_SECRET].strip()
-    raise ConfigError(f"no activation secret: use --secret-file FILE, ${ENV_SECRET} or ${ENV_SECRET_FILE}")
+    raise ConfigError(
+        f"no activation secret: use --secret-file FILE, ${ENV_SECRET} or ${ENV_SECRET_FILE}"
+    )
 
 
 def _read_secret_file(path: str) -> str:
@@ -144,12 +200,26 @@ def _emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
 async def _run(args: argparse.Namespace) -> int:
     net: dict[str, Any] = {"root": args.root, "ca_file": args.ca_file}
     if args.cmd == "onboard":
-        done = await ob.onboard(args.atsign, _secret(args), app_name=args.app_name,
-                                device_name=args.device_name, keys_path=args.keys,
-                                overwrite=args.force, timeout=args.timeout, **net)
-        _emit(args, {"atsign": done.keys.atsign, "enrollmentId": done.enrollment_id,
-                     "keysFile": str(done.path), "status": "activated"},
-              f"{done.keys.atsign} activated; keys saved to {done.path}")
+        done = await ob.onboard(
+            args.atsign,
+            _secret(args),
+            app_name=args.app_name,
+            device_name=args.device_name,
+            keys_path=args.keys,
+            overwrite=args.force,
+            timeout=args.timeout,
+            **net,
+        )
+        _emit(
+            args,
+            {
+                "atsign": done.keys.atsign,
+                "enrollmentId": done.enrollment_id,
+                "keysFile": str(done.path),
+                "status": "activated",
+            },
+            f"{done.keys.atsign} activated; keys saved to {done.path}",
+        )
         return 0
     if args.cmd == "enroll":
         otp = args.otp or os.environ.get(ENV_OTP) or ""
@@ -158,18 +228,32 @@ async def _run(args: argparse.Namespace) -> int:
         namespaces = ob.parse_namespaces(args.namespaces)
 
         def pending(p: ob.PendingEnrollment) -> None:
-            _emit(args, {"enrollmentId": p.enrollment_id, "status": "pending"},
-                  f"enrollment {p.enrollment_id} pending; approve it with: "
-                  f"{PROG} approve -a {p.atsign} -i {p.enrollment_id}")
+            _emit(
+                args,
+                {"enrollmentId": p.enrollment_id, "status": "pending"},
+                f"enrollment {p.enrollment_id} pending; approve it with: "
+                f"{PROG} approve -a {p.atsign} -i {p.enrollment_id}",
+            )
 
-        done = await ob.enroll(args.atsign, otp, app_name=args.app_name,
-                               device_name=args.device_name or ob.default_device_name(),
-                               namespaces=namespaces, keys_path=args.keys, overwrite=args.force,
-                               wait_timeout=args.wait_timeout, interval=args.poll_interval,
-                               on_pending=pending, timeout=args.timeout, **net)
-        _emit(args, {"enrollmentId": done.enrollment_id, "status": "approved",
-                     "keysFile": str(done.path)},
-              f"enrollment {done.enrollment_id} approved; keys saved to {done.path}")
+        done = await ob.enroll(
+            args.atsign,
+            otp,
+            app_name=args.app_name,
+            device_name=args.device_name or ob.default_device_name(),
+            namespaces=namespaces,
+            keys_path=args.keys,
+            overwrite=args.force,
+            wait_timeout=args.wait_timeout,
+            interval=args.poll_interval,
+            on_pending=pending,
+            timeout=args.timeout,
+            **net,
+        )
+        _emit(
+            args,
+            {"enrollmentId": done.enrollment_id, "status": "approved", "keysFile": str(done.path)},
+            f"enrollment {done.enrollment_id} approved; keys saved to {done.path}",
+        )
         return 0
     keys = _load_keys(args)
     async with await ob.EnrollmentManager.connect(keys, timeout=args.timeout, **net) as mgr:
@@ -189,14 +273,25 @@ async def _run(args: argparse.Namespace) -> int:
                     print(f"{e.enrollment_id}  {e.status:<8}  {e.app_name}  {e.device_name}  {ns}")
         elif args.cmd == "approve":
             e = await mgr.approve(args.enrollment_id)
-            _emit(args, {"enrollmentId": e.enrollment_id, "status": e.status},
-                  f"approved {e.enrollment_id} ({e.app_name} on {e.device_name})")
+            _emit(
+                args,
+                {"enrollmentId": e.enrollment_id, "status": e.status},
+                f"approved {e.enrollment_id} ({e.app_name} on {e.device_name})",
+            )
         elif args.cmd == "deny":
             st = await mgr.deny(args.enrollment_id)
-            _emit(args, {"enrollmentId": args.enrollment_id, "status": st}, f"denied {args.enrollment_id}")
+            _emit(
+                args,
+                {"enrollmentId": args.enrollment_id, "status": st},
+                f"denied {args.enrollment_id}",
+            )
         else:
             st = await mgr.revoke(args.enrollment_id, force=args.force)
-            _emit(args, {"enrollmentId": args.enrollment_id, "status": st}, f"revoked {args.enrollment_id}")
+            _emit(
+                args,
+                {"enrollmentId": args.enrollment_id, "status": st},
+                f"revoked {args.enrollment_id}",
+            )
     return 0
 
 
