@@ -111,7 +111,8 @@ def enroll_and_approve(owner: Owner, make: Callable[..., Enroller], keys_file: P
     eid = str(e.first_line()["enrollmentId"])
     p = owner.cli("approve", "-i", eid, "--output", "json")
     assert p.returncode == 0, p.stderr
-    assert json.loads(p.stdout) == {"enrollmentId": eid, "status": "approved"}
+    assert json.loads(p.stdout) == {"enrollmentId": eid, "status": "approved",
+                                    "namespaces": {"sshnp": "rw", "sshrvd": "rw"}}
     rc, out, err = e.finish()
     assert rc == 0, err
     assert json.loads(out.splitlines()[-1]) == {"enrollmentId": eid, "status": "approved",
@@ -152,7 +153,7 @@ def test_enroll_list_approve_then_device_reads_shared_data(
                        "namespaces": {"sshnp": "rw", "sshrvd": "rw"}, "status": "pending"}]
     assert e.proc.poll() is None  # still waiting
     p = owner.cli("approve", "-i", eid)
-    assert p.returncode == 0 and eid in p.stdout, p.stderr
+    assert p.returncode == 0 and eid in p.stdout and "sshnp:rw,sshrvd:rw" in p.stdout, p.stderr
     rc, out, err = e.finish()
     assert rc == 0, err
     assert json.loads(out.splitlines()[-1])["keysFile"] == str(keys_file)

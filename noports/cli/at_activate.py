@@ -49,7 +49,7 @@ ENV_OTP = "AT_ACTIVATE_OTP"
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
-        description=__doc__.split("\n\n")[0],
+        description=__doc__.split("\n\n")[0].replace("``", ""),
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -275,8 +275,10 @@ async def _run(args: argparse.Namespace) -> int:
             e = await mgr.approve(args.enrollment_id)
             _emit(
                 args,
-                {"enrollmentId": e.enrollment_id, "status": e.status},
-                f"approved {e.enrollment_id} ({e.app_name} on {e.device_name})",
+                {"enrollmentId": e.enrollment_id, "status": e.status, "namespaces": e.namespaces},
+                f"approved {e.enrollment_id} ({e.app_name} on {e.device_name}, namespaces "
+                + ",".join(f"{k}:{v}" for k, v in e.namespaces.items())
+                + ")",
             )
         elif args.cmd == "deny":
             st = await mgr.deny(args.enrollment_id)
