@@ -753,13 +753,14 @@ def role_client_end() -> None:
             impl=cfg["impl"],
             timeout=120,
         )
+        cpu0 = time.process_time()  # CPU from here on: accept, relay connect, the bridge
         _reply({"port": client.port})
         try:
             st = await client.wait()
         except Exception as exc:  # noqa: BLE001
             _reply({"error": f"client end: {type(exc).__name__}: {exc}"})
             return
-        _reply({"up": st.up, "down": st.down, "cpu": time.process_time()})
+        _reply({"up": st.up, "down": st.down, "cpu": time.process_time() - cpu0})
 
     _compat.run(main())
 
@@ -771,6 +772,12 @@ def role_daemon_end() -> None:
     cfg = json.loads(sys.stdin.readline())
     _exit_on_stdin_eof()
 
+    cpu0 = [0.0]
+
+    def ready() -> None:
+        cpu0[0] = time.process_time()  # CPU from here on: the bridge
+        _reply({"ready": 1})
+
     async def main() -> None:
         try:
             st = await run_daemon_single(
@@ -781,12 +788,12 @@ def role_daemon_end() -> None:
                 impl=cfg["impl"],
                 local_host="127.0.0.1",
                 local_port=cfg["local_port"],
-                on_ready=lambda: _reply({"ready": 1}),
+                on_ready=ready,
             )
         except Exception as exc:  # noqa: BLE001
             _reply({"error": f"daemon end: {type(exc).__name__}: {exc}"})
             return
-        _reply({"up": st.up, "down": st.down, "cpu": time.process_time()})
+        _reply({"up": st.up, "down": st.down, "cpu": time.process_time() - cpu0[0]})
 
     _compat.run(main())
 
@@ -805,7 +812,7 @@ class StreamsRelay:
         from noports.crypto.envelope import relay_expected_bytes, verify_relay_auth_line
 
         expected = relay_expected_bytes(sid, client_nonce, rvd)
-        sess: dict[str, Any] = {"waiting": ([], []), "servers": [], "tasks": set()}
+        sess: dict[str, Any] = {"waiting": ([], []), "servers": [], "tasks": set(), "writers": []}
         self.sessions.append(sess)
 
         def handler(side: int) -> Any:
@@ -820,6 +827,7 @@ class StreamsRelay:
                 if other:
                     r2, w2 = other.pop(0)
                     self.pairs += 1
+                    sess["writers"] += [w, w2]
                     for a, b in ((r, w2), (r2, w)):
                         t = asyncio.ensure_future(self._copy(a, b))
                         sess["tasks"].add(t)
@@ -856,9 +864,27 @@ class StreamsRelay:
             for q in sess["waiting"]:
                 for _, w in q:
                     w.close()
+            for w in sess["writers"]:
+                w.close()
         self.sessions = []
         await asyncio.sleep(0.05)
         return n
+
+
+class _CountingPump:
+    """The engine's pump module with a counter of pumps made (pairs formed): polling a sum
+    over thousands of sessions would cost the relay CPU that the pairing figure counts."""
+
+    def __init__(self, mod: Any) -> None:
+        self._mod = mod
+        self.formed = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._mod, name)
+
+    def Pump(self, *args: Any, **kw: Any) -> Any:  # noqa: N802 - the module's class name
+        self.formed += 1
+        return self._mod.Pump(*args, **kw)
 
 
 def role_relay() -> None:
@@ -876,6 +902,7 @@ def role_relay() -> None:
         if cfg["kind"] == "noports":
             engine = Relay(bind_host="127.0.0.1", impl=cfg["impl"])
             await engine.start()
+            engine.pump = _CountingPump(engine.pump)  # O(1) pair count for wait_pairs
         else:
             streams = StreamsRelay()
         all_sessions: list[Any] = []
@@ -899,11 +926,12 @@ def role_relay() -> None:
         def pairs() -> int:
             if streams is not None:
                 return streams.pairs
-            return sum(s.stats.pairs for s in all_sessions)
+            return engine.pump.formed
 
         def stats() -> dict[str, Any]:
             d: dict[str, Any] = {
                 "cpu": time.process_time(),
+                "user_sys": list(os.times()[:2]),
                 "rss_kib": rss_kib(),
                 "pairs": pairs(),
                 "fds": len(os.listdir("/proc/self/fd")),
@@ -960,6 +988,10 @@ def role_relay() -> None:
                     while pairs() < cmd["n"] and loop.time() < end:
                         await asyncio.sleep(0.02)
                     _reply(stats())
+                elif op == "idle_cpu":  # the relay's own CPU over a quiet interval
+                    t0 = time.process_time()
+                    await asyncio.sleep(cmd["seconds"])
+                    _reply({"cpu": time.process_time() - t0, "seconds": cmd["seconds"]})
                 elif op == "close_all":
                     if engine is not None:
                         n = len(engine.sessions)

@@ -12,6 +12,7 @@ import contextlib
 import statistics
 
 from bench._loads import (
+    GB,
     QUICK,
     Proc,
     RelayProc,
@@ -56,6 +57,7 @@ def _tunnel_throughput(benchmark, impl, keys, tmp_path, make_crypto, scenario: s
             (sess,), _ = relay.sessions(1, ka, kb, f"t{len(res['tunnel'])}")
             ends = TunnelEnds(sess, make_crypto(sess.sid), impl, sink_port)
             state["ends"] = ends
+            state["cpu0"] = relay.stats()["cpu"]
             local, _ = sink.accept()  # the daemon end connected the service first
             return (ends, local), {}
 
@@ -64,7 +66,11 @@ def _tunnel_throughput(benchmark, impl, keys, tmp_path, make_crypto, scenario: s
                 got = transfer(sender, local, "127.0.0.1", ends.port, BULK)
                 c, d = ends.finish()
                 assert c["up"] == BULK and d["down"] == BULK, (c, d)
-                ends_cpu.append({"client": c["cpu"], "daemon": d["cpu"]})
+                gb = BULK / GB
+                relay_cpu = relay.stats()["cpu"] - state["cpu0"]
+                ends_cpu.append(
+                    {"client": c["cpu"] / gb, "daemon": d["cpu"] / gb, "relay": relay_cpu / gb}
+                )
             finally:
                 ends.close()
             res["tunnel"].append(got.gbps)
@@ -101,6 +107,16 @@ def _tunnel_throughput(benchmark, impl, keys, tmp_path, make_crypto, scenario: s
         baseline="ssh -L aes256-gcm",
         baseline_value=med[SSH_CIPHERS[1]],
     )
+    for who in ("client", "daemon", "relay"):
+        name = {"client": "client end", "daemon": "daemon end", "relay": "relay"}[who]
+        record(
+            benchmark,
+            scenario=scenario,
+            metric=f"{name} CPU s/GB",
+            value=statistics.median(c[who] for c in ends_cpu),
+            unit="s/GB",
+            higher_is_better=False,
+        )
 
 
 def test_tunnel_throughput_aead(benchmark, impl, keys, tmp_path):
