@@ -14,6 +14,7 @@ Everything is measured in one run, side by side; timestamps are taken in this on
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import time
 import uuid
@@ -38,7 +39,7 @@ pytestmark = pytest.mark.timeout(600)
 AUTH_ROUNDS = 60 if QUICK else 200
 LATENCY_N = 300 if QUICK else 1000
 RATE_N = 5000 if QUICK else 10_000
-SENDERS = 8
+SENDERS = int(os.environ.get("NOPORTS_BENCH_CP_SENDERS", "8"))
 IDLE_MONITORS = 200 if QUICK else 500
 RATE_DEADLINE = 120.0
 

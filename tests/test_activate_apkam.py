@@ -311,3 +311,10 @@ def test_enroller_survives_a_server_restart(
     rc, out, err = e.finish()
     assert rc == 0, err
     assert AtKeys.load(keys_file).enrollment_id == eid
+    # --force revokes even the enrollment we are connected with; afterwards it is locked out
+    own_eid = AtKeys.load(own.keys_file).enrollment_id
+    assert own_eid
+    p = own.cli("revoke", "-i", own_eid, "--force", "--output", "json")
+    assert p.returncode == 0 and json.loads(p.stdout)["status"] == "revoked", p.stderr
+    p = own.cli("list")
+    assert p.returncode == 3 and "revoked" in one_line_error(p)
