@@ -20,11 +20,21 @@ def secure_dir(path: str | os.PathLike[str]) -> Path:
     if p.is_symlink():
         raise InsecureFileError(f"{p} is a symlink; refusing to use it for secrets")
     if not p.exists():
-        p.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.mkdir(p, 0o700)
-        except FileExistsError:
-            pass
+        # Every missing ancestor is created 0700 by us, never with the umask's mode: under
+        # umask 000, mkdir(parents=True) would leave ~/.atsign 0777 and let another user
+        # rename the keys directory away.
+        missing = []
+        q = p
+        while not q.exists() and q != q.parent:
+            missing.append(q)
+            q = q.parent
+        for d in reversed(missing):
+            try:
+                os.mkdir(d, 0o700)
+            except FileExistsError:
+                pass
+            else:
+                os.chmod(d, 0o700)  # mkdir's mode is masked by the umask; make it exact
     if not p.is_dir():
         raise KeyFileError(f"{p} is not a directory")
     st = p.stat()
@@ -60,7 +70,16 @@ def write_secret(path: str | os.PathLike[str], data: bytes, *, overwrite: bool =
         os.unlink(tmp)
         raise
     os.close(fd)
-    os.replace(tmp, p)
+    if overwrite:
+        os.replace(tmp, p)
+    else:
+        # No-clobber atomically: link() fails if the name appeared since the check above.
+        try:
+            os.link(tmp, p)
+        except FileExistsError as exc:
+            raise KeyFileError(f"{p} already exists") from exc
+        finally:
+            os.unlink(tmp)
     try:
         dfd = os.open(p.parent, os.O_RDONLY)
         try:
