@@ -42,12 +42,10 @@ def test_no_fd_or_task_leaks(impl: str, run: Any, keys: Keys) -> None:
     """
 
     async def scenario() -> None:
-        relay = await started_relay(impl, auth_timeout=0.3, pair_timeout=0.3)
+        relay = await started_relay(impl, auth_timeout=0.3, pair_timeout=0.5)
         clients: list[asyncio.StreamWriter] = []
         try:
             happy = await relay.create_session(spec(keys, "happy"))
-            lonely = await relay.create_session(spec(keys, "lonely"))
-            cancelled = await relay.create_session(spec(keys, "cancelled"))
             ra, wa = await authed(happy, A, keys)
             rb, wb = await authed(happy, B, keys)
             clients += [wa, wb]
@@ -58,13 +56,16 @@ def test_no_fd_or_task_leaks(impl: str, run: Any, keys: Keys) -> None:
             wb.write_eof()
             got_b, got_a = await asyncio.gather(rb.read(), ra.read())
             assert sha(got_a) == sha(got_b) == sha(big)
+            # Created only now, so a slow run cannot time them out before they are used.
+            lonely = await relay.create_session(spec(keys, "lonely"))
+            cancelled = await relay.create_session(spec(keys, "cancelled"))
+            for _ in range(2):
+                clients.append((await authed(cancelled, A, keys))[1])
+                clients.append((await authed(cancelled, B, keys))[1])
             _, wh = await connect(cancelled, A, b"garbage\n")
             _, ws = await connect(lonely, B)
             _, wl = await authed(lonely, A, keys)
             clients += [wh, ws, wl]
-            for _ in range(2):
-                clients.append((await authed(cancelled, A, keys))[1])
-                clients.append((await authed(cancelled, B, keys))[1])
             await wait_for(lambda: cancelled.live_pairs == 2)
             await asyncio.wait_for(happy.wait_closed(), 3)
             assert (await asyncio.wait_for(lonely.wait_closed(), 3)).outcome == "lonely"
