@@ -754,13 +754,23 @@ def role_client_end() -> None:
             timeout=120,
         )
         cpu0 = time.process_time()  # CPU from here on: accept, relay connect, the bridge
+        t0 = os.times()
         _reply({"port": client.port})
         try:
             st = await client.wait()
         except Exception as exc:  # noqa: BLE001
             _reply({"error": f"client end: {type(exc).__name__}: {exc}"})
             return
-        _reply({"up": st.up, "down": st.down, "cpu": time.process_time() - cpu0})
+        t1 = os.times()
+        _reply(
+            {
+                "up": st.up,
+                "down": st.down,
+                "cpu": time.process_time() - cpu0,
+                "user": t1[0] - t0[0],
+                "sys": t1[1] - t0[1],
+            }
+        )
 
     _compat.run(main())
 
@@ -773,9 +783,11 @@ def role_daemon_end() -> None:
     _exit_on_stdin_eof()
 
     cpu0 = [0.0]
+    t0: list[Any] = []
 
     def ready() -> None:
         cpu0[0] = time.process_time()  # CPU from here on: the bridge
+        t0.append(os.times())
         _reply({"ready": 1})
 
     async def main() -> None:
@@ -793,7 +805,16 @@ def role_daemon_end() -> None:
         except Exception as exc:  # noqa: BLE001
             _reply({"error": f"daemon end: {type(exc).__name__}: {exc}"})
             return
-        _reply({"up": st.up, "down": st.down, "cpu": time.process_time() - cpu0[0]})
+        t1 = os.times()
+        _reply(
+            {
+                "up": st.up,
+                "down": st.down,
+                "cpu": time.process_time() - cpu0[0],
+                "user": t1[0] - t0[0][0],
+                "sys": t1[1] - t0[0][1],
+            }
+        )
 
     _compat.run(main())
 

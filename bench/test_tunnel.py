@@ -69,7 +69,13 @@ def _tunnel_throughput(benchmark, impl, keys, tmp_path, make_crypto, scenario: s
                 gb = BULK / GB
                 relay_cpu = relay.stats()["cpu"] - state["cpu0"]
                 ends_cpu.append(
-                    {"client": c["cpu"] / gb, "daemon": d["cpu"] / gb, "relay": relay_cpu / gb}
+                    {
+                        "client": c["cpu"] / gb,
+                        "daemon": d["cpu"] / gb,
+                        "relay": relay_cpu / gb,
+                        "client_user_sys": [c["user"] / gb, c["sys"] / gb],
+                        "daemon_user_sys": [d["user"] / gb, d["sys"] / gb],
+                    }
                 )
             finally:
                 ends.close()
