@@ -521,9 +521,19 @@ class SshForward:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.popen.terminate()
+        self.stop()
+
+    def stop(self) -> float | None:
+        """Stop ssh; returns its CPU seconds (user + system) for the whole run, if reaped."""
+        cpu = None
+        if self.proc.popen.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.popen.terminate()
+            with contextlib.suppress(HelperError, ChildProcessError):
+                ru = self.proc.wait_exit(5)
+                cpu = ru.ru_utime + ru.ru_stime
         self.proc.close(timeout=3)
+        return cpu
 
 
 def start_sshd(workdir: Path) -> Any:
