@@ -25,6 +25,20 @@ from noports.relay import Relay, SessionSpec
 Mutator = Callable[[int, bytes], bytes]
 
 
+def _keep(tasks: set[asyncio.Task[None]]) -> None:
+    """Hold a strong reference to the running handler task until it ends.
+
+    asyncio keeps only weak references to tasks, and a stream protocol only a weak one to
+    its StreamReader: a handler waiting on a reader whose transport is not registered for
+    reading can be garbage-collected mid-flight, which closes its sockets ("Task was
+    destroyed but it is pending"). Observed on the asyncio loop with the middlebox.
+    """
+    task = asyncio.current_task()
+    if task is not None:
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+
 @dataclass
 class RelayCtx:
     relay: Relay
@@ -86,6 +100,7 @@ class EchoServer:
         self.received: list[bytearray] = []  # per connection, what the service got
         self.ends: list[str] = []  # per finished connection: "eof" or "reset"
         self.echo = True
+        self.tasks: set[asyncio.Task[None]] = set()
 
     async def start(self, banner: bytes = b"") -> EchoServer:
         self.banner = banner
@@ -94,6 +109,7 @@ class EchoServer:
         return self
 
     async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        _keep(self.tasks)
         self.connections += 1
         got = bytearray()
         self.received.append(got)
@@ -189,6 +205,9 @@ class Middlebox:
         self.port = 0
         self.server: asyncio.AbstractServer | None = None
         self.auth_lines: list[bytes] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.errors: list[str] = []  # what ended each proxied connection abnormally
+        self.events: list[str] = []  # "client eof" / "relay eof", in order
         self.up_orig = bytearray()  # upstream payload as received (before mutation)
         self.up_bytes = bytearray()  # upstream payload as forwarded (after the auth line)
         self.down_bytes = bytearray()  # downstream bytes as forwarded
@@ -199,6 +218,7 @@ class Middlebox:
         return self
 
     async def _handle(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        _keep(self.tasks)
         ur, uw = await asyncio.open_connection(*self.target)
 
         async def up() -> None:
@@ -210,6 +230,7 @@ class Middlebox:
             while True:
                 d = await cr.read(65536)
                 if not d:
+                    self.events.append("client eof")
                     break
                 self.up_orig += d
                 if self.hold:
@@ -235,6 +256,7 @@ class Middlebox:
             while True:
                 d = await ur.read(65536)
                 if not d:
+                    self.events.append("relay eof")
                     break
                 self.down_bytes += d
                 cw.write(d)
@@ -244,7 +266,7 @@ class Middlebox:
 
         t = asyncio.gather(up(), down(), return_exceptions=True)
         try:
-            await t
+            self.errors.extend(repr(e) for e in await t if e is not None)
         finally:
             cw.close()
             uw.close()

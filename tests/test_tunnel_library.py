@@ -24,7 +24,7 @@ from noports.tunnel import (
 from noports.tunnel.control import format_connect
 from noports.tunnel.net import connect_relay
 
-from .test_tunnel_helpers import EchoServer, pattern, relay_session, roundtrip, sha
+from .test_tunnel_helpers import EchoServer, _keep, pattern, relay_session, roundtrip, sha
 
 MODES = ["clear", "legacy", "twin", "aead"]
 
@@ -80,6 +80,7 @@ class ReplyAfterEof:
     def __init__(self, body: bytes) -> None:
         self.body = body
         self.port = 0
+        self.tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> ReplyAfterEof:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -87,6 +88,7 @@ class ReplyAfterEof:
         return self
 
     async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        _keep(self.tasks)
         h = hashlib.sha256()
         while True:
             d = await r.read(65536)
@@ -143,7 +145,10 @@ def test_backpressure_bounds_buffering(keys, impl, run) -> None:
             gate = asyncio.Event()
             received = bytearray()
 
+            tasks: set[asyncio.Task[None]] = set()
+
             async def slow(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+                _keep(tasks)
                 await gate.wait()
                 while True:
                     d = await r.read(1 << 20)

@@ -5,7 +5,6 @@ corrupted bytes; the legacy mode is shown to leak (so the XOR test can fail)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 
 import pytest
@@ -81,8 +80,11 @@ async def _through_middlebox(keys, impl, crypto, mutate=None, *, hold=False, dat
                 app = await asyncio.wait_for(roundtrip(client.port, data), 20)
             except (OSError, asyncio.IncompleteReadError) as exc:
                 app = exc
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.wait(), 10)
+            try:
+                mb.client_result = await asyncio.wait_for(client.wait(), 10)
+            except Exception as exc:  # noqa: BLE001 - recorded for the assertions
+                mb.client_result = exc
+            mb.relay_stats = rc.session.stats
             try:
                 dres: object = await asyncio.wait_for(daemon, 10)
             except (IntegrityError, OSError) as exc:
