@@ -160,6 +160,8 @@ def test_tunnel_rtt(benchmark, impl, keys, tmp_path):
     """
     ka, kb = keys("@bench_a"), keys("@bench_b")
     out: dict[str, list[float]] = {}
+    tunnels: dict[str, TunnelEnds] = {}
+    cpu_per_rt: dict[str, dict[str, float]] = {}
     with contextlib.ExitStack() as stack:
         sshd = start_sshd(tmp_path / "sshd")
         stack.callback(sshd.close)
@@ -173,6 +175,7 @@ def test_tunnel_rtt(benchmark, impl, keys, tmp_path):
         ):
             (sess,), _ = relay.sessions(1, ka, kb, f"rtt-{name}")
             ends = stack.enter_context(TunnelEnds(sess, make(sess.sid), impl, port))
+            tunnels[name] = ends
             socks[name] = stack.enter_context(connect("127.0.0.1", ends.port, nodelay=True))
         fwd = stack.enter_context(SshForward(sshd, port, SSH_CIPHERS[0]))
         socks["ssh"] = stack.enter_context(connect("127.0.0.1", fwd.port, nodelay=True))
@@ -182,6 +185,11 @@ def test_tunnel_rtt(benchmark, impl, keys, tmp_path):
             out.update(interleave(RTT_BLOCKS, socks, RTT_PER_BLOCK))
 
         benchmark.pedantic(run, rounds=1, iterations=1)
+        n_rt = 200 + RTT_BLOCKS * RTT_PER_BLOCK
+        for name, ends in tunnels.items():  # end the tunnels: each end reports its CPU
+            socks[name].close()
+            c, d = ends.finish()
+            cpu_per_rt[name] = {"client": c["cpu"] / n_rt * 1e6, "daemon": d["cpu"] / n_rt * 1e6}
         relay.close_sessions()
     s = {k: summary(v) for k, v in out.items()}
     d = s["direct"]["median"]
@@ -239,3 +247,13 @@ def test_tunnel_rtt(benchmark, impl, keys, tmp_path):
         unit="us",
         higher_is_better=False,
     )
+    for who in ("client", "daemon"):
+        record(
+            benchmark,
+            scenario=scen,
+            metric=f"{who} end CPU per round trip, AEAD",
+            value=cpu_per_rt["aead"][who],
+            unit="us",
+            higher_is_better=False,
+            cpu_per_rt=cpu_per_rt if who == "client" else None,
+        )
