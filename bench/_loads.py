@@ -646,14 +646,21 @@ def pingpong(sock: socket.socket, n: int, warmup: int = 0) -> list[float]:
     return out
 
 
-def summary(rtts: list[float]) -> dict[str, float]:
+def summary(rtts: list[float], block: int | None = None) -> dict[str, Any]:
+    """Median, p99, mean, count; with ``block``, also each interleaved block's median (the
+    spread between blocks shows how much other load on the machine moved the figure)."""
     s = sorted(rtts)
-    return {
+    out: dict[str, Any] = {
         "median": statistics.median(s),
         "p99": s[min(len(s) - 1, int(len(s) * 0.99))],
         "mean": statistics.fmean(s),
         "n": len(s),
     }
+    if block:
+        out["block_medians"] = [
+            round(statistics.median(rtts[i : i + block]), 1) for i in range(0, len(rtts), block)
+        ]
+    return out
 
 
 def interleave(blocks: int, runs: dict[str, Any], per_block: int) -> dict[str, list[float]]:

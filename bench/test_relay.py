@@ -140,7 +140,7 @@ def test_relay_rtt(benchmark, impl, keys):
             out.update(interleave(RTT_BLOCKS, {"direct": direct, "relay": via}, RTT_PER_BLOCK))
 
         benchmark.pedantic(run, rounds=1, iterations=1)
-    d, r = summary(out["direct"]), summary(out["relay"])
+    d, r = summary(out["direct"], RTT_PER_BLOCK), summary(out["relay"], RTT_PER_BLOCK)
     load = load_average()
     record(
         benchmark,

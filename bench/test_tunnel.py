@@ -191,7 +191,7 @@ def test_tunnel_rtt(benchmark, impl, keys, tmp_path):
             c, d = ends.finish()
             cpu_per_rt[name] = {"client": c["cpu"] / n_rt * 1e6, "daemon": d["cpu"] / n_rt * 1e6}
         relay.close_sessions()
-    s = {k: summary(v) for k, v in out.items()}
+    s = {k: summary(v, RTT_PER_BLOCK) for k, v in out.items()}
     d = s["direct"]["median"]
     scen = "64 B round trip, tunnel"
     record(
