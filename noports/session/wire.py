@@ -1,0 +1,367 @@
+"""Session payloads between clients, device daemons and relays (spec 2.2, 3.1, 3.3, 4.2, 10).
+
+Field order is part of the contract: signatures cover Dart's compact JSON of the payload in
+insertion order, so builders emit the official order and parsers keep whatever they received
+(unknown fields included) for signature checks.
+
+Our additions ride in fields the official tools ignore:
+
+* ``twinKeys: true`` in a request asks for one AES key+IV per direction (the later official
+  fix for keystream reuse); the response carries ``aesKeyC2D``/``ivC2D``/``aesKeyD2C``/``ivD2C``,
+  each wrapped like ``sessionAESKey``.
+* ``noportsAead: 1`` in a request offers the strong mode (DESIGN decision 2); a daemon that
+  accepts answers with ``noportsAeadSecret``: the 32-byte session secret, base64, wrapped with
+  the client's ephemeral key exactly as ``sessionAESKey`` is. An official daemon ignores the
+  offer and answers in the legacy form; the client then uses legacy or twin-key CTR, or
+  refuses when the user required the strong mode.
+
+Wrapping (spec 1.3): RSAES-PKCS1-v1_5 with the client's ephemeral RSA-2048 public key over the
+UTF-8 bytes of the *base64 text* of each key, IV or secret; the ciphertext is base64.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from ..crypto import rsa
+from ..crypto.encoding import b64d, b64e
+from ..crypto.stream import CtrKeys
+from ..errors import ProtocolError
+from ..tunnel.settings import AeadKeys
+
+EPHEMERAL_PK_TYPE = "rsa2048"
+AEAD_VERSION = 1
+
+
+def new_session_id() -> str:
+    return str(uuid.uuid4())
+
+
+def client_nonce(now: _dt.datetime | None = None) -> str:
+    """Dart ``DateTime.now().toIso8601String()``: local time, microseconds, no zone."""
+    now = now or _dt.datetime.now()
+    return now.strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
+# ---------------------------------------------------------------------------------------
+# Key transport
+
+
+def wrap(public_key: rsa.PublicKey, raw: bytes) -> str:
+    """Wrap raw key bytes: RSA-PKCS1v15(pk, base64(raw) as UTF-8), base64."""
+    return rsa.encrypt(public_key, b64e(raw).encode("ascii"))
+
+
+def unwrap(private_key: rsa.PrivateKey, wrapped_b64: str, *, what: str, length: int) -> bytes:
+    text = rsa.decrypt(private_key, wrapped_b64)
+    try:
+        inner = text.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"{what} does not unwrap to base64 text") from exc
+    return b64d(inner, what=what, length=length)
+
+
+@dataclass(frozen=True)
+class SessionKeys:
+    """What the daemon hands the client for one session's data plane."""
+
+    ctr: CtrKeys | None = None     # legacy (same both ways) or twin keys
+    aead_secret: bytes | None = None
+
+    @classmethod
+    def generate(cls, *, encrypt: bool, twin: bool, aead: bool) -> SessionKeys:
+        ctr = None
+        if encrypt:
+            if twin:
+                ctr = CtrKeys(os.urandom(32), os.urandom(16), os.urandom(32), os.urandom(16))
+            else:
+                ctr = CtrKeys(os.urandom(32), os.urandom(16))
+        return cls(ctr=ctr, aead_secret=os.urandom(32) if aead and encrypt else None)
+
+    def aead(self, session_id: str) -> AeadKeys | None:
+        return AeadKeys(self.aead_secret, session_id) if self.aead_secret else None
+
+    def response_fields(self, client_pk: rsa.PublicKey) -> dict[str, Any]:
+        """The wrapped key fields of a success response, official names first."""
+        out: dict[str, Any] = {"sessionAESKey": None, "sessionIV": None}
+        if self.ctr is not None:
+            out["sessionAESKey"] = wrap(client_pk, self.ctr.key_c2d)
+            out["sessionIV"] = wrap(client_pk, self.ctr.iv_c2d)
+            if self.ctr.twin:
+                out["aesKeyC2D"] = out["sessionAESKey"]
+                out["ivC2D"] = out["sessionIV"]
+                out["aesKeyD2C"] = wrap(client_pk, self.ctr.key_d2c)
+                out["ivD2C"] = wrap(client_pk, self.ctr.iv_d2c)
+        if self.aead_secret is not None:
+            out["noportsAeadSecret"] = wrap(client_pk, self.aead_secret)
+        return out
+
+    @classmethod
+    def from_response(cls, payload: dict[str, Any], ephemeral: rsa.PrivateKey) -> SessionKeys:
+        def get(name: str, length: int) -> bytes | None:
+            v = payload.get(name)
+            if v is None:
+                return None
+            if not isinstance(v, str):
+                raise ProtocolError(f"{name} is not a string")
+            return unwrap(ephemeral, v, what=name, length=length)
+
+        key = get("aesKeyC2D", 32) or get("sessionAESKey", 32)
+        iv = get("ivC2D", 16) or get("sessionIV", 16)
+        ctr = None
+        if key is not None and iv is not None:
+            k2, iv2 = get("aesKeyD2C", 32), get("ivD2C", 16)
+            ctr = CtrKeys(key, iv, k2, iv2) if k2 is not None and iv2 is not None else CtrKeys(key, iv)
+        elif (key is None) != (iv is None):
+            raise ProtocolError("response has a session key without an IV (or the reverse)")
+        return cls(ctr=ctr, aead_secret=get("noportsAeadSecret", 32))
+
+
+# ---------------------------------------------------------------------------------------
+# Client -> daemon requests (signed envelopes; D3 and D4)
+
+
+def ssh_request(*, session_id: str, host: str, port: int, client_nonce: str, rvd_nonce: str | None,
+                ephemeral_pk: rsa.PublicKey | None, auth_to_rvd: bool = True,
+                encrypt: bool = True, twin_keys: bool = False, aead: bool = False,
+                direct: bool = True) -> dict[str, Any]:
+    p: dict[str, Any] = {
+        "direct": direct,
+        "sessionId": session_id,
+        "host": host,
+        "port": port,
+        "authenticateToRvd": auth_to_rvd,
+        "clientNonce": client_nonce,
+        "rvdNonce": rvd_nonce,
+        "encryptRvdTraffic": encrypt,
+        "clientEphemeralPK": rsa.public_to_b64(ephemeral_pk) if ephemeral_pk else None,
+        "clientEphemeralPKType": EPHEMERAL_PK_TYPE,
+    }
+    _additions(p, twin_keys, aead)
+    return p
+
+
+def npt_request(*, session_id: str, rvd_host: str, rvd_port: int, requested_port: int,
+                requested_host: str, client_nonce: str, rvd_nonce: str | None,
+                ephemeral_pk: rsa.PublicKey | None, encrypt: bool = True, timeout_ms: int = 30000,
+                twin_keys: bool = False, aead: bool = False) -> dict[str, Any]:
+    p: dict[str, Any] = {
+        "sessionId": session_id,
+        "rvdHost": rvd_host,
+        "rvdPort": rvd_port,
+        "requestedPort": requested_port,
+        "requestedHost": requested_host,
+        "authenticateToRvd": True,
+        "clientNonce": client_nonce,
+        "rvdNonce": rvd_nonce,
+        "encryptRvdTraffic": encrypt,
+        "clientEphemeralPK": rsa.public_to_b64(ephemeral_pk) if ephemeral_pk else None,
+        "clientEphemeralPKType": EPHEMERAL_PK_TYPE,
+        "timeout": timeout_ms,
+    }
+    _additions(p, twin_keys, aead)
+    return p
+
+
+def _additions(p: dict[str, Any], twin_keys: bool, aead: bool) -> None:
+    if twin_keys:
+        p["twinKeys"] = True
+    if aead:
+        p["noportsAead"] = AEAD_VERSION
+
+
+@dataclass(frozen=True)
+class SessionRequest:
+    """A validated ssh_request or npt_request as the daemon sees it."""
+
+    kind: str                 # "ssh" or "npt"
+    session_id: str
+    relay_host: str
+    relay_port: int
+    client_nonce: str | None
+    rvd_nonce: str | None
+    auth_to_rvd: bool
+    encrypt: bool
+    ephemeral_pk: rsa.PublicKey | None
+    target_host: str | None   # npt only (ssh targets the daemon's sshd)
+    target_port: int | None
+    timeout_ms: int | None
+    twin_keys: bool
+    aead: bool
+    direct: bool
+    raw: dict[str, Any]
+
+
+def parse_request(kind: str, p: dict[str, Any]) -> SessionRequest:
+    """Validate a received payload; raises ProtocolError with a one-line reason."""
+
+    def s(name: str, *, optional: bool = False) -> str | None:
+        v = p.get(name)
+        if v is None and optional:
+            return None
+        if not isinstance(v, str) or not v:
+            raise ProtocolError(f"{kind}_request field {name} must be a non-empty string")
+        return v
+
+    def i(name: str, lo: int, hi: int, *, optional: bool = False) -> int | None:
+        v = p.get(name)
+        if v is None and optional:
+            return None
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            raise ProtocolError(f"{kind}_request field {name} must be an integer in {lo}..{hi}")
+        return v
+
+    def b(name: str, default: bool) -> bool:
+        v = p.get(name, default)
+        if v is None:
+            return default
+        if not isinstance(v, bool):
+            raise ProtocolError(f"{kind}_request field {name} must be a boolean")
+        return v
+
+    if kind == "ssh":
+        host, port = s("host"), i("port", 1, 65535)
+        target_host = target_port = timeout = None
+        direct = b("direct", True)
+    elif kind == "npt":
+        host, port = s("rvdHost"), i("rvdPort", 1, 65535)
+        target_host, target_port = s("requestedHost"), i("requestedPort", 1, 65535)
+        timeout = i("timeout", 0, 366 * 86400 * 1000, optional=True)
+        direct = True
+    else:
+        raise ValueError(kind)
+    encrypt = b("encryptRvdTraffic", False)
+    pk_text = s("clientEphemeralPK", optional=True)
+    pk = None
+    if pk_text is not None:
+        if p.get("clientEphemeralPKType", EPHEMERAL_PK_TYPE) != EPHEMERAL_PK_TYPE:
+            raise ProtocolError("clientEphemeralPKType must be rsa2048")
+        pk = rsa.public_from_b64(pk_text)
+    if encrypt and pk is None:
+        raise ProtocolError(f"{kind}_request asks for encryption but has no clientEphemeralPK")
+    aead_v = p.get("noportsAead")
+    return SessionRequest(
+        kind=kind, session_id=s("sessionId") or "", relay_host=host or "", relay_port=port or 0,
+        client_nonce=s("clientNonce", optional=True), rvd_nonce=s("rvdNonce", optional=True),
+        auth_to_rvd=b("authenticateToRvd", False), encrypt=encrypt, ephemeral_pk=pk,
+        target_host=target_host, target_port=target_port, timeout_ms=timeout,
+        twin_keys=b("twinKeys", False),
+        aead=isinstance(aead_v, int) and not isinstance(aead_v, bool) and aead_v >= AEAD_VERSION,
+        direct=direct, raw=p,
+    )
+
+
+def success_response(session_id: str, keys: SessionKeys | None, client_pk: rsa.PublicKey | None,
+                     *, ephemeral_private_key_pem: str | None = None, ssh: bool = True) -> dict[str, Any]:
+    """D5 success payload: ``status, sessionId[, ephemeralPrivateKey], sessionAESKey, sessionIV...``."""
+    p: dict[str, Any] = {"status": "connected", "sessionId": session_id}
+    if ssh:
+        p["ephemeralPrivateKey"] = ephemeral_private_key_pem
+    if keys is not None and client_pk is not None:
+        p.update(keys.response_fields(client_pk))
+    else:
+        p.update({"sessionAESKey": None, "sessionIV": None})
+    return p
+
+
+# ---------------------------------------------------------------------------------------
+# Client -> relay (R1/R1L) and relay -> client (R2)
+
+
+def relay_request(*, session_id: str, atsign_a: str, atsign_b: str, auth_a: bool, auth_b: bool,
+                  client_nonce: str, send_json_response: bool = False) -> dict[str, Any]:
+    p: dict[str, Any] = {
+        "sessionId": session_id,
+        "atSignA": atsign_a,
+        "atSignB": atsign_b,
+        "authenticateSocketA": auth_a,
+        "authenticateSocketB": auth_b,
+        "clientNonce": client_nonce,
+    }
+    if send_json_response:
+        p["sendJsonResponse"] = True
+    return p
+
+
+@dataclass(frozen=True)
+class RelayRequest:
+    session_id: str
+    atsign_a: str
+    atsign_b: str
+    auth_a: bool
+    auth_b: bool
+    client_nonce: str | None
+    json_response: bool
+    legacy: bool
+
+
+def parse_relay_request(value: str, *, sender: str, legacy: bool) -> RelayRequest:
+    """R1 (JSON) or R1L (the bare session id, no auth, no nonce)."""
+    from ..crypto.encoding import loads_object
+
+    if legacy:
+        sid = value.strip()
+        if not sid or len(sid) > 128 or any(c.isspace() for c in sid):
+            raise ProtocolError("legacy relay request must be a session id")
+        return RelayRequest(sid, sender, sender, False, False, None, False, True)
+    p = loads_object(value, what="relay request")
+    for f in ("sessionId", "atSignA", "atSignB", "clientNonce"):
+        if not isinstance(p.get(f), str) or not p[f]:
+            raise ProtocolError(f"relay request field {f} must be a non-empty string")
+    for f in ("authenticateSocketA", "authenticateSocketB"):
+        if not isinstance(p.get(f, False), bool):
+            raise ProtocolError(f"relay request field {f} must be a boolean")
+    return RelayRequest(
+        p["sessionId"], p["atSignA"], p["atSignB"], bool(p.get("authenticateSocketA", False)),
+        bool(p.get("authenticateSocketB", False)), p["clientNonce"],
+        p.get("sendJsonResponse") is True, False,
+    )
+
+
+@dataclass(frozen=True)
+class RelayReply:
+    host: str
+    port_a: int
+    port_b: int
+    rvd_nonce: str | None
+
+
+def relay_reply(reply: RelayReply, *, json_form: bool = False) -> str:
+    if json_form:
+        from ..crypto.encoding import canonical_json
+
+        return canonical_json({"address": reply.host, "portA": reply.port_a, "portB": reply.port_b,
+                               "rvdNonce": reply.rvd_nonce})
+    return f"{reply.host},{reply.port_a},{reply.port_b},{reply.rvd_nonce if reply.rvd_nonce else 'null'}"
+
+
+def parse_relay_reply(text: str) -> RelayReply:
+    """R2: CSV ``host,portA,portB[,rvdNonce]`` (``null`` for legacy) or the JSON form."""
+    t = text.strip()
+    if t.startswith("{"):
+        from ..crypto.encoding import loads_object
+
+        p = loads_object(t, what="relay reply")
+        host, pa, pb, nonce = p.get("address"), p.get("portA"), p.get("portB"), p.get("rvdNonce")
+    else:
+        parts = t.split(",")
+        if len(parts) not in (3, 4):
+            raise ProtocolError("relay reply is not host,portA,portB[,rvdNonce]")
+        host = parts[0]
+        try:
+            pa, pb = int(parts[1]), int(parts[2])
+        except ValueError as exc:
+            raise ProtocolError("relay reply ports are not integers") from exc
+        nonce = parts[3] if len(parts) == 4 and parts[3] != "null" else None
+    if not isinstance(host, str) or not host:
+        raise ProtocolError("relay reply has no host")
+    for port in (pa, pb):
+        if not isinstance(port, int) or not 1 <= port <= 65535:
+            raise ProtocolError("relay reply port out of range")
+    if nonce is not None and not isinstance(nonce, str):
+        raise ProtocolError("relay reply rvdNonce is not a string")
+    return RelayReply(host, pa, pb, nonce)
