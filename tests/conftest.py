@@ -104,4 +104,4 @@ def free_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Any:
     return home
 
 
-pytest_plugins = ["tests.fixtures_atsdk", "tests.fixtures_at"]
+pytest_plugins = ["tests.fixtures_atsdk", "tests.fixtures_at", "tests.fixtures_np"]

@@ -45,7 +45,8 @@ def _keygen(path: Path, kind: str = "ed25519") -> None:
 class Sshd:
     """``with Sshd() as s: s.ssh_args() ...`` -- sshd on 127.0.0.1:<s.port>."""
 
-    def __init__(self, workdir: str | os.PathLike[str] | None = None, port: int | None = None) -> None:
+    def __init__(self, workdir: str | os.PathLike[str] | None = None, port: int | None = None,
+                 authorized_keys_file: str | os.PathLike[str] | None = None) -> None:
         exe = find_sshd()
         if exe is None:
             raise SshdUnavailable("OpenSSH sshd is not installed (apt-get install openssh-server)")
@@ -59,7 +60,9 @@ class Sshd:
         self.port = port or free_port()
         self.host_key = self.dir / "host_ed25519"
         self.client_key = self.dir / "client_ed25519"
-        self.authorized_keys = self.dir / "authorized_keys"
+        # sshd reads this file; the client key made here is appended to it at start. Pass a
+        # HOME's ~/.ssh/authorized_keys to have sshd honour what sshnpd writes there.
+        self.authorized_keys = Path(authorized_keys_file) if authorized_keys_file else self.dir / "authorized_keys"
         self.known_hosts = self.dir / "known_hosts"
         self.config = self.dir / "sshd_config"
         self.user = os.environ.get("USER") or _whoami()
@@ -68,7 +71,11 @@ class Sshd:
     def start(self, timeout: float = 10.0) -> Sshd:
         _keygen(self.host_key)
         _keygen(self.client_key)
-        shutil.copy(f"{self.client_key}.pub", self.authorized_keys)
+        self.authorized_keys.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        existing = self.authorized_keys.read_text() if self.authorized_keys.exists() else ""
+        if existing and not existing.endswith("\n"):
+            existing += "\n"
+        self.authorized_keys.write_text(existing + Path(f"{self.client_key}.pub").read_text())
         os.chmod(self.authorized_keys, 0o600)
         if os.geteuid() == 0:
             os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege-separation dir
