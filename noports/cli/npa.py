@@ -1,0 +1,161 @@
+"""``npa``: the NoPorts policy service (spec 8).
+
+    npa -a @policy --policy FILE.toml [--daemon-atsigns @d1,@d2] [-k KEYS]
+        [--audit-log FILE.jsonl] [--root HOST:PORT] [--ca-file F] [-v]
+
+Daemons started with ``sshnpd -p @policy`` ask it, for every client request, whether that
+client may use the device and which ``host:port`` targets it may open; the answers come
+from the TOML policy file (format in ``noports.npa.policy``), which is re-read when it
+changes (a broken edit keeps the last good policy and logs the error). Every decision is
+logged, written to ``--audit-log`` (JSON lines) if given, and sent to the policy atSign
+itself as a ``<epochMillis>.logs.policy.sshnp`` notification.
+
+``--daemon-atsigns`` limits which daemons are answered (others get no reply). The default,
+as the official NPA, is to answer any daemon: a daemon can only ask about itself, and the
+policy file decides what it gets (nothing, unless listed there).
+
+On start it prints ``npa: @policy monitor started ...`` on stderr. Flags can also come from
+``NOPORTS_NPA_<FLAG>`` variables or a TOML ``--config`` file. Exit codes: 0 stopped by
+SIGTERM/SIGINT; 2 usage or a broken policy file at start; 3 authentication refused;
+4 keys file missing; 7 cannot connect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+
+from .. import _compat
+from ..config import parse_args
+from ..errors import ConfigError, ConnectError, NoPortsError
+from .common import add_common, escape, fail, setup_logging
+
+PROG = "npa"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description=__doc__.split("\n\n")[0].replace("``", ""),
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_common(p)
+    p.add_argument("-a", "--atsign", required=True, help="the policy service's atSign")
+    p.add_argument("--policy", required=True, metavar="FILE", help="TOML policy file")
+    p.add_argument(
+        "--daemon-atsigns",
+        default="",
+        metavar="LIST",
+        help="comma-separated daemon atSigns to answer (default: any daemon)",
+    )
+    p.add_argument(
+        "-k",
+        "--key-file",
+        default=None,
+        help="keys file (default ~/.atsign/keys/<atSign>_key.atKeys)",
+    )
+    p.add_argument(
+        "--audit-log", default=None, metavar="FILE", help="append decisions as JSON lines"
+    )
+    p.add_argument(
+        "--no-self-audit",
+        dest="self_audit",
+        action="store_false",
+        default=True,
+        help="do not send the <ms>.logs.policy.sshnp audit notification to ourselves",
+    )
+    p.add_argument(
+        "-r",
+        "--root",
+        "--root-domain",
+        dest="root",
+        default=None,
+        help="root server host[:port] (default $NOPORTS_ROOT or root.atsign.org:64)",
+    )
+    p.add_argument("--ca-file", default=None, help="extra CA bundle (default $NOPORTS_CA_FILE)")
+    return p
+
+
+def _atsigns(text: str) -> list[str]:
+    from ..sshnpd.names import InvalidNameError, validate_atsign
+
+    out = []
+    for part in text.split(","):
+        if part.strip():
+            try:
+                out.append(validate_atsign(part.strip(), add_at=True))
+            except InvalidNameError as exc:
+                raise ConfigError(f"--daemon-atsigns: {exc}") from None
+    return out
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from ..at.client import AtClient
+    from ..npa.policy import PolicyStore, load_policy
+    from ..npa.service import AuditLog, NpaService
+    from ..sshnpd.names import InvalidNameError, validate_atsign
+
+    try:
+        me = validate_atsign(args.atsign, add_at=True)
+    except InvalidNameError as exc:
+        raise ConfigError(f"-a: {exc}") from None
+    daemons = _atsigns(args.daemon_atsigns)
+    load_policy(args.policy)  # a broken file at start: one clear line, exit 2
+    store = PolicyStore(args.policy)
+    audit = AuditLog(args.audit_log) if args.audit_log else None
+    client = await AtClient.connect(
+        me, keys_file=args.key_file, root=args.root, ca_file=args.ca_file
+    )
+    service = NpaService(
+        client, store, daemon_atsigns=daemons, audit_log=audit, self_audit=args.self_audit
+    )
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+    def ready() -> None:
+        who = ", ".join(daemons) if daemons else "any daemon"
+        print(
+            f"npa: {me} monitor started; policy {escape(args.policy)} "
+            f"(version {store.policy.digest}); answering {who}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    task = loop.create_task(service.run(ready))
+    waiter = loop.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        task.cancel()
+        outcome = (await asyncio.gather(task, return_exceptions=True))[0]
+        await client.close()
+        if audit is not None:
+            audit.close()
+    if not stop.is_set():
+        if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
+            raise outcome
+        raise ConnectError("the notification monitor stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(build_parser(), PROG, argv)
+    setup_logging(args)
+    try:
+        return _compat.run(_serve(args))
+    except KeyboardInterrupt:
+        return 130
+    except (NoPortsError, OSError) as exc:
+        return fail(PROG, exc)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
