@@ -1,0 +1,172 @@
+"""``sshnpd``: the NoPorts device daemon (official flags and defaults, spec 6.1).
+
+Only parsing lives here; the daemon is :mod:`noports.sshnpd.daemon`. Every flag can also come
+from the environment (``NOPORTS_SSHNPD_<FLAG>``) or a TOML file (``--config``); the command
+line wins. Exit codes: 0 after SIGTERM/SIGINT, 2 for bad usage or configuration, otherwise the
+documented code of the error that stopped the daemon (README "Exit codes").
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from .. import _compat
+from ..at.client import AtClient
+from ..config import parse_args
+from ..errors import EXIT_OK, ConfigError
+from ..sshnpd.authkeys import validate_options
+from ..sshnpd.daemon import Daemon, DaemonConfig
+from ..sshnpd.names import validate_atsign, validate_device_group, validate_device_name
+from ..sshnpd.permitopen import DEFAULT_PERMIT_OPEN, POLICY_DEFAULT_PERMIT_OPEN, PermitOpen
+from .common import add_common, fail, setup_logging
+
+PROG = "sshnpd"
+DEFAULT_ROOT_DOMAIN = "root.atsign.org"
+log = logging.getLogger("noports.sshnpd")
+NOTICE = 25
+logging.addLevelName(NOTICE, "NOTICE")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG, add_help=False,
+        description="NoPorts device daemon: answers sshnp/npt session requests from its "
+                    "managers (or the policy service) and runs the device end of each tunnel.")
+    p.add_argument("--help", action="help", help="show this help and exit")
+    p.add_argument("-a", "--atsign", required=True, help="the device's atSign")
+    p.add_argument("-k", "--key-file", "--keyFile", dest="key_file", default=None,
+                   help="atKeys file (default ~/.atsign/keys/<atSign>_key.atKeys)")
+    p.add_argument("-m", "--managers", "--manager", dest="managers", action="append",
+                   default=None, help="manager atSign(s), comma separated; may be repeated")
+    p.add_argument("-p", "--policy-manager", default=None,
+                   help="policy (NPA) atSign that authorises other clients")
+    p.add_argument("-d", "--device", default="default",
+                   help="device name (lower-cased, spaces to '_'; 2-36 of a-z 0-9 _ -)")
+    p.add_argument("-s", "--sshpublickey", action=argparse.BooleanOptionalAction, default=False,
+                   help="accept ssh public keys from clients into ~/.ssh/authorized_keys")
+    p.add_argument("-S", "--sshpublickey-permissions", default="",
+                   help="authorized_keys options prefixed to keys accepted with -s")
+    p.add_argument("-h", "--hide", action="store_true", default=False,
+                   help="do not share username and device_info with managers (deletes them)")
+    p.add_argument("-u", "--un-hide", "--username", dest="un_hide",
+                   action=argparse.BooleanOptionalAction, default=None,
+                   help=argparse.SUPPRESS)
+    p.add_argument("--ssh-client", choices=("openssh", "dart"), default="openssh",
+                   help="accepted for compatibility (only the legacy reverse ssh used it)")
+    p.add_argument("--root-domain", default=DEFAULT_ROOT_DOMAIN,
+                   help="root directory host (port 64); --root overrides")
+    p.add_argument("--root", default=None, help="root directory host:port (env NOPORTS_ROOT)")
+    p.add_argument("--ca-file", default=None,
+                   help="extra CA bundle to trust (env NOPORTS_CA_FILE)")
+    p.add_argument("--device-group", "--dg", dest="device_group", default="__none__",
+                   help="device group, sent to the policy service and in pings")
+    p.add_argument("--local-sshd-port", type=int, default=22, help="local sshd port (22)")
+    p.add_argument("--ephemeral-permissions", default="",
+                   help="extra authorized_keys options for ephemeral keys")
+    p.add_argument("--ssh-algorithm", choices=("ssh-ed25519", "ssh-rsa"), default="ssh-ed25519",
+                   help="ephemeral key algorithm")
+    p.add_argument("--storage-path", default=None,
+                   help="accepted for compatibility; this daemon keeps no local atClient store")
+    p.add_argument("--permit-open", "--po", dest="permit_open", default=None,
+                   help=f"host:port list sessions may reach (default {DEFAULT_PERMIT_OPEN}; "
+                        f"{POLICY_DEFAULT_PERMIT_OPEN} with -p)")
+    p.add_argument("--require-aead", action="store_true", default=False,
+                   help="refuse sessions that do not use the noports AEAD mode")
+    p.add_argument("--max-sessions", type=int, default=128, help="concurrent tunnels (128)")
+    add_common(p, verbose_short=True)
+    return p
+
+
+def _managers(values: Sequence[str] | None) -> tuple[str, ...]:
+    out: list[str] = []
+    for v in values or ():
+        for item in v.split(","):
+            item = item.strip().lower()
+            if item:
+                a = validate_atsign(item, add_at=True)
+                if a not in out:
+                    out.append(a)
+    return tuple(out)
+
+
+def config_from_args(args: argparse.Namespace) -> DaemonConfig:
+    atsign = validate_atsign(args.atsign.strip().lower(), add_at=True)
+    managers = _managers(args.managers)
+    policy = validate_atsign(args.policy_manager.strip().lower(), add_at=True) \
+        if args.policy_manager else None
+    if not managers and not policy:
+        raise ConfigError("at least one of --managers and --policy-manager is required")
+    if not 1 <= args.local_sshd_port <= 65535:
+        raise ConfigError("--local-sshd-port must be 1-65535")
+    if not 1 <= args.max_sessions <= 10_000:
+        raise ConfigError("--max-sessions must be 1-10000")
+    if args.permit_open is not None:
+        po_text = args.permit_open
+    else:
+        po_text = POLICY_DEFAULT_PERMIT_OPEN if policy else DEFAULT_PERMIT_OPEN
+    permit = PermitOpen.parse(",".join(s.strip() for s in po_text.split(",") if s.strip()))
+    return DaemonConfig(
+        atsign=atsign, device=validate_device_name(args.device), managers=managers,
+        policy_manager=policy, device_group=validate_device_group(args.device_group),
+        permit_open=permit, accept_public_keys=bool(args.sshpublickey),
+        public_key_permissions=validate_options(args.sshpublickey_permissions),
+        hide=bool(args.hide), local_sshd_port=args.local_sshd_port,
+        ephemeral_permissions=validate_options(args.ephemeral_permissions),
+        ssh_algorithm=args.ssh_algorithm, require_aead=bool(args.require_aead),
+        max_sessions=args.max_sessions,
+    )
+
+
+def _notice(text: str) -> None:
+    log.handle(log.makeRecord(log.name, NOTICE, __file__, 0, text, (), None))
+
+
+async def _serve(cfg: DaemonConfig, args: argparse.Namespace) -> int:
+    root = args.root
+    if not root and args.root_domain and args.root_domain != DEFAULT_ROOT_DOMAIN:
+        root = f"{args.root_domain}:64"
+    client = await AtClient.connect(cfg.atsign, keys_file=args.key_file, root=root,
+                                    ca_file=args.ca_file)
+    daemon = Daemon(cfg, client, on_ready=_notice)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.stop)
+    try:
+        _notice(f"sshnpd {cfg.atsign} device {cfg.device} starting; managers "
+                f"{','.join(cfg.managers) or '-'}; policy {cfg.policy_manager or '-'}; "
+                f"permit-open {cfg.permit_open}")
+        await daemon.run()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await client.close()
+    _notice("sshnpd stopped")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parse_args(parser, PROG, argv)
+    setup_logging(args)
+    if args.un_hide is not None:
+        print("[WARN] -u, --un-hide is deprecated; the daemon shares its username unless "
+              "-h/--hide is given", file=sys.stderr)
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    try:
+        return _compat.run(_serve(cfg, args))
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except Exception as exc:  # one line and a documented exit code, never a traceback
+        return fail(PROG, exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,316 @@
+"""The device daemon: start-up, the notification loop, authorisation and dispatch (spec 6).
+
+Start-up (6.2): authenticate to our atServer; share ``username`` (D7) and ``device_info``
+(D8) with every manager, or delete both when hidden; start the connectivity probe (``noop:0``
+every 15 s, logging ``connection lost`` / ``connection available``); start the monitor on
+``.<dev>.sshnp@`` (and the NPA responses when ``-p``); refresh device_info hourly; with ``-p``
+send the policy heartbeat D9 now and every 5 minutes. Once the monitor is registered the
+daemon logs ``Monitor for <atSign> device <dev>: monitor started`` (the official e2e harness
+waits for ``Monitor .*monitor started``).
+
+Every notification is authorised first (6.3): managers and the policy atSign get ``*:*``;
+others are checked with the policy service when ``-p`` is set (cached 15 s), else ignored.
+Unauthorised senders get no reply at all, not even to pings. Dispatch (6.5): ``ping`` →
+``heartbeat`` with the feature JSON; ``ssh_request`` / ``npt_request`` → :mod:`.sessions`;
+``sshpublickey`` → ``authorized_keys`` with ``-s``; anything else is logged and ignored.
+
+The monitor loop never waits for a request: each is its own task, at most
+:data:`MAX_HANDLERS` at a time (more are dropped and logged); tunnels are bounded by
+``max_sessions``. ``stop()`` cancels everything and removes pending ephemeral keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..at.client import AtClient
+from ..at.protocol import Notification
+from ..cli.common import escape
+from ..crypto import rsa
+from ..errors import KeyNotFoundError, NoPortsError
+from .authkeys import AuthorizedKeys, InvalidPublicKeyError
+from .ephemeral import EphemeralKeys
+from .features import ping_response_json
+from .npa_client import RESPONSE_REGEX, NpaClient
+from .permitopen import PermitOpen
+from .sessions import Refusal, SessionHandler, SessionSettings
+
+log = logging.getLogger("noports.sshnpd")
+
+NAMESPACE = "sshnp"
+MAX_HANDLERS = 64
+PROBE_INTERVAL = 15.0
+DEVICE_INFO_REFRESH = 3600.0
+POLICY_HEARTBEAT = 300.0
+DEVICE_INFO_TTL_MS = 30 * 86400 * 1000
+REPLY_TTL_MS = 10_000
+REPLY_TTLN_MS = 60_000
+MONITOR_START_TIMEOUT = 30.0
+
+
+@dataclass
+class DaemonConfig:
+    atsign: str
+    device: str = "default"
+    managers: tuple[str, ...] = ()
+    policy_manager: str | None = None
+    device_group: str = "__none__"
+    permit_open: PermitOpen = field(default_factory=PermitOpen)
+    accept_public_keys: bool = False
+    public_key_permissions: str = ""
+    hide: bool = False
+    local_sshd_port: int = 22
+    ephemeral_permissions: str = ""
+    ssh_algorithm: str = "ssh-ed25519"
+    require_aead: bool = False
+    authorized_keys: Path | None = None
+    username: str | None = None
+    max_sessions: int = 128
+
+
+class Daemon:
+    """One running sshnpd. ``await Daemon(cfg, client).run()`` until ``stop()``."""
+
+    def __init__(self, cfg: DaemonConfig, client: AtClient,
+                 on_ready: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self.client = client
+        self.on_ready = on_ready
+        self.managers = frozenset(cfg.managers)
+        self.authorized_keys = AuthorizedKeys(cfg.authorized_keys)
+        self.ephemeral = EphemeralKeys(self.authorized_keys, sshd_port=cfg.local_sshd_port,
+                                       extra_permissions=cfg.ephemeral_permissions,
+                                       algorithm=cfg.ssh_algorithm)
+        self.sessions = SessionHandler(
+            SessionSettings(cfg.device, cfg.permit_open, cfg.local_sshd_port, cfg.require_aead,
+                            client.keys.encrypt_private, self.ephemeral),
+            self._public_key, max_sessions=cfg.max_sessions)
+        self.npa: NpaClient | None = None
+        if cfg.policy_manager:
+            self.npa = NpaClient(self._notify_rpc, policy=cfg.policy_manager, daemon=cfg.atsign,
+                                 device=cfg.device, device_group=cfg.device_group)
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._background: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
+        self.ping_json = ping_response_json(
+            device=cfg.device, device_group=cfg.device_group,
+            accepts_public_keys=cfg.accept_public_keys,
+            allowed_services=cfg.permit_open.allowed_services())
+
+    # -- helpers ------------------------------------------------------------------------------
+    async def _public_key(self, atsign: str, refresh: bool) -> rsa.PublicKey:
+        return await self.client.public_key(atsign, refresh=refresh)
+
+    async def _notify_rpc(self, to: str, key: str, value: str) -> Any:
+        return await self.client.notify(to, key, value, namespace=NAMESPACE, ttln_ms=30_000)
+
+    def monitor_regex(self) -> str:
+        own = rf"\.{self.cfg.device}\.sshnp@"
+        return f"{own}|{RESPONSE_REGEX}" if self.npa else own
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- start-up and background --------------------------------------------------------------
+    async def share_records(self) -> None:
+        """D7 username and D8 device_info for every manager (deleted when hidden)."""
+        dev = self.cfg.device
+        user = self.cfg.username or getpass.getuser()
+        for m in sorted(self.managers):
+            try:
+                if self.cfg.hide:
+                    for name in ("username", "device_info"):
+                        with contextlib.suppress(KeyNotFoundError):
+                            await self.client.delete(f"{name}.{dev}.{NAMESPACE}", shared_with=m)
+                    log.info("hidden: username and device_info deleted for %s", m)
+                    continue
+                await self.client.put(f"username.{dev}.{NAMESPACE}", user, shared_with=m,
+                                      ttr=-1, ccd=True)
+                await self.client.notify(m, f"username.{dev}", user, namespace=NAMESPACE,
+                                         ttr_ms=-1, ccd=True, ttln_ms=REPLY_TTLN_MS)
+                await self.put_device_info(m)
+            except (NoPortsError, OSError) as exc:
+                log.error("could not share records with %s: %s", m, exc)
+
+    async def put_device_info(self, manager: str) -> None:
+        await self.client.put(f"device_info.{self.cfg.device}.{NAMESPACE}", self.ping_json,
+                              shared_with=manager, ttl=DEVICE_INFO_TTL_MS, ttr=-1, ccd=True)
+
+    async def _refresh_device_info(self) -> None:
+        while True:
+            await asyncio.sleep(DEVICE_INFO_REFRESH)
+            for m in sorted(self.managers):
+                try:
+                    await self.put_device_info(m)
+                except (NoPortsError, OSError) as exc:
+                    log.warning("device_info refresh for %s failed: %s", m, exc)
+
+    async def _policy_heartbeat(self) -> None:
+        assert self.cfg.policy_manager
+        while True:
+            try:
+                await self.client.notify(self.cfg.policy_manager,
+                                         f"{self.cfg.device}.devices.policy", self.ping_json,
+                                         namespace=NAMESPACE, ttln_ms=int(POLICY_HEARTBEAT * 1000))
+            except (NoPortsError, OSError) as exc:
+                log.warning("policy heartbeat failed: %s", exc)
+            await asyncio.sleep(POLICY_HEARTBEAT)
+
+    async def _probe(self) -> None:
+        up = True
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL)
+            try:
+                await self.client.execute("noop:0", timeout=10.0)
+                ok = True
+            except (NoPortsError, OSError, asyncio.TimeoutError):
+                ok = False
+            if ok != up:
+                (log.warning if not ok else log.info)(
+                    "connection %s", "available" if ok else "lost")
+                up = ok
+
+    # -- main loop ----------------------------------------------------------------------------
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        await self.share_records()
+        self._background.append(loop.create_task(self._probe()))
+        monitor = self.client.monitor(self.monitor_regex())
+        try:
+            await monitor.started(MONITOR_START_TIMEOUT)
+            if self.on_ready:
+                self.on_ready(f"Monitor for {self.cfg.atsign} device {self.cfg.device}: "
+                              "monitor started")
+            if not self.cfg.hide and self.managers:
+                self._background.append(loop.create_task(self._refresh_device_info()))
+            if self.cfg.policy_manager:
+                self._background.append(loop.create_task(self._policy_heartbeat()))
+            reader = loop.create_task(self._read(monitor))
+            stopper = loop.create_task(self._stop.wait())
+            await asyncio.wait([reader, stopper], return_when=asyncio.FIRST_COMPLETED)
+            for t in (reader, stopper):
+                t.cancel()
+            await asyncio.gather(reader, stopper, return_exceptions=True)
+            if reader.done() and not reader.cancelled() and reader.exception():
+                raise reader.exception()  # type: ignore[misc]
+        finally:
+            await monitor.close()
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        for t in (*self._background, *self._handlers):
+            t.cancel()
+        await asyncio.gather(*self._background, *self._handlers, return_exceptions=True)
+        self._background.clear()
+        await self.sessions.close()
+        pending = self.ephemeral.pending
+        if pending:
+            await asyncio.get_running_loop().run_in_executor(None, self.ephemeral.remove_all_now)
+            log.info("removed pending ephemeral keys of %d session(s)", len(pending))
+
+    async def _read(self, monitor: Any) -> None:
+        async for n in monitor:
+            self.accept(n)
+
+    def accept(self, n: Notification) -> None:
+        """Route one notification without waiting for it to be handled."""
+        if n.operation != "update" or not n.from_atsign:
+            return
+        sender = n.from_atsign.lower()
+        key = n.short_key
+        if self.npa is not None and self.npa.on_response(sender, key, n.value):
+            return
+        suffix = f".{self.cfg.device}.{NAMESPACE}"
+        if not key.lower().endswith(suffix):
+            return
+        command = key[: -len(suffix)].lower()
+        if len(self._handlers) >= MAX_HANDLERS:
+            log.warning("busy: dropping %s from %s", escape(command, 60), escape(sender, 80))
+            return
+        task = asyncio.get_running_loop().create_task(self._handle(sender, command, n.value))
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+
+    async def _authorise(self, sender: str) -> PermitOpen | None:
+        if sender in self.managers or sender == self.cfg.policy_manager:
+            return PermitOpen.allow_all()
+        if self.npa is None:
+            log.warning("ignoring a notification from %s: not in --managers list",
+                        escape(sender, 80))
+            return None
+        decision = await self.npa.check(sender)
+        if not decision.authorized:
+            log.warning("ignoring a notification from %s: %s", escape(sender, 80),
+                        escape(decision.message or "denied by the policy", 200))
+            return None
+        return decision.permit
+
+    async def _handle(self, sender: str, command: str, value: str | None) -> None:
+        try:
+            permit = await self._authorise(sender)
+            if permit is None:
+                return
+            if command == "ping":
+                await self.client.notify(sender, f"heartbeat.{self.cfg.device}", self.ping_json,
+                                         namespace=NAMESPACE, ttl_ms=REPLY_TTL_MS,
+                                         ttln_ms=REPLY_TTLN_MS)
+                log.info("answered a ping from %s", sender)
+            elif command in ("ssh_request", "npt_request"):
+                await self._session(command[:3], sender, value, permit)
+            elif command == "sshpublickey":
+                await self._public_key_request(sender, value)
+            else:
+                log.info("ignoring unknown command %s from %s", escape(command, 60), sender)
+        except asyncio.CancelledError:
+            raise
+        except (NoPortsError, OSError) as exc:
+            log.error("handling %s from %s failed: %s", escape(command, 60), sender, exc)
+        except Exception:
+            log.exception("unexpected error handling %s from %s", escape(command, 60), sender)
+
+    async def _reply_error(self, to: str, sid: str, text: str) -> None:
+        """D5 error: a plain string, not signed (spec 6.8)."""
+        await self.client.notify(to, f"{sid}.{self.cfg.device}", text, namespace=NAMESPACE,
+                                 ttl_ms=REPLY_TTL_MS, ttln_ms=REPLY_TTLN_MS)
+
+    async def _session(self, kind: str, sender: str, value: str | None,
+                       permit: PermitOpen) -> None:
+        sid: str | None = None
+        try:
+            req = await self.sessions.verify(kind, sender, value)
+            sid = req.session_id
+            payload = await self.sessions.start(req, sender, permit)
+        except Refusal as r:
+            log.warning("%s_request from %s refused: %s", kind, sender, escape(r.text, 300))
+            if r.session_id is not None:
+                await self._reply_error(sender, r.session_id, r.text)
+            return
+        await self.client.send_signed(sender, f"{sid}.{self.cfg.device}", payload,
+                                      namespace=NAMESPACE, ttl_ms=REPLY_TTL_MS,
+                                      ttln_ms=REPLY_TTLN_MS)
+
+    async def _public_key_request(self, sender: str, value: str | None) -> None:
+        if not self.cfg.accept_public_keys:
+            log.info("ignoring an ssh public key from %s (no -s)", sender)
+            return
+        try:
+            added = await asyncio.get_running_loop().run_in_executor(
+                None, self.authorized_keys.add_client_key, value or "",
+                self.cfg.public_key_permissions)
+        except InvalidPublicKeyError as exc:
+            log.warning("ssh public key from %s refused: %s", sender, exc)
+            return
+        log.warning("ssh public key from %s %s", sender,
+                    "added to authorized_keys" if added else "already present")
+
+
+def default_storage_path(atsign: str, device: str) -> Path:
+    return Path(os.path.expanduser("~")) / ".atsign" / "storage" / atsign / "..sshnpd" / device
