@@ -1,0 +1,56 @@
+"""``sshnp``: ssh to a NoPorts device (see ``noports.sshnp``). ``sshnp ssh-config ...`` writes
+an ssh config Host block. Anything after ``--`` is the remote command for the user session."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from .. import _compat
+from ..sshnp import args as sshnp_args
+from ..sshnp.background import Reporter, run_detached
+from .common import fail, setup_logging
+
+log = logging.getLogger("noports.sshnp")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "ssh-config":
+        from ..sshnp import sshconfig
+
+        return sshconfig.main(argv[1:])
+    command: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, command = argv[:i], argv[i + 1:]
+    args = sshnp_args.parse(argv)
+    setup_logging(args)
+
+    def work(report: Reporter | None) -> int:
+        from ..sshnp import run
+
+        try:
+            if args.list_devices:
+                from ..sshnp.listing import list_devices
+
+                return _compat.run(list_devices(args))
+            if args.stdio:
+                from ..sshnp.stdio import run_stdio
+
+                return _compat.run(run_stdio(args))
+            return _compat.run(run.run(args, report, run.check_command(command)))
+        except KeyboardInterrupt:
+            return 1
+        except Exception as exc:  # noqa: BLE001 - one line and a documented exit code
+            if args.debug:
+                log.exception("sshnp failed")
+            return fail("sshnp", exc)
+
+    if args.print_command and not args.list_devices:
+        return run_detached(work)
+    return work(None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""npt: a tunnel to any TCP service a NoPorts device permits (spec 3.3, 7.2).
+
+Modules: ``durations`` (``-T`` human durations), ``run`` (flags, the session loop, ``-x``
+detaching, ``-K`` keep-alive, multi mode via ``noports.tunnel.ClientMulti``).
+"""

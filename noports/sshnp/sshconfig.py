@@ -1,0 +1,93 @@
+"""``sshnp ssh-config``: a Host block that reaches a device through ``sshnp --stdio``.
+
+Include the output from ``~/.ssh/config`` (``Include ~/.ssh/config.d/noports``). Host keys stay
+checked: ``HostKeyAlias <device>.<atSign>`` pins the device's key under a stable name (the
+tunnel's local port changes every time, so ``[localhost]:port`` would never match), with
+``StrictHostKeyChecking accept-new`` to learn it the first time. ``ServerAliveInterval 15``
+notices a dead tunnel. ProxyCommand is run by ``$SHELL -c``: every argument is quoted, and
+``%`` is doubled so ssh does not expand it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import sys
+
+from ..errors import ConfigError
+from ..fsutil import write_secret
+from ..sshnpd.names import validate_atsign, validate_device_name
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sshnp ssh-config",
+                                description="print (or --write) an ssh config Host block using sshnp --stdio")
+    p.add_argument("-f", "--from", dest="from_", required=True)
+    p.add_argument("-t", "--to", required=True)
+    p.add_argument("-d", "--device", required=True)
+    p.add_argument("-r", "--srvd", required=True)
+    p.add_argument("-u", "--remote-user-name", default=None)
+    p.add_argument("-i", "--identity-file", default=None)
+    p.add_argument("-k", "--key-file", default=None)
+    p.add_argument("--root", default=None)
+    p.add_argument("--ca-file", default=None)
+    p.add_argument("--require-aead", action="store_true")
+    p.add_argument("--host", dest="alias", default=None,
+                   help="the Host name to use (default <device>.<atSign without @>)")
+    p.add_argument("--sshnp", default=None, help="sshnp command (default: found on PATH)")
+    p.add_argument("--write", default=None, metavar="PATH", help="write the block to PATH (0600)")
+    return p
+
+
+def _q(arg: str) -> str:
+    return shlex.quote(arg).replace("%", "%%")
+
+
+def host_block(args: argparse.Namespace) -> str:
+    frm = validate_atsign(args.from_, add_at=True)
+    to = validate_atsign(args.to, add_at=True)
+    relay = validate_atsign(args.srvd, add_at=True)
+    dev = validate_device_name(args.device)
+    alias = args.alias or f"{dev}.{to.lstrip('@')}"
+    if not alias or any(c.isspace() or c in "*?!#\"'" for c in alias):
+        raise ConfigError(f"invalid Host name {alias!r}")
+    if args.sshnp:
+        prog = shlex.split(args.sshnp)
+    elif shutil.which("sshnp"):
+        prog = ["sshnp"]
+    else:
+        prog = [sys.executable, "-m", "noports.cli.sshnp"]
+    cmd = [*prog, "--stdio", "-f", frm, "-t", to, "-d", dev, "-r", relay]
+    for flag, val in (("-k", args.key_file), ("--root", args.root), ("--ca-file", args.ca_file)):
+        if val:
+            cmd += [flag, val]
+    if args.require_aead:
+        cmd.append("--require-aead")
+    lines = [f"# NoPorts device {dev} of {to} via relay {relay} (sshnp ssh-config)",
+             f"Host {alias}",
+             f"  ProxyCommand {' '.join(_q(c) for c in cmd)}",
+             f"  HostKeyAlias {dev}.{to}",
+             "  StrictHostKeyChecking accept-new",
+             "  ServerAliveInterval 15",
+             "  ExitOnForwardFailure yes"]
+    if args.remote_user_name:
+        lines.append(f"  User {args.remote_user_name}")
+    if args.identity_file:
+        lines += [f"  IdentityFile {_q(args.identity_file)}", "  IdentitiesOnly yes"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        block = host_block(args)
+    except ConfigError as exc:
+        print(f"sshnp ssh-config: error: {exc}", file=sys.stderr)
+        return 2
+    if args.write:
+        write_secret(args.write, block.encode())
+        print(f"wrote {args.write}", file=sys.stderr)
+    else:
+        sys.stdout.write(block)
+    return 0
