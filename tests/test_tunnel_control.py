@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from noports.crypto.stream import CtrKeys
 from noports.errors import BufferLimitError
@@ -78,3 +80,50 @@ def test_unterminated_input_is_capped() -> None:
         p.feed(b"y" * 200)
     p = ControlParser()
     assert p.feed(b"\n\n  \n") == []
+
+
+# ---- property: any message sequence, any split, same events; garbage never crashes ----
+
+
+_MSG = st.one_of(
+    st.just(format_connect()),
+    st.builds(
+        lambda k, iv: format_connect(CtrKeys(k, iv)),
+        st.binary(min_size=32, max_size=32),
+        st.binary(min_size=16, max_size=16),
+    ),
+    st.builds(
+        lambda a, b, c, d: format_connect(CtrKeys(a, b, c, d)),
+        st.binary(min_size=32, max_size=32),
+        st.binary(min_size=16, max_size=16),
+        st.binary(min_size=32, max_size=32),
+        st.binary(min_size=16, max_size=16),
+    ),
+    st.builds(lambda n: format_connect(conn_id=n), st.integers(1, 2**31)),
+    st.builds(format_heartbeat, st.integers(0, 10**6)),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_MSG, max_size=8), st.lists(st.integers(1, 400), max_size=10))
+def test_property_any_split_same_events(msgs: list[bytes], cuts: list[int]) -> None:
+    stream = b"".join(msgs)
+    expect = [parse_message(m.decode()) for m in msgs]
+    p = ControlParser(accept_unterminated=False)
+    got, pos = [], 0
+    for c in cuts:
+        got += p.feed(stream[pos : pos + c])
+        pos += c
+    got += p.feed(stream[pos:])
+    assert got == expect
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600), st.booleans())
+def test_property_garbage_only_declared_errors(data: bytes, legacy: bool) -> None:
+    p = ControlParser(accept_unterminated=legacy, max_line=256)
+    try:
+        for ev in p.feed(data):
+            assert isinstance(ev, (Connect, Heartbeat, Unknown))
+    except BufferLimitError:
+        assert len(data) > 256
