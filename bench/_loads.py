@@ -290,9 +290,11 @@ class RelayProc(Proc):
         self.recv(30)  # ready
 
     def sessions(
-        self, n: int, key_a: Any, key_b: Any, prefix: str, *, sign: bool = True
+        self, n: int, key_a: Any, key_b: Any, prefix: str, *, auth: bool = True
     ) -> tuple[list[RelaySession], float]:
-        """Create ``n`` sessions; returns them (with signed auth lines) and the relay CPU used."""
+        """Create ``n`` sessions; returns them (with signed auth lines) and the relay CPU used.
+
+        ``auth=False``: sessions whose sides do not authenticate (engine only; no lines)."""
         from noports.crypto import rsa
 
         got = self.call(
@@ -302,11 +304,12 @@ class RelayProc(Proc):
                 "prefix": prefix,
                 "pub_a": rsa.public_to_b64(key_a.encrypt_public),
                 "pub_b": rsa.public_to_b64(key_b.encrypt_public),
+                "auth": auth,
             },
             timeout=60 + n / 20,
         )
         out = [RelaySession(*row) for row in got["sessions"]]
-        if sign:
+        if auth:
             from noports.crypto.envelope import relay_auth_line
 
             for s in out:
@@ -1007,6 +1010,8 @@ def role_relay() -> None:
                                     "@bench_a",
                                     "@bench_b",
                                     "cn-" + sid,
+                                    auth_a=cmd.get("auth", True),
+                                    auth_b=cmd.get("auth", True),
                                     public_key_a=ka,
                                     public_key_b=kb,
                                 )
