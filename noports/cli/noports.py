@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     # name: (module under noports.cli, one-line help)
     "demo": ("demo", "local encrypted tunnel demo through the relay engine"),
     "server": ("server", "embedded control plane: root directory + atServer (TLS, SQLite)"),
+    "quickstart": ("quickstart", "server, atSigns, srvd, sshnpd, npt and sshnp checked locally"),
 }
 
 
