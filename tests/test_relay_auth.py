@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from noports.crypto.atkeys import AtKeys
 from noports.crypto.envelope import relay_auth_line
@@ -151,3 +153,39 @@ def test_verified_lines_are_remembered_per_side(a: AtKeys, keys: Callable[[str],
     assert v.outcome is Outcome.FAILED and v.reason == "bad_sig"
     bad = AuthLine(SID, CN, RVD, a.encrypt_public, verified=seen).feed(good(keys("@relay_b")))
     assert bad.outcome is Outcome.FAILED and len(seen) == 1  # failures are never stored
+
+
+_FUZZ = {"deadline": None, "suppress_health_check": [HealthCheck.function_scoped_fixture]}
+
+
+@settings(max_examples=150, **_FUZZ)
+@given(cuts=st.lists(st.integers(min_value=0, max_value=5000), max_size=8),
+       tail=st.binary(max_size=300))
+def test_any_split_of_a_valid_line_verifies_and_keeps_the_tail(
+    a: AtKeys, cuts: list[int], tail: bytes
+) -> None:
+    line = good(a)
+    data = line + tail
+    m = machine(a)
+    start = 0
+    for cut in sorted({c % (len(data) + 1) for c in cuts} | {len(data)}):
+        if cut <= start:
+            continue
+        v = m.feed(data[start:cut])
+        start = cut
+        if v.outcome is not Outcome.NEED_MORE:
+            break
+    # The verdict comes with the chunk holding the newline; the rest of that chunk is data.
+    assert v.outcome is Outcome.OK
+    assert v.rest == data[len(line):start]
+
+
+@settings(max_examples=300, **_FUZZ)
+@given(junk=st.binary(max_size=6000))
+def test_arbitrary_bytes_never_raise_or_pass(a: AtKeys, junk: bytes) -> None:
+    m = machine(a)
+    v = m.feed(junk)
+    assert v.outcome is not Outcome.OK
+    if v.outcome is Outcome.NEED_MORE:
+        assert b"\n" not in junk and len(junk) < 4096
+        assert m.eof().outcome is Outcome.FAILED
