@@ -40,7 +40,8 @@ async def wait_log(proc, pattern: str, count: int = 1, timeout: float = 15.0) ->
     rx = re.compile(pattern)
     deadline = time.monotonic() + timeout
     while len(rx.findall(proc.stderr)) < count:
-        assert time.monotonic() < deadline, f"{pattern!r} x{count} not in log:\n{proc.stderr[-3000:]}"
+        assert time.monotonic() < deadline, \
+            f"{pattern!r} x{count} not in log:\n{proc.stderr[-3000:]}"
         await asyncio.sleep(0.1)
 
 

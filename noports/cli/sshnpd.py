@@ -86,7 +86,7 @@ def _managers(values: Sequence[str] | None) -> tuple[str, ...]:
     out: list[str] = []
     for v in values or ():
         for item in v.split(","):
-            item = item.strip().lower()
+            item = item.strip(" ").lower()
             if item:
                 a = validate_atsign(item, add_at=True)
                 if a not in out:
@@ -109,7 +109,8 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
         po_text = args.permit_open
     else:
         po_text = POLICY_DEFAULT_PERMIT_OPEN if policy else DEFAULT_PERMIT_OPEN
-    permit = PermitOpen.parse(",".join(s.strip() for s in po_text.split(",") if s.strip()))
+    # spaces around commas are tolerated; any other whitespace or control character is refused
+    permit = PermitOpen.parse(",".join(s.strip(" ") for s in po_text.split(",") if s.strip(" ")))
     return DaemonConfig(
         atsign=atsign, device=validate_device_name(args.device), managers=managers,
         policy_manager=policy, device_group=validate_device_group(args.device_group),
