@@ -116,8 +116,9 @@ def _admin(args: argparse.Namespace) -> int:
 
 async def _serve(args: argparse.Namespace) -> int:
     from ..at.server.engine import Config
-    from ..at.server.net import AtServer
+    from ..at.server.net import AtServer, pin_mmap_threshold
 
+    pin_mmap_threshold()
     cfg = Config(host=args.host, port=args.port, max_connections=args.max_connections,
                  stats_interval=args.stats_interval, unauth_timeout=args.unauth_timeout,
                  notification_expiry_ms=args.notification_expiry * 1000,

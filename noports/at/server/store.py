@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS keys (
     PRIMARY KEY (atsign, key)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS notifications (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,
     owner TEXT NOT NULL,
     kind TEXT NOT NULL,            -- sent | received | self
     id TEXT NOT NULL,
@@ -59,7 +59,7 @@ CREATE TABLE IF NOT EXISTS notifications (
     UNIQUE (owner, kind, id)
 );
 CREATE INDEX IF NOT EXISTS notif_owner ON notifications (owner, kind, epoch_ms);
-CREATE INDEX IF NOT EXISTS notif_status ON notifications (status, kind);
+CREATE INDEX IF NOT EXISTS notif_queued ON notifications (to_atsign) WHERE status = 'queued';
 CREATE TABLE IF NOT EXISTS enrollments (
     atsign TEXT NOT NULL,
     id TEXT NOT NULL,
@@ -118,14 +118,40 @@ class Store:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=10000")
         self.db.executescript(SCHEMA)
+        self._known: set[str] = set()  # hosted atSigns seen recently (see has_atsign)
 
     def close(self) -> None:
+        if self.db.in_transaction:
+            self.db.execute("COMMIT")
         self.db.close()
+
+    # -- batching: the server wraps each burst of requests in one transaction ------------
+
+    def begin(self) -> None:
+        if not self.db.in_transaction:
+            self.db.execute("BEGIN")
+
+    def commit(self) -> None:
+        if self.db.in_transaction:
+            self.db.execute("COMMIT")
 
     # -- atSigns -----------------------------------------------------------------------
 
     def has_atsign(self, atsign: str) -> bool:
-        return self.db.execute("SELECT 1 FROM atsigns WHERE atsign=?", (atsign,)).fetchone() is not None
+        """Is ``atsign`` hosted? Positive answers are cached until ``forget_atsigns()``.
+
+        The admin CLI adds and removes atSigns from another process; additions are seen at
+        once (a miss always asks the database), removals after the next ``forget_atsigns``.
+        """
+        if atsign in self._known:
+            return True
+        if self.db.execute("SELECT 1 FROM atsigns WHERE atsign=?", (atsign,)).fetchone() is None:
+            return False
+        self._known.add(atsign)
+        return True
+
+    def forget_atsigns(self) -> None:
+        self._known.clear()
 
     def add_atsign(self, atsign: str, now: int) -> bool:
         cur = self.db.execute("INSERT OR IGNORE INTO atsigns (atsign, created_at) VALUES (?, ?)",
@@ -136,6 +162,7 @@ class Store:
         with self.db:
             self.db.execute("BEGIN")
             n = self.db.execute("DELETE FROM atsigns WHERE atsign=?", (atsign,)).rowcount
+            self._known.discard(atsign)
             self.db.execute("DELETE FROM keys WHERE atsign=?", (atsign,))
             self.db.execute("DELETE FROM notifications WHERE owner=?", (atsign,))
             self.db.execute("DELETE FROM enrollments WHERE atsign=?", (atsign,))

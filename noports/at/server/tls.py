@@ -122,4 +122,8 @@ def server_context(files: TlsFiles) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(files.cert), str(files.key))
+    # No TLS 1.3 session tickets: clients reconnect rarely, and each ticket costs handshake
+    # CPU and bytes on every connection.
+    ctx.num_tickets = 0
+    ctx.options |= ssl.OP_NO_COMPRESSION
     return ctx

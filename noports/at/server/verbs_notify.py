@@ -43,7 +43,7 @@ def deliver(eng: Engine, *, sender: str, to: str, key: str, value: str | None, o
                      priority=priority)
     hosted = to == sender or store.has_atsign(to)
     db = store.db
-    db.execute("BEGIN")
+    db.execute("SAVEPOINT deliver")  # atomic, inside or outside the caller's batch
     try:
         if hosted:
             n.status = "delivered"
@@ -56,9 +56,10 @@ def deliver(eng: Engine, *, sender: str, to: str, key: str, value: str | None, o
             store.add_notification(n)
             if strategy == "latest":
                 store.trim_latest(sender, to, notifier, max(1, latest_n))
-        db.execute("COMMIT")
+        db.execute("RELEASE deliver")
     except BaseException:
-        db.execute("ROLLBACK")
+        db.execute("ROLLBACK TO deliver")
+        db.execute("RELEASE deliver")
         raise
     if hosted:
         eng.hub.publish(recv, dart_time)
