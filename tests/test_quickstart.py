@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from noports.quickstart import MARK_ENV, PAGE, Supervisor, find_sshd
+from noports.localrig import Supervisor, find_sshd
+from noports.quickstart import MARK_ENV, PAGE
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(150)
