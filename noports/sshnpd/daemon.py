@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import getpass
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -311,6 +310,3 @@ class Daemon:
         log.warning("ssh public key from %s %s", sender,
                     "added to authorized_keys" if added else "already present")
 
-
-def default_storage_path(atsign: str, device: str) -> Path:
-    return Path(os.path.expanduser("~")) / ".atsign" / "storage" / atsign / "..sshnpd" / device

@@ -216,7 +216,8 @@ class SessionHandler:
             req.relay_host, req.relay_port, auth_line=auth, crypto=crypto, local_host=host,
             local_port=port, timeout=START_TIMEOUT, on_ready=on_ready))
         self._track(task, req.session_id)
-        await asyncio.wait([ready, task], return_when=asyncio.FIRST_COMPLETED)
+        waiters: list[asyncio.Future[Any]] = [ready, task]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         if not ready.done():
             ready.cancel()
             exc = task.exception() if not task.cancelled() else None
