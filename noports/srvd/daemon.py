@@ -1,0 +1,438 @@
+"""The srvd control process: atProtocol requests in, sessions placed on workers, replies out.
+
+One :class:`~noports.at.client.AtClient` monitor receives every notification whose key
+contains ``sshrvd`` (spec 4.2). Each request is handled in its own task (bounded by
+``MAX_INFLIGHT``): decide (:mod:`.requests`), fetch ``public:publickey@<atSign>`` for each
+authenticating side (the client's cache, re-fetched after ``PUBLIC_KEY_TTL``), create the
+session on the least-loaded worker (:mod:`.pool`), and notify the sender R2:
+key ``<sid>`` in namespace ``sshrvd``, value ``<ip>,<portA>,<portB>,<rvdNonce>`` (``null`` for
+legacy requests) or the JSON form, ttl 10 s, ttln 1 min. A refused request gets a negative
+acknowledgement instead of silence: key ``nack.<sid>`` in ``sshrvd``, value = the reason
+(spec 10), at most ``NACK_BURST`` per sender per ``NACK_WINDOW`` seconds.
+
+Stop (SIGTERM/SIGINT): new requests are refused with "relay is shutting down", live
+sessions get ``drain_seconds`` to finish, then workers close everything and are joined.
+A second signal skips the rest of the drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..at.client import AtClient
+from ..at.config import DEFAULT_ROOT_PORT
+from ..at.protocol import Notification
+from ..cli.common import escape
+from ..crypto import rsa
+from ..crypto.atkeys import AtKeys, default_keys_path
+from ..errors import AtError, LocalError, NoPortsError, PortsExhaustedError
+from ..relay import SessionSpec, raise_nofile_limit
+from ..session.wire import RelayReply, relay_reply
+from . import requests as rq
+from .pool import WorkerGone, WorkerHandle, WorkerPool
+
+log = logging.getLogger("noports.srvd")  # official "shout" lines: always logged
+vlog = logging.getLogger("noports.srvd.detail")  # -v: session parameters and the like
+
+MONITOR_REGEX = "sshrvd@"
+REPLY_TTL_MS = 10_000
+REPLY_TTLN_MS = 60_000
+PUBLIC_KEY_TTL = 300.0
+MAX_INFLIGHT = 64
+NACK_BURST = 10
+NACK_WINDOW = 10.0
+
+
+@dataclass
+class Settings:
+    """Validated srvd configuration (the CLI builds it; see ``noports.cli.srvd``)."""
+
+    atsign: str
+    ip: str
+    keys_file: str | None = None
+    managers: frozenset[str] | None = None  # None = open
+    root: str | None = None
+    ca_file: str | None = None
+    bind: str = "0.0.0.0"
+    port_range: tuple[int, int] | None = None
+    workers: int = 1
+    max_sessions: int = 10_000
+    per_requester: int = 50
+    require_auth: bool = False
+    json_response: bool = False
+    drain_seconds: float = 30.0
+    snoop: bool = False
+    limits: dict[str, Any] = field(default_factory=dict)
+    log_level: int = logging.WARNING
+    log_format: str = "text"
+    impl: str | None = None
+    loop_kind: str | None = None
+
+
+def redact(secret: str | None) -> str:
+    """A nonce for the log: enough to correlate, not enough to use."""
+    if not secret:
+        return "null"
+    return secret[:4] + "..." if len(secret) > 8 else "..."
+
+
+class Srvd:
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self.admission = rq.Admission(
+            managers=settings.managers,
+            require_auth=settings.require_auth,
+            max_sessions=settings.max_sessions,
+            per_requester=settings.per_requester,
+        )
+        self.client: AtClient | None = None
+        self.pool: WorkerPool | None = None
+        self.results: Counter[str] = Counter()
+        self.sessions: dict[str, tuple[WorkerHandle, _Live, float]] = {}
+        self._stop = asyncio.Event()
+        self._signals = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._inflight = asyncio.Semaphore(MAX_INFLIGHT)
+        self._nacks: dict[str, list[float]] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info(
+                "srvd %s stopping: refusing new sessions, draining %d live session(s) "
+                "for up to %gs",
+                self.s.atsign,
+                len(self.sessions),
+                self.s.drain_seconds,
+            )
+            self.admission.draining = True
+        else:
+            log.warning("second stop signal: closing all sessions now")
+            self._idle.set()
+        self._stop.set()
+
+    def _root(self) -> str | None:
+        return self.s.root
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        fd_limit = raise_nofile_limit()
+        if self.s.snoop:
+            log.warning("snoop is ON: relayed bytes are written to the log (privacy!)")
+        self.pool = WorkerPool(
+            self.s.workers,
+            self._worker_config(),
+            on_closed=self._on_closed,
+            on_lost=self._on_lost,
+            loop_kind=self.s.loop_kind,
+        )
+        monitor = None
+        consumer: asyncio.Task[None] | None = None
+        connect: asyncio.Task[AtClient] | None = None
+        try:
+            path = self.s.keys_file or default_keys_path(self.s.atsign)
+            keys = AtKeys.load(path, self.s.atsign)  # fail fast, before any worker starts
+            connect = loop.create_task(
+                AtClient.connect(
+                    self.s.atsign, keys=keys, root=self._root(), ca_file=self.s.ca_file
+                )
+            )
+            await self.pool.start()
+            self.client = await connect
+            self.client.public_key_ttl = PUBLIC_KEY_TTL
+            monitor = self.client.monitor(MONITOR_REGEX)
+            await monitor.started(30.0)
+            log.info(
+                "srvd %s ready: monitor started (%d worker(s), bind %s, ports %s, fd limit %s)",
+                self.s.atsign,
+                self.s.workers,
+                self.s.bind,
+                f"{self.s.port_range[0]}-{self.s.port_range[1]}" if self.s.port_range else "any",
+                fd_limit,
+            )
+            consumer = loop.create_task(self._consume(monitor))
+            stop = loop.create_task(self._stop.wait())
+            done, _ = await asyncio.wait({consumer, stop}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if consumer in done:
+                consumer.result()  # the monitor ended: raise its error
+                raise LocalError("notification monitor ended")
+            await self._drain()
+            return 0
+        finally:
+            if connect is not None and not connect.done():
+                connect.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await connect
+            if consumer is not None:
+                consumer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await consumer
+            for t in list(self._tasks):
+                t.cancel()
+            if self._tasks:
+                await asyncio.wait(list(self._tasks), timeout=2.0)
+            if monitor is not None:
+                await monitor.close()
+            await self.pool.close()
+            if self.client is not None:
+                with contextlib.suppress(Exception):
+                    await self.client.close()
+            log.info("srvd %s stopped: requests %s", self.s.atsign, dict(self.results) or "none")
+
+    async def _drain(self) -> None:
+        deadline = time.monotonic() + self.s.drain_seconds
+        while self.sessions and self._signals < 2:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("drain time is up: closing %d live session(s)", len(self.sessions))
+                return
+            self._idle.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), min(left, 1.0))
+        log.info("all sessions have ended")
+
+    def _worker_config(self) -> dict[str, Any]:
+        return {
+            "bind": self.s.bind,
+            "ip": self.s.ip,
+            "port_range": list(self.s.port_range) if self.s.port_range else None,
+            "limits": self.s.limits,
+            "impl": self.s.impl,
+            "snoop": self.s.snoop,
+            "log_level": self.s.log_level,
+            "log_format": self.s.log_format,
+        }
+
+    # -- worker events ---------------------------------------------------------------------
+
+    def _on_closed(self, h: WorkerHandle, msg: dict[str, Any]) -> None:
+        sid = str(msg.get("sid"))
+        entry = self.sessions.pop(sid.lower(), None)
+        self.admission.release(sid)
+        if entry is not None:
+            _, live, _ = entry
+            self.results["closed_" + str(msg.get("outcome"))] += 1
+            log.info(
+                "Finished session %s for %s to %s using ports [%s, %s] (%s: %s pairs, "
+                "%s bytes A->B, %s bytes B->A, %s auth failures)",
+                sid,
+                live.atsign_a,
+                live.atsign_b,
+                live.port_a,
+                live.port_b,
+                msg.get("outcome"),
+                msg.get("pairs"),
+                msg.get("bytes_ab"),
+                msg.get("bytes_ba"),
+                msg.get("auth_failed"),
+            )
+        if not self.sessions:
+            self._idle.set()
+
+    def _on_lost(self, h: WorkerHandle, sids: set[str]) -> None:
+        for sid in sids:
+            self.sessions.pop(sid.lower(), None)
+            self.admission.release(sid)
+            log.warning("session %s lost with worker %d", sid, h.index)
+        self.results["lost"] += len(sids)
+        if not self.sessions:
+            self._idle.set()
+
+    # -- requests --------------------------------------------------------------------------
+
+    async def _consume(self, monitor: Any) -> None:
+        loop = asyncio.get_running_loop()
+        async for n in monitor:
+            await self._inflight.acquire()
+            task = loop.create_task(self._handle(n))
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._inflight.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("request handler failed: %r", task.exception())
+
+    async def _handle(self, n: Notification) -> None:
+        if n.operation != "update":
+            return
+        kind = rq.classify(n.short_key)
+        if kind is None:
+            vlog.info("ignoring %s from %s", escape(n.short_key, 120), escape(n.from_atsign, 80))
+            return
+        t0 = time.perf_counter()
+        sender = n.from_atsign
+        log.info("New session request from %s", escape(sender, 80))
+        try:
+            grant = self.admission.check(kind, n.value, sender)
+        except rq.Refusal as refusal:
+            await self._refuse(sender, refusal)
+            return
+        try:
+            await self._grant(grant, t0)
+        except rq.Refusal as refusal:
+            self.admission.release(grant.session_id)
+            await self._refuse(grant.sender, refusal)
+
+    async def _grant(self, g: rq.Grant, t0: float) -> None:
+        req = g.request
+        assert self.client is not None and self.pool is not None
+        keys: list[rsa.PublicKey | None] = []
+        for need, who in ((req.auth_a, g.atsign_a), (req.auth_b, g.atsign_b)):
+            if not need:
+                keys.append(None)
+                continue
+            try:
+                keys.append(await self.client.public_key(who))
+            except (AtError, NoPortsError, OSError) as exc:
+                raise rq.Refusal(
+                    rq.ERROR, f"cannot get the public key of {who}: {exc}", g.session_id
+                ) from None
+        spec = SessionSpec(
+            req.session_id,
+            g.atsign_a,
+            g.atsign_b,
+            req.client_nonce or "",
+            auth_a=req.auth_a,
+            auth_b=req.auth_b,
+            public_key_a=keys[0],
+            public_key_b=keys[1],
+        )
+        vlog.info(
+            "session %s params: atSignA %s atSignB %s authA %s authB %s legacy %s",
+            g.session_id,
+            g.atsign_a,
+            g.atsign_b,
+            req.auth_a,
+            req.auth_b,
+            req.legacy,
+        )
+        try:
+            h, made = await self.pool.create_session(spec)
+        except PortsExhaustedError:
+            raise rq.Refusal(rq.CAPACITY, "relay has no free ports", g.session_id) from None
+        except (WorkerGone, LocalError) as exc:
+            raise rq.Refusal(
+                rq.ERROR, f"relay could not create the session ({exc})", g.session_id
+            ) from None
+        reply = RelayReply(
+            self.s.ip,
+            int(made["port_a"]),
+            int(made["port_b"]),
+            None if req.legacy else str(made["rvd_nonce"]),
+        )
+        rec = _Live(g.atsign_a, g.atsign_b, reply.port_a, reply.port_b)
+        self.sessions[g.session_id] = (h, rec, time.monotonic())
+        self._idle.clear()
+        log.info(
+            "Starting session %s for %s to %s using ports (%d, %d) on worker %d",
+            g.session_id,
+            g.atsign_a,
+            g.atsign_b,
+            reply.port_a,
+            reply.port_b,
+            h.index,
+        )
+        json_form = not req.legacy and (req.json_response or self.s.json_response)
+        value = relay_reply(reply, json_form=json_form)
+        shown = relay_reply(
+            RelayReply(
+                reply.host,
+                reply.port_a,
+                reply.port_b,
+                redact(reply.rvd_nonce) if reply.rvd_nonce else None,
+            )
+        )
+        log.info("Sending response data for requested session %s : [%s]", g.session_id, shown)
+        try:
+            await self.client.notify(
+                g.sender,
+                req.session_id,
+                value,
+                namespace=rq.NAMESPACE,
+                ttl_ms=REPLY_TTL_MS,
+                ttln_ms=REPLY_TTLN_MS,
+            )
+        except (NoPortsError, OSError) as exc:
+            log.error(
+                "could not send the response for session %s to %s: %s; closing it",
+                g.session_id,
+                g.sender,
+                exc,
+            )
+            self.pool.cancel(h, req.session_id)
+            self.results[rq.ERROR] += 1
+            return
+        self.results["granted"] += 1
+        vlog.info("session %s answered in %.1f ms", g.session_id, (time.perf_counter() - t0) * 1000)
+
+    async def _refuse(self, sender: str, r: rq.Refusal) -> None:
+        self.results[r.kind] += 1
+        log.info(
+            "Session %s for %s is denied: %s (%s)",
+            r.session_id or "?",
+            escape(sender, 80),
+            escape(r.reason, 300),
+            r.kind,
+        )
+        if r.session_id is None or self.client is None:
+            return
+        if not self._nack_allowed(sender):
+            vlog.info("not sending more nacks to %s for now", escape(sender, 80))
+            return
+        try:
+            await self.client.notify(
+                sender,
+                f"nack.{r.session_id}",
+                r.reason,
+                namespace=rq.NAMESPACE,
+                ttl_ms=REPLY_TTL_MS,
+                ttln_ms=REPLY_TTLN_MS,
+            )
+        except (NoPortsError, OSError) as exc:
+            log.info("could not send a nack to %s: %s", escape(sender, 80), exc)
+
+    def _nack_allowed(self, sender: str) -> bool:
+        now = time.monotonic()
+        if len(self._nacks) > 10_000:
+            self._nacks = {k: v for k, v in self._nacks.items() if v and now - v[-1] < NACK_WINDOW}
+        times = [t for t in self._nacks.get(sender, []) if now - t < NACK_WINDOW]
+        if len(times) >= NACK_BURST:
+            self._nacks[sender] = times
+            return False
+        times.append(now)
+        self._nacks[sender] = times
+        return True
+
+
+@dataclass(frozen=True)
+class _Live:
+    atsign_a: str
+    atsign_b: str
+    port_a: int
+    port_b: int
+
+
+def default_root(root: str | None, root_domain: str) -> str:
+    """``--root``/NOPORTS_ROOT wins; otherwise the official ``--root-domain`` on port 64."""
+    if root:
+        return root
+    if os.environ.get("NOPORTS_ROOT"):
+        return os.environ["NOPORTS_ROOT"]
+    return f"{root_domain}:{DEFAULT_ROOT_PORT}"

@@ -1,0 +1,155 @@
+"""Session-request decisions, without I/O (spec 4.2 plus the later fixes of 10 and 12.1).
+
+:func:`classify` says what a notification is; :class:`Admission` decides whether a parsed
+request gets a session, and keeps the ledger of live sessions that the decisions need
+(duplicate ids, the global cap, per-requester quotas). The control process does the I/O:
+key look-ups, the worker call, the reply or the negative acknowledgement.
+
+Checks, in order (the first failure is the answer):
+
+1. the request parses (R1 JSON via :func:`noports.session.wire.parse_relay_request`, R1L a
+   bare session id); the session id is a UUID v4 and every atSign is valid;
+2. ``--manager``: the **notification's sender** must be a manager (unless ``open``);
+3. JSON requests: the sender must be ``atSignA`` (the official later fix for 12.1 #4);
+4. ``--require-auth``: both sides must authenticate (refuses legacy and half-auth requests);
+5. not shutting down; the session id is not live already;
+6. fewer than ``max_sessions`` live sessions, and the sender has fewer than its quota.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from ..errors import ProtocolError
+from ..session.wire import RelayRequest, parse_relay_request
+from ..sshnpd.names import InvalidNameError, validate_atsign, validate_session_id
+
+NAMESPACE = "sshrvd"
+SUFFIX = "." + NAMESPACE
+REQUEST_PORTS = ".request_ports"
+# Later official notification types on the relay namespace that are not session requests.
+IGNORED_TYPES = frozenset({"auth_modes", "discover_request", "sessions"})
+
+# Refusal kinds (metric labels): why a request got no session.
+INVALID = "invalid"
+DENIED = "denied"
+DUPLICATE = "duplicate"
+QUOTA = "quota"
+CAPACITY = "capacity"
+SHUTDOWN = "shutdown"
+ERROR = "error"
+
+
+def classify(short_key: str) -> str | None:
+    """``"json"`` (R1), ``"legacy"`` (R1L) or None (not a session request: ignore).
+
+    ``short_key`` is the key without ``@to:`` and ``@from`` (``dev.request_ports.sshrvd``).
+    A legacy request is ``<device>.sshrvd``: exactly one label before the namespace.
+    """
+    k = short_key.lower()
+    if not k.endswith(SUFFIX):
+        return None
+    head = k[: -len(SUFFIX)]
+    if head.endswith(REQUEST_PORTS):
+        return "json"
+    if not head or "." in head or ":" in head or head in IGNORED_TYPES:
+        return None
+    return "legacy"
+
+
+@dataclass(frozen=True)
+class Refusal(Exception):
+    """No session. ``session_id`` (canonical) is set when a nack can be addressed."""
+
+    kind: str
+    reason: str
+    session_id: str | None = None
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A request that passed every check; its session id is reserved in the ledger."""
+
+    request: RelayRequest
+    sender: str
+    session_id: str  # canonical (lower-case); ``request.session_id`` is what the client sent
+    atsign_a: str
+    atsign_b: str
+
+
+class Admission:
+    """The ledger of live sessions and the checks that use it."""
+
+    def __init__(
+        self,
+        *,
+        managers: frozenset[str] | None,
+        require_auth: bool,
+        max_sessions: int,
+        per_requester: int,
+    ) -> None:
+        self.managers = managers  # None = open
+        self.require_auth = require_auth
+        self.max_sessions = max_sessions
+        self.per_requester = per_requester
+        self.draining = False
+        self.live: dict[str, str] = {}  # canonical session id -> requester
+        self.per: Counter[str] = Counter()
+
+    def check(self, kind: str, value: str | None, sender: str) -> Grant:
+        """Parse and decide; on success the session id is reserved (``release`` it later)."""
+        try:
+            who = validate_atsign(sender)
+        except InvalidNameError as exc:
+            raise Refusal(INVALID, f"invalid sender: {exc}") from None
+        if value is None:
+            raise Refusal(INVALID, "request has no value")
+        try:
+            req = parse_relay_request(value, sender=who, legacy=(kind == "legacy"))
+        except ProtocolError as exc:
+            raise Refusal(INVALID, str(exc)) from None
+        try:
+            sid = validate_session_id(req.session_id)
+        except InvalidNameError as exc:
+            raise Refusal(INVALID, str(exc)) from None
+        try:
+            a = validate_atsign(req.atsign_a)
+            b = validate_atsign(req.atsign_b)
+        except InvalidNameError as exc:
+            raise Refusal(INVALID, str(exc), sid) from None
+        if self.managers is not None and who not in self.managers:
+            raise Refusal(DENIED, f"{who} is not allowed to use this relay", sid)
+        if not req.legacy and a != who:
+            raise Refusal(DENIED, f"atSignA {a} is not the requester {who}", sid)
+        if self.require_auth and not (req.auth_a and req.auth_b):
+            raise Refusal(DENIED, "this relay requires both sockets to authenticate", sid)
+        if self.draining:
+            raise Refusal(SHUTDOWN, "relay is shutting down", sid)
+        if sid in self.live:
+            raise Refusal(DUPLICATE, f"session id {sid} is already in use", sid)
+        if len(self.live) >= self.max_sessions:
+            raise Refusal(CAPACITY, f"relay is at capacity ({self.max_sessions} sessions)", sid)
+        if self.per[who] >= self.per_requester:
+            raise Refusal(
+                QUOTA,
+                f"{who} already has {self.per[who]} live sessions (quota {self.per_requester})",
+                sid,
+            )
+        self.live[sid] = who
+        self.per[who] += 1
+        return Grant(req, who, sid, a, b)
+
+    def release(self, session_id: str) -> bool:
+        """Forget a session (ended, lost with its worker, or never created)."""
+        sid = session_id.lower()
+        who = self.live.pop(sid, None)
+        if who is None:
+            return False
+        self.per[who] -= 1
+        if self.per[who] <= 0:
+            del self.per[who]
+        return True
