@@ -211,25 +211,40 @@ def test_json_request_both_sides_authenticated_end_to_end(np_env):
     assert line.rstrip().endswith("...]")
 
 
-def test_legacy_request_null_nonce_no_auth(np_env):
+def test_legacy_request_null_nonce_no_auth_over_ipv6_with_snoop(np_env):
     relay, c = np_env.atsign("relay"), np_env.atsign("client")
-    start_srvd(np_env, relay, "--workers", "1")
+    p = start_srvd(
+        np_env,
+        relay,
+        "--workers",
+        "1",
+        "--bind",
+        "::1",
+        "-i",
+        "::1",
+        "-s",
+        env={"ENABLE_SNOOP": "true"},
+    )
 
     async def main():
         client = await connect(np_env, c)
         try:
             kind, value, sid = await ask(client, relay, legacy=True, dev="mydev")
             assert kind == "ack", value
-            assert value.endswith(",null")
+            assert value.startswith("::1,") and value.endswith(",null")
             reply = parse_relay_reply(value)
             assert reply.rvd_nonce is None
-            b = await open_side(reply.port_b, None)
-            a = await open_side(reply.port_a, None)
+            b = await asyncio.open_connection("::1", reply.port_b)
+            a = await asyncio.open_connection("::1", reply.port_a)
+            a[1].write(b"hello\x01\n")
+            assert await b[0].readexactly(7) == b"hello\x01\n"
             await exchange(a, b, 64 * 1024)
         finally:
             await client.close()
 
     arun(main())
+    p.wait_for(r"A -> B : hello\*\*", 5)  # snoop: non-printables as '*'
+    assert "snoop is ON" in p.stderr
 
 
 def test_manager_checks_the_sender_and_atsigna_spoofing_is_refused(np_env):
@@ -376,3 +391,65 @@ def test_bad_flags_version_and_missing_keys(np_env):
     assert "--snoop" not in r.stdout
     r = np_env.run("srvd", "--help", env={"ENABLE_SNOOP": "true"})
     assert "--snoop" in r.stdout and "PRIVACY" in r.stdout
+
+
+def test_worker_death_is_reported_and_new_sessions_still_work(np_env):
+    relay, c = np_env.atsign("relay"), np_env.atsign("client")
+    p = start_srvd(np_env, relay, "--workers", "2")
+
+    async def main():
+        client = await connect(np_env, c)
+        try:
+            kind, value, sid = await ask(client, relay, auth=(False, False))
+            assert kind == "ack", value
+            w = int(p.wait_for(rf"Starting session {sid} .* on worker (\d)", 5).group(1))
+            pid = int(p.wait_for(rf"worker {w} ready \(pid (\d+)", 5).group(1))
+            os.kill(pid, signal.SIGKILL)
+            p.wait_for(rf"worker {w} \(pid {pid}\) died .*1 live session\(s\) lost", 10)
+            p.wait_for(rf"worker {w} restarted", 15)
+            # the lost session's id is free again; new sessions go to running workers
+            for _ in range(2):
+                kind, value, sid2 = await ask(client, relay, auth=(False, False))
+                assert kind == "ack", value
+                r = parse_relay_reply(value)
+                b = await open_side(r.port_b, None)
+                a = await open_side(r.port_a, None)
+                await exchange(a, b, 32 * 1024)
+        finally:
+            await client.close()
+
+    arun(main())
+
+
+def test_config_file_and_environment(np_env, tmp_path):
+    relay, c = np_env.atsign("relay"), np_env.atsign("client")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('atsign = "@x"\nip = "127.0.0.1"\nworkerz = 3\n')
+    r = np_env.run("srvd", "--config", str(bad))
+    assert r.returncode == 2 and "workerz" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    cfg = tmp_path / "srvd.toml"
+    cfg.write_text(
+        f'atsign = "{relay}"\nip = "127.0.0.1"\nbind = "127.0.0.1"\nworkers = 1\n'
+        f'manager = "{c}"\ndrain-seconds = 1\n'
+    )
+    # the environment overrides the file: only @nobody may use the relay now
+    p = np_env.spawn(
+        "srvd",
+        "--config",
+        str(cfg),
+        ready=READY,
+        timeout=30,
+        env={"NOPORTS_SRVD_MANAGER": "@nobody", "NOPORTS_SRVD_JSON_RESPONSE": "true"},
+    )
+
+    async def main():
+        client = await connect(np_env, c)
+        try:
+            kind, value, _ = await ask(client, relay, auth=(False, False))
+            assert kind == "nack" and "not allowed" in value
+        finally:
+            await client.close()
+
+    arun(main())
+    assert "1 worker(s), bind 127.0.0.1" in p.stderr
