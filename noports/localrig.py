@@ -51,7 +51,11 @@ def _pdeathsig() -> Callable[[], None] | None:
 
 
 class Child:
-    """A supervised process; its stdout/stderr lines are kept and copied to a log file."""
+    """A supervised process; its stdout/stderr lines are kept and copied to a log file.
+
+    ``secret_stdout``: stdout carries a secret (``noports server add``), so it is kept in
+    memory only and never written to the log file.
+    """
 
     def __init__(
         self,
@@ -60,8 +64,11 @@ class Child:
         env: dict[str, str],
         log_path: Path,
         preexec: Callable[[], None] | None,
+        *,
+        secret_stdout: bool = False,
     ) -> None:
         self.name = name
+        self.secret_stdout = secret_stdout
         self.argv = argv
         self.log_path = log_path
         self.lines: list[tuple[str, str]] = []
@@ -86,8 +93,9 @@ class Child:
     def _pump(self, stream, which: str) -> None:  # type: ignore[no-untyped-def]
         for raw in iter(stream.readline, b""):
             with self._cv:
-                self._log.write(raw)
-                self._log.flush()
+                if which == "err" or not self.secret_stdout:
+                    self._log.write(raw)
+                    self._log.flush()
                 self.lines.append((which, raw.decode("utf-8", "replace").rstrip("\n")))
                 self._cv.notify_all()
         stream.close()
@@ -161,18 +169,29 @@ class Supervisor:
         ready: str | None = None,
         timeout: float = 30.0,
         which: str | None = None,
+        secret_stdout: bool = False,
     ) -> tuple[Child, re.Match[str] | None]:
-        child = Child(name, argv, self.env, self.log_dir / f"{name}.log", self._preexec)
+        child = Child(
+            name,
+            argv,
+            self.env,
+            self.log_dir / f"{name}.log",
+            self._preexec,
+            secret_stdout=secret_stdout,
+        )
         self.children.append(child)
         match = child.wait_for(ready, timeout, which) if ready else None
         return child, match
 
-    def run(self, name: str, argv: list[str], *, timeout: float = 60.0) -> Child:
+    def run(
+        self, name: str, argv: list[str], *, timeout: float = 60.0, secret_stdout: bool = False
+    ) -> Child:
         """Run to completion (still supervised: a timeout or a signal stops it)."""
-        child, _ = self.spawn(name, argv)
+        child, _ = self.spawn(name, argv, secret_stdout=secret_stdout)
         try:
             child.popen.wait(timeout)
         except subprocess.TimeoutExpired:
+            self.children.remove(child)
             child.stop(2)
             raise PeerTimeoutError(
                 f"{name} did not finish within {timeout:g}s: {child.tail()}"

@@ -184,6 +184,7 @@ class Quickstart:
                 *args[1:],
             ),
             timeout=self.timeout,
+            secret_stdout=args[0] == "add",  # the activation secret: memory only
         )
         if child.popen.returncode != 0:
             raise QuickstartError(f"noports server {args[0]} failed: {child.text('err')[-300:]}")

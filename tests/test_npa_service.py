@@ -9,9 +9,11 @@ good policy), the JSON-lines audit log and the P3 self notification.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -284,3 +286,72 @@ def test_handle_request_sans_io(tmp_path: Path) -> None:
     assert re.search(MONITOR_REGEX, "@npa:request.12.auth_checks.__rpcs.sshnp@dev")
     assert re.search(MONITOR_REGEX, "@npa:my_pi.devices.policy.sshnp@dev")
     assert not re.search(MONITOR_REGEX, "@npa:ssh_request.pi.sshnp@dev")
+
+
+@pytest.mark.skipif(
+    any(importlib.util.find_spec(f"noports.cli.{t}") is None for t in ("srvd", "sshnpd", "npt")),
+    reason="srvd/sshnpd/npt not in this checkout",
+)
+def test_sshnpd_asks_npa_end_to_end(np_env, tmp_path: Path) -> None:
+    """sshnpd -p @policy + npa + srvd + npt: the policy file decides who tunnels where."""
+    from noports.localrig import HttpService
+
+    npa, dev, relay = np_env.atsign("npa"), np_env.atsign("dev"), np_env.atsign("relay")
+    allowed, denied = np_env.atsign("alice"), np_env.atsign("mallory")
+    web = HttpService(b"through the policy\n")
+    other = HttpService(b"not granted\n")
+    try:
+        pol = tmp_path / "policy.toml"
+        write_policy(pol, policy_text(allowed, f'"localhost:{web.port}"'))
+        audit = tmp_path / "audit.jsonl"
+        # started together, waited for in turn (start-up is mostly Python imports)
+        procs = [
+            (
+                np_env.spawn("npa", "-a", npa, "--policy", str(pol), "--audit-log", str(audit)),
+                "monitor started",
+            ),
+            (
+                np_env.spawn(
+                    "srvd",
+                    "-a",
+                    relay,
+                    "-i",
+                    "127.0.0.1",
+                    "--bind",
+                    "127.0.0.1",
+                    "--drain-seconds",
+                    "0",
+                ),
+                "ready: monitor started",
+            ),
+            (
+                np_env.spawn("sshnpd", "-a", dev, "-p", npa, "-d", "pi"),
+                r"Monitor .*monitor started",
+            ),
+        ]
+        for proc, ready in procs:
+            proc.wait_for(ready, 30)
+
+        def npt(client: str, port: int, *extra: str) -> list[str]:
+            return ["-f", client, "-t", dev, "-r", relay, "-d", "pi", "-p", str(port), *extra]
+
+        tunnel = np_env.spawn("npt", *npt(allowed, web.port), ready=r"npt is listening on")
+        port = int(tunnel.wait_for(r"npt is listening on [\d.]+:(\d+)").group(1))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=15) as r:
+            assert r.read() == b"through the policy\n"
+        tunnel.stop()
+
+        # allowed client, a port the policy does not grant: the daemon refuses
+        r = np_env.run("npt", *npt(allowed, other.port, "--dpt", "5"), timeout=60)
+        assert r.returncode == 3, r.stderr
+        # a client the policy does not know: the daemon ignores it (no reply at all)
+        r = np_env.run("npt", *npt(denied, web.port, "--dpt", "3"), timeout=60)
+        assert r.returncode == 5, r.stderr
+
+        records = [json.loads(x) for x in audit.read_text().splitlines()]
+        verdicts = {(x["clientAtsign"], x["authorized"]) for x in records}
+        assert (allowed, True) in verdicts and (denied, False) in verdicts
+        assert all(x["sender"] == dev and x["deviceName"] == "pi" for x in records)
+    finally:
+        web.close()
+        other.close()
