@@ -328,6 +328,10 @@ def test_two_workers_share_sessions_and_both_relay(np_env):
                 got.append((parse_relay_reply(value), sid))
             pairs = [await authed_pair(np_env, r, sid, cn, c, d) for r, sid in got]
             await asyncio.gather(*(exchange(a, b) for a, b in pairs))
+            os.killpg(p.pid, signal.SIGUSR1)  # the whole group: workers must not die of it
+            for w in (1, 2):
+                p.wait_for(rf"stats worker {w} \(pid \d+\): 1 sessions, 1 pairs", 5)
+            p.wait_for(r"stats: 2 live sessions, 1 requesters", 5)
             return [sid for _, sid in got]
         finally:
             await client.close()

@@ -130,6 +130,7 @@ class Srvd:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGUSR1, self._stats_soon)
         fd_limit = raise_nofile_limit()
         if self.s.snoop:
             log.warning("snoop is ON: relayed bytes are written to the log (privacy!)")
@@ -205,6 +206,33 @@ class Srvd:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), min(left, 1.0))
         log.info("all sessions have ended")
+
+    def _stats_soon(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.log_stats())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def log_stats(self) -> None:
+        """SIGUSR1: one line per worker and one for the control process."""
+        if self.pool is None:
+            return
+        for row in await self.pool.stats():
+            log.info(
+                "stats worker %d (pid %s): %s sessions, %s pairs, %s pre-auth sockets, "
+                "%s refused pre-auth",
+                row["index"],
+                row.get("pid"),
+                row.get("sessions"),
+                row.get("pairs"),
+                row.get("preauth"),
+                row.get("preauth_refused"),
+            )
+        log.info(
+            "stats: %d live sessions, %d requesters, requests %s",
+            len(self.sessions),
+            len(self.admission.per),
+            dict(self.results) or "none",
+        )
 
     def _worker_config(self) -> dict[str, Any]:
         return {
