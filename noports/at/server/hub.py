@@ -20,6 +20,9 @@ LIVE_META = ("encKeyName", "encAlgo", "ivNonce", "skeEncKeyName", "skeEncAlgo", 
 REPLAY_META = ("encKeyName", "encAlgo", "ivNonce", "skeEncKeyName", "skeEncAlgo")
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 class Sink(Protocol):
     def push(self, text: str) -> None: ...
 
@@ -63,7 +66,7 @@ def render(n: Notification, *, replay: bool, dart_time: Callable[[int | None], s
         "isEncrypted": n.is_encrypted,
         "metadata": meta,
     }
-    return "notification: " + json.dumps(body, separators=(",", ":"), ensure_ascii=False) + "\n"
+    return "notification: " + _ENCODE(body) + "\n"
 
 
 class Hub:

@@ -247,6 +247,7 @@ class AtServer:
         secure_dir(self.data_dir)
         self.tls = tls.ensure(self.data_dir, self.config.host)
         self.store = Store(self.data_dir / DB_FILE)
+        self.store.start_checkpointer()
         self.engine = Engine(self.store, self.config, self.clock)
         ctx = tls.server_context(self.tls)
         self._server = await self.loop.create_server(
@@ -336,3 +337,11 @@ class AtServer:
         except FileNotFoundError:
             pass
         self.store.close()
+        try:  # leave a compact database behind (the WAL folded in)
+            import sqlite3
+
+            with sqlite3.connect(str(self.data_dir / DB_FILE), timeout=5.0) as conn:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.close()
+        except Exception:
+            pass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,14 @@ CREATE TABLE IF NOT EXISTS notifications (
 );
 CREATE INDEX IF NOT EXISTS notif_owner ON notifications (owner, kind, epoch_ms);
 CREATE INDEX IF NOT EXISTS notif_queued ON notifications (to_atsign) WHERE status = 'queued';
+CREATE TABLE IF NOT EXISTS sent_status (   -- sender's record of notifications delivered here
+    owner TEXT NOT NULL,
+    id TEXT NOT NULL,
+    to_atsign TEXT NOT NULL,
+    status TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (owner, id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS enrollments (
     atsign TEXT NOT NULL,
     id TEXT NOT NULL,
@@ -70,6 +79,9 @@ CREATE TABLE IF NOT EXISTS enrollments (
     PRIMARY KEY (atsign, id)
 ) WITHOUT ROWID;
 """
+
+
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
 @dataclass
@@ -120,7 +132,32 @@ class Store:
         self.db.executescript(SCHEMA)
         self._known: set[str] = set()  # hosted atSigns seen recently (see has_atsign)
 
+    def start_checkpointer(self, interval: float = 2.0) -> None:
+        """Move WAL checkpoints off the event loop: a thread with its own connection runs a
+        PASSIVE checkpoint (never blocks writers) every ``interval`` seconds, so no request
+        pays for copying pages and fsyncing the database file."""
+        self.db.execute("PRAGMA wal_autocheckpoint=0")
+        self._stop = threading.Event()
+
+        def loop() -> None:
+            conn = sqlite3.connect(str(self.path), timeout=10.0, isolation_level=None)
+            try:
+                while not self._stop.wait(interval):
+                    try:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    except sqlite3.Error:
+                        pass
+            finally:
+                conn.close()
+
+        self._checkpointer = threading.Thread(target=loop, name="wal-checkpoint", daemon=True)
+        self._checkpointer.start()
+
     def close(self) -> None:
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
+            self._checkpointer.join(5)
         if self.db.in_transaction:
             self.db.execute("COMMIT")
         self.db.close()
@@ -163,6 +200,7 @@ class Store:
             self.db.execute("BEGIN")
             n = self.db.execute("DELETE FROM atsigns WHERE atsign=?", (atsign,)).rowcount
             self._known.discard(atsign)
+            self.db.execute("DELETE FROM sent_status WHERE owner=?", (atsign,))
             self.db.execute("DELETE FROM keys WHERE atsign=?", (atsign,))
             self.db.execute("DELETE FROM notifications WHERE owner=?", (atsign,))
             self.db.execute("DELETE FROM enrollments WHERE atsign=?", (atsign,))
@@ -217,9 +255,26 @@ class Store:
             " notifier, priority) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (n.owner, n.kind, n.id, n.from_atsign, n.to_atsign, n.key, n.value, n.operation,
              n.message_type, n.epoch_ms, n.expires_at, n.status, int(n.is_encrypted),
-             json.dumps(n.meta), n.strategy, n.notifier, n.priority))
+             _dumps(n.meta) if n.meta else "{}", n.strategy, n.notifier, n.priority))
         n.seq = int(cur.lastrowid or 0)
         return n.seq
+
+    def add_sent_status(self, owner: str, nid: str, to_atsign: str, status: str, expires_at: int) -> None:
+        """One small row per locally delivered notification: enough for notify:status."""
+        self.db.execute("INSERT OR REPLACE INTO sent_status (owner, id, to_atsign, status, expires_at)"
+                        " VALUES (?,?,?,?,?)", (owner, nid, to_atsign, status, expires_at))
+
+    def sent_status(self, owner: str | None, nid: str) -> tuple[str, int] | None:
+        """(status, expires_at) of a notification ``owner`` sent, delivered or still queued."""
+        if owner is None:
+            row = self.db.execute("SELECT status, expires_at FROM sent_status WHERE id=?", (nid,)).fetchone()
+        else:
+            row = self.db.execute("SELECT status, expires_at FROM sent_status WHERE owner=? AND id=?",
+                                  (owner, nid)).fetchone()
+        if row is None:
+            n = self.get_notification(owner, "sent", nid)
+            return (n.status, n.expires_at) if n else None
+        return str(row[0]), int(row[1])
 
     def get_notification(self, owner: str | None, kind: str, nid: str) -> Notification | None:
         if owner is None:
@@ -230,9 +285,10 @@ class Store:
                                   (owner, kind, nid)).fetchone()
         return _notif(row) if row else None
 
-    def set_status(self, owner: str, kind: str, nid: str, status: str) -> None:
-        self.db.execute("UPDATE notifications SET status=? WHERE owner=? AND kind=? AND id=?",
-                        (status, owner, kind, nid))
+    def mark_delivered(self, n: Notification) -> None:
+        """A queued notification reached its recipient: move it to the slim status table."""
+        self.db.execute("DELETE FROM notifications WHERE owner=? AND kind='sent' AND id=?", (n.owner, n.id))
+        self.add_sent_status(n.owner, n.id, n.to_atsign, "delivered", n.expires_at)
 
     def remove_notification(self, owner: str, kind: str, nid: str) -> bool:
         return self.db.execute("DELETE FROM notifications WHERE owner=? AND kind=? AND id=?",
@@ -275,6 +331,7 @@ class Store:
         return int(q), int(r)
 
     def purge_notifications(self, before: int) -> int:
+        self.db.execute("DELETE FROM sent_status WHERE expires_at < ?", (before,))
         return self.db.execute("DELETE FROM notifications WHERE expires_at < ?", (before,)).rowcount
 
     # -- enrollments -------------------------------------------------------------------

@@ -43,23 +43,29 @@ def deliver(eng: Engine, *, sender: str, to: str, key: str, value: str | None, o
                      priority=priority)
     hosted = to == sender or store.has_atsign(to)
     db = store.db
-    db.execute("SAVEPOINT deliver")  # atomic, inside or outside the caller's batch
+    # Inside the server's batch transaction the batch gives atomicity; the recipient's copy
+    # is written first so a failure can only lose the sender's status row, never the message.
+    savepoint = not db.in_transaction
+    if savepoint:
+        db.execute("SAVEPOINT deliver")
     try:
         if hosted:
             n.status = "delivered"
-            if kind != "self":
-                store.add_notification(n)
             recv = _received_copy(n, kind)
             store.add_notification(recv)
+            if kind != "self":
+                store.add_sent_status(sender, n.id, to, "delivered", expires)
             _apply_cache(eng, recv, now)
         else:
             store.add_notification(n)
             if strategy == "latest":
                 store.trim_latest(sender, to, notifier, max(1, latest_n))
-        db.execute("RELEASE deliver")
+        if savepoint:
+            db.execute("RELEASE deliver")
     except BaseException:
-        db.execute("ROLLBACK TO deliver")
-        db.execute("RELEASE deliver")
+        if savepoint:
+            db.execute("ROLLBACK TO deliver")
+            db.execute("RELEASE deliver")
         raise
     if hosted:
         eng.hub.publish(recv, dart_time)
@@ -102,9 +108,9 @@ def flush_queued(eng: Engine, to: str | None = None) -> int:
     for n in eng.store.queued_for(to, now):
         if not eng.store.has_atsign(n.to_atsign):
             continue
-        eng.store.set_status(n.owner, "sent", n.id, "delivered")
         recv = _received_copy(n, "received")
         eng.store.add_notification(recv)
+        eng.store.mark_delivered(n)
         _apply_cache(eng, recv, now)
         eng.hub.publish(recv, dart_time)
         count += 1
@@ -142,11 +148,11 @@ def notify(s: Session, cmd: Command) -> Reply:
 
 
 def notify_status(s: Session, cmd: Command) -> Reply:
-    n = s.engine.store.get_notification(s.atsign, "sent", cmd["id"])
-    if n is None:
+    got = s.engine.store.sent_status(s.atsign, cmd["id"])
+    if got is None:
         return s.data("null")
-    status = n.status
-    if status == "queued" and s.engine.clock() >= n.expires_at:
+    status, expires_at = got
+    if status == "queued" and s.engine.clock() >= expires_at:
         status = "expired"
     return s.data(status)
 
