@@ -38,6 +38,7 @@ WANT_WRITE = 2
 DONE = 3
 
 DEFAULT_BUFSIZE = 256 * 1024
+INITIAL_BUFSIZE = 16 * 1024
 MAX_ROUNDS = 16
 RECORDS_PER_READ = 4
 
@@ -134,6 +135,8 @@ cdef class CopyPump(_Base):
 
     cdef public object ctx
     cdef public Py_ssize_t bufsize
+    cdef public Py_ssize_t cur
+    cdef public bint grow
     cdef object update_into
 
     def __init__(self, src, dst, ctx=None, Py_ssize_t bufsize=DEFAULT_BUFSIZE,
@@ -146,13 +149,20 @@ cdef class CopyPump(_Base):
         self.update_into = None if ctx is None else ctx.update_into
         self.bufsize = bufsize
         self.max_rounds = max_rounds
-        self.outbuf = bytearray(bufsize)
-        self.outmv = memoryview(self.outbuf)
-        self.outp = PyByteArray_AS_STRING(self.outbuf)
+        self._alloc(min(bufsize, INITIAL_BUFSIZE))
         self.off = 0
         self.end = 0
         self.eof = False
         self.transferred = 0
+
+    cdef int _alloc(self, Py_ssize_t size) except -1:
+        """(Re)allocate the buffer; only ever called with nothing pending."""
+        self.grow = False
+        self.cur = size
+        self.outbuf = bytearray(size)
+        self.outmv = memoryview(self.outbuf)
+        self.outp = PyByteArray_AS_STRING(self.outbuf)
+        return 0
 
     @property
     def buf(self):
@@ -170,7 +180,9 @@ cdef class CopyPump(_Base):
                 if rounds >= self.max_rounds:
                     return WANT_READ
                 rounds += 1
-                n = _recv(self.sfd, self.outp, self.bufsize)
+                if self.grow:
+                    self._alloc(self.bufsize)
+                n = _recv(self.sfd, self.outp, self.cur)
                 if n < 0:
                     return WANT_READ
                 if n == 0:
@@ -182,6 +194,8 @@ cdef class CopyPump(_Base):
                 self.off = 0
                 self.end = n
                 moved += n
+                if n == self.cur and self.cur < self.bufsize:
+                    self.grow = True
         finally:
             if moved:
                 self.transferred += moved
@@ -195,26 +209,20 @@ cdef class SealPump(_Base):
     cdef char *inp
     cdef char *noncep
     cdef char *aadp
-    cdef Py_ssize_t inlen
+    cdef public Py_ssize_t inlen, maxlen
+    cdef public bint grow
     cdef uint64_t seq
 
     def __init__(self, src, dst, sealer, Py_ssize_t bufsize=RECORDS_PER_READ * MAXPT,
                  Py_ssize_t max_rounds=MAX_ROUNDS):
-        cdef Py_ssize_t nrec
         self.src = src
         self.dst = dst
         self.sfd = src.fileno()
         self.dfd = dst.fileno()
         self.sealer = sealer
-        self.inlen = max(1, min(bufsize, RECORDS_PER_READ * MAXPT))
+        self.maxlen = max(1, min(bufsize, RECORDS_PER_READ * MAXPT))
         self.max_rounds = max_rounds
-        self.inbuf = bytearray(self.inlen)
-        self.inmv = memoryview(self.inbuf)
-        self.inp = PyByteArray_AS_STRING(self.inbuf)
-        nrec = (self.inlen + MAXPT - 1) // MAXPT
-        self.outbuf = bytearray(PRE + self.inlen + (nrec + 1) * (HDR + TAG))
-        self.outmv = memoryview(self.outbuf)
-        self.outp = PyByteArray_AS_STRING(self.outbuf)
+        self._alloc(min(self.maxlen, INITIAL_BUFSIZE))
         self.encrypt_into = sealer.aead.encrypt_into
         self.nonce = sealer.nonce
         self.aad = sealer.aad
@@ -224,6 +232,19 @@ cdef class SealPump(_Base):
         self.end = 0
         self.eof = False
         self.transferred = 0
+
+    cdef int _alloc(self, Py_ssize_t inlen) except -1:
+        """Plaintext buffer of ``inlen`` and a record buffer that always fits its records."""
+        cdef Py_ssize_t nrec = (inlen + MAXPT - 1) // MAXPT
+        self.grow = False
+        self.inlen = inlen
+        self.inbuf = bytearray(inlen)
+        self.inmv = memoryview(self.inbuf)
+        self.inp = PyByteArray_AS_STRING(self.inbuf)
+        self.outbuf = bytearray(PRE + inlen + (nrec + 1) * (HDR + TAG))
+        self.outmv = memoryview(self.outbuf)
+        self.outp = PyByteArray_AS_STRING(self.outbuf)
+        return 0
 
     cdef Py_ssize_t _seal(self, Py_ssize_t ptoff, Py_ssize_t n, Py_ssize_t pos, int rtype) except -1:
         """One record (plaintext inbuf[ptoff:ptoff+n]) at outbuf[pos]; returns its length."""
@@ -252,9 +273,13 @@ cdef class SealPump(_Base):
                 if rounds >= self.max_rounds:
                     return WANT_READ
                 rounds += 1
+                if self.grow:
+                    self._alloc(self.maxlen)
                 n = _recv(self.sfd, self.inp, self.inlen)
                 if n < 0:
                     return WANT_READ
+                if n == self.inlen and self.inlen < self.maxlen:
+                    self.grow = True
                 pos = 0
                 if not sealer.started:
                     self.outmv[0:PRE] = sealer.preamble
@@ -289,7 +314,8 @@ cdef class OpenPump(_Base):
     cdef char *inp
     cdef char *noncep
     cdef char *aadp
-    cdef Py_ssize_t inlen, outlen, istart, iend
+    cdef public Py_ssize_t inlen, outlen, maxout, istart, iend
+    cdef public bint grow
     cdef uint64_t seq
 
     def __init__(self, src, dst, opener, Py_ssize_t bufsize=RECORDS_PER_READ * MAXPT,
@@ -299,15 +325,18 @@ cdef class OpenPump(_Base):
         self.sfd = src.fileno()
         self.dfd = dst.fileno()
         self.opener = opener
-        self.outlen = max(MAXPT, bufsize)
-        self.inlen = self.outlen + MAXFRAME
+        self.maxout = max(MAXPT, bufsize)
         self.max_rounds = max_rounds
+        # at least one whole record each side; grows to maxout when the flow is bulk
+        self.outlen = MAXPT
+        self.inlen = MAXFRAME + min(INITIAL_BUFSIZE, self.maxout)
         self.inbuf = bytearray(self.inlen)
         self.inmv = memoryview(self.inbuf)
         self.inp = PyByteArray_AS_STRING(self.inbuf)
         self.outbuf = bytearray(self.outlen)
         self.outmv = memoryview(self.outbuf)
         self.outp = PyByteArray_AS_STRING(self.outbuf)
+        self.grow = False
         self.decrypt_into = None
         self.istart = 0
         self.iend = 0
@@ -315,6 +344,24 @@ cdef class OpenPump(_Base):
         self.end = 0
         self.eof = False
         self.transferred = 0
+
+    cdef int _grow(self) except -1:
+        """Bulk flow: full-size buffers; unparsed input moves along (nothing is pending)."""
+        cdef Py_ssize_t left = self.iend - self.istart
+        inbuf = bytearray(self.maxout + MAXFRAME)
+        memcpy(PyByteArray_AS_STRING(inbuf), self.inp + self.istart, left)
+        self.inbuf = inbuf
+        self.inmv = memoryview(inbuf)
+        self.inp = PyByteArray_AS_STRING(inbuf)
+        self.inlen = self.maxout + MAXFRAME
+        self.istart = 0
+        self.iend = left
+        self.outlen = self.maxout
+        self.outbuf = bytearray(self.outlen)
+        self.outmv = memoryview(self.outbuf)
+        self.outp = PyByteArray_AS_STRING(self.outbuf)
+        self.grow = False
+        return 0
 
     cdef int _bind(self) except -1:
         """After the preamble: take the opener's AEAD and its nonce/AAD buffers."""
@@ -380,7 +427,7 @@ cdef class OpenPump(_Base):
                 return pos
 
     def step(self):
-        cdef Py_ssize_t rounds = 0, n, left
+        cdef Py_ssize_t rounds = 0, n, left, want
         cdef long long moved = 0
         self.seq = self.opener.seq
         try:
@@ -400,6 +447,8 @@ cdef class OpenPump(_Base):
                 if rounds >= self.max_rounds:
                     return WANT_READ
                 rounds += 1
+                if self.grow:
+                    self._grow()
                 if self.istart == self.iend:
                     self.istart = 0
                     self.iend = 0
@@ -408,12 +457,15 @@ cdef class OpenPump(_Base):
                     memmove(self.inp, self.inp + self.istart, left)
                     self.istart = 0
                     self.iend = left
-                n = _recv(self.sfd, self.inp + self.iend, self.inlen - self.iend)
+                want = self.inlen - self.iend
+                n = _recv(self.sfd, self.inp + self.iend, want)
                 if n < 0:
                     return WANT_READ
                 if n == 0:
                     raise TruncationError("record stream ended without a close record")
                 self.iend += n
+                if n == want and self.outlen < self.maxout:
+                    self.grow = True
         finally:
             self.opener.seq = self.seq
             if moved:

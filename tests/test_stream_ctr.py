@@ -165,6 +165,8 @@ def _pump_all(impl: str, data: bytes, ctx: object, bufsize: int) -> bytes:
     for s in (a_out, a_in, b_in, b_out):
         s.close()
     assert pump.transferred == len(data)
+    if len(data) > 1_000_000:
+        assert len(pump.buf) == bufsize  # grew once the flow turned out to be bulk
     return bytes(got)
 
 
@@ -180,3 +182,17 @@ def test_pump_ctr_matches_reference(impl: str, bufsize: int) -> None:
 def test_pump_clear_is_identity(impl: str) -> None:
     data = os.urandom(200_000)
     assert _pump_all(impl, data, None, 65536) == data
+
+
+def test_pump_buffers_start_small_and_grow_for_bulk(impl: str) -> None:
+    """An idle or interactive connection holds 16 KiB per direction, a bulk one 256 KiB."""
+    x = _compat.speedups("xfer", impl)
+    a, b = socket.socketpair()
+    p = x.CopyPump(a, b, None)
+    assert len(p.buf) == x.INITIAL_BUFSIZE == 16 * 1024
+    a.close()
+    b.close()
+    data = os.urandom(2_000_000)
+    key, iv = os.urandom(32), os.urandom(16)
+    got = _pump_all(impl, data, ctr_context(key, iv), x.DEFAULT_BUFSIZE)
+    assert got == xor(data, ref_keystream(key, iv, len(data)))

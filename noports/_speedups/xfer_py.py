@@ -16,6 +16,10 @@ that is the backpressure, in both directions, with no extra queue.
   close record) and every byte, including our own close record, has been sent. The caller
   then half-closes the destination.
 
+Buffers start small (``INITIAL_BUFSIZE``; an idle or interactive connection holds tens of
+KiB, not MiB) and grow once to ``bufsize`` the first time a read fills the buffer, i.e.
+when the flow is bulk. Growth happens only when no output is pending, so no byte moves.
+
 Errors propagate: ``OSError`` from the sockets, ``IntegrityError``/``TruncationError``
 from record streams. The asyncio glue lives in ``noports.tunnel.bridge``.
 """
@@ -33,6 +37,7 @@ WANT_WRITE = 2
 DONE = 3
 
 DEFAULT_BUFSIZE = 256 * 1024
+INITIAL_BUFSIZE = 16 * 1024
 MAX_ROUNDS = 16
 RECORDS_PER_READ = 4
 
@@ -53,12 +58,21 @@ class CopyPump:
         self.ctx = ctx
         self.bufsize = bufsize
         self.max_rounds = max_rounds
-        self.buf = bytearray(bufsize)
+        self.cur = min(bufsize, INITIAL_BUFSIZE)
+        self.buf = bytearray(self.cur)
         self.mv = memoryview(self.buf)
+        self.grow = False
         self.off = 0
         self.end = 0
         self.eof = False
         self.transferred = 0
+
+    def _grow(self) -> None:
+        """Bulk flow: switch to the full-size buffer (called with nothing pending)."""
+        self.grow = False
+        self.cur = self.bufsize
+        self.buf = bytearray(self.cur)
+        self.mv = memoryview(self.buf)
 
     def step(self) -> int:
         rounds = 0
@@ -77,8 +91,11 @@ class CopyPump:
             if rounds >= self.max_rounds:
                 return WANT_READ
             rounds += 1
+            if self.grow:
+                self._grow()
+                mv = self.mv
             try:
-                n = self.src.recv_into(mv, self.bufsize)
+                n = self.src.recv_into(mv, self.cur)
             except BlockingIOError:
                 return WANT_READ
             if n == 0:
@@ -89,6 +106,8 @@ class CopyPump:
             self.off = 0
             self.end = n
             self.transferred += n
+            if n == self.cur < self.bufsize:
+                self.grow = True
 
 
 class SealPump:
@@ -105,17 +124,23 @@ class SealPump:
         self.src = src
         self.dst = dst
         self.sealer = sealer
-        self.inlen = max(1, min(bufsize, RECORDS_PER_READ * MAX_PLAINTEXT))
+        self.maxlen = max(1, min(bufsize, RECORDS_PER_READ * MAX_PLAINTEXT))
         self.max_rounds = max_rounds
-        self.inbuf = bytearray(self.inlen)
-        self.inmv = memoryview(self.inbuf)
-        nrec = (self.inlen + MAX_PLAINTEXT - 1) // MAX_PLAINTEXT
-        self.outbuf = bytearray(PREAMBLE_LEN + self.inlen + (nrec + 1) * (HEADER_LEN + TAG_LEN))
-        self.outmv = memoryview(self.outbuf)
+        self._alloc(min(self.maxlen, INITIAL_BUFSIZE))
         self.off = 0
         self.end = 0
         self.eof = False
         self.transferred = 0
+
+    def _alloc(self, inlen: int) -> None:
+        """Plaintext buffer of ``inlen`` and a record buffer that always fits its records."""
+        self.grow = False
+        self.inlen = inlen
+        self.inbuf = bytearray(inlen)
+        self.inmv = memoryview(self.inbuf)
+        nrec = (inlen + MAX_PLAINTEXT - 1) // MAX_PLAINTEXT
+        self.outbuf = bytearray(PREAMBLE_LEN + inlen + (nrec + 1) * (HEADER_LEN + TAG_LEN))
+        self.outmv = memoryview(self.outbuf)
 
     def step(self) -> int:
         rounds = 0
@@ -136,10 +161,15 @@ class SealPump:
             if rounds >= self.max_rounds:
                 return WANT_READ
             rounds += 1
+            if self.grow:
+                self._alloc(self.maxlen)
+                out, inp = self.outmv, self.inmv
             try:
                 n = self.src.recv_into(inp, self.inlen)
             except BlockingIOError:
                 return WANT_READ
+            if n == self.inlen < self.maxlen:
+                self.grow = True
             pos = sealer.start_into(out)
             if n == 0:
                 pos += sealer.close_into(out[pos:])
@@ -173,19 +203,34 @@ class OpenPump:
         self.src = src
         self.dst = dst
         self.opener = opener
-        self.outlen = max(MAX_PLAINTEXT, bufsize)
-        self.inlen = self.outlen + MAX_FRAME
+        self.maxout = max(MAX_PLAINTEXT, bufsize)
         self.max_rounds = max_rounds
+        # at least one whole record each side; grows to maxout when the flow is bulk
+        self.outlen = MAX_PLAINTEXT
+        self.inlen = MAX_FRAME + min(INITIAL_BUFSIZE, self.maxout)
         self.inbuf = bytearray(self.inlen)
         self.inmv = memoryview(self.inbuf)
         self.outbuf = bytearray(self.outlen)
         self.outmv = memoryview(self.outbuf)
+        self.grow = False
         self.istart = 0
         self.iend = 0
         self.off = 0
         self.end = 0
         self.eof = False
         self.transferred = 0
+
+    def _grow(self) -> None:
+        """Bulk flow: full-size buffers; unparsed input moves along (nothing is pending)."""
+        self.grow = False
+        left = self.iend - self.istart
+        inbuf = bytearray(self.maxout + MAX_FRAME)
+        inbuf[:left] = self.inmv[self.istart : self.iend]
+        self.inbuf, self.inmv, self.inlen = inbuf, memoryview(inbuf), len(inbuf)
+        self.istart, self.iend = 0, left
+        self.outlen = self.maxout
+        self.outbuf = bytearray(self.outlen)
+        self.outmv = memoryview(self.outbuf)
 
     def _decode(self) -> int:
         """Open every whole record that fits the output buffer; returns plaintext bytes."""
@@ -238,16 +283,22 @@ class OpenPump:
             if rounds >= self.max_rounds:
                 return WANT_READ
             rounds += 1
+            if self.grow:
+                self._grow()
+                out = self.outmv
             if self.istart == self.iend:
                 self.istart = self.iend = 0
             elif self.inlen - self.iend < MAX_FRAME:
                 left = self.iend - self.istart
                 self.inmv[0:left] = self.inmv[self.istart : self.iend]
                 self.istart, self.iend = 0, left
+            want = self.inlen - self.iend
             try:
-                n = self.src.recv_into(self.inmv[self.iend :], self.inlen - self.iend)
+                n = self.src.recv_into(self.inmv[self.iend :], want)
             except BlockingIOError:
                 return WANT_READ
             if n == 0:
                 raise TruncationError("record stream ended without a close record")
             self.iend += n
+            if n == want and self.outlen < self.maxout:
+                self.grow = True
