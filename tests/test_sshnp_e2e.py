@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_sshnp_rig import CHECK, Rig, rig, sha256_file  # noqa: F401 - fixture
+from tests.fixtures_np import NpEnv
+from tests.test_sshnp_rig import CHECK, Rig, sha256_file
+
+
+@pytest.fixture
+def rig(np_env: NpEnv) -> Rig:
+    return Rig(np_env)
+
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -39,8 +46,9 @@ def test_v5_print_and_inline(rig: Rig) -> None:
     out = rig.run_cmd([*cmd, *rig.ssh_opts(), *CHECK])
     assert "TEST PASSED" in out.stdout, out.stderr
     # inline: sshnp runs ssh itself with the remote command; its exit code is ours
-    r = rig.sshnp("dev1", "-u", rig.user, *_key(rig), "-o", "BatchMode=yes", "--",
-                  "echo `whoami` TEST PASSED")
+    r = rig.sshnp(
+        "dev1", "-u", rig.user, *_key(rig), "-o", "BatchMode=yes", "--", "echo `whoami` TEST PASSED"
+    )
     assert r.returncode == 0 and f"{rig.user} TEST PASSED" in r.stdout, r.stderr
     r = rig.sshnp("dev1", "-u", rig.user, *_key(rig), "-q", "-o", "BatchMode=yes", "--", "exit 3")
     assert r.returncode == 3, r.stderr
@@ -87,8 +95,19 @@ def test_v4_flow(rig: Rig) -> None:
     """``v4_openssh_print``: ``--no-ad --no-et``: the daemon's ephemeral key drives a tunnel ssh
     with -L; the key file is 0600 while used and removed afterwards."""
     rig.daemon("dev1")
-    r = rig.sshnp("dev1", "-u", rig.user, *_key(rig), "--no-ad", "--no-et",
-                  "--remote-sshd-port", str(rig.sshd.port), "-x", "--output", "json")
+    r = rig.sshnp(
+        "dev1",
+        "-u",
+        rig.user,
+        *_key(rig),
+        "--no-ad",
+        "--no-et",
+        "--remote-sshd-port",
+        str(rig.sshd.port),
+        "-x",
+        "--output",
+        "json",
+    )
     assert r.returncode == 0, r.stderr
     ev = json.loads(r.stdout)
     assert ev["mode"] == "clear"
@@ -103,9 +122,24 @@ def test_stdio_scp_100mb_and_controlmaster(rig: Rig, tmp_path: Path) -> None:
     """``ssh-config`` Host block with ``--stdio``: scp of 100 MB (sha256 compared), then a
     ControlMaster: a second ssh goes through the master without running the ProxyCommand."""
     rig.daemon("dev1")
-    r = rig.env.run("sshnp", "ssh-config", "-f", rig.client, "-t", rig.device_atsign,
-                    "-r", rig.relay, "-d", "dev1", "-u", rig.user, "-i", str(rig.sshd.client_key),
-                    "--host", "nphost")
+    r = rig.env.run(
+        "sshnp",
+        "ssh-config",
+        "-f",
+        rig.client,
+        "-t",
+        rig.device_atsign,
+        "-r",
+        rig.relay,
+        "-d",
+        "dev1",
+        "-u",
+        rig.user,
+        "-i",
+        str(rig.sshd.client_key),
+        "--host",
+        "nphost",
+    )
     assert r.returncode == 0, r.stderr
     block = r.stdout
     assert "ProxyCommand" in block and "--stdio" in block
@@ -114,8 +148,10 @@ def test_stdio_scp_100mb_and_controlmaster(rig: Rig, tmp_path: Path) -> None:
     cfg = tmp_path / "ssh_config"
     ctl_dir = Path(tempfile.mkdtemp(prefix="npcm", dir="/tmp"))  # unix socket paths are short
     ctl = ctl_dir / "m"
-    cfg.write_text(block + f"Host nphost\n  BatchMode yes\n  LogLevel ERROR\n"
-                   f"  UserKnownHostsFile {rig.env.home / '.ssh' / 'known_hosts'}\n")
+    cfg.write_text(
+        block + f"Host nphost\n  BatchMode yes\n  LogLevel ERROR\n"
+        f"  UserKnownHostsFile {rig.env.home / '.ssh' / 'known_hosts'}\n"
+    )
     src = tmp_path / "big.bin"
     with open(src, "wb") as f:
         for _ in range(100):
@@ -126,8 +162,16 @@ def test_stdio_scp_100mb_and_controlmaster(rig: Rig, tmp_path: Path) -> None:
     assert sha256_file(dst) == sha256_file(src)
     os.unlink(dst)
     os.unlink(src)
-    master = ["-F", str(cfg), "-o", "ControlMaster=auto", "-o", f"ControlPath={ctl}",
-              "-o", "ControlPersist=20"]
+    master = [
+        "-F",
+        str(cfg),
+        "-o",
+        "ControlMaster=auto",
+        "-o",
+        f"ControlPath={ctl}",
+        "-o",
+        "ControlPersist=20",
+    ]
     out = rig.run_cmd(["ssh", *master, "nphost", *CHECK])
     assert "TEST PASSED" in out.stdout, out.stderr
     # the second ssh cannot run a ProxyCommand at all: only the master can carry it
@@ -147,8 +191,14 @@ def test_bad_inputs(rig: Rig) -> None:
     r = rig.sshnp("dev1", "-u", rig.user, "--dpt", "2", "-x", frm=stranger)
     assert r.returncode == 5, r.stderr
     assert "managers list" in r.stderr
-    for bad in (["--ssh-client", "dart"], ["-d", "bad name!"], ["-l", "70000"],
-                ["--no-such-flag"], ["-d", "dev1\nx"], ["--require-aead", "--no-et"]):
+    for bad in (
+        ["--ssh-client", "dart"],
+        ["-d", "bad name!"],
+        ["-l", "70000"],
+        ["--no-such-flag"],
+        ["-d", "dev1\nx"],
+        ["--require-aead", "--no-et"],
+    ):
         args = ["-f", rig.client, "-t", rig.device_atsign, "-r", rig.relay, "-d", "dev1", *bad]
         r = rig.env.run("sshnp", *args, timeout=20)
         assert r.returncode == 2, (bad, r.stderr)

@@ -33,38 +33,82 @@ class Rig:
         self.relay = env.atsign("relay")
         self.sshd = env.sshd()
         self.user = self.sshd.user
-        self.srvd: Proc = env.spawn("srvd", "-a", self.relay, "-i", "127.0.0.1",
-                                    "--bind", "127.0.0.1", "--drain-seconds", "0", "-v", ready=RELAY_READY, timeout=30)
+        self.srvd: Proc = env.spawn(
+            "srvd",
+            "-a",
+            self.relay,
+            "-i",
+            "127.0.0.1",
+            "--bind",
+            "127.0.0.1",
+            "--drain-seconds",
+            "0",
+            "-v",
+            ready=RELAY_READY,
+            timeout=30,
+        )
         self.daemons: dict[str, Proc] = {}
 
-    def daemon(self, device: str, *flags: str, manager: str | None = None,
-               permit: str | None = None) -> Proc:
+    def daemon(
+        self, device: str, *flags: str, manager: str | None = None, permit: str | None = None
+    ) -> Proc:
         po = permit if permit is not None else f"localhost:{self.sshd.port}"
-        p = self.env.spawn("sshnpd", "-a", self.device_atsign, "-m", manager or self.client,
-                           "-d", device, "--local-sshd-port", str(self.sshd.port), "--po", po,
-                           "-v", *flags, ready=DAEMON_READY, timeout=30)
+        p = self.env.spawn(
+            "sshnpd",
+            "-a",
+            self.device_atsign,
+            "-m",
+            manager or self.client,
+            "-d",
+            device,
+            "--local-sshd-port",
+            str(self.sshd.port),
+            "--po",
+            po,
+            "-v",
+            *flags,
+            ready=DAEMON_READY,
+            timeout=30,
+        )
         self.daemons[device] = p
         return p
 
     def base(self, device: str, frm: str | None = None) -> list[str]:
         return ["-f", frm or self.client, "-t", self.device_atsign, "-r", self.relay, "-d", device]
 
-    def sshnp(self, device: str, *args: str, timeout: float = 45.0,
-              frm: str | None = None) -> subprocess.CompletedProcess[str]:
+    def sshnp(
+        self, device: str, *args: str, timeout: float = 45.0, frm: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return self.env.run("sshnp", *self.base(device, frm), *args, timeout=timeout)
 
-    def npt(self, device: str, *args: str, timeout: float = 45.0,
-            frm: str | None = None) -> subprocess.CompletedProcess[str]:
+    def npt(
+        self, device: str, *args: str, timeout: float = 45.0, frm: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return self.env.run("npt", *self.base(device, frm), *args, timeout=timeout)
 
     def ssh_opts(self) -> list[str]:
         """Options for running a printed ssh command non-interactively in this HOME."""
-        return ["-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
-                "-o", f"UserKnownHostsFile={self.env.home / '.ssh' / 'known_hosts'}"]
+        return [
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            f"UserKnownHostsFile={self.env.home / '.ssh' / 'known_hosts'}",
+        ]
 
-    def run_cmd(self, argv: list[str], timeout: float = 30.0, **kw) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(argv, env=self.env.env, cwd=str(self.env.home), capture_output=True,
-                              text=True, timeout=timeout, **kw)
+    def run_cmd(
+        self, argv: list[str], timeout: float = 30.0, **kw
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            argv,
+            env=self.env.env,
+            cwd=str(self.env.home),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            **kw,
+        )
 
 
 @pytest.fixture

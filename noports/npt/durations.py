@@ -29,7 +29,9 @@ def parse_duration(text: str) -> float:
         while pos < len(chunk):
             m = _PART.match(chunk, pos)
             if m is None or m.end() == pos:
-                raise ConfigError(f"invalid duration {text!r} (use e.g. 30s, 1h, 1h,14m,30s, 7d, 0)")
+                raise ConfigError(
+                    f"invalid duration {text!r} (use e.g. 30s, 1h, 1h,14m,30s, 7d, 0)"
+                )
             total += float(m.group(1)) * _UNITS[m.group(2) or "s"]
             pos = m.end()
     if total == 0:

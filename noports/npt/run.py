@@ -24,7 +24,13 @@ from typing import Any
 from .. import _compat, config
 from ..cli.common import add_common, escape, fail, setup_logging
 from ..errors import ConfigError, NoPortsError
-from ..session.client import Established, SessionSpec, connect_client, establish
+from ..session.client import (
+    Established,
+    SessionSpec,
+    connect_client,
+    establish,
+    start_ephemeral_keygen,
+)
 from ..sshnp.background import Reporter, run_detached
 from ..sshnpd.features import npt_required_features
 from ..tunnel import ClientMulti
@@ -44,47 +50,125 @@ exit codes: 0 ok, 1 error, 2 usage, 3 refused (permit-open, signature, missing d
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="npt", add_help=False, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Tunnel a local port to a TCP service a NoPorts device permits.")
+    p = argparse.ArgumentParser(
+        prog="npt",
+        add_help=False,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Tunnel a local port to a TCP service a NoPorts device permits.",
+    )
     p.add_argument("--help", action="help", help="show this help and exit")
-    p.add_argument("-f", "--from", dest="from_", required=True, metavar="@CLIENT", help="client atSign")
-    p.add_argument("-t", "--to", required=True, metavar="@DEVICE_ATSIGN", help="device daemon atSign")
+    p.add_argument(
+        "-f", "--from", dest="from_", required=True, metavar="@CLIENT", help="client atSign"
+    )
+    p.add_argument(
+        "-t", "--to", required=True, metavar="@DEVICE_ATSIGN", help="device daemon atSign"
+    )
     p.add_argument("-r", "--srvd", required=True, metavar="@RELAY", help="relay (srvd) atSign")
     p.add_argument("-d", "--device", required=True, help="device name")
-    p.add_argument("-p", "--rp", "--remote-port", dest="remote_port", type=int, required=True,
-                   help="port of the service on the device side")
-    p.add_argument("-h", "--rh", "--remote-host", dest="remote_host", default="localhost",
-                   help="host of the service, as the daemon sees it (default localhost)")
-    p.add_argument("-l", "--lp", "--local-port", dest="local_port", type=int, default=0,
-                   help="local port (0 = any free port)")
-    p.add_argument("--local-host", default="127.0.0.1",
-                   help="local bind address (default 127.0.0.1; e.g. 127.0.0.2 with -l 445)")
-    p.add_argument("-k", "--key-file", "--keyFile", dest="key_file", default=None,
-                   help="atKeys file (default ~/.atsign/keys/<from>_key.atKeys)")
+    p.add_argument(
+        "-p",
+        "--rp",
+        "--remote-port",
+        dest="remote_port",
+        type=int,
+        required=True,
+        help="port of the service on the device side",
+    )
+    p.add_argument(
+        "-h",
+        "--rh",
+        "--remote-host",
+        dest="remote_host",
+        default="localhost",
+        help="host of the service, as the daemon sees it (default localhost)",
+    )
+    p.add_argument(
+        "-l",
+        "--lp",
+        "--local-port",
+        dest="local_port",
+        type=int,
+        default=0,
+        help="local port (0 = any free port)",
+    )
+    p.add_argument(
+        "--local-host",
+        default="127.0.0.1",
+        help="local bind address (default 127.0.0.1; e.g. 127.0.0.2 with -l 445)",
+    )
+    p.add_argument(
+        "-k",
+        "--key-file",
+        "--keyFile",
+        dest="key_file",
+        default=None,
+        help="atKeys file (default ~/.atsign/keys/<from>_key.atKeys)",
+    )
     p.add_argument("--root-domain", default="root.atsign.org", help="atDirectory host")
     p.add_argument("--root", default=None, help="atDirectory host:port (overrides --root-domain)")
     p.add_argument("--ca-file", default=None, help="extra CA bundle to trust")
-    p.add_argument("--dpt", "--daemon-ping-timeout", dest="dpt", type=float, default=20.0,
-                   help="seconds to wait for the daemon's ping reply")
-    p.add_argument("--pss", "--per-session-storage", dest="pss", action=argparse.BooleanOptionalAction,
-                   default=True, help="accepted for compatibility; we keep no local storage")
+    p.add_argument(
+        "--dpt",
+        "--daemon-ping-timeout",
+        dest="dpt",
+        type=float,
+        default=20.0,
+        help="seconds to wait for the daemon's ping reply",
+    )
+    p.add_argument(
+        "--pss",
+        "--per-session-storage",
+        dest="pss",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="accepted for compatibility; we keep no local storage",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
-    p.add_argument("-x", "--exit-when-connected", dest="exit_when_connected", action="store_true",
-                   help="print the local port and leave the tunnel running in the background")
-    p.add_argument("-K", "--keep-alive", dest="keep_alive", action="store_true",
-                   help="start a new session 5 s after one ends (not with -x)")
-    p.add_argument("-T", "--timeout", default=None,
-                   help="idle timeout of the tunnel (default 30s; 24h with -K)")
-    p.add_argument("--et", "--encrypt-rvd-traffic", dest="encrypt",
-                   action=argparse.BooleanOptionalAction, default=True,
-                   help="encrypt the tunnel end to end (default on)")
-    p.add_argument("--aead", dest="aead", action=argparse.BooleanOptionalAction, default=True,
-                   help="offer the AEAD mode (default on)")
-    p.add_argument("--require-aead", action="store_true",
-                   help="refuse unless the daemon uses the AEAD mode")
-    p.add_argument("--output", choices=("text", "json"), default="text",
-                   help="json: a one-line ready event on stdout")
+    p.add_argument(
+        "-x",
+        "--exit-when-connected",
+        dest="exit_when_connected",
+        action="store_true",
+        help="print the local port and leave the tunnel running in the background",
+    )
+    p.add_argument(
+        "-K",
+        "--keep-alive",
+        dest="keep_alive",
+        action="store_true",
+        help="start a new session 5 s after one ends (not with -x)",
+    )
+    p.add_argument(
+        "-T",
+        "--timeout",
+        default=None,
+        help="idle timeout of the tunnel (default 30s; 24h with -K)",
+    )
+    p.add_argument(
+        "--et",
+        "--encrypt-rvd-traffic",
+        dest="encrypt",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="encrypt the tunnel end to end (default on)",
+    )
+    p.add_argument(
+        "--aead",
+        dest="aead",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="offer the AEAD mode (default on)",
+    )
+    p.add_argument(
+        "--require-aead", action="store_true", help="refuse unless the daemon uses the AEAD mode"
+    )
+    p.add_argument(
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="json: a one-line ready event on stdout",
+    )
     add_common(p)
     return p
 
@@ -104,15 +188,25 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         if args.require_aead and not args.aead:
             raise ConfigError("--require-aead cannot be combined with --no-aead")
         if args.timeout is None:
-            args.timeout_s = KEEP_ALIVE_DEFAULT_S if args.keep_alive else parse_duration(DEFAULT_TIMEOUT)
+            args.timeout_s = (
+                KEEP_ALIVE_DEFAULT_S if args.keep_alive else parse_duration(DEFAULT_TIMEOUT)
+            )
         else:
             args.timeout_s = parse_duration(args.timeout)
         args.spec = SessionSpec(
-            kind="npt", daemon=args.to, device=args.device, relay=args.srvd, encrypt=args.encrypt,
-            offer_aead=args.aead, require_aead=args.require_aead,
-            required=npt_required_features(timeout_s=args.timeout_s), ping_timeout=args.dpt,
-            remote_host=args.remote_host, remote_port=args.remote_port,
-            timeout_ms=int(args.timeout_s * 1000))
+            kind="npt",
+            daemon=args.to,
+            device=args.device,
+            relay=args.srvd,
+            encrypt=args.encrypt,
+            offer_aead=args.aead,
+            require_aead=args.require_aead,
+            required=npt_required_features(timeout_s=args.timeout_s),
+            ping_timeout=args.dpt,
+            remote_host=args.remote_host,
+            remote_port=args.remote_port,
+            timeout_ms=int(args.timeout_s * 1000),
+        )
     except ConfigError as exc:
         parser.error(str(exc))
     return args
@@ -122,40 +216,65 @@ def _progress(args: argparse.Namespace):
     def say(msg: str) -> None:
         if not args.quiet and not args.verbose and not args.debug:
             print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} : {msg}", file=sys.stderr, flush=True)
+
     return say
 
 
 def ready_event(est: Established, host: str, port: int, started: float) -> dict[str, Any]:
-    return {"event": "ready", "host": host, "port": port, "sessionId": est.session_id,
-            "mode": est.mode, "setupMs": round((time.monotonic() - started) * 1000, 1)}
+    return {
+        "event": "ready",
+        "host": host,
+        "port": port,
+        "sessionId": est.session_id,
+        "mode": est.mode,
+        "setupMs": round((time.monotonic() - started) * 1000, 1),
+        "timingsMs": est.timings,
+    }
 
 
 async def run(args: argparse.Namespace, report: Reporter | None = None) -> int:
     started = time.monotonic()
     say = _progress(args)
     root = args.root or args.root_domain
-    client = await connect_client(args.from_, keys_file=args.key_file, root=root,
-                                  ca_file=args.ca_file)
+    eph = start_ephemeral_keygen() if args.encrypt else None
+    client = await connect_client(
+        args.from_, keys_file=args.key_file, root=root, ca_file=args.ca_file
+    )
     port = args.local_port
     try:
         while True:
             try:
-                est = await establish(client, args.spec, progress=say)
+                fut, eph = eph, None  # a key is used for one session only
+                est = await establish(client, args.spec, progress=say, ephemeral=fut)
                 cm = await ClientMulti.open(
-                    est.relay_host, est.relay_port, auth_line=est.auth_line, crypto=est.crypto,
-                    local_host=args.local_host, local_port=port, timeout=args.timeout_s)
+                    est.relay_host,
+                    est.relay_port,
+                    auth_line=est.auth_line,
+                    crypto=est.crypto,
+                    local_host=args.local_host,
+                    local_port=port,
+                    timeout=args.timeout_s,
+                )
             except NoPortsError as exc:
                 if not args.keep_alive:
                     raise
-                print(f"npt: session failed: {escape(str(exc))}; retrying in "
-                      f"{KEEP_ALIVE_DELAY:g} s", file=sys.stderr, flush=True)
+                print(
+                    f"npt: session failed: {escape(str(exc))}; retrying in {KEEP_ALIVE_DELAY:g} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 await asyncio.sleep(KEEP_ALIVE_DELAY)
                 continue
             port = cm.port
+            if args.keep_alive and args.encrypt:
+                eph = start_ephemeral_keygen()  # ready for the next session
             ev = ready_event(est, args.local_host, cm.port, started)
             if not args.quiet:
-                print(f"npt is listening on {args.local_host}:{cm.port} ({est.mode})",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"npt is listening on {args.local_host}:{cm.port} ({est.mode})",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if report is not None:
                 report(json.dumps(ev) if args.output == "json" else str(cm.port))
             elif args.output == "json":
@@ -164,12 +283,20 @@ async def run(args: argparse.Namespace, report: Reporter | None = None) -> int:
                 stats = await cm.wait()
             finally:
                 await cm.close()
-            log.info("session %s ended: %d connections, %d up, %d down", est.session_id,
-                     stats.connections, stats.bytes_up, stats.bytes_down)
+            log.info(
+                "session %s ended: %d connections, %d up, %d down",
+                est.session_id,
+                stats.connections,
+                stats.bytes_up,
+                stats.bytes_down,
+            )
             if not args.keep_alive:
                 return 0
-            print(f"npt: session ended; starting a new one in {KEEP_ALIVE_DELAY:g} s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"npt: session ended; starting a new one in {KEEP_ALIVE_DELAY:g} s",
+                file=sys.stderr,
+                flush=True,
+            )
             await asyncio.sleep(KEEP_ALIVE_DELAY)
             started = time.monotonic()
     finally:

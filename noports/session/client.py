@@ -25,6 +25,7 @@ when encryption was turned off. ``require_aead`` refuses anything but AEAD.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import re
@@ -59,9 +60,9 @@ from . import wire
 
 log = logging.getLogger("noports.session")
 
-RELAY_TIMEOUT = 20.0       # spec 3.5: relay response wait
-DAEMON_TIMEOUT = 15.0      # spec 3.5: daemon session response
-PING_TIMEOUT = 20.0        # --daemon-ping-timeout default
+RELAY_TIMEOUT = 20.0  # spec 3.5: relay response wait
+DAEMON_TIMEOUT = 15.0  # spec 3.5: daemon session response
+PING_TIMEOUT = 20.0  # --daemon-ping-timeout default
 NOTIFY_TTL_MS = 10_000
 NOTIFY_TTLN_MS = 60_000
 
@@ -110,11 +111,11 @@ class SessionSpec:
     daemon: str
     device: str
     relay: str
-    auth_client: bool = True           # --ac: our tunnel end authenticates to the relay
-    auth_device: bool = True           # --ad: the daemon's end authenticates to the relay
-    encrypt: bool = True               # --et
-    offer_aead: bool = True            # our strong mode offer
-    require_aead: bool = False         # refuse anything weaker
+    auth_client: bool = True  # --ac: our tunnel end authenticates to the relay
+    auth_device: bool = True  # --ad: the daemon's end authenticates to the relay
+    encrypt: bool = True  # --et
+    offer_aead: bool = True  # our strong mode offer
+    require_aead: bool = False  # refuse anything weaker
     twin_keys: bool = True
     required: list[DaemonFeature] = field(default_factory=list)
     ping_timeout: float = PING_TIMEOUT
@@ -145,10 +146,10 @@ class SessionSpec:
 class Established:
     session_id: str
     relay_host: str
-    relay_port: int              # portA (client side)
-    auth_line: str | None        # None when our side does not authenticate
+    relay_port: int  # portA (client side)
+    auth_line: str | None  # None when our side does not authenticate
     crypto: TunnelCrypto
-    payload: dict[str, Any]      # the daemon's verified success payload
+    payload: dict[str, Any]  # the daemon's verified success payload
     info: DaemonInfo | None
     username: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -198,8 +199,13 @@ class _Inbox:
         if value is None:
             return
         if frm == self.spec.relay and f"nack.{self.sid}" in short_key:
-            _set_exc(self.relay, RelayRefusedError(
-                f"the relay {self.spec.relay} refused the session: {' '.join(value.split())[:300]}"))
+            _set_exc(
+                self.relay,
+                RelayRefusedError(
+                    f"the relay {self.spec.relay} refused the session: "
+                    f"{' '.join(value.split())[:300]}"
+                ),
+            )
         elif frm == self.spec.relay and short_key == self._want_relay:
             _set(self.relay, value)
         elif frm == self.spec.daemon and short_key.lower() == self._want_daemon:
@@ -225,8 +231,27 @@ async def _wait(f: asyncio.Future[str], timeout: float, err: BaseException) -> s
         raise err from None
 
 
-async def establish(client: AtClient, spec: SessionSpec, *, progress: Progress = _noop) -> Established:
-    """Run the whole set-up; raises a NoPortsError subclass with a one-line message."""
+_KEYGEN = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ephemeral-rsa")
+
+
+def start_ephemeral_keygen() -> concurrent.futures.Future[rsa.PrivateKey]:
+    """Start making the session's ephemeral RSA-2048 key now (it takes 50-250 ms): callers
+    start it before connecting to the atServer so it overlaps the TLS and PKAM round trips."""
+    return _KEYGEN.submit(rsa.generate)
+
+
+async def establish(
+    client: AtClient,
+    spec: SessionSpec,
+    *,
+    progress: Progress = _noop,
+    ephemeral: concurrent.futures.Future[rsa.PrivateKey] | None = None,
+) -> Established:
+    """Run the whole set-up; raises a NoPortsError subclass with a one-line message.
+
+    ``ephemeral``: a key generation started earlier (:func:`start_ephemeral_keygen`); one is
+    started here otherwise. Each session needs a fresh key: never pass the same future twice.
+    """
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     timings: dict[str, float] = {}
@@ -236,15 +261,22 @@ async def establish(client: AtClient, spec: SessionSpec, *, progress: Progress =
 
     sid = wire.new_session_id()
     me = client.atsign
+    mark("start")
     inbox = _Inbox(sid, spec)
     mon = client.monitor(_Inbox.regex(sid, spec.device))
     pump: asyncio.Task[None] | None = None
     try:
-        eph_task = loop.run_in_executor(None, rsa.generate) if spec.encrypt else None
+        eph_task = (
+            asyncio.wrap_future(ephemeral or start_ephemeral_keygen()) if spec.encrypt else None
+        )
         pk_task = asyncio.ensure_future(client.public_key(spec.daemon))
-        user_task = (asyncio.ensure_future(client.get(f"username.{spec.device}.sshnp",
-                                                      shared_by=spec.daemon))
-                     if spec.fetch_username else None)
+        user_task = (
+            asyncio.ensure_future(
+                client.get(f"username.{spec.device}.sshnp", shared_by=spec.daemon)
+            )
+            if spec.fetch_username
+            else None
+        )
         await mon.started(10.0)
         mark("monitor")
 
@@ -260,30 +292,60 @@ async def establish(client: AtClient, spec: SessionSpec, *, progress: Progress =
         legacy_relay = not spec.auth_client and not spec.auth_device
         progress("Sending daemon feature check request")
         progress("Fetching host and port from srvd")
-        ping = client.notify(spec.daemon, f"ping.{spec.device}", "ping", namespace="sshnp",
-                             ttln_ms=NOTIFY_TTLN_MS)
+        ping = client.notify(
+            spec.daemon, f"ping.{spec.device}", "ping", namespace="sshnp", ttln_ms=NOTIFY_TTLN_MS
+        )
         if legacy_relay:
-            relay_req = client.notify(spec.relay, f"{spec.device}", sid, namespace="sshrvd",
-                                      ttl_ms=NOTIFY_TTL_MS, ttln_ms=NOTIFY_TTLN_MS)
+            relay_req = client.notify(
+                spec.relay,
+                f"{spec.device}",
+                sid,
+                namespace="sshrvd",
+                ttl_ms=NOTIFY_TTL_MS,
+                ttln_ms=NOTIFY_TTLN_MS,
+            )
         else:
-            body = wire.relay_request(session_id=sid, atsign_a=me, atsign_b=spec.daemon,
-                                      auth_a=spec.auth_client, auth_b=spec.auth_device,
-                                      client_nonce=nonce)
-            relay_req = client.notify(spec.relay, f"{spec.device}.request_ports",
-                                      json.dumps(body, separators=(",", ":")),
-                                      namespace="sshrvd", ttl_ms=NOTIFY_TTL_MS,
-                                      ttln_ms=NOTIFY_TTLN_MS)
+            body = wire.relay_request(
+                session_id=sid,
+                atsign_a=me,
+                atsign_b=spec.daemon,
+                auth_a=spec.auth_client,
+                auth_b=spec.auth_device,
+                client_nonce=nonce,
+            )
+            relay_req = client.notify(
+                spec.relay,
+                f"{spec.device}.request_ports",
+                json.dumps(body, separators=(",", ":")),
+                namespace="sshrvd",
+                ttl_ms=NOTIFY_TTL_MS,
+                ttln_ms=NOTIFY_TTLN_MS,
+            )
         await asyncio.gather(ping, relay_req)
         mark("sent")
 
         progress("Waiting for daemon feature check response")
-        ping_wait = asyncio.ensure_future(_wait(inbox.ping, spec.ping_timeout, NoAnswerError(
-            f"{FEATURE_CHECK_TIMEOUT_MESSAGE}: no answer from device {spec.device!r} of "
-            f"{spec.daemon} within {spec.ping_timeout:g} s (is the daemon running, the device "
-            f"name right and {me} in its managers list?)")))
-        relay_wait = asyncio.ensure_future(_wait(inbox.relay, spec.relay_timeout, NoAnswerError(
-            f"Connection timeout to srvd {spec.relay} service (no answer within "
-            f"{spec.relay_timeout:g} s)")))
+        ping_wait = asyncio.ensure_future(
+            _wait(
+                inbox.ping,
+                spec.ping_timeout,
+                NoAnswerError(
+                    f"{FEATURE_CHECK_TIMEOUT_MESSAGE}: no answer from device {spec.device!r} of "
+                    f"{spec.daemon} within {spec.ping_timeout:g} s (is the daemon running, the "
+                    f"device name right and {me} in its managers list?)"
+                ),
+            )
+        )
+        relay_wait = asyncio.ensure_future(
+            _wait(
+                inbox.relay,
+                spec.relay_timeout,
+                NoAnswerError(
+                    f"Connection timeout to srvd {spec.relay} service (no answer within "
+                    f"{spec.relay_timeout:g} s)"
+                ),
+            )
+        )
         try:
             reply_text = await relay_wait
             reply = wire.parse_relay_reply(reply_text)
@@ -304,8 +366,14 @@ async def establish(client: AtClient, spec: SessionSpec, *, progress: Progress =
         progress("Required daemon features are supported")
         if spec.public_key:
             progress("Sharing ssh public key")
-            await client.notify(spec.daemon, f"sshpublickey.{spec.device}", spec.public_key,
-                                namespace="sshnp", ttl_ms=NOTIFY_TTL_MS, ttln_ms=NOTIFY_TTLN_MS)
+            await client.notify(
+                spec.daemon,
+                f"sshpublickey.{spec.device}",
+                spec.public_key,
+                namespace="sshnp",
+                ttl_ms=NOTIFY_TTL_MS,
+                ttln_ms=NOTIFY_TTLN_MS,
+            )
 
         username = None
         if user_task is not None:
@@ -314,7 +382,8 @@ async def establish(client: AtClient, spec: SessionSpec, *, progress: Progress =
                 username = (await user_task).strip()
             except KeyNotFoundError:
                 raise UsernameNotSharedError(
-                    "Remote username record not shared with the client (use -u)") from None
+                    "Remote username record not shared with the client (use -u)"
+                ) from None
             if not username or any(c.isspace() or ord(c) < 0x20 for c in username):
                 raise ProtocolError("the shared remote username is not a valid user name")
 
@@ -322,41 +391,69 @@ async def establish(client: AtClient, spec: SessionSpec, *, progress: Progress =
         eph_pub = eph.public_key() if eph is not None else None
         if spec.kind == "ssh":
             payload = wire.ssh_request(
-                session_id=sid, host=reply.host, port=reply.port_b, client_nonce=nonce,
-                rvd_nonce=reply.rvd_nonce, ephemeral_pk=eph_pub, auth_to_rvd=spec.auth_device,
-                encrypt=spec.encrypt, twin_keys=spec.twin_keys and spec.encrypt,
-                aead=spec.offer_aead and spec.encrypt)
+                session_id=sid,
+                host=reply.host,
+                port=reply.port_b,
+                client_nonce=nonce,
+                rvd_nonce=reply.rvd_nonce,
+                ephemeral_pk=eph_pub,
+                auth_to_rvd=spec.auth_device,
+                encrypt=spec.encrypt,
+                twin_keys=spec.twin_keys and spec.encrypt,
+                aead=spec.offer_aead and spec.encrypt,
+            )
             key = f"ssh_request.{spec.device}"
         else:
             payload = wire.npt_request(
-                session_id=sid, rvd_host=reply.host, rvd_port=reply.port_b,
-                requested_port=spec.remote_port, requested_host=spec.remote_host,
-                client_nonce=nonce, rvd_nonce=reply.rvd_nonce, ephemeral_pk=eph_pub,
-                encrypt=spec.encrypt, timeout_ms=spec.timeout_ms,
+                session_id=sid,
+                rvd_host=reply.host,
+                rvd_port=reply.port_b,
+                requested_port=spec.remote_port,
+                requested_host=spec.remote_host,
+                client_nonce=nonce,
+                rvd_nonce=reply.rvd_nonce,
+                ephemeral_pk=eph_pub,
+                encrypt=spec.encrypt,
+                timeout_ms=spec.timeout_ms,
                 twin_keys=spec.twin_keys and spec.encrypt,
-                aead=spec.offer_aead and spec.encrypt)
+                aead=spec.offer_aead and spec.encrypt,
+            )
             key = f"npt_request.{spec.device}"
         progress("Sending session request to the device daemon")
-        await client.send_signed(spec.daemon, key, payload, namespace="sshnp",
-                                 ttl_ms=NOTIFY_TTL_MS, ttln_ms=NOTIFY_TTLN_MS)
+        await client.send_signed(
+            spec.daemon,
+            key,
+            payload,
+            namespace="sshnp",
+            ttl_ms=NOTIFY_TTL_MS,
+            ttln_ms=NOTIFY_TTLN_MS,
+        )
         mark("request")
         progress("Waiting for response from the device daemon")
-        text = await _wait(inbox.daemon, spec.daemon_timeout, NoAnswerError(
-            f"No response from the device daemon within {spec.daemon_timeout:g} s"))
+        text = await _wait(
+            inbox.daemon,
+            spec.daemon_timeout,
+            NoAnswerError(f"No response from the device daemon within {spec.daemon_timeout:g} s"),
+        )
         mark("response")
         progress("Received response from the device daemon")
         result = await _verify(client, spec, sid, text, pk_task)
         crypto = _choose_crypto(spec, sid, result, eph)
-        auth = (relay_auth_line(sid, nonce, reply.rvd_nonce, client.keys.encrypt_private)
-                if spec.auth_client and reply.rvd_nonce else None)
+        auth = (
+            relay_auth_line(sid, nonce, reply.rvd_nonce, client.keys.encrypt_private)
+            if spec.auth_client and reply.rvd_nonce
+            else None
+        )
         if spec.auth_client and not reply.rvd_nonce:
             raise ProtocolError("the relay sent no rvdNonce, so our side cannot authenticate")
         mark("keys")
-        log.info("session %s established: relay %s:%d, %s", sid, reply.host, reply.port_a,
-                 _mode(crypto))
+        log.info(
+            "session %s established: relay %s:%d, %s", sid, reply.host, reply.port_a, _mode(crypto)
+        )
         log.debug("set-up timings (ms): %s", timings)
-        return Established(sid, reply.host, reply.port_a, auth, crypto, result, info,
-                           username, timings)
+        return Established(
+            sid, reply.host, reply.port_a, auth, crypto, result, info, username, timings
+        )
     finally:
         if pump is not None:
             pump.cancel()
@@ -377,8 +474,9 @@ def _mode(crypto: TunnelCrypto) -> str:
     return mode_name(crypto)
 
 
-async def _verify(client: AtClient, spec: SessionSpec, sid: str, text: str,
-                  pk_task: asyncio.Future[rsa.PublicKey]) -> dict[str, Any]:
+async def _verify(
+    client: AtClient, spec: SessionSpec, sid: str, text: str, pk_task: asyncio.Future[rsa.PublicKey]
+) -> dict[str, Any]:
     if not text.lstrip().startswith("{"):
         raise _classify_daemon_error(text)
     try:
@@ -388,7 +486,9 @@ async def _verify(client: AtClient, spec: SessionSpec, sid: str, text: str,
     try:
         payload = await client.verify_signed(text, spec.daemon)
     except SignatureError as exc:
-        raise SignatureError(f"the device daemon's response signature did not verify: {exc}") from None
+        raise SignatureError(
+            f"the device daemon's response signature did not verify: {exc}"
+        ) from None
     except ProtocolError as exc:
         raise ProtocolError(f"the device daemon's response is malformed: {exc}") from None
     if payload.get("sessionId") != sid:
@@ -399,8 +499,9 @@ async def _verify(client: AtClient, spec: SessionSpec, sid: str, text: str,
     return payload
 
 
-def _choose_crypto(spec: SessionSpec, sid: str, payload: dict[str, Any],
-                   eph: rsa.PrivateKey | None) -> TunnelCrypto:
+def _choose_crypto(
+    spec: SessionSpec, sid: str, payload: dict[str, Any], eph: rsa.PrivateKey | None
+) -> TunnelCrypto:
     if eph is None:
         if spec.require_aead:
             raise DowngradeRefusedError("--require-aead needs encryption (drop --no-et)")
@@ -411,14 +512,28 @@ def _choose_crypto(spec: SessionSpec, sid: str, payload: dict[str, Any],
     if spec.require_aead:
         raise DowngradeRefusedError(
             "the device daemon did not accept the AEAD mode and --require-aead was given; refusing "
-            "to fall back to AES-CTR")
+            "to fall back to AES-CTR"
+        )
     if keys.ctr is None:
-        raise ProtocolError("the device daemon sent no session keys although encryption was requested")
+        raise ProtocolError(
+            "the device daemon sent no session keys although encryption was requested"
+        )
     return keys.ctr
 
 
-async def connect_client(atsign: str, *, keys_file: str | None, root: str | None,
-                         ca_file: str | None, timeout: float = 10.0) -> AtClient:
+async def connect_client(
+    atsign: str,
+    *,
+    keys_file: str | None,
+    root: str | None,
+    ca_file: str | None,
+    timeout: float = 10.0,
+) -> AtClient:
     """Our atClient (PKAM); errors keep their types (KeyFileError, ConnectError...)."""
-    return await AtClient.connect(validate_atsign(atsign, add_at=True), keys_file=keys_file,
-                                  root=root, ca_file=ca_file, timeout=timeout)
+    return await AtClient.connect(
+        validate_atsign(atsign, add_at=True),
+        keys_file=keys_file,
+        root=root,
+        ca_file=ca_file,
+        timeout=timeout,
+    )

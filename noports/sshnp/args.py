@@ -33,59 +33,137 @@ def profile_dir() -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sshnp", add_help=False, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="ssh to a NoPorts device (no open ports on the device).")
+    p = argparse.ArgumentParser(
+        prog="sshnp",
+        add_help=False,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="ssh to a NoPorts device (no open ports on the device).",
+    )
     B = argparse.BooleanOptionalAction
     p.add_argument("--help", action="help", help="show this help and exit")
-    p.add_argument("-f", "--from", dest="from_", default=None, metavar="@CLIENT", help="client atSign")
-    p.add_argument("-t", "--to", default=None, metavar="@DEVICE_ATSIGN", help="device daemon atSign")
+    p.add_argument(
+        "-f", "--from", dest="from_", default=None, metavar="@CLIENT", help="client atSign"
+    )
+    p.add_argument(
+        "-t", "--to", default=None, metavar="@DEVICE_ATSIGN", help="device daemon atSign"
+    )
     p.add_argument("-d", "--device", default=None, help="device name (default: default)")
     p.add_argument("-r", "--srvd", default=None, metavar="@RELAY", help="relay (srvd) atSign")
     p.add_argument("-h", "--host", dest="host", default=None, help=argparse.SUPPRESS)
     p.add_argument("-l", "--local-port", type=int, default=0, help="local port (0 = any free port)")
     p.add_argument("-k", "--key-file", default=None, help="atKeys file")
-    p.add_argument("-i", "--identity-file", default=None, help="ssh private key for the user session")
+    p.add_argument(
+        "-i", "--identity-file", default=None, help="ssh private key for the user session"
+    )
     p.add_argument("--identity-passphrase", default=None, help=argparse.SUPPRESS)
-    p.add_argument("-s", "--send-ssh-public-key", action="store_true",
-                   help="send the public key of -i to the daemon (needs a daemon started with -s)")
-    p.add_argument("-o", "--local-ssh-options", action="append", default=[],
-                   help="ssh -o option for the user session (repeatable)")
+    p.add_argument(
+        "-s",
+        "--send-ssh-public-key",
+        action="store_true",
+        help="send the public key of -i to the daemon (needs a daemon started with -s)",
+    )
+    p.add_argument(
+        "-o",
+        "--local-ssh-options",
+        action="append",
+        default=[],
+        help="ssh -o option for the user session (repeatable)",
+    )
     p.add_argument("-u", "--remote-user-name", default=None, help="remote user name")
     p.add_argument("-U", "--tunnel-user-name", default=None, help="user for the v4 tunnel ssh")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
-    p.add_argument("-x", "--output-execution-command", dest="print_command", action="store_true",
-                   help="print the ssh command and leave the tunnel waiting in the background")
+    p.add_argument(
+        "-x",
+        "--output-execution-command",
+        dest="print_command",
+        action="store_true",
+        help="print the ssh command and leave the tunnel waiting in the background",
+    )
     p.add_argument("--ssh-client", default="openssh", help="openssh (dart is not supported)")
     p.add_argument("--root-domain", default="root.atsign.org", help="atDirectory host")
     p.add_argument("--root", default=None, help="atDirectory host:port (overrides --root-domain)")
     p.add_argument("--ca-file", default=None, help="extra CA bundle to trust")
-    p.add_argument("--remote-sshd-port", type=int, default=22, help="sshd port on the device (v4 flow)")
-    p.add_argument("--idle-timeout", type=int, default=15, help="seconds (accepted; dart client only)")
-    p.add_argument("--ssh-algorithm", default="ssh-ed25519", choices=("ssh-ed25519", "ssh-rsa"),
-                   help="accepted for compatibility")
-    p.add_argument("--add-forwards-to-tunnel", action="store_true",
-                   help="put the -o options on the v4 tunnel ssh instead of the user session")
-    p.add_argument("--config-file", "-e", "--env-file", dest="config_file", default=None,
-                   help="env-style KEY=VALUE config file")
+    p.add_argument(
+        "--remote-sshd-port", type=int, default=22, help="sshd port on the device (v4 flow)"
+    )
+    p.add_argument(
+        "--idle-timeout", type=int, default=15, help="seconds (accepted; dart client only)"
+    )
+    p.add_argument(
+        "--ssh-algorithm",
+        default="ssh-ed25519",
+        choices=("ssh-ed25519", "ssh-rsa"),
+        help="accepted for compatibility",
+    )
+    p.add_argument(
+        "--add-forwards-to-tunnel",
+        action="store_true",
+        help="put the -o options on the v4 tunnel ssh instead of the user session",
+    )
+    p.add_argument(
+        "--config-file",
+        "-e",
+        "--env-file",
+        dest="config_file",
+        default=None,
+        help="env-style KEY=VALUE config file",
+    )
     p.add_argument("--profile", default=None, help="~/.sshnp/config/<PROFILE>.env")
-    p.add_argument("--list-devices", "--ls", dest="list_devices", action="store_true",
-                   help="list devices (output on stderr)")
-    p.add_argument("--authenticate-client-to-rvd", "--ac", dest="auth_client", action=B, default=True,
-                   help="our tunnel end authenticates to the relay")
-    p.add_argument("--authenticate-device-to-rvd", "--ad", dest="auth_device", action=B, default=True,
-                   help="the daemon's tunnel end authenticates to the relay")
-    p.add_argument("--encrypt-rvd-traffic", "--et", dest="encrypt", action=B, default=True,
-                   help="encrypt end to end (off: the v4 double-ssh flow)")
-    p.add_argument("--daemon-ping-timeout", "--dpt", dest="dpt", type=float, default=20.0,
-                   help="seconds to wait for the daemon's ping reply")
-    p.add_argument("--stdio", action="store_true",
-                   help="carry the tunnel on stdin/stdout (ssh ProxyCommand); logs go to stderr")
+    p.add_argument(
+        "--list-devices",
+        "--ls",
+        dest="list_devices",
+        action="store_true",
+        help="list devices (output on stderr)",
+    )
+    p.add_argument(
+        "--authenticate-client-to-rvd",
+        "--ac",
+        dest="auth_client",
+        action=B,
+        default=True,
+        help="our tunnel end authenticates to the relay",
+    )
+    p.add_argument(
+        "--authenticate-device-to-rvd",
+        "--ad",
+        dest="auth_device",
+        action=B,
+        default=True,
+        help="the daemon's tunnel end authenticates to the relay",
+    )
+    p.add_argument(
+        "--encrypt-rvd-traffic",
+        "--et",
+        dest="encrypt",
+        action=B,
+        default=True,
+        help="encrypt end to end (off: the v4 double-ssh flow)",
+    )
+    p.add_argument(
+        "--daemon-ping-timeout",
+        "--dpt",
+        dest="dpt",
+        type=float,
+        default=20.0,
+        help="seconds to wait for the daemon's ping reply",
+    )
+    p.add_argument(
+        "--stdio",
+        action="store_true",
+        help="carry the tunnel on stdin/stdout (ssh ProxyCommand); logs go to stderr",
+    )
     p.add_argument("--aead", dest="aead", action=B, default=True, help="offer the AEAD mode")
-    p.add_argument("--require-aead", action="store_true",
-                   help="refuse unless the daemon uses the AEAD mode")
-    p.add_argument("--output", choices=("text", "json"), default="text",
-                   help="json: -x prints a JSON object with the command, port and session")
+    p.add_argument(
+        "--require-aead", action="store_true", help="refuse unless the daemon uses the AEAD mode"
+    )
+    p.add_argument(
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="json: -x prints a JSON object with the command, port and session",
+    )
     from ..cli.common import add_common
 
     add_common(p)
@@ -151,7 +229,9 @@ def validate(args: argparse.Namespace) -> None:
         raise ConfigError("--remote-sshd-port must be 1..65535")
     for name in ("remote_user_name", "tunnel_user_name"):
         v = getattr(args, name)
-        if v is not None and (not v or v.startswith("-") or any(c.isspace() or c in "@:/" or ord(c) < 0x20 for c in v)):
+        if v is not None and (
+            not v or v.startswith("-") or any(c.isspace() or c in "@:/" or ord(c) < 0x20 for c in v)
+        ):
             raise ConfigError(f"invalid user name {v!r}")
     opts: list[str] = []
     for o in args.local_ssh_options:

@@ -47,8 +47,12 @@ async def _scan(client: AtClient, to: str | None) -> list[tuple[str, str]]:
 
 async def list_devices(args: argparse.Namespace) -> int:
     print("Searching for devices...", file=sys.stderr)
-    client = await connect_client(args.from_, keys_file=args.key_file,
-                                  root=args.root or args.root_domain, ca_file=args.ca_file)
+    client = await connect_client(
+        args.from_,
+        keys_file=args.key_file,
+        root=args.root or args.root_domain,
+        ca_file=args.ca_file,
+    )
     try:
         found = await _scan(client, args.to)
         if not found:

@@ -31,13 +31,19 @@ from typing import Any
 from ..at.client import AtClient
 from ..errors import ConfigError, NoPortsError, PeerTimeoutError, RemoteError
 from ..fsutil import secure_dir, write_secret
-from ..session.client import Established, SessionSpec, connect_client, establish
+from ..session.client import (
+    Established,
+    SessionSpec,
+    connect_client,
+    establish,
+    start_ephemeral_keygen,
+)
 from ..sshnpd.features import sshnp_required_features
 from ..tunnel import open_client_single
 from .background import Reporter
 
 log = logging.getLogger("noports.sshnp")
-TUNNEL_WAIT = 30.0        # the client end waits this long for ssh to connect
+TUNNEL_WAIT = 30.0  # the client end waits this long for ssh to connect
 V4_SSH_TIMEOUT = 10.0
 
 
@@ -49,17 +55,26 @@ def progress_fn(args: argparse.Namespace):
     def say(msg: str) -> None:
         if not args.quiet and not args.verbose and not args.debug and not args.stdio:
             print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} : {msg}", file=sys.stderr, flush=True)
+
     return say
 
 
 def session_spec(args: argparse.Namespace) -> SessionSpec:
     return SessionSpec(
-        kind="ssh", daemon=args.to, device=args.device, relay=args.srvd,
-        auth_client=args.auth_client, auth_device=args.auth_device, encrypt=args.encrypt,
-        offer_aead=args.aead, require_aead=args.require_aead,
+        kind="ssh",
+        daemon=args.to,
+        device=args.device,
+        relay=args.srvd,
+        auth_client=args.auth_client,
+        auth_device=args.auth_device,
+        encrypt=args.encrypt,
+        offer_aead=args.aead,
+        require_aead=args.require_aead,
         required=sshnp_required_features(
-            authenticate_device_to_rvd=args.auth_device, encrypt_rvd_traffic=args.encrypt,
-            send_ssh_public_key=args.send_ssh_public_key),
+            authenticate_device_to_rvd=args.auth_device,
+            encrypt_rvd_traffic=args.encrypt,
+            send_ssh_public_key=args.send_ssh_public_key,
+        ),
         ping_timeout=args.dpt,
         fetch_username=args.remote_user_name is None and not args.stdio,
         public_key=getattr(args, "public_key_text", None) if args.send_ssh_public_key else None,
@@ -67,10 +82,15 @@ def session_spec(args: argparse.Namespace) -> SessionSpec:
 
 
 async def open_session(args: argparse.Namespace) -> tuple[AtClient, Established]:
-    client = await connect_client(args.from_, keys_file=args.key_file,
-                                  root=args.root or args.root_domain, ca_file=args.ca_file)
+    eph = start_ephemeral_keygen() if args.encrypt else None
+    client = await connect_client(
+        args.from_,
+        keys_file=args.key_file,
+        root=args.root or args.root_domain,
+        ca_file=args.ca_file,
+    )
     try:
-        est = await establish(client, session_spec(args), progress=progress_fn(args))
+        est = await establish(client, session_spec(args), progress=progress_fn(args), ephemeral=eph)
     except BaseException:
         await client.close()
         raise
@@ -83,8 +103,15 @@ def host_key_alias(args: argparse.Namespace) -> str:
 
 def ssh_command(args: argparse.Namespace, port: int, user: str | None) -> list[str]:
     """The user-session ssh command (official shape plus a pinned HostKeyAlias)."""
-    cmd = ["ssh", "-p", str(port), "-o", "StrictHostKeyChecking=accept-new",
-           "-o", f"HostKeyAlias={host_key_alias(args)}"]
+    cmd = [
+        "ssh",
+        "-p",
+        str(port),
+        "-o",
+        "StrictHostKeyChecking=accept-new",
+        "-o",
+        f"HostKeyAlias={host_key_alias(args)}",
+    ]
     if args.identity_file:
         cmd += ["-o", "IdentitiesOnly=yes"]
     if not args.add_forwards_to_tunnel or args.encrypt:
@@ -121,45 +148,70 @@ async def _run_ssh(cmd: list[str]) -> int:
             loop.remove_signal_handler(sig)
 
 
-async def _v4_tunnel_ssh(args: argparse.Namespace, est: Established, rv_port: int,
-                         local_port: int, user: str | None) -> None:
+async def _v4_tunnel_ssh(
+    args: argparse.Namespace, est: Established, rv_port: int, local_port: int, user: str | None
+) -> None:
     pem = est.payload.get("ephemeralPrivateKey")
     if not isinstance(pem, str) or "PRIVATE KEY" not in pem:
-        raise NoPortsError("the device daemon sent no ephemeral key for the v4 flow "
-                           "(it needs --no-et daemons' double-ssh support)")
+        raise NoPortsError(
+            "the device daemon sent no ephemeral key for the v4 flow "
+            "(it needs --no-et daemons' double-ssh support)"
+        )
     d = secure_dir(Path.home() / ".sshnp")
     key_path = d / f"ephemeral_{est.session_id}"
-    write_secret(key_path, pem.encode() if pem.endswith("\n") else (pem + "\n").encode(),
-                 overwrite=False)
+    write_secret(
+        key_path, pem.encode() if pem.endswith("\n") else (pem + "\n").encode(), overwrite=False
+    )
     tunnel_user = args.tunnel_user_name or user
     err_fd, err_path = tempfile.mkstemp(prefix="tunnel_ssh_", dir=d)
     try:
-        cmd = ["ssh", f"{tunnel_user}@localhost" if tunnel_user else "localhost",
-               "-p", str(rv_port), "-i", str(key_path),
-               "-L", f"{local_port}:localhost:{args.remote_sshd_port}",
-               "-o", "LogLevel=ERROR", "-t", "-t",
-               "-o", "StrictHostKeyChecking=accept-new",
-               "-o", f"HostKeyAlias={host_key_alias(args)}",
-               "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-               "-o", "ExitOnForwardFailure=yes", "-n", "-f"]
+        cmd = [
+            "ssh",
+            f"{tunnel_user}@localhost" if tunnel_user else "localhost",
+            "-p",
+            str(rv_port),
+            "-i",
+            str(key_path),
+            "-L",
+            f"{local_port}:localhost:{args.remote_sshd_port}",
+            "-o",
+            "LogLevel=ERROR",
+            "-t",
+            "-t",
+            "-o",
+            "StrictHostKeyChecking=accept-new",
+            "-o",
+            f"HostKeyAlias={host_key_alias(args)}",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-n",
+            "-f",
+        ]
         if args.add_forwards_to_tunnel:
             for o in args.local_ssh_options:
                 cmd += ["-o", o]
         cmd += ["sleep", "15"]
         log.info("tunnel ssh: %s", shlex.join(cmd))
         proc = await asyncio.create_subprocess_exec(
-            *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=err_fd)
+            *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=err_fd
+        )
         try:
             rc = await asyncio.wait_for(proc.wait(), V4_SSH_TIMEOUT)
         except (TimeoutError, asyncio.TimeoutError):
             proc.kill()
-            raise PeerTimeoutError(f"the tunnel ssh did not finish within {V4_SSH_TIMEOUT:g} s") from None
+            raise PeerTimeoutError(
+                f"the tunnel ssh did not finish within {V4_SSH_TIMEOUT:g} s"
+            ) from None
         if rc != 0:
             os.lseek(err_fd, 0, 0)
             text = os.read(err_fd, 4000).decode("utf-8", "replace").strip().splitlines()
-            raise TunnelSshError(f"the tunnel ssh failed (exit {rc}): "
-                                 f"{text[-1] if text else 'no message'}")
+            raise TunnelSshError(
+                f"the tunnel ssh failed (exit {rc}): {text[-1] if text else 'no message'}"
+            )
     finally:
         os.close(err_fd)
         for p in (key_path, Path(err_path)):
@@ -169,9 +221,17 @@ async def _v4_tunnel_ssh(args: argparse.Namespace, est: Established, rv_port: in
 
 def _result(args: argparse.Namespace, est: Established, port: int, cmd: list[str]) -> str:
     if args.output == "json":
-        return json.dumps({"event": "ready", "command": shlex.join(cmd), "argv": cmd,
-                           "port": port, "sessionId": est.session_id, "mode": est.mode,
-                           "timingsMs": est.timings})
+        return json.dumps(
+            {
+                "event": "ready",
+                "command": shlex.join(cmd),
+                "argv": cmd,
+                "port": port,
+                "sessionId": est.session_id,
+                "mode": est.mode,
+                "timingsMs": est.timings,
+            }
+        )
     return shlex.join(cmd)
 
 
@@ -184,14 +244,26 @@ async def run(args: argparse.Namespace, report: Reporter | None, command: list[s
         say("Creating connection to socket rendezvous")
         if args.encrypt:
             tunnel = await open_client_single(
-                est.relay_host, est.relay_port, auth_line=est.auth_line, crypto=est.crypto,
-                local_host="127.0.0.1", local_port=args.local_port, timeout=TUNNEL_WAIT)
+                est.relay_host,
+                est.relay_port,
+                auth_line=est.auth_line,
+                crypto=est.crypto,
+                local_host="127.0.0.1",
+                local_port=args.local_port,
+                timeout=TUNNEL_WAIT,
+            )
             port = tunnel.port
         else:
             port = args.local_port or _free_port()
             tunnel = await open_client_single(
-                est.relay_host, est.relay_port, auth_line=est.auth_line, crypto=None,
-                local_host="127.0.0.1", local_port=0, timeout=TUNNEL_WAIT)
+                est.relay_host,
+                est.relay_port,
+                auth_line=est.auth_line,
+                crypto=None,
+                local_host="127.0.0.1",
+                local_port=0,
+                timeout=TUNNEL_WAIT,
+            )
             say("Starting tunnel session")
             await _v4_tunnel_ssh(args, est, tunnel.port, port, user)
         await client.close()

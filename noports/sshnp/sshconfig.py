@@ -21,8 +21,10 @@ from ..sshnpd.names import validate_atsign, validate_device_name
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sshnp ssh-config",
-                                description="print (or --write) an ssh config Host block using sshnp --stdio")
+    p = argparse.ArgumentParser(
+        prog="sshnp ssh-config",
+        description="print (or --write) an ssh config Host block using sshnp --stdio",
+    )
     p.add_argument("-f", "--from", dest="from_", required=True)
     p.add_argument("-t", "--to", required=True)
     p.add_argument("-d", "--device", required=True)
@@ -33,8 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=None)
     p.add_argument("--ca-file", default=None)
     p.add_argument("--require-aead", action="store_true")
-    p.add_argument("--host", dest="alias", default=None,
-                   help="the Host name to use (default <device>.<atSign without @>)")
+    p.add_argument(
+        "--host",
+        dest="alias",
+        default=None,
+        help="the Host name to use (default <device>.<atSign without @>)",
+    )
     p.add_argument("--sshnp", default=None, help="sshnp command (default: found on PATH)")
     p.add_argument("--write", default=None, metavar="PATH", help="write the block to PATH (0600)")
     return p
@@ -64,13 +70,15 @@ def host_block(args: argparse.Namespace) -> str:
             cmd += [flag, val]
     if args.require_aead:
         cmd.append("--require-aead")
-    lines = [f"# NoPorts device {dev} of {to} via relay {relay} (sshnp ssh-config)",
-             f"Host {alias}",
-             f"  ProxyCommand {' '.join(_q(c) for c in cmd)}",
-             f"  HostKeyAlias {dev}.{to}",
-             "  StrictHostKeyChecking accept-new",
-             "  ServerAliveInterval 15",
-             "  ExitOnForwardFailure yes"]
+    lines = [
+        f"# NoPorts device {dev} of {to} via relay {relay} (sshnp ssh-config)",
+        f"Host {alias}",
+        f"  ProxyCommand {' '.join(_q(c) for c in cmd)}",
+        f"  HostKeyAlias {dev}.{to}",
+        "  StrictHostKeyChecking accept-new",
+        "  ServerAliveInterval 15",
+        "  ExitOnForwardFailure yes",
+    ]
     if args.remote_user_name:
         lines.append(f"  User {args.remote_user_name}")
     if args.identity_file:

@@ -64,8 +64,11 @@ async def run_stdio(args: argparse.Namespace) -> int:
     ours, theirs = socket.socketpair()
     loop = asyncio.get_running_loop()
     stdin_done = asyncio.Event()
-    threading.Thread(target=_stdin_to_sock, daemon=True,
-                     args=(ours, lambda: loop.call_soon_threadsafe(stdin_done.set))).start()
+    threading.Thread(
+        target=_stdin_to_sock,
+        daemon=True,
+        args=(ours, lambda: loop.call_soon_threadsafe(stdin_done.set)),
+    ).start()
     out_thread = threading.Thread(target=_sock_to_stdout, args=(ours,), daemon=True)
     out_thread.start()
     log.info("stdio tunnel up (%s), session %s", est.mode, est.session_id)
