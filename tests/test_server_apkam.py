@@ -37,7 +37,7 @@ def apkam_pkam(w: Wire, atsign: str, key: rsa.PrivateKey, eid: str | None) -> st
 def onboarded(at_server: AtServerProcess, wire: Callable[..., Wire], keys: Callable[[str], AtKeys]):
     """A fresh atSign onboarded through CRAM + enroll:request (first device, auto-approved)."""
     atsign = "@ap_" + uuid.uuid4().hex[:8]
-    secret = at_server.add(atsign)
+    secret = at_server.add_fast(atsign)
     assert secret
     mgr_key = keys("@apkam_manager").pkam_private
     w = wire()
@@ -182,7 +182,7 @@ def test_namespace_enforcement(at_server: AtServerProcess, wire: Callable[..., W
     import dataclasses
 
     sender = dataclasses.replace(sender, atsign=sender_name)
-    at_server.add(sender_name, sender)
+    at_server.add_fast(sender_name, sender)
     s = wire()
     assert s.pkam(sender) == "data:success"
     d.send("monitor")

@@ -25,7 +25,7 @@ def ident(at_server: AtServerProcess, keys: Callable[[str], AtKeys]) -> Callable
     def make(base: str) -> AtKeys:
         name = f"@{base}_{uuid.uuid4().hex[:8]}"
         k = dataclasses.replace(keys("@" + base), atsign=name)
-        at_server.add(name, k)
+        at_server.add_fast(name, k)
         return k
 
     return make
