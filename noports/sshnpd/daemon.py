@@ -34,7 +34,7 @@ from ..at.client import AtClient
 from ..at.protocol import Notification
 from ..cli.common import escape
 from ..crypto import rsa
-from ..errors import KeyNotFoundError, NoPortsError
+from ..errors import ConnectError, KeyNotFoundError, NoPortsError
 from .authkeys import AuthorizedKeys, InvalidPublicKeyError
 from .ephemeral import EphemeralKeys
 from .features import ping_response_json
@@ -198,8 +198,9 @@ class Daemon:
             for t in (reader, stopper):
                 t.cancel()
             await asyncio.gather(reader, stopper, return_exceptions=True)
-            if reader.done() and not reader.cancelled() and reader.exception():
-                raise reader.exception()  # type: ignore[misc]
+            if not self._stop.is_set() and reader.done() and not reader.cancelled():
+                exc = reader.exception()
+                raise exc if exc is not None else ConnectError("the notification monitor ended")
         finally:
             await monitor.close()
             await self.shutdown()
