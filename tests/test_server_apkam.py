@@ -174,6 +174,10 @@ def test_namespace_enforcement(at_server: AtServerProcess, wire: Callable[..., W
     d.data(f"update:public:publickey{atsign} ENCPUB")  # reserved keys are always allowed
     assert d.data(f"plookup:publickey{atsign}") == "ENCPUB"
     assert d.cmd(f"llookup:shared_key.bob{atsign}").startswith("error:AT0015")  # reserved: allowed
+    # ...but not the keys that decide who may log in
+    assert d.cmd("update:privatekey:at_pkam_publickey " + rsa.public_to_b64(dev_key.public_key())).startswith("error:AT0009")
+    assert d.cmd("llookup:privatekey:at_pkam_publickey").startswith("error:AT0009")
+    assert d.cmd("delete:privatekey:at_secret").startswith("error:AT0009")
     visible = json.loads(d.data("scan"))
     assert f"cfg.dev1.sshnp{atsign}" in visible and f"secret.other{atsign}" not in visible
     # monitor: only notifications in enrolled namespaces

@@ -26,6 +26,9 @@ def check_ns(s: Session, key: AtKey, write: bool) -> None:
     """APKAM connections may only touch keys in their enrolled namespaces (spec 1.11)."""
     if s.namespaces is None:
         return
+    if key.visibility == "system" and s.namespaces.get("__manage") != "rw":
+        # the PKAM key and the CRAM secret decide who can log in: manager enrollments only
+        raise AtError.for_code("AT0009", f"enrollment {s.enrollment_id} has no access to {key.full}")
     if not namespace_allows(s.namespaces, key, write):
         raise AtError.for_code("AT0009", f"enrollment {s.enrollment_id} has no "
                                f"{'write' if write else 'read'} access to {key.full}")
