@@ -90,6 +90,10 @@ def test_quickstart_exit_then_rerun_and_sigterm(tmp_path: Path) -> None:
     # nothing lands in the caller's real HOME; keys live under the data dir, private
     keys = data / "home" / ".atsign" / "keys" / "@qs_client_key.atKeys"
     assert oct(keys.stat().st_mode & 0o777) == "0o600"
+    # the activation secrets went through a pipe into memory: never into a log file
+    logs = list((data / "logs").iterdir())
+    assert {p.name for p in logs} >= {"server.log", "srvd.log", "sshnpd.log", "npt.log"}
+    assert not any("activation secret" in p.read_text(errors="replace") for p in logs)
 
     # a second run on the same data dir reuses the atSigns, keeps running, tunnel usable
     marker2 = uuid.uuid4().hex
