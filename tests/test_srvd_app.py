@@ -45,7 +45,7 @@ def start_srvd(np_env, relay: str, *args: str, env: dict[str, str] | None = None
         "127.0.0.1",
         "-v",
         "--drain-seconds",
-        "2",
+        "1",
         *args,
         ready=READY,
         timeout=30,
@@ -423,6 +423,20 @@ def test_worker_death_is_reported_and_new_sessions_still_work(np_env):
             await client.close()
 
     arun(main())
+    # and if the control process itself is killed, its workers leave on their own
+    kids = children_of(p.pid)
+    assert len(kids) == 2
+    os.kill(p.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(Path(f"/proc/{k}").exists() for k in kids):
+        time.sleep(0.05)
+    left = [
+        k
+        for k in kids
+        if Path(f"/proc/{k}/cmdline").exists()
+        and b"noports.srvd.worker" in Path(f"/proc/{k}/cmdline").read_bytes()
+    ]
+    assert not left, f"orphaned workers {left}"
 
 
 def test_config_file_and_environment(np_env, tmp_path):

@@ -104,6 +104,7 @@ class Srvd:
         self._nacks: dict[str, list[float]] = {}
         self._idle = asyncio.Event()
         self._idle.set()
+        self._stale_keys: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -255,6 +256,11 @@ class Srvd:
         if entry is not None:
             _, live, _ = entry
             self.results["closed_" + str(msg.get("outcome"))] += 1
+            failures = msg.get("failures") or {}
+            if not msg.get("pairs") and isinstance(failures, dict) and failures.get("bad_sig"):
+                # signatures failed and nothing paired: the peer may have rotated its keys,
+                # so the next request re-fetches instead of trusting the cache (12.1 #9)
+                self._stale_keys.update({live.atsign_a, live.atsign_b})
             log.info(
                 "Finished session %s for %s to %s using ports [%s, %s] (%s: %s pairs, "
                 "%s bytes A->B, %s bytes B->A, %s auth failures)",
@@ -327,7 +333,9 @@ class Srvd:
                 keys.append(None)
                 continue
             try:
-                keys.append(await self.client.public_key(who))
+                stale = who in self._stale_keys
+                keys.append(await self.client.public_key(who, refresh=stale))
+                self._stale_keys.discard(who)
             except (AtError, NoPortsError, OSError) as exc:
                 raise rq.Refusal(
                     rq.ERROR, f"cannot get the public key of {who}: {exc}", g.session_id
