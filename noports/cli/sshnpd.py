@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--require-aead", action="store_true", default=False,
                    help="refuse sessions that do not use the noports AEAD mode")
     p.add_argument("--max-sessions", type=int, default=128, help="concurrent tunnels (128)")
+    p.add_argument("--drain", type=float, default=0.0, metavar="SECS",
+                   help="on SIGTERM/SIGINT let running sessions finish for up to SECS seconds "
+                        "(default 0: cut them at once)")
     add_common(p, verbose_short=True)
     return p
 
@@ -105,6 +108,8 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
         raise ConfigError("--local-sshd-port must be 1-65535")
     if not 1 <= args.max_sessions <= 10_000:
         raise ConfigError("--max-sessions must be 1-10000")
+    if not 0 <= args.drain <= 86_400:
+        raise ConfigError("--drain must be 0-86400 seconds")
     if args.permit_open is not None:
         po_text = args.permit_open
     else:
@@ -119,7 +124,7 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
         hide=bool(args.hide), local_sshd_port=args.local_sshd_port,
         ephemeral_permissions=validate_options(args.ephemeral_permissions),
         ssh_algorithm=args.ssh_algorithm, require_aead=bool(args.require_aead),
-        max_sessions=args.max_sessions,
+        max_sessions=args.max_sessions, drain=args.drain,
     )
 
 

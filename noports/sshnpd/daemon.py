@@ -16,7 +16,8 @@ Unauthorised senders get no reply at all, not even to pings. Dispatch (6.5): ``p
 
 The monitor loop never waits for a request: each is its own task, at most
 :data:`MAX_HANDLERS` at a time (more are dropped and logged); tunnels are bounded by
-``max_sessions``. ``stop()`` cancels everything and removes pending ephemeral keys.
+``max_sessions``. ``stop()`` stops taking requests, lets running tunnels finish for up to
+``drain`` seconds, then cancels everything and removes pending ephemeral keys.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ class DaemonConfig:
     authorized_keys: Path | None = None
     username: str | None = None
     max_sessions: int = 128
+    #: on SIGTERM/SIGINT, seconds running tunnels may take to finish before they are cut
+    drain: float = 0.0
 
 
 class Daemon:
@@ -203,7 +206,18 @@ class Daemon:
                 raise exc if exc is not None else ConnectError("the notification monitor ended")
         finally:
             await monitor.close()
+            if self._stop.is_set() and self.cfg.drain > 0:
+                await self.drain(self.cfg.drain)
             await self.shutdown()
+
+    async def drain(self, seconds: float) -> None:
+        """No new work (the monitor is closed); let running tunnels end for ``seconds``."""
+        for t in list(self._handlers):
+            t.cancel()
+        running = list(self.sessions.tunnels)
+        if running:
+            log.warning("draining %d session(s) for up to %g s", len(running), seconds)
+            await asyncio.wait(running, timeout=seconds)
 
     async def shutdown(self) -> None:
         for t in (*self._background, *self._handlers):
