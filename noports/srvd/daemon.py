@@ -153,11 +153,15 @@ class Srvd:
                     self.s.atsign, keys=keys, root=self._root(), ca_file=self.s.ca_file
                 )
             )
-            await self.pool.start()
-            self.client = await connect
+            if not await self._unless_stopped(self.pool.start()):
+                return 0
+            if not await self._unless_stopped(asyncio.shield(connect)):
+                return 0
+            self.client = connect.result()
             self.client.public_key_ttl = PUBLIC_KEY_TTL
             monitor = self.client.monitor(MONITOR_REGEX)
-            await monitor.started(30.0)
+            if not await self._unless_stopped(monitor.started(30.0)):
+                return 0
             log.info(
                 "srvd %s ready: monitor started (%d worker(s), bind %s, ports %s, fd limit %s)",
                 self.s.atsign,
@@ -195,6 +199,23 @@ class Srvd:
                 with contextlib.suppress(Exception):
                     await self.client.close()
             log.info("srvd %s stopped: requests %s", self.s.atsign, dict(self.results) or "none")
+
+    async def _unless_stopped(self, aw: Any) -> bool:
+        """Await a start-up step; False (step cancelled) if a stop signal came first."""
+        step = asyncio.ensure_future(aw)
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({step, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if step.done():
+            step.result()
+            return True
+        step.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await step
+        log.info("srvd %s stopped during start-up", self.s.atsign)
+        return False
 
     async def _drain(self) -> None:
         deadline = time.monotonic() + self.s.drain_seconds
