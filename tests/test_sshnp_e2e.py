@@ -8,6 +8,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -205,3 +206,31 @@ def test_bad_inputs(rig: Rig) -> None:
         assert "error" in r.stderr.lower()
     r = rig.env.run("sshnp", "-t", rig.device_atsign, "-r", rig.relay, timeout=20)
     assert r.returncode == 2 and "-f/--from" in r.stderr
+
+
+def test_list_devices_and_stdio_eof(rig: Rig) -> None:
+    """``--ls`` (stderr, official shape): a live device is Active, a stopped one Inactive, a
+    hidden one absent. ``--stdio`` with stdin at EOF: only tunnel bytes (the sshd banner) on
+    stdout, then a prompt exit 0."""
+    rig.daemon("dev1")
+    rig.daemon("devgone").stop()
+    rig.daemon("devhidden", "-h")
+    for extra in ([], ["-t", rig.device_atsign]):
+        r = rig.env.run("sshnp", "-f", rig.client, *extra, "--ls", "--dpt", "3", timeout=30)
+        assert r.returncode == 0 and r.stdout == "", r.stderr
+        active, _, inactive = r.stderr.partition("Inactive Devices:")
+        assert "Searching for devices..." in active and "Active Devices:" in active
+        assert "  dev1" in active and "allowedServices: localhost:" in active
+        assert "  devgone" in inactive and "dev1" not in inactive
+        assert "devhidden" not in r.stderr
+    t0 = time.monotonic()
+    p = subprocess.run(
+        rig.env.argv("sshnp", *rig.base("dev1"), "--stdio"),
+        env=rig.env.env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=30,
+    )
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith(b"SSH-2.0-") and p.stdout.count(b"\n") == 1
+    assert time.monotonic() - t0 < 15

@@ -1,7 +1,8 @@
 """``sshnp --list-devices`` (spec 3.4): find shared device_info records, ping, report on stderr.
 
 With ``-t``: the device atSign's ``device_info.<dev>.sshnp`` records shared with us (remote
-scan); without: every such record our own atServer holds (cached shares), grouped by sharer.
+scan, plus our cached copies); without: every such record our own atServer holds (cached
+shares), grouped by sharer.
 Each device gets a ``ping``; those answering a ``heartbeat`` within the window are Active.
 """
 
@@ -25,18 +26,21 @@ LISTEN = 10.0
 
 
 async def _scan(client: AtClient, to: str | None) -> list[tuple[str, str]]:
+    """(owner, device) pairs: with ``to`` its remote scan plus our cached copies of its
+    records (servers that answer remote scans with nothing still cache the shares)."""
+    texts = [await client.execute(commands.scan(DEVICE_RX))]
     if to:
-        text = await client.execute(commands.scan(DEVICE_RX, for_atsign=to))
-    else:
-        text = await client.execute(commands.scan(DEVICE_RX))
-    try:
-        keys = json.loads(text) if text.strip() else []
-    except ValueError:
-        keys = []
+        texts.insert(0, await client.execute(commands.scan(DEVICE_RX, for_atsign=to)))
     found: list[tuple[str, str]] = []
-    for k in keys if isinstance(keys, list) else []:
-        m = _KEY.search(str(k))
-        if m:
+    for text in texts:
+        try:
+            keys = json.loads(text) if text.strip() else []
+        except ValueError:
+            keys = []
+        for k in keys if isinstance(keys, list) else []:
+            m = _KEY.search(str(k))
+            if not m:
+                continue
             owner = "@" + m.group(2).lower()
             if to and owner != to:
                 continue
