@@ -355,3 +355,73 @@ def test_sshnpd_asks_npa_end_to_end(np_env, tmp_path: Path) -> None:
     finally:
         web.close()
         other.close()
+
+
+def test_rate_limit_and_bounded_heartbeats(tmp_path: Path) -> None:
+    """A flooding sender is cut off (others still answered); the heartbeat table is bounded."""
+    from noports.at.commands import Metadata
+    from noports.at.protocol import Notification
+    from noports.npa.service import NpaService, RateLimiter
+
+    now = [0.0]
+    lim = RateLimiter(2.0, 4.0, clock=lambda: now[0], max_senders=3)
+    assert [lim.allow("@a") for _ in range(5)] == [True] * 4 + [False]
+    now[0] += 1.0  # two tokens back
+    assert [lim.allow("@a") for _ in range(3)] == [True, True, False]
+    assert lim.allow("@b") and lim.dropped["@a"] == 2
+    for s in ("@c", "@d", "@e"):
+        lim.allow(s)
+    assert "@a" not in lim._buckets and len(lim._buckets) == 3
+    assert RateLimiter(0, 0).allow("@x")
+
+    class FakeClient:
+        atsign = "@npa"
+        sent: list[tuple[str, str]] = []
+
+        async def notify(self, to: str, key: str, value: str, **kw: Any) -> str:
+            self.sent.append((to, key))
+            return "id"
+
+    pol = tmp_path / "p.toml"
+    pol.write_text(policy_text("@carol", '"localhost:22"'))
+    svc = NpaService(
+        FakeClient(), PolicyStore(str(pol)), self_audit=False, max_rate=1.0, max_devices=2
+    )
+
+    def note(sender: str, key: str, value: str | None) -> Notification:
+        return Notification(
+            id=key,
+            from_atsign=sender,
+            to_atsign="@npa",
+            key=f"@npa:{key}{sender}",
+            value=value,
+            operation="update",
+            epoch_millis=1,
+            message_type="key",
+            is_encrypted=True,
+            metadata=Metadata(),
+        )
+
+    def req(sender: str, rid: int) -> Notification:
+        value = json.dumps(
+            {
+                "reqId": rid,
+                "payload": {
+                    "daemonAtsign": sender,
+                    "daemonDeviceName": "pi",
+                    "clientAtsign": "@carol",
+                },
+            }
+        )
+        return note(sender, f"request.{rid}.auth_checks.__rpcs.sshnp", value)
+
+    async def flood() -> None:
+        answered = [await svc.dispatch(req("@flood", i)) for i in range(1, 31)]
+        assert sum(a is not None for a in answered) == 10  # the burst, then nothing
+        assert await svc.dispatch(req("@calm", 99)) is not None
+        for dev in ("d1", "d2", "d3"):
+            await svc.dispatch(note("@calm", f"{dev}.devices.policy.sshnp", '{"devicename":1}'))
+
+    asyncio.run(flood())
+    assert len(FakeClient.sent) == 22  # ack + success for 11 requests
+    assert list(svc.devices) == [("@calm", "d2"), ("@calm", "d3")]

@@ -14,6 +14,9 @@ itself as a ``<epochMillis>.logs.policy.sshnp`` notification.
 as the official NPA, is to answer any daemon: a daemon can only ask about itself, and the
 policy file decides what it gets (nothing, unless listed there).
 
+``--max-rate`` (default 20 requests/s per daemon atSign, bursts of 100) drops a flood
+from one sender without starving the others.
+
 On start it prints ``npa: @policy monitor started ...`` on stderr. Flags can also come from
 ``NOPORTS_NPA_<FLAG>`` variables or a TOML ``--config`` file. Exit codes: 0 stopped by
 SIGTERM/SIGINT; 2 usage or a broken policy file at start; 3 authentication refused;
@@ -69,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not send the <ms>.logs.policy.sshnp audit notification to ourselves",
     )
     p.add_argument(
+        "--max-rate",
+        type=float,
+        default=20.0,
+        metavar="N",
+        help="requests per second answered per daemon atSign, bursts of 5x (0 = no limit)",
+    )
+    p.add_argument(
         "-r",
         "--root",
         "--root-domain",
@@ -111,7 +121,12 @@ async def _serve(args: argparse.Namespace) -> int:
         me, keys_file=args.key_file, root=args.root, ca_file=args.ca_file
     )
     service = NpaService(
-        client, store, daemon_atsigns=daemons, audit_log=audit, self_audit=args.self_audit
+        client,
+        store,
+        daemon_atsigns=daemons,
+        audit_log=audit,
+        self_audit=args.self_audit,
+        max_rate=args.max_rate,
     )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -28,13 +28,16 @@ Handling a request (:func:`handle_request` is sans-IO; :class:`NpaService` does 
   an unexpected exception is a denial ``"Exception: ..."``, as official), and an audit record
   to the log, to the ``--audit-log`` JSON-lines file and as a P3 self notification.
 
-The policy file is re-checked (one ``stat``) before every decision; a broken edit keeps the
+Each daemon atSign gets at most ``max_rate`` requests/s answered (bursts of 5x; excess is
+dropped and logged), and the D9 heartbeat table is bounded, so no sender can make us spend
+without limit. The policy file is re-checked (one ``stat``) before every decision; a broken edit keeps the
 last good policy (see :mod:`.policy`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -62,6 +65,7 @@ __all__ = [
     "Outcome",
     "handle_request",
     "AuditLog",
+    "RateLimiter",
     "NpaService",
 ]
 
@@ -226,6 +230,46 @@ class DeviceSeen:
     info: dict[str, Any]
 
 
+class RateLimiter:
+    """A token bucket per sender: ``rate`` requests/s in bursts of up to ``burst``.
+
+    Any atSign can send requests, and each costs us three notifications, so a flood from
+    one sender is cut off here without starving the others. Memory is bounded: at most
+    ``max_senders`` buckets, the least recently used forgotten first (a full bucket).
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_senders: int = 10_000,
+    ) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.clock = clock
+        self.max_senders = max_senders
+        self._buckets: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
+        self.dropped: collections.Counter[str] = collections.Counter()
+
+    def allow(self, sender: str) -> bool:
+        if self.rate <= 0:
+            return True
+        now = self.clock()
+        tokens, last = self._buckets.pop(sender, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        ok = tokens >= 1.0
+        self._buckets[sender] = (tokens - 1.0 if ok else tokens, now)
+        if len(self._buckets) > self.max_senders:
+            self._buckets.popitem(last=False)
+        if not ok:
+            self.dropped[sender] += 1
+            if len(self.dropped) > self.max_senders:
+                self.dropped.clear()
+        return ok
+
+
 class NpaService:
     """Monitor P1 requests and D9 heartbeats on ``client`` and answer from ``store``."""
 
@@ -238,13 +282,19 @@ class NpaService:
         audit_log: AuditLog | None = None,
         self_audit: bool = True,
         max_inflight: int = 32,
+        max_rate: float = 20.0,
+        max_devices: int = 10_000,
     ) -> None:
         self.client = client
         self.store = store
         self.daemon_atsigns = frozenset(validate_atsign(a) for a in daemon_atsigns)
         self.audit_log = audit_log
         self.self_audit = self_audit
-        self.devices: dict[tuple[str, str], DeviceSeen] = {}
+        self.devices: collections.OrderedDict[tuple[str, str], DeviceSeen] = (
+            collections.OrderedDict()
+        )
+        self.max_devices = max_devices
+        self.limiter = RateLimiter(max_rate, max(10.0, 5 * max_rate))
         self.handled = 0
         self._sem = asyncio.Semaphore(max_inflight)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -291,6 +341,11 @@ class NpaService:
         if hb is not None:
             self._heartbeat(n.from_atsign, hb.group(1), n.value)
             return None
+        if _REQUEST.match(short) and not self.limiter.allow(n.from_atsign):
+            count = self.limiter.dropped[n.from_atsign]
+            if count == 1 or count % 100 == 0:
+                log.warning("rate limit: dropped %d request(s) from %s", count, n.from_atsign)
+            return None
         outcome = handle_request(
             self.store, n.from_atsign, short, n.value, daemon_atsigns=self.daemon_atsigns
         )
@@ -311,13 +366,17 @@ class NpaService:
         return outcome
 
     def _heartbeat(self, daemon: str, device: str, value: str | None) -> None:
+        if self.daemon_atsigns and daemon not in self.daemon_atsigns:
+            return
         info: dict[str, Any] = {}
         with contextlib.suppress(ValueError, TypeError):
             got = json.loads(value or "")
             if isinstance(got, dict):
                 info = got
-        first = (daemon, device) not in self.devices
+        first = self.devices.pop((daemon, device), None) is None
         self.devices[(daemon, device)] = DeviceSeen(daemon, device, time.time(), info)
+        if len(self.devices) > self.max_devices:
+            self.devices.popitem(last=False)
         (log.info if first else log.debug)("heartbeat from device %s of %s", device, daemon)
 
     def _record(self, outcome: Outcome) -> None:
