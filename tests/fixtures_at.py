@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,12 +60,26 @@ class AtServerProcess:
         return {"NOPORTS_ROOT": self.root, "NOPORTS_CA_FILE": self.ca_file}
 
     def start(self) -> AtServerProcess:
-        cmd = [sys.executable, "-m", "noports.cli.noports", "server", "--data-dir", str(self.data_dir),
-               "--host", self.host, "--port", str(self.port), "--output", "json", *self.extra_args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "noports.cli.noports",
+            "server",
+            "--data-dir",
+            str(self.data_dir),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--output",
+            "json",
+            *self.extra_args,
+        ]
         log = open(self.log_path, "ab")
         try:
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, cwd=str(REPO),
-                                         env=_env(), text=True)
+            self.proc = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=log, cwd=str(REPO), env=_env(), text=True
+            )
         finally:
             log.close()
         assert self.proc.stdout is not None
@@ -95,9 +110,19 @@ class AtServerProcess:
             return ""
 
     def admin(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "noports.cli.noports", "server", *args[:1],
-               "--data-dir", str(self.data_dir), *args[1:]]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO), env=_env(), timeout=60)
+        cmd = [
+            sys.executable,
+            "-m",
+            "noports.cli.noports",
+            "server",
+            *args[:1],
+            "--data-dir",
+            str(self.data_dir),
+            *args[1:],
+        ]
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, cwd=str(REPO), env=_env(), timeout=60
+        )
         if check and proc.returncode != 0:
             raise RuntimeError(f"noports server {' '.join(args)} failed: {proc.stderr.strip()}")
         return proc
@@ -178,7 +203,9 @@ class Wire:
     monitor connections). Every read has a timeout, so a silent server fails the test.
     """
 
-    def __init__(self, addr: str, ca_file: str, timeout: float = 10.0, *, read_prompt: bool = True) -> None:
+    def __init__(
+        self, addr: str, ca_file: str, timeout: float = 10.0, *, read_prompt: bool = True
+    ) -> None:
         import socket
         import ssl
 
@@ -252,7 +279,6 @@ class Wire:
 
     def is_closed(self, wait: float = 3.0) -> bool:
         """True if the server closes the connection within ``wait`` seconds (data is skipped)."""
-        import socket
         import ssl
 
         deadline = time.monotonic() + wait
@@ -261,14 +287,19 @@ class Wire:
                 self.sock.settimeout(max(0.01, deadline - time.monotonic()))
                 if not self._fill():
                     return True
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             return False
         except (ConnectionError, ssl.SSLError, OSError):
             return True
         return False
 
-    def pkam(self, keys: AtKeys, enrollment_id: str | None = None, hashing: str = "sha256",
-             dart_form: bool = False) -> str:
+    def pkam(
+        self,
+        keys: AtKeys,
+        enrollment_id: str | None = None,
+        hashing: str = "sha256",
+        dart_form: bool = False,
+    ) -> str:
         """from + pkam; returns the pkam response line."""
         from noports.crypto import rsa
 
@@ -300,12 +331,12 @@ class Wire:
         self.read_prompt()
         return resp
 
-    def notification(self) -> dict[str, object]:
+    def notification(self) -> dict[str, Any]:
         """Next ``notification: {json}`` line on a monitor connection, skipping stats ones."""
         while True:
             line = self.readline()
             assert line.startswith("notification: "), f"not a notification: {line!r}"
-            body = json.loads(line[len("notification: "):])
+            body = json.loads(line[len("notification: ") :])
             if body.get("id") != "-1":
                 return body
 

@@ -32,33 +32,60 @@ def test_linebuffer_splits_pipelined_and_crlf() -> None:
 
 
 def test_update_metadata_any_order_and_case() -> None:
-    a = parse_line("UPDATE:sharedKeyEnc:abc=:pubKeyCS:ff:isEncrypted:True:ttr:-1:ccd:TRUE:@bob:k@alice v a l")
+    a = parse_line(
+        "UPDATE:sharedKeyEnc:abc=:pubKeyCS:ff:isEncrypted:True:ttr:-1:ccd:TRUE:@bob:k@alice v a l"
+    )
     assert a.verb == "update" and a["value"] == "v a l" and a["key"] == "@bob:k@alice"
-    assert a["meta"] == {"sharedKeyEnc": "abc=", "pubKeyCS": "ff", "isEncrypted": True, "ttr": -1, "ccd": True}
+    assert a["meta"] == {
+        "sharedKeyEnc": "abc=",
+        "pubKeyCS": "ff",
+        "isEncrypted": True,
+        "ttr": -1,
+        "ccd": True,
+    }
     with pytest.raises(AtError):
-        parse_line("update:ttl:-5:k@alice v")   # ttl may not be negative (only ttr -1)
+        parse_line("update:ttl:-5:k@alice v")  # ttl may not be negative (only ttr -1)
     with pytest.raises(AtError):
         parse_line("update:ccd:maybe:k@alice v")
 
 
 def test_notify_options_and_c_spelling() -> None:
-    n = parse_line("notify:id:abc-1:update:message_type:key:priority:high:strategy:latest:latestN:3:"
-                   "notifier:me:ttln:60000:ttl:10000:ivNonce:aXY=:@bob:req.dev.sshnp@alice:payload:with:colons")
-    assert n["id"] == "abc-1" and n["priority"] == "high" and n["strategy"] == "latest" and n["latest_n"] == 3
+    n = parse_line(
+        "notify:id:abc-1:update:message_type:key:priority:high:strategy:latest:latestN:3:"
+        "notifier:me:ttln:60000:ttl:10000:ivNonce:aXY=:@bob:req.dev.sshnp@alice:payload:with:colons"
+    )
+    assert (
+        n["id"] == "abc-1"
+        and n["priority"] == "high"
+        and n["strategy"] == "latest"
+        and n["latest_n"] == 3
+    )
     assert n["ttln"] == 60000 and n["meta"] == {"ttl": 10000, "ivNonce": "aXY="}
-    assert n["key"] == "req.dev.sshnp@alice" and n["value"] == "payload:with:colons" and n["target"] == "@bob"
+    assert (
+        n["key"] == "req.dev.sshnp@alice"
+        and n["value"] == "payload:with:colons"
+        and n["target"] == "@bob"
+    )
     d = parse_line("notify:delete:@bob:k@alice")
     assert d["operation"] == "delete" and d["value"] is None
 
 
 def test_other_verbs_parse() -> None:
     assert parse_line("monitor:selfNotifications:1700000000000 .*sshnp").args == {
-        "strict": False, "self": True, "multiplexed": False, "since": 1700000000000, "regex": ".*sshnp"}
+        "strict": False,
+        "self": True,
+        "multiplexed": False,
+        "since": 1700000000000,
+        "regex": ".*sshnp",
+    }
     assert parse_line("monitor .*:x")["regex"] == ".*:x"
     assert parse_line("scan:showHidden:true .*")["show_hidden"] is True
     p = parse_line("pkam:signingAlgo:rsa2048:hashingAlgo:sha512:enrollmentId:e-1:c2ln")
     assert (p["hashing_algo"], p["enrollment_id"], p["signature"]) == ("sha512", "e-1", "c2ln")
-    assert parse_line("llookup:all:cached:@alice:shared_key@bob").args["key"] == "cached:@alice:shared_key@bob"
+    assert (
+        parse_line("llookup:all:cached:@alice:shared_key@bob").args["key"]
+        == "cached:@alice:shared_key@bob"
+    )
     assert parse_line("lookup:bypassCache:true:meta:x@bob")["bypass_cache"] is True
     assert parse_line("alice").verb == "root"
     for bad in ("nosuchverb:x", "pkam:", "cram:xyz", "noop:abc", "otp:frob", "enroll:request:[1]"):
@@ -81,8 +108,14 @@ def test_parse_key_shapes() -> None:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "noports.cli.noports", "server", *args],
-                          capture_output=True, text=True, env=env, cwd=str(REPO), timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "noports.cli.noports", "server", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(REPO),
+        timeout=60,
+    )
 
 
 def test_admin_commands(make_at_server, keys, tmp_path) -> None:
@@ -92,20 +125,25 @@ def test_admin_commands(make_at_server, keys, tmp_path) -> None:
     out = srv.admin("add", "@zed").stdout.strip().splitlines()
     assert len(out[-1]) == 128 and all(c in "0123456789abcdef" for c in out[-1])
     srv.add("@yan", keys("@yan"))
-    assert srv.admin("add", "@zed", check=False).returncode != 0     # already registered
-    assert srv.admin("add", "@scan", check=False).returncode != 0    # reserved (bare verb)
+    assert srv.admin("add", "@zed", check=False).returncode != 0  # already registered
+    assert srv.admin("add", "@scan", check=False).returncode != 0  # reserved (bare verb)
     assert srv.admin("list").stdout.split() == ["@yan", "@zed"]
     st = json.loads(srv.admin("status", "--output", "json").stdout)
-    assert st["running"] is True and st["pid"] == srv.pid and st["root"] == srv.root and st["atsigns"] == 2
+    assert (
+        st["running"] is True
+        and st["pid"] == srv.pid
+        and st["root"] == srv.root
+        and st["atsigns"] == 2
+    )
     w = Wire(srv.root, srv.ca_file)
     try:
-        assert w.pkam(keys("@yan")) == "data:success"   # admin add is visible to the running server
-        w.data("notify:@nobody:x@yan:v")                # recipient not hosted: stays queued
+        assert w.pkam(keys("@yan")) == "data:success"  # admin add is visible to the running server
+        w.data("notify:@nobody:x@yan:v")  # recipient not hosted: stays queued
         st = json.loads(srv.admin("status", "--output", "json").stdout)
         assert st["queued_notifications"] == 1
         assert srv.admin("remove", "@zed").returncode == 0
         assert srv.admin("remove", "@zed", check=False).returncode == 4
-        srv.add("@nobody", keys("@nobody"))            # queued notifications reach a later recipient
+        srv.add("@nobody", keys("@nobody"))  # queued notifications reach a later recipient
         r = Wire(srv.root, srv.ca_file)
         assert r.pkam(keys("@nobody")) == "data:success"
         r.send("monitor:0")
@@ -124,9 +162,22 @@ def test_admin_commands(make_at_server, keys, tmp_path) -> None:
 
 def test_text_output_prints_exports(tmp_path) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    p = subprocess.Popen([sys.executable, "-m", "noports.cli.noports", "server", "--data-dir",
-                          str(tmp_path / "d"), "--port", "0"], stdout=subprocess.PIPE, text=True,
-                         env=env, cwd=str(REPO))
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "noports.cli.noports",
+            "server",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=str(REPO),
+    )
     try:
         assert p.stdout is not None
         first, second = p.stdout.readline().strip(), p.stdout.readline().strip()
@@ -134,7 +185,7 @@ def test_text_output_prints_exports(tmp_path) -> None:
         assert second == f"export NOPORTS_CA_FILE={tmp_path / 'd' / 'tls' / 'ca.pem'}"
     finally:
         p.terminate()
-        assert p.wait(10) == 0   # SIGTERM is a graceful stop
+        assert p.wait(10) == 0  # SIGTERM is a graceful stop
 
 
 # -- restart durability ------------------------------------------------------------------

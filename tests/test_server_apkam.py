@@ -24,7 +24,11 @@ def apkam_pkam(w: Wire, atsign: str, key: rsa.PrivateKey, eid: str | None) -> st
     """pkam in the Dart form with enrollmentId; returns the response line."""
     challenge = w.data(f"from:{atsign}")
     sig = rsa.sign(key, challenge.encode())
-    line = "pkam:signingAlgo:rsa2048:hashingAlgo:sha256:" + (f"enrollmentId:{eid}:" if eid else "") + sig
+    line = (
+        "pkam:signingAlgo:rsa2048:hashingAlgo:sha256:"
+        + (f"enrollmentId:{eid}:" if eid else "")
+        + sig
+    )
     w.send(line)
     resp = w.readline()
     if resp == "data:success":
@@ -42,10 +46,18 @@ def onboarded(at_server: AtServerProcess, wire: Callable[..., Wire], keys: Calla
     mgr_key = keys("@apkam_manager").pkam_private
     w = wire()
     assert w.cram(atsign, secret) == "data:success"
-    resp = json.loads(w.data(enroll_line(
-        "request", appName="wavi", deviceName="laptop",
-        apkamPublicKey=rsa.public_to_b64(mgr_key.public_key()),
-        encryptedDefaultEncryptionPrivateKey="ENCPRIV", encryptedDefaultSelfEncryptionKey="SELFKEY")))
+    resp = json.loads(
+        w.data(
+            enroll_line(
+                "request",
+                appName="wavi",
+                deviceName="laptop",
+                apkamPublicKey=rsa.public_to_b64(mgr_key.public_key()),
+                encryptedDefaultEncryptionPrivateKey="ENCPRIV",
+                encryptedDefaultSelfEncryptionKey="SELFKEY",
+            )
+        )
+    )
     assert resp["status"] == "approved"
     w.data("delete:privatekey:at_secret")
     w.close()
@@ -85,8 +97,14 @@ def test_otp_enrollment_lifecycle(wire: Callable[..., Wire], onboarded, keys) ->
     # new device: unauthenticated request with the OTP
     dev = wire()
     dev.data(f"from:{atsign}")
-    req = dict(appName="sshnp", deviceName="dev1", namespaces={"sshnp": "rw"}, otp=otp,
-               apkamPublicKey=rsa.public_to_b64(dev_key.public_key()), encryptedAPKAMSymmetricKey="SYM")
+    req = dict(
+        appName="sshnp",
+        deviceName="dev1",
+        namespaces={"sshnp": "rw"},
+        otp=otp,
+        apkamPublicKey=rsa.public_to_b64(dev_key.public_key()),
+        encryptedAPKAMSymmetricKey="SYM",
+    )
     pending = json.loads(dev.data(enroll_line("request", **req)))
     assert pending["status"] == "pending"
     eid = pending["enrollmentId"]
@@ -96,22 +114,40 @@ def test_otp_enrollment_lifecycle(wire: Callable[..., Wire], onboarded, keys) ->
     # the OTP is single use
     assert dev.cmd(enroll_line("request", **req)).startswith("error:AT0011")
     # pending: pkam refused with the response-path error form
-    assert apkam_pkam(wire(), atsign, dev_key, eid) == f"error:AT0026:enrollment_id: {eid} is pending"
+    assert (
+        apkam_pkam(wire(), atsign, dev_key, eid) == f"error:AT0026:enrollment_id: {eid} is pending"
+    )
 
     listed = json.loads(mgr.data(enroll_line("list", enrollmentStatusFilter=["pending"])))
     assert list(listed) == [f"{eid}.new.enrollments.__manage{atsign}"]
     assert listed[f"{eid}.new.enrollments.__manage{atsign}"]["encryptedAPKAMSymmetricKey"] == "SYM"
-    approved = json.loads(mgr.data(enroll_line(
-        "approve", enrollmentId=eid, encryptedDefaultEncryptionPrivateKey="E3",
-        encryptedDefaultSelfEncryptionKey="E4")))
+    approved = json.loads(
+        mgr.data(
+            enroll_line(
+                "approve",
+                enrollmentId=eid,
+                encryptedDefaultEncryptionPrivateKey="E3",
+                encryptedDefaultSelfEncryptionKey="E4",
+            )
+        )
+    )
     assert approved == {"status": "approved", "enrollmentId": eid}
     assert mgr.cmd(enroll_line("approve", enrollmentId=eid)).startswith("error:AT0030")
-    assert f"public:sshnp.dev1.pkam.__pkams.__public_keys{atsign}" in json.loads(mgr.data("scan:showHidden:true"))
+    assert f"public:sshnp.dev1.pkam.__pkams.__public_keys{atsign}" in json.loads(
+        mgr.data("scan:showHidden:true")
+    )
 
     d = wire()
     assert apkam_pkam(d, atsign, dev_key, eid) == "data:success"
-    assert json.loads(d.data(f"keys:get:keyName:{eid}.default_enc_private_key.__manage{atsign}"))["value"] == "E3"
-    assert d.cmd(f"keys:get:keyName:{mgr_eid}.default_enc_private_key.__manage{atsign}").startswith("error:AT0009")
+    assert (
+        json.loads(d.data(f"keys:get:keyName:{eid}.default_enc_private_key.__manage{atsign}"))[
+            "value"
+        ]
+        == "E3"
+    )
+    assert d.cmd(f"keys:get:keyName:{mgr_eid}.default_enc_private_key.__manage{atsign}").startswith(
+        "error:AT0009"
+    )
     # the device cannot manage enrollments or make OTPs
     assert d.cmd(enroll_line("list")).startswith("error:AT0009")
     assert d.cmd("otp:get").startswith("error:AT0009")
@@ -134,22 +170,37 @@ def test_deny_and_rate_limit(wire: Callable[..., Wire], onboarded, keys) -> None
     assert mgr.data("otp:put:Passcode123") == "ok"
     dev = wire()
     dev.data(f"from:{atsign}")
-    base = dict(appName="a", deviceName="d", namespaces={"x": "r"}, otp="Passcode123",
-                apkamPublicKey=rsa.public_to_b64(dev_key.public_key()), encryptedAPKAMSymmetricKey="S")
+    base = dict(
+        appName="a",
+        deviceName="d",
+        namespaces={"x": "r"},
+        otp="Passcode123",
+        apkamPublicKey=rsa.public_to_b64(dev_key.public_key()),
+        encryptedAPKAMSymmetricKey="S",
+    )
     ids = [json.loads(dev.data(enroll_line("request", **base)))["enrollmentId"] for _ in range(5)]
-    assert dev.cmd(enroll_line("request", **base)).startswith("error:AT0028")  # 5 per hour per connection
+    assert dev.cmd(enroll_line("request", **base)).startswith(
+        "error:AT0028"
+    )  # 5 per hour per connection
     assert json.loads(mgr.data(enroll_line("deny", enrollmentId=ids[0])))["status"] == "denied"
-    assert apkam_pkam(wire(), atsign, dev_key, ids[0]) == f"error:AT0025:enrollment_id: {ids[0]} is denied"
+    assert (
+        apkam_pkam(wire(), atsign, dev_key, ids[0])
+        == f"error:AT0025:enrollment_id: {ids[0]} is denied"
+    )
     assert json.loads(mgr.data(enroll_line("delete", enrollmentId=ids[0])))["status"] == "deleted"
     t0 = time.monotonic()
     other = wire()
     other.data(f"from:{atsign}")
     assert other.cmd(enroll_line("request", **{**base, "otp": "WRONG1"})).startswith("error:AT0011")
     assert time.monotonic() - t0 >= 0.2  # bad OTPs are answered slowly
-    assert other.cmd(enroll_line("request", **{**base, "namespaces": {"x": "bogus"}})).startswith("error:AT0022")
+    assert other.cmd(enroll_line("request", **{**base, "namespaces": {"x": "bogus"}})).startswith(
+        "error:AT0022"
+    )
 
 
-def test_namespace_enforcement(at_server: AtServerProcess, wire: Callable[..., Wire], onboarded, keys) -> None:
+def test_namespace_enforcement(
+    at_server: AtServerProcess, wire: Callable[..., Wire], onboarded, keys
+) -> None:
     atsign, mgr_key, mgr_eid = onboarded
     dev_key = keys("@apkam_device").pkam_private
     mgr = wire()
@@ -157,16 +208,32 @@ def test_namespace_enforcement(at_server: AtServerProcess, wire: Callable[..., W
     otp = mgr.data("otp:get:ttl:60000")
     dev = wire()
     dev.data(f"from:{atsign}")
-    eid = json.loads(dev.data(enroll_line(
-        "request", appName="sshnp", deviceName="d1", namespaces={"sshnp": "rw", "audit": "r"}, otp=otp,
-        apkamPublicKey=rsa.public_to_b64(dev_key.public_key()), encryptedAPKAMSymmetricKey="S")))["enrollmentId"]
-    mgr.data(enroll_line("approve", enrollmentId=eid, encryptedDefaultEncryptionPrivateKey="a",
-                         encryptedDefaultSelfEncryptionKey="b"))
+    eid = json.loads(
+        dev.data(
+            enroll_line(
+                "request",
+                appName="sshnp",
+                deviceName="d1",
+                namespaces={"sshnp": "rw", "audit": "r"},
+                otp=otp,
+                apkamPublicKey=rsa.public_to_b64(dev_key.public_key()),
+                encryptedAPKAMSymmetricKey="S",
+            )
+        )
+    )["enrollmentId"]
+    mgr.data(
+        enroll_line(
+            "approve",
+            enrollmentId=eid,
+            encryptedDefaultEncryptionPrivateKey="a",
+            encryptedDefaultSelfEncryptionKey="b",
+        )
+    )
     mgr.data(f"update:secret.other{atsign} private-stuff")
     mgr.data(f"update:log.audit{atsign} read-only")
     d = wire()
     assert apkam_pkam(d, atsign, dev_key, eid) == "data:success"
-    assert d.data(f"update:cfg.dev1.sshnp{atsign} ok").isdigit()   # sub-namespace of sshnp
+    assert d.data(f"update:cfg.dev1.sshnp{atsign} ok").isdigit()  # sub-namespace of sshnp
     assert d.cmd(f"update:x.other{atsign} no").startswith("error:AT0009")
     assert d.cmd(f"llookup:secret.other{atsign}").startswith("error:AT0009")
     assert d.data(f"llookup:log.audit{atsign}") == "read-only"
@@ -175,7 +242,9 @@ def test_namespace_enforcement(at_server: AtServerProcess, wire: Callable[..., W
     assert d.data(f"plookup:publickey{atsign}") == "ENCPUB"
     assert d.cmd(f"llookup:shared_key.bob{atsign}").startswith("error:AT0015")  # reserved: allowed
     # ...but not the keys that decide who may log in
-    assert d.cmd("update:privatekey:at_pkam_publickey " + rsa.public_to_b64(dev_key.public_key())).startswith("error:AT0009")
+    assert d.cmd(
+        "update:privatekey:at_pkam_publickey " + rsa.public_to_b64(dev_key.public_key())
+    ).startswith("error:AT0009")
     assert d.cmd("llookup:privatekey:at_pkam_publickey").startswith("error:AT0009")
     assert d.cmd("delete:privatekey:at_secret").startswith("error:AT0009")
     visible = json.loads(d.data("scan"))

@@ -37,7 +37,9 @@ def authed(wire: Callable[..., Wire], k: AtKeys) -> Wire:
     return w
 
 
-def test_prompt_root_lookup_and_exit(at_server: AtServerProcess, wire: Callable[..., Wire], ident) -> None:
+def test_prompt_root_lookup_and_exit(
+    at_server: AtServerProcess, wire: Callable[..., Wire], ident
+) -> None:
     alice = ident("alice")
     w = wire()  # asserts the bare '@' prompt arrives first
     w.send(alice.atsign[1:])
@@ -103,7 +105,9 @@ def test_cram_onboarding_secret(at_server: AtServerProcess, wire: Callable[..., 
     w = wire()
     assert w.cram(name, "0" * len(secret)).startswith("error:AT0401")
     assert w.cram(name, secret) == "data:success"
-    assert w.data("update:privatekey:at_pkam_publickey " + rsa.public_to_b64(rsa.generate(1024).public_key())).isdigit()
+    assert w.data(
+        "update:privatekey:at_pkam_publickey " + rsa.public_to_b64(rsa.generate(1024).public_key())
+    ).isdigit()
     w.data("delete:privatekey:at_secret")
     w2 = wire()
     assert w2.cram(name, secret).startswith("error:AT0401")
@@ -114,16 +118,24 @@ def test_update_and_lookups(wire: Callable[..., Wire], ident) -> None:
     a, b = alice.atsign, bob.atsign
     wa = authed(wire, alice)
     # metadata pairs in any order, booleans in any case (atsdk writes ccd:True)
-    commit = wa.data(f"update:isEncrypted:TRUE:ttr:-1:sharedKeyEnc:c2s=:ccd:True:ivNonce:aXY=:ttl:60000:{b}:k.ns{a} v:1")
+    commit = wa.data(
+        f"update:isEncrypted:TRUE:ttr:-1:sharedKeyEnc:c2s=:ccd:True:ivNonce:aXY=:ttl:60000:{b}:k.ns{a} v:1"  # noqa: E501
+    )
     assert commit.isdigit()
     assert wa.data(f"llookup:{b}:k.ns{a}") == "v:1"
     meta = json.loads(wa.data(f"llookup:meta:{b}:k.ns{a}"))
     assert meta["ttl"] == 60000 and meta["ttr"] == -1 and meta["ccd"] is True
-    assert meta["isEncrypted"] is True and meta["ivNonce"] == "aXY=" and meta["sharedKeyEnc"] == "c2s="
+    assert (
+        meta["isEncrypted"] is True and meta["ivNonce"] == "aXY=" and meta["sharedKeyEnc"] == "c2s="
+    )
     assert meta["expiresAt"].endswith("Z") and " " in meta["createdAt"]
     assert None not in meta.values()
     full = json.loads(wa.data(f"llookup:all:{b}:k.ns{a}"))
-    assert full["key"] == f"{b}:k.ns{a}" and full["data"] == "v:1" and full["metaData"]["ivNonce"] == "aXY="
+    assert (
+        full["key"] == f"{b}:k.ns{a}"
+        and full["data"] == "v:1"
+        and full["metaData"]["ivNonce"] == "aXY="
+    )
     # public data: plookup by others, lookup without auth
     wa.data(f"update:public:card.ns{a} hello card")
     wb = authed(wire, bob)
@@ -141,7 +153,10 @@ def test_update_and_lookups(wire: Callable[..., Wire], ident) -> None:
     # sharedBy must be the connection's atSign
     assert wb.cmd(f"update:{b}:x{a} nope").startswith("error:AT0016")
     # update:json form
-    wa.data('update:json:' + json.dumps({"key": f"j.ns{a}", "value": "jv", "metadata": {"ttl": 5000, "ccd": True}}))
+    wa.data(
+        "update:json:"
+        + json.dumps({"key": f"j.ns{a}", "value": "jv", "metadata": {"ttl": 5000, "ccd": True}})
+    )
     assert json.loads(wa.data(f"llookup:meta:j.ns{a}"))["ttl"] == 5000
 
 
@@ -150,7 +165,8 @@ def test_missing_keys_are_at0015(wire: Callable[..., Wire], ident) -> None:
     wa = authed(wire, alice)
     a = alice.atsign
     assert wa.cmd(f"llookup:shared_key.{bob.atsign[1:]}{a}") == (
-        f"error:AT0015-key not found : shared_key.{bob.atsign[1:]}{a} does not exist in keystore")
+        f"error:AT0015-key not found : shared_key.{bob.atsign[1:]}{a} does not exist in keystore"
+    )
     assert wa.cmd(f"lookup:nothing{bob.atsign}").startswith("error:AT0015")
     assert wa.cmd("plookup:publickey@nobody_zz").startswith("error:AT0015")
     assert wa.data(f"delete:never_existed{a}").isdigit()  # delete of a missing key still succeeds
@@ -176,8 +192,14 @@ def test_scan_filtering(wire: Callable[..., Wire], ident) -> None:
     alice, bob = ident("alice"), ident("bob")
     a, b = alice.atsign, bob.atsign
     wa = authed(wire, alice)
-    for key in (f"public:pub.app{a}", f"self.app{a}", f"{b}:shared.app{a}", f"_hidden{a}",
-                f"public:__hidpub{a}", f"other.zzz{a}"):
+    for key in (
+        f"public:pub.app{a}",
+        f"self.app{a}",
+        f"{b}:shared.app{a}",
+        f"_hidden{a}",
+        f"public:__hidpub{a}",
+        f"other.zzz{a}",
+    ):
         wa.data(f"update:{key} v")
     keys = json.loads(wa.data("scan"))
     assert f"public:pub.app{a}" in keys and f"self.app{a}" in keys and f"{b}:shared.app{a}" in keys
@@ -185,7 +207,9 @@ def test_scan_filtering(wire: Callable[..., Wire], ident) -> None:
     assert not any(k.startswith(("privatekey:", "private:")) for k in keys)
     hidden = json.loads(wa.data("scan:showHidden:true .*"))
     assert f"_hidden{a}" in hidden and f"public:__hidpub{a}" in hidden
-    assert json.loads(wa.data(r"scan \.app@")) == sorted([f"public:pub.app{a}", f"self.app{a}", f"{b}:shared.app{a}"])
+    assert json.loads(wa.data(r"scan \.app@")) == sorted(
+        [f"public:pub.app{a}", f"self.app{a}", f"{b}:shared.app{a}"]
+    )
     assert wa.cmd("scan (unclosed").startswith("error:AT0003")
     anon = wire()
     anon.data(f"from:{a}")
@@ -198,10 +222,14 @@ def test_notify_and_monitor(wire: Callable[..., Wire], ident) -> None:
     wa, wb = authed(wire, alice), authed(wire, bob)
     wb.send("monitor:0 sshnp")
     wb.monitoring = True
-    ids = [wa.data(f"notify:id:n{i}-{a[1:]}:update:ttln:60000:isEncrypted:true:ivNonce:aXY=:{b}:cmd{i}.dev.sshnp{a}:payload{i}")
-           for i in range(20)]
+    ids = [
+        wa.data(
+            f"notify:id:n{i}-{a[1:]}:update:ttln:60000:isEncrypted:true:ivNonce:aXY=:{b}:cmd{i}.dev.sshnp{a}:payload{i}"
+        )
+        for i in range(20)
+    ]
     assert ids == [f"n{i}-{a[1:]}" for i in range(20)]
-    wa.data(f"notify:update:{b}:unrelated.other{a}:x")   # not matched by the regex
+    wa.data(f"notify:update:{b}:unrelated.other{a}:x")  # not matched by the regex
     got = [wb.notification() for _ in range(20)]
     assert [g["id"] for g in got] == ids  # delivered in order
     n = got[0]
@@ -225,7 +253,10 @@ def test_notify_and_monitor(wire: Callable[..., Wire], ident) -> None:
     wb3 = authed(wire, bob)
     wb3.send(f"monitor:{since} sshnp")
     wb3.monitoring = True
-    replay = [wb3.notification()["id"] for _ in range(len([g for g in got if int(g["epochMillis"]) > since]))]
+    replay = [
+        wb3.notification()["id"]
+        for _ in range(len([g for g in got if int(g["epochMillis"]) > since]))
+    ]
     assert replay == [g["id"] for g in got if int(g["epochMillis"]) > since]
 
 
@@ -246,7 +277,7 @@ def test_notify_status_remove_and_offline_queue(wire: Callable[..., Wire], ident
     assert (first["id"], first["value"]) == (nid, "while-you-were-out") and second["id"] == nid2
     assert "expiresAt" in first["metadata"]
     wb.send("noop:0")
-    assert wb.readline() == "data:ok"   # nothing else (the expired one) was replayed
+    assert wb.readline() == "data:ok"  # nothing else (the expired one) was replayed
     assert nid3 != nid2
     # notify:remove: a handled notification is not replayed again
     wb2 = authed(wire, bob)
@@ -266,7 +297,11 @@ def test_shared_key_autonotify_and_cache(wire: Callable[..., Wire], ident) -> No
     wb.monitoring = True
     wa.data(f"update:ttr:86400000:ccd:true:{b}:shared_key{a} RSAENCRYPTED")
     n = wb.notification()
-    assert n["key"] == f"{b}:shared_key{a}" and n["value"] == "RSAENCRYPTED" and n["operation"] == "update"
+    assert (
+        n["key"] == f"{b}:shared_key{a}"
+        and n["value"] == "RSAENCRYPTED"
+        and n["operation"] == "update"
+    )
     wb2 = authed(wire, bob)
     assert wb2.data(f"llookup:cached:{b}:shared_key{a}") == "RSAENCRYPTED"
     assert wb2.data(f"lookup:shared_key{a}") == "RSAENCRYPTED"  # atsdk's lookup path
@@ -320,7 +355,9 @@ def test_info_and_crlf(wire: Callable[..., Wire], ident) -> None:
     assert w.pkam(alice) == "data:success"
 
 
-def test_bad_input_does_not_disturb_others(at_server: AtServerProcess, wire: Callable[..., Wire], ident) -> None:
+def test_bad_input_does_not_disturb_others(
+    at_server: AtServerProcess, wire: Callable[..., Wire], ident
+) -> None:
     alice = ident("alice")
     good = authed(wire, alice)
     good.data(f"update:k{alice.atsign} still-here")
@@ -399,10 +436,16 @@ def test_stats_heartbeat_and_idle_timeout(make_at_server, keys) -> None:
         mon.send("monitor nothing-matches-this")
         mon.monitoring = True
         line = mon.readline()
-        body = json.loads(line[len("notification: "):])
-        assert body["id"] == "-1" and body["key"] == "statsNotification.@alice" and body["value"].isdigit()
+        body = json.loads(line[len("notification: ") :])
+        assert (
+            body["id"] == "-1"
+            and body["key"] == "statsNotification.@alice"
+            and body["value"].isdigit()
+        )
         assert idle.is_closed(wait=4.0)  # unauthenticated and silent: closed
-        assert mon.readline().startswith("notification: ")  # monitors stay (heartbeats keep them busy)
+        assert mon.readline().startswith(
+            "notification: "
+        )  # monitors stay (heartbeats keep them busy)
     finally:
         mon.close()
         idle.close()

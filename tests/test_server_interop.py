@@ -18,7 +18,7 @@ from tests.fixtures_at import AtServerProcess, Wire
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
 
-SCRIPT = r'''
+SCRIPT = r"""
 import json, os, queue, sys, threading, time
 from at_client import AtClient
 from at_client.common import AtSign
@@ -67,10 +67,12 @@ out["got"] = got
 print("RESULT " + json.dumps(out))
 sys.stdout.flush()
 os._exit(0)
-'''
+"""
 
 
-def test_atsdk_against_our_server(at_server: AtServerProcess, atsdk_python, keys, tmp_path: Path) -> None:
+def test_atsdk_against_our_server(
+    at_server: AtServerProcess, atsdk_python, keys, tmp_path: Path
+) -> None:
     tag = uuid.uuid4().hex[:6]
     alice = dataclasses.replace(keys("@alice"), atsign=f"@sdka{tag}")
     bob = dataclasses.replace(keys("@bob"), atsign=f"@sdkb{tag}")
@@ -78,13 +80,21 @@ def test_atsdk_against_our_server(at_server: AtServerProcess, atsdk_python, keys
     for k in (alice, bob):
         at_server.add(k.atsign, k)
         k.save(home / ".atsign" / "keys" / f"{k.atsign}_key.atKeys")
-    env = {**at_server.env, "HOME": str(home), "SSL_CERT_FILE": at_server.ca_file,
-           "REQUESTS_CA_BUNDLE": at_server.ca_file}
-    proc = atsdk_python.run(SCRIPT.replace("sys.argv[1]", repr(alice.atsign)).replace("sys.argv[2]", repr(bob.atsign)),
-                            env=env, timeout=90, check=False)
+    env = {
+        **at_server.env,
+        "HOME": str(home),
+        "SSL_CERT_FILE": at_server.ca_file,
+        "REQUESTS_CA_BUNDLE": at_server.ca_file,
+    }
+    proc = atsdk_python.run(
+        SCRIPT.replace("sys.argv[1]", repr(alice.atsign)).replace("sys.argv[2]", repr(bob.atsign)),
+        env=env,
+        timeout=90,
+        check=False,
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert lines, f"atsdk failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    out = json.loads(lines[-1][len("RESULT "):])
+    out = json.loads(lines[-1][len("RESULT ") :])
     assert out["public"] == "hello world"
     assert out["self"] == "self secret"
     assert out["shared"] == "for bob only" and out["shared_by_me"] == "for bob only"
@@ -99,4 +109,3 @@ def test_atsdk_against_our_server(at_server: AtServerProcess, atsdk_python, keys
         assert w.data(f"llookup:cached:{bob.atsign}:shared_key{alice.atsign}")
     finally:
         w.close()
-

@@ -28,23 +28,45 @@ ADMIN = ("add", "list", "remove", "status")
 
 def _default_dir() -> str:
     return os.environ.get("NOPORTS_SERVER_DIR") or os.path.join(
-        os.path.expanduser("~"), ".local", "share", "noports", "server")
+        os.path.expanduser("~"), ".local", "share", "noports", "server"
+    )
 
 
 def _run_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Embedded root directory + atServer over TLS "
-                                "(subcommands: add, list, remove, status).")
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Embedded root directory + atServer over TLS "
+        "(subcommands: add, list, remove, status).",
+    )
     add_common(p)
-    p.add_argument("--data-dir", default=_default_dir(), help="state directory (default %(default)s)")
+    p.add_argument(
+        "--data-dir", default=_default_dir(), help="state directory (default %(default)s)"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     p.add_argument("--port", type=int, default=0, help="port; 0 picks a free one (default)")
-    p.add_argument("--output", choices=("text", "json"), default="text", help="start-up line format")
+    p.add_argument(
+        "--output", choices=("text", "json"), default="text", help="start-up line format"
+    )
     t = p.add_argument_group("limits (defaults are the official server's)")
     t.add_argument("--max-connections", type=int, default=200)
-    t.add_argument("--stats-interval", type=float, default=15.0, help="seconds between stats notifications")
-    t.add_argument("--unauth-timeout", type=float, default=600.0, help="idle seconds before an unauthenticated connection is closed")
-    t.add_argument("--notification-expiry", type=int, default=15 * 60, help="default notification expiry, seconds")
-    t.add_argument("--buffer-limit", type=int, default=10_240_000, help="largest request line, bytes")
+    t.add_argument(
+        "--stats-interval", type=float, default=15.0, help="seconds between stats notifications"
+    )
+    t.add_argument(
+        "--unauth-timeout",
+        type=float,
+        default=600.0,
+        help="idle seconds before an unauthenticated connection is closed",
+    )
+    t.add_argument(
+        "--notification-expiry",
+        type=int,
+        default=15 * 60,
+        help="default notification expiry, seconds",
+    )
+    t.add_argument(
+        "--buffer-limit", type=int, default=10_240_000, help="largest request line, bytes"
+    )
     t.add_argument("--root-unknown-delay", type=float, default=3.0, help=argparse.SUPPRESS)
     return p
 
@@ -53,15 +75,23 @@ def _admin_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Administer an embedded server's data dir.")
     add_common(p)
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name, hlp in (("add", "register an atSign"), ("list", "list atSigns"),
-                      ("remove", "remove an atSign and all its data"), ("status", "show status")):
+    for name, hlp in (
+        ("add", "register an atSign"),
+        ("list", "list atSigns"),
+        ("remove", "remove an atSign and all its data"),
+        ("status", "show status"),
+    ):
         sp = sub.add_parser(name, help=hlp)
         sp.add_argument("--data-dir", default=_default_dir())
         sp.add_argument("--output", choices=("text", "json"), default="text")
         if name in ("add", "remove"):
             sp.add_argument("atsign")
         if name == "add":
-            sp.add_argument("--keys-file", type=Path, help="install the PKAM and encryption public keys from this .atKeys file")
+            sp.add_argument(
+                "--keys-file",
+                type=Path,
+                help="install the PKAM and encryption public keys from this .atKeys file",
+            )
     return p
 
 
@@ -119,10 +149,16 @@ async def _serve(args: argparse.Namespace) -> int:
     from ..at.server.net import AtServer, pin_mmap_threshold
 
     pin_mmap_threshold()
-    cfg = Config(host=args.host, port=args.port, max_connections=args.max_connections,
-                 stats_interval=args.stats_interval, unauth_timeout=args.unauth_timeout,
-                 notification_expiry_ms=args.notification_expiry * 1000,
-                 buffer_limit=args.buffer_limit, root_unknown_delay=args.root_unknown_delay)
+    cfg = Config(
+        host=args.host,
+        port=args.port,
+        max_connections=args.max_connections,
+        stats_interval=args.stats_interval,
+        unauth_timeout=args.unauth_timeout,
+        notification_expiry_ms=args.notification_expiry * 1000,
+        buffer_limit=args.buffer_limit,
+        root_unknown_delay=args.root_unknown_delay,
+    )
     server = AtServer(args.data_dir, cfg)
     await server.start()
     stop = asyncio.Event()
@@ -131,8 +167,17 @@ async def _serve(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     ca = str(server.tls.ca_cert)
     if args.output == "json":
-        print(json.dumps({"root": server.root, "ca_file": ca, "data_dir": str(server.data_dir),
-                          "pid": os.getpid()}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "root": server.root,
+                    "ca_file": ca,
+                    "data_dir": str(server.data_dir),
+                    "pid": os.getpid(),
+                }
+            ),
+            flush=True,
+        )
     else:
         print(f"export NOPORTS_ROOT={server.root}")
         print(f"export NOPORTS_CA_FILE={ca}", flush=True)

@@ -48,7 +48,7 @@ class Config:
     otp_ttl_ms: int = 5 * 60 * 1000
     enroll_pending_ttl_ms: int = 48 * 3600 * 1000
     enroll_requests_per_hour: int = 5
-    bad_otp_delay: float = 0.25     # base of the growing (Fibonacci) delay after bad OTPs
+    bad_otp_delay: float = 0.25  # base of the growing (Fibonacci) delay after bad OTPs
     root_unknown_delay: float = 3.0
     monitor_buffer_limit: int = 8 * 1024 * 1024  # close a monitor that stops reading
     version: str = "3.0.52"
@@ -91,7 +91,9 @@ class Engine:
         self.hub.unregister(s)
 
     def sessions_for_enrollment(self, atsign: str, eid: str) -> list[Session]:
-        return [s for s in self.sessions if s.atsign == atsign and s.enrollment_id == eid and s.authed]
+        return [
+            s for s in self.sessions if s.atsign == atsign and s.enrollment_id == eid and s.authed
+        ]
 
 
 _HANDLERS: dict[str, Callable[[Session, Command], Reply]] = {}
@@ -121,9 +123,9 @@ class Session:
 
     engine: Engine
     port: Port
-    atsign: str | None = None          # from ``from:``
+    atsign: str | None = None  # from ``from:``
     authed: bool = False
-    auth_kind: str | None = None        # pkam | apkam | cram
+    auth_kind: str | None = None  # pkam | apkam | cram
     enrollment_id: str | None = None
     namespaces: dict[str, str] | None = None  # None: unrestricted (legacy PKAM / CRAM)
     challenge: str | None = None
@@ -160,7 +162,9 @@ class Session:
     def response_error(self, code: str, desc: str) -> Reply:
         """The 'response path' error form used by pkam for APKAM states: ``error:AT0026:...``."""
         if self.json_errors:
-            return Reply(f"error:{json.dumps({'errorCode': code, 'errorDescription': desc})}\n{self.prompt}")
+            return Reply(
+                f"error:{json.dumps({'errorCode': code, 'errorDescription': desc})}\n{self.prompt}"
+            )
         return Reply(f"error:{code}:{desc}\n{self.prompt}")
 
     # -- dispatch ----------------------------------------------------------------------
@@ -174,7 +178,9 @@ class Session:
             return self.error(exc)
         except Exception as exc:  # a bug must not take the connection (or server) down
             log.exception("internal error handling a %s request", line.split(":", 1)[0][:20])
-            return self.error(AtError.for_code("AT0011", f"internal server exception: {type(exc).__name__}"))
+            return self.error(
+                AtError.for_code("AT0011", f"internal server exception: {type(exc).__name__}")
+            )
 
     def dispatch(self, cmd: Command) -> Reply:
         verb = cmd.verb
@@ -211,7 +217,10 @@ class Session:
     def take_challenge(self) -> str | None:
         """The pending challenge if still fresh; one use only."""
         c, self.challenge = self.challenge, None
-        if c is None or self.engine.clock() - self.challenge_at > self.engine.config.challenge_ttl_ms:
+        if (
+            c is None
+            or self.engine.clock() - self.challenge_at > self.engine.config.challenge_ttl_ms
+        ):
             return None
         return c
 

@@ -45,8 +45,10 @@ class Monitor:
         return bool(self.regex.search(n.key) or self.regex.search(n.from_atsign.lstrip("@")))
 
 
-def render(n: Notification, *, replay: bool, dart_time: Callable[[int | None], str | None]) -> str:
-    """``notification: {json}\\n`` as the Dart server writes it."""
+def body(
+    n: Notification, *, replay: bool, dart_time: Callable[[int | None], str | None]
+) -> dict[str, Any]:
+    """The notification JSON object with the Dart server's field names and order."""
     meta: dict[str, Any] = {k: n.meta.get(k) for k in (REPLAY_META if replay else LIVE_META)}
     if replay:
         meta["availableAt"] = dart_time(n.epoch_ms)
@@ -54,7 +56,7 @@ def render(n: Notification, *, replay: bool, dart_time: Callable[[int | None], s
     for extra in ("pubKeyCS", "ttr", "ccd"):
         if extra in n.meta and n.meta[extra] is not None:
             meta[extra] = n.meta[extra]
-    body = {
+    return {
         "id": n.id,
         "from": n.from_atsign,
         "to": n.to_atsign,
@@ -66,7 +68,11 @@ def render(n: Notification, *, replay: bool, dart_time: Callable[[int | None], s
         "isEncrypted": n.is_encrypted,
         "metadata": meta,
     }
-    return "notification: " + _ENCODE(body) + "\n"
+
+
+def render(n: Notification, *, replay: bool, dart_time: Callable[[int | None], str | None]) -> str:
+    """``notification: {json}\\n`` as the Dart server writes it."""
+    return "notification: " + _ENCODE(body(n, replay=replay, dart_time=dart_time)) + "\n"
 
 
 class Hub:

@@ -26,20 +26,53 @@ SYSTEM_KEYS = ("privatekey:at_pkam_publickey", "privatekey:at_secret")
 
 # Metadata fields a client may set, by canonical at_commons name, with their kind.
 META_FIELDS: dict[str, str] = {
-    "ttl": "int", "ttb": "int", "ttr": "int", "ccd": "bool",
-    "dataSignature": "str", "sharedKeyStatus": "str", "isBinary": "bool", "isEncrypted": "bool",
-    "sharedKeyEnc": "str", "pubKeyCS": "str", "encoding": "str", "encKeyName": "str",
-    "encAlgo": "str", "ivNonce": "str", "skeEncKeyName": "str", "skeEncAlgo": "str",
+    "ttl": "int",
+    "ttb": "int",
+    "ttr": "int",
+    "ccd": "bool",
+    "dataSignature": "str",
+    "sharedKeyStatus": "str",
+    "isBinary": "bool",
+    "isEncrypted": "bool",
+    "sharedKeyEnc": "str",
+    "pubKeyCS": "str",
+    "encoding": "str",
+    "encKeyName": "str",
+    "encAlgo": "str",
+    "ivNonce": "str",
+    "skeEncKeyName": "str",
+    "skeEncAlgo": "str",
 }
 # Lookup table tolerant of case and snake_case spellings (the C SDK writes ``message_type``).
 META_ALIASES = {name.lower(): name for name in META_FIELDS}
 
 # Order of fields in rendered metadata JSON (Dart AtMetaData.toJson order).
 RENDER_ORDER = (
-    "createdBy", "updatedBy", "createdAt", "updatedAt", "availableAt", "expiresAt", "refreshAt",
-    "status", "version", "ttl", "ttb", "ttr", "ccd", "isBinary", "isEncrypted", "dataSignature",
-    "sharedKeyStatus", "sharedKeyEnc", "pubKeyCS", "encoding", "encKeyName", "encAlgo", "ivNonce",
-    "skeEncKeyName", "skeEncAlgo",
+    "createdBy",
+    "updatedBy",
+    "createdAt",
+    "updatedAt",
+    "availableAt",
+    "expiresAt",
+    "refreshAt",
+    "status",
+    "version",
+    "ttl",
+    "ttb",
+    "ttr",
+    "ccd",
+    "isBinary",
+    "isEncrypted",
+    "dataSignature",
+    "sharedKeyStatus",
+    "sharedKeyEnc",
+    "pubKeyCS",
+    "encoding",
+    "encKeyName",
+    "encAlgo",
+    "ivNonce",
+    "skeEncKeyName",
+    "skeEncAlgo",
 )
 
 # Reserved keys an APKAM connection may always use, whatever its namespaces (spec 1.11).
@@ -88,7 +121,7 @@ class AtKey:
     """A parsed full key name. ``visibility`` is public, shared, self, private or system."""
 
     full: str
-    name: str              # the entity part, e.g. ``ssh_request.dev.sshnp``
+    name: str  # the entity part, e.g. ``ssh_request.dev.sshnp``
     shared_by: str | None  # ``@alice`` (None for system keys)
     shared_with: str | None = None
     visibility: str = "self"
@@ -112,12 +145,12 @@ def parse_key(text: str, default_owner: str | None = None) -> AtKey:
     rest = full
     cached = False
     if rest.startswith("cached:"):
-        cached, rest = True, rest[len("cached:"):]
+        cached, rest = True, rest[len("cached:") :]
     visibility, shared_with = "self", None
     if rest.startswith("public:"):
-        visibility, rest = "public", rest[len("public:"):]
+        visibility, rest = "public", rest[len("public:") :]
     elif rest.startswith("private:"):
-        visibility, rest = "private", rest[len("private:"):]
+        visibility, rest = "private", rest[len("private:") :]
     elif rest.startswith("@"):
         head, sep, tail = rest.partition(":")
         if not sep:
@@ -135,14 +168,20 @@ def parse_key(text: str, default_owner: str | None = None) -> AtKey:
     if visibility == "shared" and shared_with == shared_by:
         visibility = "self"  # ``@alice:x@alice`` is alice's own data
     prefix = ("cached:" if cached else "") + (
-        "public:" if visibility == "public" else
-        "private:" if visibility == "private" else
-        f"{shared_with}:" if shared_with else ""
+        "public:"
+        if visibility == "public"
+        else "private:"
+        if visibility == "private"
+        else f"{shared_with}:"
+        if shared_with
+        else ""
     )
     canonical = f"{prefix}{name}{shared_by}"
     limit = MAX_CACHED_KEY_LEN if cached else MAX_KEY_LEN
     if len(canonical) > limit:
-        raise AtError.for_code("AT0016", f"key length {len(canonical)} is greater than max allowed {limit}")
+        raise AtError.for_code(
+            "AT0016", f"key length {len(canonical)} is greater than max allowed {limit}"
+        )
     return AtKey(canonical, name, shared_by, shared_with, visibility, cached)
 
 

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ...errors import AtError
 from ...fsutil import secure_dir
@@ -50,18 +50,19 @@ class Connection(asyncio.Protocol):
     # -- asyncio callbacks -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's SSL transport is duck-typed
+        # uvloop's SSL transport is not an asyncio.Transport subclass, only duck-typed as one
+        t = self.transport = cast(asyncio.Transport, transport)
         srv = self.server
         if len(srv.conns) >= srv.engine.config.max_connections:
-            transport.write(b"error:AT0012-inbound connection limit exceeded\n")
-            transport.close()
+            t.write(b"error:AT0012-inbound connection limit exceeded\n")
+            t.close()
             self.closed = True
             return
         srv.conns.add(self)
         self.buf = LineBuffer(srv.engine.config.buffer_limit)
         self.session = srv.engine.session(self)
         self.session.last_write = srv.loop.time()
-        transport.write(b"@")
+        t.write(b"@")
 
     def data_received(self, data: bytes) -> None:
         if self.closed or self.buf is None:
@@ -106,7 +107,7 @@ class Connection(asyncio.Protocol):
                 return
             reply = session.handle(line)
             if reply.delay > 0:
-                self.waiting = lines[i + 1:]
+                self.waiting = lines[i + 1 :]
                 assert self.transport is not None
                 self.transport.pause_reading()
                 self.timer = self.server.loop.call_later(reply.delay, self._resume, reply)
@@ -158,7 +159,10 @@ class Connection(asyncio.Protocol):
         t.write(data)
         if self.session is not None:
             self.session.last_write = self.server.loop.time()
-            if self.session.monitoring and t.get_write_buffer_size() > self.server.engine.config.monitor_buffer_limit:
+            if (
+                self.session.monitoring
+                and t.get_write_buffer_size() > self.server.engine.config.monitor_buffer_limit
+            ):
                 log.warning("closing a monitor of %s that is not reading", self.session.atsign)
                 t.abort()
                 self.closed = True
@@ -203,8 +207,9 @@ def advertised_host(host: str) -> str:
 class AtServer:
     """Owns the store, the engine, the listening socket and the periodic jobs."""
 
-    def __init__(self, data_dir: str | os.PathLike[str], config: Config | None = None,
-                 clock: Any = wall_ms) -> None:
+    def __init__(
+        self, data_dir: str | os.PathLike[str], config: Config | None = None, clock: Any = wall_ms
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.config = config or Config()
         self.clock = clock
@@ -216,7 +221,7 @@ class AtServer:
         self._jobs: dict[str, asyncio.TimerHandle] = {}
         self.tls: tls.TlsFiles
         self.port = 0
-        self.depth = 0                     # nesting of batch_begin/batch_end
+        self.depth = 0  # nesting of batch_begin/batch_end
         self.dirty: set[Connection] = set()  # connections with output waiting for the commit
 
     def batch_begin(self) -> None:
@@ -251,8 +256,13 @@ class AtServer:
         self.engine = Engine(self.store, self.config, self.clock)
         ctx = tls.server_context(self.tls)
         self._server = await self.loop.create_server(
-            lambda: Connection(self), self.config.host, self.config.port, ssl=ctx,
-            ssl_handshake_timeout=10.0, backlog=1024)
+            lambda: Connection(self),
+            self.config.host,
+            self.config.port,
+            ssl=ctx,
+            ssl_handshake_timeout=10.0,
+            backlog=1024,
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         self.engine.address = self.root
         self._write_state()
@@ -280,6 +290,7 @@ class AtServer:
             finally:
                 self.batch_end()
             self._jobs[name] = self.loop.call_later(interval, tick)
+
         self._jobs[name] = self.loop.call_later(interval, tick)
 
     def _stats(self) -> None:
@@ -314,8 +325,14 @@ class AtServer:
                 c.close()
 
     def _write_state(self) -> None:
-        state = {"pid": os.getpid(), "host": self.config.host, "port": self.port, "root": self.root,
-                 "ca_file": str(self.tls.ca_cert), "started": dart_time(self.clock())}
+        state = {
+            "pid": os.getpid(),
+            "host": self.config.host,
+            "port": self.port,
+            "root": self.root,
+            "ca_file": str(self.tls.ca_cert),
+            "started": dart_time(self.clock()),
+        }
         tmp = self.data_dir / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps(state))
         tmp.replace(self.data_dir / STATE_FILE)

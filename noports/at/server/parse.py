@@ -74,7 +74,11 @@ class Command:
 
 
 _FROM_RE = re.compile(r"^(@?[^:@\s]+)(?::clientConfig:(\{.+\}))?$", re.I)
-_PKAM_OPTS = {"signingalgo": "signingAlgo", "hashingalgo": "hashingAlgo", "enrollmentid": "enrollmentId"}
+_PKAM_OPTS = {
+    "signingalgo": "signingAlgo",
+    "hashingalgo": "hashingAlgo",
+    "enrollmentid": "enrollmentId",
+}
 _ROOT_NAME_RE = re.compile(r"^[^\x00-\x20\x7f:@\ufffd]{1,255}$")
 _BARE_VERBS = {"scan", "info", "monitor", "noop", "stats", "@exit", "notify", "enroll", "otp"}
 
@@ -90,7 +94,7 @@ def parse_line(line: str) -> Command:
             raise syntax("not a verb and not an atSign")
         return Command("root", {"name": name})
     if " " in verb_part and verb in ("scan", "monitor"):
-        rest = verb_part[len(head):] + (sep + rest if sep else "")
+        rest = verb_part[len(head) :] + (sep + rest if sep else "")
     fn = _PARSERS.get(verb)
     if fn is None:
         raise syntax(f"command {verb_part[:40]!r} is not a known verb")
@@ -118,8 +122,15 @@ def _pkam(rest: str) -> Command:
     hashing = opts.get("hashingAlgo", "sha256").lower()
     if algo not in ("rsa2048", "ecc_secp256r1") or hashing not in ("sha256", "sha512"):
         raise syntax("pkam: unsupported signing or hashing algorithm")
-    return Command("pkam", {"signature": sig, "signing_algo": algo, "hashing_algo": hashing,
-                            "enrollment_id": opts.get("enrollmentId")})
+    return Command(
+        "pkam",
+        {
+            "signature": sig,
+            "signing_algo": algo,
+            "hashing_algo": hashing,
+            "enrollment_id": opts.get("enrollmentId"),
+        },
+    )
 
 
 def _cram(rest: str) -> Command:
@@ -139,8 +150,12 @@ def _lookup_common(verb: str, rest: str, *, llookup: bool) -> Command:
         elif p in ("meta", "all") and args["op"] is None:
             args["op"] = p
             parts = parts[1:]
-        elif llookup and p == "cached" and len(parts) > 1 and (parts[1].startswith("@") or
-                                                                parts[1].lower() == "public"):
+        elif (
+            llookup
+            and p == "cached"
+            and len(parts) > 1
+            and (parts[1].startswith("@") or parts[1].lower() == "public")
+        ):
             args["cached"] = True
             parts = parts[1:]
         else:
@@ -152,8 +167,9 @@ def _lookup_common(verb: str, rest: str, *, llookup: bool) -> Command:
     return Command(verb, args)
 
 
-def _meta_and_rest(tokens: list[str], extra: dict[str, str] | None = None, *, ops: bool = False
-                   ) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+def _meta_and_rest(
+    tokens: list[str], extra: dict[str, str] | None = None, *, ops: bool = False
+) -> tuple[dict[str, Any], dict[str, str], list[str]]:
     """Consume leading ``name:value`` metadata (and ``extra`` option) pairs in any order.
 
     ``ops``: bare ``update``/``delete`` tokens are the notify operation.
@@ -190,13 +206,15 @@ def _update(rest: str) -> Command:
             key, value = str(obj["key"]), obj.get("value")
             md = obj.get("metadata") or {}
         except (ValueError, KeyError, TypeError) as exc:
-            raise syntax("update:json: expects {\"key\":…,\"value\":…}") from exc
+            raise syntax('update:json: expects {"key":…,"value":…}') from exc
         meta = {}
         for k, v in md.items():
             name = canon_meta_name(str(k))
             if name is not None and v is not None:
                 meta[name] = coerce_meta(name, str(v).lower() if isinstance(v, bool) else str(v))
-        return Command("update", {"key": key, "value": None if value is None else str(value), "meta": meta})
+        return Command(
+            "update", {"key": key, "value": None if value is None else str(value), "meta": meta}
+        )
     head, sp, value = rest.partition(" ")
     if not sp:
         raise syntax("update: expects '<key> <value>'")
@@ -221,7 +239,11 @@ def _delete(rest: str) -> Command:
 
 def _scan(rest: str) -> Command:
     head, _, regex = rest.partition(" ")
-    args: dict[str, Any] = {"show_hidden": False, "for_atsign": None, "regex": regex.strip() or None}
+    args: dict[str, Any] = {
+        "show_hidden": False,
+        "for_atsign": None,
+        "regex": regex.strip() or None,
+    }
     parts = [p for p in head.split(":") if p]
     i = 0
     while i < len(parts):
@@ -240,8 +262,15 @@ def _scan(rest: str) -> Command:
     return Command("scan", args)
 
 
-_NOTIFY_OPTS = {"id": "id", "messagetype": "messageType", "priority": "priority",
-                "strategy": "strategy", "latestn": "latestN", "notifier": "notifier", "ttln": "ttln"}
+_NOTIFY_OPTS = {
+    "id": "id",
+    "messagetype": "messageType",
+    "priority": "priority",
+    "strategy": "strategy",
+    "latestn": "latestN",
+    "notifier": "notifier",
+    "ttln": "ttln",
+}
 
 
 def _notify(rest: str) -> Command:
@@ -286,15 +315,23 @@ def _notify(rest: str) -> Command:
     }
     if args["id"] is not None and not re.fullmatch(r"[\w-]{1,128}", args["id"]):
         raise syntax("notify: bad id")
-    if args["priority"] not in ("low", "medium", "high") or args["strategy"] not in ("all", "latest"):
+    if args["priority"] not in ("low", "medium", "high") or args["strategy"] not in (
+        "all",
+        "latest",
+    ):
         raise syntax("notify: bad priority or strategy")
     return Command("notify", args)
 
 
 def _monitor(rest: str) -> Command:
     head, _, regex = rest.partition(" ")
-    args: dict[str, Any] = {"strict": False, "self": False, "multiplexed": False, "since": None,
-                            "regex": regex.strip() or None}
+    args: dict[str, Any] = {
+        "strict": False,
+        "self": False,
+        "multiplexed": False,
+        "since": None,
+        "regex": regex.strip() or None,
+    }
     for p in (p for p in head.split(":") if p):
         pl = p.lower()
         if pl == "strict":
@@ -376,7 +413,7 @@ def _keys(rest: str) -> Command:
             args["visibility"] = p
             i += 1
         elif p == "keyname":
-            args["keyName"] = ":".join(parts[i + 1:])
+            args["keyName"] = ":".join(parts[i + 1 :])
             break
         elif i + 1 < len(parts):
             args[parts[i]] = parts[i + 1]
@@ -391,13 +428,23 @@ def _exit(rest: str) -> Command:
 
 
 _PARSERS = {
-    "from": _from, "pkam": _pkam, "cram": _cram,
+    "from": _from,
+    "pkam": _pkam,
+    "cram": _cram,
     "llookup": lambda r: _lookup_common("llookup", r, llookup=True),
     "lookup": lambda r: _lookup_common("lookup", r, llookup=False),
     "plookup": lambda r: _lookup_common("plookup", r, llookup=False),
-    "update": _update, "delete": _delete, "scan": _scan, "notify": _notify,
-    "monitor": _monitor, "noop": _noop, "info": _info, "enroll": _enroll, "otp": _otp,
-    "keys": _keys, "@exit": _exit,
+    "update": _update,
+    "delete": _delete,
+    "scan": _scan,
+    "notify": _notify,
+    "monitor": _monitor,
+    "noop": _noop,
+    "info": _info,
+    "enroll": _enroll,
+    "otp": _otp,
+    "keys": _keys,
+    "@exit": _exit,
 }
 
 __all__ = ["Command", "LineBuffer", "parse_line", "META_FIELDS", "DEFAULT_BUFFER_LIMIT"]

@@ -108,8 +108,10 @@ class Notification:
     seq: int = 0
 
 
-_NCOLS = ("owner, kind, id, from_atsign, to_atsign, key, value, operation, message_type, epoch_ms, "
-          "expires_at, status, is_encrypted, meta, strategy, notifier, priority, seq")
+_NCOLS = (
+    "owner, kind, id, from_atsign, to_atsign, key, value, operation, message_type, epoch_ms, "
+    "expires_at, status, is_encrypted, meta, strategy, notifier, priority, seq"
+)
 
 
 def _notif(row: tuple[Any, ...]) -> Notification:
@@ -124,8 +126,9 @@ class Store:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.db = sqlite3.connect(str(self.path), isolation_level=None, timeout=10.0,
-                                  check_same_thread=False)
+        self.db = sqlite3.connect(
+            str(self.path), isolation_level=None, timeout=10.0, check_same_thread=False
+        )
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=10000")
@@ -191,8 +194,9 @@ class Store:
         self._known.clear()
 
     def add_atsign(self, atsign: str, now: int) -> bool:
-        cur = self.db.execute("INSERT OR IGNORE INTO atsigns (atsign, created_at) VALUES (?, ?)",
-                              (atsign, now))
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO atsigns (atsign, created_at) VALUES (?, ?)", (atsign, now)
+        )
         return cur.rowcount == 1
 
     def remove_atsign(self, atsign: str) -> bool:
@@ -222,55 +226,102 @@ class Store:
     def get(self, atsign: str, key: str) -> Record | None:
         row = self.db.execute(
             "SELECT key, value, meta, created_at, updated_at, expires_at, available_at, refresh_at,"
-            " version, created_by FROM keys WHERE atsign=? AND key=?", (atsign, key)).fetchone()
+            " version, created_by FROM keys WHERE atsign=? AND key=?",
+            (atsign, key),
+        ).fetchone()
         if row is None:
             return None
         return Record(row[0], row[1], json.loads(row[2]), *row[3:])
 
     def put(self, atsign: str, rec: Record) -> None:
         self.db.execute(
-            "INSERT OR REPLACE INTO keys (atsign, key, value, meta, created_at, updated_at, expires_at,"
+            "INSERT OR REPLACE INTO keys (atsign, key, value, meta, created_at, updated_at, expires_at,"  # noqa: E501
             " available_at, refresh_at, version, created_by) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (atsign, rec.key, rec.value, json.dumps(rec.meta), rec.created_at, rec.updated_at,
-             rec.expires_at, rec.available_at, rec.refresh_at, rec.version, rec.created_by))
+            (
+                atsign,
+                rec.key,
+                rec.value,
+                json.dumps(rec.meta),
+                rec.created_at,
+                rec.updated_at,
+                rec.expires_at,
+                rec.available_at,
+                rec.refresh_at,
+                rec.version,
+                rec.created_by,
+            ),
+        )
 
     def delete(self, atsign: str, key: str) -> bool:
-        return self.db.execute("DELETE FROM keys WHERE atsign=? AND key=?", (atsign, key)).rowcount > 0
+        return (
+            self.db.execute("DELETE FROM keys WHERE atsign=? AND key=?", (atsign, key)).rowcount > 0
+        )
 
     def key_names(self, atsign: str, now: int) -> list[str]:
-        return [r[0] for r in self.db.execute(
-            "SELECT key FROM keys WHERE atsign=? AND (expires_at IS NULL OR expires_at > ?)"
-            " AND (available_at IS NULL OR available_at <= ?) ORDER BY key", (atsign, now, now))]
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT key FROM keys WHERE atsign=? AND (expires_at IS NULL OR expires_at > ?)"
+                " AND (available_at IS NULL OR available_at <= ?) ORDER BY key",
+                (atsign, now, now),
+            )
+        ]
 
     def purge_keys(self, before: int) -> int:
-        return self.db.execute("DELETE FROM keys WHERE expires_at IS NOT NULL AND expires_at < ?",
-                               (before,)).rowcount
+        return self.db.execute(
+            "DELETE FROM keys WHERE expires_at IS NOT NULL AND expires_at < ?", (before,)
+        ).rowcount
 
     # -- notifications -------------------------------------------------------------------
 
     def add_notification(self, n: Notification) -> int:
         cur = self.db.execute(
-            "INSERT OR REPLACE INTO notifications (owner, kind, id, from_atsign, to_atsign, key, value,"
+            "INSERT OR REPLACE INTO notifications (owner, kind, id, from_atsign, to_atsign, key, value,"  # noqa: E501
             " operation, message_type, epoch_ms, expires_at, status, is_encrypted, meta, strategy,"
             " notifier, priority) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (n.owner, n.kind, n.id, n.from_atsign, n.to_atsign, n.key, n.value, n.operation,
-             n.message_type, n.epoch_ms, n.expires_at, n.status, int(n.is_encrypted),
-             _dumps(n.meta) if n.meta else "{}", n.strategy, n.notifier, n.priority))
+            (
+                n.owner,
+                n.kind,
+                n.id,
+                n.from_atsign,
+                n.to_atsign,
+                n.key,
+                n.value,
+                n.operation,
+                n.message_type,
+                n.epoch_ms,
+                n.expires_at,
+                n.status,
+                int(n.is_encrypted),
+                _dumps(n.meta) if n.meta else "{}",
+                n.strategy,
+                n.notifier,
+                n.priority,
+            ),
+        )
         n.seq = int(cur.lastrowid or 0)
         return n.seq
 
-    def add_sent_status(self, owner: str, nid: str, to_atsign: str, status: str, expires_at: int) -> None:
+    def add_sent_status(
+        self, owner: str, nid: str, to_atsign: str, status: str, expires_at: int
+    ) -> None:
         """One small row per locally delivered notification: enough for notify:status."""
-        self.db.execute("INSERT OR REPLACE INTO sent_status (owner, id, to_atsign, status, expires_at)"
-                        " VALUES (?,?,?,?,?)", (owner, nid, to_atsign, status, expires_at))
+        self.db.execute(
+            "INSERT OR REPLACE INTO sent_status (owner, id, to_atsign, status, expires_at)"
+            " VALUES (?,?,?,?,?)",
+            (owner, nid, to_atsign, status, expires_at),
+        )
 
     def sent_status(self, owner: str | None, nid: str) -> tuple[str, int] | None:
         """(status, expires_at) of a notification ``owner`` sent, delivered or still queued."""
         if owner is None:
-            row = self.db.execute("SELECT status, expires_at FROM sent_status WHERE id=?", (nid,)).fetchone()
+            row = self.db.execute(
+                "SELECT status, expires_at FROM sent_status WHERE id=?", (nid,)
+            ).fetchone()
         else:
-            row = self.db.execute("SELECT status, expires_at FROM sent_status WHERE owner=? AND id=?",
-                                  (owner, nid)).fetchone()
+            row = self.db.execute(
+                "SELECT status, expires_at FROM sent_status WHERE owner=? AND id=?", (owner, nid)
+            ).fetchone()
         if row is None:
             n = self.get_notification(owner, "sent", nid)
             return (n.status, n.expires_at) if n else None
@@ -278,56 +329,81 @@ class Store:
 
     def get_notification(self, owner: str | None, kind: str, nid: str) -> Notification | None:
         if owner is None:
-            row = self.db.execute(f"SELECT {_NCOLS} FROM notifications WHERE kind=? AND id=?",
-                                  (kind, nid)).fetchone()
+            row = self.db.execute(
+                f"SELECT {_NCOLS} FROM notifications WHERE kind=? AND id=?", (kind, nid)
+            ).fetchone()
         else:
-            row = self.db.execute(f"SELECT {_NCOLS} FROM notifications WHERE owner=? AND kind=? AND id=?",
-                                  (owner, kind, nid)).fetchone()
+            row = self.db.execute(
+                f"SELECT {_NCOLS} FROM notifications WHERE owner=? AND kind=? AND id=?",
+                (owner, kind, nid),
+            ).fetchone()
         return _notif(row) if row else None
 
     def mark_delivered(self, n: Notification) -> None:
         """A queued notification reached its recipient: move it to the slim status table."""
-        self.db.execute("DELETE FROM notifications WHERE owner=? AND kind='sent' AND id=?", (n.owner, n.id))
+        self.db.execute(
+            "DELETE FROM notifications WHERE owner=? AND kind='sent' AND id=?", (n.owner, n.id)
+        )
         self.add_sent_status(n.owner, n.id, n.to_atsign, "delivered", n.expires_at)
 
     def remove_notification(self, owner: str, kind: str, nid: str) -> bool:
-        return self.db.execute("DELETE FROM notifications WHERE owner=? AND kind=? AND id=?",
-                               (owner, kind, nid)).rowcount > 0
+        return (
+            self.db.execute(
+                "DELETE FROM notifications WHERE owner=? AND kind=? AND id=?", (owner, kind, nid)
+            ).rowcount
+            > 0
+        )
 
-    def received_since(self, owner: str, since: int, now: int, kinds: tuple[str, ...]) -> Iterator[Notification]:
+    def received_since(
+        self, owner: str, since: int, now: int, kinds: tuple[str, ...]
+    ) -> Iterator[Notification]:
         """Unexpired received (and optionally self) notifications after ``since``, oldest first."""
         marks = ",".join("?" * len(kinds))
         cur = self.db.execute(
-            f"SELECT {_NCOLS} FROM notifications WHERE owner=? AND kind IN ({marks}) AND epoch_ms > ?"
-            " AND expires_at > ? ORDER BY epoch_ms, seq", (owner, *kinds, since, now))
+            f"SELECT {_NCOLS} FROM notifications WHERE owner=? AND kind IN ({marks}) AND epoch_ms > ?"  # noqa: E501
+            " AND expires_at > ? ORDER BY epoch_ms, seq",
+            (owner, *kinds, since, now),
+        )
         for row in cur:
             yield _notif(row)
 
     def queued_for(self, to_atsign: str | None, now: int) -> list[Notification]:
         """Sent notifications still waiting for their recipient (``None``: for anyone)."""
         if to_atsign is None:
-            q = (f"SELECT {_NCOLS} FROM notifications WHERE kind='sent' AND status='queued'"
-                 " AND expires_at > ? ORDER BY seq")
+            q = (
+                f"SELECT {_NCOLS} FROM notifications WHERE kind='sent' AND status='queued'"
+                " AND expires_at > ? ORDER BY seq"
+            )
             rows = self.db.execute(q, (now,))
         else:
-            q = (f"SELECT {_NCOLS} FROM notifications WHERE kind='sent' AND status='queued'"
-                 " AND to_atsign=? AND expires_at > ? ORDER BY seq")
+            q = (
+                f"SELECT {_NCOLS} FROM notifications WHERE kind='sent' AND status='queued'"
+                " AND to_atsign=? AND expires_at > ? ORDER BY seq"
+            )
             rows = self.db.execute(q, (to_atsign, now))
         return [_notif(r) for r in rows]
 
     def trim_latest(self, owner: str, to_atsign: str, notifier: str, keep: int) -> None:
         """Strategy ``latest``: keep only the newest ``keep`` queued notifications per notifier."""
         self.db.execute(
-            "DELETE FROM notifications WHERE seq IN (SELECT seq FROM notifications WHERE owner=? AND"
+            "DELETE FROM notifications WHERE seq IN (SELECT seq FROM notifications WHERE owner=? AND"  # noqa: E501
             " kind='sent' AND status='queued' AND to_atsign=? AND notifier=? ORDER BY seq DESC"
-            " LIMIT -1 OFFSET ?)", (owner, to_atsign, notifier, keep))
+            " LIMIT -1 OFFSET ?)",
+            (owner, to_atsign, notifier, keep),
+        )
 
     def count_queued(self, now: int) -> tuple[int, int]:
         """(sent notifications waiting for an unknown recipient, unexpired received ones)."""
-        q = self.db.execute("SELECT COUNT(*) FROM notifications WHERE kind='sent' AND status='queued'"
-                            " AND expires_at > ?", (now,)).fetchone()[0]
-        r = self.db.execute("SELECT COUNT(*) FROM notifications WHERE kind IN ('received','self')"
-                            " AND expires_at > ?", (now,)).fetchone()[0]
+        q = self.db.execute(
+            "SELECT COUNT(*) FROM notifications WHERE kind='sent' AND status='queued'"
+            " AND expires_at > ?",
+            (now,),
+        ).fetchone()[0]
+        r = self.db.execute(
+            "SELECT COUNT(*) FROM notifications WHERE kind IN ('received','self')"
+            " AND expires_at > ?",
+            (now,),
+        ).fetchone()[0]
         return int(q), int(r)
 
     def purge_notifications(self, before: int) -> int:
@@ -336,21 +412,43 @@ class Store:
 
     # -- enrollments -------------------------------------------------------------------
 
-    def put_enrollment(self, atsign: str, eid: str, record: dict[str, Any], status: str, now: int,
-                       expires_at: int | None) -> None:
+    def put_enrollment(
+        self,
+        atsign: str,
+        eid: str,
+        record: dict[str, Any],
+        status: str,
+        now: int,
+        expires_at: int | None,
+    ) -> None:
         self.db.execute(
-            "INSERT OR REPLACE INTO enrollments (atsign, id, record, status, created_at, expires_at)"
-            " VALUES (?,?,?,?,?,?)", (atsign, eid, json.dumps(record), status, now, expires_at))
+            "INSERT OR REPLACE INTO enrollments (atsign, id, record, status, created_at, expires_at)"  # noqa: E501
+            " VALUES (?,?,?,?,?,?)",
+            (atsign, eid, json.dumps(record), status, now, expires_at),
+        )
 
-    def get_enrollment(self, atsign: str, eid: str) -> tuple[dict[str, Any], str, int | None] | None:
-        row = self.db.execute("SELECT record, status, expires_at FROM enrollments WHERE atsign=? AND id=?",
-                              (atsign, eid)).fetchone()
+    def get_enrollment(
+        self, atsign: str, eid: str
+    ) -> tuple[dict[str, Any], str, int | None] | None:
+        row = self.db.execute(
+            "SELECT record, status, expires_at FROM enrollments WHERE atsign=? AND id=?",
+            (atsign, eid),
+        ).fetchone()
         return (json.loads(row[0]), row[1], row[2]) if row else None
 
     def enrollments(self, atsign: str) -> list[tuple[str, dict[str, Any], str, int | None]]:
-        return [(r[0], json.loads(r[1]), r[2], r[3]) for r in self.db.execute(
-            "SELECT id, record, status, expires_at FROM enrollments WHERE atsign=? ORDER BY created_at",
-            (atsign,))]
+        return [
+            (r[0], json.loads(r[1]), r[2], r[3])
+            for r in self.db.execute(
+                "SELECT id, record, status, expires_at FROM enrollments WHERE atsign=? ORDER BY created_at",  # noqa: E501
+                (atsign,),
+            )
+        ]
 
     def delete_enrollment(self, atsign: str, eid: str) -> bool:
-        return self.db.execute("DELETE FROM enrollments WHERE atsign=? AND id=?", (atsign, eid)).rowcount > 0
+        return (
+            self.db.execute(
+                "DELETE FROM enrollments WHERE atsign=? AND id=?", (atsign, eid)
+            ).rowcount
+            > 0
+        )

@@ -56,8 +56,10 @@ def _fib(n: int) -> int:
 
 
 def _store_keys(s: Session, owner: str, eid: str, p: dict[str, Any]) -> None:
-    for field, suffix in (("encryptedDefaultEncryptionPrivateKey", "default_enc_private_key"),
-                          ("encryptedDefaultSelfEncryptionKey", "default_self_enc_key")):
+    for field, suffix in (
+        ("encryptedDefaultEncryptionPrivateKey", "default_enc_private_key"),
+        ("encryptedDefaultSelfEncryptionKey", "default_self_enc_key"),
+    ):
         if p.get(field):
             body = json.dumps({"value": str(p[field])})
             _put_value(s, owner, f"{eid}.{suffix}.__manage{owner}", body)
@@ -99,8 +101,11 @@ def _request(s: Session, p: dict[str, Any]) -> Reply:
             raise AtError.for_code("AT0022", f"enroll:request needs {f}")
     eid = str(uuid.uuid4())
     record: dict[str, Any] = {
-        "sessionId": f"_{uuid.uuid4()}", "appName": p["appName"], "deviceName": p["deviceName"],
-        "apkamPublicKey": p["apkamPublicKey"], "requestType": "newEnrollment",
+        "sessionId": f"_{uuid.uuid4()}",
+        "appName": p["appName"],
+        "deviceName": p["deviceName"],
+        "apkamPublicKey": p["apkamPublicKey"],
+        "requestType": "newEnrollment",
         "encryptedAPKAMSymmetricKey": p.get("encryptedAPKAMSymmetricKey"),
         "apkamKeysExpiryInMillis": p.get("apkamKeysExpiryInMillis"),
     }
@@ -118,9 +123,9 @@ def _request(s: Session, p: dict[str, Any]) -> Reply:
             _put_value(s, owner, "privatekey:at_pkam_publickey", str(p["apkamPublicKey"]))
         _publish_apkam_key(s, owner, record)
         return s.data(json.dumps({"enrollmentId": eid, "status": "approved"}))
-    owner = s.atsign
-    if owner is None:
+    if s.atsign is None:
         raise AtError.for_code("AT0401", "send from:<atSign> before enroll:request")
+    owner = s.atsign
     s.enroll_times = [t for t in s.enroll_times if now - t < _HOUR_MS]
     if len(s.enroll_times) >= eng.config.enroll_requests_per_hour:
         raise AtError.for_code("AT0028", "too many enrollment requests; try again later")
@@ -133,15 +138,29 @@ def _request(s: Session, p: dict[str, Any]) -> Reply:
     record["namespaces"] = _namespaces(p, None)
     record["approval"] = {"state": "pending"}
     store.put_enrollment(owner, eid, record, "pending", now, now + eng.config.enroll_pending_ttl_ms)
-    value = json.dumps({
-        "encryptedApkamSymmetricKey": record["encryptedAPKAMSymmetricKey"],
-        "encryptedAPKAMSymmetricKey": record["encryptedAPKAMSymmetricKey"],
-        "appName": record["appName"], "deviceName": record["deviceName"],
-        "namespace": record["namespaces"]})
-    verbs_notify.deliver(eng, sender=owner, to=owner, key=f"{eid}.new.enrollments.__manage",
-                         value=value, operation="update", message_type="key", meta={},
-                         is_encrypted=False, nid=eid, ttln=eng.config.enroll_pending_ttl_ms,
-                         kind="self")
+    value = json.dumps(
+        {
+            "encryptedApkamSymmetricKey": record["encryptedAPKAMSymmetricKey"],
+            "encryptedAPKAMSymmetricKey": record["encryptedAPKAMSymmetricKey"],
+            "appName": record["appName"],
+            "deviceName": record["deviceName"],
+            "namespace": record["namespaces"],
+        }
+    )
+    verbs_notify.deliver(
+        eng,
+        sender=owner,
+        to=owner,
+        key=f"{eid}.new.enrollments.__manage",
+        value=value,
+        operation="update",
+        message_type="key",
+        meta={},
+        is_encrypted=False,
+        nid=eid,
+        ttln=eng.config.enroll_pending_ttl_ms,
+        kind="self",
+    )
     return s.data(json.dumps({"enrollmentId": eid, "status": "pending"}))
 
 
@@ -155,8 +174,12 @@ def _otp_ok(s: Session, owner: str, otp: str) -> bool:
         store.delete(owner, name)  # one use
         return True
     spp = store.get(owner, f"private:spp.__otp{owner}")
-    return bool(spp is not None and spp.visible(now) and spp.value and
-                secrets.compare_digest(spp.value, otp))
+    return bool(
+        spp is not None
+        and spp.visible(now)
+        and spp.value
+        and secrets.compare_digest(spp.value, otp)
+    )
 
 
 def _get(s: Session, owner: str, p: dict[str, Any]) -> tuple[str, dict[str, Any], str, int | None]:
@@ -193,7 +216,9 @@ def _transition(s: Session, p: dict[str, Any], op: str, force: bool) -> Reply:
         if state != "approved":
             raise AtError.for_code("AT0030", f"cannot revoke a {state} enrollment")
         if eid == s.enrollment_id and not force:
-            raise AtError.for_code("AT0031", "cannot revoke the enrollment of this connection without force")
+            raise AtError.for_code(
+                "AT0031", "cannot revoke the enrollment of this connection without force"
+            )
         new = "revoked"
     elif op == "unrevoke":
         if state != "revoked":
@@ -215,10 +240,13 @@ def _transition(s: Session, p: dict[str, Any], op: str, force: bool) -> Reply:
 
 
 def _summary(record: dict[str, Any], state: str) -> dict[str, Any]:
-    return {"appName": record.get("appName"), "deviceName": record.get("deviceName"),
-            "namespace": record.get("namespaces"),
-            "encryptedAPKAMSymmetricKey": record.get("encryptedAPKAMSymmetricKey"),
-            "status": state}
+    return {
+        "appName": record.get("appName"),
+        "deviceName": record.get("deviceName"),
+        "namespace": record.get("namespaces"),
+        "encryptedAPKAMSymmetricKey": record.get("encryptedAPKAMSymmetricKey"),
+        "status": state,
+    }
 
 
 def enroll(s: Session, cmd: Command) -> Reply:
@@ -250,8 +278,13 @@ def otp(s: Session, cmd: Command) -> Reply:
     eng = s.engine
     if cmd["op"] == "get":
         code = "".join(secrets.choice(OTP_ALPHABET) for _ in range(6))
-        _put_value(s, owner, f"private:{code.lower()}.__otp{owner}", code,
-                   cmd["ttl"] or eng.config.otp_ttl_ms)
+        _put_value(
+            s,
+            owner,
+            f"private:{code.lower()}.__otp{owner}",
+            code,
+            cmd["ttl"] or eng.config.otp_ttl_ms,
+        )
         return s.data(code)
     spp = cmd["spp"]
     if len(spp) < 6 or len(spp) > 64 or "@" in spp or " " in spp:
@@ -288,7 +321,11 @@ def keys(s: Session, cmd: Command) -> Reply:
     if cmd["op"] == "put":
         if cmd["value"] is None:
             raise AtError.for_code("AT0022", "keys:put needs a value")
-        body = {"value": cmd["value"], "keyType": cmd.get("keyType"), "enrollmentId": s.enrollment_id}
+        body = {
+            "value": cmd["value"],
+            "keyType": cmd.get("keyType"),
+            "enrollmentId": s.enrollment_id,
+        }
         _put_value(s, owner, key.full, json.dumps(body))
         return s.data(str(eng.store.commit_id(owner)))
     eng.store.delete(owner, key.full)
@@ -303,4 +340,8 @@ def _key_type(name: str) -> str:
     return "unknown"
 
 
-HANDLERS: dict[str, Callable[[Session, Command], Reply]] = {"enroll": enroll, "otp": otp, "keys": keys}
+HANDLERS: dict[str, Callable[[Session, Command], Reply]] = {
+    "enroll": enroll,
+    "otp": otp,
+    "keys": keys,
+}

@@ -154,8 +154,11 @@ def info(s: Session, cmd: Command) -> Reply:
     if cmd["brief"]:
         body: dict[str, object] = {"version": eng.config.version, "uptimeAsMillis": up}
     else:
-        body = {"version": eng.config.version, "uptimeAsWords": _words(up),
-                "features": [{"name": "noAuthEnrollment", "status": "Beta"}]}
+        body = {
+            "version": eng.config.version,
+            "uptimeAsWords": _words(up),
+            "features": [{"name": "noAuthEnrollment", "status": "Beta"}],
+        }
         if s.authed and s.enrollment_id:
             body["apkam_metadata"] = s.info_meta()
     return s.data(json.dumps(body, separators=(",", ":")))
@@ -164,12 +167,19 @@ def info(s: Session, cmd: Command) -> Reply:
 def noop(s: Session, cmd: Command) -> Reply:
     ms = cmd["ms"]
     if ms > s.engine.config.noop_max_ms:
-        raise AtError.for_code("AT0022", f"noop duration {ms} exceeds {s.engine.config.noop_max_ms} ms")
+        raise AtError.for_code(
+            "AT0022", f"noop duration {ms} exceeds {s.engine.config.noop_max_ms} ms"
+        )
     r = s.data("ok")
     r.delay = ms / 1000.0
     return r
 
 
 HANDLERS: dict[str, Callable[[Session, Command], Reply]] = {
-    "root": root_lookup, "from": from_verb, "pkam": pkam, "cram": cram, "info": info, "noop": noop,
+    "root": root_lookup,
+    "from": from_verb,
+    "pkam": pkam,
+    "cram": cram,
+    "info": info,
+    "noop": noop,
 }

@@ -28,10 +28,15 @@ def check_ns(s: Session, key: AtKey, write: bool) -> None:
         return
     if key.visibility == "system" and s.namespaces.get("__manage") != "rw":
         # the PKAM key and the CRAM secret decide who can log in: manager enrollments only
-        raise AtError.for_code("AT0009", f"enrollment {s.enrollment_id} has no access to {key.full}")
+        raise AtError.for_code(
+            "AT0009", f"enrollment {s.enrollment_id} has no access to {key.full}"
+        )
     if not namespace_allows(s.namespaces, key, write):
-        raise AtError.for_code("AT0009", f"enrollment {s.enrollment_id} has no "
-                               f"{'write' if write else 'read'} access to {key.full}")
+        raise AtError.for_code(
+            "AT0009",
+            f"enrollment {s.enrollment_id} has no "
+            f"{'write' if write else 'read'} access to {key.full}",
+        )
 
 
 def not_found(key: str) -> AtError:
@@ -129,14 +134,32 @@ def update(s: Session, cmd: Command) -> Reply:
     meta: dict[str, Any] = dict(old.meta) if old else {}
     meta.update(cmd["meta"])
     expires, available, refresh = apply_times(meta, now)
-    rec = Record(key.full, cmd["value"], meta, old.created_at if old else now, now, expires,
-                 available, refresh, (old.version + 1) if old else 0, owner)
+    rec = Record(
+        key.full,
+        cmd["value"],
+        meta,
+        old.created_at if old else now,
+        now,
+        expires,
+        available,
+        refresh,
+        (old.version + 1) if old else 0,
+        owner,
+    )
     store.put(owner, rec)
     commit = store.next_commit(owner)
     if key.visibility == "shared" and key.shared_with and not key.cached:
-        verbs_notify.deliver(eng, sender=owner, to=key.shared_with, key=key.full, value=rec.value,
-                             operation="update", message_type="key", meta=meta,
-                             is_encrypted=bool(meta.get("isEncrypted", False)))
+        verbs_notify.deliver(
+            eng,
+            sender=owner,
+            to=key.shared_with,
+            key=key.full,
+            value=rec.value,
+            operation="update",
+            message_type="key",
+            meta=meta,
+            is_encrypted=bool(meta.get("isEncrypted", False)),
+        )
     return s.data(str(commit))
 
 
@@ -150,9 +173,17 @@ def delete(s: Session, cmd: Command) -> Reply:
     eng.store.delete(owner, key.full)
     commit = eng.store.next_commit(owner)
     if old is not None and key.visibility == "shared" and key.shared_with and not key.cached:
-        verbs_notify.deliver(eng, sender=owner, to=key.shared_with, key=key.full, value=None,
-                             operation="delete", message_type="key", meta=dict(old.meta),
-                             is_encrypted=False)
+        verbs_notify.deliver(
+            eng,
+            sender=owner,
+            to=key.shared_with,
+            key=key.full,
+            value=None,
+            operation="delete",
+            message_type="key",
+            meta=dict(old.meta),
+            is_encrypted=False,
+        )
     return s.data(str(commit))
 
 
@@ -179,8 +210,13 @@ def scan(s: Session, cmd: Command) -> Reply:
             return s.data("[]")
         for name in store.key_names(s.atsign, now):
             key = parse_key(name)
-            if key.visibility == "public" and not key.cached and not key.hidden and "__" not in name:
-                short = name[len("public:"):]
+            if (
+                key.visibility == "public"
+                and not key.cached
+                and not key.hidden
+                and "__" not in name
+            ):
+                short = name[len("public:") :]
                 if regex is None or regex.search(short):
                     out.append(short)
         return s.data(json.dumps(out, separators=(",", ":")))
@@ -203,6 +239,10 @@ def scan(s: Session, cmd: Command) -> Reply:
 
 
 HANDLERS: dict[str, Callable[[Session, Command], Reply]] = {
-    "llookup": llookup, "lookup": lookup, "plookup": plookup,
-    "update": update, "delete": delete, "scan": scan,
+    "llookup": llookup,
+    "lookup": lookup,
+    "plookup": plookup,
+    "update": update,
+    "delete": delete,
+    "scan": scan,
 }

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import AtError
 from .hub import Monitor, render
+from .hub import body as hub_body
 from .keys import Record, apply_times, dart_time, namespace_allows, normalise_atsign, parse_key
 from .parse import Command
 from .store import Notification
@@ -25,22 +26,66 @@ if TYPE_CHECKING:
     from .engine import Engine, Reply, Session
 
 # Metadata kept on a cached copy created from a notification.
-_CACHE_META = ("ttl", "ttb", "ttr", "ccd", "isBinary", "isEncrypted", "dataSignature", "sharedKeyEnc",
-               "pubKeyCS", "encoding", "encKeyName", "encAlgo", "ivNonce", "skeEncKeyName", "skeEncAlgo")
+_CACHE_META = (
+    "ttl",
+    "ttb",
+    "ttr",
+    "ccd",
+    "isBinary",
+    "isEncrypted",
+    "dataSignature",
+    "sharedKeyEnc",
+    "pubKeyCS",
+    "encoding",
+    "encKeyName",
+    "encAlgo",
+    "ivNonce",
+    "skeEncKeyName",
+    "skeEncAlgo",
+)
 
 
-def deliver(eng: Engine, *, sender: str, to: str, key: str, value: str | None, operation: str,
-            message_type: str, meta: dict[str, Any], is_encrypted: bool, nid: str | None = None,
-            ttln: int | None = None, strategy: str = "all", notifier: str = "SYSTEM",
-            latest_n: int = 1, priority: str = "low", kind: str = "received") -> Notification:
+def deliver(
+    eng: Engine,
+    *,
+    sender: str,
+    to: str,
+    key: str,
+    value: str | None,
+    operation: str,
+    message_type: str,
+    meta: dict[str, Any],
+    is_encrypted: bool,
+    nid: str | None = None,
+    ttln: int | None = None,
+    strategy: str = "all",
+    notifier: str = "SYSTEM",
+    latest_n: int = 1,
+    priority: str = "low",
+    kind: str = "received",
+) -> Notification:
     """Record a notification from ``sender`` to ``to`` and hand it to the recipient if hosted."""
     store, now = eng.store, eng.clock()
     expires = now + (ttln if ttln else eng.config.notification_expiry_ms)
-    n = Notification(owner=sender, kind="sent", id=nid or str(uuid.uuid4()), from_atsign=sender,
-                     to_atsign=to, key=key, value=value, operation=operation,
-                     message_type=message_type, epoch_ms=now, expires_at=expires, status="queued",
-                     is_encrypted=is_encrypted, meta=meta, strategy=strategy, notifier=notifier,
-                     priority=priority)
+    n = Notification(
+        owner=sender,
+        kind="sent",
+        id=nid or str(uuid.uuid4()),
+        from_atsign=sender,
+        to_atsign=to,
+        key=key,
+        value=value,
+        operation=operation,
+        message_type=message_type,
+        epoch_ms=now,
+        expires_at=expires,
+        status="queued",
+        is_encrypted=is_encrypted,
+        meta=meta,
+        strategy=strategy,
+        notifier=notifier,
+        priority=priority,
+    )
     hosted = to == sender or store.has_atsign(to)
     db = store.db
     # Inside the server's batch transaction the batch gives atomicity; the recipient's copy
@@ -73,11 +118,25 @@ def deliver(eng: Engine, *, sender: str, to: str, key: str, value: str | None, o
 
 
 def _received_copy(n: Notification, kind: str) -> Notification:
-    return Notification(owner=n.to_atsign, kind=kind, id=n.id, from_atsign=n.from_atsign,
-                        to_atsign=n.to_atsign, key=n.key, value=n.value, operation=n.operation,
-                        message_type=n.message_type, epoch_ms=n.epoch_ms, expires_at=n.expires_at,
-                        status="delivered", is_encrypted=n.is_encrypted, meta=n.meta,
-                        strategy=n.strategy, notifier=n.notifier, priority=n.priority)
+    return Notification(
+        owner=n.to_atsign,
+        kind=kind,
+        id=n.id,
+        from_atsign=n.from_atsign,
+        to_atsign=n.to_atsign,
+        key=n.key,
+        value=n.value,
+        operation=n.operation,
+        message_type=n.message_type,
+        epoch_ms=n.epoch_ms,
+        expires_at=n.expires_at,
+        status="delivered",
+        is_encrypted=n.is_encrypted,
+        meta=n.meta,
+        strategy=n.strategy,
+        notifier=n.notifier,
+        priority=n.priority,
+    )
 
 
 def _apply_cache(eng: Engine, n: Notification, now: int) -> None:
@@ -92,9 +151,21 @@ def _apply_cache(eng: Engine, n: Notification, now: int) -> None:
         meta = {k: n.meta[k] for k in _CACHE_META if n.meta.get(k) is not None}
         old = store.get(n.to_atsign, cached)
         expires, available, refresh = apply_times(meta, now)
-        store.put(n.to_atsign, Record(cached, n.value, meta, old.created_at if old else now, now,
-                                      expires, available, refresh, (old.version + 1) if old else 0,
-                                      n.from_atsign))
+        store.put(
+            n.to_atsign,
+            Record(
+                cached,
+                n.value,
+                meta,
+                old.created_at if old else now,
+                now,
+                expires,
+                available,
+                refresh,
+                (old.version + 1) if old else 0,
+                n.from_atsign,
+            ),
+        )
     elif n.operation == "delete":
         old = store.get(n.to_atsign, cached)
         if old is not None and (old.meta.get("ccd") or n.meta.get("ccd")):
@@ -140,10 +211,23 @@ def notify(s: Session, cmd: Command) -> Reply:
         encrypted = bool(meta["isEncrypted"])
     else:
         encrypted = cmd["message_type"] == "key" and value is not None
-    n = deliver(eng, sender=sender, to=to, key=key_text, value=value, operation=cmd["operation"],
-                message_type=cmd["message_type"], meta=meta, is_encrypted=encrypted,
-                nid=cmd["id"], ttln=cmd["ttln"], strategy=cmd["strategy"], notifier=cmd["notifier"],
-                latest_n=cmd["latest_n"], priority=cmd["priority"])
+    n = deliver(
+        eng,
+        sender=sender,
+        to=to,
+        key=key_text,
+        value=value,
+        operation=cmd["operation"],
+        message_type=cmd["message_type"],
+        meta=meta,
+        is_encrypted=encrypted,
+        nid=cmd["id"],
+        ttln=cmd["ttln"],
+        strategy=cmd["strategy"],
+        notifier=cmd["notifier"],
+        latest_n=cmd["latest_n"],
+        priority=cmd["priority"],
+    )
     return s.data(n.id)
 
 
@@ -166,7 +250,7 @@ def notify_remove(s: Session, cmd: Command) -> Reply:
 
 
 def _as_dict(n: Notification) -> dict[str, Any]:
-    return json.loads(render(n, replay=True, dart_time=dart_time)[len("notification: "):])
+    return hub_body(n, replay=True, dart_time=dart_time)
 
 
 def notify_list(s: Session, cmd: Command) -> Reply:
@@ -176,8 +260,11 @@ def notify_list(s: Session, cmd: Command) -> Reply:
     except re.error as exc:
         raise AtError.for_code("AT0003", f"invalid regex: {exc}") from exc
     mon = Monitor(s, owner, rx, False, _ns_filter(s))
-    out = [_as_dict(n) for n in s.engine.store.received_since(owner, 0, s.engine.clock(), ("received",))
-           if mon.wants(n)]
+    out = [
+        _as_dict(n)
+        for n in s.engine.store.received_since(owner, 0, s.engine.clock(), ("received",))
+        if mon.wants(n)
+    ]
     return s.data(json.dumps(out, separators=(",", ":"), ensure_ascii=False))
 
 
@@ -185,7 +272,9 @@ def notify_fetch(s: Session, cmd: Command) -> Reply:
     owner = s.require_auth()
     n = s.engine.store.get_notification(owner, "received", cmd["id"])
     if n is None:
-        return s.data(json.dumps({"id": cmd["id"], "notificationStatus": "NotificationStatus.expired"}))
+        return s.data(
+            json.dumps({"id": cmd["id"], "notificationStatus": "NotificationStatus.expired"})
+        )
     return s.data(json.dumps(_as_dict(n), separators=(",", ":")))
 
 
@@ -200,6 +289,7 @@ def _ns_filter(s: Session) -> Callable[[Notification], bool] | None:
             return namespace_allows(ns, parse_key(n.key, default_owner=owner), False)
         except AtError:
             return "*" in ns
+
     return allowed
 
 
@@ -225,14 +315,26 @@ def monitor(s: Session, cmd: Command) -> Reply:
 
 
 def stats_text(eng: Engine, atsign: str) -> str:
-    body = {"id": "-1", "from": atsign, "to": atsign, "key": f"statsNotification.{atsign}",
-            "value": str(eng.store.commit_id(atsign)), "operation": "update",
-            "epochMillis": eng.clock(), "messageType": "MessageType.key", "isEncrypted": False,
-            "metadata": None}
+    body = {
+        "id": "-1",
+        "from": atsign,
+        "to": atsign,
+        "key": f"statsNotification.{atsign}",
+        "value": str(eng.store.commit_id(atsign)),
+        "operation": "update",
+        "epochMillis": eng.clock(),
+        "messageType": "MessageType.key",
+        "isEncrypted": False,
+        "metadata": None,
+    }
     return "notification: " + json.dumps(body, separators=(",", ":")) + "\n"
 
 
 HANDLERS: dict[str, Callable[[Session, Command], Reply]] = {
-    "notify": notify, "notify:status": notify_status, "notify:remove": notify_remove,
-    "notify:list": notify_list, "notify:fetch": notify_fetch, "monitor": monitor,
+    "notify": notify,
+    "notify:status": notify_status,
+    "notify:remove": notify_remove,
+    "notify:list": notify_list,
+    "notify:fetch": notify_fetch,
+    "monitor": monitor,
 }
