@@ -180,10 +180,12 @@ class Srvd:
             await self._drain()
             return 0
         finally:
-            if connect is not None and not connect.done():
+            if connect is not None:
                 connect.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await connect
+                    made = await connect  # also retrieves an exception nobody awaited
+                    if self.client is None:
+                        await made.close()
             if consumer is not None:
                 consumer.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import LocalError, NoPortsError, PortsExhaustedError
+from ..errors import ConfigError, LocalError, NoPortsError, PortsExhaustedError
 from ..relay import SessionSpec
 from . import ipc
 
@@ -129,7 +129,12 @@ class WorkerPool:
 
     async def start(self) -> None:
         handles = [await self._spawn(i) for i in range(1, self.count + 1)]
-        await asyncio.gather(*(self._await_ready(h) for h in handles))
+        results = await asyncio.gather(
+            *(self._await_ready(h) for h in handles), return_exceptions=True
+        )
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
 
     async def _spawn(self, index: int) -> WorkerHandle:
         parent, child = socket.socketpair()
@@ -164,7 +169,9 @@ class WorkerPool:
     async def _await_ready(self, h: WorkerHandle) -> None:
         try:
             info = await asyncio.wait_for(asyncio.shield(h.ready), START_TIMEOUT)
-        except (asyncio.TimeoutError, WorkerGone) as exc:
+        except ConfigError:
+            raise
+        except (asyncio.TimeoutError, LocalError) as exc:
             raise LocalError(f"srvd worker {h.index} did not start: {exc or 'timeout'}") from None
         log.info(
             "worker %d ready (pid %s, pump %s, fd limit %s)",
@@ -184,6 +191,11 @@ class WorkerPool:
                 if op == "ready":
                     if not h.ready.done():
                         h.ready.set_result(msg)
+                elif op == "failed":
+                    err = str(msg.get("error"))
+                    exc = ConfigError(err) if msg.get("usage") else LocalError(err)
+                    if not h.ready.done():
+                        h.ready.set_exception(exc)
                 elif op == "created":
                     h.sessions.add(str(msg.get("sid")))
                     h._answer(msg)

@@ -23,7 +23,7 @@ import sys
 from typing import Any
 
 from .. import _compat
-from ..errors import NoPortsError, PortsExhaustedError
+from ..errors import ConfigError, NoPortsError, PortsExhaustedError
 from ..relay import Relay, RelayLimits, Session
 from . import ipc
 
@@ -89,6 +89,16 @@ class Worker:
 
     async def start(self) -> None:
         await self.relay.start()
+        try:  # the bind address must be ours: fail at start, not on every session
+            probe = socket.socket(self.relay._family or socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                probe.bind((self.cfg["bind"], 0))
+            finally:
+                probe.close()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on --bind {self.cfg['bind']}: {exc.strerror}"
+            ) from None
         from ..relay import raise_nofile_limit
 
         self.send(
@@ -208,7 +218,11 @@ async def _main(fd: int, index: int) -> int:
     _setup_logging(index, cfg)
     worker = Worker(index, cfg, writer)
     try:
-        await worker.start()
+        try:
+            await worker.start()
+        except (NoPortsError, OSError) as exc:
+            worker.send({"op": "failed", "error": str(exc), "usage": isinstance(exc, ConfigError)})
+            return 1
         await worker.serve(reader)
     except (ConnectionError, NoPortsError) as exc:
         log.warning("control link failed: %s", exc)
