@@ -275,9 +275,10 @@ def test_manager_checks_the_sender_and_atsigna_spoofing_is_refused(np_env):
     assert "is denied" in p.stderr
 
 
-def test_duplicate_session_id_quota_and_port_range(np_env):
+def test_duplicate_session_id_quota_port_range_and_reclaim(np_env):
     relay, c, e = np_env.atsign("relay"), np_env.atsign("client"), np_env.atsign("eve")
     lo = 20000 + (os.getpid() * 37) % 30000
+    hi = lo + 5  # six ports: three sessions at most
     p = start_srvd(
         np_env,
         relay,
@@ -286,7 +287,9 @@ def test_duplicate_session_id_quota_and_port_range(np_env):
         "--max-sessions-per-requester",
         "2",
         "--port-range",
-        f"{lo}-{lo + 11}",
+        f"{lo}-{hi}",
+        "--pair-timeout",
+        "3",
     )
 
     async def main():
@@ -302,15 +305,32 @@ def test_duplicate_session_id_quota_and_port_range(np_env):
             assert k == "nack" and "quota 2" in v
             k3, v3, _ = await ask(ce, relay, auth=(False, False))  # another requester
             assert k3 == "ack", v3
+            k, v, _ = await ask(ce, relay, auth=(False, False))
+            assert k == "nack" and "capacity (3 sessions)" in v  # the port range is full
+            ports = []
             for v in (v1, v2, v3):
                 r = parse_relay_reply(v)
-                assert lo <= r.port_a <= lo + 11 and lo <= r.port_b <= lo + 11
+                assert lo <= r.port_a <= hi and lo <= r.port_b <= hi
+                ports += [r.port_a, r.port_b]
+            assert len(set(ports)) == 6
+            # unused pairs end "lonely" after the pair timeout: ports and quota come back
+            await asyncio.sleep(3.5)
+            for port in ports:
+                with pytest.raises(ConnectionRefusedError):
+                    await asyncio.open_connection("127.0.0.1", port)
+            k4, v4, _ = await ask(cc, relay, auth=(False, False))
+            assert k4 == "ack", v4
         finally:
             await cc.close()
             await ce.close()
 
     arun(main())
-    assert "(quota)" in p.stderr and "(duplicate)" in p.stderr
+    assert "(quota)" in p.stderr and "(duplicate)" in p.stderr and "(capacity)" in p.stderr
+    assert f"Finished session {sid_of(p, 0)}" in p.stderr and "(lonely:" in p.stderr
+
+
+def sid_of(p, n: int) -> str:
+    return re.findall(r"Starting session (\S+) ", p.stderr)[n]
 
 
 def test_two_workers_share_sessions_and_both_relay(np_env):
@@ -391,6 +411,9 @@ def test_bad_flags_version_and_missing_keys(np_env):
     assert r.returncode == 0 and r.stdout.startswith("srvd (noports)")
     r = np_env.run("srvd", "-a", "@nokeys", "-i", "127.0.0.1")
     assert r.returncode == 4 and "nokeys" in r.stderr
+    relay = np_env.atsign("relay")
+    r = np_env.run("srvd", "-a", relay, "-i", "127.0.0.1", "--bind", "192.0.2.1", "--workers", "1")
+    assert r.returncode == 2 and "cannot listen on --bind 192.0.2.1" in r.stderr
     r = np_env.run("srvd", "--help")
     assert "--snoop" not in r.stdout
     r = np_env.run("srvd", "--help", env={"ENABLE_SNOOP": "true"})
