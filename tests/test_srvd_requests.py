@@ -57,7 +57,7 @@ def test_admission_order_of_checks_and_ledger():
     assert g.session_id == s1 and g.atsign_b == "@dev"
     with pytest.raises(rq.Refusal) as e:
         adm.check("json", req(s1.upper()), "@alice")  # same id in another case
-    assert e.value.kind == rq.DUPLICATE
+    assert e.value.kind == rq.DUPLICATE and e.value.session_id == s1.upper()  # nack as asked
     adm.check("legacy", s2, "@alice")
     with pytest.raises(rq.Refusal) as e:
         adm.check("json", req(s3), "@alice")

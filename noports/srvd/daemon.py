@@ -361,7 +361,7 @@ class Srvd:
                 self._stale_keys.discard(who)
             except (AtError, NoPortsError, OSError) as exc:
                 raise rq.Refusal(
-                    rq.ERROR, f"cannot get the public key of {who}: {exc}", g.session_id
+                    rq.ERROR, f"cannot get the public key of {who}: {exc}", req.session_id
                 ) from None
         spec = SessionSpec(
             req.session_id,
@@ -385,10 +385,10 @@ class Srvd:
         try:
             h, made = await self.pool.create_session(spec)
         except PortsExhaustedError:
-            raise rq.Refusal(rq.CAPACITY, "relay has no free ports", g.session_id) from None
+            raise rq.Refusal(rq.CAPACITY, "relay has no free ports", req.session_id) from None
         except (WorkerGone, LocalError) as exc:
             raise rq.Refusal(
-                rq.ERROR, f"relay could not create the session ({exc})", g.session_id
+                rq.ERROR, f"relay could not create the session ({exc})", req.session_id
             ) from None
         reply = RelayReply(
             self.s.ip,

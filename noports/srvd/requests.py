@@ -60,7 +60,7 @@ def classify(short_key: str) -> str | None:
 
 @dataclass(frozen=True)
 class Refusal(Exception):
-    """No session. ``session_id`` (canonical) is set when a nack can be addressed."""
+    """No session. ``session_id`` (as the client wrote it) is set when a nack can be addressed."""
 
     kind: str
     reason: str
@@ -116,28 +116,29 @@ class Admission:
             sid = validate_session_id(req.session_id)
         except InvalidNameError as exc:
             raise Refusal(INVALID, str(exc)) from None
+        asked = req.session_id  # nacks go to the id as the client wrote it
         try:
             a = validate_atsign(req.atsign_a)
             b = validate_atsign(req.atsign_b)
         except InvalidNameError as exc:
-            raise Refusal(INVALID, str(exc), sid) from None
+            raise Refusal(INVALID, str(exc), asked) from None
         if self.managers is not None and who not in self.managers:
-            raise Refusal(DENIED, f"{who} is not allowed to use this relay", sid)
+            raise Refusal(DENIED, f"{who} is not allowed to use this relay", asked)
         if not req.legacy and a != who:
-            raise Refusal(DENIED, f"atSignA {a} is not the requester {who}", sid)
+            raise Refusal(DENIED, f"atSignA {a} is not the requester {who}", asked)
         if self.require_auth and not (req.auth_a and req.auth_b):
-            raise Refusal(DENIED, "this relay requires both sockets to authenticate", sid)
+            raise Refusal(DENIED, "this relay requires both sockets to authenticate", asked)
         if self.draining:
-            raise Refusal(SHUTDOWN, "relay is shutting down", sid)
+            raise Refusal(SHUTDOWN, "relay is shutting down", asked)
         if sid in self.live:
-            raise Refusal(DUPLICATE, f"session id {sid} is already in use", sid)
+            raise Refusal(DUPLICATE, f"session id {sid} is already in use", asked)
         if len(self.live) >= self.max_sessions:
-            raise Refusal(CAPACITY, f"relay is at capacity ({self.max_sessions} sessions)", sid)
+            raise Refusal(CAPACITY, f"relay is at capacity ({self.max_sessions} sessions)", asked)
         if self.per[who] >= self.per_requester:
             raise Refusal(
                 QUOTA,
                 f"{who} already has {self.per[who]} live sessions (quota {self.per_requester})",
-                sid,
+                asked,
             )
         self.live[sid] = who
         self.per[who] += 1
