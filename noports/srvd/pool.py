@@ -6,6 +6,12 @@ Workers are separate interpreter processes (``python -m noports.srvd.worker``) s
 pickling of the main module): the only children srvd ever has are its workers, each
 visible in ``ps`` by its command line.
 
+``--workers 1`` still runs one separate worker rather than the relay in the control
+process: the control loop does RSA and AES work for every notification and may block on the
+atServer, and none of that may stall a byte of relayed traffic; a crash in the data plane
+is contained and restarted; and there is one code path to test. The cost is one process
+(about 25 MB) and one local round trip (well under a millisecond) per session request.
+
 Placement: a new session goes to the live worker with the fewest sessions (live plus
 being created). A worker that dies (EOF on its link) takes its sessions with it; the pool
 reports them through ``on_lost`` so the control process can forget them, and starts a
