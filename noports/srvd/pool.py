@@ -10,7 +10,7 @@ visible in ``ps`` by its command line.
 process: the control loop does RSA and AES work for every notification and may block on the
 atServer, and none of that may stall a byte of relayed traffic; a crash in the data plane
 is contained and restarted; and there is one code path to test. The cost is one process
-(about 25 MB) and one local round trip (well under a millisecond) per session request.
+(about 35 MB resident) and one local round trip (well under a millisecond) per session request.
 
 Placement: a new session goes to the live worker with the fewest sessions (live plus
 being created). A worker that dies (EOF on its link) takes its sessions with it; the pool
