@@ -12,6 +12,9 @@ Per direction: read (splice src -> pipe) only while the pipe is empty; then drai
 into dst; if dst would block, stop reading src and wait for dst to become writable. So at
 most one pipe's worth of bytes is in flight in the relay per direction.
 
+Pipes are borrowed from a small pool of empty ones while a direction has bytes in flight
+and given back when it goes idle (``trim_spare_pipes`` closes the spares).
+
 On a platform without splice the module still builds and imports, with ``SPLICE = False``;
 the relay then uses the pure twin.
 """
@@ -27,6 +30,7 @@ cdef extern from *:
     #include <unistd.h>
     #include <sys/socket.h>
     #include <errno.h>
+    #include <sys/ioctl.h>
     #ifdef __linux__
     #define NP_HAVE_SPLICE 1
     static ssize_t np_splice(int fd_in, int fd_out, size_t len) {
@@ -39,6 +43,11 @@ cdef extern from *:
     static int np_grow(int fd, int size) {
         return fcntl(fd, F_SETPIPE_SZ, size);
     }
+    static int np_pipe_empty(int fd) {
+        int n = -1;
+        if (ioctl(fd, FIONREAD, &n) != 0) return 0;
+        return n == 0;
+    }
     #else
     #define NP_HAVE_SPLICE 0
     static ssize_t np_splice(int fd_in, int fd_out, size_t len) {
@@ -46,6 +55,7 @@ cdef extern from *:
     }
     static int np_pipe(int fds[2]) { (void)fds; errno = ENOSYS; return -1; }
     static int np_grow(int fd, int size) { (void)fd; (void)size; errno = ENOSYS; return -1; }
+    static int np_pipe_empty(int fd) { (void)fd; return 0; }
     #endif
     #ifndef MSG_NOSIGNAL
     #define MSG_NOSIGNAL 0
@@ -58,6 +68,7 @@ cdef extern from *:
     ssize_t np_splice(int fd_in, int fd_out, size_t len) nogil
     int np_pipe(int *fds) nogil
     int np_grow(int fd, int size) nogil
+    int np_pipe_empty(int fd) nogil
     ssize_t np_send(int fd, const char *buf, size_t len) nogil
 
 cdef extern from "unistd.h":
@@ -70,6 +81,34 @@ _LINGER_RESET = _struct.pack("ii", 1, 0)
 cdef enum:
     PIPE_DEFAULT = 65536
     MAX_ROUNDS = 8
+    SPARE_MAX = 64
+
+# Empty default-size pipes between uses, as (read fd, write fd, capacity). A direction
+# holds a pipe only while bytes are in flight, so pipes (fds and the per-user pipe quota)
+# scale with busy directions, not with pairs. Only verified-empty pipes are kept.
+cdef list _spare = []
+cdef long long _created = 0, _reused = 0, _grown = 0
+
+
+def trim_spare_pipes(int keep=0):
+    """Close spare pipes beyond ``keep``; returns how many were closed (Relay.close: 0)."""
+    cdef int closed = 0
+    while len(_spare) > keep:
+        r, w, _ = _spare.pop()
+        close(r)
+        close(w)
+        closed += 1
+    return closed
+
+
+def spare_pipes():
+    """How many empty pipes are kept for reuse (diagnostics and tests)."""
+    return len(_spare)
+
+
+def pipe_stats():
+    """Process-wide pipe counters: created, reused from the spares, grown to pipe_size."""
+    return {"created": _created, "reused": _reused, "grown": _grown, "spare": len(_spare)}
 
 
 cdef class Pump:
@@ -234,25 +273,67 @@ cdef class Pump:
     def _on_writable1(self):
         self._writable(1)
 
-    cdef void _readable(self, int d) except *:
-        cdef ssize_t n
+    cdef bint _acquire_pipe(self, int d) except -1:
+        global _created, _reused
         cdef int fds[2]
-        cdef int rounds, cap
-        if self.closed:
-            return
-        if self.pr[d] < 0:
+        cdef int cap
+        if _spare:
+            r, w, cap = _spare.pop()
+            self.pr[d] = r
+            self.pw[d] = w
+            self.pcap[d] = cap
+            _reused += 1
+        else:
             cap = np_pipe(fds)
             if cap < 0:
                 self._abort(OSError(errno, "pipe2 failed"))
-                return
+                return False
             self.pr[d] = fds[0]
             self.pw[d] = fds[1]
             self.pcap[d] = cap if cap > 0 else PIPE_DEFAULT
+            _created += 1
+        self.inpipe[d] = 0
+        self.grown[d] = False
+        return True
+
+    cdef void _release_pipe(self, int d) noexcept:
+        """Give an empty pipe back to the spares (shrunk to the default size first).
+
+        Only a pipe that is verifiably empty is kept, so no byte can ever cross into
+        another pair; anything doubtful is closed.
+        """
+        cdef int cap
+        if self.pr[d] < 0:
+            return
+        if self.inpipe[d] == 0 and len(_spare) < SPARE_MAX and np_pipe_empty(self.pr[d]):
+            if self.pcap[d] > PIPE_DEFAULT:
+                # Pipe capacity counts against fs.pipe-user-pages-soft even when empty.
+                cap = np_grow(self.pw[d], PIPE_DEFAULT)
+                if cap > 0:
+                    self.pcap[d] = cap
+            if self.pcap[d] <= PIPE_DEFAULT:
+                _spare.append((self.pr[d], self.pw[d], self.pcap[d]))
+                self.pr[d] = -1
+                self.pw[d] = -1
+                self.pcap[d] = 0
+                return
+        self._drop_pipe(d)
+
+    cdef void _readable(self, int d) except *:
+        global _grown
+        cdef ssize_t n
+        cdef Py_ssize_t moved = 0
+        cdef int rounds, cap
+        if self.closed:
+            return
+        if self.pr[d] < 0 and not self._acquire_pipe(d):
+            return
         # A few rounds per wakeup: fewer trips through the event loop on a busy pair.
         for rounds in range(MAX_ROUNDS):
             n = np_splice(self.fd[d], self.pw[d], <size_t>self.pcap[d])
             if n > 0:
                 self.inpipe[d] = n
+                moved += n
                 if n >= self.pcap[d] and not self.grown[d]:
                     # A bulk flow filled the default pipe: grow it once (best effort;
                     # small pipes keep interactive pairs cheap and the pipe quota free).
@@ -261,6 +342,7 @@ cdef class Pump:
                         cap = np_grow(self.pw[d], self.pipe_size)
                         if cap > 0:
                             self.pcap[d] = cap
+                            _grown += 1
                 if not self._drain(d):
                     return
             elif n == 0:
@@ -270,12 +352,17 @@ cdef class Pump:
             else:
                 if errno != EAGAIN and errno != EINTR:
                     self._abort(OSError(errno, "splice from socket failed"))
+                elif self.inpipe[d] == 0 and (self.pcap[d] <= PIPE_DEFAULT or moved < PIPE_DEFAULT):
+                    # Idle until the next readable event. A grown pipe stays while its flow
+                    # still moves bulk per wakeup, so a fast stream is not re-piped each time.
+                    self._release_pipe(d)
                 return
 
     cdef void _writable(self, int d) except *:
         if self.closed:
             return
-        self._drain(d)
+        if self._drain(d) and self.inpipe[d] == 0 and self.pcap[d] <= PIPE_DEFAULT:
+            self._release_pipe(d)
 
     cdef bint _drain(self, int d) except -1:
         """Write the head, then the pipe, to dst; switch to writer mode if dst blocks."""
@@ -321,7 +408,7 @@ cdef class Pump:
     cdef void _finish(self, int d) except *:
         """src reached EOF and everything read has been written: half-close dst."""
         self._unregister(d)
-        self._drop_pipe(d)
+        self._release_pipe(d)
         self.done[d] = True
         sock = self.sock_b if d == 0 else self.sock_a
         try:
@@ -343,7 +430,7 @@ cdef class Pump:
         self.closed = True
         for d in range(2):
             self._unregister(d)
-            self._drop_pipe(d)
+            self._release_pipe(d)  # closes it instead if any byte is left
         self.head0 = b""
         self.head1 = b""
         for sock in (self.sock_a, self.sock_b):

@@ -64,6 +64,8 @@ class Rig:
         sock.shutdown(socket.SHUT_WR)
 
     def close(self) -> None:
+        # The pump first: closing fds it still polls would break uvloop (libuv aborts).
+        self.pump.close()
         for s in (self.outer_a, self.outer_b, self.inner_a, self.inner_b):
             s.close()
 
@@ -219,24 +221,40 @@ def test_compiled_twin_uses_splice() -> None:
 
 
 @pytest.mark.c_extension
-def test_splice_pipes_are_lazy_and_grow_only_for_bulk(run: Any) -> None:
-    """Idle directions hold no pipe, small flows keep the default, bulk grows to pipe_size."""
+def test_splice_pipes_are_borrowed_only_while_busy(run: Any) -> None:
+    """Idle directions hold no pipe; empty pipes are reused; bulk flows grow theirs."""
+    mod = _compat.speedups("pump", "c")
 
     async def main() -> None:
+        mod.trim_spare_pipes(0)
+        s0 = mod.pipe_stats()
         rig = Rig("c", pipe_size=1 << 20).start()
         try:
-            assert rig.pump.pipe_sizes == (0, 0)
-            await rig.loop.sock_sendall(rig.outer_a, b"hi")
-            assert await rig.loop.sock_recv(rig.outer_b, 10) == b"hi"
-            small = rig.pump.pipe_sizes
-            assert 0 < small[0] < 1 << 20 and small[1] == 0
+            assert rig.pump.pipe_sizes == (0, 0) and mod.spare_pipes() == 0
+            for word in (b"hi", b"again"):
+                await rig.loop.sock_sendall(rig.outer_a, word)
+                assert await rig.loop.sock_recv(rig.outer_b, 10) == word
+                assert rig.pump.pipe_sizes == (0, 0)  # given back once empty
+                assert mod.spare_pipes() == 1
+            s1 = mod.pipe_stats()
+            assert (s1["created"] - s0["created"], s1["reused"] - s0["reused"]) == (1, 1)
             sender = asyncio.ensure_future(rig.send_and_shut(rig.outer_a, bytes(16 << 20)))
-            got = len(await rig.recv_all(rig.outer_b, limit=8 << 20))
-            assert rig.pump.pipe_sizes[0] == 1 << 20
-            got += len(await rig.recv_all(rig.outer_b))
+            assert len(await rig.recv_all(rig.outer_b)) == 16 << 20
             await sender
-            assert got == 16 << 20
+            assert mod.pipe_stats()["grown"] > s1["grown"]
+            rig.outer_b.shutdown(socket.SHUT_WR)
+            assert (await asyncio.wait_for(rig.done, 5)).error is None
+            assert mod.spare_pipes() >= 1  # shrunk back and kept
         finally:
             rig.close()
+        assert mod.trim_spare_pipes(0) >= 1 and mod.spare_pipes() == 0
 
     run(main(), timeout=20)
+
+
+def test_twins_expose_the_same_api(impl: str) -> None:
+    mod = _compat.speedups("pump", impl)
+    for name in ("Pump", "trim_spare_pipes", "spare_pipes", "pipe_stats", "IMPLEMENTATION",
+                 "SPLICE"):
+        assert hasattr(mod, name), name
+    assert mod.IMPLEMENTATION == impl

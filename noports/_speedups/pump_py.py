@@ -35,6 +35,19 @@ _AGAIN = (BlockingIOError, InterruptedError)
 _MAX_ROUNDS = 8
 
 
+def trim_spare_pipes(keep: int = 0) -> int:
+    """Parity with the splice twin, which keeps spare pipes; this twin has none."""
+    return 0
+
+
+def spare_pipes() -> int:
+    return 0
+
+
+def pipe_stats() -> dict[str, int]:
+    return {"created": 0, "reused": 0, "grown": 0, "spare": 0}
+
+
 class _Scratch(threading.local):
     def __init__(self) -> None:
         self.size = 0

@@ -121,6 +121,8 @@ class Relay:
         self._closing = True
         for session in list(self._sessions):
             session.close("cancelled")
+        # Spare pipes belong to no pair; closing them leaves no fd behind the relay.
+        self.pump.trim_spare_pipes(0)
         await asyncio.sleep(0)
 
     def _session_closed(self, session: Session) -> None:
