@@ -102,6 +102,7 @@ class Daemon:
         self._handlers: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
+        self._force = asyncio.Event()
         self.ping_json = ping_response_json(
             device=cfg.device, device_group=cfg.device_group,
             accepts_public_keys=cfg.accept_public_keys,
@@ -119,6 +120,9 @@ class Daemon:
         return f"{own}|{RESPONSE_REGEX}" if self.npa else own
 
     def stop(self) -> None:
+        """First call: stop (draining if configured). A second call cuts the drain short."""
+        if self._stop.is_set():
+            self._force.set()
         self._stop.set()
 
     # -- start-up and background --------------------------------------------------------------
@@ -216,8 +220,20 @@ class Daemon:
             t.cancel()
         running = list(self.sessions.tunnels)
         if running:
-            log.warning("draining %d session(s) for up to %g s", len(running), seconds)
-            await asyncio.wait(running, timeout=seconds)
+            log.warning("draining %d session(s) for up to %g s (signal again to cut them)",
+                        len(running), seconds)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + seconds
+            force = loop.create_task(self._force.wait())
+            try:
+                pending: set[asyncio.Future[Any]] = set(running)
+                while pending and not force.done() and loop.time() < deadline:
+                    _, pending = await asyncio.wait({*pending, force},
+                                                    timeout=deadline - loop.time(),
+                                                    return_when=asyncio.FIRST_COMPLETED)
+                    pending.discard(force)
+            finally:
+                force.cancel()
 
     async def shutdown(self) -> None:
         for t in (*self._background, *self._handlers):
