@@ -35,6 +35,16 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, {cpu}, Linux {platform.release()}, Python {platform.python_version()}"
 
 
+def revision() -> str:
+    """The commit measured (``-dirty`` when the working tree has local changes)."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=HERE.parent,
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def load_average() -> str:
     try:
         return ", ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -100,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"Machine: {machine()}")
     print(f"Load average at the end (1/5/15 min): {load_average()}")
+    print(f"Revision: {revision()}")
     print(table(data))
     return rc
 
