@@ -40,6 +40,7 @@ def test_pair_forwards_data_after_the_newline_both_ways(impl: str, run: Any, key
             assert await ra.readexactly(6) == b"from-b"
             assert await rb.readexactly(6) == b"from-a"
             assert sess.stats.auth_ok == 2 and sess.stats.pairs == 1
+            assert (sess.stats.bytes_a_to_b, sess.stats.bytes_b_to_a) == (6, 6)  # live counts
             wa.close()
             wb.close()
             stats = await asyncio.wait_for(sess.wait_closed(), 5)

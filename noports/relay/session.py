@@ -85,7 +85,9 @@ class Session:
         self.host = host
         self.port_a: int = listeners[0].getsockname()[1]
         self.port_b: int = listeners[1].getsockname()[1]
-        self.stats = SessionStats()
+        self._stats = SessionStats()
+        self._done_ab = 0  # bytes of pairs that have ended
+        self._done_ba = 0
         self.limits: RelayLimits = relay.limits
         self._relay = relay
         self._loop: asyncio.AbstractEventLoop = relay.loop
@@ -125,6 +127,14 @@ class Session:
         return await asyncio.shield(self._closed_fut)
 
     @property
+    def stats(self) -> SessionStats:
+        """Counters so far; byte counts include the pairs still running."""
+        st = self._stats
+        st.bytes_a_to_b = self._done_ab + sum(p.bytes_ab for p in self._pumps)
+        st.bytes_b_to_a = self._done_ba + sum(p.bytes_ba for p in self._pumps)
+        return st
+
+    @property
     def live_pairs(self) -> int:
         return len(self._pumps)
 
@@ -138,7 +148,7 @@ class Session:
         if self.closed:
             return
         self.closed = True
-        self.stats.outcome = outcome
+        self._stats.outcome = outcome
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -157,17 +167,18 @@ class Session:
             queue.clear()
         for pump in list(self._pumps):
             pump.close()
+        stats = self.stats
         self._relay._session_closed(self)
         log.info("session %s finished (%s): %d pairs, %d bytes A->B, %d bytes B->A, "
-                 "%d auth failures %s, %d refused", self.session_id, outcome, self.stats.pairs,
-                 self.stats.bytes_a_to_b, self.stats.bytes_b_to_a, self.stats.auth_failed,
-                 self.stats.failures or "", self.stats.refused)
+                 "%d auth failures %s, %d refused", self.session_id, outcome, stats.pairs,
+                 stats.bytes_a_to_b, stats.bytes_b_to_a, stats.auth_failed,
+                 stats.failures or "", stats.refused)
         if not self._closed_fut.done():
-            self._closed_fut.set_result(self.stats)
+            self._closed_fut.set_result(stats)
 
     def _check_lonely(self) -> None:
         self._timer = None
-        if self.closed or self.stats.pairs:
+        if self.closed or self._stats.pairs:
             return
         left = self._created + self.limits.pair_timeout - self._clock()
         if left > 0:
@@ -214,7 +225,7 @@ class Session:
         conn.setblocking(False)
         needs_auth = self._auth[side]
         if needs_auth and not self._gate.admit(ip):
-            self.stats.refused += 1
+            self._stats.refused += 1
             log.debug("session %s: side %s pre-auth cap reached, refusing %s",
                       self.session_id, SIDES[side], ip)
             reset_close(conn)
@@ -246,15 +257,15 @@ class Session:
 
     def _on_auth_failed(self, inbound: Inbound, reason: str) -> None:
         self._authenticating.discard(inbound)
-        self.stats.auth_failed += 1
-        self.stats.failures[reason] = self.stats.failures.get(reason, 0) + 1
+        self._stats.auth_failed += 1
+        self._stats.failures[reason] = self._stats.failures.get(reason, 0) + 1
         # DEBUG per socket (a flood must not flood the log); the session's end line has totals.
         log.debug("session %s: authentication failed on side %s from %s (%s)",
                   self.session_id, SIDES[inbound.side], inbound.peer_ip, reason)
 
     def _on_authenticated(self, inbound: Inbound) -> None:
         self._authenticating.discard(inbound)
-        self.stats.auth_ok += 1
+        self._stats.auth_ok += 1
         log.debug("session %s: side %s authenticated from %s", self.session_id,
                   SIDES[inbound.side], inbound.peer_ip)
         self._enqueue(inbound)
@@ -272,7 +283,7 @@ class Session:
     def _enqueue(self, inbound: Inbound) -> None:
         queue = self._pending[inbound.side]
         if len(queue) >= self.limits.max_pending_per_side:
-            self.stats.refused += 1
+            self._stats.refused += 1
             log.info("session %s: side %s has %d sockets waiting, refusing another",
                      self.session_id, SIDES[inbound.side], len(queue))
             inbound.close()
@@ -298,19 +309,19 @@ class Session:
                 bufsize=self.limits.pump_buffer, pipe_size=self.limits.pipe_size,
             )
             self._pumps.add(pump)
-            self.stats.pairs += 1
+            self._stats.pairs += 1
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-            log.debug("session %s: pair %d formed", self.session_id, self.stats.pairs)
+            log.debug("session %s: pair %d formed", self.session_id, self._stats.pairs)
             pump.start()
 
     def _on_pump_done(self, pump: Any) -> None:
         self._pumps.discard(pump)
-        self.stats.bytes_a_to_b += pump.bytes_ab
-        self.stats.bytes_b_to_a += pump.bytes_ba
+        self._done_ab += pump.bytes_ab
+        self._done_ba += pump.bytes_ba
         if pump.error is not None:
-            self.stats.pairs_failed += 1
+            self._stats.pairs_failed += 1
             log.debug("session %s: a pair ended with %s", self.session_id,
                       type(pump.error).__name__)
         if not self._pumps and not self.closed:
