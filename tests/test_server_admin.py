@@ -224,3 +224,54 @@ def test_restart_keeps_keys_and_undelivered_notifications(make_at_server, keys) 
         assert time.monotonic() - t0 < 2
     finally:
         a.close()
+
+
+# -- the core without sockets, on an injected clock -------------------------------------
+
+
+class _Port:
+    def __init__(self) -> None:
+        self.out: list[str] = []
+        self.closed = False
+
+    def write(self, text: str) -> None:
+        self.out.append(text)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_engine_on_a_fake_clock(tmp_path) -> None:
+    from noports.at.server.engine import Config, Engine
+    from noports.at.server.store import Store
+
+    now = [1_700_000_000_000]
+    store = Store(tmp_path / "db")
+    store.add_atsign("@alice", now[0])
+    store.add_atsign("@bob", now[0])
+    eng = Engine(store, Config(notification_expiry_ms=10_000), clock=lambda: now[0])
+    a = eng.session(_Port())
+    a.atsign, a.authed = "@alice", True
+    b_port = _Port()
+    b = eng.session(b_port)
+    b.atsign, b.authed = "@bob", True
+    assert a.handle("update:ttl:1000:ttb:500:k@alice v").text == "data:1\n@alice@"
+    assert a.handle("llookup:k@alice").text.startswith("data:null")  # not yet available
+    now[0] += 600
+    assert a.handle("llookup:k@alice").text.startswith("data:v\n")
+    now[0] += 800  # t=1400: ttl counts from availableAt (500), so it lives until 1500
+    assert a.handle("llookup:k@alice").text.startswith("data:v\n")
+    now[0] += 200
+    assert a.handle("llookup:k@alice").text.startswith("data:null")
+    nid = a.handle("notify:@bob:x@alice:hi").text[5:].split("\n")[0]
+    assert b.handle("monitor:0").text == ""  # monitor has no reply
+    assert len(b_port.out) == 1 and f'"id":"{nid}"' in b_port.out[0]
+    b_port.out.clear()
+    now[0] += 10_001  # past the notification expiry: not replayed
+    b2_port = _Port()
+    b2 = eng.session(b2_port)
+    b2.atsign, b2.authed = "@bob", True
+    b2.handle("monitor:0")
+    assert b2_port.out == []
+    assert b2.handle("noop:0").text == "data:ok\n"  # no prompt once monitoring
+    store.close()

@@ -449,3 +449,34 @@ def test_stats_heartbeat_and_idle_timeout(make_at_server, keys) -> None:
     finally:
         mon.close()
         idle.close()
+
+
+def test_monitor_that_stops_reading_is_dropped(make_at_server, keys) -> None:
+    """Backpressure: a monitor that never reads cannot make the server buffer without bound."""
+    srv = make_at_server("--monitor-buffer-limit", "65536")
+    alice, bob = keys("@alice"), keys("@bob")
+    srv.add_fast("@alice", alice)
+    srv.add_fast("@bob", bob)
+    sender = Wire(srv.root, srv.ca_file)
+    stuck = Wire(srv.root, srv.ca_file)
+    try:
+        assert stuck.pkam(bob) == "data:success"
+        stuck.send("monitor")
+        stuck.monitoring = True
+        assert sender.pkam(alice) == "data:success"
+        value = "x" * 4000
+        batch = "".join(f"notify:@bob:flood{i}@alice:{value}\n" for i in range(200)).encode()
+        for _ in range(12):  # ~10 MB offered to a reader that reads nothing
+            sender.sock.sendall(batch)
+            for _ in range(200):
+                assert sender.readline().startswith("data:")
+                sender.read_prompt()
+        assert sender.data("noop:0") == "ok"  # everyone else is still served
+        # the stuck monitor was cut off: draining it ends in EOF, well short of 10 MB
+        assert stuck.is_closed(wait=10.0), (
+            "the server kept buffering for a monitor that does not read"
+        )
+        assert len(stuck.buf) < 8_000_000
+    finally:
+        sender.close()
+        stuck.close()

@@ -68,6 +68,12 @@ def _run_parser() -> argparse.ArgumentParser:
         "--buffer-limit", type=int, default=10_240_000, help="largest request line, bytes"
     )
     t.add_argument("--root-unknown-delay", type=float, default=3.0, help=argparse.SUPPRESS)
+    t.add_argument(
+        "--monitor-buffer-limit",
+        type=int,
+        default=8 * 1024 * 1024,
+        help="close a monitor connection whose unsent output passes this many bytes",
+    )
     return p
 
 
@@ -158,6 +164,7 @@ async def _serve(args: argparse.Namespace) -> int:
         notification_expiry_ms=args.notification_expiry * 1000,
         buffer_limit=args.buffer_limit,
         root_unknown_delay=args.root_unknown_delay,
+        monitor_buffer_limit=args.monitor_buffer_limit,
     )
     server = AtServer(args.data_dir, cfg)
     await server.start()
