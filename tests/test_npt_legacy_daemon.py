@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,13 +27,12 @@ from noports.at.client import AtClient
 from noports.crypto.envelope import relay_auth_line
 from noports.session import wire
 from noports.tunnel import DaemonMulti
-from tests.fixtures_np import NpEnv
-from tests.test_sshnp_rig import CHECK, Rig
+from tests.test_sshnp_rig import CHECK, Rig, module_rig
 
 
-@pytest.fixture
-def rig(np_env: NpEnv) -> Rig:
-    return Rig(np_env)
+@pytest.fixture(scope="module")
+def rig(at_server, tmp_path_factory) -> Iterator[Rig]:
+    yield from module_rig(at_server, tmp_path_factory)
 
 
 pytestmark = pytest.mark.timeout(120)

@@ -9,17 +9,17 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures_np import NpEnv
-from tests.test_sshnp_rig import CHECK, Rig, sha256_file
+from tests.test_sshnp_rig import CHECK, Rig, module_rig, sha256_file
 
 
-@pytest.fixture
-def rig(np_env: NpEnv) -> Rig:
-    return Rig(np_env)
+@pytest.fixture(scope="module")
+def rig(at_server, tmp_path_factory) -> Iterator[Rig]:
+    yield from module_rig(at_server, tmp_path_factory)
 
 
 pytestmark = pytest.mark.timeout(150)
@@ -188,6 +188,41 @@ def test_bad_inputs(rig: Rig) -> None:
     r = rig.sshnp("nosuchdev", "-u", rig.user, "--dpt", "2", "-x")
     assert r.returncode == 5, r.stderr
     assert "Daemon feature check timed out" in r.stderr and "nosuchdev" in r.stderr
+    # a relay that only serves another atSign answers with a nack: one line, exit 3
+    picky = rig.env.atsign("picky")
+    rig.env.spawn(
+        "srvd",
+        "-a",
+        picky,
+        "-i",
+        "127.0.0.1",
+        "--bind",
+        "127.0.0.1",
+        "-m",
+        rig.env.atsign("someoneelse"),
+        "--drain-seconds",
+        "0",
+        ready=r"ready: monitor started",
+        timeout=30,
+    )
+    r = rig.env.run(
+        "sshnp",
+        "-f",
+        rig.client,
+        "-t",
+        rig.device_atsign,
+        "-r",
+        picky,
+        "-d",
+        "dev1",
+        "-u",
+        rig.user,
+        "-x",
+        timeout=40,
+    )
+    assert r.returncode == 3, r.stderr
+    assert f"the relay {picky} refused the session" in r.stderr
+    assert len(r.stderr.strip().splitlines()[-1]) < 400
     stranger = rig.env.atsign("stranger")
     r = rig.sshnp("dev1", "-u", rig.user, "--dpt", "2", "-x", frm=stranger)
     assert r.returncode == 5, r.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import socket
 import subprocess
 import time
@@ -52,6 +53,10 @@ class Rig:
     def daemon(
         self, device: str, *flags: str, manager: str | None = None, permit: str | None = None
     ) -> Proc:
+        """Start (or, when it already runs in this rig, reuse) the daemon for ``device``."""
+        running = self.daemons.get(device)
+        if running is not None and running.popen.poll() is None:
+            return running
         po = permit if permit is not None else f"localhost:{self.sshd.port}"
         p = self.env.spawn(
             "sshnpd",
@@ -114,6 +119,18 @@ class Rig:
 @pytest.fixture
 def rig(np_env: NpEnv) -> Iterator[Rig]:
     yield Rig(np_env)
+
+
+def module_rig(at_server, tmp_path_factory) -> Iterator[Rig]:
+    """Body of a module-scoped ``rig`` fixture: one HOME, relay and sshd per test module
+    (tests use distinct device names, or share ``dev1`` with default flags)."""
+    home = tmp_path_factory.mktemp("rig") / "home"
+    home.mkdir(mode=0o700)
+    env = NpEnv(at_server, home, secrets.token_hex(3))
+    try:
+        yield Rig(env)
+    finally:
+        env.close()
 
 
 def banner_after_connect(port: int, timeout: float = 10.0) -> float:

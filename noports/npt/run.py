@@ -255,7 +255,7 @@ async def run(args: argparse.Namespace, report: Reporter | None = None) -> int:
                     local_port=port,
                     timeout=args.timeout_s,
                 )
-            except NoPortsError as exc:
+            except (NoPortsError, OSError) as exc:
                 if not args.keep_alive:
                     raise
                 print(
