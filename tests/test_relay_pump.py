@@ -217,7 +217,7 @@ def test_backpressure_bounds_in_flight_bytes(impl: str, run: Any) -> None:
 def test_compiled_twin_uses_splice() -> None:
     mod = _compat.speedups("pump", "c")
     assert mod.IMPLEMENTATION == "c" and mod.SPLICE is True
-    assert _compat.implementation() in ("compiled", "pure")
+    assert _compat.implementation() == "compiled"  # it probes this very module
 
 
 @pytest.mark.c_extension
