@@ -145,7 +145,7 @@ def test_npt_twenty_parallel_connections(rig: Rig, echo: EchoServer) -> None:
         assert want == got
     assert echo.connections == 20
     assert len({w for w, _g in results}) == 20
-    p.stop()
+    assert p.stop() == 1  # SIGTERM: exit 1, as official
 
 
 def test_npt_permit_open_violation_and_local_host(rig: Rig) -> None:
@@ -211,7 +211,7 @@ def test_npt_keep_alive_reconnects(rig: Rig) -> None:
     second = json.loads(lines[1])
     assert second["port"] == first["port"] and second["sessionId"] != first["sessionId"]
     banner_after_connect(second["port"])
-    p.stop()
+    assert p.stop() == 1
     r = rig.npt("dev1", "-p", "22", "-K", "-x")
     assert r.returncode == 2 and "keep-alive" in r.stderr
 

@@ -4,6 +4,7 @@ an ssh config Host block. Anything after ``--`` is the remote command for the us
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 from .. import _compat
@@ -12,6 +13,10 @@ from ..sshnp.background import Reporter, run_detached
 from .common import fail, setup_logging
 
 log = logging.getLogger("noports.sshnp")
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                 log.exception("sshnp failed")
             return fail("sshnp", exc)
 
+    signal.signal(signal.SIGTERM, _terminate)  # SIGTERM ends us like SIGINT: exit 1
     if args.print_command and not args.list_devices:
         return run_detached(work)
     return work(None)

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import logging
+import signal
 import sys
 import time
 from typing import Any
@@ -303,6 +304,10 @@ async def run(args: argparse.Namespace, report: Reporter | None = None) -> int:
         await client.close()
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     setup_logging(args)
@@ -317,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                 log.exception("npt failed")
             return fail("npt", exc)
 
+    signal.signal(signal.SIGTERM, _terminate)  # SIGTERM ends us like SIGINT: exit 1
     if args.exit_when_connected:
         return run_detached(work)
     return work(None)
