@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ipaddress
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +51,17 @@ NEVER_S = 365 * 86400.0
 SEEN_SESSIONS = 4096
 TUNNEL_FAILED = "Failed to start up the daemon side of the srv socket tunnel : "
 AEAD_REQUIRED = "This device daemon requires the noports AEAD mode (--require-aead)"
+
+
+def _all_loopback(port: int) -> bool:
+    """True iff every address ``localhost`` resolves to is a loopback address."""
+    try:
+        infos = socket.getaddrinfo("localhost", port, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    return bool(infos) and all(
+        ipaddress.ip_address(str(i[4][0]).split("%", 1)[0]).is_loopback for i in infos
+        if i[0] in (socket.AF_INET, socket.AF_INET6))
 
 
 class Refusal(Exception):
@@ -146,13 +159,18 @@ class SessionHandler:
         decision = check_request(self.s.daemon_permit, client_permit, host, port)
         if not decision.allowed:
             raise Refusal(decision.message or "not permitted", req.session_id)
+        loop = asyncio.get_running_loop()
         try:
-            return await asyncio.get_running_loop().run_in_executor(
+            addr, port = await loop.run_in_executor(
                 None, resolve_checked, host, port, self.s.daemon_permit, client_permit)
         except AuthRefusedError as exc:
             raise Refusal(str(exc), req.session_id) from None
         except NoPortsError as exc:
             raise Refusal(TUNNEL_FAILED + str(exc), req.session_id) from None
+        if host.lower() == "localhost" and await loop.run_in_executor(None, _all_loopback, port):
+            # the service may listen on 127.0.0.1 or ::1 only: try each loopback address
+            return "localhost", port
+        return addr, port
 
     async def start(self, req: SessionRequest, sender: str,
                     client_permit: PermitOpen) -> dict[str, Any]:
