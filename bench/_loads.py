@@ -83,6 +83,30 @@ def load_average() -> str:
         return "?"
 
 
+def tree_cpu(root: int) -> float:
+    """CPU seconds (user + system, 10 ms ticks) of ``root`` and all its live descendants."""
+    tick = os.sysconf("SC_CLK_TCK")
+    procs: dict[int, tuple[int, float]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{d}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        procs[int(d)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    keep = {root}
+    changed = True
+    while changed:
+        changed = False
+        for pid, (ppid, _) in procs.items():
+            if ppid in keep and pid not in keep:
+                keep.add(pid)
+                changed = True
+    return sum(procs[p][1] for p in keep if p in procs)
+
+
 def rss_kib(pid: int | str = "self") -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
