@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_sshnp_rig import CHECK, Rig, module_rig, sha256_file
+from tests.test_sshnp_rig import (
+    CHECK,
+    Rig,
+    client_processes_without_secrets,
+    module_rig,
+    sha256_file,
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +43,7 @@ def test_v5_print_and_inline(rig: Rig) -> None:
     ev = json.loads(r.stdout)
     assert ev["mode"] == "aead" and ev["argv"][0] == "ssh"
     assert "HostKeyAlias=dev1." + rig.device_atsign in ev["argv"]
+    assert client_processes_without_secrets() >= 1  # the detached tunnel end is alive
     out = rig.run_cmd([*ev["argv"], *rig.ssh_opts(), *CHECK])
     assert out.returncode == 0 and "TEST PASSED" in out.stdout, out.stderr
     # plain -x prints a runnable command line (no secrets; the official shape)

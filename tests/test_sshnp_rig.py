@@ -16,6 +16,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -140,6 +141,28 @@ def banner_after_connect(port: int, timeout: float = 10.0) -> float:
         data = s.recv(64)
         assert data.startswith(b"SSH-"), data
     return time.monotonic()
+
+
+def client_processes_without_secrets() -> int:
+    """Check every live sshnp/npt process: no relay auth line, key or secret in its argv or
+    environment (T6). Returns how many were checked."""
+    checked = 0
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmdline = (d / "cmdline").read_bytes()
+            environ = (d / "environ").read_bytes()
+        except OSError:
+            continue
+        if b"noports.cli.sshnp" not in cmdline and b"noports.cli.npt" not in cmdline:
+            continue
+        checked += 1
+        names = {e.split(b"=", 1)[0] for e in environ.split(b"\0") if e}
+        assert not {n for n in names if n.startswith(b"RV_")}, names
+        for marker in (b"signature", b"PRIVATE KEY", b"sessionAESKey", b"payload"):
+            assert marker not in cmdline and marker not in environ, marker
+    return checked
 
 
 def sha256_file(path: os.PathLike[str] | str) -> str:
