@@ -30,9 +30,25 @@ def test_defaults_and_official_normalisation():
     assert p.policy_manager == "@policy" and str(p.permit_open) == "*:*"
     p = cfg("-a", "@dev", "-p", "@policy", "--po", "localhost:22")
     assert str(p.permit_open) == "localhost:22"
-    s = cfg("-a", "@dev", "-m", "@a", "-s", "-S", 'no-pty,from="10.0.0.1"', "-h",
-            "--ephemeral-permissions", "no-X11-forwarding", "--ssh-algorithm", "ssh-rsa",
-            "--local-sshd-port", "2222", "--dg", "lab", "--require-aead")
+    s = cfg(
+        "-a",
+        "@dev",
+        "-m",
+        "@a",
+        "-s",
+        "-S",
+        'no-pty,from="10.0.0.1"',
+        "-h",
+        "--ephemeral-permissions",
+        "no-X11-forwarding",
+        "--ssh-algorithm",
+        "ssh-rsa",
+        "--local-sshd-port",
+        "2222",
+        "--dg",
+        "lab",
+        "--require-aead",
+    )
     assert s.accept_public_keys and s.hide and s.require_aead
     assert s.public_key_permissions == 'no-pty,from="10.0.0.1"'
     assert s.local_sshd_port == 2222 and s.device_group == "lab"
@@ -40,8 +56,10 @@ def test_defaults_and_official_normalisation():
 
 def test_env_and_toml_layers(tmp_path):
     toml = tmp_path / "sshnpd.toml"
-    toml.write_text('atsign = "@dev"\nmanagers = ["@a"]\ndevice = "fromfile"\n'
-                    'permit-open = "localhost:22"\nsshpublickey = true\n')
+    toml.write_text(
+        'atsign = "@dev"\nmanagers = ["@a"]\ndevice = "fromfile"\n'
+        'permit-open = "localhost:22"\nsshpublickey = true\n'
+    )
     c = cfg("--config", str(toml), environ={"NOPORTS_SSHNPD_DEVICE": "fromenv"})
     assert c.device == "fromenv" and c.managers == ("@a",) and c.accept_public_keys
     c = cfg("--config", str(toml), "-d", "fromcli", environ={"NOPORTS_SSHNPD_DEVICE": "x1"})
@@ -52,26 +70,37 @@ def test_env_and_toml_layers(tmp_path):
     assert e.value.code == 2
 
 
-@pytest.mark.parametrize("argv", [
-    ["-a", "@dev"],                                   # neither -m nor -p
-    ["-a", "@dev", "-m", "@a", "-d", "bad\nname"],
-    ["-a", "@dev", "-m", "@a", "-d", "x"],            # too short
-    ["-a", "@dev", "-m", "@a", "--po", "localhost:22\n"],
-    ["-a", "@dev", "-m", "@a", "--po", "127.1:22"],
-    ["-a", "@dev", "-m", "@a", "-S", "command=\"sh\"\nssh-rsa"],
-    ["-a", "@dev", "-m", "@a", "--local-sshd-port", "0"],
-    ["-a", "@dev", "-m", "@a;rm"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-a", "@dev"],  # neither -m nor -p
+        ["-a", "@dev", "-m", "@a", "-d", "bad\nname"],
+        ["-a", "@dev", "-m", "@a", "-d", "x"],  # too short
+        ["-a", "@dev", "-m", "@a", "--po", "localhost:22\n"],
+        ["-a", "@dev", "-m", "@a", "--po", "127.1:22"],
+        ["-a", "@dev", "-m", "@a", "-S", 'command="sh"\nssh-rsa'],
+        ["-a", "@dev", "-m", "@a", "--local-sshd-port", "0"],
+        ["-a", "@dev", "-m", "@a;rm"],
+    ],
+)
 def test_bad_configuration_is_refused(argv):
     with pytest.raises(ConfigError):
         cfg(*argv)
 
 
 def test_cli_usage_error_exit_code():
-    out = subprocess.run([sys.executable, "-m", "noports.cli.sshnpd", "-a", "@dev"],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "noports.cli.sshnpd", "-a", "@dev"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 2
     assert "at least one of --managers and --policy-manager" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "noports.cli.sshnpd", "--help"],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "noports.cli.sshnpd", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0 and "--permit-open" in out.stdout and "--require-aead" in out.stdout

@@ -20,9 +20,20 @@ def start_daemon(np_env, *extra: str, device: str = "dev1", manager: str | None 
     daemon = np_env.atsign("device")
     client = manager or np_env.atsign("client")
     sshd = np_env.sshd()
-    proc = np_env.spawn("sshnpd", "-a", daemon, "-m", client, "-d", device,
-                        "--local-sshd-port", str(sshd.port), "-v",
-                        *(extra or ("--po", f"localhost:{sshd.port}")), ready=READY)
+    proc = np_env.spawn(
+        "sshnpd",
+        "-a",
+        daemon,
+        "-m",
+        client,
+        "-d",
+        device,
+        "--local-sshd-port",
+        str(sshd.port),
+        "-v",
+        *(extra or ("--po", f"localhost:{sshd.port}")),
+        ready=READY,
+    )
     return daemon, client, sshd, proc
 
 
@@ -33,8 +44,9 @@ async def ssh_session(c: NpClient, sshd, **req) -> tuple[dict, str]:
     payload = await c.verify_reply(reply)
     assert payload["status"] == "connected" and payload["sessionId"] == g.sid
     crypto = c.tunnel_crypto(payload, g.sid)
-    tun = await open_client_single("127.0.0.1", g.port_a, auth_line=c.auth_line(g),
-                                   crypto=crypto, timeout=15)
+    tun = await open_client_single(
+        "127.0.0.1", g.port_a, auth_line=c.auth_line(g), crypto=crypto, timeout=15
+    )
     try:
         rc, out, err = await run_ssh(sshd, tun.port, "echo", "TEST", "PASSED")
     finally:
@@ -58,39 +70,58 @@ def test_ping_sessions_all_modes_and_npt(np_env):
             baseline.append(fd_count(proc.pid))
             assert info is not None
             assert info["devicename"] == "dev1"
-            assert list(info) == ["devicename", "deviceGroupName", "version",
-                                  "corePackageVersion", "supportedFeatures", "allowedServices"]
+            assert list(info) == [
+                "devicename",
+                "deviceGroupName",
+                "version",
+                "corePackageVersion",
+                "supportedFeatures",
+                "allowedServices",
+            ]
             f = info["supportedFeatures"]
             assert f["srAuth"] is f["srE2ee"] is f["supportsPortChoice"] is True
             assert f["noportsAead"] is True and f["acceptsPublicKeys"] is False
             assert info["allowedServices"] == [f"localhost:{sshd.port}"]
 
             payloads = []
-            p, mode = await ssh_session(c, sshd)                       # official default
+            p, mode = await ssh_session(c, sshd)  # official default
             payloads.append(p)
             assert mode == "CtrKeys" and p["ephemeralPrivateKey"] is None
             assert "noportsAeadSecret" not in p
-            p, mode = await ssh_session(c, sshd, twin_keys=True)       # twin keys
+            p, mode = await ssh_session(c, sshd, twin_keys=True)  # twin keys
             assert mode == "CtrKeys-twin" and "aesKeyD2C" in p
             payloads.append(p)
-            p, mode = await ssh_session(c, sshd, aead=True)            # strong mode
+            p, mode = await ssh_session(c, sshd, aead=True)  # strong mode
             assert mode == "AeadKeys" and "noportsAeadSecret" in p
             payloads.append(p)
 
             # npt to the sshd port: several parallel ssh connections over one session
             g = await c.grant()
-            reply = await c.send("npt_request", c.npt_payload(g, "localhost", sshd.port,
-                                                              aead=True, timeout_ms=20_000), g.sid)
+            reply = await c.send(
+                "npt_request",
+                c.npt_payload(g, "localhost", sshd.port, aead=True, timeout_ms=20_000),
+                g.sid,
+            )
             payload = await c.verify_reply(reply)
             assert "ephemeralPrivateKey" not in payload
             payloads.append(payload)
-            secrets.extend(v for pl in payloads for k, v in pl.items()
-                           if isinstance(v, str) and k not in ("status", "sessionId"))
-            cm = await ClientMulti.open("127.0.0.1", g.port_a, auth_line=c.auth_line(g),
-                                        crypto=c.tunnel_crypto(payload, g.sid), timeout=20)
+            secrets.extend(
+                v
+                for pl in payloads
+                for k, v in pl.items()
+                if isinstance(v, str) and k not in ("status", "sessionId")
+            )
+            cm = await ClientMulti.open(
+                "127.0.0.1",
+                g.port_a,
+                auth_line=c.auth_line(g),
+                crypto=c.tunnel_crypto(payload, g.sid),
+                timeout=20,
+            )
             try:
-                results = await asyncio.gather(*[
-                    run_ssh(sshd, cm.port, "echo", f"TEST{i}", "PASSED") for i in range(4)])
+                results = await asyncio.gather(
+                    *[run_ssh(sshd, cm.port, "echo", f"TEST{i}", "PASSED") for i in range(4)]
+                )
             finally:
                 await cm.close()
             for i, (rc, out, err) in enumerate(results):

@@ -40,16 +40,16 @@ async def wait_log(proc, pattern: str, count: int = 1, timeout: float = 15.0) ->
     rx = re.compile(pattern)
     deadline = time.monotonic() + timeout
     while len(rx.findall(proc.stderr)) < count:
-        assert time.monotonic() < deadline, \
+        assert time.monotonic() < deadline, (
             f"{pattern!r} x{count} not in log:\n{proc.stderr[-3000:]}"
+        )
         await asyncio.sleep(0.1)
 
 
 async def v4_session(c: NpClient, sshd, tmp_path, ak_path) -> str:
     """Legacy form: no relay auth for the daemon, no encryption, ephemeral key; double ssh."""
     g = await c.grant(auth_b=False)
-    reply = await c.send("ssh_request", c.ssh_payload(g, auth_to_rvd=False, encrypt=False),
-                         g.sid)
+    reply = await c.send("ssh_request", c.ssh_payload(g, auth_to_rvd=False, encrypt=False), g.sid)
     payload = await c.verify_reply(reply)
     assert payload["sessionAESKey"] is None and payload["sessionIV"] is None
     pem = payload["ephemeralPrivateKey"]
@@ -58,7 +58,8 @@ async def v4_session(c: NpClient, sshd, tmp_path, ak_path) -> str:
     assert len(lines) == 1
     assert lines[0].startswith(
         f'command="echo \\"ssh session complete\\";sleep 20",PermitOpen="localhost:{sshd.port}"'
-        " ssh-ed25519 ")
+        " ssh-ed25519 "
+    )
     assert lines[0].endswith(f" sshnp_ephemeral_{g.sid}")
     eph = tmp_path / f"eph_{g.sid}"
     eph.write_text(pem)
@@ -67,12 +68,31 @@ async def v4_session(c: NpClient, sshd, tmp_path, ak_path) -> str:
     fwd = free_port()
     # the official v4 client: ssh with the ephemeral key, a local forward to the device's sshd
     fw = await asyncio.create_subprocess_exec(
-        "ssh", "-F", "/dev/null", "-i", str(eph), "-o", "IdentitiesOnly=yes",
-        "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-        "-o", f"UserKnownHostsFile={sshd.known_hosts}", "-o", "ExitOnForwardFailure=yes",
-        "-N", "-L", f"{fwd}:localhost:{sshd.port}", "-p", str(tun.port),
-        f"{sshd.user}@127.0.0.1", stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        "ssh",
+        "-F",
+        "/dev/null",
+        "-i",
+        str(eph),
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        f"UserKnownHostsFile={sshd.known_hosts}",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-N",
+        "-L",
+        f"{fwd}:localhost:{sshd.port}",
+        "-p",
+        str(tun.port),
+        f"{sshd.user}@127.0.0.1",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         for _ in range(100):
             try:
@@ -94,15 +114,18 @@ async def v4_session(c: NpClient, sshd, tmp_path, ak_path) -> str:
 def test_v4_publickeys_and_refusals(np_env, tmp_path):
     ak = np_env.home / ".ssh" / "authorized_keys"
     daemon, client, sshd, proc = start_daemon(
-        np_env, "-s", "-S", "no-agent-forwarding", "--po", f"localhost:{sshd_port(np_env)}")
+        np_env, "-s", "-S", "no-agent-forwarding", "--po", f"localhost:{sshd_port(np_env)}"
+    )
     stranger = np_env.atsign("stranger")
 
     async def main() -> None:
-        async with NpClient(np_env, client, daemon, "dev1") as c, \
-                NpClient(np_env, stranger, daemon, "dev1") as s:
+        async with (
+            NpClient(np_env, client, daemon, "dev1") as c,
+            NpClient(np_env, stranger, daemon, "dev1") as s,
+        ):
             info = await c.ping()
             assert info["supportedFeatures"]["acceptsPublicKeys"] is True
-            issued = time.monotonic()       # the daemon issues the key after this
+            issued = time.monotonic()  # the daemon issues the key after this
             sid = await v4_session(c, sshd, tmp_path, ak)
 
             # -s: malicious keys leave the file byte-identical; a valid key lands exactly once
@@ -117,7 +140,7 @@ def test_v4_publickeys_and_refusals(np_env, tmp_path):
                 good + "\r",
                 "ssh-ed25519 " + rsa_blob,
                 "ssh-ed25519 " + "A" * 20000,
-                "restrict,command=\"id\" " + good,
+                'restrict,command="id" ' + good,
                 "not a key",
             ]
             for b in bad:
@@ -135,17 +158,30 @@ def test_v4_publickeys_and_refusals(np_env, tmp_path):
             # refusals
             g, g2 = await c.grant(), await c.grant()
             bad_sig, bad_npt, stranger_ping = await asyncio.gather(
-                c.send("ssh_request", c.ssh_payload(g), g.sid, timeout=3,
-                       key_to_sign=s.at.keys.encrypt_private),
-                c.send("npt_request", c.npt_payload(g2, "localhost", sshd.port), g2.sid,
-                       timeout=10, key_to_sign=s.at.keys.encrypt_private),
+                c.send(
+                    "ssh_request",
+                    c.ssh_payload(g),
+                    g.sid,
+                    timeout=3,
+                    key_to_sign=s.at.keys.encrypt_private,
+                ),
+                c.send(
+                    "npt_request",
+                    c.npt_payload(g2, "localhost", sshd.port),
+                    g2.sid,
+                    timeout=10,
+                    key_to_sign=s.at.keys.encrypt_private,
+                ),
                 s.ping(timeout=3),
             )
             assert bad_sig is None  # official: a bad ssh_request signature gets no reply
             assert bad_npt is not None and bad_npt.startswith("Signature not verified: ")
             assert stranger_ping is None
-            await wait_log(proc, rf"ignoring a notification from {re.escape(stranger)}: not in"
-                                 r" --managers list")
+            await wait_log(
+                proc,
+                rf"ignoring a notification from {re.escape(stranger)}: not in"
+                r" --managers list",
+            )
             g = await c.grant()
             r = await c.send("npt_request", c.npt_payload(g, "localhost", 1), g.sid)
             assert r == "Daemon does not permit connections to localhost:1"
@@ -179,8 +215,9 @@ def sshd_port(np_env) -> int:
 
 
 def test_require_aead_hide_and_restart(np_env, tmp_path):
-    daemon, client, sshd, proc = start_daemon(np_env, "--require-aead", "--po",
-                                              f"localhost:{sshd_port(np_env)}", device="dev2")
+    daemon, client, sshd, proc = start_daemon(
+        np_env, "--require-aead", "--po", f"localhost:{sshd_port(np_env)}", device="dev2"
+    )
 
     async def records(at: AtClient) -> tuple[str, dict]:
         user = await at.get("username.dev2.sshnp", shared_by=daemon)
@@ -195,19 +232,28 @@ def test_require_aead_hide_and_restart(np_env, tmp_path):
             r = await c.send("ssh_request", c.ssh_payload(g), g.sid)
             assert r == AEAD_REQUIRED
             g = await c.grant()
-            r = await c.send("npt_request", c.npt_payload(g, "localhost", sshd.port,
-                                                          twin_keys=True), g.sid)
+            r = await c.send(
+                "npt_request", c.npt_payload(g, "localhost", sshd.port, twin_keys=True), g.sid
+            )
             assert r == AEAD_REQUIRED
             # a long session; the daemon is stopped under it
             g = await c.grant()
             payload = await c.verify_reply(
-                await c.send("ssh_request", c.ssh_payload(g, aead=True), g.sid))
-            tun = await open_client_single("127.0.0.1", g.port_a, auth_line=c.auth_line(g),
-                                           crypto=c.tunnel_crypto(payload, g.sid), timeout=15)
+                await c.send("ssh_request", c.ssh_payload(g, aead=True), g.sid)
+            )
+            tun = await open_client_single(
+                "127.0.0.1",
+                g.port_a,
+                auth_line=c.auth_line(g),
+                crypto=c.tunnel_crypto(payload, g.sid),
+                timeout=15,
+            )
             ssh = await asyncio.create_subprocess_exec(
                 *sshd.ssh_args("echo", "UP;", "sleep", "30", port=tun.port),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL)
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
             assert await asyncio.wait_for(ssh.stdout.readline(), 20) == b"UP\n"
             proc.signal(signal.SIGTERM)
             # the in-process tunnel is torn down with the daemon (no --drain)
@@ -216,9 +262,25 @@ def test_require_aead_hide_and_restart(np_env, tmp_path):
 
     arun(part1(), 90)
     assert proc.wait(15) == 0
-    proc2 = np_env.spawn("sshnpd", "-a", daemon, "-m", client, "-d", "dev2", "-h",
-                         "--local-sshd-port", str(sshd.port), "--po", f"localhost:{sshd.port}",
-                         "-u", "--drain", "20", "-v", ready=READY)
+    proc2 = np_env.spawn(
+        "sshnpd",
+        "-a",
+        daemon,
+        "-m",
+        client,
+        "-d",
+        "dev2",
+        "-h",
+        "--local-sshd-port",
+        str(sshd.port),
+        "--po",
+        f"localhost:{sshd.port}",
+        "-u",
+        "--drain",
+        "20",
+        "-v",
+        ready=READY,
+    )
     assert "-u, --un-hide is deprecated" in proc2.stderr
 
     async def part2() -> None:
@@ -229,15 +291,21 @@ def test_require_aead_hide_and_restart(np_env, tmp_path):
                 except KeyNotFoundError:
                     continue
                 raise AssertionError(f"{name} still shared with -h")
-            await ssh_session(c, sshd)   # the new daemon serves new sessions
+            await ssh_session(c, sshd)  # the new daemon serves new sessions
             sid = await v4_session(c, sshd, tmp_path, ak)
             assert sid in ak.read_text()
             # --drain: a running session may finish after SIGTERM; no new work is taken
             g = await c.grant()
             payload = await c.verify_reply(
-                await c.send("ssh_request", c.ssh_payload(g, aead=True), g.sid))
-            tun = await open_client_single("127.0.0.1", g.port_a, auth_line=c.auth_line(g),
-                                           crypto=c.tunnel_crypto(payload, g.sid), timeout=15)
+                await c.send("ssh_request", c.ssh_payload(g, aead=True), g.sid)
+            )
+            tun = await open_client_single(
+                "127.0.0.1",
+                g.port_a,
+                auth_line=c.auth_line(g),
+                crypto=c.tunnel_crypto(payload, g.sid),
+                timeout=15,
+            )
             ssh = asyncio.create_task(run_ssh(sshd, tun.port, "sleep", "3;", "echo", "DONE"))
             await asyncio.sleep(1.0)
             proc2.signal(signal.SIGTERM)
@@ -251,7 +319,7 @@ def test_require_aead_hide_and_restart(np_env, tmp_path):
     ak = np_env.home / ".ssh" / "authorized_keys"
     sid = arun(part2(), 60)
     assert proc2.wait(15) == 0
-    assert sid not in ak.read_text()    # pending ephemeral keys are removed at exit
+    assert sid not in ak.read_text()  # pending ephemeral keys are removed at exit
     assert "removed pending ephemeral keys of 1 session(s)" in proc2.stderr
     assert "draining 1 session(s)" in proc2.stderr
     assert "sshnpd stopped" in proc2.stderr

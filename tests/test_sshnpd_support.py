@@ -61,8 +61,9 @@ class NpClient:
 
     async def __aenter__(self) -> NpClient:
         srv = self.env.server
-        self.at = await AtClient.connect(self.me, keys=self.env.keys(self.me), root=srv.root,
-                                         ca_file=srv.ca_file)
+        self.at = await AtClient.connect(
+            self.me, keys=self.env.keys(self.me), root=srv.root, ca_file=srv.ca_file
+        )
         self.relay = Relay(bind_host="127.0.0.1")
         await self.relay.start()
         return self
@@ -79,8 +80,9 @@ class NpClient:
         key = f"heartbeat.{self.device}.sshnp"
         async with self.at.monitor(key.replace(".", r"\.")) as mon:
             await mon.started(10)
-            await self.at.notify(self.daemon, f"ping.{self.device}", "ping", namespace="sshnp",
-                                 ttln_ms=60_000)
+            await self.at.notify(
+                self.daemon, f"ping.{self.device}", "ping", namespace="sshnp", ttln_ms=60_000
+            )
             return await self._wait(mon, key, timeout, parse=True)
 
     async def _wait(self, mon: Any, key: str, timeout: float, parse: bool) -> Any:
@@ -101,27 +103,56 @@ class NpClient:
         cn = wire.client_nonce()
         pka = await self.at.public_key(self.me)
         pkb = await self.at.public_key(self.daemon)
-        sess = await self.relay.create_session(SessionSpec(
-            sid, self.me, self.daemon, cn, auth_a=True, auth_b=auth_b, public_key_a=pka,
-            public_key_b=pkb if auth_b else None))
+        sess = await self.relay.create_session(
+            SessionSpec(
+                sid,
+                self.me,
+                self.daemon,
+                cn,
+                auth_a=True,
+                auth_b=auth_b,
+                public_key_a=pka,
+                public_key_b=pkb if auth_b else None,
+            )
+        )
         return Granted(sid, cn, sess.rvd_nonce, sess.port_a, sess.port_b, sess)
 
-    async def send(self, command: str, payload: Any, sid: str, *, timeout: float = 15.0,
-                   raw: str | None = None, key_to_sign: Any = None) -> str | None:
+    async def send(
+        self,
+        command: str,
+        payload: Any,
+        sid: str,
+        *,
+        timeout: float = 15.0,
+        raw: str | None = None,
+        key_to_sign: Any = None,
+    ) -> str | None:
         """Send a (signed) request; return the daemon's D5 value text or None (no reply)."""
         assert self.at
         reply_key = f"{sid}.{self.device}.sshnp"
         async with self.at.monitor(reply_key.replace(".", r"\.")) as mon:
             await mon.started(10)
             if raw is not None:
-                await self.at.notify(self.daemon, f"{command}.{self.device}", raw,
-                                     namespace="sshnp", ttl_ms=10_000, ttln_ms=60_000)
+                await self.at.notify(
+                    self.daemon,
+                    f"{command}.{self.device}",
+                    raw,
+                    namespace="sshnp",
+                    ttl_ms=10_000,
+                    ttln_ms=60_000,
+                )
             else:
                 from noports.crypto.envelope import envelope_json
 
                 text = envelope_json(payload, key_to_sign or self.at.keys.encrypt_private)
-                await self.at.notify(self.daemon, f"{command}.{self.device}", text,
-                                     namespace="sshnp", ttl_ms=10_000, ttln_ms=60_000)
+                await self.at.notify(
+                    self.daemon,
+                    f"{command}.{self.device}",
+                    text,
+                    namespace="sshnp",
+                    ttl_ms=10_000,
+                    ttln_ms=60_000,
+                )
             return await self._wait(mon, reply_key, timeout, parse=False)
 
     async def verify_reply(self, text: str) -> dict[str, Any]:
@@ -139,24 +170,41 @@ class NpClient:
 
     def ssh_payload(self, g: Granted, **kw: Any) -> dict[str, Any]:
         kw.setdefault("ephemeral_pk", ephemeral_key().public_key())
-        return wire.ssh_request(session_id=g.sid, host="127.0.0.1", port=g.port_b,
-                                client_nonce=g.client_nonce, rvd_nonce=g.rvd_nonce, **kw)
+        return wire.ssh_request(
+            session_id=g.sid,
+            host="127.0.0.1",
+            port=g.port_b,
+            client_nonce=g.client_nonce,
+            rvd_nonce=g.rvd_nonce,
+            **kw,
+        )
 
     def npt_payload(self, g: Granted, host: str, port: int, **kw: Any) -> dict[str, Any]:
         kw.setdefault("ephemeral_pk", ephemeral_key().public_key())
-        return wire.npt_request(session_id=g.sid, rvd_host="127.0.0.1", rvd_port=g.port_b,
-                                requested_port=port, requested_host=host,
-                                client_nonce=g.client_nonce, rvd_nonce=g.rvd_nonce, **kw)
+        return wire.npt_request(
+            session_id=g.sid,
+            rvd_host="127.0.0.1",
+            rvd_port=g.port_b,
+            requested_port=port,
+            requested_host=host,
+            client_nonce=g.client_nonce,
+            rvd_nonce=g.rvd_nonce,
+            **kw,
+        )
 
 
-async def run_ssh(sshd: Any, port: int, *cmd: str, extra: list[str] | None = None,
-                  timeout: float = 20.0) -> tuple[int, str, str]:
+async def run_ssh(
+    sshd: Any, port: int, *cmd: str, extra: list[str] | None = None, timeout: float = 20.0
+) -> tuple[int, str, str]:
     args = sshd.ssh_args(*cmd, port=port)
     if extra:
         args = args[:1] + extra + args[1:]
-    p = await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.DEVNULL,
-                                             stdout=asyncio.subprocess.PIPE,
-                                             stderr=asyncio.subprocess.PIPE)
+    p = await asyncio.create_subprocess_exec(
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         out, err = await asyncio.wait_for(p.communicate(), timeout)
     except BaseException:

@@ -34,53 +34,131 @@ logging.addLevelName(NOTICE, "NOTICE")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=PROG, add_help=False,
+        prog=PROG,
+        add_help=False,
         description="NoPorts device daemon: answers sshnp/npt session requests from its "
-                    "managers (or the policy service) and runs the device end of each tunnel.")
+        "managers (or the policy service) and runs the device end of each tunnel.",
+    )
     p.add_argument("--help", action="help", help="show this help and exit")
     p.add_argument("-a", "--atsign", required=True, help="the device's atSign")
-    p.add_argument("-k", "--key-file", "--keyFile", dest="key_file", default=None,
-                   help="atKeys file (default ~/.atsign/keys/<atSign>_key.atKeys)")
-    p.add_argument("-m", "--managers", "--manager", dest="managers", action="append",
-                   default=None, help="manager atSign(s), comma separated; may be repeated")
-    p.add_argument("-p", "--policy-manager", default=None,
-                   help="policy (NPA) atSign that authorises other clients")
-    p.add_argument("-d", "--device", default="default",
-                   help="device name (lower-cased, spaces to '_'; 2-36 of a-z 0-9 _ -)")
-    p.add_argument("-s", "--sshpublickey", action=argparse.BooleanOptionalAction, default=False,
-                   help="accept ssh public keys from clients into ~/.ssh/authorized_keys")
-    p.add_argument("-S", "--sshpublickey-permissions", default="",
-                   help="authorized_keys options prefixed to keys accepted with -s")
-    p.add_argument("-h", "--hide", action="store_true", default=False,
-                   help="do not share username and device_info with managers (deletes them)")
-    p.add_argument("-u", "--un-hide", "--username", dest="un_hide",
-                   action=argparse.BooleanOptionalAction, default=None,
-                   help=argparse.SUPPRESS)
-    p.add_argument("--ssh-client", choices=("openssh", "dart"), default="openssh",
-                   help="accepted for compatibility (only the legacy reverse ssh used it)")
-    p.add_argument("--root-domain", default=DEFAULT_ROOT_DOMAIN,
-                   help="root directory host (port 64); --root overrides")
+    p.add_argument(
+        "-k",
+        "--key-file",
+        "--keyFile",
+        dest="key_file",
+        default=None,
+        help="atKeys file (default ~/.atsign/keys/<atSign>_key.atKeys)",
+    )
+    p.add_argument(
+        "-m",
+        "--managers",
+        "--manager",
+        dest="managers",
+        action="append",
+        default=None,
+        help="manager atSign(s), comma separated; may be repeated",
+    )
+    p.add_argument(
+        "-p",
+        "--policy-manager",
+        default=None,
+        help="policy (NPA) atSign that authorises other clients",
+    )
+    p.add_argument(
+        "-d",
+        "--device",
+        default="default",
+        help="device name (lower-cased, spaces to '_'; 2-36 of a-z 0-9 _ -)",
+    )
+    p.add_argument(
+        "-s",
+        "--sshpublickey",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="accept ssh public keys from clients into ~/.ssh/authorized_keys",
+    )
+    p.add_argument(
+        "-S",
+        "--sshpublickey-permissions",
+        default="",
+        help="authorized_keys options prefixed to keys accepted with -s",
+    )
+    p.add_argument(
+        "-h",
+        "--hide",
+        action="store_true",
+        default=False,
+        help="do not share username and device_info with managers (deletes them)",
+    )
+    p.add_argument(
+        "-u",
+        "--un-hide",
+        "--username",
+        dest="un_hide",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=argparse.SUPPRESS,
+    )
+    p.add_argument(
+        "--ssh-client",
+        choices=("openssh", "dart"),
+        default="openssh",
+        help="accepted for compatibility (only the legacy reverse ssh used it)",
+    )
+    p.add_argument(
+        "--root-domain",
+        default=DEFAULT_ROOT_DOMAIN,
+        help="root directory host (port 64); --root overrides",
+    )
     p.add_argument("--root", default=None, help="root directory host:port (env NOPORTS_ROOT)")
-    p.add_argument("--ca-file", default=None,
-                   help="extra CA bundle to trust (env NOPORTS_CA_FILE)")
-    p.add_argument("--device-group", "--dg", dest="device_group", default="__none__",
-                   help="device group, sent to the policy service and in pings")
+    p.add_argument("--ca-file", default=None, help="extra CA bundle to trust (env NOPORTS_CA_FILE)")
+    p.add_argument(
+        "--device-group",
+        "--dg",
+        dest="device_group",
+        default="__none__",
+        help="device group, sent to the policy service and in pings",
+    )
     p.add_argument("--local-sshd-port", type=int, default=22, help="local sshd port (22)")
-    p.add_argument("--ephemeral-permissions", default="",
-                   help="extra authorized_keys options for ephemeral keys")
-    p.add_argument("--ssh-algorithm", choices=("ssh-ed25519", "ssh-rsa"), default="ssh-ed25519",
-                   help="ephemeral key algorithm")
-    p.add_argument("--storage-path", default=None,
-                   help="accepted for compatibility; this daemon keeps no local atClient store")
-    p.add_argument("--permit-open", "--po", dest="permit_open", default=None,
-                   help=f"host:port list sessions may reach (default {DEFAULT_PERMIT_OPEN}; "
-                        f"{POLICY_DEFAULT_PERMIT_OPEN} with -p)")
-    p.add_argument("--require-aead", action="store_true", default=False,
-                   help="refuse sessions that do not use the noports AEAD mode")
+    p.add_argument(
+        "--ephemeral-permissions",
+        default="",
+        help="extra authorized_keys options for ephemeral keys",
+    )
+    p.add_argument(
+        "--ssh-algorithm",
+        choices=("ssh-ed25519", "ssh-rsa"),
+        default="ssh-ed25519",
+        help="ephemeral key algorithm",
+    )
+    p.add_argument(
+        "--storage-path",
+        default=None,
+        help="accepted for compatibility; this daemon keeps no local atClient store",
+    )
+    p.add_argument(
+        "--permit-open",
+        "--po",
+        dest="permit_open",
+        default=None,
+        help=f"host:port list sessions may reach (default {DEFAULT_PERMIT_OPEN}; "
+        f"{POLICY_DEFAULT_PERMIT_OPEN} with -p)",
+    )
+    p.add_argument(
+        "--require-aead",
+        action="store_true",
+        default=False,
+        help="refuse sessions that do not use the noports AEAD mode",
+    )
     p.add_argument("--max-sessions", type=int, default=128, help="concurrent tunnels (128)")
-    p.add_argument("--drain", type=float, default=0.0, metavar="SECS",
-                   help="on SIGTERM/SIGINT let running sessions finish for up to SECS seconds "
-                        "(default 0: cut them at once)")
+    p.add_argument(
+        "--drain",
+        type=float,
+        default=0.0,
+        metavar="SECS",
+        help="on SIGTERM/SIGINT let running sessions finish for up to SECS seconds "
+        "(default 0: cut them at once)",
+    )
     add_common(p, verbose_short=True)
     return p
 
@@ -100,8 +178,11 @@ def _managers(values: Sequence[str] | None) -> tuple[str, ...]:
 def config_from_args(args: argparse.Namespace) -> DaemonConfig:
     atsign = validate_atsign(args.atsign.strip().lower(), add_at=True)
     managers = _managers(args.managers)
-    policy = validate_atsign(args.policy_manager.strip().lower(), add_at=True) \
-        if args.policy_manager else None
+    policy = (
+        validate_atsign(args.policy_manager.strip().lower(), add_at=True)
+        if args.policy_manager
+        else None
+    )
     if not managers and not policy:
         raise ConfigError("at least one of --managers and --policy-manager is required")
     if not 1 <= args.local_sshd_port <= 65535:
@@ -117,14 +198,21 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
     # spaces around commas are tolerated; any other whitespace or control character is refused
     permit = PermitOpen.parse(",".join(s.strip(" ") for s in po_text.split(",") if s.strip(" ")))
     return DaemonConfig(
-        atsign=atsign, device=validate_device_name(args.device), managers=managers,
-        policy_manager=policy, device_group=validate_device_group(args.device_group),
-        permit_open=permit, accept_public_keys=bool(args.sshpublickey),
+        atsign=atsign,
+        device=validate_device_name(args.device),
+        managers=managers,
+        policy_manager=policy,
+        device_group=validate_device_group(args.device_group),
+        permit_open=permit,
+        accept_public_keys=bool(args.sshpublickey),
         public_key_permissions=validate_options(args.sshpublickey_permissions),
-        hide=bool(args.hide), local_sshd_port=args.local_sshd_port,
+        hide=bool(args.hide),
+        local_sshd_port=args.local_sshd_port,
         ephemeral_permissions=validate_options(args.ephemeral_permissions),
-        ssh_algorithm=args.ssh_algorithm, require_aead=bool(args.require_aead),
-        max_sessions=args.max_sessions, drain=args.drain,
+        ssh_algorithm=args.ssh_algorithm,
+        require_aead=bool(args.require_aead),
+        max_sessions=args.max_sessions,
+        drain=args.drain,
     )
 
 
@@ -136,16 +224,19 @@ async def _serve(cfg: DaemonConfig, args: argparse.Namespace) -> int:
     root = args.root
     if not root and args.root_domain and args.root_domain != DEFAULT_ROOT_DOMAIN:
         root = f"{args.root_domain}:64"
-    client = await AtClient.connect(cfg.atsign, keys_file=args.key_file, root=root,
-                                    ca_file=args.ca_file)
+    client = await AtClient.connect(
+        cfg.atsign, keys_file=args.key_file, root=root, ca_file=args.ca_file
+    )
     daemon = Daemon(cfg, client, on_ready=_notice)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.stop)
     try:
-        _notice(f"sshnpd {cfg.atsign} device {cfg.device} starting; managers "
-                f"{','.join(cfg.managers) or '-'}; policy {cfg.policy_manager or '-'}; "
-                f"permit-open {cfg.permit_open}")
+        _notice(
+            f"sshnpd {cfg.atsign} device {cfg.device} starting; managers "
+            f"{','.join(cfg.managers) or '-'}; policy {cfg.policy_manager or '-'}; "
+            f"permit-open {cfg.permit_open}"
+        )
         await daemon.run()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -160,8 +251,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(parser, PROG, argv)
     setup_logging(args)
     if args.un_hide is not None:
-        print("[WARN] -u, --un-hide is deprecated; the daemon shares its username unless "
-              "-h/--hide is given", file=sys.stderr)
+        print(
+            "[WARN] -u, --un-hide is deprecated; the daemon shares its username unless "
+            "-h/--hide is given",
+            file=sys.stderr,
+        )
     try:
         cfg = config_from_args(args)
     except ConfigError as exc:

@@ -81,32 +81,51 @@ class DaemonConfig:
 class Daemon:
     """One running sshnpd. ``await Daemon(cfg, client).run()`` until ``stop()``."""
 
-    def __init__(self, cfg: DaemonConfig, client: AtClient,
-                 on_ready: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, cfg: DaemonConfig, client: AtClient, on_ready: Callable[[str], None] | None = None
+    ) -> None:
         self.cfg = cfg
         self.client = client
         self.on_ready = on_ready
         self.managers = frozenset(cfg.managers)
         self.authorized_keys = AuthorizedKeys(cfg.authorized_keys)
-        self.ephemeral = EphemeralKeys(self.authorized_keys, sshd_port=cfg.local_sshd_port,
-                                       extra_permissions=cfg.ephemeral_permissions,
-                                       algorithm=cfg.ssh_algorithm)
+        self.ephemeral = EphemeralKeys(
+            self.authorized_keys,
+            sshd_port=cfg.local_sshd_port,
+            extra_permissions=cfg.ephemeral_permissions,
+            algorithm=cfg.ssh_algorithm,
+        )
         self.sessions = SessionHandler(
-            SessionSettings(cfg.device, cfg.permit_open, cfg.local_sshd_port, cfg.require_aead,
-                            client.keys.encrypt_private, self.ephemeral),
-            self._public_key, max_sessions=cfg.max_sessions)
+            SessionSettings(
+                cfg.device,
+                cfg.permit_open,
+                cfg.local_sshd_port,
+                cfg.require_aead,
+                client.keys.encrypt_private,
+                self.ephemeral,
+            ),
+            self._public_key,
+            max_sessions=cfg.max_sessions,
+        )
         self.npa: NpaClient | None = None
         if cfg.policy_manager:
-            self.npa = NpaClient(self._notify_rpc, policy=cfg.policy_manager, daemon=cfg.atsign,
-                                 device=cfg.device, device_group=cfg.device_group)
+            self.npa = NpaClient(
+                self._notify_rpc,
+                policy=cfg.policy_manager,
+                daemon=cfg.atsign,
+                device=cfg.device,
+                device_group=cfg.device_group,
+            )
         self._handlers: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self.ping_json = ping_response_json(
-            device=cfg.device, device_group=cfg.device_group,
+            device=cfg.device,
+            device_group=cfg.device_group,
             accepts_public_keys=cfg.accept_public_keys,
-            allowed_services=cfg.permit_open.allowed_services())
+            allowed_services=cfg.permit_open.allowed_services(),
+        )
 
     # -- helpers ------------------------------------------------------------------------------
     async def _public_key(self, atsign: str, refresh: bool) -> rsa.PublicKey:
@@ -138,17 +157,31 @@ class Daemon:
                             await self.client.delete(f"{name}.{dev}.{NAMESPACE}", shared_with=m)
                     log.info("hidden: username and device_info deleted for %s", m)
                     continue
-                await self.client.put(f"username.{dev}.{NAMESPACE}", user, shared_with=m,
-                                      ttr=-1, ccd=True)
-                await self.client.notify(m, f"username.{dev}", user, namespace=NAMESPACE,
-                                         ttr_ms=-1, ccd=True, ttln_ms=REPLY_TTLN_MS)
+                await self.client.put(
+                    f"username.{dev}.{NAMESPACE}", user, shared_with=m, ttr=-1, ccd=True
+                )
+                await self.client.notify(
+                    m,
+                    f"username.{dev}",
+                    user,
+                    namespace=NAMESPACE,
+                    ttr_ms=-1,
+                    ccd=True,
+                    ttln_ms=REPLY_TTLN_MS,
+                )
                 await self.put_device_info(m)
             except (NoPortsError, OSError) as exc:
                 log.error("could not share records with %s: %s", m, exc)
 
     async def put_device_info(self, manager: str) -> None:
-        await self.client.put(f"device_info.{self.cfg.device}.{NAMESPACE}", self.ping_json,
-                              shared_with=manager, ttl=DEVICE_INFO_TTL_MS, ttr=-1, ccd=True)
+        await self.client.put(
+            f"device_info.{self.cfg.device}.{NAMESPACE}",
+            self.ping_json,
+            shared_with=manager,
+            ttl=DEVICE_INFO_TTL_MS,
+            ttr=-1,
+            ccd=True,
+        )
 
     async def _refresh_device_info(self) -> None:
         while True:
@@ -163,9 +196,13 @@ class Daemon:
         assert self.cfg.policy_manager
         while True:
             try:
-                await self.client.notify(self.cfg.policy_manager,
-                                         f"{self.cfg.device}.devices.policy", self.ping_json,
-                                         namespace=NAMESPACE, ttln_ms=int(POLICY_HEARTBEAT * 1000))
+                await self.client.notify(
+                    self.cfg.policy_manager,
+                    f"{self.cfg.device}.devices.policy",
+                    self.ping_json,
+                    namespace=NAMESPACE,
+                    ttln_ms=int(POLICY_HEARTBEAT * 1000),
+                )
             except (NoPortsError, OSError) as exc:
                 log.warning("policy heartbeat failed: %s", exc)
             await asyncio.sleep(POLICY_HEARTBEAT)
@@ -181,7 +218,8 @@ class Daemon:
                 ok = False
             if ok != up:
                 (log.warning if not ok else log.info)(
-                    "connection %s", "available" if ok else "lost")
+                    "connection %s", "available" if ok else "lost"
+                )
                 up = ok
 
     # -- main loop ----------------------------------------------------------------------------
@@ -193,8 +231,9 @@ class Daemon:
         try:
             await monitor.started(MONITOR_START_TIMEOUT)
             if self.on_ready:
-                self.on_ready(f"Monitor for {self.cfg.atsign} device {self.cfg.device}: "
-                              "monitor started")
+                self.on_ready(
+                    f"Monitor for {self.cfg.atsign} device {self.cfg.device}: monitor started"
+                )
             if not self.cfg.hide and self.managers:
                 self._background.append(loop.create_task(self._refresh_device_info()))
             if self.cfg.policy_manager:
@@ -220,17 +259,22 @@ class Daemon:
             t.cancel()
         running = list(self.sessions.tunnels)
         if running:
-            log.warning("draining %d session(s) for up to %g s (signal again to cut them)",
-                        len(running), seconds)
+            log.warning(
+                "draining %d session(s) for up to %g s (signal again to cut them)",
+                len(running),
+                seconds,
+            )
             loop = asyncio.get_running_loop()
             deadline = loop.time() + seconds
             force = loop.create_task(self._force.wait())
             try:
                 pending: set[asyncio.Future[Any]] = set(running)
                 while pending and not force.done() and loop.time() < deadline:
-                    _, pending = await asyncio.wait({*pending, force},
-                                                    timeout=deadline - loop.time(),
-                                                    return_when=asyncio.FIRST_COMPLETED)
+                    _, pending = await asyncio.wait(
+                        {*pending, force},
+                        timeout=deadline - loop.time(),
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
                     pending.discard(force)
             finally:
                 force.cancel()
@@ -273,13 +317,17 @@ class Daemon:
         if sender in self.managers or sender == self.cfg.policy_manager:
             return PermitOpen.allow_all()
         if self.npa is None:
-            log.warning("ignoring a notification from %s: not in --managers list",
-                        escape(sender, 80))
+            log.warning(
+                "ignoring a notification from %s: not in --managers list", escape(sender, 80)
+            )
             return None
         decision = await self.npa.check(sender)
         if not decision.authorized:
-            log.warning("ignoring a notification from %s: %s", escape(sender, 80),
-                        escape(decision.message or "denied by the policy", 200))
+            log.warning(
+                "ignoring a notification from %s: %s",
+                escape(sender, 80),
+                escape(decision.message or "denied by the policy", 200),
+            )
             return None
         return decision.permit
 
@@ -289,9 +337,14 @@ class Daemon:
             if permit is None:
                 return
             if command == "ping":
-                await self.client.notify(sender, f"heartbeat.{self.cfg.device}", self.ping_json,
-                                         namespace=NAMESPACE, ttl_ms=REPLY_TTL_MS,
-                                         ttln_ms=REPLY_TTLN_MS)
+                await self.client.notify(
+                    sender,
+                    f"heartbeat.{self.cfg.device}",
+                    self.ping_json,
+                    namespace=NAMESPACE,
+                    ttl_ms=REPLY_TTL_MS,
+                    ttln_ms=REPLY_TTLN_MS,
+                )
                 log.info("answered a ping from %s", sender)
             elif command in ("ssh_request", "npt_request"):
                 await self._session(command[:3], sender, value, permit)
@@ -308,11 +361,16 @@ class Daemon:
 
     async def _reply_error(self, to: str, sid: str, text: str) -> None:
         """D5 error: a plain string, not signed (spec 6.8)."""
-        await self.client.notify(to, f"{sid}.{self.cfg.device}", text, namespace=NAMESPACE,
-                                 ttl_ms=REPLY_TTL_MS, ttln_ms=REPLY_TTLN_MS)
+        await self.client.notify(
+            to,
+            f"{sid}.{self.cfg.device}",
+            text,
+            namespace=NAMESPACE,
+            ttl_ms=REPLY_TTL_MS,
+            ttln_ms=REPLY_TTLN_MS,
+        )
 
-    async def _session(self, kind: str, sender: str, value: str | None,
-                       permit: PermitOpen) -> None:
+    async def _session(self, kind: str, sender: str, value: str | None, permit: PermitOpen) -> None:
         sid: str | None = None
         try:
             req = await self.sessions.verify(kind, sender, value)
@@ -323,9 +381,14 @@ class Daemon:
             if r.session_id is not None:
                 await self._reply_error(sender, r.session_id, r.text)
             return
-        await self.client.send_signed(sender, f"{sid}.{self.cfg.device}", payload,
-                                      namespace=NAMESPACE, ttl_ms=REPLY_TTL_MS,
-                                      ttln_ms=REPLY_TTLN_MS)
+        await self.client.send_signed(
+            sender,
+            f"{sid}.{self.cfg.device}",
+            payload,
+            namespace=NAMESPACE,
+            ttl_ms=REPLY_TTL_MS,
+            ttln_ms=REPLY_TTLN_MS,
+        )
 
     async def _public_key_request(self, sender: str, value: str | None) -> None:
         if not self.cfg.accept_public_keys:
@@ -333,11 +396,16 @@ class Daemon:
             return
         try:
             added = await asyncio.get_running_loop().run_in_executor(
-                None, self.authorized_keys.add_client_key, value or "",
-                self.cfg.public_key_permissions)
+                None,
+                self.authorized_keys.add_client_key,
+                value or "",
+                self.cfg.public_key_permissions,
+            )
         except InvalidPublicKeyError as exc:
             log.warning("ssh public key from %s refused: %s", sender, exc)
             return
-        log.warning("ssh public key from %s %s", sender,
-                    "added to authorized_keys" if added else "already present")
-
+        log.warning(
+            "ssh public key from %s %s",
+            sender,
+            "added to authorized_keys" if added else "already present",
+        )

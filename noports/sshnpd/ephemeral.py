@@ -40,9 +40,19 @@ async def generate_keypair(algorithm: str, work_root: Path) -> tuple[str, str]:
     try:
         ident = tmp / "ephemeral"
         proc = await asyncio.create_subprocess_exec(
-            "ssh-keygen", *ALGORITHMS[algorithm], "-f", str(ident), "-q", "-N", "",
-            "-C", "", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE)
+            "ssh-keygen",
+            *ALGORITHMS[algorithm],
+            "-f",
+            str(ident),
+            "-q",
+            "-N",
+            "",
+            "-C",
+            "",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
         try:
             _, err = await asyncio.wait_for(proc.communicate(), KEYGEN_TIMEOUT)
         except BaseException:
@@ -64,9 +74,16 @@ async def generate_keypair(algorithm: str, work_root: Path) -> tuple[str, str]:
 class EphemeralKeys:
     """Authorise ephemeral keys and take them away again (after a delay, or at exit)."""
 
-    def __init__(self, authorized_keys: AuthorizedKeys, *, sshd_port: int,
-                 extra_permissions: str = "", algorithm: str = "ssh-ed25519",
-                 work_root: Path | None = None, remove_after: float = REMOVE_AFTER) -> None:
+    def __init__(
+        self,
+        authorized_keys: AuthorizedKeys,
+        *,
+        sshd_port: int,
+        extra_permissions: str = "",
+        algorithm: str = "ssh-ed25519",
+        work_root: Path | None = None,
+        remove_after: float = REMOVE_AFTER,
+    ) -> None:
         self.authorized_keys = authorized_keys
         self.options = ephemeral_options(sshd_port, extra_permissions)
         self.algorithm = algorithm
@@ -80,12 +97,15 @@ class EphemeralKeys:
         private, public = await generate_keypair(self.algorithm, self.work_root)
         key = parse_public_key(public, allow_comment=False)
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.authorized_keys.add_ephemeral, key, session_id,
-                                   self.options)
+        await loop.run_in_executor(
+            None, self.authorized_keys.add_ephemeral, key, session_id, self.options
+        )
         self._pending[session_id] = loop.call_later(
-            self.remove_after, self._start_removal, session_id)
-        log.info("ephemeral key for session %s authorised for %.0f s", session_id,
-                 self.remove_after)
+            self.remove_after, self._start_removal, session_id
+        )
+        log.info(
+            "ephemeral key for session %s authorised for %.0f s", session_id, self.remove_after
+        )
         return private
 
     def _start_removal(self, session_id: str) -> None:
@@ -100,7 +120,8 @@ class EphemeralKeys:
             handle.cancel()
         try:
             n = await asyncio.get_running_loop().run_in_executor(
-                None, self.authorized_keys.remove_session, session_id)
+                None, self.authorized_keys.remove_session, session_id
+            )
         except (OSError, LocalError) as exc:
             log.error("could not remove the ephemeral key of session %s: %s", session_id, exc)
             return

@@ -45,7 +45,8 @@ SEND_BACKOFF = (0.2, 1.0, 5.0)
 #: The monitor regex fragment for P2 responses.
 RESPONSE_REGEX = r"\.auth_checks\.__rpcs\.sshnp@"
 _RESP_KEY = re.compile(
-    r"(ack|nack|success|error)\.(\d{1,20})\.auth_checks\.__rpcs\.sshnp", re.ASCII)
+    r"(ack|nack|success|error)\.(\d{1,20})\.auth_checks\.__rpcs\.sshnp", re.ASCII
+)
 TIMEOUT_MESSAGE = "Timed out waiting for authorizer response"
 
 Notifier = Callable[[str, str, str], Awaitable[Any]]
@@ -69,17 +70,21 @@ def decision_from_response(resp_type: str, value: Any) -> AuthDecision:
     payload = value.get("payload") if isinstance(value, dict) else None
     if resp_type != "success":
         msg = payload.get("message") if isinstance(payload, dict) else None
-        return AuthDecision(False, str(msg) if msg else f"authorizer answered {resp_type}",
-                            PermitOpen())
+        return AuthDecision(
+            False, str(msg) if msg else f"authorizer answered {resp_type}", PermitOpen()
+        )
     if not isinstance(payload, dict) or payload.get("authorized") is not True:
         msg = payload.get("message") if isinstance(payload, dict) else None
-        return AuthDecision(False, str(msg) if msg else "not authorized by the policy",
-                            PermitOpen())
+        return AuthDecision(
+            False, str(msg) if msg else "not authorized by the policy", PermitOpen()
+        )
     po = payload.get("permitOpen")
     permit = PermitOpen.parse(po if isinstance(po, list) else [], strict=False)
     if permit.rejected:
-        log.warning("policy sent malformed permitOpen entries (ignored): %s",
-                    escape(", ".join(permit.rejected), 300))
+        log.warning(
+            "policy sent malformed permitOpen entries (ignored): %s",
+            escape(", ".join(permit.rejected), 300),
+        )
     msg = payload.get("message")
     return AuthDecision(True, str(msg) if isinstance(msg, str) else None, permit)
 
@@ -87,9 +92,18 @@ def decision_from_response(resp_type: str, value: Any) -> AuthDecision:
 class NpaClient:
     """Ask ``policy`` about client atSigns; see the module docstring."""
 
-    def __init__(self, notify: Notifier, *, policy: str, daemon: str, device: str,
-                 device_group: str, timeout: float = DEFAULT_TIMEOUT,
-                 cache_ttl: float = CACHE_TTL, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        notify: Notifier,
+        *,
+        policy: str,
+        daemon: str,
+        device: str,
+        device_group: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        cache_ttl: float = CACHE_TTL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._notify = notify
         self.policy = policy
         self.daemon = daemon
@@ -134,10 +148,19 @@ class NpaClient:
         rid = self._new_id()
         fut: asyncio.Future[AuthDecision] = asyncio.get_running_loop().create_future()
         self._waiting[rid] = fut
-        body = json.dumps({"reqId": rid, "payload": {
-            "daemonAtsign": self.daemon, "daemonDeviceName": self.device,
-            "daemonDeviceGroupName": self.device_group, "clientAtsign": client_atsign,
-        }}, separators=(",", ":"), ensure_ascii=False)
+        body = json.dumps(
+            {
+                "reqId": rid,
+                "payload": {
+                    "daemonAtsign": self.daemon,
+                    "daemonDeviceName": self.device,
+                    "daemonDeviceGroupName": self.device_group,
+                    "clientAtsign": client_atsign,
+                },
+            },
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         try:
@@ -145,13 +168,15 @@ class NpaClient:
                 try:
                     await asyncio.wait_for(
                         self._notify(self.policy, f"request.{rid}.{RPC_DOMAIN}", body),
-                        max(0.1, deadline - loop.time()))
+                        max(0.1, deadline - loop.time()),
+                    )
                     break
                 except (NoPortsError, OSError, asyncio.TimeoutError) as exc:
                     if attempt == len(SEND_BACKOFF) or loop.time() >= deadline:
                         log.warning("cannot send the auth check to %s: %s", self.policy, exc)
-                        return AuthDecision(False, f"cannot reach the authorizer: {exc}",
-                                            PermitOpen())
+                        return AuthDecision(
+                            False, f"cannot reach the authorizer: {exc}", PermitOpen()
+                        )
                     await asyncio.sleep(SEND_BACKOFF[attempt])
             try:
                 decision = await asyncio.wait_for(fut, max(0.0, deadline - loop.time()))
@@ -172,8 +197,10 @@ class NpaClient:
             return False
         resp_type, rid = parsed
         if sender != self.policy:
-            log.warning("ignoring an auth-check response from %s (not the policy manager)",
-                        escape(sender, 80))
+            log.warning(
+                "ignoring an auth-check response from %s (not the policy manager)",
+                escape(sender, 80),
+            )
             return True
         try:
             obj = json.loads(value or "")

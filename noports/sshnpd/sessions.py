@@ -60,8 +60,10 @@ def _all_loopback(port: int) -> bool:
     except OSError:
         return False
     return bool(infos) and all(
-        ipaddress.ip_address(str(i[4][0]).split("%", 1)[0]).is_loopback for i in infos
-        if i[0] in (socket.AF_INET, socket.AF_INET6))
+        ipaddress.ip_address(str(i[4][0]).split("%", 1)[0]).is_loopback
+        for i in infos
+        if i[0] in (socket.AF_INET, socket.AF_INET6)
+    )
 
 
 class Refusal(Exception):
@@ -89,8 +91,9 @@ PublicKeyOf = Callable[[str, bool], Awaitable[rsa.PublicKey]]
 class SessionHandler:
     """Turns verified requests into running tunnels; owns the tunnel tasks."""
 
-    def __init__(self, settings: SessionSettings, public_key: PublicKeyOf,
-                 max_sessions: int = 128) -> None:
+    def __init__(
+        self, settings: SessionSettings, public_key: PublicKeyOf, max_sessions: int = 128
+    ) -> None:
         self.s = settings
         self._public_key = public_key
         self.max_sessions = max_sessions
@@ -113,8 +116,9 @@ class SessionHandler:
             payload = await self._verify_sig(env, sender)
         except (SignatureError, ProtocolError) as exc:
             # official: npt replies, ssh drops silently
-            raise Refusal(f"Signature not verified: {exc}",
-                          sid if kind == "npt" else None) from None
+            raise Refusal(
+                f"Signature not verified: {exc}", sid if kind == "npt" else None
+            ) from None
         if sid is None:
             raise Refusal(f"{kind}_request has no valid sessionId (a UUID v4)", None)
         try:
@@ -146,8 +150,10 @@ class SessionHandler:
         if req.kind == "ssh" and not req.direct:
             raise Refusal("ssh_request with direct:false (reverse ssh) is not supported", sid)
         if req.auth_to_rvd and (not req.client_nonce or not req.rvd_nonce):
-            raise Refusal(f"{req.kind}_request asks for relay authentication but has no"
-                          " clientNonce/rvdNonce", sid)
+            raise Refusal(
+                f"{req.kind}_request asks for relay authentication but has no clientNonce/rvdNonce",
+                sid,
+            )
         if len(self.tunnels) >= self.max_sessions:
             raise Refusal(TUNNEL_FAILED + f"too many sessions ({self.max_sessions})", sid)
 
@@ -162,7 +168,8 @@ class SessionHandler:
         loop = asyncio.get_running_loop()
         try:
             addr, port = await loop.run_in_executor(
-                None, resolve_checked, host, port, self.s.daemon_permit, client_permit)
+                None, resolve_checked, host, port, self.s.daemon_permit, client_permit
+            )
         except AuthRefusedError as exc:
             raise Refusal(str(exc), req.session_id) from None
         except NoPortsError as exc:
@@ -172,8 +179,9 @@ class SessionHandler:
             return "localhost", port
         return addr, port
 
-    async def start(self, req: SessionRequest, sender: str,
-                    client_permit: PermitOpen) -> dict[str, Any]:
+    async def start(
+        self, req: SessionRequest, sender: str, client_permit: PermitOpen
+    ) -> dict[str, Any]:
         """Run steps 3-6; returns the success payload once the tunnel end is up."""
         self._policy(req)
         host, port = await self._target(req, client_permit)
@@ -182,17 +190,27 @@ class SessionHandler:
         crypto: TunnelCrypto = keys.aead(sid) or keys.ctr
         auth = None
         if req.auth_to_rvd:
-            auth = relay_auth_line(sid, req.client_nonce or "", req.rvd_nonce or "",
-                                   self.s.private_key)
+            auth = relay_auth_line(
+                sid, req.client_nonce or "", req.rvd_nonce or "", self.s.private_key
+            )
         private_pem = None
         if req.kind == "ssh" and not req.encrypt:
             try:
                 private_pem = await self.s.ephemeral.issue(sid)
             except (NoPortsError, OSError, ValueError) as exc:
                 raise Refusal(TUNNEL_FAILED + f"ephemeral key: {exc}", sid) from None
-        log.warning("session %s for %s: %s tunnel to %s:%d via relay %s:%d (%s, relay auth %s)",
-                    sid, escape(sender, 80), req.kind, host, port, escape(req.relay_host, 100),
-                    req.relay_port, mode_name(crypto), "on" if auth else "off")
+        log.warning(
+            "session %s for %s: %s tunnel to %s:%d via relay %s:%d (%s, relay auth %s)",
+            sid,
+            escape(sender, 80),
+            req.kind,
+            host,
+            port,
+            escape(req.relay_host, 100),
+            req.relay_port,
+            mode_name(crypto),
+            "on" if auth else "off",
+        )
         try:
             if req.kind == "ssh":
                 await self._start_single(req, auth, crypto, host, port)
@@ -202,8 +220,13 @@ class SessionHandler:
             if private_pem is not None:
                 await self.s.ephemeral.remove(sid)
             raise
-        return success_response(sid, keys if req.encrypt else None, req.ephemeral_pk,
-                                ephemeral_private_key_pem=private_pem, ssh=req.kind == "ssh")
+        return success_response(
+            sid,
+            keys if req.encrypt else None,
+            req.ephemeral_pk,
+            ephemeral_private_key_pem=private_pem,
+            ssh=req.kind == "ssh",
+        )
 
     def _track(self, task: asyncio.Task[Any], sid: str) -> None:
         self.tunnels.add(task)
@@ -221,8 +244,9 @@ class SessionHandler:
 
         task.add_done_callback(done)
 
-    async def _start_single(self, req: SessionRequest, auth: str | None, crypto: TunnelCrypto,
-                            host: str, port: int) -> None:
+    async def _start_single(
+        self, req: SessionRequest, auth: str | None, crypto: TunnelCrypto, host: str, port: int
+    ) -> None:
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = loop.create_future()
 
@@ -230,30 +254,49 @@ class SessionHandler:
             if not ready.done():
                 ready.set_result(None)
 
-        task = loop.create_task(run_daemon_single(
-            req.relay_host, req.relay_port, auth_line=auth, crypto=crypto, local_host=host,
-            local_port=port, timeout=START_TIMEOUT, on_ready=on_ready))
+        task = loop.create_task(
+            run_daemon_single(
+                req.relay_host,
+                req.relay_port,
+                auth_line=auth,
+                crypto=crypto,
+                local_host=host,
+                local_port=port,
+                timeout=START_TIMEOUT,
+                on_ready=on_ready,
+            )
+        )
         self._track(task, req.session_id)
         waiters: list[asyncio.Future[Any]] = [ready, task]
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         if not ready.done():
             ready.cancel()
             exc = task.exception() if not task.cancelled() else None
-            raise Refusal(TUNNEL_FAILED + (str(exc) or type(exc).__name__ if exc else "cancelled"),
-                          req.session_id)
+            raise Refusal(
+                TUNNEL_FAILED + (str(exc) or type(exc).__name__ if exc else "cancelled"),
+                req.session_id,
+            )
 
-    async def _start_multi(self, req: SessionRequest, auth: str | None, crypto: TunnelCrypto,
-                           host: str, port: int) -> None:
+    async def _start_multi(
+        self, req: SessionRequest, auth: str | None, crypto: TunnelCrypto, host: str, port: int
+    ) -> None:
         ms = req.timeout_ms if req.timeout_ms is not None else NPT_DEFAULT_TIMEOUT_MS
-        dm = DaemonMulti(req.relay_host, req.relay_port, auth_line=auth, crypto=crypto,
-                         local_host=host, local_port=port,
-                         timeout=ms / 1000.0 if ms > 0 else NEVER_S,
-                         relay_timeout=START_TIMEOUT)
+        dm = DaemonMulti(
+            req.relay_host,
+            req.relay_port,
+            auth_line=auth,
+            crypto=crypto,
+            local_host=host,
+            local_port=port,
+            timeout=ms / 1000.0 if ms > 0 else NEVER_S,
+            relay_timeout=START_TIMEOUT,
+        )
         try:
             await dm.connect()
         except (NoPortsError, OSError) as exc:
-            raise Refusal(TUNNEL_FAILED + (str(exc) or type(exc).__name__),
-                          req.session_id) from None
+            raise Refusal(
+                TUNNEL_FAILED + (str(exc) or type(exc).__name__), req.session_id
+            ) from None
         self._track(asyncio.get_running_loop().create_task(dm.run()), req.session_id)
 
     async def close(self) -> None:
