@@ -124,6 +124,27 @@ def test_v4_flow(rig: Rig) -> None:
     left = [p.name for p in (rig.env.home / ".sshnp").iterdir() if p.name.startswith("ephemeral_")]
     assert left == []
     assert os.stat(rig.env.home / ".sshnp").st_mode & 0o077 == 0
+    # both relay authentications off: the legacy relay request (R1L, bare session id) and
+    # the v4 flow inline (sshnp runs the tunnel ssh, then the user's ssh with a command)
+    r = rig.sshnp(
+        "dev1",
+        "-u",
+        rig.user,
+        *_key(rig),
+        "--no-ac",
+        "--no-ad",
+        "--no-et",
+        "--remote-sshd-port",
+        str(rig.sshd.port),
+        "-o",
+        "BatchMode=yes",
+        "--",
+        "echo",
+        "V4",
+        "TEST",
+        "PASSED",
+    )
+    assert r.returncode == 0 and "V4 TEST PASSED" in r.stdout, r.stderr
 
 
 def test_stdio_scp_100mb_and_controlmaster(rig: Rig, tmp_path: Path) -> None:

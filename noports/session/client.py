@@ -265,6 +265,7 @@ async def establish(
     inbox = _Inbox(sid, spec)
     mon = client.monitor(_Inbox.regex(sid, spec.device))
     pump: asyncio.Task[None] | None = None
+    side: list[asyncio.Future[Any]] = []
     try:
         eph_task = (
             asyncio.wrap_future(ephemeral or start_ephemeral_keygen()) if spec.encrypt else None
@@ -277,6 +278,7 @@ async def establish(
             if spec.fetch_username
             else None
         )
+        side += [pk_task] + ([user_task] if user_task is not None else [])
         await mon.started(10.0)
         mark("monitor")
 
@@ -457,6 +459,11 @@ async def establish(
     finally:
         if pump is not None:
             pump.cancel()
+        for t in side:  # early failures leave look-ups running: stop them, swallow results
+            if not t.done():
+                t.cancel()
+            elif not t.cancelled():
+                t.exception()
         await mon.close()
 
 
