@@ -234,7 +234,14 @@ def test_session_setup_latency(rig: Rig) -> None:
     rig.daemon("dev1")
     runs: dict[str, list[float]] = {
         k: []
-        for k in ("npt_ms", "npt_in_process_ms", "npt_protocol_ms", "sshnp_ms", "sshnp_protocol_ms")
+        for k in (
+            "npt_ms",
+            "npt_in_process_ms",
+            "npt_at_connect_ms",
+            "npt_protocol_ms",
+            "sshnp_ms",
+            "sshnp_protocol_ms",
+        )
     }
     for _ in range(10):
         t0 = time.monotonic()
@@ -255,6 +262,7 @@ def test_session_setup_latency(rig: Rig) -> None:
         runs["npt_ms"].append((banner_after_connect(ev["port"]) - t0) * 1000)
         runs["npt_in_process_ms"].append(ev["setupMs"])
         runs["npt_protocol_ms"].append(ev["timingsMs"]["keys"])
+        runs["npt_at_connect_ms"].append(ev["timingsMs"]["atConnect"])
         p.stop()
     for _ in range(10):
         t0 = time.monotonic()

@@ -238,9 +238,11 @@ async def run(args: argparse.Namespace, report: Reporter | None = None) -> int:
     say = _progress(args)
     root = args.root or args.root_domain
     eph = start_ephemeral_keygen() if args.encrypt else None
+    t_connect = time.monotonic()
     client = await connect_client(
         args.from_, keys_file=args.key_file, root=root, ca_file=args.ca_file
     )
+    connect_ms: float | None = round((time.monotonic() - t_connect) * 1000, 1)
     port = args.local_port
     try:
         while True:
@@ -267,6 +269,8 @@ async def run(args: argparse.Namespace, report: Reporter | None = None) -> int:
                 await asyncio.sleep(KEEP_ALIVE_DELAY)
                 continue
             port = cm.port
+            if connect_ms is not None:  # keys file, root lookup, TLS and PKAM (first session)
+                est.timings["atConnect"], connect_ms = connect_ms, None
             if args.keep_alive and args.encrypt:
                 eph = start_ephemeral_keygen()  # ready for the next session
             ev = ready_event(est, args.local_host, cm.port, started)

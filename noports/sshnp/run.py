@@ -83,17 +83,20 @@ def session_spec(args: argparse.Namespace) -> SessionSpec:
 
 async def open_session(args: argparse.Namespace) -> tuple[AtClient, Established]:
     eph = start_ephemeral_keygen() if args.encrypt else None
+    t_connect = time.monotonic()
     client = await connect_client(
         args.from_,
         keys_file=args.key_file,
         root=args.root or args.root_domain,
         ca_file=args.ca_file,
     )
+    connect_ms = round((time.monotonic() - t_connect) * 1000, 1)
     try:
         est = await establish(client, session_spec(args), progress=progress_fn(args), ephemeral=eph)
     except BaseException:
         await client.close()
         raise
+    est.timings["atConnect"] = connect_ms  # keys file, root lookup, TLS and PKAM
     return client, est
 
 
