@@ -81,9 +81,9 @@ class AtKeys:
             sk = str(d["selfEncryptionKey"])
             def dec(name: str) -> str:
                 return aes.decrypt_b64(sk, str(d[name]))
-            pkam_priv = rsa.private_from_b64(dec("aesPkamPrivateKey"))
+            pkam_priv = rsa.private_from_b64(dec("aesPkamPrivateKey"), trusted=True)
             pkam_pub = rsa.public_from_b64(dec("aesPkamPublicKey"))
-            enc_priv = rsa.private_from_b64(dec("aesEncryptPrivateKey"))
+            enc_priv = rsa.private_from_b64(dec("aesEncryptPrivateKey"), trusted=True)
             enc_pub = rsa.public_from_b64(dec("aesEncryptPublicKey"))
         except KeyError as exc:
             raise KeyFileError(f"atKeys file has no {exc.args[0]} field") from exc

@@ -50,10 +50,15 @@ def public_from_b64(text: str) -> PublicKey:
     return key
 
 
-def private_from_b64(text: str) -> PrivateKey:
+def private_from_b64(text: str, *, trusted: bool = False) -> PrivateKey:
+    """Load a base64 PKCS#8 RSA key. ``trusted=True`` (our own 0600 key files only) skips
+    OpenSSL's full RSA consistency check, which costs 100-200 ms per key at every program
+    start; never pass it for key material that came from a peer."""
     der = b64d(text.strip(), what="private key")
     try:
-        key = serialization.load_der_private_key(der, password=None)
+        key = serialization.load_der_private_key(
+            der, password=None, unsafe_skip_rsa_key_validation=trusted
+        )
     except (ValueError, TypeError) as exc:
         raise ProtocolError("private key is not DER PKCS#8") from exc
     if not isinstance(key, rsa.RSAPrivateKey):
