@@ -14,9 +14,19 @@ pytest.importorskip("pytest_benchmark")
 from tests.conftest import impl, keys, loop_kind, run  # noqa: E402,F401  (shared fixtures)
 
 
-def record(benchmark, *, scenario: str, metric: str, value: float, unit: str,
-           baseline: str | None = None, baseline_value: float | None = None,
-           target: str | None = None, higher_is_better: bool = True, **extra: object) -> None:
+def record(
+    benchmark,
+    *,
+    scenario: str,
+    metric: str,
+    value: float,
+    unit: str,
+    baseline: str | None = None,
+    baseline_value: float | None = None,
+    target: str | None = None,
+    higher_is_better: bool = True,
+    **extra: object,
+) -> None:
     """Attach one row of the results table to a benchmark.
 
     The first call fills the benchmark's own row; further calls on the same benchmark add
@@ -26,9 +36,16 @@ def record(benchmark, *, scenario: str, metric: str, value: float, unit: str,
     if baseline_value:
         ratio = value / baseline_value
     row = {
-        "scenario": scenario, "metric": metric, "value": value, "unit": unit,
-        "baseline": baseline, "baseline_value": baseline_value, "ratio": ratio,
-        "target": target, "higher_is_better": higher_is_better, **extra,
+        "scenario": scenario,
+        "metric": metric,
+        "value": value,
+        "unit": unit,
+        "baseline": baseline,
+        "baseline_value": baseline_value,
+        "ratio": ratio,
+        "target": target,
+        "higher_is_better": higher_is_better,
+        **extra,
     }
     if "scenario" in benchmark.extra_info:
         benchmark.extra_info.setdefault("more_rows", []).append(row)

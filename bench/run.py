@@ -32,14 +32,22 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{platform.machine()}, {os.cpu_count()} cores, {cpu}, Linux {platform.release()}, Python {platform.python_version()}"
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores, {cpu}, Linux {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def revision() -> str:
     """The commit measured (``-dirty`` when the working tree has local changes)."""
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=HERE.parent,
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=HERE.parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -72,33 +80,53 @@ def table(data: dict) -> str:
         for x in [info, *info.get("more_rows", [])]:
             impl = params.get("impl") or x.get("impl") or "-"
             loop = params.get("loop_kind") or x.get("loop") or ""
-            rows.append([
-                x["scenario"], f"{impl}{'/' + loop if loop else ''}", x["metric"],
-                fmt(x["value"], x["unit"]), x.get("baseline") or "-",
-                fmt(x.get("baseline_value"), x["unit"] if x.get("baseline_value") else ""),
-                fmt(x.get("ratio")) + ("x" if x.get("ratio") is not None else ""),
-                x.get("target") or "-",
-            ])
+            rows.append(
+                [
+                    x["scenario"],
+                    f"{impl}{'/' + loop if loop else ''}",
+                    x["metric"],
+                    fmt(x["value"], x["unit"]),
+                    x.get("baseline") or "-",
+                    fmt(x.get("baseline_value"), x["unit"] if x.get("baseline_value") else ""),
+                    fmt(x.get("ratio")) + ("x" if x.get("ratio") is not None else ""),
+                    x.get("target") or "-",
+                ]
+            )
     head = ["scenario", "impl", "metric", "value", "baseline", "baseline value", "ratio", "target"]
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
-    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))  # noqa: E731
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True))  # noqa: E731
     out = [line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]
     return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("-k", default=None, help="pytest -k expression to select benchmarks")
     ap.add_argument("--json", default=None, help="also keep pytest-benchmark's JSON here")
-    ap.add_argument("--quick", action="store_true",
-                    help="smaller transfers and fewer rounds (NOPORTS_BENCH_QUICK=1): a smoke run")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller transfers and fewer rounds (NOPORTS_BENCH_QUICK=1): a smoke run",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         os.environ["NOPORTS_BENCH_QUICK"] = "1"
     out = Path(args.json) if args.json else Path(tempfile.mkstemp(suffix=".json")[1])
-    cmd = [sys.executable, "-m", "pytest", str(HERE), "-q", "-p", "no:cacheprovider",
-           "--benchmark-only", f"--benchmark-json={out}", "--benchmark-disable-gc",
-           "--timeout=1800"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(HERE),
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--benchmark-only",
+        f"--benchmark-json={out}",
+        "--benchmark-disable-gc",
+        "--timeout=1800",
+    ]
     if args.k:
         cmd += ["-k", args.k]
     rc = subprocess.call(cmd, cwd=HERE.parent)

@@ -121,13 +121,30 @@ def test_control_plane_auth_latency(benchmark, keys, cp_server):
 
     benchmark.pedantic(lambda: _run(scenario()), rounds=1, iterations=1)
     ms = {n: [x * 1000 for x in v] for n, v in res.items()}
-    record(benchmark, scenario="atServer auth handshake (TLS+from+pkam)", metric="median",
-           value=statistics.median(ms["pkam"]), unit="ms", baseline="TLS connect only",
-           baseline_value=statistics.median(ms["tls"]), target="-", higher_is_better=False,
-           n=AUTH_ROUNDS, load=load_average())
-    record(benchmark, scenario="atServer auth handshake (TLS+from+pkam)", metric="p95",
-           value=pct(ms["pkam"], 0.95), unit="ms", baseline="TLS connect only",
-           baseline_value=pct(ms["tls"], 0.95), target="-", higher_is_better=False)
+    record(
+        benchmark,
+        scenario="atServer auth handshake (TLS+from+pkam)",
+        metric="median",
+        value=statistics.median(ms["pkam"]),
+        unit="ms",
+        baseline="TLS connect only",
+        baseline_value=statistics.median(ms["tls"]),
+        target="-",
+        higher_is_better=False,
+        n=AUTH_ROUNDS,
+        load=load_average(),
+    )
+    record(
+        benchmark,
+        scenario="atServer auth handshake (TLS+from+pkam)",
+        metric="p95",
+        value=pct(ms["pkam"], 0.95),
+        unit="ms",
+        baseline="TLS connect only",
+        baseline_value=pct(ms["tls"], 0.95),
+        target="-",
+        higher_is_better=False,
+    )
 
 
 def test_control_plane_notifications(benchmark, keys, cp_server):
@@ -138,8 +155,10 @@ def test_control_plane_notifications(benchmark, keys, cp_server):
 
     async def scenario() -> None:
         recv = await AtClient.connect(kr.atsign, keys=kr, ssl_ctx=ctx, root=cp_server.root)
-        senders = [await AtClient.connect(ks.atsign, keys=ks, ssl_ctx=ctx, root=cp_server.root)
-                   for _ in range(SENDERS)]
+        senders = [
+            await AtClient.connect(ks.atsign, keys=ks, ssl_ctx=ctx, root=cp_server.root)
+            for _ in range(SENDERS)
+        ]
         arrived: dict[str, float] = {}
         waiters: dict[str, asyncio.Future[float]] = {}
         mon = recv.monitor(r"\.cpbench", heartbeat=60.0)
@@ -162,8 +181,9 @@ def test_control_plane_notifications(benchmark, keys, cp_server):
             for i in range(20):
                 nid = f"w{i}-{uuid.uuid4().hex}"
                 fut = waiters[nid] = loop.create_future()
-                await senders[i % SENDERS].notify(kr.atsign, f"w{i}", "v" * 64,
-                                                  namespace="cpbench", id=nid)
+                await senders[i % SENDERS].notify(
+                    kr.atsign, f"w{i}", "v" * 64, namespace="cpbench", id=nid
+                )
                 await asyncio.wait_for(fut, 10)
             # baseline: bare request/response round trips on one connection
             conn = await senders[0].connection()
@@ -195,8 +215,9 @@ def test_control_plane_notifications(benchmark, keys, cp_server):
 
             t0 = time.perf_counter()
             cpu0, scpu0 = time.process_time(), proc_cpu(cp_server.pid)
-            await asyncio.wait_for(asyncio.gather(*(blast(s) for s in range(SENDERS))),
-                                   RATE_DEADLINE)
+            await asyncio.wait_for(
+                asyncio.gather(*(blast(s) for s in range(SENDERS))), RATE_DEADLINE
+            )
             t_sent = time.perf_counter()
             deadline = time.perf_counter() + 30
             while time.perf_counter() < deadline:
@@ -209,9 +230,17 @@ def test_control_plane_notifications(benchmark, keys, cp_server):
             out["server_cpu_us"] = (proc_cpu(cp_server.pid) - scpu0) / total * 1e6
             t_last = max(arrived[x] for x in got)
             load_lat = [arrived[x] - sent[x] for x in got]
-            out.update(noop=noop_rtt, lat=lat, n=total, delivered=len(got),
-                       rate=len(got) / (t_last - t0), send_rate=total / (t_sent - t0),
-                       load_lat=load_lat, reconnects=mon.reconnects)
+            out.update(
+                noop=noop_rtt,
+                lat=lat,
+                n=total,
+                delivered=len(got),
+                rate=len(got) / (t_last - t0),
+                send_rate=total / (t_sent - t0),
+                load_lat=load_lat,
+                reconnects=mon.reconnects,
+            )
+
             # baseline rate: noop round trips with the same concurrency
             async def noops(s: int) -> None:
                 c = await senders[s].connection()
@@ -232,29 +261,84 @@ def test_control_plane_notifications(benchmark, keys, cp_server):
     assert out["delivered"] == out["n"], f"lost {out['n'] - out['delivered']} notifications"
     ms = {k: [x * 1000 for x in out[k]] for k in ("noop", "lat", "load_lat")}
     sc = "notifications end to end (encrypted)"
-    record(benchmark, scenario=sc, metric="delivered/s", value=out["rate"], unit="notif/s",
-           baseline=f"noop round trips/s, {SENDERS} conns", baseline_value=out["noop_rate"],
-           target=">= 2,000/s", n=out["n"], send_rate=out["send_rate"], senders=SENDERS,
-           reconnects=out["reconnects"], load=load_average(),
-           client_cpu_us_per_notification=out["client_cpu_us"],
-           server_cpu_us_per_notification=out["server_cpu_us"])
-    record(benchmark, scenario=sc, metric="latency p50 (1 in flight)",
-           value=statistics.median(ms["lat"]), unit="ms", baseline="noop RTT p50",
-           baseline_value=statistics.median(ms["noop"]), target="<= 5 ms",
-           higher_is_better=False, n=LATENCY_N)
-    record(benchmark, scenario=sc, metric="latency p99 (1 in flight)", value=pct(ms["lat"], 0.99),
-           unit="ms", baseline="noop RTT p99", baseline_value=pct(ms["noop"], 0.99),
-           target="-", higher_is_better=False)
-    record(benchmark, scenario=sc, metric="latency p50 at full rate",
-           value=statistics.median(ms["load_lat"]), unit="ms", target="-", higher_is_better=False)
-    record(benchmark, scenario=sc, metric="latency p99 at full rate",
-           value=pct(ms["load_lat"], 0.99), unit="ms", target="-", higher_is_better=False)
+    record(
+        benchmark,
+        scenario=sc,
+        metric="delivered/s",
+        value=out["rate"],
+        unit="notif/s",
+        baseline=f"noop round trips/s, {SENDERS} conns",
+        baseline_value=out["noop_rate"],
+        target=">= 2,000/s",
+        n=out["n"],
+        send_rate=out["send_rate"],
+        senders=SENDERS,
+        reconnects=out["reconnects"],
+        load=load_average(),
+        client_cpu_us_per_notification=out["client_cpu_us"],
+        server_cpu_us_per_notification=out["server_cpu_us"],
+    )
+    record(
+        benchmark,
+        scenario=sc,
+        metric="latency p50 (1 in flight)",
+        value=statistics.median(ms["lat"]),
+        unit="ms",
+        baseline="noop RTT p50",
+        baseline_value=statistics.median(ms["noop"]),
+        target="<= 5 ms",
+        higher_is_better=False,
+        n=LATENCY_N,
+    )
+    record(
+        benchmark,
+        scenario=sc,
+        metric="latency p99 (1 in flight)",
+        value=pct(ms["lat"], 0.99),
+        unit="ms",
+        baseline="noop RTT p99",
+        baseline_value=pct(ms["noop"], 0.99),
+        target="-",
+        higher_is_better=False,
+    )
+    record(
+        benchmark,
+        scenario=sc,
+        metric="latency p50 at full rate",
+        value=statistics.median(ms["load_lat"]),
+        unit="ms",
+        target="-",
+        higher_is_better=False,
+    )
+    record(
+        benchmark,
+        scenario=sc,
+        metric="latency p99 at full rate",
+        value=pct(ms["load_lat"], 0.99),
+        unit="ms",
+        target="-",
+        higher_is_better=False,
+    )
     # where the CPU goes: the server alone could reach 1e6 / server_us notifications/s per core
-    record(benchmark, scenario=sc, metric="server CPU per notification",
-           value=out["server_cpu_us"], unit="us", target="-", higher_is_better=False,
-           single_core_ceiling_per_s=1e6 / max(out["server_cpu_us"], 1e-9))
-    record(benchmark, scenario=sc, metric="client CPU per notification (send+receive)",
-           value=out["client_cpu_us"], unit="us", target="-", higher_is_better=False)
+    record(
+        benchmark,
+        scenario=sc,
+        metric="server CPU per notification",
+        value=out["server_cpu_us"],
+        unit="us",
+        target="-",
+        higher_is_better=False,
+        single_core_ceiling_per_s=1e6 / max(out["server_cpu_us"], 1e-9),
+    )
+    record(
+        benchmark,
+        scenario=sc,
+        metric="client CPU per notification (send+receive)",
+        value=out["client_cpu_us"],
+        unit="us",
+        target="-",
+        higher_is_better=False,
+    )
 
 
 def test_control_plane_idle_monitor_memory(benchmark, keys, cp_server):
@@ -298,16 +382,29 @@ def test_control_plane_idle_monitor_memory(benchmark, keys, cp_server):
             await probe.close()
             r2 = rss_kib(cp_server.pid)
             alive = sum(1 for c in conns if not c.closed)
-            out.update(auth_kib=(r1 - r0) / IDLE_MONITORS, mon_kib=(r2 - r0) / IDLE_MONITORS,
-                       alive=alive, rss0=r0, rss2=r2)
+            out.update(
+                auth_kib=(r1 - r0) / IDLE_MONITORS,
+                mon_kib=(r2 - r0) / IDLE_MONITORS,
+                alive=alive,
+                rss0=r0,
+                rss2=r2,
+            )
         finally:
             for c in conns:
                 await c.close()
 
     benchmark.pedantic(lambda: _run(scenario()), rounds=1, iterations=1)
     assert out["alive"] == IDLE_MONITORS
-    record(benchmark, scenario=f"server memory, {IDLE_MONITORS} idle monitors",
-           metric="RSS per monitor connection", value=out["mon_kib"], unit="KiB",
-           baseline="idle authenticated connection", baseline_value=out["auth_kib"],
-           target="-", higher_is_better=False, rss_before_kib=out["rss0"],
-           rss_after_kib=out["rss2"])
+    record(
+        benchmark,
+        scenario=f"server memory, {IDLE_MONITORS} idle monitors",
+        metric="RSS per monitor connection",
+        value=out["mon_kib"],
+        unit="KiB",
+        baseline="idle authenticated connection",
+        baseline_value=out["auth_kib"],
+        target="-",
+        higher_is_better=False,
+        rss_before_kib=out["rss0"],
+        rss_after_kib=out["rss2"],
+    )

@@ -12,8 +12,9 @@ import importlib
 import os
 import platform
 import sys
+from collections.abc import Coroutine
 from types import ModuleType
-from typing import Any, Callable, Coroutine, TypeVar
+from typing import Any, TypeVar
 
 NO_EXTENSIONS: bool = bool(os.environ.get("NOPORTS_NO_EXTENSIONS")) or (
     platform.python_implementation() != "CPython"
@@ -116,5 +117,3 @@ def version_text(prog: str) -> str:
         f"event loop {loop_name()}; {openssl_version()}; "
         f"Python {platform.python_version()} on {sys.platform}-{platform.machine()}"
     )
-
-

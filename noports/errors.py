@@ -13,13 +13,13 @@ from typing import ClassVar
 
 # Documented process exit codes (README "Exit codes").
 EXIT_OK = 0
-EXIT_ERROR = 1          # generic failure (official tools use 1)
-EXIT_USAGE = 2          # bad command line / configuration
-EXIT_AUTH = 3           # authentication or authorisation refused
-EXIT_NOT_FOUND = 4      # unknown atSign, device, key or file
-EXIT_TIMEOUT = 5        # a peer did not answer in time
-EXIT_PROTOCOL = 6       # a peer broke the protocol / integrity failure
-EXIT_NETWORK = 7        # could not connect
+EXIT_ERROR = 1  # generic failure (official tools use 1)
+EXIT_USAGE = 2  # bad command line / configuration
+EXIT_AUTH = 3  # authentication or authorisation refused
+EXIT_NOT_FOUND = 4  # unknown atSign, device, key or file
+EXIT_TIMEOUT = 5  # a peer did not answer in time
+EXIT_PROTOCOL = 6  # a peer broke the protocol / integrity failure
+EXIT_NETWORK = 7  # could not connect
 EXIT_SRV_EXCEPTION = 200  # srv contract: "Exception running srv : ..."
 
 
@@ -130,8 +130,14 @@ class AtError(RemoteError):
         return m.group(1) if m else None
 
 
-def _at(code: str, name: str, desc: str, base: type[AtError] = AtError, exit_code: int | None = None):
-    ns: dict[str, object] = {"code": code, "default_description": desc, "__doc__": f"{code}: {desc}"}
+def _at(
+    code: str, name: str, desc: str, base: type[AtError] = AtError, exit_code: int | None = None
+):
+    ns: dict[str, object] = {
+        "code": code,
+        "default_description": desc,
+        "__doc__": f"{code}: {desc}",
+    }
     if exit_code is not None:
         ns["exit_code"] = exit_code
     cls = type(name, (base,), ns)
@@ -144,29 +150,51 @@ DatastoreError = _at("AT0002", "DatastoreError", "datastore exception")
 InvalidSyntaxError = _at("AT0003", "InvalidSyntaxError", "invalid syntax", exit_code=EXIT_PROTOCOL)
 SocketError = _at("AT0004", "SocketError", "socket error", exit_code=EXIT_NETWORK)
 BufferLimitExceededError = _at("AT0005", "BufferLimitExceededError", "buffer limit exceeded")
-OutboundConnectionLimitError = _at("AT0006", "OutboundConnectionLimitError", "outbound connection limit exceeded")
-SecondaryNotFoundError = _at("AT0007", "SecondaryNotFoundError", "secondary server not found", exit_code=EXIT_NOT_FOUND)
+OutboundConnectionLimitError = _at(
+    "AT0006", "OutboundConnectionLimitError", "outbound connection limit exceeded"
+)
+SecondaryNotFoundError = _at(
+    "AT0007", "SecondaryNotFoundError", "secondary server not found", exit_code=EXIT_NOT_FOUND
+)
 HandshakeError = _at("AT0008", "HandshakeError", "handshake failure", exit_code=EXIT_AUTH)
 UnauthorizedError = _at("AT0009", "UnauthorizedError", "unauthorized", exit_code=EXIT_AUTH)
 InternalServerError = _at("AT0010", "InternalServerError", "internal server error")
-InternalServerExceptionError = _at("AT0011", "InternalServerExceptionError", "internal server exception")
-InboundConnectionLimitError = _at("AT0012", "InboundConnectionLimitError", "inbound connection limit exceeded")
+InternalServerExceptionError = _at(
+    "AT0011", "InternalServerExceptionError", "internal server exception"
+)
+InboundConnectionLimitError = _at(
+    "AT0012", "InboundConnectionLimitError", "inbound connection limit exceeded"
+)
 BlockedConnectionError = _at("AT0013", "BlockedConnectionError", "connection exception")
 UnknownClientError = _at("AT0014", "UnknownClientError", "unknown client exception")
 KeyNotFoundError = _at("AT0015", "KeyNotFoundError", "key not found", exit_code=EXIT_NOT_FOUND)
 InvalidAtKeyError = _at("AT0016", "InvalidAtKeyError", "invalid atKey", exit_code=EXIT_PROTOCOL)
-UnableToConnectError = _at("AT0021", "UnableToConnectError", "unable to connect", exit_code=EXIT_NETWORK)
-IllegalArgumentsError = _at("AT0022", "IllegalArgumentsError", "illegal arguments", exit_code=EXIT_PROTOCOL)
+UnableToConnectError = _at(
+    "AT0021", "UnableToConnectError", "unable to connect", exit_code=EXIT_NETWORK
+)
+IllegalArgumentsError = _at(
+    "AT0022", "IllegalArgumentsError", "illegal arguments", exit_code=EXIT_PROTOCOL
+)
 AtTimeoutError = _at("AT0023", "AtTimeoutError", "timeout", exit_code=EXIT_TIMEOUT)
 ServerPausedError = _at("AT0024", "ServerPausedError", "server is paused")
 ApkamDeniedError = _at("AT0025", "ApkamDeniedError", "enrollment denied", exit_code=EXIT_AUTH)
-ApkamAuthError = _at("AT0026", "ApkamAuthError", "enrollment pending or authentication failed", exit_code=EXIT_AUTH)
+ApkamAuthError = _at(
+    "AT0026", "ApkamAuthError", "enrollment pending or authentication failed", exit_code=EXIT_AUTH
+)
 ApkamRevokedError = _at("AT0027", "ApkamRevokedError", "enrollment revoked", exit_code=EXIT_AUTH)
-TooManyRequestsError = _at("AT0028", "TooManyRequestsError", "too many requests or enrollment expired")
-EnrollmentExpiredError = _at("AT0029", "EnrollmentExpiredError", "enrollment expired", exit_code=EXIT_AUTH)
-InvalidEnrollmentStatusError = _at("AT0030", "InvalidEnrollmentStatusError", "invalid enrollment status")
+TooManyRequestsError = _at(
+    "AT0028", "TooManyRequestsError", "too many requests or enrollment expired"
+)
+EnrollmentExpiredError = _at(
+    "AT0029", "EnrollmentExpiredError", "enrollment expired", exit_code=EXIT_AUTH
+)
+InvalidEnrollmentStatusError = _at(
+    "AT0030", "InvalidEnrollmentStatusError", "invalid enrollment status"
+)
 CannotRevokeSelfError = _at("AT0031", "CannotRevokeSelfError", "cannot revoke own enrollment")
-ClientAuthFailedError = _at("AT0401", "ClientAuthFailedError", "client authentication failed", exit_code=EXIT_AUTH)
+ClientAuthFailedError = _at(
+    "AT0401", "ClientAuthFailedError", "client authentication failed", exit_code=EXIT_AUTH
+)
 
 
 def exit_code_for(exc: BaseException) -> int:

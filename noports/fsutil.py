@@ -52,7 +52,13 @@ def write_secret(path: str | os.PathLike[str], data: bytes, *, overwrite: bool =
     if not overwrite and p.exists():
         raise KeyFileError(f"{p} already exists")
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags = (
+        os.O_WRONLY
+        | os.O_CREAT
+        | os.O_EXCL
+        | getattr(os, "O_NOFOLLOW", 0)
+        | getattr(os, "O_CLOEXEC", 0)
+    )
     try:
         fd = os.open(tmp, flags, 0o600)
     except FileExistsError:
@@ -100,7 +106,9 @@ def read_secret(path: str | os.PathLike[str], *, strict_mode: bool = True) -> by
         raise KeyFileError(f"{p} does not exist") from exc
     except OSError as exc:
         if p.is_symlink():
-            raise InsecureFileError(f"{p} is a symlink; refusing to read a secret through it") from exc
+            raise InsecureFileError(
+                f"{p} is a symlink; refusing to read a secret through it"
+            ) from exc
         raise KeyFileError(f"cannot read {p}: {exc.strerror}") from exc
     try:
         st = os.fstat(fd)

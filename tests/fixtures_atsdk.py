@@ -32,7 +32,12 @@ class OfficialPython:
         self.python = python
 
     def run(
-        self, script: str, *, env: dict[str, str] | None = None, timeout: float = 60, check: bool = True
+        self,
+        script: str,
+        *,
+        env: dict[str, str] | None = None,
+        timeout: float = 60,
+        check: bool = True,
     ) -> subprocess.CompletedProcess[str]:
         full_env = dict(os.environ)
         full_env.pop("PYTHONPATH", None)  # the official peer must not import our package
@@ -47,7 +52,8 @@ class OfficialPython:
         )
         if check and proc.returncode != 0:
             raise AssertionError(
-                f"atsdk script failed ({proc.returncode}):\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+                f"atsdk script failed ({proc.returncode}):\n"
+                f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
             )
         return proc
 
@@ -61,7 +67,15 @@ def _ensure_venv() -> Path | str:
     root.parent.mkdir(parents=True, exist_ok=True)
     venv.EnvBuilder(with_pip=True, clear=True).create(root)
     proc = subprocess.run(
-        [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", f"atsdk=={ATSDK_VERSION}"],
+        [
+            str(py),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            f"atsdk=={ATSDK_VERSION}",
+        ],
         capture_output=True,
         text=True,
         timeout=600,

@@ -45,8 +45,13 @@ class Proc:
     def __init__(self, argv: list[str], env: dict[str, str], cwd: str, stdin: int | None) -> None:
         self.argv = argv
         self.popen = subprocess.Popen(
-            argv, env=env, cwd=cwd, stdin=stdin if stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+            argv,
+            env=env,
+            cwd=cwd,
+            stdin=stdin if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
         )
         self._out: list[str] = []
         self._err: list[str] = []
@@ -80,21 +85,27 @@ class Proc:
     def pid(self) -> int:
         return self.popen.pid
 
-    def wait_for(self, pattern: str, timeout: float = 20.0, *, stream: str = "both") -> re.Match[str]:
+    def wait_for(
+        self, pattern: str, timeout: float = 20.0, *, stream: str = "both"
+    ) -> re.Match[str]:
         rx = re.compile(pattern, re.M)
         deadline = time.monotonic() + timeout
         with self._cv:
             while True:
                 text = {"stdout": "".join(self._out), "stderr": "".join(self._err)}.get(
-                    stream, "".join(self._out) + "".join(self._err))
+                    stream, "".join(self._out) + "".join(self._err)
+                )
                 m = rx.search(text)
                 if m:
                     return m
                 left = deadline - time.monotonic()
-                if left <= 0 or (self.popen.poll() is not None and not any(t.is_alive() for t in self._threads)):
+                if left <= 0 or (
+                    self.popen.poll() is not None and not any(t.is_alive() for t in self._threads)
+                ):
                     raise AssertionError(
                         f"{self.argv[2:4]} did not print {pattern!r} (exit {self.popen.poll()}):\n"
-                        f"stdout:\n{''.join(self._out)[-2000:]}\nstderr:\n{''.join(self._err)[-3000:]}")
+                        f"stdout:\n{''.join(self._out)[-2000:]}\nstderr:\n{''.join(self._err)[-3000:]}"
+                    )
                 self._cv.wait(min(left, 0.2))
 
     def wait(self, timeout: float = 30.0) -> int:
@@ -157,27 +168,46 @@ class NpEnv:
     def argv(self, prog: str, *args: str) -> list[str]:
         return [sys.executable, "-m", f"noports.cli.{prog}", *args]
 
-    def spawn(self, prog: str, *args: str, ready: str | None = None, timeout: float = 20.0,
-              env: dict[str, str] | None = None, stdin: int | None = None) -> Proc:
+    def spawn(
+        self,
+        prog: str,
+        *args: str,
+        ready: str | None = None,
+        timeout: float = 20.0,
+        env: dict[str, str] | None = None,
+        stdin: int | None = None,
+    ) -> Proc:
         p = Proc(self.argv(prog, *args), {**self.env, **(env or {})}, str(self.home), stdin)
         self.procs.append(p)
         if ready is not None:
             p.wait_for(ready, timeout)
         return p
 
-    def run(self, prog: str, *args: str, timeout: float = 60.0, env: dict[str, str] | None = None,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        prog: str,
+        *args: str,
+        timeout: float = 60.0,
+        env: dict[str, str] | None = None,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            self.argv(prog, *args), env={**self.env, **(env or {})}, cwd=str(self.home),
-            capture_output=True, text=True, timeout=timeout, input=input,
+            self.argv(prog, *args),
+            env={**self.env, **(env or {})},
+            cwd=str(self.home),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
         )
 
     def sshd(self) -> Sshd:
         """A real sshd that trusts this HOME's ``~/.ssh/authorized_keys`` (plus its own key)."""
         if self._sshd is None:
             try:
-                self._sshd = Sshd(self.home / "sshd",
-                                  authorized_keys_file=self.home / ".ssh" / "authorized_keys").start()
+                self._sshd = Sshd(
+                    self.home / "sshd", authorized_keys_file=self.home / ".ssh" / "authorized_keys"
+                ).start()
             except SshdUnavailable as exc:
                 pytest.skip(str(exc))
         return self._sshd

@@ -45,8 +45,12 @@ def _keygen(path: Path, kind: str = "ed25519") -> None:
 class Sshd:
     """``with Sshd() as s: s.ssh_args() ...`` -- sshd on 127.0.0.1:<s.port>."""
 
-    def __init__(self, workdir: str | os.PathLike[str] | None = None, port: int | None = None,
-                 authorized_keys_file: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: str | os.PathLike[str] | None = None,
+        port: int | None = None,
+        authorized_keys_file: str | os.PathLike[str] | None = None,
+    ) -> None:
         exe = find_sshd()
         if exe is None:
             raise SshdUnavailable("OpenSSH sshd is not installed (apt-get install openssh-server)")
@@ -62,7 +66,9 @@ class Sshd:
         self.client_key = self.dir / "client_ed25519"
         # sshd reads this file; the client key made here is appended to it at start. Pass a
         # HOME's ~/.ssh/authorized_keys to have sshd honour what sshnpd writes there.
-        self.authorized_keys = Path(authorized_keys_file) if authorized_keys_file else self.dir / "authorized_keys"
+        self.authorized_keys = (
+            Path(authorized_keys_file) if authorized_keys_file else self.dir / "authorized_keys"
+        )
         self.known_hosts = self.dir / "known_hosts"
         self.config = self.dir / "sshd_config"
         self.user = os.environ.get("USER") or _whoami()
@@ -125,13 +131,20 @@ class Sshd:
         """ssh options that trust this server and use this key, and nothing from ~/.ssh."""
         return [
             "ssh",
-            "-F", "/dev/null",
-            "-i", str(self.client_key),
-            "-o", "IdentitiesOnly=yes",
-            "-o", "BatchMode=yes",
-            "-o", "StrictHostKeyChecking=no",
-            "-o", f"UserKnownHostsFile={self.known_hosts}",
-            "-o", "LogLevel=ERROR",
+            "-F",
+            "/dev/null",
+            "-i",
+            str(self.client_key),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "LogLevel=ERROR",
         ]
 
     def ssh_args(self, *cmd: str, port: int | None = None) -> list[str]:

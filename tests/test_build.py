@@ -23,7 +23,11 @@ def _py(code: str, **env: str) -> subprocess.CompletedProcess[str]:
     e.update(env)
     return subprocess.run(
         [sys.executable, "-I", "-W", "error::RuntimeWarning", "-c", code],
-        capture_output=True, text=True, timeout=60, env=e, cwd=os.getcwd(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=e,
+        cwd=os.getcwd(),
     )
 
 
@@ -62,7 +66,9 @@ def test_twins_expose_the_same_public_api(name, impl):
     # Functions and classes must match exactly; constants both define must agree (the pure
     # twin may also re-export constants it imported from the protocol modules).
     calls = lambda m: {n for n in _own_api(m) if callable(getattr(m, n))}  # noqa: E731
-    assert calls(py) == calls(c), f"pure-only {calls(py) - calls(c)}, compiled-only {calls(c) - calls(py)}"
+    assert calls(py) == calls(c), (
+        f"pure-only {calls(py) - calls(c)}, compiled-only {calls(c) - calls(py)}"
+    )
     identity = {"IMPLEMENTATION", "SPLICE"}  # what each twin says about its own mechanism
     for n in _own_api(c) - calls(c) - identity:
         assert getattr(c, n) == getattr(py, n), n

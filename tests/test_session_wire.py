@@ -18,23 +18,60 @@ def eph():
 
 
 def test_ssh_request_field_order_is_official(eph):
-    p = wire.ssh_request(session_id="s", host="h", port=1, client_nonce="n", rvd_nonce="r",
-                         ephemeral_pk=eph.public_key())
-    assert list(p) == ["direct", "sessionId", "host", "port", "authenticateToRvd", "clientNonce",
-                       "rvdNonce", "encryptRvdTraffic", "clientEphemeralPK", "clientEphemeralPKType"]
-    q = wire.ssh_request(session_id="s", host="h", port=1, client_nonce="n", rvd_nonce="r",
-                         ephemeral_pk=eph.public_key(), twin_keys=True, aead=True)
+    p = wire.ssh_request(
+        session_id="s",
+        host="h",
+        port=1,
+        client_nonce="n",
+        rvd_nonce="r",
+        ephemeral_pk=eph.public_key(),
+    )
+    assert list(p) == [
+        "direct",
+        "sessionId",
+        "host",
+        "port",
+        "authenticateToRvd",
+        "clientNonce",
+        "rvdNonce",
+        "encryptRvdTraffic",
+        "clientEphemeralPK",
+        "clientEphemeralPKType",
+    ]
+    q = wire.ssh_request(
+        session_id="s",
+        host="h",
+        port=1,
+        client_nonce="n",
+        rvd_nonce="r",
+        ephemeral_pk=eph.public_key(),
+        twin_keys=True,
+        aead=True,
+    )
     assert list(q)[-2:] == ["twinKeys", "noportsAead"]
 
 
 def test_npt_request_round_trips_through_json(eph):
-    p = wire.npt_request(session_id="s1", rvd_host="127.0.0.1", rvd_port=4000, requested_port=22,
-                         requested_host="localhost", client_nonce="n", rvd_nonce="r",
-                         ephemeral_pk=eph.public_key(), aead=True)
+    p = wire.npt_request(
+        session_id="s1",
+        rvd_host="127.0.0.1",
+        rvd_port=4000,
+        requested_port=22,
+        requested_host="localhost",
+        client_nonce="n",
+        rvd_nonce="r",
+        ephemeral_pk=eph.public_key(),
+        aead=True,
+    )
     assert list(p)[:4] == ["sessionId", "rvdHost", "rvdPort", "requestedPort"]
     got = wire.parse_request("npt", json.loads(canonical_json(p)))
     assert (got.target_host, got.target_port, got.relay_port, got.aead, got.twin_keys) == (
-        "localhost", 22, 4000, True, False)
+        "localhost",
+        22,
+        4000,
+        True,
+        False,
+    )
 
 
 @pytest.mark.parametrize("twin,aead", [(False, False), (True, False), (False, True), (True, True)])
@@ -48,30 +85,50 @@ def test_keys_wrap_and_unwrap(eph, twin, aead):
 
 def test_official_response_without_additions_gives_legacy_keys(eph):
     keys = wire.SessionKeys.generate(encrypt=True, twin=False, aead=False)
-    resp = {"status": "connected", "sessionId": "x", "ephemeralPrivateKey": None,
-            "sessionAESKey": wire.wrap(eph.public_key(), keys.ctr.key_c2d),
-            "sessionIV": wire.wrap(eph.public_key(), keys.ctr.iv_c2d)}
+    resp = {
+        "status": "connected",
+        "sessionId": "x",
+        "ephemeralPrivateKey": None,
+        "sessionAESKey": wire.wrap(eph.public_key(), keys.ctr.key_c2d),
+        "sessionIV": wire.wrap(eph.public_key(), keys.ctr.iv_c2d),
+    }
     back = wire.SessionKeys.from_response(resp, eph)
     assert back.ctr == keys.ctr and back.aead_secret is None and not back.ctr.twin
 
 
-@pytest.mark.parametrize("payload,msg", [
-    ({"sessionId": "s", "host": "h", "port": 0}, "port"),
-    ({"sessionId": "s", "host": "h", "port": 22, "encryptRvdTraffic": True}, "clientEphemeralPK"),
-    ({"sessionId": "", "host": "h", "port": 22}, "sessionId"),
-    ({"sessionId": "s", "host": "h", "port": "22"}, "port"),
-    ({"sessionId": "s", "host": "h", "port": 22, "authenticateToRvd": "yes"}, "authenticateToRvd"),
-])
+@pytest.mark.parametrize(
+    "payload,msg",
+    [
+        ({"sessionId": "s", "host": "h", "port": 0}, "port"),
+        (
+            {"sessionId": "s", "host": "h", "port": 22, "encryptRvdTraffic": True},
+            "clientEphemeralPK",
+        ),
+        ({"sessionId": "", "host": "h", "port": 22}, "sessionId"),
+        ({"sessionId": "s", "host": "h", "port": "22"}, "port"),
+        (
+            {"sessionId": "s", "host": "h", "port": 22, "authenticateToRvd": "yes"},
+            "authenticateToRvd",
+        ),
+    ],
+)
 def test_bad_requests_are_refused_with_the_field_named(payload, msg):
     with pytest.raises(ProtocolError, match=msg):
         wire.parse_request("ssh", payload)
 
 
 def test_relay_request_and_replies():
-    r = wire.relay_request(session_id="s", atsign_a="@a", atsign_b="@b", auth_a=True, auth_b=True,
-                           client_nonce="n")
-    assert list(r) == ["sessionId", "atSignA", "atSignB", "authenticateSocketA",
-                       "authenticateSocketB", "clientNonce"]
+    r = wire.relay_request(
+        session_id="s", atsign_a="@a", atsign_b="@b", auth_a=True, auth_b=True, client_nonce="n"
+    )
+    assert list(r) == [
+        "sessionId",
+        "atSignA",
+        "atSignB",
+        "authenticateSocketA",
+        "authenticateSocketB",
+        "clientNonce",
+    ]
     got = wire.parse_relay_request(canonical_json(r), sender="@a", legacy=False)
     assert (got.session_id, got.auth_a, got.json_response) == ("s", True, False)
     legacy = wire.parse_relay_request("abc-123", sender="@a", legacy=True)

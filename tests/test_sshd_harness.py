@@ -13,7 +13,9 @@ def test_real_sshd_runs_a_command(tmp_path):
     except SshdUnavailable as exc:
         pytest.skip(str(exc))
     try:
-        out = subprocess.run(s.ssh_args("echo", "TEST", "PASSED"), capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            s.ssh_args("echo", "TEST", "PASSED"), capture_output=True, text=True, timeout=30
+        )
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == "TEST PASSED"
     finally:

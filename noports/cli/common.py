@@ -26,11 +26,17 @@ class VersionAction(argparse.Action):
 
 
 def add_common(parser: argparse.ArgumentParser, *, verbose_short: bool = True) -> None:
-    parser.add_argument("--version", action=VersionAction, help="show version, implementation, event loop and OpenSSL")
+    parser.add_argument(
+        "--version",
+        action=VersionAction,
+        help="show version, implementation, event loop and OpenSSL",
+    )
     flags = ["-v", "--verbose"] if verbose_short else ["--verbose"]
     parser.add_argument(*flags, action="store_true", default=False, help="log at INFO level")
     parser.add_argument("--debug", action="store_true", default=False, help="log at DEBUG level")
-    parser.add_argument("--log-format", choices=("text", "json"), default="text", help="log line format on stderr")
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="log line format on stderr"
+    )
 
 
 def escape(text: str, limit: int = 512) -> str:
@@ -42,7 +48,8 @@ def escape(text: str, limit: int = 512) -> str:
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        return f"{ts}.{int(record.msecs):03d}Z {record.levelname} {record.name}: {escape(record.getMessage(), 4096)}"
+        msg = escape(record.getMessage(), 4096)
+        return f"{ts}.{int(record.msecs):03d}Z {record.levelname} {record.name}: {msg}"
 
 
 class JsonFormatter(logging.Formatter):

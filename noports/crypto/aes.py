@@ -60,7 +60,9 @@ def encrypt_b64(key_b64: str, plaintext: str, iv: bytes = ZERO_IV) -> str:
 
 
 def decrypt_b64(key_b64: str, ciphertext_b64: str, iv: bytes = ZERO_IV) -> str:
-    pt = decrypt(b64d(key_b64, what="AES key", length=32), b64d(ciphertext_b64, what="ciphertext"), iv)
+    pt = decrypt(
+        b64d(key_b64, what="AES key", length=32), b64d(ciphertext_b64, what="ciphertext"), iv
+    )
     try:
         return pt.decode("utf-8")
     except UnicodeDecodeError as exc:

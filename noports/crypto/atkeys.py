@@ -79,8 +79,10 @@ class AtKeys:
     def from_dict(cls, d: dict[str, object], atsign: str | None = None) -> AtKeys:
         try:
             sk = str(d["selfEncryptionKey"])
+
             def dec(name: str) -> str:
                 return aes.decrypt_b64(sk, str(d[name]))
+
             pkam_priv = rsa.private_from_b64(dec("aesPkamPrivateKey"), trusted=True)
             pkam_pub = rsa.public_from_b64(dec("aesPkamPublicKey"))
             enc_priv = rsa.private_from_b64(dec("aesEncryptPrivateKey"), trusted=True)
@@ -93,8 +95,13 @@ class AtKeys:
             ats = [k for k in d if k.startswith("@")]
             atsign = ats[0] if ats else "@unknown"
         known = {
-            "aesPkamPublicKey", "aesPkamPrivateKey", "aesEncryptPublicKey",
-            "aesEncryptPrivateKey", "selfEncryptionKey", "apkamSymmetricKey", "enrollmentId",
+            "aesPkamPublicKey",
+            "aesPkamPrivateKey",
+            "aesEncryptPublicKey",
+            "aesEncryptPrivateKey",
+            "selfEncryptionKey",
+            "apkamSymmetricKey",
+            "enrollmentId",
         }
         extra = {k: str(v) for k, v in d.items() if k not in known and not k.startswith("@")}
         return cls(
@@ -104,7 +111,9 @@ class AtKeys:
             encrypt_private=enc_priv,
             encrypt_public=enc_pub,
             self_encryption_key=sk,
-            apkam_symmetric_key=(str(d["apkamSymmetricKey"]) if d.get("apkamSymmetricKey") else None),
+            apkam_symmetric_key=(
+                str(d["apkamSymmetricKey"]) if d.get("apkamSymmetricKey") else None
+            ),
             enrollment_id=(str(d["enrollmentId"]) if d.get("enrollmentId") else None),
             extra=extra,
         )

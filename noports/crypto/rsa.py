@@ -25,7 +25,9 @@ def generate(bits: int = 2048) -> PrivateKey:
 
 def public_to_b64(key: PublicKey) -> str:
     return b64e(
-        key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
     )
 
 

@@ -30,8 +30,8 @@ Handling a request (:func:`handle_request` is sans-IO; :class:`NpaService` does 
 
 Each daemon atSign gets at most ``max_rate`` requests/s answered (bursts of 5x; excess is
 dropped and logged), and the D9 heartbeat table is bounded, so no sender can make us spend
-without limit. The policy file is re-checked (one ``stat``) before every decision; a broken edit keeps the
-last good policy (see :mod:`.policy`).
+without limit. The policy file is re-checked (one ``stat``) before every decision; a broken
+edit keeps the last good policy (see :mod:`.policy`).
 """
 
 from __future__ import annotations

@@ -459,11 +459,11 @@ async def establish(
     finally:
         if pump is not None:
             pump.cancel()
-        for t in side:  # early failures leave look-ups running: stop them, swallow results
-            if not t.done():
-                t.cancel()
-            elif not t.cancelled():
-                t.exception()
+        for fut in side:  # early failures leave look-ups running: stop them, swallow results
+            if not fut.done():
+                fut.cancel()
+            elif not fut.cancelled():
+                fut.exception()
         await mon.close()
 
 

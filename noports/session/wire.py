@@ -69,7 +69,7 @@ def unwrap(private_key: rsa.PrivateKey, wrapped_b64: str, *, what: str, length: 
 class SessionKeys:
     """What the daemon hands the client for one session's data plane."""
 
-    ctr: CtrKeys | None = None     # legacy (same both ways) or twin keys
+    ctr: CtrKeys | None = None  # legacy (same both ways) or twin keys
     aead_secret: bytes | None = None
 
     @classmethod
@@ -91,7 +91,7 @@ class SessionKeys:
         if self.ctr is not None:
             out["sessionAESKey"] = wrap(client_pk, self.ctr.key_c2d)
             out["sessionIV"] = wrap(client_pk, self.ctr.iv_c2d)
-            if self.ctr.twin:
+            if self.ctr.key_d2c is not None and self.ctr.iv_d2c is not None:
                 out["aesKeyC2D"] = out["sessionAESKey"]
                 out["ivC2D"] = out["sessionIV"]
                 out["aesKeyD2C"] = wrap(client_pk, self.ctr.key_d2c)
@@ -115,7 +115,11 @@ class SessionKeys:
         ctr = None
         if key is not None and iv is not None:
             k2, iv2 = get("aesKeyD2C", 32), get("ivD2C", 16)
-            ctr = CtrKeys(key, iv, k2, iv2) if k2 is not None and iv2 is not None else CtrKeys(key, iv)
+            ctr = (
+                CtrKeys(key, iv, k2, iv2)
+                if k2 is not None and iv2 is not None
+                else CtrKeys(key, iv)
+            )
         elif (key is None) != (iv is None):
             raise ProtocolError("response has a session key without an IV (or the reverse)")
         return cls(ctr=ctr, aead_secret=get("noportsAeadSecret", 32))
@@ -125,10 +129,20 @@ class SessionKeys:
 # Client -> daemon requests (signed envelopes; D3 and D4)
 
 
-def ssh_request(*, session_id: str, host: str, port: int, client_nonce: str, rvd_nonce: str | None,
-                ephemeral_pk: rsa.PublicKey | None, auth_to_rvd: bool = True,
-                encrypt: bool = True, twin_keys: bool = False, aead: bool = False,
-                direct: bool = True) -> dict[str, Any]:
+def ssh_request(
+    *,
+    session_id: str,
+    host: str,
+    port: int,
+    client_nonce: str,
+    rvd_nonce: str | None,
+    ephemeral_pk: rsa.PublicKey | None,
+    auth_to_rvd: bool = True,
+    encrypt: bool = True,
+    twin_keys: bool = False,
+    aead: bool = False,
+    direct: bool = True,
+) -> dict[str, Any]:
     p: dict[str, Any] = {
         "direct": direct,
         "sessionId": session_id,
@@ -145,10 +159,21 @@ def ssh_request(*, session_id: str, host: str, port: int, client_nonce: str, rvd
     return p
 
 
-def npt_request(*, session_id: str, rvd_host: str, rvd_port: int, requested_port: int,
-                requested_host: str, client_nonce: str, rvd_nonce: str | None,
-                ephemeral_pk: rsa.PublicKey | None, encrypt: bool = True, timeout_ms: int = 30000,
-                twin_keys: bool = False, aead: bool = False) -> dict[str, Any]:
+def npt_request(
+    *,
+    session_id: str,
+    rvd_host: str,
+    rvd_port: int,
+    requested_port: int,
+    requested_host: str,
+    client_nonce: str,
+    rvd_nonce: str | None,
+    ephemeral_pk: rsa.PublicKey | None,
+    encrypt: bool = True,
+    timeout_ms: int = 30000,
+    twin_keys: bool = False,
+    aead: bool = False,
+) -> dict[str, Any]:
     p: dict[str, Any] = {
         "sessionId": session_id,
         "rvdHost": rvd_host,
@@ -178,7 +203,7 @@ def _additions(p: dict[str, Any], twin_keys: bool, aead: bool) -> None:
 class SessionRequest:
     """A validated ssh_request or npt_request as the daemon sees it."""
 
-    kind: str                 # "ssh" or "npt"
+    kind: str  # "ssh" or "npt"
     session_id: str
     relay_host: str
     relay_port: int
@@ -187,7 +212,7 @@ class SessionRequest:
     auth_to_rvd: bool
     encrypt: bool
     ephemeral_pk: rsa.PublicKey | None
-    target_host: str | None   # npt only (ssh targets the daemon's sshd)
+    target_host: str | None  # npt only (ssh targets the daemon's sshd)
     target_port: int | None
     timeout_ms: int | None
     twin_keys: bool
@@ -245,19 +270,34 @@ def parse_request(kind: str, p: dict[str, Any]) -> SessionRequest:
         raise ProtocolError(f"{kind}_request asks for encryption but has no clientEphemeralPK")
     aead_v = p.get("noportsAead")
     return SessionRequest(
-        kind=kind, session_id=s("sessionId") or "", relay_host=host or "", relay_port=port or 0,
-        client_nonce=s("clientNonce", optional=True), rvd_nonce=s("rvdNonce", optional=True),
-        auth_to_rvd=b("authenticateToRvd", False), encrypt=encrypt, ephemeral_pk=pk,
-        target_host=target_host, target_port=target_port, timeout_ms=timeout,
+        kind=kind,
+        session_id=s("sessionId") or "",
+        relay_host=host or "",
+        relay_port=port or 0,
+        client_nonce=s("clientNonce", optional=True),
+        rvd_nonce=s("rvdNonce", optional=True),
+        auth_to_rvd=b("authenticateToRvd", False),
+        encrypt=encrypt,
+        ephemeral_pk=pk,
+        target_host=target_host,
+        target_port=target_port,
+        timeout_ms=timeout,
         twin_keys=b("twinKeys", False),
         aead=isinstance(aead_v, int) and not isinstance(aead_v, bool) and aead_v >= AEAD_VERSION,
-        direct=direct, raw=p,
+        direct=direct,
+        raw=p,
     )
 
 
-def success_response(session_id: str, keys: SessionKeys | None, client_pk: rsa.PublicKey | None,
-                     *, ephemeral_private_key_pem: str | None = None, ssh: bool = True) -> dict[str, Any]:
-    """D5 success payload: ``status, sessionId[, ephemeralPrivateKey], sessionAESKey, sessionIV...``."""
+def success_response(
+    session_id: str,
+    keys: SessionKeys | None,
+    client_pk: rsa.PublicKey | None,
+    *,
+    ephemeral_private_key_pem: str | None = None,
+    ssh: bool = True,
+) -> dict[str, Any]:
+    """D5 success payload: status, sessionId[, ephemeralPrivateKey], sessionAESKey, sessionIV..."""
     p: dict[str, Any] = {"status": "connected", "sessionId": session_id}
     if ssh:
         p["ephemeralPrivateKey"] = ephemeral_private_key_pem
@@ -272,8 +312,16 @@ def success_response(session_id: str, keys: SessionKeys | None, client_pk: rsa.P
 # Client -> relay (R1/R1L) and relay -> client (R2)
 
 
-def relay_request(*, session_id: str, atsign_a: str, atsign_b: str, auth_a: bool, auth_b: bool,
-                  client_nonce: str, send_json_response: bool = False) -> dict[str, Any]:
+def relay_request(
+    *,
+    session_id: str,
+    atsign_a: str,
+    atsign_b: str,
+    auth_a: bool,
+    auth_b: bool,
+    client_nonce: str,
+    send_json_response: bool = False,
+) -> dict[str, Any]:
     p: dict[str, Any] = {
         "sessionId": session_id,
         "atSignA": atsign_a,
@@ -316,9 +364,14 @@ def parse_relay_request(value: str, *, sender: str, legacy: bool) -> RelayReques
         if not isinstance(p.get(f, False), bool):
             raise ProtocolError(f"relay request field {f} must be a boolean")
     return RelayRequest(
-        p["sessionId"], p["atSignA"], p["atSignB"], bool(p.get("authenticateSocketA", False)),
-        bool(p.get("authenticateSocketB", False)), p["clientNonce"],
-        p.get("sendJsonResponse") is True, False,
+        p["sessionId"],
+        p["atSignA"],
+        p["atSignB"],
+        bool(p.get("authenticateSocketA", False)),
+        bool(p.get("authenticateSocketB", False)),
+        p["clientNonce"],
+        p.get("sendJsonResponse") is True,
+        False,
     )
 
 
@@ -334,9 +387,16 @@ def relay_reply(reply: RelayReply, *, json_form: bool = False) -> str:
     if json_form:
         from ..crypto.encoding import canonical_json
 
-        return canonical_json({"address": reply.host, "portA": reply.port_a, "portB": reply.port_b,
-                               "rvdNonce": reply.rvd_nonce})
-    return f"{reply.host},{reply.port_a},{reply.port_b},{reply.rvd_nonce if reply.rvd_nonce else 'null'}"
+        return canonical_json(
+            {
+                "address": reply.host,
+                "portA": reply.port_a,
+                "portB": reply.port_b,
+                "rvdNonce": reply.rvd_nonce,
+            }
+        )
+    nonce = reply.rvd_nonce if reply.rvd_nonce else "null"
+    return f"{reply.host},{reply.port_a},{reply.port_b},{nonce}"
 
 
 def parse_relay_reply(text: str) -> RelayReply:
@@ -359,9 +419,11 @@ def parse_relay_reply(text: str) -> RelayReply:
         nonce = parts[3] if len(parts) == 4 and parts[3] != "null" else None
     if not isinstance(host, str) or not host:
         raise ProtocolError("relay reply has no host")
+    ports: list[int] = []
     for port in (pa, pb):
-        if not isinstance(port, int) or not 1 <= port <= 65535:
+        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
             raise ProtocolError("relay reply port out of range")
+        ports.append(port)
     if nonce is not None and not isinstance(nonce, str):
         raise ProtocolError("relay reply rvdNonce is not a string")
-    return RelayReply(host, pa, pb, nonce)
+    return RelayReply(host, ports[0], ports[1], nonce)
