@@ -97,18 +97,38 @@ def test_unknown_impl_is_an_error():
         _compat.speedups("pump", "fortran")
 
 
-@pytest.mark.parametrize("module", ["noports", "srv", "server_cli"])
-def test_version_names_implementation_loop_and_openssl(module):
-    target = {
-        "noports": "noports.cli.noports",
-        "srv": "noports.cli.srv",
-        "server_cli": "noports.cli.noports",
-    }[module]
-    argv = ["server", "--version"] if module == "server_cli" else ["--version"]
+def _entry_points() -> dict[str, str]:
+    from pathlib import Path
+
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: the runtime dependency tomli
+        import tomli as tomllib  # type: ignore[no-redef]
+
+    data = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    return data["project"]["scripts"]
+
+
+PROGRAMS = sorted(_entry_points())
+
+
+def test_every_documented_program_is_an_entry_point():
+    assert {"noports", "srv", "srvd", "sshnpd", "sshnp", "npt", "npa", "at_activate"} <= set(
+        PROGRAMS
+    )
+
+
+@pytest.mark.parametrize("prog", [*PROGRAMS, "noports server", "noports quickstart"])
+def test_version_names_implementation_loop_and_openssl(prog):
+    name, *sub = prog.split()
+    module = _entry_points()[name].split(":")[0]
     p = subprocess.run(
-        [sys.executable, "-m", target, *argv], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", module, *sub, "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert p.returncode == 0, p.stderr
     line = p.stdout.strip()
-    assert "noports" in line and "implementation" in line and "event loop" in line
-    assert "OpenSSL" in line
+    assert "(noports)" in line and "implementation" in line and "event loop" in line, line
+    assert "OpenSSL" in line, line
