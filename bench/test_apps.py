@@ -1,0 +1,377 @@
+"""Application benchmarks: the real programs end to end (DESIGN.md section 4).
+
+One rig per module, every party its own process, as deployed: the embedded server
+(``noports server``), the relay (``srvd``), the device daemon (``sshnpd``), a real OpenSSH
+sshd (``tests/sshd.py``), and the clients (``npt``, ``sshnp``) started exactly as a user
+starts them (``python -m noports.cli.<prog>`` in an isolated HOME, ``tests/fixtures_np.py``).
+
+* **Session set-up**: command start (just before ``Popen``) to the first byte through the
+  tunnel: the sshd banner read from the port the client printed. ``npt`` runs inline with
+  ``--output json`` (its ``ready`` event carries the port and its own timings); ``sshnp -x
+  --output json`` prints the port and exits (the tunnel stays in a detached child). Median
+  and p95 over ``SETUP_RUNS`` runs, with the in-process figures (from entering ``run`` to
+  ready, the atServer connect, the protocol) kept in ``extra_info``. Baseline: the bare
+  interpreter start (``python -c pass``, same environment), measured interleaved.
+* **Bulk throughput**: ``BULK`` bytes from the sender helper (``bench._loads``) through
+  ``npt --require-aead`` -> ``srvd`` -> ``sshnpd`` to a sink in this process, against
+  ``ssh -L`` (aes128-gcm) through the same sshd to the same sink, interleaved, ``ROUNDS``
+  rounds each. The sink is a service the daemon permits (``--permit-open``). CPU per GB of
+  each party comes from ``/proc`` (process trees: npt; sshnpd and its tunnel ends; srvd;
+  ssh; sshd).
+
+Everything is bounded (every wait has a deadline) and every process is stopped at teardown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench._loads import GB, QUICK, Proc, SshForward, listener, load_average, transfer, tree_cpu
+from bench.conftest import record
+from tests.fixtures_at import AtServerProcess
+from tests.fixtures_np import NpEnv
+from tests.test_sshnp_rig import Rig
+
+SETUP_RUNS = 8 if QUICK else 20
+BULK = (256 << 20) if QUICK else (1 << 30)
+ROUNDS = 1 if QUICK else 2
+SSH_CIPHER = "aes128-gcm@openssh.com"
+
+pytestmark = pytest.mark.timeout(900)
+
+
+class AppRig:
+    """The embedded server, srvd, sshd and one sshnpd that permits the sshd and the sink."""
+
+    def __init__(self, base: Path) -> None:
+        self.stack = contextlib.ExitStack()
+        try:
+            self.server = AtServerProcess(base / "server").start()
+            self.stack.callback(self.server.stop)
+            home = base / "home"
+            home.mkdir(mode=0o700)
+            self.env = NpEnv(self.server, home, secrets.token_hex(3))
+            self.stack.callback(self.env.close)
+            self.rig = Rig(self.env)  # srvd and sshd
+            self.sink = self.stack.enter_context(listener())
+            self.sink_port = self.sink.getsockname()[1]
+            self.daemon = self.rig.daemon(
+                "bench",
+                permit=f"localhost:{self.rig.sshd.port},localhost:{self.sink_port}",
+            )
+        except BaseException:
+            self.stack.close()
+            raise
+
+    def npt_argv(self, port: int, *extra: str) -> list[str]:
+        return self.env.argv("npt", *self.rig.base("bench"), "-p", str(port), *extra)
+
+    def sshnp_argv(self, *extra: str) -> list[str]:
+        return self.env.argv("sshnp", *self.rig.base("bench"), "-u", self.rig.user, *extra)
+
+    def popen(self, argv: list[str], **kw: object) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            argv,
+            env=self.env.env,
+            cwd=str(self.env.home),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            **kw,  # type: ignore[arg-type]
+        )
+
+    def close(self) -> None:
+        self.stack.close()
+
+
+@pytest.fixture(scope="module")
+def app_rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppRig]:
+    r = AppRig(tmp_path_factory.mktemp("apps"))
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def _stop(p: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    if p.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, 15)
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, 9)
+            p.wait(5)
+    for f in (p.stdout, p.stderr):
+        if f is not None:
+            f.close()
+
+
+def _read_line(p: subprocess.Popen[bytes], timeout: float) -> bytes:
+    """One stdout line within ``timeout`` (or the process's stderr in the error)."""
+    import select
+
+    assert p.stdout is not None
+    fd = p.stdout.fileno()
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while b"\n" not in buf:
+        left = deadline - time.monotonic()
+        r, _, _ = select.select([fd], [], [], max(left, 0))
+        if not r:
+            break
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        buf += chunk
+    if b"\n" not in buf:
+        _stop_err = b""
+        if p.poll() is not None and p.stderr is not None:
+            _stop_err = p.stderr.read()[-2000:]
+        raise AssertionError(f"no ready line within {timeout:g} s: {buf!r} {_stop_err!r}")
+    return buf.split(b"\n", 1)[0]
+
+
+def _banner(port: int, timeout: float = 10.0) -> float:
+    """Connect to 127.0.0.1:port; return the time the first byte (the SSH banner) arrived."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.settimeout(timeout)
+        data = s.recv(64)
+        t = time.monotonic()
+    assert data.startswith(b"SSH-"), data
+    return t
+
+
+def _bare_python(env: dict[str, str], cwd: str) -> float:
+    t0 = time.monotonic()
+    subprocess.run([sys.executable, "-c", "pass"], env=env, cwd=cwd, check=True, timeout=30)
+    return (time.monotonic() - t0) * 1000
+
+
+def _pct(values: list[float], q: float) -> float:
+    v = sorted(values)
+    return v[min(len(v) - 1, round(q * (len(v) - 1)))]
+
+
+def _setup_rows(benchmark, scenario: str, runs: dict[str, list[float]]) -> None:
+    total, bare = runs["total_ms"], runs["python_ms"]
+    summary = {
+        k: {"median": statistics.median(v), "p95": _pct(v, 0.95), "min": min(v), "max": max(v)}
+        for k, v in runs.items()
+        if v
+    }
+    record(
+        benchmark,
+        scenario=scenario,
+        metric="start -> first byte, median",
+        value=statistics.median(total),
+        unit="ms",
+        baseline="python -c pass",
+        baseline_value=statistics.median(bare),
+        target="<= 300 ms",
+        higher_is_better=False,
+        summary=summary,
+        raw=runs,
+        load=load_average(),
+    )
+    record(
+        benchmark,
+        scenario=scenario,
+        metric="start -> first byte, p95",
+        value=_pct(total, 0.95),
+        unit="ms",
+        higher_is_better=False,
+    )
+    for key, label in (
+        ("in_process_ms", "in-process (run -> ready), median"),
+        ("at_connect_ms", "atServer connect (keys, TLS, PKAM), median"),
+        ("protocol_ms", "protocol set-up, median"),
+        ("first_byte_ms", "ready -> first byte, median"),
+    ):
+        if runs.get(key):
+            record(
+                benchmark,
+                scenario=scenario,
+                metric=label,
+                value=statistics.median(runs[key]),
+                unit="ms",
+                higher_is_better=False,
+            )
+
+
+def _keys(*names: str) -> dict[str, list[float]]:
+    return {k: [] for k in names}
+
+
+def test_setup_npt(benchmark, app_rig: AppRig) -> None:
+    """npt start -> ready event -> the sshd banner through the tunnel."""
+    ar = app_rig
+    runs = _keys(
+        "total_ms", "python_ms", "in_process_ms", "at_connect_ms", "protocol_ms", "first_byte_ms"
+    )
+    argv = ar.npt_argv(ar.rig.sshd.port, "--output", "json", "-q", "-T", "5s")
+
+    def once() -> None:
+        t0 = time.monotonic()
+        p = ar.popen(argv)
+        try:
+            ev = json.loads(_read_line(p, 30))
+            t_ready = time.monotonic()
+            t1 = _banner(ev["port"])
+        finally:
+            _stop(p)
+        assert ev["event"] == "ready" and ev["mode"] == "aead", ev
+        runs["total_ms"].append((t1 - t0) * 1000)
+        runs["first_byte_ms"].append((t1 - t_ready) * 1000)
+        runs["in_process_ms"].append(ev["setupMs"])
+        runs["at_connect_ms"].append(ev["timingsMs"]["atConnect"])
+        runs["protocol_ms"].append(ev["timingsMs"]["keys"])
+        runs["python_ms"].append(_bare_python(ar.env.env, str(ar.env.home)))
+
+    once()  # warm-up: caches (shared keys on the server, page cache), not recorded
+    for v in runs.values():
+        v.clear()
+    benchmark.pedantic(once, rounds=SETUP_RUNS, iterations=1)
+    _setup_rows(benchmark, "session set-up, npt", runs)
+
+
+def test_setup_sshnp(benchmark, app_rig: AppRig) -> None:
+    """sshnp -x start -> printed port -> the sshd banner through the tunnel."""
+    ar = app_rig
+    runs = _keys("total_ms", "python_ms", "protocol_ms", "first_byte_ms")
+    argv = ar.sshnp_argv("-x", "-q", "--output", "json")
+
+    def once() -> None:
+        t0 = time.monotonic()
+        p = ar.popen(argv)
+        try:
+            ev = json.loads(_read_line(p, 30))
+            t_ready = time.monotonic()
+            t1 = _banner(ev["port"])
+            p.wait(30)
+        finally:
+            _stop(p)
+        assert p.returncode == 0, p.returncode
+        runs["total_ms"].append((t1 - t0) * 1000)
+        runs["first_byte_ms"].append((t1 - t_ready) * 1000)
+        runs["protocol_ms"].append(ev["timingsMs"]["keys"])
+        runs["python_ms"].append(_bare_python(ar.env.env, str(ar.env.home)))
+
+    once()
+    for v in runs.values():
+        v.clear()
+    benchmark.pedantic(once, rounds=SETUP_RUNS, iterations=1)
+    _setup_rows(benchmark, "session set-up, sshnp -x", runs)
+
+
+def test_npt_throughput(benchmark, app_rig: AppRig) -> None:
+    """BULK bytes sender -> npt (AEAD) -> srvd -> sshnpd -> sink, vs ssh -L (aes128-gcm)."""
+    ar = app_rig
+    sshd = ar.rig.sshd
+    res: dict[str, list[float]] = {"npt": [], "ssh": []}
+    cpu: dict[str, list[float]] = {
+        k: [] for k in ("npt", "sshnpd", "srvd", "ssh", "sshd", "npt_path", "ssh_path")
+    }
+    gb = BULK / GB
+    with Proc(["sender"], name="sender") as sender:
+
+        def baseline() -> None:
+            with SshForward(sshd, ar.sink_port, SSH_CIPHER) as fwd:
+                sshd0 = tree_cpu(sshd.proc.pid)
+                res["ssh"].append(
+                    transfer(sender, ar.sink, "127.0.0.1", fwd.port, BULK, accept=True).gbps
+                )
+                sshd_s = tree_cpu(sshd.proc.pid) - sshd0  # before ssh leaves and they exit
+                ssh_s = fwd.stop()
+            cpu["sshd"].append(sshd_s / gb)
+            if ssh_s is not None:
+                cpu["ssh"].append(ssh_s / gb)
+                cpu["ssh_path"].append((ssh_s + sshd_s) / gb)
+
+        def setup():
+            baseline()
+            p = ar.popen(
+                ar.npt_argv(ar.sink_port, "--require-aead", "--output", "json", "-q", "-T", "60s")
+            )
+            try:
+                ev = json.loads(_read_line(p, 30))
+            except BaseException:
+                _stop(p)
+                raise
+            assert ev["mode"] == "aead", ev
+            return (p, ev["port"]), {}
+
+        def run(p: subprocess.Popen[bytes], port: int) -> None:
+            try:
+                c0 = {
+                    "npt": tree_cpu(p.pid),
+                    "sshnpd": tree_cpu(ar.daemon.pid),
+                    "srvd": tree_cpu(ar.rig.srvd.pid),
+                }
+                got = transfer(sender, ar.sink, "127.0.0.1", port, BULK, accept=True)
+                c1 = {
+                    "npt": tree_cpu(p.pid),
+                    "sshnpd": tree_cpu(ar.daemon.pid),
+                    "srvd": tree_cpu(ar.rig.srvd.pid),
+                }
+            finally:
+                _stop(p)
+            res["npt"].append(got.gbps)
+            for k in c0:
+                cpu[k].append((c1[k] - c0[k]) / gb)
+            cpu["npt_path"].append(sum(c1[k] - c0[k] for k in c0) / gb)
+
+        benchmark.pedantic(run, setup=setup, rounds=ROUNDS, iterations=1)
+    med = {k: statistics.median(v) for k, v in res.items()}
+    scen = "npt bulk, AEAD via srvd"
+    record(
+        benchmark,
+        scenario=scen,
+        metric="receiver GB/s",
+        value=med["npt"],
+        unit="GB/s",
+        baseline="ssh -L aes128-gcm",
+        baseline_value=med["ssh"],
+        target=">= 1.25x",
+        rounds=res,
+        cpu_per_gb=cpu,
+        bytes_per_round=BULK,
+        load=load_average(),
+    )
+
+    def m(k: str) -> float | None:
+        return statistics.median(cpu[k]) if cpu[k] else None
+
+    for label, k, base, bk in (
+        ("npt CPU s/GB", "npt", "ssh client", "ssh"),
+        ("sshnpd CPU s/GB (with its tunnel ends)", "sshnpd", "sshd", "sshd"),
+        ("srvd CPU s/GB", "srvd", None, None),
+        ("path CPU s/GB (npt + srvd + sshnpd)", "npt_path", "ssh + sshd", "ssh_path"),
+    ):
+        v = m(k)
+        if v is None:
+            continue
+        record(
+            benchmark,
+            scenario=scen,
+            metric=label,
+            value=v,
+            unit="s/GB",
+            baseline=base if bk and m(bk) is not None else None,
+            baseline_value=m(bk) if bk else None,
+            higher_is_better=False,
+        )
