@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from ..npt.run import main as _main
-
 
 def main(argv: list[str] | None = None) -> int:
+    # the session key is generated on another core while the rest of the program imports
+    from ..crypto import ephemeral
+
+    ephemeral.prestart(sys.argv[1:] if argv is None else argv)
+    from ..npt.run import main as _main
+
     return _main(argv)
 
 

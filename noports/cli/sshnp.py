@@ -6,11 +6,10 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from typing import TYPE_CHECKING
 
-from .. import _compat
-from ..sshnp import args as sshnp_args
-from ..sshnp.background import Reporter, run_detached
-from .common import fail, setup_logging
+if TYPE_CHECKING:
+    from ..sshnp.background import Reporter
 
 log = logging.getLogger("noports.sshnp")
 
@@ -21,6 +20,15 @@ def _terminate(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # the session key is generated on another core while the rest of the program imports
+    from ..crypto import ephemeral
+
+    ephemeral.prestart(argv)
+    from .. import _compat
+    from ..sshnp import args as sshnp_args
+    from ..sshnp.background import run_detached
+    from .common import fail, setup_logging
+
     if argv and argv[0] == "ssh-config":
         from ..sshnp import sshconfig
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..at.client import AtClient
-from ..crypto import rsa
+from ..crypto import ephemeral, rsa
 from ..crypto.envelope import relay_auth_line
 from ..errors import (
     EXIT_AUTH,
@@ -236,8 +236,9 @@ _KEYGEN = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefi
 
 def start_ephemeral_keygen() -> concurrent.futures.Future[rsa.PrivateKey]:
     """Start making the session's ephemeral RSA-2048 key now (it takes 50-250 ms): callers
-    start it before connecting to the atServer so it overlaps the TLS and PKAM round trips."""
-    return _KEYGEN.submit(rsa.generate)
+    start it before connecting to the atServer so it overlaps the TLS and PKAM round trips.
+    The first call takes the key the program started at launch (``crypto.ephemeral``)."""
+    return ephemeral.take() or _KEYGEN.submit(rsa.generate)
 
 
 async def establish(

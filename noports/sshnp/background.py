@@ -21,6 +21,9 @@ Reporter = Callable[[str], None]
 
 def run_detached(work: Callable[[Reporter], int]) -> int:
     """Run ``work(report)`` in a child; ``report(text)`` releases the parent to print ``text``."""
+    from ..crypto import ephemeral
+
+    ephemeral.settle()  # no thread inside OpenSSL at fork; the child takes the finished key
     sys.stdout.flush()
     sys.stderr.flush()
     r, w = os.pipe()
