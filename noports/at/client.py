@@ -49,6 +49,7 @@ from ..crypto.envelope import envelope_json, verify_envelope
 from ..errors import (
     ConnectError,
     KeyNotFoundError,
+    NoPortsError,
     PeerTimeoutError,
     ProtocolError,
     SignatureError,
@@ -97,6 +98,7 @@ class AtClient:
         self._pubkeys: dict[str, tuple[rsa.PublicKey, float]] = {}
         self._monitors: set[Monitor] = set()
         self._closed = False
+        self._spare: asyncio.Future[AtConnection] | None = None
 
     @classmethod
     async def connect(
@@ -111,10 +113,14 @@ class AtClient:
         address: tuple[str, int] | None = None,
         timeout: float = DEFAULT_CONNECT_TIMEOUT,
         command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+        spare: bool = False,
     ) -> AtClient:
         """Find the atServer (root lookup unless ``address``), connect with TLS, PKAM-authenticate.
 
         Keys come from ``keys``, else ``keys_file``, else ``~/.atsign/keys/@x_key.atKeys``.
+        ``spare=True`` opens a second authenticated connection at the same time, kept for
+        the first :meth:`open_connection` (a program that will start a monitor at once:
+        its TLS handshake and PKAM then overlap the main connection's).
         """
         a = commands.atsign(atsign)
         if keys is None:
@@ -130,8 +136,18 @@ class AtClient:
                 ssl_ctx=ctx,
                 timeout=timeout,
             )
-        conn = await cls._open(keys, address, ctx, timeout, command_timeout)
-        return cls(
+        extra = (
+            asyncio.ensure_future(cls._open(keys, address, ctx, timeout, command_timeout))
+            if spare
+            else None
+        )
+        try:
+            conn = await cls._open(keys, address, ctx, timeout, command_timeout)
+        except BaseException:
+            if extra is not None:
+                await _discard(extra)
+            raise
+        client = cls(
             keys,
             conn,
             address=address,
@@ -139,6 +155,8 @@ class AtClient:
             timeout=timeout,
             command_timeout=command_timeout,
         )
+        client._spare = extra
+        return client
 
     @staticmethod
     async def _open(
@@ -159,7 +177,17 @@ class AtClient:
         return conn
 
     async def open_connection(self) -> AtConnection:
-        """A new authenticated connection to our atServer (monitors use their own)."""
+        """A new authenticated connection to our atServer (monitors use their own); the
+        first call takes the spare one when :meth:`connect` opened it and it still works."""
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            try:
+                conn = await spare
+            except (NoPortsError, OSError) as exc:
+                log.debug("spare connection failed (%s); opening another", exc)
+            else:
+                if not conn.closed:
+                    return conn
         return await self._open(
             self.keys, self.address, self.ssl_ctx, self.timeout, self.command_timeout
         )
@@ -182,6 +210,9 @@ class AtClient:
 
     async def close(self) -> None:
         self._closed = True
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            await _discard(spare)
         for m in list(self._monitors):
             await m.close()
         await self._conn.close()
@@ -496,6 +527,16 @@ class AtClient:
                 self.shared_keys.learn(n.from_atsign or n.key.rsplit("@", 1)[1], n.value)
             except ProtocolError:
                 log.warning("a shared key notification from %s did not unwrap", n.from_atsign)
+
+
+async def _discard(task: asyncio.Future[AtConnection]) -> None:
+    """Stop an unused connection attempt, or close the connection it made."""
+    if not task.done():
+        task.cancel()
+    await asyncio.wait([task])  # an outer cancellation still propagates
+    if task.cancelled() or task.exception() is not None:
+        return
+    await task.result().close()
 
 
 def _regex_escape(s: str) -> str:

@@ -544,4 +544,5 @@ async def connect_client(
         root=root,
         ca_file=ca_file,
         timeout=timeout,
+        spare=True,  # the session's monitor connects and authenticates alongside
     )
