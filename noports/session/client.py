@@ -12,7 +12,10 @@ Round trips are overlapped (DESIGN section 4, set-up target <= 300 ms median):
    in parallel: the daemon's public key, the ephemeral RSA key and (sshnp) the username record;
 2. the ping (D1) and the relay request (R1 / legacy R1L) go out together;
 3. the relay reply (R2) and the ping reply (D2) are awaited together; the feature check runs
-   on the ping reply; a relay ``nack`` ends the set-up with its message;
+   on the ping reply; a relay ``nack`` ends the set-up with its message. When the flags need
+   no daemon feature (sshnp ``--no-ad --no-et`` without ``-s``) there is no ping, as in the
+   official client (its ``featureCheck`` returns at once for an empty list): v4-era daemons
+   that never answer pings (the official Python sshnpd, spec 6.11) serve the v4 flow;
 4. the signed session request (D3/D4) offers twin keys and, unless told not to, the AEAD mode;
 5. the daemon's reply (D5): a plain string is an error (one line, distinct exit code); an
    envelope is verified with the daemon's public key (re-encoding the received payload; the
@@ -295,9 +298,18 @@ async def establish(
         legacy_relay = not spec.auth_client and not spec.auth_device
         progress("Sending daemon feature check request")
         progress("Fetching host and port from srvd")
-        ping = client.notify(
-            spec.daemon, f"ping.{spec.device}", "ping", namespace="sshnp", ttln_ms=NOTIFY_TTLN_MS
-        )
+        check_features = bool(spec.required)  # no feature needed: no ping (official client)
+        sends = []
+        if check_features:
+            sends.append(
+                client.notify(
+                    spec.daemon,
+                    f"ping.{spec.device}",
+                    "ping",
+                    namespace="sshnp",
+                    ttln_ms=NOTIFY_TTLN_MS,
+                )
+            )
         if legacy_relay:
             relay_req = client.notify(
                 spec.relay,
@@ -324,20 +336,25 @@ async def establish(
                 ttl_ms=NOTIFY_TTL_MS,
                 ttln_ms=NOTIFY_TTLN_MS,
             )
-        await asyncio.gather(ping, relay_req)
+        await asyncio.gather(*sends, relay_req)
         mark("sent")
 
         progress("Waiting for daemon feature check response")
-        ping_wait = asyncio.ensure_future(
-            _wait(
-                inbox.ping,
-                spec.ping_timeout,
-                NoAnswerError(
-                    f"{FEATURE_CHECK_TIMEOUT_MESSAGE}: no answer from device {spec.device!r} of "
-                    f"{spec.daemon} within {spec.ping_timeout:g} s (is the daemon running, the "
-                    f"device name right and {me} in its managers list?)"
-                ),
+        ping_wait = (
+            asyncio.ensure_future(
+                _wait(
+                    inbox.ping,
+                    spec.ping_timeout,
+                    NoAnswerError(
+                        f"{FEATURE_CHECK_TIMEOUT_MESSAGE}: no answer from device "
+                        f"{spec.device!r} of {spec.daemon} within {spec.ping_timeout:g} s (is "
+                        f"the daemon running, the device name right and {me} in its managers "
+                        "list?)"
+                    ),
+                )
             )
+            if check_features
+            else None
         )
         relay_wait = asyncio.ensure_future(
             _wait(
@@ -354,18 +371,19 @@ async def establish(
             reply = wire.parse_relay_reply(reply_text)
             mark("relay")
             progress("Received host and port from srvd")
-            ping_text = await ping_wait
+            ping_text = await ping_wait if ping_wait is not None else None
         finally:
             for t in (ping_wait, relay_wait):
-                if not t.done():
+                if t is not None and not t.done():
                     t.cancel()
-        info = parse_ping_response(ping_text)
+        info = parse_ping_response(ping_text) if ping_text is not None else None
         mark("ping")
         progress("Received daemon feature check response")
-        try:
-            require_features(info, spec.required)
-        except UnsupportedFeatureError as exc:
-            raise FeatureRefusedError(str(exc)) from None
+        if info is not None:
+            try:
+                require_features(info, spec.required)
+            except UnsupportedFeatureError as exc:
+                raise FeatureRefusedError(str(exc)) from None
         progress("Required daemon features are supported")
         if spec.public_key:
             progress("Sharing ssh public key")
