@@ -11,7 +11,11 @@ starts them (``python -m noports.cli.<prog>`` in an isolated HOME, ``tests/fixtu
   --output json`` prints the port and exits (the tunnel stays in a detached child). Median
   and p95 over ``SETUP_RUNS`` runs, with the in-process figures (from entering ``run`` to
   ready, the atServer connect, the protocol) kept in ``extra_info``. Baseline: the bare
-  interpreter start (``python -c pass``, same environment), measured interleaved.
+  interpreter start (``python -c pass``, same environment), measured interleaved. With
+  ``NOPORTS_BENCH_REF=<another checkout>`` (e.g. ``git worktree`` or ``git archive`` of an
+  older revision, with its ``_speedups`` built) each round also runs the client from that
+  checkout, alternating which goes first, and the table compares the two (the rig's
+  server, relay and daemon stay this checkout's).
 * **Bulk throughput**: ``BULK`` bytes from the sender helper (``bench._loads``) through
   ``npt --require-aead`` -> ``srvd`` -> ``sshnpd`` to a sink in this process, against
   ``ssh -L`` (aes128-gcm) through the same sshd to the same sink, interleaved, ``ROUNDS``
@@ -48,6 +52,7 @@ SETUP_RUNS = 8 if QUICK else 20
 BULK = (256 << 20) if QUICK else (1 << 30)
 ROUNDS = 1 if QUICK else 2
 SSH_CIPHER = "aes128-gcm@openssh.com"
+REF = os.environ.get("NOPORTS_BENCH_REF") or None  # a second checkout's client, side by side
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -81,10 +86,15 @@ class AppRig:
     def sshnp_argv(self, *extra: str) -> list[str]:
         return self.env.argv("sshnp", *self.rig.base("bench"), "-u", self.rig.user, *extra)
 
-    def popen(self, argv: list[str], **kw: object) -> subprocess.Popen[bytes]:
+    def popen(
+        self, argv: list[str], pythonpath: str | None = None, **kw: object
+    ) -> subprocess.Popen[bytes]:
+        env = dict(self.env.env)
+        if pythonpath:
+            env["PYTHONPATH"] = pythonpath
         return subprocess.Popen(
             argv,
-            env=self.env.env,
+            env=env,
             cwd=str(self.env.home),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -196,6 +206,19 @@ def _setup_rows(benchmark, scenario: str, runs: dict[str, list[float]]) -> None:
         unit="ms",
         higher_is_better=False,
     )
+    if runs.get("ref_total_ms"):
+        ref = runs["ref_total_ms"]
+        for q, label in ((None, "median"), (0.95, "p95")):
+            record(
+                benchmark,
+                scenario=scenario,
+                metric=f"start -> first byte, {label}, vs reference checkout",
+                value=statistics.median(total) if q is None else _pct(total, q),
+                unit="ms",
+                baseline=f"reference ({REF})",
+                baseline_value=statistics.median(ref) if q is None else _pct(ref, q),
+                higher_is_better=False,
+            )
     for key, label in (
         ("in_process_ms", "in-process (run -> ready), median"),
         ("at_connect_ms", "atServer connect (keys, TLS, PKAM), median"),
@@ -213,69 +236,81 @@ def _setup_rows(benchmark, scenario: str, runs: dict[str, list[float]]) -> None:
             )
 
 
-def _keys(*names: str) -> dict[str, list[float]]:
-    return {k: [] for k in names}
+def _npt_once(ar: AppRig, argv: list[str], pythonpath: str | None) -> dict[str, float]:
+    t0 = time.monotonic()
+    p = ar.popen(argv, pythonpath)
+    try:
+        ev = json.loads(_read_line(p, 30))
+        t_ready = time.monotonic()
+        t1 = _banner(ev["port"])
+    finally:
+        _stop(p)
+    assert ev["event"] == "ready" and ev["mode"] == "aead", ev
+    return {
+        "total_ms": (t1 - t0) * 1000,
+        "first_byte_ms": (t1 - t_ready) * 1000,
+        "in_process_ms": ev["setupMs"],
+        "at_connect_ms": ev["timingsMs"]["atConnect"],
+        "protocol_ms": ev["timingsMs"]["keys"],
+    }
 
 
-def test_setup_npt(benchmark, app_rig: AppRig) -> None:
-    """npt start -> ready event -> the sshd banner through the tunnel."""
-    ar = app_rig
-    runs = _keys(
-        "total_ms", "python_ms", "in_process_ms", "at_connect_ms", "protocol_ms", "first_byte_ms"
-    )
-    argv = ar.npt_argv(ar.rig.sshd.port, "--output", "json", "-q", "-T", "5s")
+def _sshnp_once(ar: AppRig, argv: list[str], pythonpath: str | None) -> dict[str, float]:
+    t0 = time.monotonic()
+    p = ar.popen(argv, pythonpath)
+    try:
+        ev = json.loads(_read_line(p, 30))
+        t_ready = time.monotonic()
+        t1 = _banner(ev["port"])
+        p.wait(30)
+    finally:
+        _stop(p)
+    assert p.returncode == 0, p.returncode
+    return {
+        "total_ms": (t1 - t0) * 1000,
+        "first_byte_ms": (t1 - t_ready) * 1000,
+        "protocol_ms": ev["timingsMs"]["keys"],
+    }
+
+
+def _setup_bench(benchmark, ar: AppRig, scenario: str, one, argv: list[str]) -> None:
+    """``SETUP_RUNS`` measured rounds after one warm-up; each round also times the bare
+    interpreter and, with ``NOPORTS_BENCH_REF``, the reference checkout's client (the two
+    alternate which goes first)."""
+    runs: dict[str, list[float]] = {"total_ms": [], "python_ms": [], "ref_total_ms": []}
+    n = [0]
 
     def once() -> None:
-        t0 = time.monotonic()
-        p = ar.popen(argv)
-        try:
-            ev = json.loads(_read_line(p, 30))
-            t_ready = time.monotonic()
-            t1 = _banner(ev["port"])
-        finally:
-            _stop(p)
-        assert ev["event"] == "ready" and ev["mode"] == "aead", ev
-        runs["total_ms"].append((t1 - t0) * 1000)
-        runs["first_byte_ms"].append((t1 - t_ready) * 1000)
-        runs["in_process_ms"].append(ev["setupMs"])
-        runs["at_connect_ms"].append(ev["timingsMs"]["atConnect"])
-        runs["protocol_ms"].append(ev["timingsMs"]["keys"])
+        order = [None, REF] if REF else [None]
+        if n[0] % 2:
+            order.reverse()
+        n[0] += 1
+        for pp in order:
+            got = one(ar, argv, pp)
+            if pp is None:
+                for k, v in got.items():
+                    runs.setdefault(k, []).append(v)
+            else:
+                runs["ref_total_ms"].append(got["total_ms"])
         runs["python_ms"].append(_bare_python(ar.env.env, str(ar.env.home)))
 
     once()  # warm-up: caches (shared keys on the server, page cache), not recorded
     for v in runs.values():
         v.clear()
     benchmark.pedantic(once, rounds=SETUP_RUNS, iterations=1)
-    _setup_rows(benchmark, "session set-up, npt", runs)
+    _setup_rows(benchmark, scenario, runs)
+
+
+def test_setup_npt(benchmark, app_rig: AppRig) -> None:
+    """npt start -> ready event -> the sshd banner through the tunnel."""
+    argv = app_rig.npt_argv(app_rig.rig.sshd.port, "--output", "json", "-q", "-T", "5s")
+    _setup_bench(benchmark, app_rig, "session set-up, npt", _npt_once, argv)
 
 
 def test_setup_sshnp(benchmark, app_rig: AppRig) -> None:
     """sshnp -x start -> printed port -> the sshd banner through the tunnel."""
-    ar = app_rig
-    runs = _keys("total_ms", "python_ms", "protocol_ms", "first_byte_ms")
-    argv = ar.sshnp_argv("-x", "-q", "--output", "json")
-
-    def once() -> None:
-        t0 = time.monotonic()
-        p = ar.popen(argv)
-        try:
-            ev = json.loads(_read_line(p, 30))
-            t_ready = time.monotonic()
-            t1 = _banner(ev["port"])
-            p.wait(30)
-        finally:
-            _stop(p)
-        assert p.returncode == 0, p.returncode
-        runs["total_ms"].append((t1 - t0) * 1000)
-        runs["first_byte_ms"].append((t1 - t_ready) * 1000)
-        runs["protocol_ms"].append(ev["timingsMs"]["keys"])
-        runs["python_ms"].append(_bare_python(ar.env.env, str(ar.env.home)))
-
-    once()
-    for v in runs.values():
-        v.clear()
-    benchmark.pedantic(once, rounds=SETUP_RUNS, iterations=1)
-    _setup_rows(benchmark, "session set-up, sshnp -x", runs)
+    argv = app_rig.sshnp_argv("-x", "-q", "--output", "json")
+    _setup_bench(benchmark, app_rig, "session set-up, sshnp -x", _sshnp_once, argv)
 
 
 def test_npt_throughput(benchmark, app_rig: AppRig) -> None:
