@@ -96,9 +96,10 @@ def _ensure_sshnpd() -> Path | str:
     except subprocess.TimeoutExpired:
         return f"PyPI unreachable: installing sshnpd=={SSHNPD_VERSION} took over 600 s"
     if proc.returncode != 0 or not exe.exists():
+        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("ERROR")]
         return (
             f"could not install the official sshnpd=={SSHNPD_VERSION} from PyPI (unreachable?): "
-            f"{proc.stderr.strip()[-300:]}"
+            f"{(' '.join(errors) or proc.stderr.strip())[-300:]}"
         )
     marker.write_text(SSHNPD_VERSION)
     return exe
