@@ -250,25 +250,40 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def keygen(path: Path) -> None:
+def keygen(path: Path, comment: str = "noports-quickstart") -> None:
     if not path.exists():
         subprocess.run(
-            [
-                "ssh-keygen",
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                "noports-quickstart",
-                "-f",
-                str(path),
-            ],
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
             check=True,
             capture_output=True,
             timeout=30,
         )
+
+
+def sshd_config(
+    port: int, host_key: Path, authorized_keys: Path, pid_file: Path, extra: tuple[str, ...] = ()
+) -> str:
+    """sshd_config for a private sshd on 127.0.0.1: keys only, no PAM, one authorized_keys."""
+    return "\n".join(
+        [
+            f"ListenAddress 127.0.0.1:{port}",
+            f"HostKey {host_key}",
+            f"AuthorizedKeysFile {authorized_keys}",
+            f"PidFile {pid_file}",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "PubkeyAuthentication yes",
+            "PermitRootLogin prohibit-password",
+            "UsePAM no",
+            "StrictModes no",
+            "AllowTcpForwarding yes",
+            "X11Forwarding no",
+            "PrintMotd no",
+            "LogLevel ERROR",
+            *extra,
+            "",
+        ]
+    )
 
 
 @dataclass
@@ -295,27 +310,7 @@ class SshdSetup:
         if os.geteuid() == 0:
             os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation dir
         config = self.dir / "sshd_config"
-        config.write_text(
-            "\n".join(
-                [
-                    f"ListenAddress 127.0.0.1:{self.port}",
-                    f"HostKey {host_key}",
-                    f"AuthorizedKeysFile {authorized_keys}",
-                    f"PidFile {self.dir / 'sshd.pid'}",
-                    "PasswordAuthentication no",
-                    "KbdInteractiveAuthentication no",
-                    "PubkeyAuthentication yes",
-                    "PermitRootLogin prohibit-password",
-                    "UsePAM no",
-                    "StrictModes no",
-                    "AllowTcpForwarding yes",
-                    "X11Forwarding no",
-                    "PrintMotd no",
-                    "LogLevel ERROR",
-                    "",
-                ]
-            )
-        )
+        config.write_text(sshd_config(self.port, host_key, authorized_keys, self.dir / "sshd.pid"))
         child, _ = sup.spawn("sshd", [self.exe, "-D", "-e", "-f", str(config)])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -15,31 +15,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from noports.localrig import find_sshd, free_port, keygen, sshd_config
+
 
 class SshdUnavailable(RuntimeError):
     pass
 
 
-def find_sshd() -> str | None:
-    for cand in (shutil.which("sshd"), "/usr/sbin/sshd", "/usr/local/sbin/sshd"):
-        if cand and os.access(cand, os.X_OK):
-            return cand
-    return None
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def _keygen(path: Path, kind: str = "ed25519") -> None:
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", kind, "-N", "", "-f", str(path), "-C", "noports-test"],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
+def _keygen(path: Path) -> None:
+    keygen(path, comment="noports-test")
 
 
 class Sshd:
@@ -86,26 +70,12 @@ class Sshd:
         if os.geteuid() == 0:
             os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege-separation dir
         self.config.write_text(
-            "\n".join(
-                [
-                    f"ListenAddress 127.0.0.1:{self.port}",
-                    f"HostKey {self.host_key}",
-                    f"AuthorizedKeysFile {self.authorized_keys}",
-                    f"PidFile {self.dir / 'sshd.pid'}",
-                    "PasswordAuthentication no",
-                    "KbdInteractiveAuthentication no",
-                    "PubkeyAuthentication yes",
-                    "PermitRootLogin prohibit-password",
-                    "UsePAM no",
-                    "StrictModes no",
-                    "AllowTcpForwarding yes",
-                    "X11Forwarding no",
-                    "PrintMotd no",
-                    "LogLevel ERROR",
-                    "MaxStartups 100:30:200",
-                    "Subsystem sftp internal-sftp",
-                    "",
-                ]
+            sshd_config(
+                self.port,
+                self.host_key,
+                self.authorized_keys,
+                self.dir / "sshd.pid",
+                extra=("MaxStartups 100:30:200", "Subsystem sftp internal-sftp"),
             )
         )
         self.proc = subprocess.Popen(
