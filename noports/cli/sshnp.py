@@ -3,15 +3,12 @@ an ssh config Host block. Anything after ``--`` is the remote command for the us
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..sshnp.background import Reporter
-
-log = logging.getLogger("noports.sshnp")
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -57,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         except Exception as exc:  # noqa: BLE001 - one line and a documented exit code
             if args.debug:
-                log.exception("sshnp failed")
+                import logging
+
+                logging.getLogger("noports.sshnp").exception("sshnp failed")
             return fail("sshnp", exc)
 
     signal.signal(signal.SIGTERM, _terminate)  # SIGTERM ends us like SIGINT: exit 1

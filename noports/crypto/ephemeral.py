@@ -15,9 +15,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
 
-from . import rsa
+# only the RSA module of cryptography (~9 ms to import), not ``noports.crypto.rsa``, which
+# imports serialization (~35 ms with its ssh module); and no concurrent.futures (logging,
+# ~8 ms) until the key is taken: the key starts that much sooner
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 # arguments that mean no session key will be needed (no encryption, or no session at all)
 _NOT_NEEDED = frozenset(
@@ -32,43 +38,76 @@ _NOT_NEEDED = frozenset(
     }
 )
 
-_early: Future[rsa.PrivateKey] | None = None
-_thread: threading.Thread | None = None
+
+class _Early:
+    """One prestarted generation: its thread, its outcome, and the future it resolves."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.outcome: tuple[bool, Any] | None = None  # (ok, key or exception)
+        self.future: Future[rsa.RSAPrivateKey] | None = None
+        self.thread = threading.Thread(target=self._work, name="ephemeral-rsa-early")
+
+    def _work(self) -> None:
+        try:
+            # the same key as noports.crypto.rsa.generate()
+            outcome: tuple[bool, Any] = (
+                True,
+                rsa.generate_private_key(public_exponent=65537, key_size=2048),
+            )
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever takes the key
+            outcome = (False, exc)
+        with self.lock:
+            self.outcome, fut = outcome, self.future
+        if fut is not None:
+            _resolve(fut, outcome)
+
+
+def _resolve(fut: Future[rsa.RSAPrivateKey], outcome: tuple[bool, Any]) -> None:
+    if outcome[0]:
+        fut.set_result(outcome[1])
+    else:
+        fut.set_exception(outcome[1])
+
+
+_early: _Early | None = None
 
 
 def prestart(argv: Sequence[str] = ()) -> None:
-    """Start generating the key in a thread (skipped when ``argv`` says it is not
-    needed; a wrong guess only costs or saves CPU, never changes behaviour)."""
-    global _early, _thread
+    """Start generating the key in a thread (skipped when ``argv`` says it is not needed;
+    a wrong guess only costs or saves CPU, never changes behaviour)."""
+    global _early
     if _NOT_NEEDED.intersection(argv):
         return
-    fut: Future[rsa.PrivateKey] = Future()
-
-    def work() -> None:
-        if not fut.set_running_or_notify_cancel():
-            return
-        try:
-            fut.set_result(rsa.generate())
-        except BaseException as exc:  # noqa: BLE001 - handed to whoever takes the key
-            fut.set_exception(exc)
-
+    e = _Early()
     # not a daemon thread: at exit the interpreter waits for it. A daemon thread still inside
     # OpenSSL at exit is unwound by pthread_exit through Rust frames, and the process aborts
     # ("FATAL: exception not rethrown"). So a usage error waits for the key (<= 250 ms).
-    t = threading.Thread(target=work, name="ephemeral-rsa-early")
-    t.start()
-    _early, _thread = fut, t
+    e.thread.start()
+    _early = e
 
 
-def take() -> Future[rsa.PrivateKey] | None:
+def take() -> Future[rsa.RSAPrivateKey] | None:
     """The prestarted key's future, once; None when there is none (or it was taken)."""
-    global _early, _thread
-    fut, _early, _thread = _early, None, None
+    global _early
+    e, _early = _early, None
+    if e is None:
+        return None
+    from concurrent.futures import Future
+
+    fut: Future[rsa.RSAPrivateKey] = Future()
+    fut.set_running_or_notify_cancel()
+    with e.lock:
+        outcome = e.outcome
+        if outcome is None:
+            e.future = fut  # the thread resolves it
+    if outcome is not None:
+        _resolve(fut, outcome)
     return fut
 
 
 def settle(timeout: float = 10.0) -> None:
     """Wait until a prestarted generation has finished (call before ``os.fork``)."""
-    t = _thread
-    if t is not None:
-        t.join(timeout)
+    e = _early
+    if e is not None:
+        e.thread.join(timeout)
