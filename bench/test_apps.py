@@ -226,12 +226,15 @@ def _setup_rows(benchmark, scenario: str, runs: dict[str, list[float]]) -> None:
         ("first_byte_ms", "ready -> first byte, median"),
     ):
         if runs.get(key):
+            ref = runs.get(f"ref_{key}")
             record(
                 benchmark,
                 scenario=scenario,
                 metric=label,
                 value=statistics.median(runs[key]),
                 unit="ms",
+                baseline="reference checkout" if ref else None,
+                baseline_value=statistics.median(ref) if ref else None,
                 higher_is_better=False,
             )
 
@@ -291,7 +294,8 @@ def _setup_bench(benchmark, ar: AppRig, scenario: str, one, argv: list[str]) -> 
                 for k, v in got.items():
                     runs.setdefault(k, []).append(v)
             else:
-                runs["ref_total_ms"].append(got["total_ms"])
+                for k, v in got.items():
+                    runs.setdefault(f"ref_{k}", []).append(v)
         runs["python_ms"].append(_bare_python(ar.env.env, str(ar.env.home)))
 
     once()  # warm-up: caches (shared keys on the server, page cache), not recorded
