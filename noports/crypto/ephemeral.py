@@ -83,7 +83,10 @@ def prestart(argv: Sequence[str] = ()) -> None:
     # not a daemon thread: at exit the interpreter waits for it. A daemon thread still inside
     # OpenSSL at exit is unwound by pthread_exit through Rust frames, and the process aborts
     # ("FATAL: exception not rethrown"). So a usage error waits for the key (<= 250 ms).
-    e.thread.start()
+    try:
+        e.thread.start()
+    except RuntimeError:  # no thread to spare: the session makes its key later, as before
+        return
     _early = e
 
 
