@@ -171,13 +171,14 @@ cdef class CopyPump(_Base):
     def step(self):
         cdef Py_ssize_t rounds = 0, n
         cdef long long moved = 0
+        cdef bint drained = False
         try:
             while True:
                 if self._flush():
                     return WANT_WRITE
                 if self.eof:
                     return DONE
-                if rounds >= self.max_rounds:
+                if drained or rounds >= self.max_rounds:
                     return WANT_READ
                 rounds += 1
                 if self.grow:
@@ -194,7 +195,9 @@ cdef class CopyPump(_Base):
                 self.off = 0
                 self.end = n
                 moved += n
-                if n == self.cur and self.cur < self.bufsize:
+                if n < self.cur:
+                    drained = True
+                elif self.cur < self.bufsize:
                     self.grow = True
         finally:
             if moved:
@@ -262,6 +265,7 @@ cdef class SealPump(_Base):
     def step(self):
         cdef Py_ssize_t rounds = 0, n, pos, off, chunk
         cdef long long moved = 0
+        cdef bint drained = False
         sealer = self.sealer
         self.seq = sealer.seq
         try:
@@ -270,7 +274,7 @@ cdef class SealPump(_Base):
                     return WANT_WRITE
                 if self.eof:
                     return DONE
-                if rounds >= self.max_rounds:
+                if drained or rounds >= self.max_rounds:
                     return WANT_READ
                 rounds += 1
                 if self.grow:
@@ -278,7 +282,9 @@ cdef class SealPump(_Base):
                 n = _recv(self.sfd, self.inp, self.inlen)
                 if n < 0:
                     return WANT_READ
-                if n == self.inlen and self.inlen < self.maxlen:
+                if n < self.inlen:
+                    drained = True
+                elif self.inlen < self.maxlen:
                     self.grow = True
                 pos = 0
                 if not sealer.started:
@@ -429,6 +435,7 @@ cdef class OpenPump(_Base):
     def step(self):
         cdef Py_ssize_t rounds = 0, n, left, want
         cdef long long moved = 0
+        cdef bint drained = False
         self.seq = self.opener.seq
         try:
             while True:
@@ -444,7 +451,7 @@ cdef class OpenPump(_Base):
                     continue
                 if self.eof:
                     return DONE
-                if rounds >= self.max_rounds:
+                if drained or rounds >= self.max_rounds:
                     return WANT_READ
                 rounds += 1
                 if self.grow:
@@ -464,7 +471,9 @@ cdef class OpenPump(_Base):
                 if n == 0:
                     raise TruncationError("record stream ended without a close record")
                 self.iend += n
-                if n == want and self.outlen < self.maxout:
+                if n < want:
+                    drained = True
+                elif self.outlen < self.maxout:
                     self.grow = True
         finally:
             self.opener.seq = self.seq

@@ -9,12 +9,17 @@ that is the backpressure, in both directions, with no extra queue.
 
 ``step()`` does as much as it can without blocking and says what it waits for:
 
-* ``WANT_READ``  - the source is drained (or the per-step budget is used up): call again
-  when the source is readable;
+* ``WANT_READ``  - the source is drained (a read came back short, or would block; or the
+  per-step budget is used up): call again when the source is readable;
 * ``WANT_WRITE`` - the destination is full: call again when it is writable;
 * ``DONE``       - the source ended in order (TCP EOF; for record streams, the verified
   close record) and every byte, including our own close record, has been sent. The caller
   then half-closes the destination.
+
+A read that comes back shorter than asked for means the socket had nothing more: the pump
+sends what it has and returns ``WANT_READ`` without another read, which would only fail
+with ``EAGAIN`` (one syscall and, here, one exception per small message). Readiness is
+level-triggered, so anything that arrived in between wakes the loop again.
 
 Buffers start small (``INITIAL_BUFSIZE``; an idle or interactive connection holds tens of
 KiB, not MiB) and grow once to ``bufsize`` the first time a read fills the buffer, i.e.
@@ -76,6 +81,7 @@ class CopyPump:
 
     def step(self) -> int:
         rounds = 0
+        drained = False
         mv = self.mv
         while True:
             if self.off < self.end:
@@ -88,7 +94,7 @@ class CopyPump:
                     return WANT_WRITE
             if self.eof:
                 return DONE
-            if rounds >= self.max_rounds:
+            if drained or rounds >= self.max_rounds:
                 return WANT_READ
             rounds += 1
             if self.grow:
@@ -106,7 +112,9 @@ class CopyPump:
             self.off = 0
             self.end = n
             self.transferred += n
-            if n == self.cur < self.bufsize:
+            if n < self.cur:
+                drained = True
+            elif self.cur < self.bufsize:
                 self.grow = True
 
 
@@ -144,6 +152,7 @@ class SealPump:
 
     def step(self) -> int:
         rounds = 0
+        drained = False
         out = self.outmv
         inp = self.inmv
         sealer = self.sealer
@@ -158,7 +167,7 @@ class SealPump:
                     return WANT_WRITE
             if self.eof:
                 return DONE
-            if rounds >= self.max_rounds:
+            if drained or rounds >= self.max_rounds:
                 return WANT_READ
             rounds += 1
             if self.grow:
@@ -168,7 +177,9 @@ class SealPump:
                 n = self.src.recv_into(inp, self.inlen)
             except BlockingIOError:
                 return WANT_READ
-            if n == self.inlen < self.maxlen:
+            if n < self.inlen:
+                drained = True
+            elif self.inlen < self.maxlen:
                 self.grow = True
             pos = sealer.start_into(out)
             if n == 0:
@@ -260,6 +271,7 @@ class OpenPump:
 
     def step(self) -> int:
         rounds = 0
+        drained = False
         out = self.outmv
         while True:
             if self.off < self.end:
@@ -280,7 +292,7 @@ class OpenPump:
                 continue
             if self.eof:
                 return DONE
-            if rounds >= self.max_rounds:
+            if drained or rounds >= self.max_rounds:
                 return WANT_READ
             rounds += 1
             if self.grow:
@@ -300,5 +312,7 @@ class OpenPump:
             if n == 0:
                 raise TruncationError("record stream ended without a close record")
             self.iend += n
-            if n == want and self.outlen < self.maxout:
+            if n < want:
+                drained = True
+            elif self.outlen < self.maxout:
                 self.grow = True
