@@ -10,12 +10,14 @@ bookkeeping between calls. The ciphers stay in OpenSSL through ``cryptography``
 (``update_into``, ``encrypt_into``, ``decrypt_into``): AES is never reimplemented here.
 """
 
+from cpython.buffer cimport PyBuffer_FillInfo
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from libc.errno cimport EAGAIN, EINTR, errno
 from libc.string cimport memmove, memcpy
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
 import os
+from socket import SHUT_WR as _SHUT_WR
 
 from cryptography.exceptions import InvalidTag
 
@@ -58,12 +60,15 @@ assert _HEADER_LEN == HDR and _TAG_LEN == TAG and _PREAMBLE_LEN == PRE
 assert _MAX_PLAINTEXT == MAXPT and _MAX_FRAME == MAXFRAME
 
 
+# The sockets are non-blocking, so ``recv``/``send`` never wait: they run with the GIL held.
+# Releasing it around each call costs a lock round trip per syscall and, when another thread
+# wants the GIL, can leave the loop waiting for it up to the switch interval.
+
 cdef inline Py_ssize_t _recv(int fd, char *buf, Py_ssize_t n) except -2:
     """Bytes read, 0 on EOF, -1 when the socket would block."""
     cdef ssize_t r
     while True:
-        with nogil:
-            r = c_recv(fd, buf, <size_t>n, 0)
+        r = c_recv(fd, buf, <size_t>n, 0)
         if r >= 0:
             return r
         if errno == EINTR:
@@ -77,8 +82,7 @@ cdef inline Py_ssize_t _send(int fd, const char *buf, Py_ssize_t n) except -2:
     """Bytes sent, or -1 when the socket would block."""
     cdef ssize_t r
     while True:
-        with nogil:
-            r = c_send(fd, buf, <size_t>n, MSG_NOSIGNAL)
+        r = c_send(fd, buf, <size_t>n, MSG_NOSIGNAL)
         if r >= 0:
             return r
         if errno == EINTR:
@@ -106,6 +110,30 @@ cdef inline uint32_t _get_u32(const char *p) noexcept:
     return (<uint32_t>u[0] << 24) | (<uint32_t>u[1] << 16) | (<uint32_t>u[2] << 8) | u[3]
 
 
+cdef class _View:
+    """A reusable window on a pump's own buffer, handed to the cipher calls.
+
+    A memoryview slice per call would allocate (and feed the cyclic GC) on every record; this
+    object is re-pointed instead. It is only exported for the duration of one synchronous
+    cipher call, and the buffer it points into belongs to the pump, which outlives it.
+    """
+
+    cdef char *ptr
+    cdef Py_ssize_t size
+
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        PyBuffer_FillInfo(view, self, self.ptr, self.size, 0, flags)
+
+    def __releasebuffer__(self, Py_buffer *view):
+        pass
+
+
+cdef inline _View _at(_View v, char *ptr, Py_ssize_t size):
+    v.ptr = ptr
+    v.size = size
+    return v
+
+
 cdef class _Base:
     cdef public object src, dst
     cdef int sfd, dfd
@@ -116,6 +144,14 @@ cdef class _Base:
     cdef object outbuf
     cdef object outmv
     cdef char *outp
+    cdef _View vin, vout
+
+    cdef int _step(self) except -1:
+        raise NotImplementedError
+
+    def step(self):
+        """Move what can be moved now; WANT_READ, WANT_WRITE or DONE (see the pure twin)."""
+        return self._step()
 
     cdef int _flush(self) except -2:
         """C_WANT_WRITE if output is still pending, else 0."""
@@ -147,6 +183,8 @@ cdef class CopyPump(_Base):
         self.dfd = dst.fileno()
         self.ctx = ctx
         self.update_into = None if ctx is None else ctx.update_into
+        self.vin = _View()
+        self.vout = _View()
         self.bufsize = bufsize
         self.max_rounds = max_rounds
         self._alloc(min(bufsize, INITIAL_BUFSIZE))
@@ -168,30 +206,29 @@ cdef class CopyPump(_Base):
     def buf(self):
         return self.outbuf
 
-    def step(self):
+    cdef int _step(self) except -1:
         cdef Py_ssize_t rounds = 0, n
         cdef long long moved = 0
         cdef bint drained = False
         try:
             while True:
                 if self._flush():
-                    return WANT_WRITE
+                    return C_WANT_WRITE
                 if self.eof:
-                    return DONE
+                    return C_DONE
                 if drained or rounds >= self.max_rounds:
-                    return WANT_READ
+                    return C_WANT_READ
                 rounds += 1
                 if self.grow:
                     self._alloc(self.bufsize)
                 n = _recv(self.sfd, self.outp, self.cur)
                 if n < 0:
-                    return WANT_READ
+                    return C_WANT_READ
                 if n == 0:
                     self.eof = True
-                    return DONE
+                    return C_DONE
                 if self.update_into is not None:
-                    mv = self.outmv
-                    self.update_into(mv[:n], mv)
+                    self.update_into(_at(self.vin, self.outp, n), _at(self.vout, self.outp, self.cur))
                 self.off = 0
                 self.end = n
                 moved += n
@@ -231,6 +268,8 @@ cdef class SealPump(_Base):
         self.aad = sealer.aad
         self.noncep = PyByteArray_AS_STRING(self.nonce)
         self.aadp = PyByteArray_AS_STRING(self.aad)
+        self.vin = _View()
+        self.vout = _View()
         self.off = 0
         self.end = 0
         self.eof = False
@@ -258,11 +297,11 @@ cdef class SealPump(_Base):
         _put_u32(self.aadp, hdr)
         _put_u64(self.noncep + 4, self.seq)
         self.seq += 1
-        self.encrypt_into(self.nonce, self.inmv[ptoff:ptoff + n], self.aad,
-                          self.outmv[pos + HDR:pos + HDR + n + TAG])
+        self.encrypt_into(self.nonce, _at(self.vin, self.inp + ptoff, n), self.aad,
+                          _at(self.vout, self.outp + pos + HDR, n + TAG))
         return HDR + n + TAG
 
-    def step(self):
+    cdef int _step(self) except -1:
         cdef Py_ssize_t rounds = 0, n, pos, off, chunk
         cdef long long moved = 0
         cdef bint drained = False
@@ -271,17 +310,17 @@ cdef class SealPump(_Base):
         try:
             while True:
                 if self._flush():
-                    return WANT_WRITE
+                    return C_WANT_WRITE
                 if self.eof:
-                    return DONE
+                    return C_DONE
                 if drained or rounds >= self.max_rounds:
-                    return WANT_READ
+                    return C_WANT_READ
                 rounds += 1
                 if self.grow:
                     self._alloc(self.maxlen)
                 n = _recv(self.sfd, self.inp, self.inlen)
                 if n < 0:
-                    return WANT_READ
+                    return C_WANT_READ
                 if n < self.inlen:
                     drained = True
                 elif self.inlen < self.maxlen:
@@ -344,6 +383,8 @@ cdef class OpenPump(_Base):
         self.outp = PyByteArray_AS_STRING(self.outbuf)
         self.grow = False
         self.decrypt_into = None
+        self.vin = _View()
+        self.vout = _View()
         self.istart = 0
         self.iend = 0
         self.off = 0
@@ -417,8 +458,8 @@ cdef class OpenPump(_Base):
             memcpy(self.aadp, self.inp + self.istart, HDR)
             _put_u64(self.noncep + 4, self.seq)
             try:
-                self.decrypt_into(self.nonce, self.inmv[self.istart + HDR:self.istart + flen],
-                                  self.aad, self.outmv[pos:pos + ptlen])
+                self.decrypt_into(self.nonce, _at(self.vin, self.inp + self.istart + HDR, ctlen),
+                                  self.aad, _at(self.vout, self.outp + pos, ptlen))
             except InvalidTag:
                 opener.failed = True
                 raise IntegrityError(f"record {self.seq} failed authentication") from None
@@ -432,7 +473,7 @@ cdef class OpenPump(_Base):
                 self.eof = True
                 return pos
 
-    def step(self):
+    cdef int _step(self) except -1:
         cdef Py_ssize_t rounds = 0, n, left, want
         cdef long long moved = 0
         cdef bint drained = False
@@ -440,9 +481,9 @@ cdef class OpenPump(_Base):
         try:
             while True:
                 if self._flush():
-                    return WANT_WRITE
+                    return C_WANT_WRITE
                 if self.eof:
-                    return DONE
+                    return C_DONE
                 n = self._decode()
                 if n:
                     self.off = 0
@@ -450,9 +491,9 @@ cdef class OpenPump(_Base):
                     moved += n
                     continue
                 if self.eof:
-                    return DONE
+                    return C_DONE
                 if drained or rounds >= self.max_rounds:
-                    return WANT_READ
+                    return C_WANT_READ
                 rounds += 1
                 if self.grow:
                     self._grow()
@@ -467,7 +508,7 @@ cdef class OpenPump(_Base):
                 want = self.inlen - self.iend
                 n = _recv(self.sfd, self.inp + self.iend, want)
                 if n < 0:
-                    return WANT_READ
+                    return C_WANT_READ
                 if n == 0:
                     raise TruncationError("record stream ended without a close record")
                 self.iend += n
@@ -479,3 +520,80 @@ cdef class OpenPump(_Base):
             self.opener.seq = self.seq
             if moved:
                 self.transferred += moved
+
+
+cdef class Flow:
+    """One direction of a bridge: drives a pump from the event loop's readiness callbacks.
+
+    Per direction: read readiness on the source, or write readiness on the destination,
+    never both (backpressure). The loop calls ``drive`` directly; the readiness callback is
+    registered only when what the pump waits for changes, so a steady flow of small messages
+    costs one callback per wakeup and no loop calls. On ``DONE`` the destination is
+    half-closed and ``on_done()`` is called; any exception from the pump goes to
+    ``on_fail(exc)`` (the caller tears everything down).
+    """
+
+    cdef object loop, pump, dst, on_done, on_fail, pystep
+    cdef _Base cpump
+    cdef public int src_fd, dst_fd
+    cdef public bint reading, writing, done
+
+    def __init__(self, loop, pump, src, dst, on_done, on_fail):
+        self.loop = loop
+        self.pump = pump
+        self.cpump = pump if isinstance(pump, _Base) else None
+        self.pystep = pump.step
+        self.dst = dst
+        self.src_fd = src.fileno()
+        self.dst_fd = dst.fileno()
+        self.on_done = on_done
+        self.on_fail = on_fail
+        self.reading = False
+        self.writing = False
+        self.done = False
+
+    def drive(self):
+        cdef int code
+        if self.done:
+            return
+        try:
+            if self.cpump is not None:
+                code = self.cpump._step()
+            else:
+                code = self.pystep()
+        except BaseException as exc:  # every failure aborts the bridge
+            self.on_fail(exc)
+            return
+        if code == C_WANT_READ:
+            if self.reading and not self.writing:
+                return
+            if self.writing:
+                self.loop.remove_writer(self.dst_fd)
+                self.writing = False
+            if not self.reading:
+                self.loop.add_reader(self.src_fd, self.drive)
+                self.reading = True
+        elif code == C_WANT_WRITE:
+            if self.reading:
+                self.loop.remove_reader(self.src_fd)
+                self.reading = False
+            if not self.writing:
+                self.loop.add_writer(self.dst_fd, self.drive)
+                self.writing = True
+        else:
+            self.stop()
+            self.done = True
+            try:
+                self.dst.shutdown(_SHUT_WR)
+            except OSError:
+                pass
+            self.on_done()
+
+    def stop(self):
+        """Unregister from the loop (idempotent)."""
+        if self.reading:
+            self.loop.remove_reader(self.src_fd)
+            self.reading = False
+        if self.writing:
+            self.loop.remove_writer(self.dst_fd)
+            self.writing = False

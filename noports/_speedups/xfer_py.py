@@ -26,7 +26,8 @@ KiB, not MiB) and grow once to ``bufsize`` the first time a read fills the buffe
 when the flow is bulk. Growth happens only when no output is pending, so no byte moves.
 
 Errors propagate: ``OSError`` from the sockets, ``IntegrityError``/``TruncationError``
-from record streams. The asyncio glue lives in ``noports.tunnel.bridge``.
+from record streams. ``Flow`` drives one pump from the event loop's readiness callbacks;
+``noports.tunnel.bridge`` wires two of them together.
 """
 
 from __future__ import annotations
@@ -316,3 +317,78 @@ class OpenPump:
                 drained = True
             elif self.outlen < self.maxout:
                 self.grow = True
+
+
+class Flow:
+    """One direction of a bridge: drives a pump from the event loop's readiness callbacks.
+
+    Per direction: read readiness on the source, or write readiness on the destination,
+    never both (backpressure). The loop calls ``drive`` directly; the readiness callback is
+    registered only when what the pump waits for changes, so a steady flow of small messages
+    costs one callback per wakeup and no loop calls. On ``DONE`` the destination is
+    half-closed and ``on_done()`` is called; any exception from the pump goes to
+    ``on_fail(exc)`` (the caller tears everything down).
+    """
+
+    def __init__(
+        self,
+        loop: Any,
+        pump: Any,
+        src: socket.socket,
+        dst: socket.socket,
+        on_done: Any,
+        on_fail: Any,
+    ) -> None:
+        self.loop = loop
+        self.pump = pump
+        self.step = pump.step
+        self.dst = dst
+        self.src_fd = src.fileno()
+        self.dst_fd = dst.fileno()
+        self.on_done = on_done
+        self.on_fail = on_fail
+        self.reading = False
+        self.writing = False
+        self.done = False
+
+    def drive(self) -> None:
+        if self.done:
+            return
+        try:
+            code = self.step()
+        except BaseException as exc:  # noqa: BLE001 - every failure aborts the bridge
+            self.on_fail(exc)
+            return
+        if code == WANT_READ:
+            if self.reading and not self.writing:
+                return
+            if self.writing:
+                self.loop.remove_writer(self.dst_fd)
+                self.writing = False
+            if not self.reading:
+                self.loop.add_reader(self.src_fd, self.drive)
+                self.reading = True
+        elif code == WANT_WRITE:
+            if self.reading:
+                self.loop.remove_reader(self.src_fd)
+                self.reading = False
+            if not self.writing:
+                self.loop.add_writer(self.dst_fd, self.drive)
+                self.writing = True
+        else:
+            self.stop()
+            self.done = True
+            try:
+                self.dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            self.on_done()
+
+    def stop(self) -> None:
+        """Unregister from the loop (idempotent)."""
+        if self.reading:
+            self.loop.remove_reader(self.src_fd)
+            self.reading = False
+        if self.writing:
+            self.loop.remove_writer(self.dst_fd)
+            self.writing = False

@@ -1,8 +1,9 @@
 """Bridge a local socket and a relay socket through a transform, on the running event loop.
 
 The byte work is done by the pumps of ``noports._speedups.xfer_{c,py}`` (chosen with
-``noports._compat.speedups("xfer", impl)``); this module only tells the loop which file
-descriptor each pump waits for. It uses ``add_reader``/``add_writer`` on raw non-blocking
+``noports._compat.speedups("xfer", impl)``), and each direction is driven by that module's
+``Flow``, which tells the loop which file descriptor its pump waits for (the compiled one
+does it without a Python frame per wakeup); this module wires the two directions together. It uses ``add_reader``/``add_writer`` on raw non-blocking
 sockets rather than transports: a transport would copy every chunk into its own buffer,
 and that copy (plus the allocation) is what DESIGN decision 5 forbids.
 
@@ -65,68 +66,10 @@ def make_pumps(
     raise TypeError(f"unknown tunnel crypto {type(crypto).__name__}")
 
 
-class _Flow:
-    """One direction: drives a pump from readiness callbacks."""
-
-    def __init__(self, bridge: _Bridge, pump: Any, src: socket.socket, dst: socket.socket) -> None:
-        self.bridge = bridge
-        self.pump = pump
-        self.src_fd = src.fileno()
-        self.dst = dst
-        self.dst_fd = dst.fileno()
-        self.reading = False
-        self.writing = False
-        self.done = False
-        self.step = pump.step
-
-    def drive(self) -> None:
-        if self.done:
-            return
-        try:
-            code = self.step()
-        except BaseException as exc:  # noqa: BLE001 - every failure aborts the bridge
-            self.bridge.fail(exc)
-            return
-        x = self.bridge.x
-        loop = self.bridge.loop
-        if code == x.WANT_READ:
-            if self.writing:
-                loop.remove_writer(self.dst_fd)
-                self.writing = False
-            if not self.reading:
-                loop.add_reader(self.src_fd, self.drive)
-                self.reading = True
-        elif code == x.WANT_WRITE:
-            if self.reading:
-                loop.remove_reader(self.src_fd)
-                self.reading = False
-            if not self.writing:
-                loop.add_writer(self.dst_fd, self.drive)
-                self.writing = True
-        else:
-            self.stop()
-            self.done = True
-            try:
-                self.dst.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-            self.bridge.flow_done()
-
-    def stop(self) -> None:
-        loop = self.bridge.loop
-        if self.reading:
-            loop.remove_reader(self.src_fd)
-            self.reading = False
-        if self.writing:
-            loop.remove_writer(self.dst_fd)
-            self.writing = False
-
-
 class _Bridge:
-    def __init__(self, loop: asyncio.AbstractEventLoop, x: Any) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.x = x
-        self.flows: list[_Flow] = []
+        self.flows: list[Any] = []
         self.future: asyncio.Future[None] = loop.create_future()
 
     def flow_done(self) -> None:
@@ -169,8 +112,11 @@ async def bridge(
     up, down = pumps or make_pumps(
         local, relay, crypto, is_client=is_client, conn_id=conn_id, impl=impl
     )
-    b = _Bridge(loop, x)
-    b.flows = [_Flow(b, up, local, relay), _Flow(b, down, relay, local)]
+    b = _Bridge(loop)
+    b.flows = [
+        x.Flow(loop, up, local, relay, b.flow_done, b.fail),
+        x.Flow(loop, down, relay, local, b.flow_done, b.fail),
+    ]
     ok = False
     try:
         for f in b.flows:
