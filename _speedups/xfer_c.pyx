@@ -484,7 +484,7 @@ cdef class OpenPump(_Base):
                     return C_WANT_WRITE
                 if self.eof:
                     return C_DONE
-                n = self._decode()
+                n = self._decode() if self.iend > self.istart else 0
                 if n:
                     self.off = 0
                     self.end = n

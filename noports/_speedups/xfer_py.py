@@ -262,7 +262,8 @@ class OpenPump:
             flen = opener.frame_length(inp[self.istart : self.istart + HEADER_LEN])
             if avail < flen or pos + flen - HEADER_LEN - TAG_LEN > self.outlen:
                 return pos
-            pos += opener.open_into(inp[self.istart : self.istart + flen], self.outmv[pos:])
+            frame = inp[self.istart : self.istart + flen]
+            pos += opener.open_frame_into(frame, flen, self.outmv[pos:])
             self.istart += flen
             if opener.closed:
                 if self.istart != self.iend:
@@ -285,7 +286,7 @@ class OpenPump:
                     return WANT_WRITE
             if self.eof:
                 return DONE
-            n = self._decode()
+            n = self._decode() if self.iend > self.istart else 0
             if n:
                 self.off = 0
                 self.end = n

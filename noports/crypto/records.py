@@ -293,7 +293,14 @@ class RecordOpener:
         """
         if self.aead is None:
             raise IntegrityError("record before preamble")
-        flen = self.frame_length(frame)
+        return self.open_frame_into(frame, self.frame_length(frame), out)
+
+    def open_frame_into(self, frame: Any, flen: int, out: Any) -> int:
+        """``open_into`` for a caller that already has ``flen = frame_length(frame)``.
+
+        The transfer loop parses each header once to know whether the whole record has
+        arrived; this skips parsing it a second time. The preamble must have been taken.
+        """
         ptlen = flen - HEADER_LEN - TAG_LEN
         self.aad[0:HEADER_LEN] = frame[0:HEADER_LEN]
         _SEQ.pack_into(self.nonce, 4, self.seq)

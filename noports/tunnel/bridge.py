@@ -3,9 +3,10 @@
 The byte work is done by the pumps of ``noports._speedups.xfer_{c,py}`` (chosen with
 ``noports._compat.speedups("xfer", impl)``), and each direction is driven by that module's
 ``Flow``, which tells the loop which file descriptor its pump waits for (the compiled one
-does it without a Python frame per wakeup); this module wires the two directions together. It uses ``add_reader``/``add_writer`` on raw non-blocking
-sockets rather than transports: a transport would copy every chunk into its own buffer,
-and that copy (plus the allocation) is what DESIGN decision 5 forbids.
+does it without a Python frame per wakeup); this module wires the two directions together.
+It uses ``add_reader``/``add_writer`` on raw non-blocking sockets rather than transports:
+a transport would copy every chunk into its own buffer, and that copy (plus the allocation)
+is what DESIGN decision 5 forbids.
 
 Per direction: read readiness on the source, or write readiness on the destination, never
 both, so a stalled receiver stops us reading from its peer (backpressure). When a direction
