@@ -70,9 +70,30 @@ class Inbound:
         self._gated = gated  # holds a PreAuthGate slot until it leaves AUTHENTICATING
 
     def start(self, auth_timeout: float) -> None:
+        """Start reading now (the deadline, when authenticating, runs from this call)."""
         if self.state == AUTHENTICATING:
             self.deadline = self._clock() + auth_timeout
-            self._timer = self._loop.call_later(auth_timeout, self._check_deadline)
+            self.begin_auth()
+        else:
+            self._resume()
+
+    def begin_auth(self) -> None:
+        """Read the line if it is already there; otherwise arm the deadline and a reader.
+
+        ``deadline`` must be set (at accept). The line usually arrives with the connection,
+        so most sockets never cost a timer or an fd registration.
+        """
+        if self.state != AUTHENTICATING:
+            return
+        self._read_auth()
+        if self.state == AUTHENTICATING:
+            left = self.deadline - self._clock()
+            if left <= 0:
+                self._fail("timeout")
+                return
+            self._timer = self._loop.call_later(left, self._check_deadline)
+        elif self.state != WAITING or len(self.buf) >= self.session.limits.prepair_buffer:
+            return
         self._resume()
 
     # -- reading ------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from types import ModuleType
 from .. import _compat
 from ..errors import ConfigError, LocalError, PortsExhaustedError
 from .limits import PreAuthGate, RelayLimits, raise_nofile_limit
+from .inbound import Inbound
 from .session import Session, SessionSpec
 
 log = logging.getLogger("noports.relay")
@@ -73,6 +74,7 @@ class Relay:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._family: int | None = None
         self._closing = False
+        self._fresh: list[Inbound] = []  # accepted this loop pass, first read still to do
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -124,6 +126,17 @@ class Relay:
         # Spare pipes belong to no pair; closing them leaves no fd behind the relay.
         self.pump.trim_spare_pipes(0)
         await asyncio.sleep(0)
+
+    def _begin_auth_soon(self, inbound: Inbound) -> None:
+        """Queue an accepted socket's first read; one loop callback serves the whole batch."""
+        if not self._fresh:
+            self.loop.call_soon(self._begin_fresh)
+        self._fresh.append(inbound)
+
+    def _begin_fresh(self) -> None:
+        fresh, self._fresh = self._fresh, []
+        for inbound in fresh:
+            inbound.begin_auth()  # a no-op for sockets closed meanwhile
 
     def _session_closed(self, session: Session) -> None:
         self._sessions.discard(session)
