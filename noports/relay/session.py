@@ -32,7 +32,7 @@ SIDES = ("A", "B")
 _ACCEPTS_PER_WAKEUP = 64
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SessionSpec:
     """What a session request asks for (spec 4.2, request R1)."""
 
@@ -123,7 +123,7 @@ class Session:
         self._closed_fut: asyncio.Future[SessionStats] | None = None  # made by wait_closed
         self._created = self._clock()
         self._timer: asyncio.TimerHandle | None = None
-        self._accept_paused = [False, False]
+        self._accept_paused = 0  # bit 1 << side: that listener backs off after an error
         self.closed = False
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -176,7 +176,7 @@ class Session:
             self._timer = None
         for side, lsock in enumerate(self._listeners):
             if lsock is not None:
-                if not self._accept_paused[side]:
+                if not self._accept_paused & (1 << side):
                     self._loop.remove_reader(lsock.fileno())
                 lsock.close()
                 self._listeners[side] = None
@@ -231,13 +231,13 @@ class Session:
 
     def _pause_accept(self, side: int) -> None:
         lsock = self._listeners[side]
-        if lsock is None or self._accept_paused[side]:
+        if lsock is None or self._accept_paused & (1 << side):
             return
         self._loop.remove_reader(lsock.fileno())
-        self._accept_paused[side] = True
+        self._accept_paused |= 1 << side
 
         def resume() -> None:
-            self._accept_paused[side] = False
+            self._accept_paused &= ~(1 << side)
             if not self.closed:
                 self._listen(side)
 
