@@ -275,9 +275,37 @@ def test_manager_checks_the_sender_and_atsigna_spoofing_is_refused(np_env):
     assert "is denied" in p.stderr
 
 
+def _free_port_range(n: int) -> int:
+    """First port of n consecutive ports that are free now, below the kernel's ephemeral
+    range (so outgoing connections of this or other tests cannot take them meanwhile)."""
+    import random
+    import socket
+
+    try:
+        eph_lo = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        eph_lo = 32768
+    rng = random.Random(os.getpid())
+    for _ in range(200):
+        lo = rng.randrange(10000, eph_lo - n)
+        socks = []
+        try:
+            for port in range(lo, lo + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("0.0.0.0", port))
+            return lo
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise AssertionError(f"no {n} consecutive free ports below {eph_lo}")
+
+
 def test_duplicate_session_id_quota_port_range_and_reclaim(np_env):
     relay, c, e = np_env.atsign("relay"), np_env.atsign("client"), np_env.atsign("eve")
-    lo = 20000 + (os.getpid() * 37) % 30000
+    lo = _free_port_range(6)
     hi = lo + 5  # six ports: three sessions at most
     p = start_srvd(
         np_env,
