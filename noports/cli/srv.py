@@ -160,17 +160,19 @@ async def run_srv(args: argparse.Namespace, auth: str | None, crypto: TunnelCryp
         "multi" if args.multi else "single",
         mode_name(crypto),
     )
+    # What every end takes; only the four ends' lifetimes differ. (run_daemon_single's own
+    # ``timeout`` is its relay-connect timeout, so srv's --timeout is not passed to it.)
+    where = (args.host, args.port)
+    common = {
+        "auth_line": auth,
+        "crypto": crypto,
+        "local_host": args.local_host,
+        "local_port": args.local_port,
+    }
     if args.bind_local_port:
         if args.multi:
             cm = await ClientMulti.open(
-                args.host,
-                args.port,
-                auth_line=auth,
-                crypto=crypto,
-                local_host=args.local_host,
-                local_port=args.local_port,
-                timeout=args.timeout,
-                heartbeat=args.heartbeat,
+                *where, **common, timeout=args.timeout, heartbeat=args.heartbeat
             )
             _ready()
             try:
@@ -178,43 +180,19 @@ async def run_srv(args: argparse.Namespace, auth: str | None, crypto: TunnelCryp
             finally:
                 await cm.close()
         else:
-            client = await open_client_single(
-                args.host,
-                args.port,
-                auth_line=auth,
-                crypto=crypto,
-                local_host=args.local_host,
-                local_port=args.local_port,
-                timeout=args.timeout,
-            )
+            client = await open_client_single(*where, **common, timeout=args.timeout)
             _ready()
             try:
                 await client.wait()
             finally:
                 await client.close()
     elif args.multi:
-        dm = DaemonMulti(
-            args.host,
-            args.port,
-            auth_line=auth,
-            crypto=crypto,
-            local_host=args.local_host,
-            local_port=args.local_port,
-            timeout=args.timeout,
-        )
+        dm = DaemonMulti(*where, **common, timeout=args.timeout)
         await dm.connect()
         _ready()
         await dm.run()
     else:
-        await run_daemon_single(
-            args.host,
-            args.port,
-            auth_line=auth,
-            crypto=crypto,
-            local_host=args.local_host,
-            local_port=args.local_port,
-            on_ready=_ready,
-        )
+        await run_daemon_single(*where, **common, on_ready=_ready)
 
 
 def main(argv: list[str] | None = None) -> int:
