@@ -140,7 +140,7 @@ class AtServerProcess:
     def add_fast(self, atsign: str, keys: AtKeys | None = None) -> str | None:
         """Like ``add`` but in-process (same data dir, SQLite WAL): for tests that need many
         atSigns. The CLI path itself is covered by ``add``."""
-        from noports.at.server import admin
+        from noports.atserver import admin
 
         if keys is None:
             return admin.add(self.data_dir, atsign)

@@ -156,7 +156,7 @@ def _name_root_in_certificate(data_dir: Path) -> None:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
 
-    from noports.at.server import tls
+    from noports.atserver import tls
 
     files = tls.ensure(data_dir, "127.0.0.1")
     ca_key = serialization.load_pem_private_key(files.ca_key.read_bytes(), password=None)

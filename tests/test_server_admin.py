@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from noports.at.server.keys import parse_key
-from noports.at.server.parse import LineBuffer, parse_line
+from noports.atserver.keys import parse_key
+from noports.atserver.parse import LineBuffer, parse_line
 from noports.errors import AtError
 from tests.fixtures_at import REPO, AtServerProcess, Wire
 
@@ -242,8 +242,8 @@ class _Port:
 
 
 def test_engine_on_a_fake_clock(tmp_path) -> None:
-    from noports.at.server.engine import Config, Engine
-    from noports.at.server.store import Store
+    from noports.atserver.engine import Config, Engine
+    from noports.atserver.store import Store
 
     now = [1_700_000_000_000]
     store = Store(tmp_path / "db")

@@ -1,5 +1,5 @@
 """atProtocol: the client (this package's top-level modules) and the embedded server
-(``noports.at.server``).
+(``noports.atserver``).
 
 Client layers, from the wire up (nothing is imported here, so importing one layer never
 pulls in another):

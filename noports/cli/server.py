@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _admin(args: argparse.Namespace) -> int:
-    from ..at.server import admin
+    from ..atserver import admin
 
     setup_logging(args)
     data_dir = Path(args.data_dir)
@@ -151,8 +151,8 @@ def _admin(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from ..at.server.engine import Config
-    from ..at.server.net import AtServer, pin_mmap_threshold
+    from ..atserver.engine import Config
+    from ..atserver.net import AtServer, pin_mmap_threshold
 
     pin_mmap_threshold()
     cfg = Config(

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ...errors import AtError
+from ..errors import AtError
 from . import verbs_notify
 from .keys import AtKey, Record, apply_times, namespace_allows, parse_key
 from .parse import Command

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from ...errors import AtError
+from ..errors import AtError
 
 MAX_KEY_LEN = 248
 MAX_CACHED_KEY_LEN = 255

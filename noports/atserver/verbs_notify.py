@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ...errors import AtError
+from ..errors import AtError
 from .hub import Monitor, render
 from .hub import body as hub_body
 from .keys import Record, apply_times, dart_time, namespace_allows, normalise_atsign, parse_key

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ...errors import AtError
+from ..errors import AtError
 from .hub import Hub
 from .parse import DEFAULT_BUFFER_LIMIT, Command, parse_line
 from .store import Store

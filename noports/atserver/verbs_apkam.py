@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ...errors import AtError
+from ..errors import AtError
 from . import verbs_notify
 from .keys import Record, apply_times, parse_key
 from .parse import Command

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ...fsutil import secure_dir, write_secret
+from ..fsutil import secure_dir, write_secret
 
 
 class TlsFiles:

@@ -19,8 +19,8 @@ import os
 from pathlib import Path
 from typing import Any, cast
 
-from ...errors import AtError
-from ...fsutil import secure_dir
+from ..errors import AtError
+from ..fsutil import secure_dir
 from . import tls
 from .engine import Config, Engine, Reply, Session, wall_ms
 from .keys import dart_time

@@ -18,8 +18,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from ...crypto.encoding import b64d
-from ...errors import AtError, ProtocolError
+from ..crypto.encoding import b64d
+from ..errors import AtError, ProtocolError
 from .parse import Command
 from .verbs_notify import flush_queued
 

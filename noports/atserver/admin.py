@@ -13,8 +13,8 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from ...crypto.atkeys import AtKeys
-from ...errors import ConfigError, KeyFileError
+from ..crypto.atkeys import AtKeys
+from ..errors import ConfigError, KeyFileError
 from .engine import wall_ms
 from .keys import Record, normalise_atsign
 from .net import DB_FILE, STATE_FILE

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...errors import AtError
+from ..errors import AtError
 from .keys import META_FIELDS, canon_meta_name, coerce_meta, normalise_atsign, parse_bool, parse_int
 
 DEFAULT_BUFFER_LIMIT = 10_240_000  # Dart ByteBuffer(capacity: 10240000)
