@@ -34,7 +34,8 @@ import sys
 from .. import _compat
 from ..config import parse_args
 from ..errors import ConfigError, ConnectError, NoPortsError
-from .common import add_common, escape, fail, setup_logging
+from ..log import escape, setup_logging
+from .common import add_common, fail
 
 PROG = "npa"
 

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from .. import _compat
 from ..errors import NoPortsError
-from .common import add_common, fail, setup_logging
+from ..log import setup_logging
+from .common import add_common, fail
 
 PROG = "noports server"
 ADMIN = ("add", "list", "remove", "status")

@@ -20,10 +20,11 @@ import sys
 from .. import _compat
 from ..config import parse_args
 from ..errors import EXIT_OK
+from ..log import escape, setup_logging
 from ..relay import RelayLimits
 from ..srvd.daemon import Settings, Srvd, default_root
 from ..sshnpd.names import InvalidNameError, validate_atsign
-from .common import add_common, escape, fail, setup_logging
+from .common import add_common, fail
 
 PROG = "srvd"
 

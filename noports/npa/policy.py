@@ -51,8 +51,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..cli.common import escape
 from ..errors import ConfigError, ProtocolError
+from ..log import escape
 from ..sshnpd.names import (
     InvalidNameError,
     validate_atsign,

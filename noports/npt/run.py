@@ -23,8 +23,9 @@ import time
 from typing import Any
 
 from .. import _compat, config
-from ..cli.common import add_common, escape, fail, setup_logging
+from ..cli.common import add_common, fail
 from ..errors import ConfigError, NoPortsError
+from ..log import escape, setup_logging
 from ..session.client import (
     Established,
     SessionSpec,

@@ -30,10 +30,10 @@ from typing import Any
 from ..at.client import AtClient
 from ..at.config import DEFAULT_ROOT_PORT
 from ..at.protocol import Notification
-from ..cli.common import escape
 from ..crypto import rsa
 from ..crypto.atkeys import AtKeys, default_keys_path
 from ..errors import AtError, LocalError, NoPortsError, PortsExhaustedError
+from ..log import escape
 from ..relay import SessionSpec, raise_nofile_limit
 from ..session.wire import RelayReply, relay_reply
 from . import requests as rq

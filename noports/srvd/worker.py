@@ -45,13 +45,13 @@ class _Tag(logging.Filter):
 
 
 def _setup_logging(index: int, cfg: dict[str, Any]) -> None:
-    from ..cli.common import setup_logging
+    from ..log import setup_logging
 
     setup_logging(level=int(cfg.get("log_level", logging.WARNING)))
     root = logging.getLogger()
     for h in root.handlers:
         if cfg.get("log_format") == "json":
-            from ..cli.common import JsonFormatter
+            from ..log import JsonFormatter
 
             h.setFormatter(JsonFormatter())
         h.addFilter(_Tag(index))

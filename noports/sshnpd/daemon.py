@@ -33,9 +33,9 @@ from typing import Any
 
 from ..at.client import AtClient
 from ..at.protocol import Notification
-from ..cli.common import escape
 from ..crypto import rsa
 from ..errors import ConnectError, KeyNotFoundError, NoPortsError
+from ..log import escape
 from .authkeys import AuthorizedKeys, InvalidPublicKeyError
 from .ephemeral import EphemeralKeys
 from .features import ping_response_json

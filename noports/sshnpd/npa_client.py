@@ -30,8 +30,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..cli.common import escape
 from ..errors import NoPortsError
+from ..log import escape
 from .permitopen import PermitOpen
 
 log = logging.getLogger("noports.sshnpd.npa")

@@ -32,11 +32,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..cli.common import escape
 from ..crypto import rsa
 from ..crypto.encoding import loads_object
 from ..crypto.envelope import parse_envelope, relay_auth_line, verify_envelope
 from ..errors import AuthRefusedError, NoPortsError, ProtocolError, SignatureError
+from ..log import escape
 from ..session.wire import SessionKeys, SessionRequest, parse_request, success_response
 from ..tunnel import DaemonMulti, TunnelCrypto, mode_name, run_daemon_single
 from .ephemeral import EphemeralKeys
