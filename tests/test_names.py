@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from noports.errors import ConfigError
-from noports.sshnpd.names import (
+from noports.names import (
     InvalidNameError,
     is_valid_atsign,
     is_valid_device_name,

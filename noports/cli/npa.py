@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _atsigns(text: str) -> list[str]:
-    from ..sshnpd.names import InvalidNameError, validate_atsign
+    from ..names import InvalidNameError, validate_atsign
 
     out = []
     for part in text.split(","):
@@ -106,9 +106,9 @@ def _atsigns(text: str) -> list[str]:
 
 async def _serve(args: argparse.Namespace) -> int:
     from ..at.client import AtClient
+    from ..names import InvalidNameError, validate_atsign
     from ..npa.policy import PolicyStore, load_policy
     from ..npa.service import AuditLog, NpaService
-    from ..sshnpd.names import InvalidNameError, validate_atsign
 
     try:
         me = validate_atsign(args.atsign, add_at=True)

@@ -21,9 +21,9 @@ from .. import _compat
 from ..config import parse_args
 from ..errors import EXIT_OK
 from ..log import escape, setup_logging
+from ..names import InvalidNameError, validate_atsign
 from ..relay import RelayLimits
 from ..srvd.daemon import Settings, Srvd, default_root
-from ..sshnpd.names import InvalidNameError, validate_atsign
 from .common import add_common, fail
 
 PROG = "srvd"

@@ -53,13 +53,13 @@ from typing import Any
 
 from ..errors import ConfigError, ProtocolError
 from ..log import escape
-from ..sshnpd.names import (
+from ..names import (
     InvalidNameError,
     validate_atsign,
     validate_device_group,
     validate_device_name,
 )
-from ..sshnpd.permitopen import PermitOpen, PermitOpenError
+from ..session.permitopen import PermitOpen, PermitOpenError
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -56,7 +56,7 @@ from ..crypto import aes
 from ..crypto.encoding import b64e
 from ..errors import NoPortsError, ProtocolError
 from ..log import escape
-from ..sshnpd.names import InvalidNameError, validate_atsign
+from ..names import InvalidNameError, validate_atsign
 from .policy import PolicyStore
 
 __all__ = [

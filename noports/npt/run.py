@@ -33,8 +33,8 @@ from ..session.client import (
     establish,
     start_ephemeral_keygen,
 )
+from ..session.features import npt_required_features
 from ..sshnp.background import Reporter, run_detached
-from ..sshnpd.features import npt_required_features
 from ..tunnel import ClientMulti
 from .durations import parse_duration
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from .. import config
 from ..errors import ConfigError, NoPortsError
+from ..names import validate_atsign, validate_device_name
 from ..sshnpd.authkeys import parse_public_key
-from ..sshnpd.names import validate_atsign, validate_device_name
 
 EPILOG = """\
 ours: --stdio (tunnel on stdin/stdout for ProxyCommand), `sshnp ssh-config ...` (write a Host

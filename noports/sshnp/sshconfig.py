@@ -17,7 +17,7 @@ import sys
 
 from ..errors import ConfigError
 from ..fsutil import write_secret
-from ..sshnpd.names import validate_atsign, validate_device_name
+from ..names import validate_atsign, validate_device_name
 
 
 def build_parser() -> argparse.ArgumentParser:

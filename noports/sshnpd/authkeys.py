@@ -50,7 +50,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
 from ..errors import ConfigError, KeyFileError, RemoteError
 from ..fsutil import secure_dir, write_secret
-from .names import validate_session_id
+from ..names import validate_session_id
 
 __all__ = [
     "MAX_KEY_TEXT",

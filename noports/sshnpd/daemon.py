@@ -36,11 +36,11 @@ from ..at.protocol import Notification
 from ..crypto import rsa
 from ..errors import ConnectError, KeyNotFoundError, NoPortsError
 from ..log import escape
+from ..session.features import ping_response_json
+from ..session.permitopen import PermitOpen
 from .authkeys import AuthorizedKeys, InvalidPublicKeyError
 from .ephemeral import EphemeralKeys
-from .features import ping_response_json
 from .npa_client import RESPONSE_REGEX, NpaClient
-from .permitopen import PermitOpen
 from .sessions import Refusal, SessionHandler, SessionSettings
 
 log = logging.getLogger("noports.sshnpd")

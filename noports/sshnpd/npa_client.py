@@ -32,7 +32,7 @@ from typing import Any
 
 from ..errors import NoPortsError
 from ..log import escape
-from .permitopen import PermitOpen
+from ..session.permitopen import PermitOpen
 
 log = logging.getLogger("noports.sshnpd.npa")
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
 __all__ = [
     "DEVICE_NAME_PATTERN",
