@@ -34,11 +34,12 @@ from typing import Any
 from ..at.client import AtClient
 from ..at.protocol import Notification
 from ..crypto import rsa
+from ..crypto.sshkey import InvalidPublicKeyError
 from ..errors import ConnectError, KeyNotFoundError, NoPortsError
 from ..log import escape
 from ..session.features import ping_response_json
 from ..session.permitopen import PermitOpen
-from .authkeys import AuthorizedKeys, InvalidPublicKeyError
+from .authkeys import AuthorizedKeys
 from .ephemeral import EphemeralKeys
 from .npa_client import RESPONSE_REGEX, NpaClient
 from .sessions import Refusal, SessionHandler, SessionSettings
