@@ -95,7 +95,6 @@ ALLOWED_MODULE_CYCLES: set[frozenset[str]] = {
             "noports.atserver.verbs_notify",
         }
     ),
-    frozenset({"noports.relay.inbound", "noports.relay.relay", "noports.relay.session"}),
 }
 ALLOWED_UNIT_CYCLES: set[frozenset[str]] = {
     frozenset({"cli", "npt", "sshnp"}),

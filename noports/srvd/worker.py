@@ -90,7 +90,7 @@ class Worker:
     async def start(self) -> None:
         await self.relay.start()
         try:  # the bind address must be ours: fail at start, not on every session
-            probe = socket.socket(self.relay._family or socket.AF_INET, socket.SOCK_STREAM)
+            probe = socket.socket(self.relay.family or socket.AF_INET, socket.SOCK_STREAM)
             try:
                 probe.bind((self.cfg["bind"], 0))
             finally:
