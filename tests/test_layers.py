@@ -85,7 +85,6 @@ ALLOWED_EDGES: set[tuple[str, str]] = {
 ALLOWED_IO: set[tuple[str, str]] = set()
 # Strongly connected components (module level, then unit level). May only shrink.
 ALLOWED_MODULE_CYCLES: set[frozenset[str]] = {
-    frozenset({"noports.at.client", "noports.at.notifications", "noports.at.sharedkeys"}),
     frozenset(
         {
             "noports.atserver.engine",

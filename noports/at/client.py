@@ -521,7 +521,7 @@ class AtClient:
                     ) from exc
 
     # used by Monitor
-    def _seen_notification(self, n: Notification) -> None:
+    def seen_notification(self, n: Notification) -> None:
         """A shared_key notification carries a key for us: learn it at once (as atsdk does)."""
         if n.value and n.key.startswith(f"{self.atsign}:shared_key@") and n.operation == "update":
             try:
