@@ -11,13 +11,10 @@ import asyncio
 import collections
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import __version__, _compat
 from ..metrics import Endpoint, Snapshot
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .daemon import Srvd
 
 log = logging.getLogger("noports.srvd")
 
@@ -29,7 +26,7 @@ RECENT_REFUSALS = 20
 class Observer:
     """Metrics state of one srvd control process."""
 
-    def __init__(self, srvd: Srvd) -> None:
+    def __init__(self, srvd: Any) -> None:  # a daemon.Srvd (no import: no cycle)
         from prometheus_client import CollectorRegistry, Histogram
         from prometheus_client.core import GaugeMetricFamily  # noqa: F401 - import check
 
