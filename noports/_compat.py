@@ -49,6 +49,27 @@ def implementation() -> str:
     return "compiled"
 
 
+# Python 3.10 has no -P: this bootstrap drops sys.path[0] (the current directory for -c)
+# before anything else is imported, then runs the module as -m would.
+_BOOTSTRAP = (
+    "import sys; sys.path.pop(0); import runpy; m = sys.argv.pop(1); "
+    "runpy.run_module(m, run_name='__main__', alter_sys=True)"
+)
+
+
+def python_module_argv(module: str, *args: str) -> list[str]:
+    """argv that runs ``python -m module args`` without the current directory on sys.path.
+
+    ``python -m`` puts the working directory first on the import path, so a child started
+    from a source checkout would import the uncompiled tree instead of the installed package.
+    3.11+ has ``-P`` for that; 3.10 gets an equivalent ``-c`` bootstrap. PYTHONPATH and the
+    environment are honoured as usual (unlike ``-I``).
+    """
+    if sys.version_info >= (3, 11):
+        return [sys.executable, "-P", "-m", module, *args]
+    return [sys.executable, "-c", _BOOTSTRAP, module, *args]
+
+
 def have_uvloop() -> bool:
     try:
         import uvloop  # noqa: F401
