@@ -1,7 +1,9 @@
 """Which implementation (compiled or pure) and which event loop are active.
 
-One switch, read once: ``NOPORTS_NO_EXTENSIONS=1`` forces the pure-Python twins. Nothing
-else in the package reads the environment for this. Library code asks ``speedups(name)``
+A pure build records itself in ``noports/_build.py`` (written by setup.py), so an installed
+pure wheel needs no environment variable. Otherwise one switch, read once:
+``NOPORTS_NO_EXTENSIONS=1`` forces the pure-Python twins. Nothing else in the package reads
+the environment for this. Library code asks ``speedups(name)``
 for a hot-path module; tests may ask for a specific twin with ``impl="c"`` or ``"py"``.
 """
 
@@ -16,8 +18,15 @@ from collections.abc import Coroutine
 from types import ModuleType
 from typing import Any, TypeVar
 
-NO_EXTENSIONS: bool = bool(os.environ.get("NOPORTS_NO_EXTENSIONS")) or (
-    platform.python_implementation() != "CPython"
+try:  # written by setup.py into every built (non-editable) install
+    from ._build import IMPLEMENTATION as BUILD
+except ImportError:  # a source tree or an editable install: the environment decides
+    BUILD = None
+
+NO_EXTENSIONS: bool = (
+    BUILD == "pure"
+    or bool(os.environ.get("NOPORTS_NO_EXTENSIONS"))
+    or platform.python_implementation() != "CPython"
 )
 
 IMPLS = ("c", "py")
@@ -42,11 +51,39 @@ def implementation() -> str:
     """'compiled' when the compiled speedups are active, else 'pure'."""
     if NO_EXTENSIONS:
         return "pure"
-    try:
-        speedups("pump")
-    except ImportError:
-        return "pure (compiled speedups missing)"
+    if missing_speedups() is not None:
+        return "compiled build, speedups missing" if BUILD else "pure (compiled speedups missing)"
     return "compiled"
+
+
+def missing_speedups() -> str | None:
+    """Why the compiled twins cannot be imported, or None when they can (or are not wanted)."""
+    if NO_EXTENSIONS:
+        return None
+    try:
+        for name in ("pump", "xfer"):
+            speedups(name)
+    except ImportError as exc:
+        return str(exc) or type(exc).__name__
+    return None
+
+
+def require_speedups(prog: str | None = None) -> None:
+    """Exit 1 with one line when a compiled install lost its extension modules.
+
+    Called when any program starts (``noports.cli``): better than a traceback mid-session.
+    """
+    why = missing_speedups()
+    if why is None or BUILD is None:
+        return  # a source tree without a build: tests and developers get the ImportError
+    prog = prog or os.path.basename(sys.argv[0] if sys.argv else "") or "noports"
+    prog = "noports" if prog.startswith("-") else prog
+    print(
+        f"{prog}: error: this noports install was built compiled but its speedups are "
+        f"missing ({why}); reinstall it, or install the pure wheel",
+        file=sys.stderr,
+    )
+    raise SystemExit(1)
 
 
 # Python 3.10 has no -P: this bootstrap drops sys.path[0] (the current directory for -c)
