@@ -194,3 +194,144 @@ def test_notify_status_needs_auth_and_is_own(
     assert anon.cmd(f"notify:status:{nid}").startswith("error:AT0401")
     anon.data(f"from:{name}")
     assert anon.cmd(f"notify:status:{nid}").startswith("error:AT0401")
+
+
+# -- 2. closed connections keep their buffers --------------------------------------------------
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_closed_connections_return_their_buffers(make_at_server, keys) -> None:
+    srv = make_at_server()
+    alice = keys("@alice")
+    srv.add_fast("@alice", alice)
+    probe = Wire(srv.root, srv.ca_file)
+    assert probe.pkam(alice) == "data:success"
+    base = _rss_kib(srv.pid)
+    chunk = b"update:big@alice " + b"x" * (3 * 1024 * 1024)  # no newline: stays buffered
+    conns = []
+    for _ in range(12):
+        w = Wire(srv.root, srv.ca_file)
+        assert w.pkam(alice) == "data:success"
+        w.sock.sendall(chunk)
+        conns.append(w)
+    assert probe.data("noop:0") == "ok"  # every byte has been read by now
+    time.sleep(0.3)
+    grown = _rss_kib(srv.pid) - base
+    assert grown > 30 * 1024, grown  # the buffers really were held
+    for w in conns:
+        w.close()
+    deadline = time.monotonic() + 5.0
+    left = grown
+    while time.monotonic() < deadline:
+        assert probe.data("noop:0") == "ok"
+        left = _rss_kib(srv.pid) - base
+        if left < grown // 4:
+            break
+        time.sleep(0.2)
+    print(f"\nbuffers: RSS +{grown} KiB while held, +{left} KiB after close")
+    assert left < grown // 4, f"RSS still +{left} KiB of +{grown} KiB after closing"
+    probe.close()
+
+
+def test_unauthenticated_line_is_capped_low(make_at_server) -> None:
+    srv = make_at_server()
+    w = Wire(srv.root, srv.ca_file)
+    try:
+        w.sock.sendall(b"from:@x" + b"y" * (200 * 1024))
+        assert w.readline().startswith("error:AT0005")
+        assert w.is_closed()
+    finally:
+        w.close()
+
+
+# -- 3. connection-cap lockout -----------------------------------------------------------------
+
+
+def test_busy_unauthenticated_flood_does_not_lock_out(make_at_server, keys) -> None:
+    """Connections that never authenticate but send ``noop:0`` used to hold every slot."""
+    import threading
+
+    srv = make_at_server("--max-connections", "40")
+    alice = keys("@alice")
+    srv.add_fast("@alice", alice)
+    mon = Wire(srv.root, srv.ca_file, timeout=10.0)
+    assert mon.pkam(alice) == "data:success"
+    mon.send("monitor flood-check")
+    mon.monitoring = True
+    stop = threading.Event()
+    opened = [0]
+
+    def attacker() -> None:
+        socks: list[Wire] = []
+        while not stop.is_set():
+            while len(socks) < 60 and not stop.is_set():
+                try:
+                    socks.append(Wire(srv.root, srv.ca_file, timeout=2.0, read_prompt=False))
+                    opened[0] += 1
+                except OSError:
+                    break
+            for w in list(socks):
+                try:
+                    w.sock.sendall(b"noop:0\n")
+                except OSError:
+                    socks.remove(w)
+                    w.close()
+            stop.wait(0.3)
+        for w in socks:
+            w.close()
+
+    th = threading.Thread(target=attacker, daemon=True)
+    th.start()
+    try:
+        time.sleep(1.5)
+        ok, lat = 0, []
+        for _ in range(20):
+            t0 = time.monotonic()
+            try:
+                w = Wire(srv.root, srv.ca_file, timeout=5.0)
+                if w.pkam(alice) == "data:success" and w.data("noop:0") == "ok":
+                    ok += 1
+                    lat.append(time.monotonic() - t0)
+                w.close()
+            except (OSError, EOFError, AssertionError):
+                pass
+        lat.sort()
+        p50 = lat[len(lat) // 2] * 1000 if lat else float("nan")
+        print(f"\nflood: {ok}/20 legit logins, p50 {p50:.0f} ms, {opened[0]} attacker sockets")
+        assert ok >= 18, f"only {ok}/20 legitimate logins under the flood"
+        w = Wire(srv.root, srv.ca_file, timeout=5.0)
+        assert w.pkam(alice) == "data:success"
+        w.data("notify:@alice:flood-check@alice:v")
+        assert mon.notification()["key"] == "@alice:flood-check@alice"
+        w.close()
+    finally:
+        stop.set()
+        th.join(10)
+        mon.close()
+
+
+def test_unauthenticated_deadline_is_not_extended_by_activity(make_at_server) -> None:
+    srv = make_at_server("--auth-deadline", "1")
+    w = Wire(srv.root, srv.ca_file, timeout=5.0)
+    try:
+        t0 = time.monotonic()
+        closed = False
+        while time.monotonic() - t0 < 6.0:
+            try:
+                w.sock.sendall(b"noop:0\n")
+            except OSError:
+                closed = True
+                break
+            if w.is_closed(wait=0.3):
+                closed = True
+                break
+        assert closed and time.monotonic() - t0 < 5.0
+    finally:
+        w.close()
