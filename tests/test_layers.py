@@ -40,6 +40,8 @@ LAYERS: dict[str, int] = {
     "names": 0,
     "fsutil": 0,
     "config": 0,
+    "metrics": 0,
+    "sdnotify": 0,
     "crypto": 1,
     "_speedups": 1,
     "at": 2,

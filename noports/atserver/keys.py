@@ -75,8 +75,8 @@ RENDER_ORDER = (
     "skeEncAlgo",
 )
 
-# Reserved keys an APKAM connection may always use, whatever its namespaces (spec 1.11).
-_RESERVED_NAMES = ("publickey", "signing_publickey", "signing_privatekey", "blocklist")
+# ``shared_key.<atSign without @>``: the owner's copy of a key shared with that atSign.
+_SHARED_KEY_COPY = re.compile(r"shared_key\.[^.:@\s]{1,55}")
 
 
 def canon_meta_name(token: str) -> str | None:
@@ -185,13 +185,26 @@ def parse_key(text: str, default_owner: str | None = None) -> AtKey:
 
 
 def is_reserved(key: AtKey) -> bool:
-    """Keys every authenticated connection may use, whatever its enrolled namespaces."""
-    if key.visibility in ("system",):
+    """Keys every authenticated connection may use, whatever its enrolled namespaces.
+
+    Exactly the official reserved keys that carry an owner (at_commons
+    ``Regexes._reservedKeysWithAtsignSuffix``): ``public:publickey``,
+    ``public:signing_publickey``, ``@owner:signing_privatekey``, ``private:blocklist``,
+    ``@other:shared_key`` and ``shared_key.<other>``; plus the system keys. Not any name that
+    merely starts with ``shared_key`` or ``_`` (those belong to a namespace like any other).
+    """
+    if key.visibility == "system":
         return True
-    n = key.name
-    if n in _RESERVED_NAMES or n.startswith("shared_key"):
-        return True
-    return n.startswith("_") and "." not in n
+    if key.cached:
+        return False
+    n, vis = key.name, key.visibility
+    if vis == "public":
+        return n in ("publickey", "signing_publickey")
+    if vis == "private":
+        return n == "blocklist"
+    if vis == "shared":
+        return n == "shared_key"
+    return n == "signing_privatekey" or bool(_SHARED_KEY_COPY.fullmatch(n))
 
 
 def namespace_allows(namespaces: dict[str, str], key: AtKey, write: bool) -> bool:
