@@ -76,6 +76,8 @@ SANS_IO = {
     ),
 }
 IO_MODULES = {"asyncio", "socket", "ssl", "selectors"}
+# Written by a non-editable build (setup.py), imported under ``try``: absent from the tree.
+GENERATED = {"noports._build"}
 
 # (importer, imported): today's layer violations. May only shrink.
 ALLOWED_EDGES: set[tuple[str, str]] = {
@@ -284,7 +286,7 @@ def test_relative_imports_resolve() -> None:
         f"{mod}: {target} (line {line})"
         for mod, path in modules.items()
         for target, line in _imports(mod, path, modules)
-        if target.startswith("noports.") and target not in modules
+        if target.startswith("noports.") and target not in modules and target not in GENERATED
     ]
     assert not bad, "\n".join(bad)
 
