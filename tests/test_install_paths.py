@@ -174,6 +174,7 @@ def test_sdist_ships_cython_sources_and_generated_c(built: dict[str, Path]) -> N
         assert f"_speedups/{pyx.name}" in names
         assert f"_speedups/{pyx.stem}.c" in names
     assert {"LICENSE", "setup.py", "MANIFEST.in", "tests/conftest.py"} <= names
+    assert {"packaging/man/srvd.1", "packaging/systemd/noports-sshnpd@.service"} <= names
     assert not [n for n in names if n.endswith((".so", ".pyc")) or n == "noports/_build.py"]
 
 
@@ -198,6 +199,10 @@ def test_compiled_install_from_sdist_runs_demo(built: dict[str, Path], compiled_
         )
     )
     assert "sha256 OK" in p.stdout and "compiled" in p.stdout
+    man = compiled_venv.path / "share" / "man" / "man1"
+    assert {f"{n}.1" for n in ("noports", "srvd", "sshnpd", "npt")} <= {
+        m.name for m in man.iterdir()
+    }
 
 
 def test_quickstart_from_a_directory_with_a_noports_tree(
