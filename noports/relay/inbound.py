@@ -183,11 +183,16 @@ class Inbound:
             self._timer = None
         if self._gated:
             self._gated = False
-            self.session._release_gate(self.peer_ip)
+            self.session._release_gate(self)
 
     def _fail(self, reason: str) -> None:
         self.close()
         self.session._on_auth_failed(self, reason)
+
+    def shed(self) -> None:
+        """The pre-auth gate is full and this socket is older: make room (PreAuthGate)."""
+        if self.state == AUTHENTICATING:
+            self._fail("shed")
 
     def detach(self) -> tuple[socket.socket, bytes, bool]:
         """Hand the socket, its buffered data and its EOF flag to a pump."""

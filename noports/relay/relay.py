@@ -19,8 +19,8 @@ from types import ModuleType
 
 from .. import _compat
 from ..errors import ConfigError, LocalError, PortsExhaustedError
-from .limits import PreAuthGate, RelayLimits, raise_nofile_limit
 from .inbound import Inbound
+from .limits import PreAuthGate, RelayLimits, raise_nofile_limit
 from .session import Session, SessionSpec
 
 log = logging.getLogger("noports.relay")

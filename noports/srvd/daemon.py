@@ -243,7 +243,7 @@ class Srvd:
         for row in await self.pool.stats():
             log.info(
                 "stats worker %d (pid %s): %s sessions, %s pairs, %s pre-auth sockets, "
-                "%s refused pre-auth",
+                "%s shed pre-auth",
                 row["index"],
                 row.get("pid"),
                 row.get("sessions"),

@@ -172,7 +172,7 @@ class Worker:
                 "sessions": len(self.sessions),
                 "pairs": pairs,
                 "preauth": self.relay.gate.total,
-                "preauth_refused": self.relay.gate.refused,
+                "preauth_refused": self.relay.gate.shed,
             }
         )
 
