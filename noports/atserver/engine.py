@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from ..errors import AtError
 from .hub import Hub
-from .parse import DEFAULT_BUFFER_LIMIT, Command, parse_line
+from .parse import DEFAULT_BUFFER_LIMIT, Command, loads_client_json, parse_line
 from .store import Store
 
 log = logging.getLogger("noports.server")
@@ -208,9 +208,9 @@ class Session:
         if not raw:
             return
         try:
-            cfg = json.loads(raw)
+            cfg = loads_client_json(raw)
             version = str(cfg.get("version", "0"))
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, AtError):
             return
         self.json_errors = _version_tuple(version) >= (3, 0, 38)
 
