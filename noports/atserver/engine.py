@@ -176,6 +176,10 @@ class Session:
 
     def handle(self, line: str) -> Reply:
         """Run one request line and return what to write. Never raises for client mistakes."""
+        if not line:  # a bare CRLF: the Dart atServer's exact answer, prompt in the same write
+            if self.authed:
+                return Reply(f"error:AT0003-Invalid syntax : invalid command\n{self.prompt}")
+            return Reply(f"error:AT0003-Exception: invalid command\n{self.prompt}")
         try:
             cmd = parse_line(line)
             return self.dispatch(cmd)

@@ -29,7 +29,8 @@ class LineBuffer:
         self.limit = limit
 
     def feed(self, data: bytes) -> list[str]:
-        """Return the complete lines (``\\r\\n`` or ``\\n`` ended, trimmed, non-empty).
+        """Return the complete lines (``\\r\\n`` or ``\\n`` ended, trimmed; blank ones as ``""``,
+        which the server answers as the Dart server does).
 
         Raises BufferLimitExceededError (AT0005) when an unfinished line passes the limit.
         """
@@ -49,9 +50,7 @@ class LineBuffer:
         for raw in complete:
             if len(raw) > self.limit:
                 raise AtError.for_code("AT0005", "buffer limit exceeded")
-            text = raw.decode("utf-8", errors="replace").strip()
-            if text:
-                out.append(text)
+            out.append(raw.decode("utf-8", errors="replace").strip())
         return out
 
 
