@@ -153,7 +153,8 @@ class Srvd:
         connect: asyncio.Task[AtClient] | None = None
         try:
             path = self.s.keys_file or default_keys_path(self.s.atsign)
-            keys = AtKeys.load(path, self.s.atsign)  # fail fast, before any worker starts
+            # fail fast, before any worker starts; like ssh, refuse a group/world-readable file
+            keys = AtKeys.load(path, self.s.atsign, strict_mode=True)
             connect = loop.create_task(
                 AtClient.connect(
                     self.s.atsign, keys=keys, root=self._root(), ca_file=self.s.ca_file
@@ -262,7 +263,7 @@ class Srvd:
         for row in await self.pool.stats():
             log.info(
                 "stats worker %d (pid %s): %s sessions, %s pairs, %s pre-auth sockets, "
-                "%s refused pre-auth",
+                "%s shed pre-auth",
                 row["index"],
                 row.get("pid"),
                 row.get("sessions"),

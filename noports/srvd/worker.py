@@ -192,7 +192,7 @@ class Worker:
                 "sessions": len(self.sessions),
                 "pairs": pairs,
                 "preauth": self.relay.gate.total,
-                "preauth_refused": self.relay.gate.refused,
+                "preauth_refused": self.relay.gate.shed,
                 "bytes_ab": t["bytes_ab"],
                 "bytes_ba": t["bytes_ba"],
                 "pairs_total": t["pairs_total"],
