@@ -252,3 +252,14 @@ def test_a_real_prometheus_scrapes_srvd(np_env, tmp_path: Path):
             prom.wait(10)
         except subprocess.TimeoutExpired:
             prom.kill()
+
+
+def test_fatal_errors_honour_log_format_json(np_env):
+    r = np_env.run("srvd", "-a", "@nokeys", "-i", "127.0.0.1", "--log-format", "json")
+    assert r.returncode == 4
+    lines = [json.loads(line) for line in r.stderr.strip().splitlines()]
+    fatal = lines[-1]
+    assert fatal["event"] == "fatal" and fatal["exit_code"] == 4 and "nokeys" in fatal["msg"]
+    assert fatal["level"] == "critical" and fatal["logger"] == "srvd"
+    r = np_env.run("srvd", "-a", "@nokeys", "-i", "127.0.0.1")  # text stays one plain line
+    assert r.returncode == 4 and r.stderr.splitlines()[-1].startswith("srvd: error:")
