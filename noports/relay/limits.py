@@ -73,6 +73,11 @@ class PreAuthGate:
     def count(self, ip: str) -> int:
         return self._per_ip.get(ip, 0)
 
+    def resize(self, max_total: int, max_per_ip: int) -> None:
+        """New caps (a reload); sockets already admitted stay until they finish."""
+        self._max = max_total
+        self._max_ip = max_per_ip
+
     def admit(self, ip: str) -> bool:
         n = self._per_ip.get(ip, 0)
         if self._total >= self._max or n >= self._max_ip:
