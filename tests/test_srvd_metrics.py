@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -87,6 +88,16 @@ def test_metrics_health_ready_status_and_session_record(np_env):
     assert status == 200 and body.startswith("ok"), body
     status, body = get(base + "/readyz")
     assert status == 200, body
+    # the container image's HEALTHCHECK command against this relay
+    health = Path(__file__).resolve().parents[1] / "packaging" / "container" / "healthcheck.py"
+    r = subprocess.run(
+        [sys.executable, str(health)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "NOPORTS_HEALTH_URL": base + "/healthz"},
+    )
+    assert r.returncode == 0 and r.stdout.startswith("healthy"), r.stderr
 
     def during(sid: str) -> None:
         text = get(base + "/metrics")[1]
