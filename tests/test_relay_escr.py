@@ -54,12 +54,12 @@ def test_response_is_byte_exact_to_the_official_layout(alice: AtKeys) -> None:
     outer = base64.b64decode(payload64)
     e64 = json.loads(outer)["e"]
     # the outer JSON, exactly: {"iv":"<b64 iv>","e":"<b64 ciphertext>"}
-    assert outer == ('{"iv":"%s","e":"%s"}' % (base64.b64encode(IV).decode(), e64)).encode()
+    assert outer == (f'{{"iv":"{base64.b64encode(IV).decode()}","e":"{e64}"}}').encode()
     envelope64 = base64.b64decode(e64)
     sig = rsa.sign(alice.pkam_private, (
-        '{"sid":"%s","c":"%s","side":"a"}' % (SID, challenge)).encode())
-    envelope = ('{"p":{"sid":"%s","c":"%s","side":"a"},"s":"%s","ha":"sha256","sa":"rsa2048",'
-                '"sk":"%s"}' % (SID, challenge, sig, uri)).encode()
+        f'{{"sid":"{SID}","c":"{challenge}","side":"a"}}').encode())
+    envelope = (f'{{"p":{{"sid":"{SID}","c":"{challenge}","side":"a"}},"s":"{sig}","ha":"sha256","sa":"rsa2048",'
+                f'"sk":"{uri}"}}').encode()
     assert envelope64 == ctr_pkcs7_independent(bytes(range(32)), IV,
                                                base64.b64encode(envelope))
 

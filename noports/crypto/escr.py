@@ -113,7 +113,7 @@ def response_line(
     key = b64d(aes_key_b64, what="relayAuthAesKey", length=32)
     e = b64e(aes.encrypt(key, envelope64.encode("ascii"), iv))
     outer = canonical_json({"iv": b64e(iv), "e": e})
-    return f"{session_id}:{b64e(outer.encode('utf-8'))}".encode("utf-8")
+    return f"{session_id}:{b64e(outer.encode('utf-8'))}".encode()
 
 
 # -- the relay's checks ---------------------------------------------------------------------
