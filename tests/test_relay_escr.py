@@ -58,8 +58,8 @@ def test_response_is_byte_exact_to_the_official_layout(alice: AtKeys) -> None:
     envelope64 = base64.b64decode(e64)
     sig = rsa.sign(alice.pkam_private, (
         f'{{"sid":"{SID}","c":"{challenge}","side":"a"}}').encode())
-    envelope = (f'{{"p":{{"sid":"{SID}","c":"{challenge}","side":"a"}},"s":"{sig}","ha":"sha256","sa":"rsa2048",'
-                f'"sk":"{uri}"}}').encode()
+    envelope = (f'{{"p":{{"sid":"{SID}","c":"{challenge}","side":"a"}},"s":"{sig}",'
+                f'"ha":"sha256","sa":"rsa2048","sk":"{uri}"}}').encode()
     assert envelope64 == ctr_pkcs7_independent(bytes(range(32)), IV,
                                                base64.b64encode(envelope))
 
