@@ -426,3 +426,56 @@ class EscrProver:
         if self._done is None:
             self._done = Event(Step.FAILED, "eof")
         return self._done
+
+
+@dataclass(frozen=True)
+class EscrAuth:
+    """What a tunnel end needs to answer ESCR challenges on every relay socket it opens.
+
+    Given as ``auth_line`` to the tunnel functions (``noports.tunnel``), it replaces the
+    static payload-mode line: each socket waits for its own challenge. ``repr`` hides keys.
+    """
+
+    session_id: str
+    aes_key_b64: str
+    signing_uri: str
+    private_key: rsa.PrivateKey
+    side_a: bool
+
+    def __repr__(self) -> str:
+        return f"EscrAuth(session_id={self.session_id!r}, side={'a' if self.side_a else 'b'})"
+
+    def prover(self) -> EscrProver:
+        return EscrProver(self.session_id, self.aes_key_b64, self.signing_uri,
+                          self.private_key, self.side_a)
+
+    def env(self) -> dict[str, str]:
+        """The official ``srv -a escr`` environment contract (``RelayAuthenticatorESCR``)."""
+        return {
+            "REMOTE_AUTH_ESCR_SESSION_ID": self.session_id,
+            "REMOTE_AUTH_ESCR_AES_KEY": self.aes_key_b64,
+            "REMOTE_AUTH_ESCR_PUB_KEY_URI": self.signing_uri,
+            "REMOTE_AUTH_ESCR_SIGNING_PUBKEY": rsa.public_to_b64(self.private_key.public_key()),
+            "REMOTE_AUTH_ESCR_SIGNING_PRIVKEY": rsa.private_to_b64(self.private_key),
+            "REMOTE_AUTH_ESCR_IS_SIDE_A": "true" if self.side_a else "false",
+        }
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | Any) -> EscrAuth:
+        """Read the contract; a missing or empty variable raises ``ValueError`` naming it."""
+        names = ("SESSION_ID", "AES_KEY", "PUB_KEY_URI", "SIGNING_PUBKEY", "SIGNING_PRIVKEY",
+                 "IS_SIDE_A")
+        got: dict[str, str] = {}
+        for n in names:
+            full = "REMOTE_AUTH_ESCR_" + n
+            v = env.get(full)
+            if not v:
+                raise ValueError(f"No {full} in env")
+            got[n] = v
+        try:
+            b64d(got["AES_KEY"], what="REMOTE_AUTH_ESCR_AES_KEY", length=32)
+            priv = rsa.private_from_b64(got["SIGNING_PRIVKEY"])
+        except ProtocolError as exc:
+            raise ValueError(str(exc)) from None
+        return cls(got["SESSION_ID"], got["AES_KEY"], got["PUB_KEY_URI"], priv,
+                   got["IS_SIDE_A"].strip().lower() == "true")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from .auth import AuthLine, Outcome, Verdict
 
 if TYPE_CHECKING:
+    from .escr_auth import EscrLine
     from .session import Session
 
 AUTHENTICATING = 0
@@ -48,7 +49,7 @@ class Inbound:
         sock: socket.socket,
         side: int,
         peer_ip: str,
-        verifier: AuthLine | None,
+        verifier: AuthLine | EscrLine | None,
         loop: asyncio.AbstractEventLoop,
         clock: Callable[[], float],
         gated: bool,
@@ -114,30 +115,83 @@ class Inbound:
         elif self.state == WAITING:
             self._read_waiting()
 
+    def greet(self) -> bool:
+        """Write the verifier's greeting (the ESCR challenge) now, before any read.
+
+        A fresh socket's send buffer is empty, so the short line goes out whole; anything
+        else is treated as a dead peer (closed, False).
+        """
+        greeting = getattr(self.verifier, "greeting", None)
+        if greeting is None:
+            return True
+        try:
+            sent = self.sock.send(greeting)
+        except OSError:
+            sent = -1
+        if sent != len(greeting):
+            self._fail("error")
+            return False
+        return True
+
     def _read_auth(self) -> None:
         verifier = self.verifier
         assert verifier is not None
+        want = verifier.want()
+        if want <= 0:  # pending (or decided): nothing may be read now
+            self._pause()
+            return
         try:
-            data = self.sock.recv(verifier.want())
+            data = self.sock.recv(want)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             self._fail("error")
             return
         verdict = verifier.feed(data) if data else verifier.eof()
+        self._on_verdict(verdict)
+
+    def _on_verdict(self, verdict: Verdict) -> None:
         if verdict.outcome is Outcome.NEED_MORE:
+            return
+        if verdict.outcome is Outcome.PENDING:
+            self._pause()
+            assert self.verifier is not None
+            self.verifier.when_done(self._auth_resumed)  # type: ignore[union-attr]
             return
         if verdict.outcome is Outcome.FAILED:
             self._fail(verdict.reason)
             return
         self._authenticated(verdict)
 
+    def _auth_resumed(self, verdict: Verdict) -> None:
+        if self.state != AUTHENTICATING:
+            return
+        self._on_verdict(verdict)
+        if self.state == WAITING and len(self.buf) < self.session.limits.prepair_buffer:
+            self._resume()
+
     def _authenticated(self, verdict: Verdict) -> None:
+        verifier = self.verifier
+        ok_line = getattr(verifier, "ok_line", None)
+        if ok_line is not None:
+            try:
+                sent = self.sock.send(ok_line)
+            except OSError:
+                sent = -1
+            if sent != len(ok_line):
+                self._fail("error")
+                return
         self._leave_auth()
         self.verifier = None
         self.state = WAITING
         if verdict.rest:
             self.buf += verdict.rest
+        target = getattr(verifier, "target", None)
+        if target is not None and target is not self.session:
+            # single-port path: the response named the session and side
+            self.session._forget(self)
+            self.session = target
+            self.side = verifier.target_side  # type: ignore[union-attr]
         self.session._on_authenticated(self)
         if self.state == WAITING and len(self.buf) >= self.session.limits.prepair_buffer:
             self._pause()
@@ -186,7 +240,14 @@ class Inbound:
             self.session._release_gate(self.peer_ip)
 
     def _fail(self, reason: str) -> None:
-        self.close()
+        fail_line = getattr(self.verifier, "fail_line", None)
+        told = False
+        if fail_line is not None and self.state == AUTHENTICATING:
+            try:  # best effort: the peer learns why, then a plain close (a reset could
+                told = self.sock.send(fail_line) == len(fail_line)  # discard the line)
+            except OSError:
+                pass
+        self.close(reset=not told)
         self.session._on_auth_failed(self, reason)
 
     def detach(self) -> tuple[socket.socket, bytes, bool]:
@@ -198,12 +259,22 @@ class Inbound:
         self.buf = bytearray()
         return self.sock, data, self.eof
 
-    def close(self) -> None:
+    def close(self, reset: bool = True) -> None:
         if self.state in (CLOSED, DETACHED):
             return
         self._pause()
         self._leave_auth()
         self.state = CLOSED
+        cancel = getattr(self.verifier, "cancel", None)
+        if cancel is not None:
+            cancel()
         self.verifier = None
         self.buf = bytearray()
-        reset_close(self.sock)
+        if reset:
+            reset_close(self.sock)
+        else:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self.sock.close()
