@@ -477,5 +477,7 @@ class EscrAuth:
             priv = rsa.private_from_b64(got["SIGNING_PRIVKEY"])
         except ProtocolError as exc:
             raise ValueError(str(exc)) from None
-        return cls(got["SESSION_ID"], got["AES_KEY"], got["PUB_KEY_URI"], priv,
-                   got["IS_SIDE_A"].strip().lower() == "true")
+        side = got["IS_SIDE_A"].strip().lower()
+        if side not in ("true", "false"):
+            raise ValueError('Env var REMOTE_AUTH_ESCR_IS_SIDE_A must be "true" or "false"')
+        return cls(got["SESSION_ID"], got["AES_KEY"], got["PUB_KEY_URI"], priv, side == "true")
