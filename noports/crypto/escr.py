@@ -137,7 +137,7 @@ def split_response(line: bytes) -> tuple[str, str]:
         text = line.decode("ascii").strip()
     except UnicodeDecodeError:
         raise EscrError("malformed", "response is not printable ASCII") from None
-    if any(not (0x20 <= ord(ch) < 0x7F) for ch in text):
+    if not text.isprintable():  # ASCII already: no control characters, no DEL
         raise EscrError("malformed", "response has unprintable characters")
     parts = text.split(":")
     if len(parts) != 2 or not parts[0]:
