@@ -111,7 +111,10 @@ async def escr_handshake(sock: socket.socket, auth: EscrAuth, timeout: float) ->
     try:
         ev = await asyncio.wait_for(run(), timeout)
     except (TimeoutError, asyncio.TimeoutError):
-        raise PeerTimeoutError("relay authentication (escr) timed out") from None
+        raise PeerTimeoutError(
+            "relay authentication (escr) timed out: no challenge or verdict from the relay "
+            "(a relay without escr waits for a payload line: try --ram payload)"
+        ) from None
     except OSError as exc:
         raise ConnectError(f"relay connection failed during authentication: {exc}") from exc
     if ev.step is not escr.Step.OK:
