@@ -93,6 +93,8 @@ class Inbound:
                 self._fail("timeout")
                 return
             self._timer = self._loop.call_later(left, self._check_deadline)
+            if self.verifier is not None and self.verifier.want() <= 0:
+                return  # ESCR: waiting for the signing key, not for bytes
         elif self.state != WAITING or len(self.buf) >= self.session.limits.prepair_buffer:
             return
         self._resume()

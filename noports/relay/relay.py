@@ -102,6 +102,7 @@ class Relay:
         self.lookup = lookup
         self._signing: dict[str, tuple[rsa.PublicKey | None, float]] = {}
         self._fetching: dict[str, list[Callable[[rsa.PublicKey | None], None]]] = {}
+        self._fetch_tasks: set[asyncio.Task[None]] = set()
         self._single_port_arg = single_port
         self.single: SinglePort | None = None
         self._single_sessions: dict[str, Session] = {}
@@ -198,7 +199,9 @@ class Relay:
             waiting.append(done)
             return
         self._fetching[uri] = [done]
-        self.loop.create_task(self._fetch(uri))
+        task = self.loop.create_task(self._fetch(uri))
+        self._fetch_tasks.add(task)
+        task.add_done_callback(self._fetch_tasks.discard)
 
     async def _fetch(self, uri: str) -> None:
         key: rsa.PublicKey | None = None
@@ -220,6 +223,8 @@ class Relay:
         self._closing = True
         if self.single is not None:
             self.single.close()
+        for task in list(self._fetch_tasks):
+            task.cancel()
         for session in list(self._sessions):
             session.close("cancelled")
         # Spare pipes belong to no pair; closing them leaves no fd behind the relay.
