@@ -30,7 +30,7 @@ log = logging.getLogger("noports.relay")
 
 NONCE_BYTES = 24  # 192 bits, url-safe base64 text of 32 characters
 SIGNING_KEY_TTL = 60.0  # seconds a fetched ESCR signing key is trusted
-SIGNING_MISS_TTL = 5.0  # seconds a missing one is remembered as missing
+SIGNING_MISS_TTL = 1.0  # seconds a missing one is remembered as missing (it may be on its way)
 NOT_BOUND_443 = "Client requested port 443 but this relay is not bound to port 443"
 
 

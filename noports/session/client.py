@@ -47,6 +47,7 @@ from ..errors import (
     EXIT_TIMEOUT,
     ConfigError,
     KeyNotFoundError,
+    NoPortsError,
     PeerTimeoutError,
     ProtocolError,
     RemoteError,
@@ -96,7 +97,8 @@ class FeatureRefusedError(UnsupportedFeatureError):
 
 
 class EscrUnsupportedError(FeatureRefusedError):
-    """The daemon cannot do escr relay auth (``supportsRamEscr`` not advertised)."""
+    """escr relay auth is not possible: the daemon does not advertise ``supportsRamEscr``,
+    or our signing key cannot be published."""
 
 
 class DowngradeRefusedError(RemoteError):
@@ -481,6 +483,13 @@ async def establish(
             key = f"npt_request.{spec.device}"
         if escr_mode:
             payload = relayauth.add_request_fields(payload, mode="escr", aes_key=relay_aes)
+            if spec.auth_client:  # the relay checks our answers with it: it must be there
+                try:
+                    await publish
+                except (NoPortsError, OSError) as exc:
+                    raise EscrUnsupportedError(
+                        f"cannot publish our relay signing key ({exc}); use --ram payload"
+                    ) from None
         progress("Sending session request to the device daemon")
         await client.send_signed(
             spec.daemon,
@@ -508,7 +517,6 @@ async def establish(
         )
         if escr_mode and spec.auth_client:
             assert relay_aes is not None
-            await publish  # our signing key must be where the relay looks before we connect
             auth = relayauth.escr_auth(sid, relay_aes, my_uri, client.keys.pkam_private, True)
         elif spec.auth_client and not reply.rvd_nonce:
             raise ProtocolError("the relay sent no rvdNonce, so our side cannot authenticate")
