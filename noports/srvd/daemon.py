@@ -333,6 +333,9 @@ class Srvd:
         if kind is None:
             vlog.info("ignoring %s from %s", escape(n.short_key, 120), escape(n.from_atsign, 80))
             return
+        if kind == "discover":
+            await self._discover(n)
+            return
         t0 = time.perf_counter()
         sender = n.from_atsign
         log.info("New session request from %s", escape(sender, 80))
@@ -361,7 +364,10 @@ class Srvd:
                 self._stale_keys.discard(who)
             except (AtError, NoPortsError, OSError) as exc:
                 raise rq.Refusal(
-                    rq.ERROR, f"cannot get the public key of {who}: {exc}", req.session_id
+                    rq.ERROR,
+                    f"cannot get the public key of {who}: {exc}",
+                    req.session_id,
+                    req.multiple_acks_ok,
                 ) from None
         spec = SessionSpec(
             req.session_id,
@@ -385,10 +391,15 @@ class Srvd:
         try:
             h, made = await self.pool.create_session(spec)
         except PortsExhaustedError:
-            raise rq.Refusal(rq.CAPACITY, "relay has no free ports", req.session_id) from None
+            raise rq.Refusal(
+                rq.CAPACITY, "relay has no free ports", req.session_id, req.multiple_acks_ok
+            ) from None
         except (WorkerGone, LocalError) as exc:
             raise rq.Refusal(
-                rq.ERROR, f"relay could not create the session ({exc})", req.session_id
+                rq.ERROR,
+                f"relay could not create the session ({exc})",
+                req.session_id,
+                req.multiple_acks_ok,
             ) from None
         reply = RelayReply(
             self.s.ip,
@@ -441,6 +452,40 @@ class Srvd:
         self.results["granted"] += 1
         vlog.info("session %s answered in %.1f ms", g.session_id, (time.perf_counter() - t0) * 1000)
 
+    def _single_port(self) -> int | None:
+        """443 when the single-port listener runs (spec-latest 1.3), else None."""
+        return 443 if getattr(self.s, "listen_443", False) else None
+
+    async def _discover(self, n: Notification) -> None:
+        """Answer a relay auto-selection probe (spec-latest 1.3) with our address and load."""
+        sender = n.from_atsign
+        value = rq.discover_reply(
+            n.value,
+            ip=self.s.ip,
+            port=self._single_port(),
+            sessions=len(self.admission.live),
+            max_sessions=self.s.max_sessions,
+        )
+        if value is None or self.client is None:
+            vlog.info("ignoring a malformed discover_request from %s", escape(sender, 80))
+            return
+        if self.admission.managers is not None and sender not in self.admission.managers:
+            vlog.info("not answering discover_request from %s (not a manager)", escape(sender, 80))
+            return
+        if not self._nack_allowed("discover " + sender):
+            return
+        self.results["discover"] += 1
+        try:
+            await self.client.notify(
+                sender,
+                rq.DISCOVER_REPLY,
+                value,
+                namespace=rq.NAMESPACE,
+                ttln_ms=REPLY_TTLN_MS,
+            )
+        except (NoPortsError, OSError) as exc:
+            log.info("could not answer discover_request from %s: %s", escape(sender, 80), exc)
+
     async def _refuse(self, sender: str, r: rq.Refusal) -> None:
         self.results[r.kind] += 1
         log.info(
@@ -450,7 +495,7 @@ class Srvd:
             escape(r.reason, 300),
             r.kind,
         )
-        if r.session_id is None or self.client is None:
+        if r.session_id is None or self.client is None or not r.nack:
             return
         if not self._nack_allowed(sender):
             vlog.info("not sending more nacks to %s for now", escape(sender, 80))

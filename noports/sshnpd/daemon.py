@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from ..at.protocol import Notification
 from ..cli.common import escape
 from ..crypto import rsa
 from ..errors import ConnectError, KeyNotFoundError, NoPortsError
+from ..session.relays import probe_latency
 from .authkeys import AuthorizedKeys, InvalidPublicKeyError
 from .ephemeral import EphemeralKeys
 from .features import ping_response_json
@@ -54,6 +56,7 @@ DEVICE_INFO_TTL_MS = 30 * 86400 * 1000
 REPLY_TTL_MS = 10_000
 REPLY_TTLN_MS = 60_000
 MONITOR_START_TIMEOUT = 30.0
+LATENCY_MAX_RELAYS = 16
 
 
 @dataclass
@@ -350,6 +353,8 @@ class Daemon:
                 await self._session(command[:3], sender, value, permit)
             elif command == "sshpublickey":
                 await self._public_key_request(sender, value)
+            elif command == "relay_latency_request":
+                await self._relay_latency(sender, value)
             else:
                 log.info("ignoring unknown command %s from %s", escape(command, 60), sender)
         except asyncio.CancelledError:
@@ -389,6 +394,29 @@ class Daemon:
             ttl_ms=REPLY_TTL_MS,
             ttln_ms=REPLY_TTLN_MS,
         )
+
+    async def _relay_latency(self, sender: str, value: str | None) -> None:
+        """Relay auto-selection (spec-latest 1.4): TCP-connect latency to each relay the
+        client lists, ``{"@rv": ms or -1}`` back as ``relay_latency_response.<dev>``. A null
+        or non-JSON value gets no reply, as official."""
+        try:
+            relays = json.loads(value) if value is not None else None
+        except ValueError:
+            relays = None
+        if not isinstance(relays, dict):
+            log.info("ignoring a malformed relay_latency_request from %s", sender)
+            return
+        entries = list(relays.items())[:LATENCY_MAX_RELAYS]
+        results = await asyncio.gather(*(probe_latency(v) for _k, v in entries))
+        reply = {str(k): ms for (k, _v), ms in zip(entries, results, strict=True)}
+        await self.client.notify(
+            sender,
+            f"relay_latency_response.{self.cfg.device}",
+            json.dumps(reply, separators=(",", ":")),
+            namespace=NAMESPACE,
+            ttln_ms=REPLY_TTLN_MS,
+        )
+        log.info("answered a relay latency request from %s: %s", sender, reply)
 
     async def _public_key_request(self, sender: str, value: str | None) -> None:
         if not self.cfg.accept_public_keys:
