@@ -35,6 +35,7 @@ from ..crypto import rsa
 from ..crypto.atkeys import AtKeys, default_keys_path
 from ..errors import AtError, LocalError, NoPortsError, PortsExhaustedError
 from ..relay import SessionSpec, raise_nofile_limit
+from ..session import mutex as session_mutex
 from ..session.wire import RelayReply, relay_reply
 from . import requests as rq
 from .pool import WorkerGone, WorkerHandle, WorkerPool
@@ -388,6 +389,13 @@ class Srvd:
             req.auth_b,
             req.legacy,
         )
+        # old clients (no multipleAcksOk) must get one answer even from several srvd
+        # instances on this atSign: race for the session mutex alongside the port binding
+        mutex = (
+            asyncio.ensure_future(session_mutex.acquire(self.client, g.session_id, rq.NAMESPACE))
+            if not req.multiple_acks_ok and not req.legacy
+            else None
+        )
         try:
             h, made = await self.pool.create_session(spec)
         except PortsExhaustedError:
@@ -401,6 +409,11 @@ class Srvd:
                 req.session_id,
                 req.multiple_acks_ok,
             ) from None
+        if mutex is not None and not await mutex:
+            log.info("session %s is served by another srvd instance: staying silent", g.session_id)
+            self.pool.cancel(h, req.session_id)
+            self.results["mutex_lost"] += 1
+            return
         reply = RelayReply(
             self.s.ip,
             int(made["port_a"]),

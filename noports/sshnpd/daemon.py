@@ -37,10 +37,12 @@ from ..at.protocol import Notification
 from ..cli.common import escape
 from ..crypto import rsa
 from ..errors import ConnectError, KeyNotFoundError, NoPortsError
+from ..session import mutex as session_mutex
 from ..session.relays import probe_latency
 from .authkeys import AuthorizedKeys, InvalidPublicKeyError
 from .ephemeral import EphemeralKeys
 from .features import ping_response_json
+from .names import validate_session_id
 from .npa_client import RESPONSE_REGEX, NpaClient
 from .permitopen import PermitOpen
 from .sessions import Refusal, SessionHandler, SessionSettings
@@ -57,6 +59,16 @@ REPLY_TTL_MS = 10_000
 REPLY_TTLN_MS = 60_000
 MONITOR_START_TIMEOUT = 30.0
 LATENCY_MAX_RELAYS = 16
+
+
+def _session_id_of(value: str | None) -> str | None:
+    """The ``sessionId`` inside a signed request envelope, if it is a valid one (unverified:
+    only used to name the session mutex)."""
+    try:
+        payload = json.loads(value or "").get("payload")
+        return validate_session_id(payload.get("sessionId"))
+    except (ValueError, AttributeError, TypeError, NoPortsError):
+        return None
 
 
 @dataclass
@@ -377,8 +389,24 @@ class Daemon:
 
     async def _session(self, kind: str, sender: str, value: str | None, permit: PermitOpen) -> None:
         sid: str | None = None
+        # redundant daemons on this device (latest spec 8.2): one instance owns each session,
+        # raced for alongside the signature check; the others drop the request silently
+        asked = _session_id_of(value)
+        mutex = (
+            asyncio.ensure_future(session_mutex.acquire(self.client, asked, NAMESPACE))
+            if asked is not None
+            else None
+        )
         try:
-            req = await self.sessions.verify(kind, sender, value)
+            verified = await asyncio.gather(
+                self.sessions.verify(kind, sender, value), return_exceptions=True
+            )
+            if mutex is not None and not await mutex:
+                log.info("session %s is served by another sshnpd instance", asked)
+                return
+            if isinstance(verified[0], BaseException):
+                raise verified[0]
+            req = verified[0]
             sid = req.session_id
             payload = await self.sessions.start(req, sender, permit)
         except Refusal as r:
