@@ -76,7 +76,9 @@ def test_ping_sessions_all_modes_and_npt(np_env):
                 "version",
                 "corePackageVersion",
                 "supportedFeatures",
+                "authModes",
                 "allowedServices",
+                "npCpVersion",
             ]
             f = info["supportedFeatures"]
             assert f["srAuth"] is f["srE2ee"] is f["supportsPortChoice"] is True
