@@ -33,6 +33,8 @@ def req(sid: str, a: str = "@alice", b: str = "@dev", auth: bool = True, **extra
         ("auth_modes.sshrvd", None),
         ("discover_request.sshrvd", "discover"),
         ("x.discover_request.sshrvd", None),
+        ("logging.0b7c.sessions.sshrvd", "sessions"),
+        ("x.logging.0b7c.sessions.sshrvd", None),
         ("x.y.sshrvd", None),
         ("sshrvd", None),
         ("mydev.sshnp", None),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -106,6 +107,7 @@ class Srvd:
         self._idle = asyncio.Event()
         self._idle.set()
         self._stale_keys: set[str] = set()
+        self._event_logging: dict[str, tuple[str, str]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -275,6 +277,7 @@ class Srvd:
 
     def _on_closed(self, h: WorkerHandle, msg: dict[str, Any]) -> None:
         sid = str(msg.get("sid"))
+        self._event_logging.pop(sid.lower(), None)
         entry = self.sessions.pop(sid.lower(), None)
         self.admission.release(sid)
         if entry is not None:
@@ -305,6 +308,7 @@ class Srvd:
     def _on_lost(self, h: WorkerHandle, sids: set[str]) -> None:
         for sid in sids:
             self.sessions.pop(sid.lower(), None)
+            self._event_logging.pop(sid.lower(), None)
             self.admission.release(sid)
             log.warning("session %s lost with worker %d", sid, h.index)
         self.results["lost"] += len(sids)
@@ -336,6 +340,9 @@ class Srvd:
             return
         if kind == "discover":
             await self._discover(n)
+            return
+        if kind == "sessions":
+            self._session_message(n)
             return
         t0 = time.perf_counter()
         sender = n.from_atsign
@@ -464,6 +471,44 @@ class Srvd:
             return
         self.results["granted"] += 1
         vlog.info("session %s answered in %.1f ms", g.session_id, (time.perf_counter() - t0) * 1000)
+
+    def _session_message(self, n: Notification) -> None:
+        """``logging.<sid>.sessions``: the session's event logging config, accepted once and
+        only from a participant (latest spec 8.2); recorded and named in the session's log
+        lines. (The official event notification format is not known here: none is sent.)"""
+        kind_sid = rq.session_message(n.short_key)
+        assert kind_sid is not None
+        kind, sid = kind_sid
+        sender = n.from_atsign
+        entry = self.sessions.get(sid)
+        if kind != "logging" or entry is None:
+            vlog.info("ignoring %s from %s", escape(n.short_key, 120), escape(sender, 80))
+            return
+        _h, live, _t = entry
+        if sender not in (live.atsign_a, live.atsign_b):
+            log.warning("%s is not a participant in session %s", escape(sender, 80), sid)
+            return
+        if sid in self._event_logging:
+            vlog.info("session %s already has an event logging config", sid)
+            return
+        try:
+            elc = json.loads(n.value or "")
+            target = str(elc["atSign"])
+            topic = str(elc["topic"])
+        except (ValueError, KeyError, TypeError):
+            log.info("ignoring a malformed event logging config for session %s", sid)
+            return
+        if not target.startswith("@") or len(target) > 64 or len(topic) > 200:
+            log.info("ignoring an invalid event logging config for session %s", sid)
+            return
+        self._event_logging[sid] = (target, topic)
+        log.info(
+            "session %s: event logging to %s topic %s (from %s)",
+            sid,
+            escape(target, 80),
+            escape(topic, 200),
+            escape(sender, 80),
+        )
 
     def _single_port(self) -> int | None:
         """443 when the single-port listener runs (spec-latest 1.3), else None."""

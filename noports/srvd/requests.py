@@ -46,8 +46,16 @@ SHUTDOWN = "shutdown"
 ERROR = "error"
 
 
+def session_message(short_key: str) -> tuple[str, str] | None:
+    """``(type, sid)`` for ``<type>.<sid>.sessions.sshrvd`` (latest spec 8.2), else None."""
+    parts = short_key.lower().split(".")
+    if len(parts) == 4 and parts[2:] == ["sessions", NAMESPACE] and parts[0] and parts[1]:
+        return parts[0], parts[1]
+    return None
+
+
 def classify(short_key: str) -> str | None:
-    """``"json"`` (R1), ``"legacy"`` (R1L), ``"discover"`` or None (ignore).
+    """``"json"`` (R1), ``"legacy"`` (R1L), ``"discover"``, ``"sessions"`` or None (ignore).
 
     ``short_key`` is the key without ``@to:`` and ``@from`` (``dev.request_ports.sshrvd``).
     A legacy request is ``<device>.sshrvd``: exactly one label before the namespace.
@@ -57,6 +65,8 @@ def classify(short_key: str) -> str | None:
         return None
     if k == DISCOVER_KEY:
         return "discover"
+    if session_message(k) is not None:
+        return "sessions"
     head = k[: -len(SUFFIX)]
     if head.endswith(REQUEST_PORTS):
         return "json"

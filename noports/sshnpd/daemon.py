@@ -27,6 +27,7 @@ import contextlib
 import getpass
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ from ..session.relays import probe_latency
 from .authkeys import AuthorizedKeys, InvalidPublicKeyError
 from .ephemeral import EphemeralKeys
 from .features import ping_response_json
-from .names import validate_session_id
+from .names import validate_atsign, validate_session_id
 from .npa_client import RESPONSE_REGEX, NpaClient
 from .permitopen import PermitOpen
 from .sessions import Refusal, SessionHandler, SessionSettings
@@ -91,6 +92,10 @@ class DaemonConfig:
     max_sessions: int = 128
     #: on SIGTERM/SIGINT, seconds running tunnels may take to finish before they are cut
     drain: float = 0.0
+    #: ESCR relay auth available to this daemon's tunnel ends, and the published signing key
+    #: (``public:_apsk.<eid|primary>.a.__e@<me>``): advertised in the ping reply only when set
+    escr: bool = False
+    signing_key_uri: str | None = None
 
 
 class Daemon:
@@ -140,7 +145,11 @@ class Daemon:
             device_group=cfg.device_group,
             accepts_public_keys=cfg.accept_public_keys,
             allowed_services=cfg.permit_open.allowed_services(),
+            escr=cfg.escr,
+            public_signing_key_uri=cfg.signing_key_uri,
         )
+        #: session event logging asked for by the policy service (latest spec 8.2)
+        self.event_logging: dict[str, Any] | None = None
 
     # -- helpers ------------------------------------------------------------------------------
     async def _public_key(self, atsign: str, refresh: bool) -> rsa.PublicKey:
@@ -151,7 +160,8 @@ class Daemon:
 
     def monitor_regex(self) -> str:
         own = rf"\.{self.cfg.device}\.sshnp@"
-        return f"{own}|{RESPONSE_REGEX}" if self.npa else own
+        config = rf"config\.{re.escape(self.cfg.device)}\.devices\.policy\.sshnp@"
+        return f"{own}|{RESPONSE_REGEX}|{config}" if self.npa else own
 
     def stop(self) -> None:
         """First call: stop (draining if configured). A second call cuts the drain short."""
@@ -317,6 +327,12 @@ class Daemon:
         key = n.short_key
         if self.npa is not None and self.npa.on_response(sender, key, n.value):
             return
+        if (
+            sender == self.cfg.policy_manager
+            and key.lower() == f"config.{self.cfg.device}.devices.policy.{NAMESPACE}"
+        ):
+            self._policy_config(n.value)
+            return
         suffix = f".{self.cfg.device}.{NAMESPACE}"
         if not key.lower().endswith(suffix):
             return
@@ -409,6 +425,13 @@ class Daemon:
             req = verified[0]
             sid = req.session_id
             payload = await self.sessions.start(req, sender, permit)
+            if self.event_logging is not None:
+                payload["eventLoggingConfig"] = dict(self.event_logging)
+                fwd = asyncio.get_running_loop().create_task(
+                    self._forward_event_logging(req.relay_atsign, sid)
+                )
+                self._handlers.add(fwd)
+                fwd.add_done_callback(self._handlers.discard)
         except Refusal as r:
             log.warning("%s_request from %s refused: %s", kind, sender, escape(r.text, 300))
             if r.session_id is not None:
@@ -422,6 +445,45 @@ class Daemon:
             ttl_ms=REPLY_TTL_MS,
             ttln_ms=REPLY_TTLN_MS,
         )
+
+    def _policy_config(self, value: str | None) -> None:
+        """``{"eventLoggingConfig": {"atSign","topic","ttln"}}`` from the policy service: the
+        daemon then names it in every session reply and hands it to the session's relay."""
+        try:
+            elc = json.loads(value or "").get("eventLoggingConfig")
+        except (ValueError, AttributeError):
+            log.warning("ignoring a malformed policy config notification")
+            return
+        if elc is None:
+            self.event_logging = None
+            log.info("session event logging is off")
+            return
+        try:
+            atsign = validate_atsign(str(elc.get("atSign")))
+            topic, ttln = elc.get("topic"), elc.get("ttln")
+            if not isinstance(topic, str) or not topic or len(topic) > 200:
+                raise ValueError("topic")
+            if ttln is not None and (not isinstance(ttln, int) or isinstance(ttln, bool)):
+                raise ValueError("ttln")
+        except (ValueError, AttributeError, NoPortsError) as exc:
+            log.warning("ignoring an invalid eventLoggingConfig (%s)", exc)
+            return
+        self.event_logging = {"atSign": atsign, "topic": topic, "ttln": ttln}
+        log.info("session event logging to %s topic %s", atsign, escape(topic, 200))
+
+    async def _forward_event_logging(self, relay: str | None, sid: str) -> None:
+        """``@relay:logging.<sid>.sessions.sshrvd@me`` with the config (ttln 1 min)."""
+        if self.event_logging is None or not relay:
+            return
+        try:
+            await self.client.notify(
+                validate_atsign(relay, add_at=True),
+                f"logging.{sid}.sessions.sshrvd",
+                json.dumps(self.event_logging, separators=(",", ":")),
+                ttln_ms=REPLY_TTLN_MS,
+            )
+        except (NoPortsError, OSError) as exc:
+            log.warning("could not pass the event logging config to %s: %s", relay, exc)
 
     async def _relay_latency(self, sender: str, value: str | None) -> None:
         """Relay auto-selection (spec-latest 1.4): TCP-connect latency to each relay the
