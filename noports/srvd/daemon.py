@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -352,10 +353,25 @@ class Srvd:
         except rq.Refusal as refusal:
             await self._refuse(sender, refusal)
             return
+        req = grant.request
+        if not req.multiple_acks_ok and not req.legacy and self.client is not None:
+            # an old client takes one answer only, and several srvd instances may serve this
+            # atSign: the instance that creates the session mutex record answers, the others
+            # stay silent (latest spec 2.2; ours races before binding ports, so losers bind none)
+            if not await session_mutex.acquire(self.client, grant.session_id, rq.NAMESPACE):
+                self.admission.release(grant.session_id)
+                self.results["mutex_lost"] += 1
+                log.info(
+                    "session %s is served by another srvd instance: staying silent",
+                    grant.session_id,
+                )
+                return
         try:
             await self._grant(grant, t0)
         except rq.Refusal as refusal:
             self.admission.release(grant.session_id)
+            if not req.multiple_acks_ok:  # official: a nack only to clients that take several
+                refusal = dataclasses.replace(refusal, nack=False)
             await self._refuse(grant.sender, refusal)
 
     async def _grant(self, g: rq.Grant, t0: float) -> None:
@@ -372,10 +388,7 @@ class Srvd:
                 self._stale_keys.discard(who)
             except (AtError, NoPortsError, OSError) as exc:
                 raise rq.Refusal(
-                    rq.ERROR,
-                    f"cannot get the public key of {who}: {exc}",
-                    req.session_id,
-                    req.multiple_acks_ok,
+                    rq.ERROR, f"cannot get the public key of {who}: {exc}", req.session_id
                 ) from None
         spec = SessionSpec(
             req.session_id,
@@ -396,31 +409,14 @@ class Srvd:
             req.auth_b,
             req.legacy,
         )
-        # old clients (no multipleAcksOk) must get one answer even from several srvd
-        # instances on this atSign: race for the session mutex alongside the port binding
-        mutex = (
-            asyncio.ensure_future(session_mutex.acquire(self.client, g.session_id, rq.NAMESPACE))
-            if not req.multiple_acks_ok and not req.legacy
-            else None
-        )
         try:
             h, made = await self.pool.create_session(spec)
         except PortsExhaustedError:
-            raise rq.Refusal(
-                rq.CAPACITY, "relay has no free ports", req.session_id, req.multiple_acks_ok
-            ) from None
+            raise rq.Refusal(rq.CAPACITY, "relay has no free ports", req.session_id) from None
         except (WorkerGone, LocalError) as exc:
             raise rq.Refusal(
-                rq.ERROR,
-                f"relay could not create the session ({exc})",
-                req.session_id,
-                req.multiple_acks_ok,
+                rq.ERROR, f"relay could not create the session ({exc})", req.session_id
             ) from None
-        if mutex is not None and not await mutex:
-            log.info("session %s is served by another srvd instance: staying silent", g.session_id)
-            self.pool.cancel(h, req.session_id)
-            self.results["mutex_lost"] += 1
-            return
         reply = RelayReply(
             self.s.ip,
             int(made["port_a"]),
@@ -511,8 +507,11 @@ class Srvd:
         )
 
     def _single_port(self) -> int | None:
-        """443 when the single-port listener runs (spec-latest 1.3), else None."""
-        return 443 if getattr(self.s, "listen_443", False) else None
+        """The single-port listener's advertised port (443) when it runs, else None
+        (spec-latest 1.3: official clients can only probe, so only choose, such relays)."""
+        if getattr(self.s, "single_port", None) is None:
+            return None
+        return int(getattr(self.s, "single_advertise", 443))
 
     async def _discover(self, n: Notification) -> None:
         """Answer a relay auto-selection probe (spec-latest 1.3) with our address and load."""
