@@ -263,3 +263,53 @@ def test_choice_rule() -> None:
     assert relays.standard_relays_url("proxy:root.example.org:64").endswith(
         "/noports/root.example.org/standard_relays.json"
     )
+
+
+def test_selection_does_not_wait_for_a_daemon_that_cannot_answer(np_env, caplog) -> None:
+    """A daemon whose ping reply shows it never answers relay_latency_request (the official C
+    daemon reports version c0.1.0) is not waited for; ours answers and its figures count."""
+    client_at = np_env.atsign("client")
+    c_dev = np_env.atsign("cdevice")
+    our_dev = np_env.atsign("device")
+    relay = np_env.atsign("relay")
+    start_srvd(np_env, relay)
+    start_daemon(np_env, our_dev, client_at, "ours")
+    c_ping = json.dumps(
+        {"devicename": "cdev", "version": "c0.1.0", "supportedFeatures": {"srAuth": True}}
+    )
+
+    async def go():
+        c = await connect(np_env, client_at)
+        d = await connect(np_env, c_dev)
+        try:
+
+            async def c_daemon():  # answers pings as the C daemon does, nothing else
+                async with d.monitor(r"ping\.cdev\.sshnp") as mon:
+                    await mon.started(10)
+                    started.set()
+                    while True:
+                        n = await mon.next()
+                        await d.notify(
+                            n.from_atsign, "heartbeat.cdev", c_ping, namespace="sshnp",
+                            ttln_ms=60_000,
+                        )
+
+            started = asyncio.Event()
+            task = asyncio.ensure_future(c_daemon())
+            await started.wait()
+            with caplog.at_level("INFO", logger="noports.session.relays"):
+                choice = await relays.select_relay(
+                    c, daemon=c_dev, device="cdev", candidates=[relay], root=None
+                )
+            task.cancel()
+            assert choice.relay == relay and choice.device_ms is None
+            assert "does not answer latency requests" in caplog.text
+            ours = await relays.select_relay(
+                c, daemon=our_dev, device="ours", candidates=[relay], root=None
+            )
+            assert ours.device_ms == {relay: -1}  # answered (no single-port listener: -1)
+        finally:
+            await c.close()
+            await d.close()
+
+    arun(go(), timeout=90)

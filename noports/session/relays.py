@@ -335,26 +335,29 @@ async def _device_latency(
     """The daemon's figures, None after ``timeout`` (official fallback) or as soon as its
     ping reply shows it never answers latency requests."""
     deadline = loop.time() + timeout
+    judged = False
     while not latency.done():
-        left = deadline - loop.time()
-        if left <= 0:
-            log.info("no relay latencies from the device within %g s: client figures only", timeout)
-            return None
-        waiters: set[asyncio.Future[Any]] = {latency}
-        if not ping.done():
-            waiters.add(ping)
-        await asyncio.wait(
-            {asyncio.shield(w) for w in waiters}, timeout=left, return_when=asyncio.FIRST_COMPLETED
-        )
-        if ping.done() and not latency.done():
+        if ping.done() and not judged:
+            judged = True
             try:
                 info = parse_ping_response(ping.result())
             except NoPortsError:
-                continue
-            if not info.answers_relay_latency():
+                info = None
+            if info is not None and not info.answers_relay_latency():
                 log.info(
                     "the device daemon (version %s) does not answer latency requests", info.version
                 )
                 return None
-            ping = loop.create_future()  # answered and capable: wait for the latencies only
+        left = deadline - loop.time()
+        if left <= 0:
+            log.info("no relay latencies from the device within %g s: client figures only", timeout)
+            return None
+        waiters: set[asyncio.Future[Any]] = {asyncio.shield(latency)}
+        if not judged:
+            waiters.add(asyncio.shield(ping))
+        done, pending = await asyncio.wait(
+            waiters, timeout=left, return_when=asyncio.FIRST_COMPLETED
+        )
+        for w in pending:
+            w.cancel()
     return latency.result()
