@@ -318,3 +318,26 @@ def test_selection_does_not_wait_for_a_daemon_that_cannot_answer(np_env, caplog)
             await d.close()
 
     arun(go(), timeout=90)
+
+
+def test_relay_option_in_sshnp_and_npt() -> None:
+    """``-r`` absent, empty or a comma list means selection in both clients (latest spec 1.1);
+    a bad name in the list is a usage error."""
+    from noports.npt import run as npt_run
+    from noports.sshnp import args as sshnp_args
+
+    base = ["-f", "@me", "-t", "@dev", "-d", "d1"]
+    for argv, cands in (
+        ([], None),
+        (["-r", ""], None),
+        (["-r", "@r1, r2"], ["@r1", "@r2"]),
+    ):
+        a = npt_run.parse([*base, "-p", "22", *argv])
+        assert (a.spec.relay, a.spec.relay_candidates) == ("", cands)
+        s = sshnp_args.parse([*base, *argv])
+        assert (s.srvd, s.relay_candidates) == ("", cands)
+    a = npt_run.parse([*base, "-p", "22", "-r", "@r1"])
+    assert (a.spec.relay, a.spec.relay_candidates) == ("@r1", None)
+    with pytest.raises(SystemExit) as e:
+        npt_run.parse([*base, "-p", "22", "-r", "@ok,b@d"])
+    assert e.value.code == 2
