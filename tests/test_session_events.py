@@ -5,6 +5,7 @@ daemon names it in its session replies and hands it to the session's relay
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -58,6 +59,13 @@ def test_event_logging_config_reaches_reply_and_relay(np_env) -> None:
             )
             before = await establish(c, spec)
             assert before.payload["eventLoggingConfig"] is None  # not asked for yet
+            # the request went out in the latest field order (signature verified by the
+            # daemon over its re-encoding); the reply names the keys per twinKeys
+            assert list(before.payload)[2:6] == ["aesKeyC2D", "ivC2D", "aesKeyD2C", "ivD2C"]
+            assert "sessionAESKey" not in before.payload
+            single = await establish(c, dataclasses.replace(spec, twin_keys=False))
+            assert list(single.payload)[2:6] == ["sessionAESKey", "sessionIV", "aesKeyD2C", "ivD2C"]
+            assert single.payload["aesKeyD2C"] is None and single.payload["ivD2C"] is None
             await p.notify(
                 dev_at,
                 "config.ev1.devices.policy",
