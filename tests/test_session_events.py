@@ -97,3 +97,26 @@ def test_event_logging_config_reaches_reply_and_relay(np_env) -> None:
         arun(go(), timeout=100)
     finally:
         echo.close()
+
+
+def test_npt_heartbeats_only_to_daemons_that_advertise_them() -> None:
+    """``heartbeat:<n>`` on the control channel only when the ping said
+    ``controlChannelHeartbeats`` and the control channel is encrypted (latest spec 3.3)."""
+    from noports.crypto.stream import CtrKeys
+    from noports.npt.run import HEARTBEAT_S, control_heartbeat
+    from noports.session.client import Established
+    from noports.sshnpd.features import parse_ping_response, ping_response_json
+
+    ours = parse_ping_response(
+        ping_response_json(device="d", accepts_public_keys=False, allowed_services=[])
+    )
+    old = parse_ping_response('{"version":"5.6.3","supportedFeatures":{"srAuth":true}}')
+    keys = CtrKeys.generate(twin=True)
+
+    def est(info, crypto):
+        return Established("sid", "h", 1, None, crypto, {}, info)
+
+    assert control_heartbeat(est(ours, keys)) == HEARTBEAT_S
+    assert control_heartbeat(est(old, keys)) is None  # not advertised: never sent
+    assert control_heartbeat(est(ours, None)) is None  # clear control channel: not sent
+    assert control_heartbeat(est(None, keys)) is None  # no ping reply: not sent
