@@ -31,9 +31,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,8 +89,6 @@ def parse_relay_option(value: str | None) -> tuple[str, list[str] | None]:
 
 
 def standard_relays_url(root: str | None) -> str:
-    import os
-
     if os.environ.get(URL_ENV):
         return os.environ[URL_ENV]
     host = (root or "root.atsign.org").removeprefix("proxy:").split(":", 1)[0]
@@ -99,6 +97,8 @@ def standard_relays_url(root: str | None) -> str:
 
 def fetch_standard_relays(url: str, timeout: float = 10.0) -> list[str]:
     """The keys of ``standard_relays`` in the list at ``url`` (blocking; run in a thread)."""
+    import urllib.request  # only when selecting from the standard list (start-up cost)
+
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - https or test
             if r.status != 200:
