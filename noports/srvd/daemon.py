@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -109,6 +108,7 @@ class Srvd:
         self._idle.set()
         self._stale_keys: set[str] = set()
         self._event_logging: dict[str, tuple[str, str]] = {}
+        self._no_nack: set[str] = set()  # live requests from clients without multipleAcksOk
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -279,6 +279,7 @@ class Srvd:
     def _on_closed(self, h: WorkerHandle, msg: dict[str, Any]) -> None:
         sid = str(msg.get("sid"))
         self._event_logging.pop(sid.lower(), None)
+        self._no_nack.discard(sid.lower())
         entry = self.sessions.pop(sid.lower(), None)
         self.admission.release(sid)
         if entry is not None:
@@ -310,6 +311,7 @@ class Srvd:
         for sid in sids:
             self.sessions.pop(sid.lower(), None)
             self._event_logging.pop(sid.lower(), None)
+            self._no_nack.discard(sid.lower())
             self.admission.release(sid)
             log.warning("session %s lost with worker %d", sid, h.index)
         self.results["lost"] += len(sids)
@@ -354,12 +356,15 @@ class Srvd:
             await self._refuse(sender, refusal)
             return
         req = grant.request
+        if not req.multiple_acks_ok:  # official: nacks only to clients that take several answers
+            self._no_nack.add(grant.session_id)
         if not req.multiple_acks_ok and not req.legacy and self.client is not None:
             # an old client takes one answer only, and several srvd instances may serve this
             # atSign: the instance that creates the session mutex record answers, the others
             # stay silent (latest spec 2.2; ours races before binding ports, so losers bind none)
             if not await session_mutex.acquire(self.client, grant.session_id, rq.NAMESPACE):
                 self.admission.release(grant.session_id)
+                self._no_nack.discard(grant.session_id)
                 self.results["mutex_lost"] += 1
                 log.info(
                     "session %s is served by another srvd instance: staying silent",
@@ -370,8 +375,6 @@ class Srvd:
             await self._grant(grant, t0)
         except rq.Refusal as refusal:
             self.admission.release(grant.session_id)
-            if not req.multiple_acks_ok:  # official: a nack only to clients that take several
-                refusal = dataclasses.replace(refusal, nack=False)
             await self._refuse(grant.sender, refusal)
 
     async def _grant(self, g: rq.Grant, t0: float) -> None:
@@ -552,7 +555,10 @@ class Srvd:
             escape(r.reason, 300),
             r.kind,
         )
-        if r.session_id is None or self.client is None or not r.nack:
+        quiet = r.session_id is not None and r.session_id.lower() in self._no_nack
+        if quiet:
+            self._no_nack.discard(str(r.session_id).lower())
+        if r.session_id is None or self.client is None or not r.nack or quiet:
             return
         if not self._nack_allowed(sender):
             vlog.info("not sending more nacks to %s for now", escape(sender, 80))
