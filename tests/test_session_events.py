@@ -11,7 +11,7 @@ import json
 import pytest
 
 from noports.session.client import SessionSpec, establish
-from noports.sshnpd.features import npt_required_features
+from noports.session.features import npt_required_features
 from tests.test_npt_e2e import EchoServer
 from tests.test_srvd_app import arun, connect, start_srvd
 
@@ -105,7 +105,7 @@ def test_npt_heartbeats_only_to_daemons_that_advertise_them() -> None:
     from noports.crypto.stream import CtrKeys
     from noports.npt.run import HEARTBEAT_S, control_heartbeat
     from noports.session.client import Established
-    from noports.sshnpd.features import parse_ping_response, ping_response_json
+    from noports.session.features import parse_ping_response, ping_response_json
 
     ours = parse_ping_response(
         ping_response_json(device="d", accepts_public_keys=False, allowed_services=[])

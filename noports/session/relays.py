@@ -39,8 +39,8 @@ from typing import Any
 
 from ..at.client import AtClient
 from ..errors import ConfigError, NoPortsError, PeerTimeoutError
-from ..sshnpd.features import parse_ping_response
-from ..sshnpd.names import InvalidNameError, validate_atsign
+from ..names import InvalidNameError, validate_atsign
+from .features import parse_ping_response
 
 log = logging.getLogger("noports.session.relays")
 

@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 
 from .. import config
+from ..crypto.sshkey import parse_public_key
 from ..errors import ConfigError, NoPortsError
+from ..names import validate_atsign, validate_device_name
 from ..session.relays import parse_relay_option
-from ..sshnpd.authkeys import parse_public_key
-from ..sshnpd.names import validate_atsign, validate_device_name
 
 EPILOG = """\
 ours: --stdio (tunnel on stdin/stdout for ProxyCommand), `sshnp ssh-config ...` (write a Host

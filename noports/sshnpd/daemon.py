@@ -35,17 +35,18 @@ from typing import Any
 
 from ..at.client import AtClient
 from ..at.protocol import Notification
-from ..cli.common import escape
 from ..crypto import rsa
+from ..crypto.sshkey import InvalidPublicKeyError
 from ..errors import ConnectError, KeyNotFoundError, NoPortsError
+from ..log import escape
+from ..names import validate_atsign, validate_session_id
 from ..session import mutex as session_mutex
+from ..session.features import ping_response_json
+from ..session.permitopen import PermitOpen
 from ..session.relays import probe_latency
-from .authkeys import AuthorizedKeys, InvalidPublicKeyError
+from .authkeys import AuthorizedKeys
 from .ephemeral import EphemeralKeys
-from .features import ping_response_json
-from .names import validate_atsign, validate_session_id
 from .npa_client import RESPONSE_REGEX, NpaClient
-from .permitopen import PermitOpen
 from .sessions import Refusal, SessionHandler, SessionSettings
 
 log = logging.getLogger("noports.sshnpd")
