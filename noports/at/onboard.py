@@ -101,10 +101,12 @@ class EnrollmentNotFoundError(RemoteError):
 
 
 def parse_namespaces(text: str) -> dict[str, str]:
-    """``"sshnp:rw,sshrvd:r"`` -> ``{"sshnp": "rw", "sshrvd": "r"}``; raises ConfigError."""
+    """``"sshnp:rw,sshrvd:r"`` -> ``{"sshnp": "rw", "sshrvd": "r"}``; raises ConfigError.
+
+    Double quotes are dropped, as the official at_activate does (``'"sshnp":"rw"'``)."""
     out: dict[str, str] = {}
     for part in text.split(","):
-        part = part.strip()
+        part = part.replace('"', "").strip()
         if not part:
             continue
         name, sep, access = part.partition(":")
@@ -430,6 +432,7 @@ async def enroll(
     interval: float = DEFAULT_POLL_INTERVAL,
     on_pending: Callable[[PendingEnrollment], None] | None = None,
     timeout: float = DEFAULT_COMMAND_TIMEOUT,
+    apkam_keys_expiry_ms: int | None = None,
 ) -> Onboarded:
     """Request, wait for approval, write the keys file (checked for safety before the request)."""
     a = commands.atsign(atsign)
@@ -444,6 +447,7 @@ async def enroll(
         root=root,
         ca_file=ca_file,
         ssl_ctx=ssl_ctx,
+        apkam_keys_expiry_ms=apkam_keys_expiry_ms,
         timeout=timeout,
     )
     if on_pending is not None:
@@ -585,6 +589,16 @@ class EnrollmentManager:
     async def revoke(self, enrollment_id: str, *, force: bool = False) -> str:
         body = await self._call("revoke", enrollment_id, {}, force=force)
         return str(body.get("status") or "revoked")
+
+    async def unrevoke(self, enrollment_id: str) -> str:
+        return str((await self._call("unrevoke", enrollment_id, {})).get("status") or "approved")
+
+    async def delete(self, enrollment_id: str) -> str:
+        return str((await self._call("delete", enrollment_id, {})).get("status") or "deleted")
+
+    async def spp(self, passcode: str, ttl_ms: int | None = None) -> str:
+        """Set the semi-permanent passcode (``otp:put``); returns the server's answer."""
+        return (await self.conn.execute(commands.otp_put(passcode, ttl_ms))).strip()
 
     async def _call(
         self, op: str, eid: str, extra: dict[str, Any], *, force: bool = False
