@@ -5,6 +5,7 @@ regex selection, ``unrevoke``, ``delete`` and ``auto``."""
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import select
@@ -232,3 +233,24 @@ def test_helpers() -> None:
         expiry_ms("soon")
     assert dart_str({"a": {"sshnp": "rw"}, "b": None, "c": [1, True]}) == \
         "{a: {sshnp: rw}, b: null, c: [1, true]}"
+
+
+def test_pass_phrase_protected_keys(at_server: AtServerProcess, tmp_path: Path) -> None:
+    atsign = new_atsign("pp")
+    secret = at_server.add(atsign)
+    assert secret
+    env = cli_env(at_server, tmp_path / "home", AT_ACTIVATE_SECRET=secret,
+                  AT_ACTIVATE_PASS_PHRASE="a long pass phrase")
+    keys_file = tmp_path / "home" / ".atsign" / "keys" / f"{atsign}_key.atKeys"
+    p = cli(env, "-a", atsign, "--hashingAlgoType", "argon2id")
+    assert p.returncode == 0, p.stderr
+    assert set(json.loads(keys_file.read_text())) == {"content", "iv", "hashingAlgoType"}
+    env.pop("AT_ACTIVATE_SECRET")
+    assert cli(env, "otp", "-a", atsign).returncode == 0  # opened with the pass phrase
+    env.pop("AT_ACTIVATE_PASS_PHRASE")
+    p = cli(env, "otp", "-a", atsign)
+    assert p.returncode == 3 and "protected by a pass phrase" in p.stderr
+    p = cli(env, "otp", "-a", atsign, "-P", "not the pass phrase")
+    assert p.returncode == 3 and "wrong pass phrase" in p.stderr
+    keys = AtKeys.load(keys_file, atsign, pass_phrase="a long pass phrase")
+    assert keys.atsign == atsign

@@ -154,11 +154,12 @@ def _private_parents(path: Path) -> None:
             os.mkdir(d, 0o700)
 
 
-def save_keys(keys: AtKeys, path: Path, *, overwrite: bool) -> Path:
-    """Write the .atKeys file 0600 in a 0700 directory, never through a symlink."""
+def save_keys(keys: AtKeys, path: Path, *, overwrite: bool, pass_phrase: str | None = None) -> Path:
+    """Write the .atKeys file 0600 in a 0700 directory, never through a symlink (protected
+    by ``pass_phrase`` in the official format when given)."""
     check_keys_target(path, overwrite=overwrite)
     _private_parents(path)
-    return keys.save(path, overwrite=overwrite)
+    return keys.save(path, overwrite=overwrite, pass_phrase=pass_phrase)
 
 
 def _loads(text: str, what: str) -> dict[str, Any]:
@@ -198,6 +199,7 @@ async def onboard(
     keys_path: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     timeout: float = DEFAULT_COMMAND_TIMEOUT,
+    pass_phrase: str | None = None,
 ) -> Onboarded:
     """First activation of ``atsign`` with the activation (CRAM) secret; writes the keys file.
 
@@ -242,7 +244,7 @@ async def onboard(
     conn = await AtConnection.open(*address, ctx, connect_timeout=timeout, command_timeout=timeout)
     try:
         await conn.authenticate(keys)  # proves the new keys work before anything is destroyed
-        written = save_keys(keys, path, overwrite=overwrite)
+        written = save_keys(keys, path, overwrite=overwrite, pass_phrase=pass_phrase)
         await conn.execute(commands.update(f"public:publickey{a}", keys.encrypt_public_b64))
         await conn.execute(commands.delete("privatekey:at_secret"))
     finally:
@@ -433,6 +435,7 @@ async def enroll(
     on_pending: Callable[[PendingEnrollment], None] | None = None,
     timeout: float = DEFAULT_COMMAND_TIMEOUT,
     apkam_keys_expiry_ms: int | None = None,
+    pass_phrase: str | None = None,
 ) -> Onboarded:
     """Request, wait for approval, write the keys file (checked for safety before the request)."""
     a = commands.atsign(atsign)
@@ -453,7 +456,7 @@ async def enroll(
     if on_pending is not None:
         on_pending(pending)
     keys = await pending.wait(timeout=wait_timeout, interval=interval)
-    written = save_keys(keys, path, overwrite=overwrite)
+    written = save_keys(keys, path, overwrite=overwrite, pass_phrase=pass_phrase)
     log.info("%s: enrollment %s approved; keys in %s", a, pending.enrollment_id, written)
     return Onboarded(keys, written, pending.enrollment_id)
 

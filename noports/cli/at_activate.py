@@ -66,6 +66,7 @@ PROG = "at_activate"
 ENV_SECRET = "AT_ACTIVATE_SECRET"
 ENV_SECRET_FILE = "AT_ACTIVATE_SECRET_FILE"
 ENV_OTP = "AT_ACTIVATE_OTP"
+ENV_PASS_PHRASE = "AT_ACTIVATE_PASS_PHRASE"
 COMMANDS = (
     "help", "status", "onboard", "otp", "spp", "list", "fetch", "approve", "auto", "deny",
     "revoke", "unrevoke", "delete", "enroll",
@@ -118,6 +119,21 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     common.add_argument("--debug", action="store_true", help="log at DEBUG level")
     common.add_argument("--log-format", choices=("text", "json"), default="text")
+    common.add_argument(
+        "-P",
+        "--passPhrase",
+        "--pass-phrase",
+        dest="pass_phrase",
+        default=None,
+        help=f"protect (onboard, enroll) or open the atKeys file with this pass phrase "
+        f"(or ${ENV_PASS_PHRASE})",
+    )
+    common.add_argument(
+        "--hashingAlgoType",
+        choices=("argon2id",),
+        default="argon2id",
+        help="pass phrase hashing (argon2id, as official)",
+    )
     # official options with nothing to do here (accepted so official command lines work)
     common.add_argument("--mca", type=int, default=10, help=argparse.SUPPRESS)
     common.add_argument("-g", "--registrarUrl", default=None, help=argparse.SUPPRESS)
@@ -362,9 +378,13 @@ def dart_str(v: Any) -> str:
     return str(v)
 
 
+def _pass_phrase(args: argparse.Namespace) -> str | None:
+    return args.pass_phrase or os.environ.get(ENV_PASS_PHRASE) or None
+
+
 def _load_keys(args: argparse.Namespace) -> AtKeys:
     path = ob.keys_target(args.atsign, args.keys)
-    return AtKeys.load(path, args.atsign, strict_mode=True)
+    return AtKeys.load(path, args.atsign, strict_mode=True, pass_phrase=_pass_phrase(args))
 
 
 def _emit(args: argparse.Namespace, obj: dict[str, Any], text: str | None) -> None:
@@ -558,6 +578,7 @@ async def _run(args: argparse.Namespace) -> int:
             keys_path=args.keys,
             overwrite=args.force,
             timeout=args.timeout,
+            pass_phrase=_pass_phrase(args),
             **net,
         )
         _emit(
@@ -605,6 +626,7 @@ async def _run(args: argparse.Namespace) -> int:
             on_pending=pending,
             timeout=args.timeout,
             apkam_keys_expiry_ms=ttl,
+            pass_phrase=_pass_phrase(args),
             **net,
         )
         _emit(
