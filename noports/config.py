@@ -22,6 +22,7 @@ official sshnp profile format (``KEY=VALUE``) with two fixes: a value containing
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import sys
@@ -53,6 +54,7 @@ __all__ = [
     "parse_bool",
 ]
 
+_log = logging.getLogger("noports.config")
 ENV_PREFIX = "NOPORTS_"
 GLOBAL_DESTS = frozenset({"root", "ca_file", "root_domain", "log_format"})
 MAX_SECRET_FILE = 64 * 1024
@@ -490,9 +492,10 @@ def load_env_file(path: str | os.PathLike[str], parser: argparse.ArgumentParser)
     """Typed defaults from an sshnp profile file, keyed by ``dest``.
 
     The key for ``--local-port`` is ``LOCAL_PORT``. Switches are true iff the value is
-    ``true`` (any case), as official; list options are comma separated. Unknown keys are
-    errors. Pass the result to :func:`parse_args` as ``file_values`` so the environment and
-    the command line still win.
+    ``true`` (any case), as official; list options are comma separated, empty values are
+    skipped. Unknown keys (``PROFILE_NAME``, keys of newer versions) are ignored with a debug
+    line, as the official reader ignores them. Pass the result to :func:`parse_args` as
+    ``file_values`` so the environment and the command line still win.
     """
     p = Path(path)
     try:
@@ -510,12 +513,15 @@ def load_env_file(path: str | os.PathLike[str], parser: argparse.ArgumentParser)
     out: dict[str, Any] = {}
     for key, value in raw.items():
         found = by_key.get(key)
-        if found is None:
-            raise ConfigError(f"{p}: unknown key {key}")
+        if found is None:  # the official reader ignores keys it does not know (PROFILE_NAME...)
+            _log.debug("%s: ignoring unknown key %s", p, key)
+            continue
         opt = found
         where = f"{p}: {key}"
         if opt.kind == "bool":
             out[opt.dest] = value.lower() == "true"
+        elif value == "":
+            continue  # the official reader skips empty values
         else:
             out[opt.dest] = _convert(opt, value, where, from_text=True)
     return out

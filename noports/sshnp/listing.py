@@ -4,6 +4,10 @@ With ``-t``: the device atSign's ``device_info.<dev>.sshnp`` records shared with
 scan, plus our cached copies); without: every such record our own atServer holds (cached
 shares), grouped by sharer.
 Each device gets a ``ping``; those answering a ``heartbeat`` within the window are Active.
+Text output is the official one on stderr (``  <dev> - v<version> (core v<core>)``; a version
+that does not start with a digit, such as the C daemon's ``c0.1.0``, is shown as it is; the
+owner atSign follows the name only when no ``-t`` was given). ``--output json`` prints one
+JSON object on stdout with every device's owner, state, versions and allowed services.
 """
 
 from __future__ import annotations
@@ -60,7 +64,9 @@ async def list_devices(args: argparse.Namespace) -> int:
     try:
         found = await _scan(client, args.to)
         if not found:
-            print("[X] No devices found", file=sys.stderr)
+            if getattr(args, "output", "text") == "json":
+                print(json.dumps({"devices": []}), flush=True)
+            print("[X] No devices found\n", file=sys.stderr)
             return 0
         info: dict[tuple[str, str], str] = {}
         active: dict[tuple[str, str], str] = {}
@@ -87,16 +93,37 @@ async def list_devices(args: argparse.Namespace) -> int:
                 m = re.match(r"heartbeat\.(.+)\.sshnp$", n.short_key)
                 if m and n.value is not None:
                     active[((n.from_atsign or "").lower(), m.group(1))] = n.value
+        if getattr(args, "output", "text") == "json":
+            print(json.dumps({"devices": _rows(found, active, info)}), flush=True)
         print("Active Devices:", file=sys.stderr)
-        _print(found, active, active, present=True)
+        _print(found, active, active, present=True, show_owner=not args.to)
         print("Inactive Devices:", file=sys.stderr)
-        _print(found, active, info, present=False)
+        _print(found, active, info, present=False, show_owner=not args.to)
         return 0
     finally:
         await client.close()
 
 
-def _print(found, active, data, *, present: bool) -> None:
+def _v(version: str) -> str:
+    """The official prints ``v<version>``; a non-numeric version (``c0.1.0``) stays as is."""
+    return f"v{version}" if version[:1].isdigit() else version
+
+
+def _rows(found, active, info) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    for key in found:
+        owner, dev = key
+        try:
+            d = parse_ping_response(active.get(key) or info.get(key) or "{}")
+            ver, core, services = d.version, d.core_version, list(d.allowed_services)
+        except NoPortsError:
+            ver, core, services = "", "", []
+        rows.append({"device": dev, "atsign": owner, "active": key in active, "version": ver,
+                     "corePackageVersion": core, "allowedServices": services})  # fmt: skip
+    return rows
+
+
+def _print(found, active, data, *, present: bool, show_owner: bool) -> None:
     rows = [k for k in found if (k in active) == present]
     if not rows:
         print("  No devices found", file=sys.stderr)
@@ -105,10 +132,8 @@ def _print(found, active, data, *, present: bool) -> None:
         owner, dev = key
         try:
             d = parse_ping_response(data.get(key) or "{}")
-            ver = f" - v{d.version} (core v{d.core_version})" if d.version else ""
-            services = " ".join(d.allowed_services)
+            ver = f" - {_v(d.version)} (core {_v(d.core_version)})" if d.version else ""
         except NoPortsError:
-            ver, services = "", ""
-        print(f"  {dev}{owner if owner else ''}{ver}", file=sys.stderr)
-        if services:
-            print(f"  - allowedServices: {services}", file=sys.stderr)
+            ver = ""
+        name = f"{dev}{owner}" if show_owner else dev
+        print(f"  {name}{ver}", file=sys.stderr)

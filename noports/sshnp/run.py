@@ -118,8 +118,7 @@ def ssh_command(args: argparse.Namespace, port: int, user: str | None) -> list[s
     if args.identity_file:
         cmd += ["-o", "IdentitiesOnly=yes"]
     if not args.add_forwards_to_tunnel or args.encrypt:
-        for o in args.local_ssh_options:
-            cmd += ["-o", o]
+        cmd += getattr(args, "local_ssh_argv", [])
     cmd.append(f"{user}@localhost" if user else "localhost")
     if args.identity_file:
         cmd += ["-i", args.identity_file]
@@ -195,8 +194,7 @@ async def _v4_tunnel_ssh(
             "-f",
         ]
         if args.add_forwards_to_tunnel:
-            for o in args.local_ssh_options:
-                cmd += ["-o", o]
+            cmd += getattr(args, "local_ssh_argv", [])
         cmd += ["sleep", "15"]
         log.info("tunnel ssh: %s", shlex.join(cmd))
         proc = await asyncio.create_subprocess_exec(
@@ -233,6 +231,7 @@ def _result(args: argparse.Namespace, est: Established, port: int, cmd: list[str
                 "sessionId": est.session_id,
                 "mode": est.mode,
                 "timingsMs": est.timings,
+                "waitSeconds": TUNNEL_WAIT,
             }
         )
     return shlex.join(cmd)
@@ -272,6 +271,13 @@ async def run(args: argparse.Namespace, report: Reporter | None, command: list[s
         await client.close()
         cmd = ssh_command(args, port, user)
         if report is not None:
+            if args.output == "text" and not args.quiet:
+                print(
+                    f"sshnp: the tunnel waits {TUNNEL_WAIT:g} s for one connection: "
+                    "run this command within that time",
+                    file=sys.stderr,
+                    flush=True,
+                )
             report(_result(args, est, port, cmd))
             with contextlib.suppress(NoPortsError, OSError):
                 await tunnel.wait()
