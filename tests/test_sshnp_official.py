@@ -99,3 +99,23 @@ def test_mistakes_found_before_any_network_step(tmp_path: Path) -> None:
     r = _sshnp(*BASE, "--rvd", "@old", "--legacy-daemon", "--dpt", "1", home=tmp_path)
     assert "--rvd is no longer supported" in r.stderr and r.returncode == 4, r.stderr
     assert "@alice_key.atKeys does not exist" in r.stderr  # the next local check
+
+
+def test_ssh_config_pins_root_ca_and_absolute_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from noports.sshnp.sshconfig import build_parser, host_block
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NOPORTS_ROOT", "127.0.0.1:6464")
+    monkeypatch.setenv("NOPORTS_CA_FILE", "ca.pem")
+    ns = build_parser().parse_args([*BASE, "-k", "keys.atKeys", "-i", "id"])
+    block = host_block(ns)
+    proxy = next(ln for ln in block.splitlines() if "ProxyCommand" in ln)
+    assert "--root 127.0.0.1:6464" in proxy and f"--ca-file {ca}" in proxy
+    assert f"-k {tmp_path / 'keys.atKeys'}" in proxy
+    assert f"IdentityFile {tmp_path / 'id'}" in block
+    prog = proxy.split()[1]
+    assert os.path.isabs(prog), proxy  # sshnp found on PATH, or this python, by full path
