@@ -254,3 +254,17 @@ def test_pass_phrase_protected_keys(at_server: AtServerProcess, tmp_path: Path) 
     assert p.returncode == 3 and "wrong pass phrase" in p.stderr
     keys = AtKeys.load(keys_file, atsign, pass_phrase="a long pass phrase")
     assert keys.atsign == atsign
+
+
+def test_another_atsigns_keys_get_a_precise_answer(
+    owner: Owner, at_server: AtServerProcess, tmp_path: Path
+) -> None:
+    other = new_atsign("other")
+    assert at_server.add(other)
+    copy = tmp_path / "copy.atKeys"
+    copy.write_bytes(owner.keys_file.read_bytes())
+    copy.chmod(0o600)
+    p = cli(owner.env, "otp", "-a", other, "-k", str(copy))
+    assert p.returncode == 3, p.stderr
+    assert f"the atServer of {other} does not know enrollment" in p.stderr
+    assert "belong to another atSign" in p.stderr

@@ -37,11 +37,13 @@ from ..crypto import rsa
 from ..crypto.atkeys import AtKeys
 from ..errors import (
     AtError,
+    AuthRefusedError,
     BufferLimitError,
     ConnectError,
     PeerTimeoutError,
     ProtocolError,
     SecondaryNotFoundError,
+    TooManyRequestsError,
 )
 from . import commands
 from .config import RootAddress, root_address, ssl_context
@@ -279,9 +281,21 @@ class AtConnection:
 
     async def authenticate(self, keys: AtKeys, *, dart_form: bool = True) -> None:
         """PKAM with an AtKeys; sends its enrollmentId when it has one."""
-        await self.authenticate_pkam(
-            keys.atsign, keys.pkam_private, enrollment_id=keys.enrollment_id, dart_form=dart_form
-        )
+        try:
+            await self.authenticate_pkam(
+                keys.atsign,
+                keys.pkam_private,
+                enrollment_id=keys.enrollment_id,
+                dart_form=dart_form,
+            )
+        except TooManyRequestsError as exc:  # AT0028 "enrollment_id ... expired or invalid"
+            if not keys.enrollment_id:
+                raise
+            raise AuthRefusedError(
+                f"the atServer of {keys.atsign} does not know enrollment {keys.enrollment_id} "
+                f"of these keys: they belong to another atSign, or the enrollment was deleted "
+                f"or has expired (AT0028); use {keys.atsign}'s own atKeys file"
+            ) from exc
 
     async def authenticate_cram(self, atsign: str, secret: str) -> None:
         """``from`` + ``cram`` (first onboarding only)."""
