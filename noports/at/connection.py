@@ -36,8 +36,8 @@ import ssl
 from ..crypto import rsa
 from ..crypto.atkeys import AtKeys
 from ..errors import (
+    EXIT_AUTH,
     AtError,
-    AuthRefusedError,
     BufferLimitError,
     ConnectError,
     PeerTimeoutError,
@@ -58,6 +58,13 @@ from .protocol import (
     RootReply,
     State,
 )
+
+
+class UnknownEnrollmentError(TooManyRequestsError):  # type: ignore[misc,valid-type]
+    """AT0028 on PKAM: the keys' enrollment is unknown here (another atSign's keys?)."""
+
+    exit_code = EXIT_AUTH
+
 
 log = logging.getLogger("noports.at")
 
@@ -291,7 +298,7 @@ class AtConnection:
         except TooManyRequestsError as exc:  # AT0028 "enrollment_id ... expired or invalid"
             if not keys.enrollment_id:
                 raise
-            raise AuthRefusedError(
+            raise UnknownEnrollmentError(
                 f"the atServer of {keys.atsign} does not know enrollment {keys.enrollment_id} "
                 f"of these keys: they belong to another atSign, or the enrollment was deleted "
                 f"or has expired (AT0028); use {keys.atsign}'s own atKeys file"
