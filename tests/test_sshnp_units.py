@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from noports.npt import run as npt_run
+from noports.cli import npt as npt_run
 from noports.npt.durations import NEVER_S, parse_duration
 from noports.sshnp import args as sshnp_args
 from noports.sshnp.background import run_detached

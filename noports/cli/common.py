@@ -87,3 +87,41 @@ def fail(prog: str, exc: BaseException) -> int:
     kind = "" if isinstance(exc, NoPortsError) else f"{type(exc).__name__}: "
     print(f"{prog}: error: {kind}{escape(msg)}", file=sys.stderr)
     return exit_code_for(exc)
+
+
+# -- flag groups shared by the client programs (one definition, one help text) -----------
+def add_root_flags(parser: argparse.ArgumentParser, *, camel_alias: bool = False) -> None:
+    """``--root-domain`` (official, host only, port 64), ``--root-server``/``--root``
+    (``host[:port]`` or ``proxy:host:port``; wins) and ``--ca-file``."""
+    names = ["--root-domain", "--rootDomain"] if camel_alias else ["--root-domain"]
+    parser.add_argument(*names, default="root.atsign.org", help="atDirectory host (port 64)")
+    parser.add_argument(
+        "--root-server",
+        "--root",
+        dest="root",
+        default=None,
+        help="atDirectory host[:port] or proxy:host:port (env NOPORTS_ROOT; overrides "
+        "--root-domain)",
+    )
+    parser.add_argument(
+        "--ca-file", default=None, help="extra CA bundle to trust (env NOPORTS_CA_FILE)"
+    )
+
+
+def add_client_atsign_flags(parser: argparse.ArgumentParser) -> None:
+    """``-f/--from``, ``-t/--to``, ``-r/--srvd`` and ``-k/--key-file`` as the official clients."""
+    parser.add_argument(
+        "-f", "--from", dest="from_", required=True, metavar="@CLIENT", help="client atSign"
+    )
+    parser.add_argument(
+        "-t", "--to", required=True, metavar="@DEVICE_ATSIGN", help="device daemon atSign"
+    )
+    parser.add_argument("-r", "--srvd", required=True, metavar="@RELAY", help="relay (srvd) atSign")
+    parser.add_argument(
+        "-k",
+        "--key-file",
+        "--keyFile",
+        dest="key_file",
+        default=None,
+        help="atKeys file (default ~/.atsign/keys/<from>_key.atKeys)",
+    )
