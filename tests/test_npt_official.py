@@ -56,3 +56,20 @@ def test_heartbeats_and_local_host_list_on_a_real_tunnel(rig: Rig) -> None:
     r = rig.npt("dev1", "-p", str(rig.sshd.port), "--lh", "nope.invalid", "-x")
     assert r.returncode == 1 and r.stderr.strip() == \
         "Error: No valid IP addresses found in: nope.invalid"
+
+
+def test_no_answer_is_explained(rig: Rig) -> None:
+    """Wrong device name, daemon down, not a manager: told apart by what the daemon shares."""
+    rig.daemon("dev1")
+    rig.daemon("devdown").stop()
+    r = rig.npt("devx", "-p", str(rig.sshd.port), "--dpt", "2", "-x")
+    assert r.returncode == 4, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert "has no device 'devx'" in last and "wrong -d?" in last and "dev1" in last, last
+    r = rig.sshnp("devdown", "--dpt", "2", "-x")
+    assert r.returncode == 5, r.stderr
+    assert "its daemon is probably not running" in r.stderr.strip().splitlines()[-1]
+    stranger = rig.env.atsign("stranger2")
+    r = rig.npt("dev1", "-p", str(rig.sshd.port), "--dpt", "2", "-x", frm=stranger)
+    assert r.returncode == 5, r.stderr
+    assert "probably not in the daemon's managers list" in r.stderr.strip().splitlines()[-1]

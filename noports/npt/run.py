@@ -27,16 +27,19 @@ from ..cli.common import escape, fail
 from ..errors import NoPortsError
 from ..session.client import (
     Established,
+    NoAnswerError,
     connect_client,
     establish,
     start_ephemeral_keygen,
 )
 from ..sshnp.background import Reporter, run_detached
+from ..sshnpd.features import FEATURE_CHECK_TIMEOUT_MESSAGE
 from ..tunnel import ClientMulti
 
 log = logging.getLogger("noports.npt")
 KEEP_ALIVE_DELAY = 5.0
 CONTROL_HEARTBEATS = "controlChannelHeartbeats"
+
 
 def _progress(args: argparse.Namespace):
     def say(msg: str) -> None:
@@ -73,7 +76,14 @@ async def run(args: argparse.Namespace, report: Reporter | None = None) -> int:
         while True:
             try:
                 fut, eph = eph, None  # a key is used for one session only
-                est = await establish(client, args.spec, progress=say, ephemeral=fut)
+                try:
+                    est = await establish(client, args.spec, progress=say, ephemeral=fut)
+                except NoAnswerError as exc:
+                    if not str(exc).startswith(FEATURE_CHECK_TIMEOUT_MESSAGE):
+                        raise
+                    from ..sshnp.listing import explain_no_answer
+
+                    await explain_no_answer(client, exc, args.to, args.device)
                 beats = est.info is not None and est.info.supports(CONTROL_HEARTBEATS)
                 cm = await ClientMulti.open(
                     est.relay_host,

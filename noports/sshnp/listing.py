@@ -20,7 +20,7 @@ import sys
 
 from ..at import commands
 from ..at.client import AtClient
-from ..errors import NoPortsError, PeerTimeoutError
+from ..errors import EXIT_NOT_FOUND, NoPortsError, PeerTimeoutError
 from ..session.client import connect_client
 from ..sshnpd.features import parse_ping_response
 
@@ -137,3 +137,49 @@ def _print(found, active, data, *, present: bool, show_owner: bool) -> None:
             ver = ""
         name = f"{dev}{owner}" if show_owner else dev
         print(f"  {name}{ver}", file=sys.stderr)
+
+
+class DeviceNotFoundError(NoPortsError):
+    """The daemon shares other devices with us, not the one asked for."""
+
+    exit_code = EXIT_NOT_FOUND
+
+
+class DaemonSilentError(PeerTimeoutError):
+    """The daemon did not answer; what the shared records say about why."""
+
+
+async def explain_no_answer(client: AtClient, exc: BaseException, daemon: str, device: str) -> None:
+    """After the daemon did not answer the ping, say which of the causes it was when the
+    records it shares with us tell (the official client only reports the timeout):
+
+    * it shares ``device_info`` for this device: name right and we were accepted, so the
+      daemon is not running (or offline) -> exit 5;
+    * it shares other devices only: the device name is wrong -> exit 4, listing the names;
+    * it shares nothing with us: we are not in its managers list (or it runs with
+      ``-h/--hide``, or a policy service decides and denied us), or it never ran -> exit 5.
+
+    Always raises; the original timeout is the cause.
+    """
+    me = client.atsign
+    base = f"device {device!r} of {daemon} did not answer within the ping timeout"
+    try:
+        found = await _scan(client, daemon)
+    except (NoPortsError, OSError):
+        raise exc from None
+    devices = sorted({d for o, d in found if o == daemon})
+    if device in devices:
+        raise DaemonSilentError(
+            f"{base}; it shares its device_info with {me}, so the name is right and {me} was "
+            "accepted before: its daemon is probably not running or offline"
+        ) from exc
+    if devices:
+        raise DeviceNotFoundError(
+            f"{base}: {daemon} has no device {device!r} for {me} (wrong -d?); devices it "
+            f"shares with {me}: {', '.join(devices)}"
+        ) from exc
+    raise DaemonSilentError(
+        f"{base}, and {daemon} shares no device with {me}: {me} is probably not in the "
+        f"daemon's managers list (-m), or its policy service denied {me}, or the daemon runs "
+        "with -h/--hide or has never run"
+    ) from exc

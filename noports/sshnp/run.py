@@ -33,12 +33,13 @@ from ..errors import ConfigError, NoPortsError, PeerTimeoutError, RemoteError
 from ..fsutil import secure_dir, write_secret
 from ..session.client import (
     Established,
+    NoAnswerError,
     SessionSpec,
     connect_client,
     establish,
     start_ephemeral_keygen,
 )
-from ..sshnpd.features import sshnp_required_features
+from ..sshnpd.features import FEATURE_CHECK_TIMEOUT_MESSAGE, sshnp_required_features
 from ..tunnel import open_client_single
 from .background import Reporter
 
@@ -92,7 +93,17 @@ async def open_session(args: argparse.Namespace) -> tuple[AtClient, Established]
     )
     connect_ms = round((time.monotonic() - t_connect) * 1000, 1)
     try:
-        est = await establish(client, session_spec(args), progress=progress_fn(args), ephemeral=eph)
+        try:
+            est = await establish(
+                client, session_spec(args), progress=progress_fn(args), ephemeral=eph
+            )
+        except NoAnswerError as exc:
+            if not str(exc).startswith(FEATURE_CHECK_TIMEOUT_MESSAGE):
+                raise
+            from .listing import explain_no_answer
+
+            await explain_no_answer(client, exc, args.to, args.device)
+            raise
     except BaseException:
         await client.close()
         raise
