@@ -22,7 +22,7 @@ from ..at import commands
 from ..at.client import AtClient
 from ..errors import EXIT_NOT_FOUND, NoPortsError, PeerTimeoutError
 from ..session.client import connect_client
-from ..sshnpd.features import parse_ping_response
+from ..sshnpd.features import FEATURE_CHECK_TIMEOUT_MESSAGE, parse_ping_response
 
 DEVICE_RX = r"device_info\.[a-z0-9_][a-z0-9_\-]{1,35}\.sshnp"
 _KEY = re.compile(r"device_info\.([a-z0-9_][a-z0-9_\-]{1,35})\.sshnp@([^\s@:]+)$")
@@ -162,7 +162,10 @@ async def explain_no_answer(client: AtClient, exc: BaseException, daemon: str, d
     Always raises; the original timeout is the cause.
     """
     me = client.atsign
-    base = f"device {device!r} of {daemon} did not answer within the ping timeout"
+    base = (
+        f"{FEATURE_CHECK_TIMEOUT_MESSAGE}: device {device!r} of {daemon} did not answer "
+        "within the ping timeout"
+    )
     try:
         found = await _scan(client, daemon)
     except (NoPortsError, OSError):
