@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "-r",
+        "--root-server",
         "--root",
         "--root-domain",
         dest="root",
