@@ -73,3 +73,13 @@ def test_no_answer_is_explained(rig: Rig) -> None:
     r = rig.npt("dev1", "-p", str(rig.sshd.port), "--dpt", "2", "-x", frm=stranger)
     assert r.returncode == 5, r.stderr
     assert "probably not in the daemon's managers list" in r.stderr.strip().splitlines()[-1]
+
+
+def test_busy_local_port_is_refused_before_any_network_step() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(SystemExit) as e:
+            npt_cli.parse([*BASE, "-l", str(port)])
+    assert e.value.code == 2

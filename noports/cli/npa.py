@@ -5,7 +5,7 @@
 
 Daemons started with ``sshnpd -p @policy`` ask it, for every client request, whether that
 client may use the device and which ``host:port`` targets it may open; the answers come
-from the policy file (TOML, or the official npp_file YAML; see noports.npa.policy), re-read when it
+from the policy file (TOML, or the official npp_file YAML), which is re-read when it
 changes (a broken edit keeps the last good policy and logs the error). Every decision is
 logged, written to ``--audit-log`` (JSON lines) if given, and sent to the policy atSign
 itself as a ``<epochMillis>.logs.policy.sshnp`` notification.
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description=__doc__.split("\n\n")[0].replace("``", ""),
-        epilog=__doc__.split("\n\n", 1)[1],
+        epilog=__doc__.split("\n\n", 1)[1].replace("``", ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_common(p)

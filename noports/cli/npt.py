@@ -12,9 +12,9 @@ import socket
 import sys
 
 from .. import config
-from ..errors import ConfigError
+from ..errors import ConfigError, NoPortsError
 from ..npt.durations import parse_duration
-from .common import add_client_atsign_flags, add_common, add_root_flags, setup_logging
+from .common import add_client_atsign_flags, add_common, add_root_flags, fail, setup_logging
 
 KEEP_ALIVE_DEFAULT_S = 24 * 3600.0
 DEFAULT_TIMEOUT = "30s"
@@ -222,6 +222,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         raise SystemExit(exc.exit_code) from None
     if "," in args.local_host and not args.quiet:
         print(f"Will bind to local host: {args.bind_host}", file=sys.stderr)
+    if args.local_port:  # before any network step: a busy port must not cost a session
+        from ..sshnp.args import local_port_free
+
+        try:
+            local_port_free(args.bind_host, args.local_port)
+        except NoPortsError as exc:
+            raise SystemExit(fail("npt", exc)) from None
     return args
 
 

@@ -24,7 +24,7 @@ from ..sshnpd.authkeys import parse_public_key
 from ..sshnpd.names import validate_atsign, validate_device_name
 
 EPILOG = """\
-ours: --stdio (tunnel on stdin/stdout for ProxyCommand), `sshnp ssh-config ...` (write a Host
+ours: --stdio (tunnel on stdin/stdout for ProxyCommand), sshnp ssh-config ... (write a Host
 block), --require-aead, --[no-]aead, --root, --ca-file, --profile, --output json.
 exit codes: 0 ok (or ssh's own exit code when sshnp runs ssh), 1 error, 2 usage,
 3 refused (permit-open, signature, missing daemon feature, --require-aead not met),
@@ -293,10 +293,13 @@ def _public_key_from_identity(path: str, passphrase: str | None) -> str:
         raise ConfigError(f"-s: {exc}") from None
 
 
-def _check_local_port(port: int) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+def local_port_free(host: str, port: int) -> None:
+    """LocalPortBusyError (one line, exit 2) when ``host:port`` cannot be listened on."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise LocalPortBusyError(
@@ -364,7 +367,7 @@ def validate(args: argparse.Namespace) -> None:
             args.identity_file, args.identity_passphrase
         )
     if args.local_port and not args.stdio:
-        _check_local_port(args.local_port)
+        local_port_free("127.0.0.1", args.local_port)
     if args.require_aead and not args.encrypt:
         raise ConfigError("--require-aead cannot be combined with --no-et")
     if args.require_aead and not args.aead:
