@@ -392,7 +392,7 @@ def load_yaml(
     Empty values count as absent. An unknown key is a ConfigError naming the key and its line.
     """
     try:
-        import yaml
+        import yaml  # type: ignore[import-untyped]
     except ImportError:  # pragma: no cover - PyYAML is a dependency
         raise ConfigError(f"config file {path}: reading YAML needs PyYAML") from None
     p = Path(path)

@@ -283,7 +283,7 @@ def parse_official_yaml(data: bytes, *, source: str = "<policy>") -> Policy:
     the TOML form; unknown keys are errors naming the key.
     """
     try:
-        import yaml
+        import yaml  # type: ignore[import-untyped]
 
         doc = yaml.safe_load(data.decode("utf-8"))
     except (UnicodeDecodeError, ImportError) as exc:

@@ -132,7 +132,7 @@ def _print(found, active, data, *, present: bool, show_owner: bool) -> None:
         owner, dev = key
         try:
             d = parse_ping_response(data.get(key) or "{}")
-            ver = f" - {_v(d.version)} (core {_v(d.core_version)})" if d.version else ""
+            ver = f" - {_v(d.version)} (core {_v(d.core_version or '?')})" if d.version else ""
         except NoPortsError:
             ver = ""
         name = f"{dev}{owner}" if show_owner else dev
