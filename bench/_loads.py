@@ -893,13 +893,14 @@ def role_service() -> None:
             while True:
                 n = s.recv_into(buf)
                 if t0 is None:
-                    t0 = time.perf_counter()
+                    t0 = time.monotonic()
                 if not n:
                     break
                 got += n
-            secs = time.perf_counter() - (t0 or time.perf_counter())
+            t1 = time.monotonic()  # CLOCK_MONOTONIC: comparable between processes
+            t0 = t0 or t1
             with lock:
-                _reply({"sink": got, "seconds": max(secs, 1e-9)})
+                _reply({"sink": got, "seconds": max(t1 - t0, 1e-9), "t0": t0, "t1": t1})
 
     def accept_loop(ls: socket.socket) -> None:
         while True:
