@@ -64,10 +64,10 @@ SOLO_NS = 2_000_000
 FAIR_BYTES = 64 * 1024
 FAIR_NS = 250_000
 FAIR_WINDOW_NS = 100_000_000
+LIGHT_BYTES = 16 * 1024
 cdef Py_ssize_t C_SOLO_BYTES = SOLO_BYTES, C_FAIR_BYTES = FAIR_BYTES
 cdef long long C_SOLO_NS = SOLO_NS, C_FAIR_NS = FAIR_NS, C_FAIR_WINDOW_NS = FAIR_WINDOW_NS
-cdef size_t _last_flow = 0
-cdef long long _mixed_until = 0
+cdef long long _light_until = 0
 
 cdef enum:
     C_WANT_READ = 1
@@ -615,30 +615,27 @@ cdef class Flow:
         self.done = False
 
     def drive(self):
-        global _last_flow, _mixed_until
+        global _light_until
         cdef int code
         cdef long long now
-        cdef size_t me = <size_t><void *>self
+        cdef object pump = self.pump
         if self.done:
             return
         now = _now_ns()
-        if _last_flow != me:
-            if _last_flow:
-                _mixed_until = now + C_FAIR_WINDOW_NS
-            _last_flow = me
         if self.cpump is not None:
-            if now < _mixed_until:
+            if now < _light_until:
                 self.cpump.budget = C_FAIR_BYTES
                 self.cpump.budget_ns = C_FAIR_NS
             else:
                 self.cpump.budget = C_SOLO_BYTES
                 self.cpump.budget_ns = C_SOLO_NS
-        elif now < _mixed_until:
-            self.pump.budget = FAIR_BYTES
-            self.pump.budget_ns = FAIR_NS
+        elif now < _light_until:
+            pump.budget = FAIR_BYTES
+            pump.budget_ns = FAIR_NS
         else:
-            self.pump.budget = SOLO_BYTES
-            self.pump.budget_ns = SOLO_NS
+            pump.budget = SOLO_BYTES
+            pump.budget_ns = SOLO_NS
+        before = pump.transferred
         try:
             if self.cpump is not None:
                 code = self.cpump._step()
@@ -647,6 +644,9 @@ cdef class Flow:
         except BaseException as exc:  # every failure aborts the bridge
             self.on_fail(exc)
             return
+        moved = pump.transferred - before
+        if 0 < moved < LIGHT_BYTES:
+            _light_until = now + C_FAIR_WINDOW_NS
         if code == C_WANT_READ:
             if self.reading and not self.writing:
                 return

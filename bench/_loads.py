@@ -676,6 +676,38 @@ def pingpong(sock: socket.socket, n: int, warmup: int = 0) -> list[float]:
     return out
 
 
+def paced_pings(sock: socket.socket, period_us: float, stop: Any, limit: int) -> list[float]:
+    """64-byte round trips on a fixed schedule (one every ``period_us``, like the frames of
+    an interactive session) until ``stop()`` or ``limit``; each latency counts from the
+    message's *scheduled* time, so a stall delays every message due during it (no
+    coordinated omission: a closed loop would take few samples while the tunnel is slow and
+    many while it is fast, and its median would hide the stalls). Microseconds."""
+    sock.settimeout(10)
+    buf = bytearray(MSG)
+    mv = memoryview(buf)
+    msg = pattern()[:MSG]
+    out: list[float] = []
+    perf = time.perf_counter_ns
+    period = int(period_us * 1000)
+    t_next = perf()
+    while len(out) < limit and not stop():
+        now = perf()
+        if now < t_next:
+            time.sleep((t_next - now) / 1e9)
+        sock.sendall(msg)
+        got = 0
+        while got < MSG:
+            k = sock.recv_into(mv[got:])
+            if not k:
+                raise AssertionError("echo closed the connection")
+            got += k
+        if buf != msg:
+            raise AssertionError("a round trip came back altered")
+        out.append((perf() - t_next) / 1000)
+        t_next += period
+    return out
+
+
 def summary(rtts: list[float], block: int | None = None) -> dict[str, Any]:
     """Median, p99, mean, count; with ``block``, also each interleaved block's median (the
     spread between blocks shows how much other load on the machine moved the figure)."""

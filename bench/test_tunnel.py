@@ -23,6 +23,7 @@ from bench._loads import (
     interleave,
     listener,
     load_average,
+    paced_pings,
     pingpong,
     start_sshd,
     summary,
@@ -289,13 +290,15 @@ def test_tunnel_rtt(benchmark, impl, keys, tmp_path):
 MIXED_BULK = (256 << 20) if QUICK else (512 << 20)
 MIXED_ROUNDS = 1 if QUICK else 2
 MIXED_MAX_PINGS = 20000
+MIXED_PERIOD_US = 10_000  # 100 messages/s: an interactive session's frames and input
 
 
 def _ping_during_bulk(sender, service, port: int, nbytes: int) -> tuple[list[float], float]:
-    """64-byte round trips on one connection while another connection of the same session
-    (same tunnel or same ssh connection) carries ``nbytes``; returns (RTTs in us, sink GB/s).
+    """64-byte messages every ``MIXED_PERIOD_US`` (``paced_pings``) on one connection while
+    another connection of the same session (same tunnel or same ssh connection) carries
+    ``nbytes``; returns (latencies in us from each message's scheduled time, sink GB/s).
 
-    Only round trips started before the sink saw EOF count."""
+    Only messages due before the sink saw EOF count."""
     import select
     import socket
     import time
@@ -306,11 +309,12 @@ def _ping_during_bulk(sender, service, port: int, nbytes: int) -> tuple[list[flo
         sender.send({"host": "127.0.0.1", "port": port, "first": "S", "nbytes": nbytes})
         time.sleep(0.15)  # the bulk connection is set up and flowing
         fd = service.popen.stdout.fileno()
-        rtts: list[float] = []
-        while len(rtts) < MIXED_MAX_PINGS:
-            if select.select([fd], [], [], 0)[0]:
-                break  # the sink saw EOF: the bulk transfer is over
-            rtts += pingpong(ping, 1)
+        rtts = paced_pings(
+            ping,
+            MIXED_PERIOD_US,
+            lambda: bool(select.select([fd], [], [], 0)[0]),  # the sink saw EOF: bulk over
+            MIXED_MAX_PINGS,
+        )
         ping.shutdown(socket.SHUT_WR)
     got = service.recv(120)
     done = sender.recv(60)
@@ -322,7 +326,8 @@ def test_tunnel_mixed(benchmark, impl, keys, tmp_path):
     """Fairness: 64-byte round trips on one connection while another connection of the
     same session carries a bulk transfer (an RDP session beside an SMB copy), through one
     multi-mode tunnel (AEAD) against the same two connections through one ``ssh -L``
-    (aes128-gcm). Interleaved rounds; p50/p99 RTT of all round trips, bulk GB/s at the sink.
+    (aes128-gcm). Interleaved rounds; p50/p99 latency of the paced messages (from each one's
+    scheduled time), bulk GB/s at the sink.
     """
     ka, kb = keys("@bench_a"), keys("@bench_b")
     rtt: dict[str, list[float]] = {"tunnel": [], "ssh": []}

@@ -104,31 +104,37 @@ def test_open_pump_budget_still_reads_whole_records(impl: str) -> None:
         assert _read(r, len(payload)) == payload
 
 
-def test_flow_uses_the_fair_budget_while_another_flow_is_active(impl: str) -> None:
+def test_flow_uses_the_fair_budget_while_an_interactive_flow_is_active(impl: str) -> None:
+    """Bulk flows alone or among themselves keep the large budget; once a flow of the
+    process moved a small message, every flow uses the fair one for ``FAIR_WINDOW_NS``."""
     x = _compat.speedups("xfer", impl)
     loop = asyncio.new_event_loop()
-    socks = [socket.socketpair() for _ in range(2)]
+    socks = [_pairs() for _ in range(2)]
     try:
+        time.sleep(x.FAIR_WINDOW_NS / 1e9 + 0.02)  # no light flow from an earlier test
         flows = []
-        for a, b in socks:
-            a.setblocking(False)
-            b.setblocking(False)
-            p = x.CopyPump(a, b)
-            flows.append((x.Flow(loop, p, a, b, lambda: None, lambda e: None), p))
+        for _w, src, dst, _r in socks:
+            p = x.CopyPump(src, dst)
+            flows.append((x.Flow(loop, p, src, dst, lambda: None, lambda e: None), p))
         (f1, p1), (f2, p2) = flows
+        _fill(socks[0][0], 3 * x.LIGHT_BYTES)
+        f1.drive()  # bulk: no fair mode
+        assert (p1.budget, p1.budget_ns) == (x.SOLO_BYTES, x.SOLO_NS)
         f1.drive()
-        f2.drive()  # another flow woke just before: fair
-        assert (p2.budget, p2.budget_ns) == (x.FAIR_BYTES, x.FAIR_NS)
+        assert p1.budget == x.SOLO_BYTES and p1.transferred >= x.LIGHT_BYTES
+        socks[1][0].sendall(b"x" * 64)
+        f2.drive()  # a small message: light
+        assert p2.transferred == 64
         f1.drive()
         assert (p1.budget, p1.budget_ns) == (x.FAIR_BYTES, x.FAIR_NS)
         time.sleep(x.FAIR_WINDOW_NS / 1e9 + 0.02)
-        f1.drive()  # alone for longer than the window: the large (solo) budget again
+        f1.drive()  # no small message for longer than the window: the large budget again
         assert (p1.budget, p1.budget_ns) == (x.SOLO_BYTES, x.SOLO_NS)
         assert x.FAIR_BYTES < x.SOLO_BYTES
         f1.stop()
         f2.stop()
     finally:
-        for a, b in socks:
-            a.close()
-            b.close()
+        for group in socks:
+            for s in group:
+                s.close()
         loop.close()

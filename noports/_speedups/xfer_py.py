@@ -32,10 +32,11 @@ of it; an ``OpenPump`` read asks for at least one whole record) and stops readin
 a connection that stopped on its budget is simply called again on the next turn of the loop,
 after every other ready connection had its turn: round-robin between the connections (and
 directions) of a session, and of every session in the process. ``Flow`` picks the budget
-for each wake-up: ``SOLO_BYTES``/``SOLO_NS`` while no other flow of this process woke within
-the last ``FAIR_WINDOW_NS`` (a lone bulk flow keeps its large batches), else
-``FAIR_BYTES``/``FAIR_NS``, so an interactive message waits behind at most one small batch
-per busy connection in each end.
+for each wake-up: ``FAIR_BYTES``/``FAIR_NS`` while an interactive flow of this process (one
+whose wake-up moved fewer than ``LIGHT_BYTES``, more than nothing) woke within the last
+``FAIR_WINDOW_NS``, so an interactive message waits behind at most one small batch per busy
+connection in each end; else ``SOLO_BYTES``/``SOLO_NS``: bulk flows alone or among themselves
+keep large batches (fewer wake-ups and syscalls per GB) and are still served round-robin.
 
 Errors propagate: ``OSError`` from the sockets, ``IntegrityError``/``TruncationError``
 from record streams. ``Flow`` drives one pump from the event loop's readiness callbacks;
@@ -66,6 +67,7 @@ SOLO_NS = 2_000_000
 FAIR_BYTES = 64 * 1024
 FAIR_NS = 250_000
 FAIR_WINDOW_NS = 100_000_000
+LIGHT_BYTES = 16 * 1024
 
 
 class CopyPump:
@@ -364,10 +366,9 @@ class OpenPump:
                 self.grow = True
 
 
-# Which flow of this process woke last, and until when the process counts as serving
-# several flows at once (another flow woke within FAIR_WINDOW_NS): the fair budget applies.
-_last_flow = 0  # id() of the flow (no reference kept)
-_mixed_until = 0
+# Until when the fair budget applies: an interactive (light) flow of this process woke
+# within FAIR_WINDOW_NS before this moment.
+_light_until = 0
 
 
 class Flow:
@@ -404,27 +405,26 @@ class Flow:
         self.done = False
 
     def drive(self) -> None:
-        global _last_flow, _mixed_until
+        global _light_until
         if self.done:
             return
         now = monotonic_ns()
-        me = id(self)
-        if _last_flow != me:
-            if _last_flow:
-                _mixed_until = now + FAIR_WINDOW_NS
-            _last_flow = me
         pump = self.pump
-        if now < _mixed_until:
+        if now < _light_until:
             pump.budget = FAIR_BYTES
             pump.budget_ns = FAIR_NS
         else:
             pump.budget = SOLO_BYTES
             pump.budget_ns = SOLO_NS
+        before = pump.transferred
         try:
             code = self.step()
         except BaseException as exc:  # noqa: BLE001 - every failure aborts the bridge
             self.on_fail(exc)
             return
+        moved = pump.transferred - before
+        if 0 < moved < LIGHT_BYTES:
+            _light_until = now + FAIR_WINDOW_NS
         if code == WANT_READ:
             if self.reading and not self.writing:
                 return
