@@ -35,9 +35,13 @@ from ..profiles.store import DEFAULT_SETTINGS, ProfileStore
 from ..session.client import connect_client
 from ..sshnpd.names import InvalidNameError, validate_atsign
 from . import HTMX_FILE
-from .security import COOKIE, HEADERS, Guard, middleware
+from .security import COOKIE, CSRF, FORM, HEADERS, Guard, middleware
 
 log = logging.getLogger("noports.ui")
+STATE_KEY: web.AppKey[UiState] = web.AppKey("state")
+GUARD_KEY = web.AppKey("guard", Guard)
+JINJA_KEY = web.AppKey("jinja", jinja2.Environment)
+STATIC_NAMES_KEY: web.AppKey[set[str]] = web.AppKey("static_names")
 MAX_UPLOAD = 1 << 20
 MAX_KEYS_FILE = 64 << 10
 RELAYS = (("@rv_am", "Americas"), ("@rv_eu", "Europe"), ("@rv_ap", "Asia-Pacific"))
@@ -165,9 +169,9 @@ def _hms(seconds: int | float | None) -> str:
 
 def render(request: web.Request, name: str, status: int = 200, **ctx: Any) -> web.Response:
     app = request.app
-    st: UiState = app["state"]
+    st: UiState = app[STATE_KEY]
     base = {
-        "csrf": request.get("csrf", ""),
+        "csrf": request.get(CSRF, ""),
         "atsigns": st.atsigns(),
         "active": st.active,
         "htmx": HTMX_FILE,
@@ -175,7 +179,7 @@ def render(request: web.Request, name: str, status: int = 200, **ctx: Any) -> we
         "error": request.query.get("err", ""),
         "path": request.path,
     }
-    html = app["jinja"].get_template(name).render(**base, **ctx)
+    html = app[JINJA_KEY].get_template(name).render(**base, **ctx)
     return web.Response(text=html, status=status, content_type="text/html", headers=HEADERS)
 
 
@@ -187,10 +191,10 @@ def back(path: str, *, msg: str = "", err: str = "") -> web.HTTPSeeOther:
 
 
 async def form(request: web.Request) -> Any:
-    f = request.get("form")
+    f = request.get(FORM)
     if f is None:
         f = await request.post()
-        request["form"] = f
+        request[FORM] = f
     return f
 
 
@@ -202,7 +206,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 async def dashboard(request: web.Request) -> web.Response:
-    st: UiState = request.app["state"]
+    st: UiState = request.app[STATE_KEY]
     if not st.active:
         raise web.HTTPSeeOther("/onboard")
     store = await st.store()
@@ -243,7 +247,7 @@ def _profile_from_form(f: Any, uuid: str | None) -> Profile:
 
 
 async def profile_form(request: web.Request) -> web.Response:
-    st: UiState = request.app["state"]
+    st: UiState = request.app[STATE_KEY]
     uuid = request.match_info.get("uuid")
     p = None
     if uuid:
@@ -256,7 +260,7 @@ async def profile_form(request: web.Request) -> web.Response:
 
 
 async def profile_save(request: web.Request) -> web.StreamResponse:
-    st: UiState = request.app["state"]
+    st: UiState = request.app[STATE_KEY]
     uuid = request.match_info.get("uuid")
     f = await form(request)
     if uuid and st.runner.running(uuid):
@@ -274,7 +278,7 @@ async def profile_save(request: web.Request) -> web.StreamResponse:
 
 
 async def profile_action(request: web.Request) -> web.StreamResponse:
-    st: UiState = request.app["state"]
+    st: UiState = request.app[STATE_KEY]
     uuid, action = request.match_info["uuid"], request.match_info["action"]
     store = await st.store()
     if action == "connect":
@@ -325,7 +329,7 @@ async def _connect(st: UiState, store: ProfileStore, uuids: list[str]) -> str:
 
 
 async def bulk(request: web.Request) -> web.StreamResponse:
-    st: UiState = request.app["state"]
+    st: UiState = request.app[STATE_KEY]
     f = await form(request)
     action = str(f.get("action", ""))
     uuids = [str(u) for u in f.getall("uuid", [])]
@@ -359,7 +363,7 @@ async def bulk(request: web.Request) -> web.StreamResponse:
 
 
 async def export(request: web.Request) -> web.StreamResponse:
-    st: UiState = request.app["state"]
+    st: UiState = request.app[STATE_KEY]
     fmt = request.query.get("fmt", "yaml")
     if fmt not in ("json", "yaml"):
         raise web.HTTPBadRequest(text="fmt must be json or yaml")
@@ -380,7 +384,7 @@ async def import_page(request: web.Request) -> web.Response:
 
 
 async def import_post(request: web.Request) -> web.StreamResponse:
-    st: UiState = request.app["state"]
+    st: UiState = request.app[STATE_KEY]
     f = await form(request)
     upload = f.get("file")
     text: str | bytes = str(f.get("paste", ""))
@@ -403,7 +407,7 @@ async def import_post(request: web.Request) -> web.StreamResponse:
 
 async def events(request: web.Request) -> web.StreamResponse:
     """Server-sent events: one ``tunnel`` event per state change, a comment every 15 s."""
-    st: UiState = request.app["state"]
+    st: UiState = request.app[STATE_KEY]
     resp = web.StreamResponse(
         headers={**HEADERS, "Content-Type": "text/event-stream", "X-Accel-Buffering": "no"}
     )
@@ -431,7 +435,7 @@ def _sse(event: str, data: Any) -> bytes:
 
 
 async def state_json(request: web.Request) -> web.Response:
-    st: UiState = request.app["state"]
+    st: UiState = request.app[STATE_KEY]
     return web.json_response(
         {"active": st.active, "runs": [r.snapshot() for r in st.runner.runs.values()]},
         headers=HEADERS,
@@ -442,7 +446,7 @@ async def state_json(request: web.Request) -> web.Response:
 
 
 async def onboard_page(request: web.Request) -> web.Response:
-    st: UiState = request.app["state"]
+    st: UiState = request.app[STATE_KEY]
     root = st.root or os.environ.get("NOPORTS_ROOT") or "root.atsign.org"
     return render(
         request, "onboard.html", root=root, enrolling=list(st.enrolling.values()),
@@ -458,7 +462,7 @@ def _atsign_field(f: Any) -> str:
 
 
 async def activate(request: web.Request) -> web.StreamResponse:
-    st: UiState = request.app["state"]
+    st: UiState = request.app[STATE_KEY]
     f = await form(request)
     a = _atsign_field(f)
     secret = str(f.get("secret", "")).strip()
@@ -476,7 +480,7 @@ async def activate(request: web.Request) -> web.StreamResponse:
 
 
 async def upload_keys(request: web.Request) -> web.StreamResponse:
-    st: UiState = request.app["state"]
+    st: UiState = request.app[STATE_KEY]
     f = await form(request)
     upload = f.get("file")
     if upload is None or not getattr(upload, "filename", ""):
@@ -514,7 +518,7 @@ async def upload_keys(request: web.Request) -> web.StreamResponse:
 
 
 async def enroll(request: web.Request) -> web.StreamResponse:
-    st: UiState = request.app["state"]
+    st: UiState = request.app[STATE_KEY]
     f = await form(request)
     a = _atsign_field(f)
     otp = str(f.get("otp", "")).strip()
@@ -544,7 +548,7 @@ async def enroll(request: web.Request) -> web.StreamResponse:
 
 
 async def switch(request: web.Request) -> web.StreamResponse:
-    st: UiState = request.app["state"]
+    st: UiState = request.app[STATE_KEY]
     f = await form(request)
     a = str(f.get("atsign", ""))
     if a not in st.atsigns():
@@ -555,14 +559,14 @@ async def switch(request: web.Request) -> web.StreamResponse:
 
 
 async def backup_page(request: web.Request) -> web.Response:
-    st: UiState = request.app["state"]
+    st: UiState = request.app[STATE_KEY]
     if not st.active:
         raise web.HTTPSeeOther("/onboard")
     return render(request, "backup.html", keys_path=str(st.keys_file(st.active)))
 
 
 async def backup_download(request: web.Request) -> web.StreamResponse:
-    st: UiState = request.app["state"]
+    st: UiState = request.app[STATE_KEY]
     f = await form(request)
     if not st.active:
         raise web.HTTPSeeOther("/onboard")
@@ -601,21 +605,21 @@ async def _enrollments(st: UiState) -> tuple[list[ob.Enrollment], str]:
 
 
 async def approvals(request: web.Request) -> web.Response:
-    st: UiState = request.app["state"]
+    st: UiState = request.app[STATE_KEY]
     got, err = await _enrollments(st)
     tpl = "approvals_list.html" if request.headers.get("HX-Request") else "approvals.html"
     return render(request, tpl, enrollments=got, list_error=err, otp=request.query.get("otp", ""))
 
 
 async def pending_badge(request: web.Request) -> web.Response:
-    st: UiState = request.app["state"]
+    st: UiState = request.app[STATE_KEY]
     got, _ = await _enrollments(st) if st.active else ([], "")
     n = sum(1 for e in got if e.status == "pending")
     return render(request, "badge.html", pending=n)
 
 
 async def approval_action(request: web.Request) -> web.StreamResponse:
-    st: UiState = request.app["state"]
+    st: UiState = request.app[STATE_KEY]
     eid, action = request.match_info["eid"], request.match_info["action"]
     try:
         async with await _manager(st) as m:
@@ -635,7 +639,7 @@ async def approval_action(request: web.Request) -> web.StreamResponse:
 
 
 async def make_otp(request: web.Request) -> web.StreamResponse:
-    st: UiState = request.app["state"]
+    st: UiState = request.app[STATE_KEY]
     try:
         async with await _manager(st) as m:
             code = await m.otp()
@@ -650,13 +654,13 @@ async def make_otp(request: web.Request) -> web.StreamResponse:
 
 
 async def settings_page(request: web.Request) -> web.Response:
-    st: UiState = request.app["state"]
+    st: UiState = request.app[STATE_KEY]
     s = await (await st.store()).settings()
     return render(request, "settings.html", s=s, relays=RELAYS)
 
 
 async def settings_save(request: web.Request) -> web.StreamResponse:
-    st: UiState = request.app["state"]
+    st: UiState = request.app[STATE_KEY]
     f = await form(request)
     store = await st.store()
     s = await store.settings()
@@ -674,7 +678,7 @@ async def settings_save(request: web.Request) -> web.StreamResponse:
 
 
 async def logs_page(request: web.Request) -> web.StreamResponse:
-    st: UiState = request.app["state"]
+    st: UiState = request.app[STATE_KEY]
     level = request.query.get("level", "")
     text = request.query.get("q", "")
     lines = [
@@ -695,7 +699,7 @@ async def logs_page(request: web.Request) -> web.StreamResponse:
 
 
 async def login(request: web.Request) -> web.StreamResponse:
-    guard: Guard = request.app["guard"]
+    guard: Guard = request.app[GUARD_KEY]
     sid = guard.redeem(request.query.get("token", ""))
     if sid is None:
         log.warning("login refused: unknown or used token")
@@ -712,7 +716,7 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 async def static(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
-    if name not in request.app["static_names"]:
+    if name not in request.app[STATIC_NAMES_KEY]:
         raise web.HTTPNotFound()
     data = (resources.files("noports.ui") / "static" / name).read_bytes()
     ctype = {"js": "text/javascript", "css": "text/css"}.get(name.rsplit(".", 1)[-1], "text/plain")
@@ -721,16 +725,16 @@ async def static(request: web.Request) -> web.StreamResponse:
 
 async def api_login_url(request: web.Request) -> web.Response:
     """For a second ``noports ui``: a fresh one-time login URL (bearer secret, no Origin)."""
-    guard: Guard = request.app["guard"]
+    guard: Guard = request.app[GUARD_KEY]
     return web.json_response({"url": guard.login_url()}, headers=HEADERS)
 
 
 def create_app(state: UiState, guard: Guard) -> web.Application:
     app = web.Application(middlewares=[middleware(guard)], client_max_size=2 * MAX_UPLOAD)
-    app["state"] = state
-    app["guard"] = guard
-    app["jinja"] = _env()
-    app["static_names"] = {
+    app[STATE_KEY] = state
+    app[GUARD_KEY] = guard
+    app[JINJA_KEY] = _env()
+    app[STATIC_NAMES_KEY] = {
         p.name for p in (resources.files("noports.ui") / "static").iterdir() if p.is_file()
     }
     r = app.router

@@ -19,6 +19,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -42,6 +43,10 @@ SAFE_METHODS = ("GET", "HEAD")
 OPEN_PATHS = ("/login", "/static/")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_RequestKey: Any = getattr(web, "RequestKey", None)  # aiohttp >= 3.13; plain strings before
+SID: Any = _RequestKey("sid", str) if _RequestKey else "sid"
+CSRF: Any = _RequestKey("csrf", str) if _RequestKey else "csrf"
+FORM: Any = _RequestKey("form", object) if _RequestKey else "form"
 
 
 class Guard:
@@ -116,8 +121,8 @@ def middleware(guard: Guard) -> Callable[[web.Request, Handler], Awaitable[web.S
                 return refuse(
                     401, "Not signed in: open the login link that `noports ui` printed or opened."
                 )
-            request["sid"] = sid
-            request["csrf"] = guard.csrf(sid)
+            request[SID] = sid
+            request[CSRF] = guard.csrf(sid)
             if request.method not in SAFE_METHODS:
                 if not guard.origin_ok(request):
                     log.warning(
@@ -131,9 +136,9 @@ def middleware(guard: Guard) -> Callable[[web.Request, Handler], Awaitable[web.S
                     "multipart/form-data",
                 ):
                     form = await request.post()
-                    request["form"] = form
+                    request[FORM] = form
                     sent = str(form.get("csrf", ""))
-                if not hmac.compare_digest(sent.encode(), request["csrf"].encode()):
+                if not hmac.compare_digest(sent.encode(), request[CSRF].encode()):
                     log.warning("refused %s %s: CSRF token", request.method, path)
                     return refuse(403, "CSRF token missing or wrong")
                 log.info("action: %s %s", request.method, path)
