@@ -46,10 +46,10 @@ def free_port() -> int:
 
 
 class TunnelRig:
-    def __init__(self, env: NpEnv, device: str = "web") -> None:
+    def __init__(self, env: NpEnv, device: str = "web", client: str | None = None) -> None:
         self.env = env
         self.web = WebServer()
-        self.client = env.atsign("client")
+        self.client = client or env.atsign("client")
         self.device_atsign = env.atsign("device")
         self.relay = env.atsign("relay")
         self.device = device

@@ -9,7 +9,7 @@
 * **Script API** (``/api/*``): a bearer secret from the 0600 state file, and any request with an
   ``Origin`` header is refused (a browser cannot be made to send it).
 * **Headers** on every answer: a strict CSP (no inline script, nothing external),
-  ``X-Frame-Options: DENY``, ``nosniff``, ``no-referrer``, ``no-store``.
+  ``X-Frame-Options: DENY``, ``nosniff``, ``Referrer-Policy: same-origin``, ``no-store``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # "no-referrer" makes Chrome send "Origin: null" on POST
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
     "Cache-Control": "no-store",
