@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 import urllib.request
 
 import pytest
@@ -81,11 +82,22 @@ def test_runner_connect_fetch_stats_disconnect(trig: TunnelRig, at_server) -> No
         check_local_port("localhost", port)  # the listener is gone
         with pytest.raises(OSError):
             await asyncio.to_thread(_get, snap["url"])
-        # a device that is not there: fails with the reason, no keep-alive
-        bad = Profile.from_json(trig.profile_json("nobody", deviceName="ghost"))
+        # a daemon atSign that does not exist: fails with the reason, no keep-alive
+        t0 = time.monotonic()
+        bad = Profile.from_json(trig.profile_json("nobody", sshnpdAtsign="@nobody_ui_x"))
         runner.start(bad, trig.client, trig.relay)
         r = await runner.wait_state(bad.uuid, ("failed",), 60)
         assert r.error and r.snapshot()["url"] == ""
+        print(f"failed after {time.monotonic() - t0:.1f} s: {r.error}")
+        # with keep-alive it retries, and says when
+        ka = Profile.from_json(trig.profile_json("again", sshnpdAtsign="@nobody_ui_x",
+                                                 keepAlive=True))  # fmt: skip
+        runner.start(ka, trig.client, trig.relay)
+        r = await runner.wait_state(ka.uuid, ("retrying",), 60)
+        snap = r.snapshot()
+        assert snap["next_retry"] is not None and 0 <= snap["next_retry"] <= 1
+        assert any("will retry" in x or "session failed" in x for x in snap["progress"])
+        r = await runner.wait_state(ka.uuid, ("starting",), 10)  # the retry happened
         await runner.stop_all()
         assert not any(runner.running(u) for u in runner.runs)
 
