@@ -534,7 +534,7 @@ async def enroll(request: web.Request) -> web.StreamResponse:
             )  # fmt: skip
             e.enrollment_id, e.state = pending.enrollment_id, "pending"
             log.info("enrollment %s for %s pending approval", e.enrollment_id, a)
-            keys = await pending.wait(timeout=600)
+            keys = await pending.wait(timeout=600, interval=1.0)
             ob.save_keys(keys, st.keys_file(a), overwrite=False)
             e.state = "approved"
             st.active = st.active or a
