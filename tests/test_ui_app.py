@@ -246,6 +246,13 @@ def test_profiles_pages_and_actions(at_server, keys, tmp_path) -> None:
         assert s["relayAtsign"] == "@my_relay" and s["overrideRelay"] is True
         assert 'value="@my_relay"' in await ui.page("/settings")
         assert "profile saved" in await ui.page("/logs?q=saved")
+        # an unknown profile, and an atServer that is not there: one line on a page
+        r = await c.get("/profiles/no-such-uuid/edit")
+        assert r.status == 404 and "does not exist" in await r.text()
+        ui.state.root = "127.0.0.1:1"  # nothing listens there
+        await ui.state.drop_client(ui.state.active)
+        r = await c.get("/")
+        assert r.status == 502 and 'role="alert"' in await r.text()
 
     _ui_test(at_server, keys, tmp_path, body, atsign="@ui_app_bob")
 

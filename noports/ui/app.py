@@ -28,7 +28,7 @@ from aiohttp import web
 from ..at import onboard as ob
 from ..at.client import AtClient
 from ..crypto.atkeys import AtKeys, default_keys_path
-from ..errors import NoPortsError
+from ..errors import KeyNotFoundError, NoPortsError
 from ..profiles.model import COMMON_PORTS, DocumentError, Profile, dump_document, parse_document
 from ..profiles.runner import PortBusyError, Runner
 from ..profiles.store import DEFAULT_SETTINGS, ProfileStore
@@ -729,8 +729,25 @@ async def api_login_url(request: web.Request) -> web.Response:
     return web.json_response({"url": guard.login_url()}, headers=HEADERS)
 
 
+@web.middleware
+async def errors_mw(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A failure of the atServer or the network is one line on a page, never a 500 trace."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except KeyNotFoundError as exc:
+        log.warning("%s %s: %s", request.method, request.path, _one_line(exc))
+        return render(request, "error.html", status=404, message=_one_line(exc))
+    except (NoPortsError, OSError) as exc:
+        log.warning("%s %s failed: %s", request.method, request.path, _one_line(exc))
+        return render(request, "error.html", status=502, message=_one_line(exc))
+
+
 def create_app(state: UiState, guard: Guard) -> web.Application:
-    app = web.Application(middlewares=[middleware(guard)], client_max_size=2 * MAX_UPLOAD)
+    app = web.Application(
+        middlewares=[middleware(guard), errors_mw], client_max_size=2 * MAX_UPLOAD
+    )
     app[STATE_KEY] = state
     app[GUARD_KEY] = guard
     app[JINJA_KEY] = _env()
