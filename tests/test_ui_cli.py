@@ -71,3 +71,15 @@ def test_login_second_instance_busy_port_and_stop(np_env, tmp_path) -> None:
     p.signal(signal.SIGTERM)
     assert p.wait(20) == 0
     assert not state.exists()
+
+
+def test_install_service_writes_a_user_unit(np_env, tmp_path) -> None:
+    home = tmp_path / "svc"
+    home.mkdir()
+    r = np_env.run("noports", "ui", "--install-service", "--port", "8799", env={"HOME": str(home)})
+    assert r.returncode == 0, r.stderr
+    unit = (home / ".config" / "systemd" / "user" / "noports-ui.service").read_text()
+    assert "-m noports.cli.noports ui --no-browser --port 8799 --bind 127.0.0.1" in unit
+    assert "WantedBy=default.target" in unit and "systemctl --user enable" in r.stdout
+    r = np_env.run("noports", "ui", "--install-service", "--port", "0", env={"HOME": str(home)})
+    assert r.returncode == 2

@@ -1,6 +1,7 @@
 """``noports ui``: the local web app (profiles, one-click tunnels, onboarding, approvals).
 
     noports ui [--port N] [--bind 127.0.0.1] [--no-browser]
+    noports ui --install-service [--port N]   (a systemd user unit: start at login)
 
 Serves on loopback only and runs the tunnels in this process, so they outlive the browser tab.
 Opens the browser with a one-time login link (printed instead with ``--no-browser``). A second
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from pathlib import Path
 
 from .. import _compat
 from ..errors import EXIT_USAGE, NoPortsError
@@ -30,8 +33,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--bind", default="127.0.0.1", help="loopback address (default 127.0.0.1)")
     p.add_argument("--no-browser", action="store_true", help="print the login link only")
+    p.add_argument(
+        "--install-service",
+        action="store_true",
+        help="write a systemd user unit (~/.config/systemd/user/noports-ui.service) and exit",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
+
+
+UNIT = """\
+[Unit]
+Description=NoPorts local web app (noports ui): profiles and tunnels
+After=network-online.target
+
+[Service]
+ExecStart={python} -m noports.cli.noports ui --no-browser --port {port} --bind {bind}
+Restart=on-failure
+RestartSec=5
+
+[Install]
+WantedBy=default.target
+"""
+
+
+def install_service(port: int, bind: str) -> int:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    path = Path(base) / "systemd" / "user" / "noports-ui.service"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(UNIT.format(python=sys.executable, port=port, bind=bind))
+    print(f"{PROG}: wrote {path}")
+    print(
+        "enable it with: systemctl --user daemon-reload && systemctl --user enable --now noports-ui"
+    )
+    print(f"then run `{PROG}` to open it (it finds the running service)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.port <= 65535:
         print(f"{PROG}: --port must be 0..65535", file=sys.stderr)
         return EXIT_USAGE
+    if args.install_service:
+        if args.port == 0:
+            print(f"{PROG}: --install-service needs a fixed --port", file=sys.stderr)
+            return EXIT_USAGE
+        return install_service(args.port, args.bind)
     try:
         from ..ui import server
     except ImportError as exc:
