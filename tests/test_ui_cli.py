@@ -83,3 +83,19 @@ def test_install_service_writes_a_user_unit(np_env, tmp_path) -> None:
     assert "WantedBy=default.target" in unit and "systemctl --user enable" in r.stdout
     r = np_env.run("noports", "ui", "--install-service", "--port", "0", env={"HOME": str(home)})
     assert r.returncode == 2
+
+
+def test_core_stays_lean(np_env) -> None:
+    """The umbrella command and the profile layer do not import the web stack."""
+    code = (
+        "import sys, noports.cli.noports, noports.profiles, noports.profiles.store, "
+        "noports.profiles.runner, noports.cli.ui\n"
+        "heavy = {'aiohttp', 'jinja2', 'yaml'} & set(sys.modules)\n"
+        "print(sorted(heavy))"
+    )
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", code], env=np_env.env, capture_output=True,
+                       text=True, timeout=30)  # fmt: skip
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
