@@ -104,6 +104,12 @@ def test_security_checks(at_server, keys, tmp_path) -> None:
         assert r.status == 403 and "Host check error" in await r.text()
         r = await c.get("/", headers={"Host": "127.0.0.1:1"})
         assert r.status == 403
+        for path in (f"/login?token={ui.guard.new_login_token()}", f"/static/{HTMX_FILE}",
+                     "/events"):  # fmt: skip
+            r = await c.get(path, headers={"Host": f"rebind.example:{ui.guard.port}"})
+            assert r.status == 403, path
+        r = await c.get("/", headers={"Host": f"localhost:{ui.guard.port}"})
+        assert r.status == 200  # the loopback names are all fine
         # changes: Origin and CSRF both required
         r = await c.post("/settings", data={"csrf": ui.csrf, "relay": "@rv_eu"},
                          allow_redirects=False)  # fmt: skip
@@ -285,8 +291,22 @@ def test_busy_port_and_event_stream(at_server, keys, tmp_path) -> None:
         assert snap["uuid"] == p.uuid and snap["state"] == "starting"
         html = await ui.page("/")
         assert f'data-run="{p.uuid}"' in html and "Disconnect" in html
+        # a running profile cannot be edited or deleted
+        r4 = await ui.post(f"/profiles/{p.uuid}", PROFILE_FORM)
+        assert "while+profile+is+running" in r4.headers["Location"]
+        r4 = await ui.post(f"/profiles/{p.uuid}/delete")
+        assert "while+profile+is+running" in r4.headers["Location"]
         r.close()
         r3 = await ui.post("/bulk", {"action": "stop-all"})
-        assert r3.status == 303 and not ui.state.runner.running(p.uuid)
+        assert r3.status == 303 and "Stopped+1" in r3.headers["Location"]
+        assert not ui.state.runner.running(p.uuid)
+        # start all favourites starts exactly the favourites
+        r = await ui.post("/profiles", {**PROFILE_FORM, "displayName": "not a favourite"})
+        assert (await ui.post(f"/profiles/{p.uuid}/favourite")).status == 303
+        r = await ui.post("/bulk", {"action": "start-favourites"})
+        assert r.status == 303
+        running = [u for u in ui.state.runner.runs if ui.state.runner.running(u)]
+        assert running == [p.uuid]
+        await ui.post("/bulk", {"action": "stop-all"})
 
     _ui_test(at_server, keys, tmp_path, body, atsign="@ui_app_carol")

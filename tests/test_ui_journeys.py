@@ -49,6 +49,21 @@ def start_ui(env: NpEnv, home: Path) -> tuple[Proc, str]:
     return p, LOGIN.search(p.stdout).group(1)
 
 
+class Steps:
+    """Prints how long each journey step took (seen with -s)."""
+
+    def __init__(self) -> None:
+        import time
+
+        self.clock = time.monotonic
+        self.t = self.clock()
+
+    def __call__(self, name: str) -> None:
+        now = self.clock()
+        print(f"  {name}: {now - self.t:.1f} s")
+        self.t = now
+
+
 def fetch(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=10) as r:
         return r.read()
@@ -68,6 +83,7 @@ def browser():
 
 def test_journey_activate_import_connect_fetch_disconnect(np_env, at_server, browser, tmp_path):
     shots = shots_dir(tmp_path, "journey-tunnel")
+    step = Steps()
     client = f"@uiclient_{np_env.tag}"
     secret = at_server.add(client)  # not activated yet: the page does it
     rig = TunnelRig(np_env, client=client)
@@ -81,6 +97,7 @@ def test_journey_activate_import_connect_fetch_disconnect(np_env, at_server, bro
         page.goto(url)
         expect(page).to_have_url(re.compile(r"/onboard$"))  # no atSign yet
         page.screenshot(path=shots / "01-onboard.png", full_page=True)
+        step("start")
         page.get_by_label("atSign", exact=True).first.fill(client.lstrip("@"))
         page.get_by_label("Activation code (OTP or secret)").fill(secret)
         page.get_by_role("button", name="Activate", exact=True).click()
@@ -88,6 +105,7 @@ def test_journey_activate_import_connect_fetch_disconnect(np_env, at_server, bro
         keys_file = ui_home / ".atsign" / "keys" / f"{client}_key.atKeys"
         assert keys_file.stat().st_mode & 0o777 == 0o600
         page.screenshot(path=shots / "02-activated.png", full_page=True)
+        step("activate")
         # key backup: behind a confirmation
         page.goto(url.split("/login")[0] + "/keys/backup")
         page.get_by_label("I understand; download the keys").check()
@@ -96,12 +114,14 @@ def test_journey_activate_import_connect_fetch_disconnect(np_env, at_server, bro
         saved = Path(dl.value.path())
         assert json.loads(saved.read_text()) == json.loads(keys_file.read_text())
         page.screenshot(path=shots / "03-backup.png", full_page=True)
+        step("backup")
         # import the desktop app's YAML by paste
         local_port = free_port()
         doc = {"profiles": [rig.profile_json("web page", local_port=local_port)]}
         page.goto(url.split("/login")[0] + "/import")
         page.get_by_label("Or paste the JSON/YAML content here").fill(yaml.safe_dump(doc))
         page.screenshot(path=shots / "04-import.png", full_page=True)
+        step("import form")
         page.get_by_role("button", name="Import", exact=True).click()
         expect(page.get_by_role("status")).to_contain_text("Imported 1 profile")
         row = page.locator("tr", has=page.get_by_role("rowheader", name="web page"))
@@ -113,6 +133,7 @@ def test_journey_activate_import_connect_fetch_disconnect(np_env, at_server, bro
         link = row.locator('[data-f="url"]')
         expect(link).to_have_attribute("href", f"http://localhost:{local_port}/")
         page.screenshot(path=shots / "05-connected.png", full_page=True)
+        step("connect")
         # a page through the tunnel, from the test and in the browser
         for _ in range(3):
             assert fetch(f"http://127.0.0.1:{local_port}/") == PAGE
@@ -120,16 +141,19 @@ def test_journey_activate_import_connect_fetch_disconnect(np_env, at_server, bro
         remote.goto(f"http://localhost:{local_port}/")
         expect(remote.locator("h1")).to_have_text("hello through the tunnel")
         remote.screenshot(path=shots / "06-through-the-tunnel.png")
+        step("fetch")
         remote.close()
         # the live stats: connections and bytes moved, without a reload
         stats = row.locator('[data-f="stats"]')
         expect(stats).to_contain_text(re.compile(r"^[4-9] conn"), timeout=15_000)
         assert not re.search(r"· 0 B ·", stats.inner_text()), stats.inner_text()
         page.screenshot(path=shots / "07-bytes-moved.png", full_page=True)
+        step("live bytes")
         # disconnect
         row.get_by_role("button", name="disconnect web page", exact=True).click()
         expect(state).to_have_text("stopped", timeout=15_000)
         page.screenshot(path=shots / "08-disconnected.png", full_page=True)
+        step("disconnect")
         with pytest.raises(OSError), socket.create_connection(("127.0.0.1", local_port), 2):
             pass
         assert not errors, errors  # no CSP violations or script errors in the console
