@@ -171,3 +171,21 @@ def test_store_uses_the_desktop_app_keys(at_server, keys) -> None:
             await c.close()
 
     asyncio.run(asyncio.wait_for(go(), 60))
+
+
+def test_relay_choice_and_ssh_hint() -> None:
+    pytest.importorskip("aiohttp")
+    from noports.profiles.runner import Runner, TunnelRun
+    from noports.ui.app import relay_for
+
+    web, rdp = parse_document(json.dumps(DESKTOP_EXPORT))
+    s = {"relayAtsign": "@rv_am", "overrideRelay": False}
+    assert relay_for(web, s) == "@rv_eu" and relay_for(rdp, s) == "@rv_am"
+    assert relay_for(web, {**s, "overrideRelay": True}) == "@rv_am"
+    ssh = web.copy(connectUriProtocol="ssh", connectUriUsername="pi")
+    run = TunnelRun(Runner(None), ssh, "@me", "@rv_am")  # type: ignore[arg-type]
+    run.state, run.host, run.port = "connected", "127.0.0.1", 2222
+    snap = run.snapshot()
+    assert snap["hint"] == "ssh -p 2222 pi@localhost" and snap["url"] == ""
+    run.profile = web
+    assert run.snapshot()["url"] == "http://localhost:2222/"

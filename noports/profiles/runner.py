@@ -104,6 +104,10 @@ class TunnelRun:
             )
             if proto in ("http", "https"):
                 url = f"{proto}://{host}:{self.port}/"
+        hint = ""
+        if self.state == "connected" and self.port and self.profile.connectUriProtocol == "ssh":
+            user = self.profile.connectUriUsername
+            hint = f"ssh -p {self.port} {user + '@' if user else ''}localhost"
         return {
             "uuid": self.profile.uuid,
             "name": self.profile.displayName,
@@ -114,6 +118,7 @@ class TunnelRun:
             "port": self.port,
             "address": f"{self.host}:{self.port}" if self.port else "",
             "url": url,
+            "hint": hint,
             "mode": self.mode,
             "uptime": int(now - self.connected_at) if self.connected_at else 0,
             "next_retry": int(self.next_retry - now) if self.next_retry else None,

@@ -306,7 +306,9 @@ async def profile_action(request: web.Request) -> web.StreamResponse:
     raise web.HTTPNotFound()
 
 
-async def _relay_for(store: ProfileStore, p: Profile, settings: dict[str, Any]) -> str:
+def relay_for(p: Profile, settings: dict[str, Any]) -> str:
+    """The desktop app's ``toNptParams``: the profile's relay unless it has none or the
+    Settings say to override every profile with the default relay."""
     if settings.get("overrideRelay") or not p.relayAtsign:
         return str(settings.get("relayAtsign") or DEFAULT_SETTINGS["relayAtsign"])
     return p.relayAtsign
@@ -319,7 +321,7 @@ async def _connect(st: UiState, store: ProfileStore, uuids: list[str]) -> str:
     for u in uuids:
         try:
             p = await store.get(u)
-            st.runner.start(p, store.atsign, await _relay_for(store, p, settings))
+            st.runner.start(p, store.atsign, relay_for(p, settings))
             log.info("connect: %s (%s)", p.displayName, u)
         except PortBusyError as exc:
             errs.append(f"{p.displayName}: {exc}")

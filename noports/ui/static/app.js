@@ -32,6 +32,7 @@
     st.textContent = s.state; st.className = "state " + s.state;
     var a = field(cell, "url");
     if (s.url) { a.href = s.url; a.textContent = s.url; a.hidden = false; } else { a.hidden = true; }
+    field(cell, "hint").textContent = s.hint || "";
     field(cell, "address").textContent = s.state === "connected" && !s.url ? s.address : "";
     var rate = s.rate && s.rate.length ? s.rate[s.rate.length - 1] : 0;
     field(cell, "stats").textContent = s.state === "connected"
