@@ -30,7 +30,6 @@ import json
 import os
 import shlex
 import shutil
-import sys
 import tempfile
 import time
 import urllib.request
@@ -82,7 +81,7 @@ class Interrupted(Exception):
 
 
 def python_argv(module: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", module, *args]
+    return _compat.python_module_argv(module, *args)
 
 
 def package_root() -> str:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..crypto import aes, rsa
 from ..crypto.encoding import b64d, loads_object
-from ..errors import KeyNotFoundError, ProtocolError
+from ..errors import KeyNotFoundError, LocalError, ProtocolError
 from . import commands
 from .commands import Metadata
 
@@ -181,7 +181,7 @@ class SharedKeys:
         """The key ``other`` uses for data shared with us (base64 K)."""
         other = commands.atsign(other)
         if other == self.client.atsign:
-            raise ProtocolError("no shared key with oneself; self data uses the self key")
+            raise LocalError("no shared key with oneself; self data uses the self key")
         my_cs = pub_key_checksum(self.client.keys.encrypt_public_b64)
         if (
             metadata is not None

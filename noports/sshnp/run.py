@@ -38,7 +38,7 @@ from ..session.client import (
     establish,
     start_ephemeral_keygen,
 )
-from ..sshnpd.features import sshnp_required_features
+from ..session.features import sshnp_required_features
 from ..tunnel import open_client_single
 from .background import Reporter
 
