@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import ConfigError
-from ..sshnpd.names import InvalidNameError, validate_atsign, validate_device_name
+from ..names import InvalidNameError, validate_atsign, validate_device_name
 
 PROFILES_KEY = "profiles"
 MISSING_PROFILES = "The profiles section is missing or incorrectly formatted."

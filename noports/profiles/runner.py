@@ -25,7 +25,7 @@ from typing import Any
 from ..at.client import AtClient
 from ..errors import ConfigError, NoPortsError
 from ..session.client import SessionSpec, establish
-from ..sshnpd.features import npt_required_features
+from ..session.features import npt_required_features
 from ..tunnel import ClientMulti
 from ..tunnel.net import client_bind_host
 from .model import Profile

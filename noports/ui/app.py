@@ -33,7 +33,7 @@ from ..profiles.model import COMMON_PORTS, DocumentError, Profile, dump_document
 from ..profiles.runner import PortBusyError, Runner
 from ..profiles.store import DEFAULT_SETTINGS, ProfileStore
 from ..session.client import connect_client
-from ..sshnpd.names import InvalidNameError, validate_atsign
+from ..names import InvalidNameError, validate_atsign
 from . import HTMX_FILE
 from .security import COOKIE, CSRF, FORM, HEADERS, Guard, middleware
 
