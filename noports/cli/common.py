@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from .. import _compat
+from ..crypto import cryptography_text
 from ..errors import NoPortsError, exit_code_for
 from ..log import escape
 
@@ -16,7 +17,7 @@ class VersionAction(argparse.Action):
         super().__init__(option_strings, dest=dest, nargs=0, default=argparse.SUPPRESS, **kw)
 
     def __call__(self, parser: argparse.ArgumentParser, *a: Any, **kw: Any) -> None:
-        print(_compat.version_text(parser.prog))
+        print(_compat.version_text(parser.prog, cryptography_text()))
         parser.exit(0)
 
 
