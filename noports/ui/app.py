@@ -29,11 +29,11 @@ from ..at import onboard as ob
 from ..at.client import AtClient
 from ..crypto.atkeys import AtKeys, default_keys_path
 from ..errors import KeyNotFoundError, NoPortsError
+from ..names import InvalidNameError, validate_atsign
 from ..profiles.model import COMMON_PORTS, DocumentError, Profile, dump_document, parse_document
 from ..profiles.runner import PortBusyError, Runner
 from ..profiles.store import DEFAULT_SETTINGS, ProfileStore
 from ..session.client import connect_client
-from ..names import InvalidNameError, validate_atsign
 from . import HTMX_FILE
 from .security import COOKIE, CSRF, FORM, HEADERS, Guard, middleware
 
