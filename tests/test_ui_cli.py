@@ -67,9 +67,12 @@ def test_login_second_instance_busy_port_and_stop(np_env, tmp_path) -> None:
     assert r.stderr.strip().splitlines()[-1].startswith(
         f"noports ui: error: cannot listen on 127.0.0.1:{busy}"
     )
-    # SIGTERM: stops, removes the state file
+    # SIGTERM with a browser's event stream open: the stream ends, the server stops
+    stream = opener.open(f"http://127.0.0.1:{port}/events", timeout=30)
+    assert stream.headers["Content-Type"] == "text/event-stream"
     p.signal(signal.SIGTERM)
-    assert p.wait(20) == 0
+    assert p.wait(15) == 0
+    stream.close()
     assert not state.exists()
 
 

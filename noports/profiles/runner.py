@@ -282,6 +282,12 @@ class Runner:
                     q.get_nowait()
             q.put_nowait(snap)
 
+    def end_streams(self) -> None:
+        """Tell every subscriber the stream is over (a ``None`` item): used at shutdown."""
+        for q in list(self._subs):
+            with contextlib.suppress(asyncio.QueueFull):
+                q.put_nowait(None)  # type: ignore[arg-type]
+
     def get(self, uuid: str) -> TunnelRun | None:
         return self.runs.get(uuid)
 

@@ -424,6 +424,8 @@ async def events(request: web.Request) -> web.StreamResponse:
             except asyncio.TimeoutError:
                 await resp.write(b": keep-alive\n\n")
                 continue
+            if snap is None:  # shutting down: end the stream so the server can stop
+                break
             await resp.write(_sse("tunnel", snap))
     except (ConnectionResetError, asyncio.CancelledError):
         pass
@@ -787,8 +789,13 @@ def create_app(state: UiState, guard: Guard) -> web.Application:
     r.add_get("/logs", logs_page)
     r.add_post("/api/login-url", api_login_url)
 
+    async def on_shutdown(app: web.Application) -> None:
+        state.runner.end_streams()
+
     async def on_cleanup(app: web.Application) -> None:
         await state.close()
+
+    app.on_shutdown.append(on_shutdown)
 
     app.on_cleanup.append(on_cleanup)
     nplog = logging.getLogger("noports")
