@@ -149,6 +149,16 @@ def test_journey_activate_import_connect_fetch_disconnect(np_env, at_server, bro
         assert not re.search(r"· 0 B ·", stats.inner_text()), stats.inner_text()
         page.screenshot(path=shots / "07-bytes-moved.png", full_page=True)
         step("live bytes")
+        # a copy on the same local port: refused before anything is sent, with the reason
+        row.get_by_role("button", name="duplicate web page", exact=True).click()
+        copy = page.locator("tr", has=page.get_by_role("rowheader", name="web page (copy)"))
+        copy.get_by_role("button", name="connect web page (copy)", exact=True).click()
+        expect(page.get_by_role("alert")).to_contain_text(
+            f"local port 127.0.0.1:{local_port} is in use"
+        )
+        page.screenshot(path=shots / "07b-port-in-use.png", full_page=True)
+        row = page.locator("tr", has=page.get_by_role("rowheader", name="web page", exact=True))
+        state = row.locator('[data-f="state"]')
         # disconnect
         row.get_by_role("button", name="disconnect web page", exact=True).click()
         expect(state).to_have_text("stopped", timeout=15_000)
@@ -156,6 +166,12 @@ def test_journey_activate_import_connect_fetch_disconnect(np_env, at_server, bro
         step("disconnect")
         with pytest.raises(OSError), socket.create_connection(("127.0.0.1", local_port), 2):
             pass
+        base = url.split("/login")[0]
+        for path, shot in (("/profiles/new", "09-profile-form"), ("/settings", "10-settings"),
+                           ("/logs", "11-logs")):  # fmt: skip
+            page.goto(base + path)
+            page.screenshot(path=shots / f"{shot}.png", full_page=True)
+        expect(page.locator("#log")).to_contain_text("connect: web page")
         assert not errors, errors  # no CSP violations or script errors in the console
     finally:
         page.close()

@@ -291,9 +291,9 @@ async def profile_action(request: web.Request) -> web.StreamResponse:
         on = uuid not in await store.favourites()
         await store.set_favourite(uuid, on)
         raise back("/")
-    if st.runner.running(uuid):
-        raise back("/", err="Cannot perform this action while profile is running.")
     if action == "delete":
+        if st.runner.running(uuid):
+            raise back("/", err="Cannot perform this action while profile is running.")
         p = await store.get(uuid)
         await store.delete(uuid)
         st.runner.runs.pop(uuid, None)
