@@ -61,7 +61,7 @@ LAYERS: dict[str, int] = {
 }
 SIDEWAYS_OK = {0, 1}
 # Top-level modules that belong to a package-sized unit until they move into it.
-UNIT_OF = {"localrig": "quickstart"}
+UNIT_OF: dict[str, str] = {}
 
 SANS_IO = {
     "noports.at.protocol",
@@ -78,18 +78,18 @@ SANS_IO = {
     ),
 }
 IO_MODULES = {"asyncio", "socket", "ssl", "selectors"}
+# Written by a non-editable build (setup.py), imported under ``try``: absent from the tree.
+GENERATED = {"noports._build"}
 
 # (importer, imported): today's layer violations. May only shrink.
 ALLOWED_EDGES: set[tuple[str, str]] = {
     ("noports.npt.run", "noports.cli.common"),
-    ("noports.npt.run", "noports.sshnp.background"),
     ("noports.sshnp.args", "noports.cli.common"),
 }
 # (importer, imported module): sans-IO modules that import I/O today. May only shrink.
 ALLOWED_IO: set[tuple[str, str]] = set()
 # Strongly connected components (module level, then unit level). May only shrink.
 ALLOWED_MODULE_CYCLES: set[frozenset[str]] = {
-    frozenset({"noports.at.client", "noports.at.notifications", "noports.at.sharedkeys"}),
     frozenset(
         {
             "noports.atserver.engine",
@@ -142,7 +142,8 @@ def _imports(mod: str, path: Path, modules: dict[str, Path]) -> Iterator[tuple[s
             else:
                 target = node.module or ""
             if target not in modules:
-                yield target.split(".")[0], node.lineno
+                # A relative import always names a noports module; keep it visible as such.
+                yield (target if node.level else target.split(".")[0]), node.lineno
                 continue
             subs = [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in modules]
             yield from ((s, node.lineno) for s in subs)
@@ -279,6 +280,19 @@ def test_graph_sees_in_function_and_relative_imports(
     assert any(internal[m] for m in internal if m.startswith("noports.atserver."))
 
 
+def test_relative_imports_resolve() -> None:
+    # A relative import that names no module fails only when its line runs (in-function
+    # imports), so the graph checks them all: after a move, every one must still resolve.
+    modules = all_modules()
+    bad = [
+        f"{mod}: {target} (line {line})"
+        for mod, path in modules.items()
+        for target, line in _imports(mod, path, modules)
+        if target.startswith("noports.") and target not in modules and target not in GENERATED
+    ]
+    assert not bad, "\n".join(bad)
+
+
 def test_layer_rules(graph: tuple[dict[str, set[str]], dict[str, set[str]]]) -> None:
     _check(layer_violations(graph[0]), ALLOWED_EDGES, "imports against the layer rules")
 
@@ -300,9 +314,16 @@ def test_no_unit_cycles(graph: tuple[dict[str, set[str]], dict[str, set[str]]]) 
 
 _IMPORT_EACH = r"""
 import importlib, os, sys
+sep = sys.argv.index("--")
+for name in sys.argv[1:sep]:  # third-party and stdlib only: never a noports module
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        pass
+assert not any(m == "noports" or m.startswith("noports.") for m in sys.modules)
 failed = []
 pending = {}
-names = sys.argv[1:]
+names = sys.argv[sep + 1 :]
 jobs = max(2, os.cpu_count() or 2)
 def reap():
     pid, status = os.wait()
@@ -327,13 +348,28 @@ print("FAILED " + " ".join(sorted(failed)) if failed else "OK")
 """
 
 
+def _external_modules() -> list[str]:
+    """Dotted names of the non-noports modules (and possible submodules) noports imports."""
+    out: set[str] = set()
+    for path in all_modules().values():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                out.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                out.add(node.module)
+                out.update(f"{node.module}.{a.name}" for a in node.names)
+    return sorted(m for m in out if m.split(".")[0] not in ("noports", "__future__"))
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_every_module_imports_alone_with_warnings_as_errors() -> None:
     # One clean interpreter (no noports module loaded) forks a child per module, so each
     # import starts from an empty noports state, as aiohttp's test_circular_imports does.
+    # The parent loads the stdlib and third-party modules noports uses first (under -W error
+    # too), so each child pays only for noports itself.
     names = sorted(all_modules())
     proc = subprocess.run(
-        [sys.executable, "-W", "error", "-c", _IMPORT_EACH, *names],
+        [sys.executable, "-W", "error", "-c", _IMPORT_EACH, *_external_modules(), "--", *names],
         capture_output=True,
         text=True,
         timeout=120,

@@ -211,6 +211,13 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         help="on SIGTERM/SIGINT, how long live sessions may continue (default 30)",
     )
     p.add_argument(
+        "--check-config",
+        action="store_true",
+        default=False,
+        help="validate the command line, environment and --config file, then exit "
+        "(0 valid, 2 invalid)",
+    )
+    p.add_argument(
         "--metrics",
         default=None,
         metavar="HOST:PORT",
@@ -287,16 +294,39 @@ def _metrics_address(text: str | None, parser: argparse.ArgumentParser) -> str |
     return text
 
 
+class _ReloadParser(_Parser):
+    """On reload a bad configuration must not exit the running relay."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(escape(message))
+
+    def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
+        raise ConfigError(escape((message or f"exit {status}").strip()))
+
+
+def reload_settings(argv: list[str] | None) -> Settings:
+    """Settings from the same command line, the current environment and the config file as it
+    is now; ConfigError (the running relay keeps its settings) when they are invalid."""
+    parser = build_parser()
+    parser.__class__ = _ReloadParser
+    return settings_from(parse_args(parser, PROG, argv), parser)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parse_args(parser, PROG, argv)
     settings = settings_from(args, parser)
+    if args.check_config:
+        print(f"{PROG}: configuration is valid" + (f" ({args.config})" if args.config else ""))
+        return EXIT_OK
     setup_logging(args)
     # The official relay's "shout" lines are always logged; -v adds the detail lines.
     logging.getLogger("noports.srvd").setLevel(logging.DEBUG if args.debug else logging.INFO)
     logging.getLogger("noports.srvd.detail").setLevel(settings.log_level)
     try:
-        return _compat.run(Srvd(settings).run()) or EXIT_OK
+        relay = Srvd(settings)
+        relay.reloader = lambda: reload_settings(argv)
+        return _compat.run(relay.run()) or EXIT_OK
     except KeyboardInterrupt:  # pragma: no cover - a signal before the handlers were set
         return EXIT_OK
     except Exception as exc:  # noqa: BLE001 - one line, documented exit code

@@ -26,6 +26,7 @@ from .. import _compat, config
 from ..cli.common import add_common, fail
 from ..errors import ConfigError, NoPortsError
 from ..log import escape, setup_logging
+from ..session.background import Reporter, run_detached
 from ..session.client import (
     Established,
     SessionSpec,
@@ -34,7 +35,6 @@ from ..session.client import (
     start_ephemeral_keygen,
 )
 from ..session.features import npt_required_features
-from ..sshnp.background import Reporter, run_detached
 from ..tunnel import ClientMulti
 from .durations import parse_duration
 

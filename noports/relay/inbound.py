@@ -37,7 +37,7 @@ class InboundOwner(Protocol):
 
     def on_waiting_failed(self, inbound: Inbound) -> None: ...
 
-    def release_gate(self, ip: str) -> None: ...
+    def release_gate(self, inbound: Inbound) -> None: ...
 
 
 def reset_close(sock: socket.socket) -> None:
@@ -196,11 +196,16 @@ class Inbound:
             self._timer = None
         if self._gated:
             self._gated = False
-            self.session.release_gate(self.peer_ip)
+            self.session.release_gate(self)
 
     def _fail(self, reason: str) -> None:
         self.close()
         self.session.on_auth_failed(self, reason)
+
+    def shed(self) -> None:
+        """The pre-auth gate is full and this socket is older: make room (PreAuthGate)."""
+        if self.state == AUTHENTICATING:
+            self._fail("shed")
 
     def detach(self) -> tuple[socket.socket, bytes, bool]:
         """Hand the socket, its buffered data and its EOF flag to a pump."""

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from ..crypto import rsa
 from ..crypto.envelope import relay_expected_bytes
 from .auth import AuthLine
-from .inbound import WAITING, Inbound, reset_close
+from .inbound import WAITING, Inbound
 from .limits import PreAuthGate, RelayLimits
 
 log = logging.getLogger("noports.relay")
@@ -263,12 +263,6 @@ class Session:
     def _admit(self, side: int, conn: socket.socket, ip: str) -> None:
         conn.setblocking(False)
         needs_auth = self._auth[side]
-        if needs_auth and not self._gate.admit(ip):
-            self._stats.refused += 1
-            log.debug("session %s: side %s pre-auth cap reached, refusing %s",
-                      self.session_id, SIDES[side], ip)
-            reset_close(conn)
-            return
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
@@ -283,6 +277,8 @@ class Session:
         inbound = Inbound(self, conn, side, ip, verifier, self._loop, self._clock,
                           gated=needs_auth)
         if needs_auth:
+            # A full gate sheds an older unauthenticated socket, never this one.
+            self._gate.admit(ip, inbound)
             self._authenticating[inbound] = None
             # The absolute deadline runs from the accept; the first read waits for the
             # next loop pass, after every listener that woke with this one has accepted
@@ -297,8 +293,8 @@ class Session:
 
     # -- InboundOwner: callbacks from Inbound ------------------------------------------
 
-    def release_gate(self, ip: str) -> None:
-        self._gate.release(ip)
+    def release_gate(self, inbound: Inbound) -> None:
+        self._gate.release(inbound.peer_ip, inbound)
 
     def on_auth_failed(self, inbound: Inbound, reason: str) -> None:
         self._authenticating.pop(inbound, None)

@@ -374,8 +374,12 @@ async def establish(
             ping_text = await ping_wait if ping_wait is not None else None
         finally:
             for t in (ping_wait, relay_wait):
-                if t is not None and not t.done():
+                if t is None:
+                    continue
+                if not t.done():
                     t.cancel()
+                elif not t.cancelled():
+                    t.exception()  # both timed out: the one not raised is still retrieved
         info = parse_ping_response(ping_text) if ping_text is not None else None
         mark("ping")
         progress("Received daemon feature check response")

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,6 +113,7 @@ class Srvd:
         self._stale_keys: set[str] = set()
         self.monitor_running = False
         self.observer: Observer | None = None
+        self.reloader: Callable[[], Settings] | None = None  # SIGHUP: settings as they are now
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -138,6 +141,7 @@ class Srvd:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGUSR1, self._stats_soon)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         fd_limit = raise_nofile_limit()
         if self.s.snoop:
             log.warning("snoop is ON: relayed bytes are written to the log (privacy!)")
@@ -153,7 +157,8 @@ class Srvd:
         connect: asyncio.Task[AtClient] | None = None
         try:
             path = self.s.keys_file or default_keys_path(self.s.atsign)
-            keys = AtKeys.load(path, self.s.atsign)  # fail fast, before any worker starts
+            # fail fast, before any worker starts; like ssh, refuse a group/world-readable file
+            keys = AtKeys.load(path, self.s.atsign, strict_mode=True)
             connect = loop.create_task(
                 AtClient.connect(
                     self.s.atsign, keys=keys, root=self._root(), ca_file=self.s.ca_file
@@ -250,6 +255,59 @@ class Srvd:
                 await asyncio.wait_for(self._idle.wait(), min(left, 1.0))
         log.info("all sessions have ended")
 
+    # settings that a reload cannot change in a running relay
+    RESTART_ONLY = (
+        "atsign", "ip", "keys_file", "root", "ca_file", "bind", "port_range", "workers",
+        "snoop", "impl", "loop_kind",
+    )
+
+    def reload(self) -> bool:
+        """SIGHUP: re-read the configuration, validate it, apply what can change live.
+
+        A bad configuration is reported and the running one kept; live sessions are never
+        touched (new limits apply to sessions created from now on)."""
+        if self.reloader is None:
+            log.warning("SIGHUP: no configuration source to reload from; ignored")
+            return False
+        try:
+            new = self.reloader()
+        except (NoPortsError, ValueError, OSError) as exc:
+            log.error("configuration reload failed, keeping the running configuration: %s", exc)
+            return False
+        old = self.s
+        kept = [n for n in self.RESTART_ONLY if getattr(new, n) != getattr(old, n)]
+        for name in kept:
+            log.warning("reload: %s changed; it takes effect after a restart", name)
+        changes = {
+            n: getattr(new, n)
+            for n in ("managers", "max_sessions", "per_requester", "require_auth",
+                      "json_response", "drain_seconds", "limits", "log_level", "metrics")
+            if getattr(new, n) != getattr(old, n)
+        }
+        a = self.admission
+        a.managers, a.require_auth = new.managers, new.require_auth
+        a.max_sessions, a.per_requester = new.max_sessions, new.per_requester
+        logging.getLogger("noports.srvd.detail").setLevel(new.log_level)
+        if "limits" in changes and self.pool is not None:
+            self.pool.config["limits"] = new.limits
+            for h in list(self.pool.workers.values()):
+                h.send({"op": "limits", "limits": new.limits})
+        if "metrics" in changes:
+            if self.observer is not None:
+                self.observer.close()
+                self.observer = None
+            if new.metrics:
+                self.observer = Observer(self)
+                self.observer.start(new.metrics)
+        self.s = dataclasses.replace(new, **{n: getattr(old, n) for n in self.RESTART_ONLY})
+        log.info(
+            "configuration reloaded: %s",
+            ", ".join(sorted(changes)) or "no change",
+            extra={"fields": {"event": "config_reloaded", "changed": sorted(changes),
+                              "restart_needed": kept}},
+        )
+        return True
+
     def _stats_soon(self) -> None:
         task = asyncio.get_running_loop().create_task(self.log_stats())
         self._tasks.add(task)
@@ -262,7 +320,7 @@ class Srvd:
         for row in await self.pool.stats():
             log.info(
                 "stats worker %d (pid %s): %s sessions, %s pairs, %s pre-auth sockets, "
-                "%s refused pre-auth",
+                "%s shed pre-auth",
                 row["index"],
                 row.get("pid"),
                 row.get("sessions"),

@@ -165,6 +165,17 @@ class Worker:
             }
         )
 
+    def set_limits(self, limits: dict[str, Any]) -> None:
+        """A reload: new limits for sessions created from now on (live ones keep theirs)."""
+        try:
+            new = RelayLimits(**limits)
+        except (TypeError, ValueError) as exc:
+            log.warning("reload: limits refused: %s", exc)
+            return
+        self.relay.limits = new
+        self.relay.gate.resize(new.max_preauth, new.max_preauth_per_ip)
+        log.info("worker %d: limits reloaded", self.index)
+
     def _ended(self, st: Any) -> None:
         """Fold an ended session's counters into the worker's totals (for metrics)."""
         t = self.totals
@@ -192,7 +203,7 @@ class Worker:
                 "sessions": len(self.sessions),
                 "pairs": pairs,
                 "preauth": self.relay.gate.total,
-                "preauth_refused": self.relay.gate.refused,
+                "preauth_refused": self.relay.gate.shed,
                 "bytes_ab": t["bytes_ab"],
                 "bytes_ba": t["bytes_ba"],
                 "pairs_total": t["pairs_total"],
@@ -215,6 +226,8 @@ class Worker:
                     s.close("cancelled")
             elif op == "stats":
                 self.stats(msg.get("id"))
+            elif op == "limits":
+                self.set_limits(msg.get("limits") or {})
             elif op == "close":
                 return
             else:
@@ -264,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # the control process answers it
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload is the control process's job
     return _compat.run(_main(args.fd, args.index), loop=args.loop)
 
 
