@@ -388,12 +388,11 @@ async def import_page(request: web.Request) -> web.Response:
 async def import_post(request: web.Request) -> web.StreamResponse:
     st: UiState = request.app[STATE_KEY]
     f = await form(request)
-    upload = f.get("file")
+    upload: Any = f.get("file")
     text: str | bytes = str(f.get("paste", ""))
-    filename = None
-    if upload is not None and getattr(upload, "filename", ""):
+    filename: str | None = getattr(upload, "filename", None) or None
+    if filename:
         text = upload.file.read(MAX_UPLOAD + 1)
-        filename = upload.filename
     if not text.strip():
         return render(request, "import.html", status=400, form_error="Choose a file or paste.")
     try:
@@ -486,7 +485,7 @@ async def activate(request: web.Request) -> web.StreamResponse:
 async def upload_keys(request: web.Request) -> web.StreamResponse:
     st: UiState = request.app[STATE_KEY]
     f = await form(request)
-    upload = f.get("file")
+    upload: Any = f.get("file")
     if upload is None or not getattr(upload, "filename", ""):
         raise back("/onboard", err="Choose an .atKeys file.")
     raw = upload.file.read(MAX_KEYS_FILE + 1)
@@ -749,9 +748,8 @@ async def errors_mw(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 def create_app(state: UiState, guard: Guard) -> web.Application:
-    app = web.Application(
-        middlewares=[middleware(guard), errors_mw], client_max_size=2 * MAX_UPLOAD
-    )
+    mws: list[Any] = [middleware(guard), errors_mw]
+    app = web.Application(middlewares=mws, client_max_size=2 * MAX_UPLOAD)
     app[STATE_KEY] = state
     app[GUARD_KEY] = guard
     app[JINJA_KEY] = _env()

@@ -111,8 +111,7 @@ async def serve(
     except OSError as exc:
         await runner.cleanup()
         raise ConfigError(f"cannot listen on {bind}:{port}: {exc.strerror}") from None
-    server = site._server  # noqa: SLF001 - the only way to learn an ephemeral port
-    real_port = int(server.sockets[0].getsockname()[1]) if server and server.sockets else port
+    real_port = int(runner.addresses[0][1])  # the bound port (0 = chosen by the system)
     new_guard = Guard(bind, real_port, guard.api_secret)
     guard.__dict__.update(new_guard.__dict__)
     write_secret(
