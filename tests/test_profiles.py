@@ -15,8 +15,6 @@ from noports.profiles import DocumentError, Profile, dump_document, parse_docume
 from noports.profiles.model import MISSING_PROFILES
 from noports.profiles.store import FAVORITES_KEY, ProfileStore, profile_key
 
-yaml = pytest.importorskip("yaml")
-
 # The shape the desktop app exports (util/export.dart: {"profiles": [toExportableJson()]}),
 # in its 2024 field set (no localHost/only443/keepAlive) plus one field we do not know.
 DESKTOP_EXPORT = {
@@ -70,6 +68,7 @@ def test_profile_defaults_and_validation() -> None:
 
 @pytest.mark.parametrize("fmt", ["json", "yaml"])
 def test_document_round_trip(fmt: str) -> None:
+    yaml = pytest.importorskip("yaml")
     ps = parse_document(json.dumps(DESKTOP_EXPORT))
     text = dump_document(ps, fmt)
     doc = json.loads(text) if fmt == "json" else yaml.safe_load(text)
@@ -84,6 +83,7 @@ def test_document_round_trip(fmt: str) -> None:
 
 
 def test_document_errors() -> None:
+    pytest.importorskip("yaml")
     for text in ("{}", '{"profiles": 3}', "- a\n- b\n", "profiles:\n  x: 1\n"):
         with pytest.raises(DocumentError, match=MISSING_PROFILES.replace(".", r"\.")):
             parse_document(text)

@@ -18,12 +18,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.fixtures_np import NpEnv, Proc
 from tests.ui_rig import PAGE, TunnelRig, free_port
 
 pytest.importorskip("aiohttp")
+yaml = pytest.importorskip("yaml")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 if not os.path.exists(CHROMIUM):
