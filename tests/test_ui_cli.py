@@ -102,3 +102,26 @@ def test_core_stays_lean(np_env) -> None:
     r = subprocess.run([sys.executable, "-c", code], env=np_env.env, capture_output=True,
                        text=True, timeout=30)  # fmt: skip
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_ipv6_loopback_bind(np_env, tmp_path) -> None:
+    """--bind ::1: the login link and the second instance use [::1], not 127.0.0.1."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    home = tmp_path / "v6"
+    home.mkdir(mode=0o700)
+    env = {"HOME": str(home)}
+    rx = r"noports ui: open (http://\[::1\]:(\d+)/login\?token=\S+)"
+    p = np_env.spawn("noports", "ui", "--no-browser", "--port", "0", "--bind", "::1", env=env,
+                     ready=rx)  # fmt: skip
+    url = re.search(rx, p.stdout).group(1)
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+    with opener.open(url, timeout=10) as resp:
+        assert resp.status == 200
+    r = np_env.run("noports", "ui", "--no-browser", env=env, timeout=30)
+    assert r.returncode == 0 and re.search(rx, r.stdout), r.stdout + r.stderr
+    p.signal(signal.SIGTERM)
+    assert p.wait(15) == 0

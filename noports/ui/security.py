@@ -49,6 +49,13 @@ CSRF: Any = _RequestKey("csrf", str) if _RequestKey else "csrf"
 FORM: Any = _RequestKey("form", object) if _RequestKey else "form"
 
 
+def url_host(bind: str) -> str:
+    """How a URL names the bind address (``[::1]`` for IPv6; 127.0.0.1 for any/empty)."""
+    if bind in ("", "0.0.0.0", "::"):
+        return "127.0.0.1"
+    return f"[{bind}]" if ":" in bind else bind
+
+
 class Guard:
     """Tokens, sessions and the allowed Host/Origin values for one running app."""
 
@@ -58,6 +65,7 @@ class Guard:
         if bind not in ("0.0.0.0", "::", ""):
             hosts.add(f"[{bind}]" if ":" in bind else bind)
         self.hosts = {f"{h}:{port}" for h in hosts}
+        self.base = f"http://{url_host(bind)}:{port}"
         self.origins = {f"http://{h}" for h in self.hosts}
         self.api_secret = api_secret or secrets.token_urlsafe(32)
         self._tokens: dict[str, float] = {}
@@ -71,7 +79,7 @@ class Guard:
         return tok
 
     def login_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/login?token={self.new_login_token()}"
+        return f"{self.base}/login?token={self.new_login_token()}"
 
     def redeem(self, token: str) -> str | None:
         """Trade a one-time token for a new session id (None when unknown, used or expired)."""

@@ -27,7 +27,7 @@ from aiohttp import web
 from ..errors import ConfigError, NoPortsError
 from ..fsutil import read_secret, write_secret
 from .app import UiState, create_app
-from .security import Guard
+from .security import Guard, url_host
 
 log = logging.getLogger("noports.ui")
 
@@ -65,11 +65,12 @@ def running_instance() -> dict[str, Any] | None:
 
 
 def fresh_login_url(st: dict[str, Any], timeout: float = 5.0) -> str:
+    hostport = f"{url_host(str(st.get('bind') or '127.0.0.1'))}:{int(st['port'])}"
     req = urllib.request.Request(
-        f"http://127.0.0.1:{int(st['port'])}/api/login-url",
+        f"http://{hostport}/api/login-url",
         method="POST",
         data=b"",
-        headers={"Authorization": f"Bearer {st['api_secret']}", "Host": f"127.0.0.1:{st['port']}"},
+        headers={"Authorization": f"Bearer {st['api_secret']}", "Host": hostport},
     )
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return str(json.loads(resp.read())["url"])
@@ -122,7 +123,7 @@ async def serve(
         overwrite=True,
     )
     url = guard.login_url()
-    say(f"noports ui: serving http://127.0.0.1:{real_port}/ (Ctrl-C stops it and its tunnels)")
+    say(f"noports ui: serving {guard.base}/ (Ctrl-C stops it and its tunnels)")
     if not browser or not open_browser(url):
         say(f"noports ui: open {url}")
     log.info("serving on %s:%d", bind, real_port)
@@ -152,7 +153,8 @@ def find_running(browser: bool, say: Any = print) -> bool:
         url = fresh_login_url(st)
     except (OSError, urllib.error.URLError, ValueError, KeyError):
         return False
-    say(f"noports ui: already running (pid {st['pid']}) on http://127.0.0.1:{st['port']}/")
+    base = f"http://{url_host(str(st.get('bind') or '127.0.0.1'))}:{st['port']}"
+    say(f"noports ui: already running (pid {st['pid']}) on {base}/")
     if not browser or not open_browser(url):
         say(f"noports ui: open {url}")
     return True
