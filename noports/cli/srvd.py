@@ -71,6 +71,16 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _port(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {v}")
+    return v
+
+
 def _seconds(text: str) -> float:
     try:
         v = float(text)
@@ -130,6 +140,22 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         "--root-domain",
         default="root.atsign.org",
         help="atDirectory host (default root.atsign.org; --root wins)",
+    )
+    p.add_argument(
+        "--443",
+        dest="only443",
+        action="store_true",
+        default=False,
+        help="also listen on one port (--443-bind-port) for port-443 sessions: every "
+        "socket authenticates with escr and names its session and side",
+    )
+    p.add_argument(
+        "--443-bind-port",
+        dest="bind_port_443",
+        type=_port,
+        default=443,
+        help="port the --443 listener binds (default 443; replies still name 443, see "
+        "--443-advertise-port)",
     )
     if env.get("ENABLE_SNOOP", "").lower() == "true":
         p.add_argument("-s", "--snoop", action="store_true", default=False, help=SNOOP_HELP)
@@ -197,6 +223,22 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         default=False,
         help="refuse requests in which either socket is unauthenticated "
         "(legacy and --no-ad clients)",
+    )
+    p.add_argument(
+        "--443-advertise-port",
+        dest="advertise_port_443",
+        type=_port,
+        default=443,
+        help="port named in replies to port-443 sessions (default 443, as official relays; "
+        "for a listener behind a port forward, or tests)",
+    )
+    p.add_argument(
+        "--refuse-payload-auth",
+        action="store_true",
+        default=False,
+        help="accept only sessions that authenticate both sockets with escr (a fresh "
+        "challenge per socket); refuses payload-mode auth lines, which can be replayed "
+        "within a live session, and unauthenticated sessions",
     )
     p.add_argument(
         "--json-response",
@@ -279,6 +321,9 @@ def settings_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         log_level=level,
         log_format=args.log_format,
         metrics=_metrics_address(args.metrics, parser),
+        single_port=args.bind_port_443 if args.only443 else None,
+        single_advertise=args.advertise_port_443,
+        refuse_payload_auth=args.refuse_payload_auth,
     )
 
 
