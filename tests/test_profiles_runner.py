@@ -102,3 +102,29 @@ def test_runner_connect_fetch_stats_disconnect(trig: TunnelRig, at_server) -> No
         assert not any(runner.running(u) for u in runner.runs)
 
     asyncio.run(asyncio.wait_for(go(), 110))
+
+
+def test_runner_only443_uses_the_single_port_relay(np_env, at_server) -> None:
+    """The desktop app's only443 is npt --443: escr on the relay's single port."""
+    trig = TunnelRig(np_env, relay443=True)
+
+    async def factory(atsign: str):
+        return await connect_client(
+            atsign, keys_file=str(trig.keys_file(atsign)), root=at_server.root,
+            ca_file=at_server.ca_file,
+        )  # fmt: skip
+
+    async def go() -> None:
+        runner = Runner(factory, tick=0.2)
+        p = Profile.from_json(trig.profile_json("443", only443=True))
+        runner.start(p, trig.client, trig.relay)
+        r = await runner.wait_state(p.uuid, ("connected", "failed"), 45)
+        assert r.state == "connected", (r.error, list(r.progress))
+        assert await asyncio.to_thread(_get, f"http://127.0.0.1:{r.port}/") == PAGE
+        await runner.stop_all()
+
+    try:
+        asyncio.run(asyncio.wait_for(go(), 60))
+        assert trig.srvd.wait_for(r"relayAuthMode escr only443 True", 10)
+    finally:
+        trig.close()

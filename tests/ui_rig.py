@@ -46,16 +46,23 @@ def free_port() -> int:
 
 
 class TunnelRig:
-    def __init__(self, env: NpEnv, device: str = "web", client: str | None = None) -> None:
+    def __init__(
+        self, env: NpEnv, device: str = "web", client: str | None = None, relay443: bool = False
+    ) -> None:
         self.env = env
         self.web = WebServer()
         self.client = client or env.atsign("client")
         self.device_atsign = env.atsign("device")
         self.relay = env.atsign("relay")
         self.device = device
-        env.spawn(
+        extra: list[str] = []
+        if relay443:  # the single-port relay, escr only (srvd --443)
+            p443 = free_port()
+            extra = ["--443", "--443-bind-port", str(p443), "--443-advertise-port", str(p443),
+                     "--refuse-payload-auth"]  # fmt: skip
+        self.srvd = env.spawn(
             "srvd", "-a", self.relay, "-i", "127.0.0.1", "--bind", "127.0.0.1",
-            "--drain-seconds", "0", "-v", ready=RELAY_READY, timeout=30,
+            "--drain-seconds", "0", "-v", *extra, ready=RELAY_READY, timeout=30,
         )  # fmt: skip
         env.spawn(
             "sshnpd", "-a", self.device_atsign, "-m", self.client, "-d", device,

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..at.client import AtClient
 from ..errors import ConfigError, NoPortsError
-from ..session.client import SessionSpec, establish
+from ..session.client import SessionSpec, establish_any
 from ..session.features import npt_required_features
 from ..tunnel import ClientMulti
 from ..tunnel.net import client_bind_host
@@ -192,9 +192,14 @@ class TunnelRun:
             remote_host=p.remoteHost,
             remote_port=p.remotePort,
             timeout_ms=int(TUNNEL_TIMEOUT * 1000),
+            # as npt without --ram: escr, payload for a daemon without it; the desktop app's
+            # only443 is npt --443 (escr only, the relay's single port)
+            relay_auth_mode="escr",
+            ram_fallback=not p.only443,
+            only443=p.only443,
         )
         async with self.runner.setup_slots:
-            est = await establish(client, spec, progress=self.say)
+            est = await establish_any(client, spec, progress=self.say)
             cm = await ClientMulti.open(
                 est.relay_host,
                 est.relay_port,
