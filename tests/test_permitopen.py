@@ -324,7 +324,8 @@ def test_ping_response_key_order_and_names() -> None:
         '{"devicename":"mypi","deviceGroupName":"lab","version":"5.6.3",'
         '"corePackageVersion":"6.2.0","supportedFeatures":{"srAuth":true,"srE2ee":true,'
         '"acceptsPublicKeys":false,"supportsPortChoice":true,"adjustableTimeout":true,'
-        '"noportsAead":true},"allowedServices":["localhost:22","localhost:3389"]}'
+        '"noportsAead":true,"supportsRamEscr":true},'
+        '"allowedServices":["localhost:22","localhost:3389"]}'
     )
     d = ping_response("x1", accepts_public_keys=True, allowed_services=["*:*"])
     assert list(d) == [

@@ -129,6 +129,21 @@ def _check_blob(blob_type: str, blob: bytes) -> None:
     w.end()
 
 
+def _load_sk_key(blob_type: str, blob: bytes) -> object:
+    """The public point of a FIDO key whose blob ``_check_blob`` already accepted."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+    w = _Wire(blob)
+    w.string()
+    try:
+        if blob_type == "sk-ssh-ed25519@openssh.com":
+            return ed25519.Ed25519PublicKey.from_public_bytes(w.string())
+        w.string()  # curve name, checked
+        return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), w.string())
+    except ValueError as exc:
+        raise _bad(f"key does not parse: {exc}") from None
+
+
 @dataclass(frozen=True)
 class SshPublicKey:
     """A validated public key. ``key_type`` is the blob type (``rsa-sha2-*`` → ``ssh-rsa``)."""
@@ -194,7 +209,9 @@ def parse_public_key(text: str | bytes, *, allow_comment: bool = True) -> SshPub
     except (ValueError, TypeError) as exc:
         raise _bad(f"key does not parse: {exc}") from None
     except Exception as exc:  # cryptography's UnsupportedAlgorithm and friends
-        raise _bad(f"key does not parse: {type(exc).__name__}") from None
+        if not (blob_type.startswith("sk-") and type(exc).__name__ == "UnsupportedAlgorithm"):
+            raise _bad(f"key does not parse: {type(exc).__name__}") from None
+        key = _load_sk_key(blob_type, blob)  # cryptography < 41 (Debian 12) has no sk-* loader
     if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
         raise _bad(f"RSA keys must have at least {MIN_RSA_BITS} bits")
     return SshPublicKey(blob_type, b64, comment)

@@ -48,6 +48,7 @@ class DaemonFeature(str, Enum):
     SUPPORTS_PORT_CHOICE = "supportsPortChoice"
     ADJUSTABLE_TIMEOUT = "adjustableTimeout"
     NOPORTS_AEAD = "noportsAead"
+    SUPPORTS_RAM_ESCR = "supportsRamEscr"
 
     @property
     def description(self) -> str:
@@ -61,6 +62,7 @@ _DESCRIPTIONS = {
     DaemonFeature.SUPPORTS_PORT_CHOICE: "support requests for specific device ports",
     DaemonFeature.ADJUSTABLE_TIMEOUT: "support the 'timeout' value in npt session requests",
     DaemonFeature.NOPORTS_AEAD: "support the noports AEAD encryption mode",
+    DaemonFeature.SUPPORTS_RAM_ESCR: "support escr relay authentication (use --ram payload)",
 }
 
 NOPORTS_AEAD = DaemonFeature.NOPORTS_AEAD.value
@@ -97,6 +99,7 @@ def ping_response(
         DaemonFeature.SUPPORTS_PORT_CHOICE.value: True,
         DaemonFeature.ADJUSTABLE_TIMEOUT.value: True,
         DaemonFeature.NOPORTS_AEAD.value: bool(aead),
+        DaemonFeature.SUPPORTS_RAM_ESCR.value: True,
     }
     return {
         "devicename": device,

@@ -39,6 +39,7 @@ from ..errors import ConnectError, KeyNotFoundError, NoPortsError
 from ..log import escape
 from ..session.features import ping_response_json
 from ..session.permitopen import PermitOpen
+from ..session.relayauth import publish_signing_key, signing_uri
 from .authkeys import AuthorizedKeys
 from .ephemeral import EphemeralKeys
 from .npa_client import RESPONSE_REGEX, NpaClient
@@ -104,6 +105,8 @@ class Daemon:
                 cfg.require_aead,
                 client.keys.encrypt_private,
                 self.ephemeral,
+                signing_key=client.keys.pkam_private,
+                signing_uri=signing_uri(client),
             ),
             self._public_key,
             max_sessions=cfg.max_sessions,
@@ -228,6 +231,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         await self.share_records()
         self._background.append(loop.create_task(self._probe()))
+        self._background.append(loop.create_task(self._publish_signing_key()))
         monitor = self.client.monitor(self.monitor_regex())
         try:
             await monitor.started(MONITOR_START_TIMEOUT)
@@ -253,6 +257,14 @@ class Daemon:
             if self._stop.is_set() and self.cfg.drain > 0:
                 await self.drain(self.cfg.drain)
             await self.shutdown()
+
+    async def _publish_signing_key(self) -> None:
+        """ESCR relay auth: relays verify our answers with the key published here."""
+        try:
+            await publish_signing_key(self.client)
+        except (NoPortsError, OSError) as exc:
+            log.warning("could not publish the relay signing key (escr sessions will fail): %s",
+                        exc)
 
     async def drain(self, seconds: float) -> None:
         """No new work (the monitor is closed); let running tunnels end for ``seconds``."""
