@@ -141,7 +141,7 @@ class Session:
     root_unknown: int = 0
     bad_otps: int = 0
     enroll_times: list[int] = field(default_factory=list)
-    last_write: float = field(default_factory=time.monotonic)  # last client activity
+    last_write: float = 0.0  # last client activity, on the loop clock of net.py (which sets it)
 
     # -- framing -----------------------------------------------------------------------
 
