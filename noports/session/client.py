@@ -64,6 +64,7 @@ from .features import (
     parse_ping_response,
     require_features,
 )
+from .relays import select_relay
 
 log = logging.getLogger("noports.session")
 
@@ -71,6 +72,7 @@ RELAY_TIMEOUT = 20.0  # spec 3.5: relay response wait
 DAEMON_TIMEOUT = 15.0  # spec 3.5: daemon session response
 PING_TIMEOUT = 20.0  # --daemon-ping-timeout default
 NOTIFY_TTL_MS = 10_000
+NACK_GRACE = 1.0  # seconds another relay instance has to grant after one refused
 NOTIFY_TTLN_MS = 60_000
 
 
@@ -122,7 +124,7 @@ class SessionSpec:
     kind: str
     daemon: str
     device: str
-    relay: str
+    relay: str  # "" = select one (latest spec 1): from relay_candidates, else the standard list
     auth_client: bool = True  # --ac: our tunnel end authenticates to the relay
     auth_device: bool = True  # --ad: the daemon's end authenticates to the relay
     encrypt: bool = True  # --et
@@ -145,10 +147,14 @@ class SessionSpec:
     relay_auth_mode: str = "escr"
     only443: bool = False
     ram_fallback: bool = False  # --ram not given: payload with a daemon that lacks escr
+    # relay auto-selection (when ``relay`` is empty)
+    relay_candidates: list[str] | None = None
+    root: str | None = None  # the root domain, for the standard relay list's address
 
     def __post_init__(self) -> None:
         self.daemon = validate_atsign(self.daemon, add_at=True)
-        self.relay = validate_atsign(self.relay, add_at=True)
+        if self.relay:
+            self.relay = validate_atsign(self.relay, add_at=True)
         self.device = validate_device_name(self.device)
         if self.kind not in ("ssh", "npt"):
             raise ValueError(self.kind)
@@ -178,6 +184,7 @@ class Established:
     info: DaemonInfo | None
     username: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    relay: str | None = None  # the relay atSign used (chosen when -r was empty or a list)
 
     @property
     def mode(self) -> str:
@@ -224,13 +231,13 @@ class _Inbox:
         if value is None:
             return
         if frm == self.spec.relay and f"nack.{self.sid}" in short_key:
-            _set_exc(
-                self.relay,
-                RelayRefusedError(
-                    f"the relay {self.spec.relay} refused the session: "
-                    f"{' '.join(value.split())[:300]}"
-                ),
+            err = RelayRefusedError(
+                f"the relay {self.spec.relay} refused the session: "
+                f"{' '.join(value.split())[:300]}"
             )
+            # several relay instances may answer one request (multipleAcksOk): the first ack
+            # wins, so a refusal stands only if no instance grants within NACK_GRACE
+            asyncio.get_running_loop().call_later(NACK_GRACE, _set_exc, self.relay, err)
         elif frm == self.spec.relay and short_key == self._want_relay:
             _set(self.relay, value)
         elif frm == self.spec.daemon and short_key.lower() == self._want_daemon:
@@ -285,9 +292,21 @@ async def establish(
     def mark(name: str) -> None:
         timings[name] = round((loop.time() - t0) * 1000, 1)
 
+    mark("start")
+    if not spec.relay:
+        choice = await select_relay(
+            client,
+            daemon=spec.daemon,
+            device=spec.device,
+            candidates=spec.relay_candidates,
+            root=spec.root,
+            progress=progress,
+        )
+        progress(f"Using relay {choice.relay} ({choice.reason})")
+        spec = dataclasses.replace(spec, relay=choice.relay)
+        mark("relaySelect")
     sid = wire.new_session_id()
     me = client.atsign
-    mark("start")
     inbox = _Inbox(sid, spec)
     mon = client.monitor(_Inbox.regex(sid, spec.device))
     pump: asyncio.Task[None] | None = None
@@ -467,6 +486,7 @@ async def establish(
                 encrypt=spec.encrypt,
                 twin_keys=spec.twin_keys and spec.encrypt,
                 aead=spec.offer_aead and spec.encrypt,
+                relay_atsign=spec.relay,
             )
             key = f"ssh_request.{spec.device}"
         else:
@@ -483,6 +503,7 @@ async def establish(
                 timeout_ms=spec.timeout_ms,
                 twin_keys=spec.twin_keys and spec.encrypt,
                 aead=spec.offer_aead and spec.encrypt,
+                relay_atsign=spec.relay,
             )
             key = f"npt_request.{spec.device}"
         if escr_mode:
@@ -530,7 +551,7 @@ async def establish(
         )
         log.debug("set-up timings (ms): %s", timings)
         return Established(
-            sid, reply.host, reply.port_a, auth, crypto, result, info, username, timings
+            sid, reply.host, reply.port_a, auth, crypto, result, info, username, timings, spec.relay
         )
     finally:
         if pump is not None:

@@ -17,6 +17,7 @@ from .. import config
 from ..crypto.sshkey import parse_public_key
 from ..errors import ConfigError, NoPortsError
 from ..names import validate_atsign, validate_device_name
+from ..session.relays import parse_relay_option
 
 EPILOG = """\
 ours: --stdio (tunnel on stdin/stdout for ProxyCommand), `sshnp ssh-config ...` (write a Host
@@ -49,7 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
         "-t", "--to", default=None, metavar="@DEVICE_ATSIGN", help="device daemon atSign"
     )
     p.add_argument("-d", "--device", default=None, help="device name (default: default)")
-    p.add_argument("-r", "--srvd", default=None, metavar="@RELAY", help="relay (srvd) atSign")
+    p.add_argument(
+        "-r",
+        "--srvd",
+        default=None,
+        metavar="@RELAY",
+        help="relay (srvd) atSign; a comma list or empty: select the lowest-latency one",
+    )
     p.add_argument("-h", "--host", dest="host", default=None, help=argparse.SUPPRESS)
     p.add_argument("-l", "--local-port", type=int, default=0, help="local port (0 = any free port)")
     p.add_argument("-k", "--key-file", default=None, help="atKeys file")
@@ -231,10 +238,8 @@ def validate(args: argparse.Namespace) -> None:
         return
     if not args.to:
         raise ConfigError("-t/--to is required")
-    relay = args.srvd or args.host
-    if not relay:
-        raise ConfigError("-r/--srvd is required")
-    args.srvd = validate_atsign(relay, add_at=True)
+    # -r empty or absent: the standard relay list; "@a,@b": the best of those (latest spec 1)
+    args.srvd, args.relay_candidates = parse_relay_option(args.srvd or args.host)
     if args.device is None:
         args.device = "default"
         if not args.quiet:

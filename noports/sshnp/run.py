@@ -65,6 +65,8 @@ def session_spec(args: argparse.Namespace) -> SessionSpec:
         daemon=args.to,
         device=args.device,
         relay=args.srvd,
+        relay_candidates=getattr(args, "relay_candidates", None),
+        root=args.root_domain,
         auth_client=args.auth_client,
         auth_device=args.auth_device,
         encrypt=args.encrypt,
