@@ -50,7 +50,7 @@ from ..errors import (
     SignatureError,
 )
 from ..names import validate_atsign, validate_device_name
-from ..tunnel.settings import AeadKeys, TunnelCrypto
+from ..tunnel.keys import AeadKeys, TunnelCrypto
 from . import relayauth, wire
 from .errors import (
     DaemonFailedError,
@@ -153,7 +153,7 @@ class Established:
 
     @property
     def mode(self) -> str:
-        from ..tunnel.settings import mode_name
+        from ..tunnel.keys import mode_name
 
         return mode_name(self.crypto)
 
@@ -538,7 +538,7 @@ def _pump_ended(task: asyncio.Task[None], inbox: _Inbox) -> None:
 
 
 def _mode(crypto: TunnelCrypto) -> str:
-    from ..tunnel.settings import mode_name
+    from ..tunnel.keys import mode_name
 
     return mode_name(crypto)
 
