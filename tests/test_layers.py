@@ -69,6 +69,11 @@ SANS_IO = {
     "noports.tunnel.control",
     "noports.session.wire",
     "noports.srvd.requests",
+    "noports.log",
+    "noports.names",
+    "noports.crypto.sshkey",
+    "noports.session.features",
+    "noports.session.errors",
     *(
         f"noports.atserver.{p.stem}"
         for p in (SRC / "atserver").glob("*.py")
