@@ -83,7 +83,7 @@ def parsers() -> dict[str, Callable[[], argparse.ArgumentParser]]:
 
 
 def render(page: str, factory: Callable[[], argparse.ArgumentParser]) -> str:
-    from argparse_manpage.manpage import Manpage
+    from argparse_manpage.manpage import Manpage  # type: ignore[import-untyped]
 
     with _neutral_environment():
         parser = factory()
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="compare instead of writing")
     a = ap.parse_args(argv)
     try:
-        import argparse_manpage  # noqa: F401
+        import argparse_manpage  # type: ignore[import-untyped]  # noqa: F401
     except ImportError:
         print("manpages: error: argparse-manpage is not installed", file=sys.stderr)
         return 2
