@@ -349,7 +349,7 @@ def _atheris_one(name: str, seconds: float, runs: int, slow_ms: float) -> None:
     fn = checked(raw, slow_ms * INSTRUMENTED_SLOWDOWN)
     out = tempfile.mkdtemp(prefix=f"np-fuzz-{name}-")
     argv = [sys.argv[0], f"-max_total_time={int(max(1, seconds))}", "-rss_limit_mb=4096",
-            f"-artifact_prefix={out}/", "-max_len=4096"]
+            f"-artifact_prefix={out}/", "-max_len=4096", "-timeout=10"]
     if runs:
         argv.append(f"-runs={runs}")
     atheris.Setup(argv, fn)
@@ -387,7 +387,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:  # libFuzzer exits the process at the end: one child per target
         cmd = [sys.executable, "-m", "tests.fuzz", "--one", name, "--seconds", str(a.seconds),
                "--runs", str(a.runs), "--slow-ms", str(a.slow_ms)]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=a.seconds + 120)
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=a.seconds + 300)
+        except subprocess.TimeoutExpired as exc:
+            bad += 1
+            err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
+            print(f"FINDING in {name}: no result within {a.seconds + 300:g} s\n{err[-2000:]}")
+            continue
         tail = [ln for ln in r.stderr.splitlines() if ln.startswith(("Done", "#", "==", " === "))]
         if r.returncode != 0:
             bad += 1
