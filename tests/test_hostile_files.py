@@ -20,7 +20,7 @@ import pytest
 from noports.at.client import AtClient
 from noports.crypto.atkeys import AtKeys
 from noports.session.client import NoAnswerError, SessionSpec, establish
-from noports.sshnpd.features import DaemonFeature
+from noports.session.features import DaemonFeature
 from tests.fixtures_at import AtServerProcess, Wire
 
 pytestmark = pytest.mark.timeout(120)

@@ -36,12 +36,15 @@ import ssl
 from ..crypto import rsa
 from ..crypto.atkeys import AtKeys
 from ..errors import (
+    EXIT_AUTH,
     AtError,
     BufferLimitError,
     ConnectError,
+    LocalError,
     PeerTimeoutError,
     ProtocolError,
     SecondaryNotFoundError,
+    TooManyRequestsError,
 )
 from . import commands
 from .config import RootAddress, root_address, ssl_context
@@ -56,6 +59,13 @@ from .protocol import (
     RootReply,
     State,
 )
+
+
+class UnknownEnrollmentError(TooManyRequestsError):  # type: ignore[misc,valid-type]
+    """AT0028 on PKAM: the keys' enrollment is unknown here (another atSign's keys?)."""
+
+    exit_code = EXIT_AUTH
+
 
 log = logging.getLogger("noports.at")
 
@@ -242,7 +252,7 @@ class AtConnection:
     async def lookup(self, atsign: str, *, timeout: float | None = None) -> tuple[str, int]:
         """Root lookup; raises SecondaryNotFoundError for ``null``."""
         if not self.root:
-            raise ProtocolError("lookup() is for root connections")
+            raise LocalError("lookup() is for root connections")
         reply = await self.request(commands.root_lookup(atsign), timeout=timeout)
         if isinstance(reply, ErrorReply):
             raise reply.exception()
@@ -279,9 +289,21 @@ class AtConnection:
 
     async def authenticate(self, keys: AtKeys, *, dart_form: bool = True) -> None:
         """PKAM with an AtKeys; sends its enrollmentId when it has one."""
-        await self.authenticate_pkam(
-            keys.atsign, keys.pkam_private, enrollment_id=keys.enrollment_id, dart_form=dart_form
-        )
+        try:
+            await self.authenticate_pkam(
+                keys.atsign,
+                keys.pkam_private,
+                enrollment_id=keys.enrollment_id,
+                dart_form=dart_form,
+            )
+        except TooManyRequestsError as exc:  # AT0028 "enrollment_id ... expired or invalid"
+            if not keys.enrollment_id:
+                raise
+            raise UnknownEnrollmentError(
+                f"the atServer of {keys.atsign} does not know enrollment {keys.enrollment_id} "
+                f"of these keys: they belong to another atSign, or the enrollment was deleted "
+                f"or has expired (AT0028); use {keys.atsign}'s own atKeys file"
+            ) from exc
 
     async def authenticate_cram(self, atsign: str, secret: str) -> None:
         """``from`` + ``cram`` (first onboarding only)."""

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from .. import names
 from ..errors import AtError
 
 MAX_KEY_LEN = 248
 MAX_CACHED_KEY_LEN = 255
 MAX_ATSIGN_LEN = 55
 
-ATSIGN_RE = re.compile(r"^@[^:@\s]{1,55}$")
 _NAME_RE = re.compile(r"^[^:@\s]+$")
 
 SYSTEM_KEYS = ("privatekey:at_pkam_publickey", "privatekey:at_secret")
@@ -42,6 +42,7 @@ META_FIELDS: dict[str, str] = {
     "ivNonce": "str",
     "skeEncKeyName": "str",
     "skeEncAlgo": "str",
+    "immutable": "bool",
 }
 # Lookup table tolerant of case and snake_case spellings (the C SDK writes ``message_type``).
 META_ALIASES = {name.lower(): name for name in META_FIELDS}
@@ -108,12 +109,11 @@ def coerce_meta(name: str, raw: str) -> Any:
 
 
 def normalise_atsign(text: str) -> str:
-    a = text.strip().lower()
-    if not a.startswith("@"):
-        a = "@" + a
-    if not ATSIGN_RE.match(a):
-        raise AtError.for_code("AT0003", f"invalid atSign {text!r}")
-    return a
+    """:func:`noports.names.normalise_atsign`, refusing with AT0003."""
+    try:
+        return names.normalise_atsign(text)
+    except names.InvalidNameError:
+        raise AtError.for_code("AT0003", f"invalid atSign {text!r}") from None
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,12 @@ from ..fsutil import read_secret, write_secret
 from . import aes, rsa
 
 
-def normalise_atsign(atsign: str) -> str:
+def keyfile_atsign(atsign: str) -> str:
+    """The atSign as key files name it: stripped and with its ``@``, case kept.
+
+    Not :func:`noports.names.normalise_atsign`: ``~/.atsign/keys/@Alice_key.atKeys`` stays a
+    different file from ``@alice_key.atKeys`` (pinned by ``tests/test_names.py``).
+    """
     a = atsign.strip()
     if not a:
         raise KeyFileError("empty atSign")
@@ -26,7 +31,7 @@ def normalise_atsign(atsign: str) -> str:
 
 def default_keys_path(atsign: str, home: str | os.PathLike[str] | None = None) -> Path:
     base = Path(home) if home is not None else Path.home()
-    return base / ".atsign" / "keys" / f"{normalise_atsign(atsign)}_key.atKeys"
+    return base / ".atsign" / "keys" / f"{keyfile_atsign(atsign)}_key.atKeys"
 
 
 @dataclass
@@ -46,7 +51,7 @@ class AtKeys:
         pk = rsa.generate()
         ek = rsa.generate()
         return cls(
-            atsign=normalise_atsign(atsign),
+            atsign=keyfile_atsign(atsign),
             pkam_private=pk,
             pkam_public=pk.public_key(),
             encrypt_private=ek,
@@ -105,7 +110,7 @@ class AtKeys:
         }
         extra = {k: str(v) for k, v in d.items() if k not in known and not k.startswith("@")}
         return cls(
-            atsign=normalise_atsign(atsign),
+            atsign=keyfile_atsign(atsign),
             pkam_private=pkam_priv,
             pkam_public=pkam_pub,
             encrypt_private=enc_priv,
@@ -118,15 +123,33 @@ class AtKeys:
             extra=extra,
         )
 
-    def save(self, path: str | os.PathLike[str] | None = None, *, overwrite: bool = True) -> Path:
+    def save(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        overwrite: bool = True,
+        pass_phrase: str | None = None,
+    ) -> Path:
+        """Write the keys (0600); with ``pass_phrase`` in the official protected format."""
         p = Path(path) if path is not None else default_keys_path(self.atsign)
-        return write_secret(p, json.dumps(self.to_dict()).encode("utf-8"), overwrite=overwrite)
+        text = json.dumps(self.to_dict())
+        if pass_phrase:
+            from . import atkeys_pass
+
+            text = json.dumps(atkeys_pass.encrypt(text, pass_phrase))
+        return write_secret(p, text.encode("utf-8"), overwrite=overwrite)
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike[str], atsign: str | None = None, *, strict_mode: bool = False
+        cls,
+        path: str | os.PathLike[str],
+        atsign: str | None = None,
+        *,
+        strict_mode: bool = False,
+        pass_phrase: str | None = None,
     ) -> AtKeys:
-        """Load a .atKeys file. ``strict_mode`` refuses group/world-readable files."""
+        """Load a .atKeys file. ``strict_mode`` refuses group/world-readable files; a
+        passphrase-protected file needs ``pass_phrase``."""
         raw = read_secret(path, strict_mode=strict_mode)
         try:
             d = json.loads(raw)
@@ -134,6 +157,10 @@ class AtKeys:
             raise KeyFileError(f"{path} is not a JSON .atKeys file") from exc
         if not isinstance(d, dict):
             raise KeyFileError(f"{path} is not a JSON .atKeys file")
+        from . import atkeys_pass
+
+        if atkeys_pass.is_protected(d):
+            d = atkeys_pass.decrypt(d, pass_phrase, path=str(path))
         if atsign is None:
             name = Path(path).name
             if name.endswith("_key.atKeys") and name.startswith("@"):

@@ -95,6 +95,11 @@ class PreAuthGate:
     def count(self, ip: str) -> int:
         return len(self._per_ip.get(ip, ()))
 
+    def resize(self, max_total: int, max_per_ip: int) -> None:
+        """New caps (a reload); sockets already admitted stay until they finish or are shed."""
+        self._max = max_total
+        self._max_ip = max_per_ip
+
     def admit(self, ip: str, holder: Sheddable) -> bool:
         mine = self._per_ip.get(ip)
         if mine is not None and len(mine) >= self._max_ip:
