@@ -203,7 +203,7 @@ def session_request(data: bytes) -> None:
 
 @target
 def ping_response(data: bytes) -> None:
-    from noports.sshnpd.features import parse_ping_response
+    from noports.session.features import parse_ping_response
 
     parse_ping_response(data)
 
@@ -221,7 +221,7 @@ def control_messages(data: bytes) -> None:
 
 @target
 def permit_open(data: bytes) -> None:
-    from noports.sshnpd.permitopen import parse_entry
+    from noports.session.permitopen import parse_entry
 
     parse_entry(_text(data))
 

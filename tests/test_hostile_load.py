@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from tests.fixtures_at import Wire
+from tests.relay_support import spec, started_relay, wait_for
 from tests.test_hostile_relay import ATTACK_IPS, _churn, _pair
-from tests.test_relay_support import spec, started_relay, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
