@@ -66,13 +66,14 @@ def _engine() -> object:
     if not _ENGINE:
         import tempfile
 
+        from noports.atserver import verbs
         from noports.atserver.engine import Engine
         from noports.atserver.store import Store
 
         d = tempfile.mkdtemp(prefix="np-fuzz-")
         store = Store(os.path.join(d, "server.db"))
         store.add_atsign("@alice", 0)
-        _ENGINE.append(Engine(store))
+        _ENGINE.append(Engine(store, handlers=verbs.HANDLERS))
     return _ENGINE[0]
 
 
