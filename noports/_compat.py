@@ -166,25 +166,13 @@ def openssl_version() -> str:
     return backend.openssl_version_text()
 
 
-def cryptography_text() -> str:
-    """cryptography's version and which AEAD path the data plane uses."""
-    import cryptography
-
-    from .crypto.records import AEAD_INTO
-    from .crypto.stream import CTR_INTO
-
-    if AEAD_INTO and CTR_INTO:
-        return f"cryptography {cryptography.__version__} in-place AEAD"
-    slow = "AEAD" if CTR_INTO else "AEAD and CTR"
-    return f"cryptography {cryptography.__version__} allocating {slow} (slower; 47+ is in place)"
-
-
-def version_text(prog: str) -> str:
-    """The ``--version`` line every program prints."""
+def version_text(prog: str, crypto: str = "") -> str:
+    """The ``--version`` line every program prints (``crypto``: the data plane's cryptography
+    paths, from ``noports.crypto.cryptography_text``, which this layer may not import)."""
     from . import __version__
 
     return (
         f"{prog} (noports) {__version__}; implementation {implementation()}; "
-        f"event loop {loop_name()}; {openssl_version()}; {cryptography_text()}; "
+        f"event loop {loop_name()}; {openssl_version()}; {crypto or 'cryptography'}; "
         f"Python {platform.python_version()} on {sys.platform}-{platform.machine()}"
     )

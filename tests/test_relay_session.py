@@ -12,7 +12,7 @@ import pytest
 from noports.crypto.atkeys import AtKeys
 from noports.errors import ConfigError, PortsExhaustedError
 from noports.relay import Relay, RelayLimits
-from tests.test_relay_support import (
+from tests.relay_support import (
     A,
     B,
     authed,

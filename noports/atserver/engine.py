@@ -40,6 +40,11 @@ class Config:
     buffer_limit: int = DEFAULT_BUFFER_LIMIT
     max_connections: int = 200
     unauth_timeout: float = 600.0
+    # pre-auth limits (not in the official server; see net.AtServer.admit)
+    max_unauth: int = 100  # unauthenticated connections at once; the oldest is shed
+    max_unauth_per_source: int = 32  # the same, per peer address
+    auth_deadline: float = 60.0  # seconds to authenticate, however busy the connection is
+    unauth_buffer_limit: int = 64 * 1024  # largest line before authentication
     auth_timeout: float = 30 * 24 * 3600.0
     stats_interval: float = 15.0
     notification_expiry_ms: int = 15 * 60 * 1000
@@ -136,7 +141,7 @@ class Session:
     root_unknown: int = 0
     bad_otps: int = 0
     enroll_times: list[int] = field(default_factory=list)
-    last_write: float = field(default_factory=time.monotonic)
+    last_write: float = field(default_factory=time.monotonic)  # last client activity
 
     # -- framing -----------------------------------------------------------------------
 

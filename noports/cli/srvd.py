@@ -19,11 +19,12 @@ import sys
 
 from .. import _compat
 from ..config import parse_args
-from ..errors import EXIT_OK
+from ..errors import EXIT_OK, ConfigError
+from ..log import escape, setup_logging
+from ..names import InvalidNameError, validate_atsign
 from ..relay import RelayLimits
 from ..srvd.daemon import Settings, Srvd, default_root
-from ..sshnpd.names import InvalidNameError, validate_atsign
-from .common import add_common, escape, fail, setup_logging
+from .common import add_common, fail
 
 PROG = "srvd"
 
@@ -209,6 +210,13 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         default=30.0,
         help="on SIGTERM/SIGINT, how long live sessions may continue (default 30)",
     )
+    p.add_argument(
+        "--metrics",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve /metrics (Prometheus), /healthz, /readyz and a status page at / on this "
+        "address (a bare PORT binds 127.0.0.1; off by default)",
+    )
     return p
 
 
@@ -263,7 +271,20 @@ def settings_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         limits=limits,
         log_level=level,
         log_format=args.log_format,
+        metrics=_metrics_address(args.metrics, parser),
     )
+
+
+def _metrics_address(text: str | None, parser: argparse.ArgumentParser) -> str | None:
+    if not text:
+        return None
+    from ..metrics import parse_address
+
+    try:
+        parse_address(text)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:

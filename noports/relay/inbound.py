@@ -12,12 +12,10 @@ import asyncio
 import socket
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .auth import AuthLine, Outcome, Verdict
-
-if TYPE_CHECKING:
-    from .session import Session
+from .limits import RelayLimits
 
 AUTHENTICATING = 0
 WAITING = 1
@@ -25,6 +23,21 @@ DETACHED = 2
 CLOSED = 3
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+class InboundOwner(Protocol):
+    """The port an Inbound reports to: its session (``relay.session.Session`` implements it)."""
+
+    @property
+    def limits(self) -> RelayLimits: ...
+
+    def on_authenticated(self, inbound: Inbound) -> None: ...
+
+    def on_auth_failed(self, inbound: Inbound, reason: str) -> None: ...
+
+    def on_waiting_failed(self, inbound: Inbound) -> None: ...
+
+    def release_gate(self, ip: str) -> None: ...
 
 
 def reset_close(sock: socket.socket) -> None:
@@ -44,7 +57,7 @@ class Inbound:
 
     def __init__(
         self,
-        session: Session,
+        session: InboundOwner,
         sock: socket.socket,
         side: int,
         peer_ip: str,
@@ -138,7 +151,7 @@ class Inbound:
         self.state = WAITING
         if verdict.rest:
             self.buf += verdict.rest
-        self.session._on_authenticated(self)
+        self.session.on_authenticated(self)
         if self.state == WAITING and len(self.buf) >= self.session.limits.prepair_buffer:
             self._pause()
 
@@ -152,7 +165,7 @@ class Inbound:
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            self.session._on_waiting_failed(self)
+            self.session.on_waiting_failed(self)
             return
         if not data:
             # Half-close before pairing: remember it, the pump propagates it after the data.
@@ -183,11 +196,11 @@ class Inbound:
             self._timer = None
         if self._gated:
             self._gated = False
-            self.session._release_gate(self.peer_ip)
+            self.session.release_gate(self.peer_ip)
 
     def _fail(self, reason: str) -> None:
         self.close()
-        self.session._on_auth_failed(self, reason)
+        self.session.on_auth_failed(self, reason)
 
     def detach(self) -> tuple[socket.socket, bytes, bool]:
         """Hand the socket, its buffered data and its EOF flag to a pump."""

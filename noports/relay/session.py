@@ -15,7 +15,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..crypto import rsa
 from ..crypto.envelope import relay_expected_bytes
@@ -23,13 +23,30 @@ from .auth import AuthLine
 from .inbound import WAITING, Inbound, reset_close
 from .limits import PreAuthGate, RelayLimits
 
-if TYPE_CHECKING:
-    from .relay import Relay
-
 log = logging.getLogger("noports.relay")
 
 SIDES = ("A", "B")
 _ACCEPTS_PER_WAKEUP = 64
+
+
+class SessionHost(Protocol):
+    """The port a Session reports to: the relay that made it (``relay.relay.Relay``)."""
+
+    @property
+    def limits(self) -> RelayLimits: ...
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def clock(self) -> Callable[[], float]: ...
+
+    @property
+    def gate(self) -> PreAuthGate: ...
+
+    def begin_auth_soon(self, inbound: Inbound) -> None: ...
+
+    def session_closed(self, session: Session) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +105,7 @@ class Session:
 
     def __init__(
         self,
-        relay: Relay,
+        relay: SessionHost,
         spec: SessionSpec,
         rvd_nonce: str,
         listeners: tuple[socket.socket, socket.socket],
@@ -190,7 +207,7 @@ class Session:
         for pump in list(self._pumps):
             pump.close()
         stats = self.stats
-        self._relay._session_closed(self)
+        self._relay.session_closed(self)
         log.info("session %s finished (%s): %d pairs, %d bytes A->B, %d bytes B->A, "
                  "%d auth failures %s, %d refused", self.session_id, outcome, stats.pairs,
                  stats.bytes_a_to_b, stats.bytes_b_to_a, stats.auth_failed,
@@ -272,18 +289,18 @@ class Session:
             # (a burst on one side must not fill its pending queue before the other side
             # is accepted), as a reader registered here would have.
             inbound.deadline = self._clock() + self.limits.auth_timeout
-            self._relay._begin_auth_soon(inbound)
+            self._relay.begin_auth_soon(inbound)
         else:
             self._enqueue(inbound)
             if inbound.state == WAITING:  # not paired at once: read what it sends meanwhile
                 inbound.start(self.limits.auth_timeout)
 
-    # -- callbacks from Inbound ---------------------------------------------------------
+    # -- InboundOwner: callbacks from Inbound ------------------------------------------
 
-    def _release_gate(self, ip: str) -> None:
+    def release_gate(self, ip: str) -> None:
         self._gate.release(ip)
 
-    def _on_auth_failed(self, inbound: Inbound, reason: str) -> None:
+    def on_auth_failed(self, inbound: Inbound, reason: str) -> None:
         self._authenticating.pop(inbound, None)
         self._stats.auth_failed += 1
         self._stats.failures[reason] = self._stats.failures.get(reason, 0) + 1
@@ -291,14 +308,14 @@ class Session:
         log.debug("session %s: authentication failed on side %s from %s (%s)",
                   self.session_id, SIDES[inbound.side], inbound.peer_ip, reason)
 
-    def _on_authenticated(self, inbound: Inbound) -> None:
+    def on_authenticated(self, inbound: Inbound) -> None:
         self._authenticating.pop(inbound, None)
         self._stats.auth_ok += 1
         log.debug("session %s: side %s authenticated from %s", self.session_id,
                   SIDES[inbound.side], inbound.peer_ip)
         self._enqueue(inbound)
 
-    def _on_waiting_failed(self, inbound: Inbound) -> None:
+    def on_waiting_failed(self, inbound: Inbound) -> None:
         queue = self._pending[inbound.side]
         try:
             queue.remove(inbound)

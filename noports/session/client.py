@@ -49,7 +49,10 @@ from ..errors import (
     RemoteError,
     SignatureError,
 )
-from ..sshnpd.features import (
+from ..names import validate_atsign, validate_device_name
+from ..tunnel.settings import AeadKeys, TunnelCrypto
+from . import wire
+from .features import (
     FEATURE_CHECK_TIMEOUT_MESSAGE,
     DaemonFeature,
     DaemonInfo,
@@ -57,9 +60,6 @@ from ..sshnpd.features import (
     parse_ping_response,
     require_features,
 )
-from ..sshnpd.names import validate_atsign, validate_device_name
-from ..tunnel.settings import AeadKeys, TunnelCrypto
-from . import wire
 
 log = logging.getLogger("noports.session")
 

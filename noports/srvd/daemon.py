@@ -30,13 +30,16 @@ from typing import Any
 from ..at.client import AtClient
 from ..at.config import DEFAULT_ROOT_PORT
 from ..at.protocol import Notification
-from ..cli.common import escape
 from ..crypto import rsa
 from ..crypto.atkeys import AtKeys, default_keys_path
 from ..errors import AtError, LocalError, NoPortsError, PortsExhaustedError
+from ..log import escape
 from ..relay import SessionSpec, raise_nofile_limit
+from ..sdnotify import notify as notify_systemd
+from ..sdnotify import watchdog
 from ..session.wire import RelayReply, relay_reply
 from . import requests as rq
+from .observe import Observer, refusal_fields, session_fields
 from .pool import WorkerGone, WorkerHandle, WorkerPool
 
 log = logging.getLogger("noports.srvd")  # official "shout" lines: always logged
@@ -75,6 +78,7 @@ class Settings:
     log_format: str = "text"
     impl: str | None = None
     loop_kind: str | None = None
+    metrics: str | None = None  # --metrics HOST:PORT (off when None)
 
 
 def redact(secret: str | None) -> str:
@@ -105,6 +109,8 @@ class Srvd:
         self._idle = asyncio.Event()
         self._idle.set()
         self._stale_keys: set[str] = set()
+        self.monitor_running = False
+        self.observer: Observer | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -153,6 +159,9 @@ class Srvd:
                     self.s.atsign, keys=keys, root=self._root(), ca_file=self.s.ca_file
                 )
             )
+            if self.s.metrics:
+                self.observer = Observer(self)
+                self.observer.start(self.s.metrics)
             if not await self._unless_stopped(self.pool.start()):
                 return 0
             if not await self._unless_stopped(asyncio.shield(connect)):
@@ -162,6 +171,8 @@ class Srvd:
             monitor = self.client.monitor(MONITOR_REGEX)
             if not await self._unless_stopped(monitor.started(30.0)):
                 return 0
+            self.monitor_running = True
+            notify_systemd("READY=1", f"STATUS=relay {self.s.atsign} ready")
             log.info(
                 "srvd %s ready: monitor started (%d worker(s), bind %s, ports %s, fd limit %s)",
                 self.s.atsign,
@@ -171,15 +182,23 @@ class Srvd:
                 fd_limit,
             )
             consumer = loop.create_task(self._consume(monitor))
+            dog = loop.create_task(watchdog())
+            self._tasks.add(dog)
+            dog.add_done_callback(self._tasks.discard)
             stop = loop.create_task(self._stop.wait())
             done, _ = await asyncio.wait({consumer, stop}, return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()
             if consumer in done:
                 consumer.result()  # the monitor ended: raise its error
                 raise LocalError("notification monitor ended")
+            self.monitor_running = False
+            notify_systemd("STOPPING=1")
             await self._drain()
             return 0
         finally:
+            self.monitor_running = False
+            if self.observer is not None:
+                self.observer.close()
             if connect is not None:
                 connect.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -277,7 +296,7 @@ class Srvd:
         entry = self.sessions.pop(sid.lower(), None)
         self.admission.release(sid)
         if entry is not None:
-            _, live, _ = entry
+            _, live, started = entry
             self.results["closed_" + str(msg.get("outcome"))] += 1
             failures = msg.get("failures") or {}
             if not msg.get("pairs") and isinstance(failures, dict) and failures.get("bad_sig"):
@@ -297,6 +316,7 @@ class Srvd:
                 msg.get("bytes_ab"),
                 msg.get("bytes_ba"),
                 msg.get("auth_failed"),
+                extra={"fields": session_fields(sid, live, msg, time.monotonic() - started)},
             )
         if not self.sessions:
             self._idle.set()
@@ -439,16 +459,21 @@ class Srvd:
             self.results[rq.ERROR] += 1
             return
         self.results["granted"] += 1
+        if self.observer is not None:
+            self.observer.setup_seconds.observe(time.perf_counter() - t0)
         vlog.info("session %s answered in %.1f ms", g.session_id, (time.perf_counter() - t0) * 1000)
 
     async def _refuse(self, sender: str, r: rq.Refusal) -> None:
         self.results[r.kind] += 1
+        if self.observer is not None:
+            self.observer.refused(escape(sender, 80), r.kind, r.session_id)
         log.info(
             "Session %s for %s is denied: %s (%s)",
             r.session_id or "?",
             escape(sender, 80),
             escape(r.reason, 300),
             r.kind,
+            extra={"fields": refusal_fields(escape(sender, 80), r.kind, r.session_id)},
         )
         if r.session_id is None or self.client is None:
             return

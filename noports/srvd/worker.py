@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import logging
 import os
 import signal
@@ -45,13 +46,13 @@ class _Tag(logging.Filter):
 
 
 def _setup_logging(index: int, cfg: dict[str, Any]) -> None:
-    from ..cli.common import setup_logging
+    from ..log import setup_logging
 
     setup_logging(level=int(cfg.get("log_level", logging.WARNING)))
     root = logging.getLogger()
     for h in root.handlers:
         if cfg.get("log_format") == "json":
-            from ..cli.common import JsonFormatter
+            from ..log import JsonFormatter
 
             h.setFormatter(JsonFormatter())
         h.addFilter(_Tag(index))
@@ -68,6 +69,7 @@ class Worker:
         self.index = index
         self.cfg = cfg
         self.writer = writer
+        self.totals: collections.Counter[str] = collections.Counter()
         pr = cfg.get("port_range")
         self.relay = Relay(
             bind_host=cfg["bind"],
@@ -90,7 +92,7 @@ class Worker:
     async def start(self) -> None:
         await self.relay.start()
         try:  # the bind address must be ours: fail at start, not on every session
-            probe = socket.socket(self.relay._family or socket.AF_INET, socket.SOCK_STREAM)
+            probe = socket.socket(self.relay.family or socket.AF_INET, socket.SOCK_STREAM)
             try:
                 probe.bind((self.cfg["bind"], 0))
             finally:
@@ -147,6 +149,7 @@ class Worker:
     async def _watch(self, session: Session) -> None:
         st = await session.wait_closed()
         self.sessions.pop(session.session_id, None)
+        self._ended(st)
         self.send(
             {
                 "op": "closed",
@@ -162,8 +165,25 @@ class Worker:
             }
         )
 
+    def _ended(self, st: Any) -> None:
+        """Fold an ended session's counters into the worker's totals (for metrics)."""
+        t = self.totals
+        t["bytes_ab"] += st.bytes_a_to_b
+        t["bytes_ba"] += st.bytes_b_to_a
+        t["pairs_total"] += st.pairs
+        for reason, n in (st.failures or {}).items():
+            t["fail:" + str(reason)] += int(n)
+
     def stats(self, rid: Any) -> None:
         pairs = sum(s.live_pairs for s in self.sessions.values())
+        t = collections.Counter(self.totals)
+        for s in self.sessions.values():  # live sessions: read the pumps' own counters
+            st = s.stats
+            t["bytes_ab"] += st.bytes_a_to_b
+            t["bytes_ba"] += st.bytes_b_to_a
+            t["pairs_total"] += st.pairs
+            for reason, n in (st.failures or {}).items():
+                t["fail:" + str(reason)] += int(n)
         self.send(
             {
                 "op": "stats",
@@ -173,6 +193,10 @@ class Worker:
                 "pairs": pairs,
                 "preauth": self.relay.gate.total,
                 "preauth_refused": self.relay.gate.refused,
+                "bytes_ab": t["bytes_ab"],
+                "bytes_ba": t["bytes_ba"],
+                "pairs_total": t["pairs_total"],
+                "auth_failures": {k[5:]: v for k, v in t.items() if k.startswith("fail:")},
             }
         )
 

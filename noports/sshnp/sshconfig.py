@@ -18,7 +18,7 @@ import sys
 from .._compat import python_module_argv
 from ..errors import ConfigError
 from ..fsutil import write_secret
-from ..sshnpd.names import validate_atsign, validate_device_name
+from ..names import validate_atsign, validate_device_name
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -38,9 +38,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import _compat
-from .errors import EXIT_NOT_FOUND, ConfigError
-from .localrig import (
+from .. import _compat
+from ..errors import EXIT_NOT_FOUND, ConfigError
+from .rig import (
     Child,
     HttpService,
     QuickstartError,
@@ -190,7 +190,7 @@ class Quickstart:
         return child
 
     def activate(self) -> None:
-        from .at.onboard import onboard
+        from ..at.onboard import onboard
 
         registered = set(json.loads(self._server_admin("list", "--output", "json").text("out")))
         for atsign in ATSIGNS.values():
