@@ -31,10 +31,11 @@ from ..session.client import (
     Established,
     SessionSpec,
     connect_client,
-    establish,
+    establish_any,
     start_ephemeral_keygen,
 )
-from ..session.features import npt_required_features
+from ..session.features import DaemonFeature, npt_required_features
+from ..session.relays import parse_relay_option
 from ..tunnel import ClientMulti
 from .durations import parse_duration
 
@@ -66,7 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-t", "--to", required=True, metavar="@DEVICE_ATSIGN", help="device daemon atSign"
     )
-    p.add_argument("-r", "--srvd", required=True, metavar="@RELAY", help="relay (srvd) atSign")
+    p.add_argument(
+        "-r",
+        "--srvd",
+        default=None,
+        metavar="@RELAY",
+        help="relay (srvd) atSign; a comma list or empty: select the lowest-latency one",
+    )
     p.add_argument("-d", "--device", required=True, help="device name")
     p.add_argument(
         "-p",
@@ -166,6 +173,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--require-aead", action="store_true", help="refuse unless the daemon uses the AEAD mode"
     )
     p.add_argument(
+        "--relay-auth-mode",
+        "--ram",
+        dest="relay_auth_mode",
+        choices=("payload", "escr"),
+        default=None,
+        help="how both tunnel ends authenticate to the relay: escr (a fresh signed challenge "
+        "per socket) or payload (the official default). Default: escr, or payload when the "
+        "device daemon does not support escr",
+    )
+    p.add_argument(
+        "--443",
+        dest="only443",
+        action="store_true",
+        default=False,
+        help="use the relay's single port 443 (needs escr and a relay run with --443)",
+    )
+    p.add_argument(
         "--output",
         choices=("text", "json"),
         default="text",
@@ -195,11 +219,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
             )
         else:
             args.timeout_s = parse_duration(args.timeout)
+        relay, candidates = parse_relay_option(args.srvd)
         args.spec = SessionSpec(
             kind="npt",
             daemon=args.to,
             device=args.device,
-            relay=args.srvd,
+            relay=relay,
+            relay_candidates=candidates,
+            root=args.root_domain,
             encrypt=args.encrypt,
             offer_aead=args.aead,
             require_aead=args.require_aead,
@@ -208,6 +235,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
             remote_host=args.remote_host,
             remote_port=args.remote_port,
             timeout_ms=int(args.timeout_s * 1000),
+            relay_auth_mode=args.relay_auth_mode or "escr",
+            ram_fallback=args.relay_auth_mode is None,
+            only443=args.only443,
         )
     except ConfigError as exc:
         parser.error(str(exc))
@@ -222,6 +252,20 @@ def _progress(args: argparse.Namespace):
     return say
 
 
+#: control-channel heartbeat period (official 5 min since sshnoports 5.14.5)
+HEARTBEAT_S = 300.0
+
+
+def control_heartbeat(est: Established) -> float | None:
+    """``heartbeat:<n>`` on the control channel only to a daemon that advertises
+    ``controlChannelHeartbeats`` (others may treat it as a malformed request) and, as
+    official, only when the control channel is encrypted."""
+    info = est.info
+    if info is None or est.crypto is None:
+        return None
+    return HEARTBEAT_S if info.supports(DaemonFeature.CONTROL_CHANNEL_HEARTBEATS) else None
+
+
 def ready_event(est: Established, host: str, port: int, started: float) -> dict[str, Any]:
     return {
         "event": "ready",
@@ -229,6 +273,7 @@ def ready_event(est: Established, host: str, port: int, started: float) -> dict[
         "port": port,
         "sessionId": est.session_id,
         "mode": est.mode,
+        "relay": est.relay,
         "setupMs": round((time.monotonic() - started) * 1000, 1),
         "timingsMs": est.timings,
     }
@@ -249,7 +294,7 @@ async def run(args: argparse.Namespace, report: Reporter | None = None) -> int:
         while True:
             try:
                 fut, eph = eph, None  # a key is used for one session only
-                est = await establish(client, args.spec, progress=say, ephemeral=fut)
+                est = await establish_any(client, args.spec, progress=say, ephemeral=fut)
                 cm = await ClientMulti.open(
                     est.relay_host,
                     est.relay_port,
@@ -258,6 +303,7 @@ async def run(args: argparse.Namespace, report: Reporter | None = None) -> int:
                     local_host=args.local_host,
                     local_port=port,
                     timeout=args.timeout_s,
+                    heartbeat=control_heartbeat(est),
                 )
             except (NoPortsError, OSError) as exc:
                 if not args.keep_alive:
