@@ -323,7 +323,7 @@ def test_selection_does_not_wait_for_a_daemon_that_cannot_answer(np_env, caplog)
 def test_relay_option_in_sshnp_and_npt() -> None:
     """``-r`` absent, empty or a comma list means selection in both clients (latest spec 1.1);
     a bad name in the list is a usage error."""
-    from noports.npt import run as npt_run
+    from noports.cli import npt as npt_run
     from noports.sshnp import args as sshnp_args
 
     base = ["-f", "@me", "-t", "@dev", "-d", "d1"]
