@@ -36,6 +36,7 @@ PAGES: dict[str, tuple[str, str]] = {
     "noports-quickstart": ("noports.cli.quickstart", "build_parser"),
     "noports-server": ("noports.cli.server", "_run_parser"),
     "noports-service": ("noports.cli.service", "build_parser"),
+    "noports-ui": ("noports.cli.ui", "build_parser"),
 }
 
 
