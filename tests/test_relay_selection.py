@@ -341,3 +341,34 @@ def test_relay_option_in_sshnp_and_npt() -> None:
     with pytest.raises(SystemExit) as e:
         npt_run.parse([*base, "-p", "22", "-r", "@ok,b@d"])
     assert e.value.code == 2
+
+
+def test_sshnp_comma_list_selects_a_relay(np_env) -> None:
+    """sshnp with ``-r @dead,@alive``: the live relay is selected and ssh runs through it."""
+    from tests.test_sshnp_rig import Rig
+
+    rig = Rig(np_env)
+    dead = np_env.atsign("relaydead")
+    rig.daemon("dev1")
+    r = np_env.run(
+        "sshnp",
+        "-f",
+        rig.client,
+        "-t",
+        rig.device_atsign,
+        "-r",
+        f"{dead},{rig.relay}",
+        "-d",
+        "dev1",
+        "-u",
+        rig.user,
+        "-i",
+        str(rig.sshd.client_key),
+        "-o",
+        "BatchMode=yes",
+        "--",
+        "echo SELECTED RELAY OK",
+        timeout=60,
+    )
+    assert r.returncode == 0 and "SELECTED RELAY OK" in r.stdout, r.stderr
+    assert f"Using relay {rig.relay}" in r.stderr
