@@ -335,3 +335,68 @@ def test_unauthenticated_deadline_is_not_extended_by_activity(make_at_server) ->
         assert closed and time.monotonic() - t0 < 5.0
     finally:
         w.close()
+
+
+# -- control-plane quirks (issue 8 point 6) -------------------------------------------------
+
+
+def _fresh(at_server: AtServerProcess, keys, base: str) -> AtKeys:
+    import dataclasses
+
+    k: AtKeys = dataclasses.replace(keys("@" + base), atsign=f"@{base}_{uuid.uuid4().hex[:8]}")
+    at_server.add_fast(k.atsign, k)
+    return k
+
+
+def test_blank_line_is_answered_in_one_write(wire: Callable[..., Wire], at_server, keys) -> None:
+    k = _fresh(at_server, keys, "alice")
+    w = wire()
+    w.sock.sendall(b"\r\n")
+    got = w.sock.recv(4096)  # one TLS record: the error and the prompt together
+    assert got == b"error:AT0003-Exception: invalid command\n@", got
+    assert w.pkam(k) == "data:success"
+    w.sock.sendall(b"\r\n")
+    got = w.sock.recv(4096)
+    assert got == f"error:AT0003-Invalid syntax : invalid command\n{k.atsign}@".encode(), got
+    assert w.data("noop:0") == "ok"
+
+
+def test_scan_for_other_lists_what_other_shared_with_me(
+    wire: Callable[..., Wire], at_server, keys
+) -> None:
+    me, bob = _fresh(at_server, keys, "alice"), _fresh(at_server, keys, "bob")
+    a, b = wire(), wire()
+    assert a.pkam(me) == "data:success" and b.pkam(bob) == "data:success"
+    b.data(f"update:{me.atsign}:phone.wavi{bob.atsign} 123")
+    b.data(f"update:public:name.wavi{bob.atsign} bob")
+    a.data(f"update:{bob.atsign}:mine.wavi{me.atsign} 456")
+    got = json.loads(a.data(f"scan:{bob.atsign}"))
+    assert got == [f"{me.atsign}:phone.wavi{bob.atsign}"], got
+    assert json.loads(a.data(f"scan:{bob.atsign} nomatch")) == []
+    assert f"{bob.atsign}:mine.wavi{me.atsign}" in json.loads(a.data(f"scan {bob.atsign}"))
+
+
+def test_newer_relay_and_policy_notifications_pass_through(
+    wire: Callable[..., Wire], at_server, keys
+) -> None:
+    c, r = _fresh(at_server, keys, "alice"), _fresh(at_server, keys, "bob")
+    sender, mon = wire(), wire()
+    assert sender.pkam(c) == "data:success" and mon.pkam(r) == "data:success"
+    mon.send("monitor")
+    mon.monitoring = True
+    sid = str(uuid.uuid4())
+    body = json.dumps({"sessionId": sid, "rvdNonce": "n", "sideA": "escr", "sideB": "payload"})
+    keys_sent = [
+        f"{r.atsign}:dev.auth_modes.sshrvd{c.atsign}",
+        f"{r.atsign}:logging.{sid}.sessions.sshrvd{c.atsign}",
+        f"{r.atsign}:config.dev.devices.policy.sshnp{c.atsign}",
+    ]
+    for key in keys_sent:
+        sender.data(f"notify:update:ttln:60000:{key}:{body}")
+    got = []
+    while len(got) < 3:
+        n = mon.notification()
+        if n["id"] != "-1":
+            got.append(n)
+    assert [n["key"] for n in got] == keys_sent
+    assert all(json.loads(n["value"])["sessionId"] == sid for n in got)

@@ -10,8 +10,10 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -86,6 +88,16 @@ def test_metrics_health_ready_status_and_session_record(np_env):
     assert status == 200 and body.startswith("ok"), body
     status, body = get(base + "/readyz")
     assert status == 200, body
+    # the container image's HEALTHCHECK command against this relay
+    health = Path(__file__).resolve().parents[1] / "packaging" / "container" / "healthcheck.py"
+    r = subprocess.run(
+        [sys.executable, str(health)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "NOPORTS_HEALTH_URL": base + "/healthz"},
+    )
+    assert r.returncode == 0 and r.stdout.startswith("healthy"), r.stderr
 
     def during(sid: str) -> None:
         text = get(base + "/metrics")[1]
@@ -252,3 +264,73 @@ def test_a_real_prometheus_scrapes_srvd(np_env, tmp_path: Path):
             prom.wait(10)
         except subprocess.TimeoutExpired:
             prom.kill()
+
+
+def test_fatal_errors_honour_log_format_json(np_env):
+    r = np_env.run("srvd", "-a", "@nokeys", "-i", "127.0.0.1", "--log-format", "json")
+    assert r.returncode == 4
+    lines = [json.loads(line) for line in r.stderr.strip().splitlines()]
+    fatal = lines[-1]
+    assert fatal["event"] == "fatal" and fatal["exit_code"] == 4 and "nokeys" in fatal["msg"]
+    assert fatal["level"] == "critical" and fatal["logger"] == "srvd"
+    r = np_env.run("srvd", "-a", "@nokeys", "-i", "127.0.0.1")  # text stays one plain line
+    assert r.returncode == 4 and r.stderr.splitlines()[-1].startswith("srvd: error:")
+
+
+def test_check_config_and_sighup_reload_keep_live_sessions(np_env, tmp_path):
+    relay, alice, bob = np_env.atsign("relay"), np_env.atsign("alice"), np_env.atsign("bob")
+    dev = np_env.atsign("dev")
+    cfg = tmp_path / "srvd.toml"
+
+    def write(manager: str, extra: str = "") -> None:
+        cfg.write_text(
+            f'atsign = "{relay}"\nip = "127.0.0.1"\nbind = "127.0.0.1"\nworkers = 1\n'
+            f'manager = "{manager}"\ndrain-seconds = 1\n{extra}'
+        )
+
+    write(alice)
+    r = np_env.run("srvd", "--config", str(cfg), "--check-config")
+    assert r.returncode == 0 and "valid" in r.stdout, r.stderr
+    write(alice, "workerz = 2\n")
+    r = np_env.run("srvd", "--config", str(cfg), "--check-config")
+    assert r.returncode == 2 and "workerz" in r.stderr
+    write(alice)
+    p = np_env.spawn("srvd", "--config", str(cfg), "-v", ready="ready: monitor started", timeout=30)
+
+    async def request(who: str) -> str:
+        c = await connect(np_env, who)
+        try:
+            return (await ask(c, relay, atsign_b=dev, timeout=15))[0]
+        finally:
+            await c.close()
+
+    async def live_then_reload():
+        c = await connect(np_env, alice)
+        try:
+            kind, value, sid = await ask(c, relay, atsign_b=dev, cnonce="cn-reload")
+            assert kind == "ack", value
+            reply = parse_relay_reply(value)
+            a, b = await authed_pair(np_env, reply, sid, "cn-reload", alice, dev)
+            await exchange(a, b, 64 * 1024)
+            write(bob, "auth-timeout = 3\n")
+            p.signal(signal.SIGHUP)
+            await asyncio.to_thread(p.wait_for, "configuration reloaded", 20)
+            await exchange(a, b, 64 * 1024)  # the live pair is untouched
+            for _, w in (a, b):
+                w.close()
+        finally:
+            await c.close()
+
+    arun(live_then_reload(), timeout=60)
+    assert "configuration reloaded: limits, managers" in p.stderr
+    p.wait_for("limits reloaded", 10)  # the worker took the new limits
+    assert arun(request(alice)) == "nack"
+    assert arun(request(bob)) == "ack"
+    # a bad file is reported and the running configuration kept
+    write(alice, "workerz = 2\n")
+    p.signal(signal.SIGHUP)
+    p.wait_for("configuration reload failed", 20)
+    assert "workerz" in p.stderr
+    assert arun(request(bob)) == "ack"
+    p.signal(signal.SIGTERM)
+    assert p.wait(30) == 0

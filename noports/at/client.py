@@ -126,7 +126,7 @@ class AtClient:
         a = commands.atsign(atsign)
         if keys is None:
             path = keys_file if keys_file is not None else default_keys_path(a)
-            keys = AtKeys.load(path, a)
+            keys = AtKeys.load(path, a, strict_mode=True)  # like ssh: refuse open key files
         if commands.atsign(keys.atsign) != a:
             raise KeyFileError(f"keys are for {keys.atsign}, not {a}")
         ctx = ssl_ctx if ssl_ctx is not None else ssl_context(ca_file)

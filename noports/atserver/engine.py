@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from ..errors import AtError
 from .hub import Hub
-from .parse import DEFAULT_BUFFER_LIMIT, Command, parse_line
+from .parse import DEFAULT_BUFFER_LIMIT, Command, loads_client_json, parse_line
 from .store import Store
 
 log = logging.getLogger("noports.server")
@@ -176,6 +176,10 @@ class Session:
 
     def handle(self, line: str) -> Reply:
         """Run one request line and return what to write. Never raises for client mistakes."""
+        if not line:  # a bare CRLF: the Dart atServer's exact answer, prompt in the same write
+            if self.authed:
+                return Reply(f"error:AT0003-Invalid syntax : invalid command\n{self.prompt}")
+            return Reply(f"error:AT0003-Exception: invalid command\n{self.prompt}")
         try:
             cmd = parse_line(line)
             return self.dispatch(cmd)
@@ -208,9 +212,9 @@ class Session:
         if not raw:
             return
         try:
-            cfg = json.loads(raw)
+            cfg = loads_client_json(raw)
             version = str(cfg.get("version", "0"))
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, AtError):
             return
         self.json_errors = _version_tuple(version) >= (3, 0, 38)
 

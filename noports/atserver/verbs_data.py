@@ -224,14 +224,30 @@ def scan(s: Session, cmd: Command) -> Reply:
         return s.data(json.dumps(out, separators=(",", ":")))
     owner = s.atsign
     assert owner is not None
+    other = cmd["for_atsign"]
+    if other and other != owner:
+        # ``scan:@bob`` runs on bob's store: the keys bob has shared with me (at_commons
+        # ScanVerbBuilder: "Scans keys shared by @alice to self"). All atSigns are local here.
+        for name in store.key_names(other, now):
+            try:
+                key = parse_key(name)
+            except AtError:
+                continue
+            if key.cached or key.visibility != "shared" or key.shared_with != owner:
+                continue
+            if not _scan_visible(key, cmd["show_hidden"]):
+                continue
+            if s.namespaces is not None and not namespace_allows(s.namespaces, key, False):
+                continue
+            if match(name):
+                out.append(name)
+        return s.data(json.dumps(out, separators=(",", ":")))
     for name in store.key_names(owner, now):
         try:
             key = parse_key(name)
         except AtError:
             continue
         if not _scan_visible(key, cmd["show_hidden"]):
-            continue
-        if cmd["for_atsign"] and key.shared_with != cmd["for_atsign"]:
             continue
         if s.namespaces is not None and not namespace_allows(s.namespaces, key, False):
             continue

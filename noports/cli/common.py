@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import sys
+import time
 from typing import Any
 
 from .. import _compat
 from ..crypto import cryptography_text
 from ..errors import NoPortsError, exit_code_for
-from ..log import escape
+from ..log import JsonFormatter, escape
 
 
 class VersionAction(argparse.Action):
@@ -39,5 +42,19 @@ def fail(prog: str, exc: BaseException) -> int:
     """Print one line for ``exc`` on stderr and return its exit code."""
     msg = str(exc) or type(exc).__name__
     kind = "" if isinstance(exc, NoPortsError) else f"{type(exc).__name__}: "
+    code = exit_code_for(exc)
+    if any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers):
+        # --log-format json: the fatal error is a record like every other line
+        record = {
+            "ts": round(time.time(), 3),
+            "level": "critical",
+            "logger": prog,
+            "msg": f"{kind}{msg}",
+            "event": "fatal",
+            "error": type(exc).__name__,
+            "exit_code": code,
+        }
+        print(json.dumps(record, ensure_ascii=True), file=sys.stderr)
+        return code
     print(f"{prog}: error: {kind}{escape(msg)}", file=sys.stderr)
-    return exit_code_for(exc)
+    return code

@@ -31,7 +31,7 @@ from ..session.client import (
     Established,
     SessionSpec,
     connect_client,
-    establish,
+    establish_any,
     start_ephemeral_keygen,
 )
 from ..session.features import DaemonFeature, npt_required_features
@@ -173,6 +173,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--require-aead", action="store_true", help="refuse unless the daemon uses the AEAD mode"
     )
     p.add_argument(
+        "--relay-auth-mode",
+        "--ram",
+        dest="relay_auth_mode",
+        choices=("payload", "escr"),
+        default=None,
+        help="how both tunnel ends authenticate to the relay: escr (a fresh signed challenge "
+        "per socket) or payload (the official default). Default: escr, or payload when the "
+        "device daemon does not support escr",
+    )
+    p.add_argument(
+        "--443",
+        dest="only443",
+        action="store_true",
+        default=False,
+        help="use the relay's single port 443 (needs escr and a relay run with --443)",
+    )
+    p.add_argument(
         "--output",
         choices=("text", "json"),
         default="text",
@@ -218,6 +235,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
             remote_host=args.remote_host,
             remote_port=args.remote_port,
             timeout_ms=int(args.timeout_s * 1000),
+            relay_auth_mode=args.relay_auth_mode or "escr",
+            ram_fallback=args.relay_auth_mode is None,
+            only443=args.only443,
         )
     except ConfigError as exc:
         parser.error(str(exc))
@@ -274,7 +294,7 @@ async def run(args: argparse.Namespace, report: Reporter | None = None) -> int:
         while True:
             try:
                 fut, eph = eph, None  # a key is used for one session only
-                est = await establish(client, args.spec, progress=say, ephemeral=fut)
+                est = await establish_any(client, args.spec, progress=say, ephemeral=fut)
                 cm = await ClientMulti.open(
                     est.relay_host,
                     est.relay_port,

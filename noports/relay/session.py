@@ -20,7 +20,8 @@ from typing import Any, Protocol
 from ..crypto import rsa
 from ..crypto.envelope import relay_expected_bytes
 from .auth import AuthLine
-from .inbound import WAITING, Inbound, reset_close
+from .escr_auth import EscrLine
+from .inbound import WAITING, Inbound
 from .limits import PreAuthGate, RelayLimits
 
 log = logging.getLogger("noports.relay")
@@ -62,6 +63,10 @@ class SessionSpec:
     public_key_a: rsa.PublicKey | None = None
     public_key_b: rsa.PublicKey | None = None
     rvd_nonce: str | None = None
+    auth_mode: str = "payload"  # relayAuthMode: "payload" (auth line) or "escr"
+    relay_auth_aes_key: str | None = None  # relayAuthAesKey (base64 32 bytes), ESCR only
+    only443: bool = False  # on the single-port listener, no ports of its own
+    prefetched: dict[str, str] | None = None  # ESCR signing keys already fetched: uri -> b64
 
 
 @dataclass(slots=True)
@@ -108,16 +113,19 @@ class Session:
         relay: SessionHost,
         spec: SessionSpec,
         rvd_nonce: str,
-        listeners: tuple[socket.socket, socket.socket],
+        listeners: tuple[socket.socket, socket.socket] | None,
         host: str,
         pump_mod: ModuleType,
+        single_port: int = 0,
     ) -> None:
         self.spec = spec
         self.session_id = spec.session_id
         self.rvd_nonce = rvd_nonce
         self.host = host
-        self.port_a: int = listeners[0].getsockname()[1]
-        self.port_b: int = listeners[1].getsockname()[1]
+        # A single-port (443) session has no listeners: its sockets come from the relay's one
+        # listener, routed here by the ESCR response's session id and side.
+        self.port_a: int = listeners[0].getsockname()[1] if listeners else single_port
+        self.port_b: int = listeners[1].getsockname()[1] if listeners else single_port
         self._stats = SessionStats()
         self._done_ab = 0  # bytes of pairs that have ended
         self._done_ba = 0
@@ -127,7 +135,7 @@ class Session:
         self._clock: Callable[[], float] = relay.clock
         self._gate: PreAuthGate = relay.gate
         self._pump_mod = pump_mod
-        self._listeners: list[socket.socket | None] = list(listeners)
+        self._listeners: list[socket.socket | None] = list(listeners or (None, None))
         self._auth = (spec.auth_a, spec.auth_b)
         self._keys = (spec.public_key_a, spec.public_key_b)
         self._verified: tuple[_Seen, _Seen] = (_Seen(), _Seen())
@@ -263,18 +271,14 @@ class Session:
     def _admit(self, side: int, conn: socket.socket, ip: str) -> None:
         conn.setblocking(False)
         needs_auth = self._auth[side]
-        if needs_auth and not self._gate.admit(ip):
-            self._stats.refused += 1
-            log.debug("session %s: side %s pre-auth cap reached, refusing %s",
-                      self.session_id, SIDES[side], ip)
-            reset_close(conn)
-            return
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-        verifier = None
-        if needs_auth:
+        verifier: Any = None
+        if needs_auth and self.spec.auth_mode == "escr":
+            verifier = EscrLine(self._relay, self._resolve, side, self.limits.max_auth_line)
+        elif needs_auth:
             key = self._keys[side]
             assert key is not None
             verifier = AuthLine(self.session_id, self.spec.client_nonce, self.rvd_nonce, key,
@@ -283,7 +287,11 @@ class Session:
         inbound = Inbound(self, conn, side, ip, verifier, self._loop, self._clock,
                           gated=needs_auth)
         if needs_auth:
+            # A full gate sheds an older unauthenticated socket, never this one.
+            self._gate.admit(ip, inbound)
             self._authenticating[inbound] = None
+            if not inbound.greet():  # the ESCR challenge could not be sent: closed
+                return
             # The absolute deadline runs from the accept; the first read waits for the
             # next loop pass, after every listener that woke with this one has accepted
             # (a burst on one side must not fill its pending queue before the other side
@@ -295,10 +303,17 @@ class Session:
             if inbound.state == WAITING:  # not paired at once: read what it sends meanwhile
                 inbound.start(self.limits.auth_timeout)
 
+    def _resolve(self, session_id: str) -> Session | None:
+        """ESCR on this session's own ports: the response must name this session."""
+        return self if session_id == self.session_id else None
+
     # -- InboundOwner: callbacks from Inbound ------------------------------------------
 
-    def release_gate(self, ip: str) -> None:
-        self._gate.release(ip)
+    def release_gate(self, inbound: Inbound) -> None:
+        self._gate.release(inbound.peer_ip, inbound)
+
+    def forget(self, inbound: Inbound) -> None:
+        self._authenticating.pop(inbound, None)
 
     def on_auth_failed(self, inbound: Inbound, reason: str) -> None:
         self._authenticating.pop(inbound, None)

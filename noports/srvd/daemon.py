@@ -19,23 +19,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..at.client import AtClient
+from ..at.commands import plookup
 from ..at.config import DEFAULT_ROOT_PORT
 from ..at.protocol import Notification
-from ..crypto import rsa
+from ..crypto import escr, rsa
 from ..crypto.atkeys import AtKeys, default_keys_path
-from ..errors import AtError, LocalError, NoPortsError, PortsExhaustedError
+from ..errors import AtError, LocalError, NoPortsError, PortsExhaustedError, ProtocolError
 from ..log import escape
 from ..relay import SessionSpec, raise_nofile_limit
+from ..relay.relay import NOT_BOUND_443
 from ..sdnotify import notify as notify_systemd
 from ..sdnotify import watchdog
 from ..session import mutex as session_mutex
@@ -43,6 +47,7 @@ from ..session.wire import RelayReply, relay_reply
 from . import requests as rq
 from .observe import Observer, refusal_fields, session_fields
 from .pool import WorkerGone, WorkerHandle, WorkerPool
+from .relayauth import RelayAuthFields, relay_auth_fields
 
 log = logging.getLogger("noports.srvd")  # official "shout" lines: always logged
 vlog = logging.getLogger("noports.srvd.detail")  # -v: session parameters and the like
@@ -81,6 +86,9 @@ class Settings:
     impl: str | None = None
     loop_kind: str | None = None
     metrics: str | None = None  # --metrics HOST:PORT (off when None)
+    single_port: int | None = None  # --443: the single-port listener's bind port
+    single_advertise: int = 443  # the port only443 replies name (official: always 443)
+    refuse_payload_auth: bool = False  # --refuse-payload-auth: escr on both sides or nothing
 
 
 def redact(secret: str | None) -> str:
@@ -113,6 +121,7 @@ class Srvd:
         self._stale_keys: set[str] = set()
         self.monitor_running = False
         self.observer: Observer | None = None
+        self.reloader: Callable[[], Settings] | None = None  # SIGHUP: settings as they are now
         self._event_logging: dict[str, tuple[str, str]] = {}
         self._no_nack: set[str] = set()  # live requests from clients without multipleAcksOk
 
@@ -142,6 +151,7 @@ class Srvd:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGUSR1, self._stats_soon)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         fd_limit = raise_nofile_limit()
         if self.s.snoop:
             log.warning("snoop is ON: relayed bytes are written to the log (privacy!)")
@@ -151,13 +161,15 @@ class Srvd:
             on_closed=self._on_closed,
             on_lost=self._on_lost,
             loop_kind=self.s.loop_kind,
+            on_lookup=self._on_lookup,
         )
         monitor = None
         consumer: asyncio.Task[None] | None = None
         connect: asyncio.Task[AtClient] | None = None
         try:
             path = self.s.keys_file or default_keys_path(self.s.atsign)
-            keys = AtKeys.load(path, self.s.atsign)  # fail fast, before any worker starts
+            # fail fast, before any worker starts; like ssh, refuse a group/world-readable file
+            keys = AtKeys.load(path, self.s.atsign, strict_mode=True)
             connect = loop.create_task(
                 AtClient.connect(
                     self.s.atsign, keys=keys, root=self._root(), ca_file=self.s.ca_file
@@ -254,6 +266,59 @@ class Srvd:
                 await asyncio.wait_for(self._idle.wait(), min(left, 1.0))
         log.info("all sessions have ended")
 
+    # settings that a reload cannot change in a running relay
+    RESTART_ONLY = (
+        "atsign", "ip", "keys_file", "root", "ca_file", "bind", "port_range", "workers",
+        "snoop", "impl", "loop_kind",
+    )
+
+    def reload(self) -> bool:
+        """SIGHUP: re-read the configuration, validate it, apply what can change live.
+
+        A bad configuration is reported and the running one kept; live sessions are never
+        touched (new limits apply to sessions created from now on)."""
+        if self.reloader is None:
+            log.warning("SIGHUP: no configuration source to reload from; ignored")
+            return False
+        try:
+            new = self.reloader()
+        except (NoPortsError, ValueError, OSError) as exc:
+            log.error("configuration reload failed, keeping the running configuration: %s", exc)
+            return False
+        old = self.s
+        kept = [n for n in self.RESTART_ONLY if getattr(new, n) != getattr(old, n)]
+        for name in kept:
+            log.warning("reload: %s changed; it takes effect after a restart", name)
+        changes = {
+            n: getattr(new, n)
+            for n in ("managers", "max_sessions", "per_requester", "require_auth",
+                      "json_response", "drain_seconds", "limits", "log_level", "metrics")
+            if getattr(new, n) != getattr(old, n)
+        }
+        a = self.admission
+        a.managers, a.require_auth = new.managers, new.require_auth
+        a.max_sessions, a.per_requester = new.max_sessions, new.per_requester
+        logging.getLogger("noports.srvd.detail").setLevel(new.log_level)
+        if "limits" in changes and self.pool is not None:
+            self.pool.config["limits"] = new.limits
+            for h in list(self.pool.workers.values()):
+                h.send({"op": "limits", "limits": new.limits})
+        if "metrics" in changes:
+            if self.observer is not None:
+                self.observer.close()
+                self.observer = None
+            if new.metrics:
+                self.observer = Observer(self)
+                self.observer.start(new.metrics)
+        self.s = dataclasses.replace(new, **{n: getattr(old, n) for n in self.RESTART_ONLY})
+        log.info(
+            "configuration reloaded: %s",
+            ", ".join(sorted(changes)) or "no change",
+            extra={"fields": {"event": "config_reloaded", "changed": sorted(changes),
+                              "restart_needed": kept}},
+        )
+        return True
+
     def _stats_soon(self) -> None:
         task = asyncio.get_running_loop().create_task(self.log_stats())
         self._tasks.add(task)
@@ -266,7 +331,7 @@ class Srvd:
         for row in await self.pool.stats():
             log.info(
                 "stats worker %d (pid %s): %s sessions, %s pairs, %s pre-auth sockets, "
-                "%s refused pre-auth",
+                "%s shed pre-auth",
                 row["index"],
                 row.get("pid"),
                 row.get("sessions"),
@@ -291,6 +356,7 @@ class Srvd:
             "snoop": self.s.snoop,
             "log_level": self.s.log_level,
             "log_format": self.s.log_format,
+            "single_port": self.s.single_port,
         }
 
     # -- worker events ---------------------------------------------------------------------
@@ -392,17 +458,78 @@ class Srvd:
                 )
                 return
         try:
-            await self._grant(grant, t0)
+            ra = self._relay_auth(grant, n.value)
+            await self._grant(grant, t0, ra)
         except rq.Refusal as refusal:
             self.admission.release(grant.session_id)
             await self._refuse(grant.sender, refusal)
 
-    async def _grant(self, g: rq.Grant, t0: float) -> None:
+    def _relay_auth(self, g: rq.Grant, value: str | None) -> RelayAuthFields:
+        """The request's relay-auth fields, and the refusals that depend on them."""
         req = g.request
+        sid = req.session_id
+        try:
+            ra = relay_auth_fields(value, legacy=req.legacy)
+        except ProtocolError as exc:
+            raise rq.Refusal(rq.INVALID, str(exc), sid) from None
+        both = req.auth_a and req.auth_b
+        if self.s.refuse_payload_auth and not (ra.mode == "escr" and both):
+            raise rq.Refusal(
+                rq.DENIED,
+                "this relay accepts only escr relay authentication on both sides "
+                "(--refuse-payload-auth)",
+                sid,
+            )
+        if ra.only443:
+            if self.s.single_port is None:
+                raise rq.Refusal(rq.DENIED, NOT_BOUND_443, sid)
+            if not (ra.mode == "escr" and both):
+                raise rq.Refusal(
+                    rq.DENIED, "port 443 sessions must use escr on both sides", sid
+                )
+        return ra
+
+    async def _prefetch(self, ra: RelayAuthFields, atsigns: tuple[str, str]) -> dict[str, str]:
+        """Fetch the listed signing keys of this session's two atSigns (others are ignored)."""
+        out: dict[str, str] = {}
+        wanted = [u for u in ra.prefetch if escr.uri_atsign(u) in {a.lower() for a in atsigns}]
+        for uri, value in zip(
+            wanted, await asyncio.gather(*(self._plookup(u) for u in wanted)), strict=True
+        ):
+            if value:
+                out[uri] = value
+        return out
+
+    async def _plookup(self, uri: str) -> str | None:
+        """A signing key's published value, or None (missing, refused, or not a key URI)."""
+        if self.client is None or not escr.valid_key_uri(uri) or not uri.startswith("public:"):
+            return None
+        try:
+            text = await self.client.execute(plookup(uri[len("public:") :]))
+        except (AtError, NoPortsError, OSError) as exc:
+            vlog.info("signing key %s: %s", escape(uri, 200), exc)
+            return None
+        return text if text and text != "null" else None
+
+    def _on_lookup(self, h: WorkerHandle, msg: dict[str, Any]) -> None:
+        async def answer() -> None:
+            key = msg.get("key")
+            value = await self._plookup(key) if isinstance(key, str) else None
+            with contextlib.suppress(WorkerGone, ConnectionError, OSError):
+                h.send({"op": "looked_up", "rid": msg.get("rid"), "value": value})
+
+        task = asyncio.get_running_loop().create_task(answer())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _grant(self, g: rq.Grant, t0: float, ra: RelayAuthFields | None = None) -> None:
+        req = g.request
+        ra = ra or RelayAuthFields()
+        escr_mode = ra.mode == "escr"
         assert self.client is not None and self.pool is not None
         keys: list[rsa.PublicKey | None] = []
         for need, who in ((req.auth_a, g.atsign_a), (req.auth_b, g.atsign_b)):
-            if not need:
+            if not need or escr_mode:
                 keys.append(None)
                 continue
             try:
@@ -422,15 +549,24 @@ class Srvd:
             auth_b=req.auth_b,
             public_key_a=keys[0],
             public_key_b=keys[1],
+            auth_mode=ra.mode,
+            relay_auth_aes_key=ra.aes_key if escr_mode else None,
+            only443=ra.only443,
+            prefetched=(await self._prefetch(ra, (g.atsign_a, g.atsign_b)) or None)
+            if escr_mode
+            else None,
         )
         vlog.info(
-            "session %s params: atSignA %s atSignB %s authA %s authB %s legacy %s",
+            "session %s params: atSignA %s atSignB %s authA %s authB %s legacy %s "
+            "relayAuthMode %s only443 %s",
             g.session_id,
             g.atsign_a,
             g.atsign_b,
             req.auth_a,
             req.auth_b,
             req.legacy,
+            ra.mode,
+            ra.only443,
         )
         try:
             h, made = await self.pool.create_session(spec)
@@ -440,10 +576,13 @@ class Srvd:
             raise rq.Refusal(
                 rq.ERROR, f"relay could not create the session ({exc})", req.session_id
             ) from None
+        port_a, port_b = int(made["port_a"]), int(made["port_b"])
+        if ra.only443:  # official: the single-port sessions always answer 443,443
+            port_a = port_b = self.s.single_advertise
         reply = RelayReply(
             self.s.ip,
-            int(made["port_a"]),
-            int(made["port_b"]),
+            port_a,
+            port_b,
             None if req.legacy else str(made["rvd_nonce"]),
         )
         rec = _Live(g.atsign_a, g.atsign_b, reply.port_a, reply.port_b)

@@ -141,6 +141,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="the daemon's tunnel end authenticates to the relay",
     )
     p.add_argument(
+        "--relay-auth-mode",
+        "--ram",
+        dest="relay_auth_mode",
+        choices=("payload", "escr"),
+        default=None,
+        help="how both tunnel ends authenticate to the relay: escr (a fresh signed challenge "
+        "per socket) or payload (the official default). Default: escr, or payload when the "
+        "device daemon does not support escr",
+    )
+    p.add_argument(
+        "--443",
+        dest="only443",
+        action="store_true",
+        default=False,
+        help="use the relay's single port 443 (needs escr and a relay run with --443)",
+    )
+    p.add_argument(
         "--encrypt-rvd-traffic",
         "--et",
         dest="encrypt",

@@ -36,7 +36,7 @@ from ..session.client import (
     Established,
     SessionSpec,
     connect_client,
-    establish,
+    establish_any,
     start_ephemeral_keygen,
 )
 from ..session.features import sshnp_required_features
@@ -80,6 +80,9 @@ def session_spec(args: argparse.Namespace) -> SessionSpec:
         ping_timeout=args.dpt,
         fetch_username=args.remote_user_name is None and not args.stdio,
         public_key=getattr(args, "public_key_text", None) if args.send_ssh_public_key else None,
+        relay_auth_mode=getattr(args, "relay_auth_mode", None) or "escr",
+        ram_fallback=getattr(args, "relay_auth_mode", None) is None,
+        only443=getattr(args, "only443", False),
     )
 
 
@@ -94,7 +97,9 @@ async def open_session(args: argparse.Namespace) -> tuple[AtClient, Established]
     )
     connect_ms = round((time.monotonic() - t_connect) * 1000, 1)
     try:
-        est = await establish(client, session_spec(args), progress=progress_fn(args), ephemeral=eph)
+        est = await establish_any(
+            client, session_spec(args), progress=progress_fn(args), ephemeral=eph
+        )
     except BaseException:
         await client.close()
         raise

@@ -43,6 +43,7 @@ from ..names import validate_atsign, validate_session_id
 from ..session import mutex as session_mutex
 from ..session.features import ping_response_json
 from ..session.permitopen import PermitOpen
+from ..session.relayauth import publish_signing_key, signing_uri
 from ..session.relays import probe_latency
 from .authkeys import AuthorizedKeys
 from .ephemeral import EphemeralKeys
@@ -93,9 +94,8 @@ class DaemonConfig:
     max_sessions: int = 128
     #: on SIGTERM/SIGINT, seconds running tunnels may take to finish before they are cut
     drain: float = 0.0
-    #: ESCR relay auth available to this daemon's tunnel ends, and the published signing key
-    #: (``public:_apsk.<eid|primary>.a.__e@<me>``): advertised in the ping reply only when set
-    escr: bool = False
+    #: the published ESCR signing key (``public:_apsk.<eid|primary>.a.__e@<me>``), advertised
+    #: in the ping reply; None = the one this daemon publishes for its own keys
     signing_key_uri: str | None = None
 
 
@@ -124,6 +124,8 @@ class Daemon:
                 cfg.require_aead,
                 client.keys.encrypt_private,
                 self.ephemeral,
+                signing_key=client.keys.pkam_private,
+                signing_uri=signing_uri(client),
             ),
             self._public_key,
             max_sessions=cfg.max_sessions,
@@ -146,8 +148,8 @@ class Daemon:
             device_group=cfg.device_group,
             accepts_public_keys=cfg.accept_public_keys,
             allowed_services=cfg.permit_open.allowed_services(),
-            escr=cfg.escr,
-            public_signing_key_uri=cfg.signing_key_uri,
+            escr=True,  # our tunnel ends answer ESCR challenges (relay.escr / srv -a escr)
+            public_signing_key_uri=cfg.signing_key_uri or signing_uri(client),
         )
         #: session event logging asked for by the policy service (latest spec 8.2)
         self.event_logging: dict[str, Any] | None = None
@@ -253,6 +255,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         await self.share_records()
         self._background.append(loop.create_task(self._probe()))
+        self._background.append(loop.create_task(self._publish_signing_key()))
         monitor = self.client.monitor(self.monitor_regex())
         try:
             await monitor.started(MONITOR_START_TIMEOUT)
@@ -278,6 +281,14 @@ class Daemon:
             if self._stop.is_set() and self.cfg.drain > 0:
                 await self.drain(self.cfg.drain)
             await self.shutdown()
+
+    async def _publish_signing_key(self) -> None:
+        """ESCR relay auth: relays verify our answers with the key published here."""
+        try:
+            await publish_signing_key(self.client)
+        except (NoPortsError, OSError) as exc:
+            log.warning("could not publish the relay signing key (escr sessions will fail): %s",
+                        exc)
 
     async def drain(self, seconds: float) -> None:
         """No new work (the monitor is closed); let running tunnels end for ``seconds``."""
