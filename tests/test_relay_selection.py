@@ -341,3 +341,80 @@ def test_relay_option_in_sshnp_and_npt() -> None:
     with pytest.raises(SystemExit) as e:
         npt_run.parse([*base, "-p", "22", "-r", "@ok,b@d"])
     assert e.value.code == 2
+
+
+def test_sshnp_comma_list_selects_a_relay(np_env) -> None:
+    """sshnp with ``-r @dead,@alive``: the live relay is selected and ssh runs through it."""
+    from tests.test_sshnp_rig import Rig
+
+    rig = Rig(np_env)
+    dead = np_env.atsign("relaydead")
+    rig.daemon("dev1")
+    r = np_env.run(
+        "sshnp",
+        "-f",
+        rig.client,
+        "-t",
+        rig.device_atsign,
+        "-r",
+        f"{dead},{rig.relay}",
+        "-d",
+        "dev1",
+        "-u",
+        rig.user,
+        "-i",
+        str(rig.sshd.client_key),
+        "-o",
+        "BatchMode=yes",
+        "--",
+        "echo SELECTED RELAY OK",
+        timeout=60,
+    )
+    assert r.returncode == 0 and "SELECTED RELAY OK" in r.stdout, r.stderr
+    assert f"Using relay {rig.relay}" in r.stderr
+
+
+@pytest.mark.interop
+def test_official_atsdk_discovers_our_relay(np_env, atsdk_python) -> None:
+    """The official Python atSDK sends ``@relay:discover_request.sshrvd@me`` as the official
+    client does and decrypts our srvd's ``discover_response``."""
+    from tests.test_at_interop_atsdk import PRELUDE, result
+
+    me = np_env.atsign("official")
+    relay = np_env.atsign("relay")
+    start_srvd(np_env, relay)
+    script = (
+        PRELUDE
+        + f"""
+q = queue.Queue()
+c = AtClient(AtSign({me!r}), root_address=ROOT, queue=q)
+threading.Thread(target=c.start_monitor, args=("discover_response",), daemon=True).start()
+k = SharedKey("discover_request", AtSign({me!r}), AtSign({relay!r})).set_namespace("sshrvd")
+deadline, got, next_send = time.time() + 40, None, 0.0
+while time.time() < deadline and got is None:
+    if time.time() >= next_send:  # resend until the monitor is up and the answer arrives
+        c.notify(k, json.dumps({{"items": ["ipaddr", "port"]}}))
+        next_send = time.time() + 3
+    try:
+        ev = q.get(timeout=0.5)
+    except queue.Empty:
+        continue
+    if ev.event_type in (AtEventType.UPDATE_NOTIFICATION, AtEventType.SHARED_KEY_NOTIFICATION):
+        c.handle_event(q, ev)
+    elif ev.event_type == AtEventType.DECRYPTED_UPDATE_NOTIFICATION:
+        d = ev.event_data
+        if "discover_response.sshrvd" in d["key"]:
+            got = [d["key"], d["decryptedValue"]]
+out(got=got)
+os._exit(0)
+"""
+    )
+    env = {
+        "HOME": str(np_env.home),
+        "SSL_CERT_FILE": np_env.server.ca_file,
+        "AT_ROOT": np_env.server.root,
+    }
+    got = result(atsdk_python.run(script, env=env, timeout=90).stdout)["got"]
+    assert got is not None
+    assert got[0] == f"{me}:discover_response.sshrvd{relay}"
+    assert json.loads(got[1])["ipaddr"] == "127.0.0.1" and json.loads(got[1])["port"] is None
