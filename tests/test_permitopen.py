@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from noports.errors import AuthRefusedError, ConnectError
-from noports.sshnpd.features import (
+from noports.session.features import (
     FEATURE_CHECK_TIMEOUT_MESSAGE,
     DaemonFeature,
     UnsupportedFeatureError,
@@ -23,7 +23,7 @@ from noports.sshnpd.features import (
     require_features,
     sshnp_required_features,
 )
-from noports.sshnpd.permitopen import (
+from noports.session.permitopen import (
     DEFAULT_PERMIT_OPEN,
     PermitEntry,
     PermitOpen,

@@ -38,7 +38,8 @@ from ..at import onboard as ob
 from ..crypto.atkeys import AtKeys
 from ..errors import ConfigError, NoPortsError
 from ..fsutil import read_secret
-from .common import VersionAction, fail, setup_logging
+from ..log import setup_logging
+from .common import VersionAction, fail
 
 PROG = "at_activate"
 ENV_SECRET = "AT_ACTIVATE_SECRET"

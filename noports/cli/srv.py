@@ -21,6 +21,7 @@ from .. import _compat
 from ..crypto.escr import EscrAuth
 from ..crypto.stream import CtrKeys
 from ..errors import EXIT_ERROR, EXIT_OK, EXIT_SRV_EXCEPTION, ConfigError
+from ..log import escape, setup_logging
 from ..tunnel import (
     AeadKeys,
     ClientMulti,
@@ -30,7 +31,7 @@ from ..tunnel import (
     open_client_single,
     run_daemon_single,
 )
-from .common import add_common, escape, setup_logging
+from .common import add_common
 
 READY = "rv started successfully"
 log = logging.getLogger("noports.srv")

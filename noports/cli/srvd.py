@@ -19,11 +19,12 @@ import sys
 
 from .. import _compat
 from ..config import parse_args
-from ..errors import EXIT_OK
+from ..errors import EXIT_OK, ConfigError
+from ..log import escape, setup_logging
+from ..names import InvalidNameError, validate_atsign
 from ..relay import RelayLimits
 from ..srvd.daemon import Settings, Srvd, default_root
-from ..sshnpd.names import InvalidNameError, validate_atsign
-from .common import add_common, escape, fail, setup_logging
+from .common import add_common, fail
 
 PROG = "srvd"
 
@@ -251,6 +252,20 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         default=30.0,
         help="on SIGTERM/SIGINT, how long live sessions may continue (default 30)",
     )
+    p.add_argument(
+        "--check-config",
+        action="store_true",
+        default=False,
+        help="validate the command line, environment and --config file, then exit "
+        "(0 valid, 2 invalid)",
+    )
+    p.add_argument(
+        "--metrics",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve /metrics (Prometheus), /healthz, /readyz and a status page at / on this "
+        "address (a bare PORT binds 127.0.0.1; off by default)",
+    )
     return p
 
 
@@ -305,22 +320,58 @@ def settings_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         limits=limits,
         log_level=level,
         log_format=args.log_format,
+        metrics=_metrics_address(args.metrics, parser),
         single_port=args.bind_port_443 if args.only443 else None,
         single_advertise=args.advertise_port_443,
         refuse_payload_auth=args.refuse_payload_auth,
     )
 
 
+def _metrics_address(text: str | None, parser: argparse.ArgumentParser) -> str | None:
+    if not text:
+        return None
+    from ..metrics import parse_address
+
+    try:
+        parse_address(text)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    return text
+
+
+class _ReloadParser(_Parser):
+    """On reload a bad configuration must not exit the running relay."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(escape(message))
+
+    def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
+        raise ConfigError(escape((message or f"exit {status}").strip()))
+
+
+def reload_settings(argv: list[str] | None) -> Settings:
+    """Settings from the same command line, the current environment and the config file as it
+    is now; ConfigError (the running relay keeps its settings) when they are invalid."""
+    parser = build_parser()
+    parser.__class__ = _ReloadParser
+    return settings_from(parse_args(parser, PROG, argv), parser)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parse_args(parser, PROG, argv)
     settings = settings_from(args, parser)
+    if args.check_config:
+        print(f"{PROG}: configuration is valid" + (f" ({args.config})" if args.config else ""))
+        return EXIT_OK
     setup_logging(args)
     # The official relay's "shout" lines are always logged; -v adds the detail lines.
     logging.getLogger("noports.srvd").setLevel(logging.DEBUG if args.debug else logging.INFO)
     logging.getLogger("noports.srvd.detail").setLevel(settings.log_level)
     try:
-        return _compat.run(Srvd(settings).run()) or EXIT_OK
+        relay = Srvd(settings)
+        relay.reloader = lambda: reload_settings(argv)
+        return _compat.run(relay.run()) or EXIT_OK
     except KeyboardInterrupt:  # pragma: no cover - a signal before the handlers were set
         return EXIT_OK
     except Exception as exc:  # noqa: BLE001 - one line, documented exit code

@@ -19,11 +19,12 @@ from .. import _compat
 from ..at.client import AtClient
 from ..config import parse_args
 from ..errors import EXIT_OK, ConfigError
+from ..log import setup_logging
+from ..names import validate_atsign, validate_device_group, validate_device_name
+from ..session.permitopen import DEFAULT_PERMIT_OPEN, POLICY_DEFAULT_PERMIT_OPEN, PermitOpen
 from ..sshnpd.authkeys import validate_options
 from ..sshnpd.daemon import Daemon, DaemonConfig
-from ..sshnpd.names import validate_atsign, validate_device_group, validate_device_name
-from ..sshnpd.permitopen import DEFAULT_PERMIT_OPEN, POLICY_DEFAULT_PERMIT_OPEN, PermitOpen
-from .common import add_common, fail, setup_logging
+from .common import add_common, fail
 
 PROG = "sshnpd"
 DEFAULT_ROOT_DOMAIN = "root.atsign.org"

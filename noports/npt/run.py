@@ -23,8 +23,10 @@ import time
 from typing import Any
 
 from .. import _compat, config
-from ..cli.common import add_common, escape, fail, setup_logging
+from ..cli.common import add_common, fail
 from ..errors import ConfigError, NoPortsError
+from ..log import escape, setup_logging
+from ..session.background import Reporter, run_detached
 from ..session.client import (
     Established,
     SessionSpec,
@@ -32,8 +34,7 @@ from ..session.client import (
     establish_any,
     start_ephemeral_keygen,
 )
-from ..sshnp.background import Reporter, run_detached
-from ..sshnpd.features import npt_required_features
+from ..session.features import npt_required_features
 from ..tunnel import ClientMulti
 from .durations import parse_duration
 

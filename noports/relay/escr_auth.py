@@ -19,8 +19,7 @@ from ..crypto import escr, rsa
 from .auth import NEED_MORE, Outcome, Verdict
 
 if TYPE_CHECKING:
-    from .relay import Relay
-    from .session import Session
+    from .session import Session, SessionHost
 
 PENDING = Verdict(Outcome.PENDING)
 
@@ -34,7 +33,7 @@ class EscrLine:
 
     def __init__(
         self,
-        relay: Relay,
+        relay: SessionHost,
         resolve: Callable[[str], Session | None],
         side: int | None,
         max_line: int = escr.MAX_LINE,
@@ -85,7 +84,7 @@ class EscrLine:
             return self._from(ev)
         self.target = session
         self.target_side = 0 if self._v.side == "a" else 1
-        if not session._auth[self.target_side]:
+        if not session.spec_auth(self.target_side):
             return self._from(self._v.fail("side"))  # that side was not to authenticate
         found = self._relay.signing_key(ev.uri, spec)
         if found is not False:

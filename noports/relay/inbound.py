@@ -12,13 +12,13 @@ import asyncio
 import socket
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .auth import AuthLine, Outcome, Verdict
+from .limits import RelayLimits
 
 if TYPE_CHECKING:
     from .escr_auth import EscrLine
-    from .session import Session
 
 AUTHENTICATING = 0
 WAITING = 1
@@ -26,6 +26,21 @@ DETACHED = 2
 CLOSED = 3
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+class InboundOwner(Protocol):
+    """The port an Inbound reports to: its session (``relay.session.Session`` implements it)."""
+
+    @property
+    def limits(self) -> RelayLimits: ...
+
+    def on_authenticated(self, inbound: Inbound) -> None: ...
+
+    def on_auth_failed(self, inbound: Inbound, reason: str) -> None: ...
+
+    def on_waiting_failed(self, inbound: Inbound) -> None: ...
+
+    def release_gate(self, inbound: Inbound) -> None: ...
 
 
 def reset_close(sock: socket.socket) -> None:
@@ -45,7 +60,7 @@ class Inbound:
 
     def __init__(
         self,
-        session: Session,
+        session: InboundOwner,
         sock: socket.socket,
         side: int,
         peer_ip: str,
@@ -191,10 +206,12 @@ class Inbound:
         target = getattr(verifier, "target", None)
         if target is not None and target is not self.session:
             # single-port path: the response named the session and side
-            self.session._forget(self)
+            forget = getattr(self.session, "forget", None)
+            if forget is not None:
+                forget(self)
             self.session = target
             self.side = verifier.target_side  # type: ignore[union-attr]
-        self.session._on_authenticated(self)
+        self.session.on_authenticated(self)
         if self.state == WAITING and len(self.buf) >= self.session.limits.prepair_buffer:
             self._pause()
 
@@ -208,7 +225,7 @@ class Inbound:
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            self.session._on_waiting_failed(self)
+            self.session.on_waiting_failed(self)
             return
         if not data:
             # Half-close before pairing: remember it, the pump propagates it after the data.
@@ -239,18 +256,23 @@ class Inbound:
             self._timer = None
         if self._gated:
             self._gated = False
-            self.session._release_gate(self.peer_ip)
+            self.session.release_gate(self)
 
     def _fail(self, reason: str) -> None:
         fail_line = getattr(self.verifier, "fail_line", None)
         told = False
-        if fail_line is not None and self.state == AUTHENTICATING:
+        if fail_line is not None and self.state == AUTHENTICATING and reason != "shed":
             try:  # best effort: the peer learns why, then a plain close (a reset could
                 told = self.sock.send(fail_line) == len(fail_line)  # discard the line)
             except OSError:
                 pass
         self.close(reset=not told)
-        self.session._on_auth_failed(self, reason)
+        self.session.on_auth_failed(self, reason)
+
+    def shed(self) -> None:
+        """The pre-auth gate is full and this socket is older: make room (PreAuthGate)."""
+        if self.state == AUTHENTICATING:
+            self._fail("shed")
 
     def detach(self) -> tuple[socket.socket, bytes, bool]:
         """Hand the socket, its buffered data and its EOF flag to a pump."""

@@ -118,6 +118,11 @@ class Relay:
         return self._clock_arg or self.loop.time
 
     @property
+    def family(self) -> int | None:
+        """The address family the relay listens on (None before ``start``)."""
+        return self._family
+
+    @property
     def sessions(self) -> frozenset[Session]:
         return frozenset(self._sessions)
 
@@ -231,7 +236,9 @@ class Relay:
         self.pump.trim_spare_pipes(0)
         await asyncio.sleep(0)
 
-    def _begin_auth_soon(self, inbound: Inbound) -> None:
+    # -- SessionHost: callbacks from Session -------------------------------------------
+
+    def begin_auth_soon(self, inbound: Inbound) -> None:
         """Queue an accepted socket's first read; one loop callback serves the whole batch."""
         if not self._fresh:
             self.loop.call_soon(self._begin_fresh)
@@ -242,7 +249,7 @@ class Relay:
         for inbound in fresh:
             inbound.begin_auth()  # a no-op for sockets closed meanwhile
 
-    def _session_closed(self, session: Session) -> None:
+    def session_closed(self, session: Session) -> None:
         self._sessions.discard(session)
         if self._single_sessions.get(session.session_id) is session:
             del self._single_sessions[session.session_id]

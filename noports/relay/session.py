@@ -15,22 +15,46 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..crypto import rsa
 from ..crypto.envelope import relay_expected_bytes
 from .auth import AuthLine
 from .escr_auth import EscrLine
-from .inbound import WAITING, Inbound, reset_close
+from .inbound import WAITING, Inbound
 from .limits import PreAuthGate, RelayLimits
-
-if TYPE_CHECKING:
-    from .relay import Relay
 
 log = logging.getLogger("noports.relay")
 
 SIDES = ("A", "B")
 _ACCEPTS_PER_WAKEUP = 64
+
+
+class SessionHost(Protocol):
+    """The port a Session reports to: the relay that made it (``relay.relay.Relay``)."""
+
+    @property
+    def limits(self) -> RelayLimits: ...
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def clock(self) -> Callable[[], float]: ...
+
+    @property
+    def gate(self) -> PreAuthGate: ...
+
+    def begin_auth_soon(self, inbound: Inbound) -> None: ...
+
+    def session_closed(self, session: Session) -> None: ...
+
+    # ESCR: where the signing keys named in answers come from (see escr_auth)
+    def signing_key(self, uri: str, spec: SessionSpec) -> rsa.PublicKey | None | bool: ...
+
+    def fetch_signing_key(
+        self, uri: str, done: Callable[[rsa.PublicKey | None], None]
+    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +117,7 @@ class Session:
 
     def __init__(
         self,
-        relay: Relay,
+        relay: SessionHost,
         spec: SessionSpec,
         rvd_nonce: str,
         listeners: tuple[socket.socket, socket.socket] | None,
@@ -198,7 +222,7 @@ class Session:
         for pump in list(self._pumps):
             pump.close()
         stats = self.stats
-        self._relay._session_closed(self)
+        self._relay.session_closed(self)
         log.info("session %s finished (%s): %d pairs, %d bytes A->B, %d bytes B->A, "
                  "%d auth failures %s, %d refused", self.session_id, outcome, stats.pairs,
                  stats.bytes_a_to_b, stats.bytes_b_to_a, stats.auth_failed,
@@ -254,12 +278,6 @@ class Session:
     def _admit(self, side: int, conn: socket.socket, ip: str) -> None:
         conn.setblocking(False)
         needs_auth = self._auth[side]
-        if needs_auth and not self._gate.admit(ip):
-            self._stats.refused += 1
-            log.debug("session %s: side %s pre-auth cap reached, refusing %s",
-                      self.session_id, SIDES[side], ip)
-            reset_close(conn)
-            return
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
@@ -275,34 +293,40 @@ class Session:
                                 expected=self._expected)
         inbound = Inbound(self, conn, side, ip, verifier, self._loop, self._clock,
                           gated=needs_auth)
-        if needs_auth and not inbound.greet():
-            return
         if needs_auth:
+            # A full gate sheds an older unauthenticated socket, never this one.
+            self._gate.admit(ip, inbound)
+            if not inbound.greet():  # ESCR: the challenge could not be written
+                return
             self._authenticating[inbound] = None
             # The absolute deadline runs from the accept; the first read waits for the
             # next loop pass, after every listener that woke with this one has accepted
             # (a burst on one side must not fill its pending queue before the other side
             # is accepted), as a reader registered here would have.
             inbound.deadline = self._clock() + self.limits.auth_timeout
-            self._relay._begin_auth_soon(inbound)
+            self._relay.begin_auth_soon(inbound)
         else:
             self._enqueue(inbound)
             if inbound.state == WAITING:  # not paired at once: read what it sends meanwhile
                 inbound.start(self.limits.auth_timeout)
 
+    def spec_auth(self, side: int) -> bool:
+        """Whether ``side`` (0 = A, 1 = B) authenticates its sockets."""
+        return self._auth[side]
+
     def _resolve(self, session_id: str) -> Session | None:
         """ESCR on this session's own ports: the response must name this session."""
         return self if session_id == self.session_id else None
 
-    # -- callbacks from Inbound ---------------------------------------------------------
+    # -- InboundOwner: callbacks from Inbound ------------------------------------------
 
-    def _forget(self, inbound: Inbound) -> None:
+    def forget(self, inbound: Inbound) -> None:
         self._authenticating.pop(inbound, None)
 
-    def _release_gate(self, ip: str) -> None:
-        self._gate.release(ip)
+    def release_gate(self, inbound: Inbound) -> None:
+        self._gate.release(inbound.peer_ip, inbound)
 
-    def _on_auth_failed(self, inbound: Inbound, reason: str) -> None:
+    def on_auth_failed(self, inbound: Inbound, reason: str) -> None:
         self._authenticating.pop(inbound, None)
         self._stats.auth_failed += 1
         self._stats.failures[reason] = self._stats.failures.get(reason, 0) + 1
@@ -310,14 +334,14 @@ class Session:
         log.debug("session %s: authentication failed on side %s from %s (%s)",
                   self.session_id, SIDES[inbound.side], inbound.peer_ip, reason)
 
-    def _on_authenticated(self, inbound: Inbound) -> None:
+    def on_authenticated(self, inbound: Inbound) -> None:
         self._authenticating.pop(inbound, None)
         self._stats.auth_ok += 1
         log.debug("session %s: side %s authenticated from %s", self.session_id,
                   SIDES[inbound.side], inbound.peer_ip)
         self._enqueue(inbound)
 
-    def _on_waiting_failed(self, inbound: Inbound) -> None:
+    def on_waiting_failed(self, inbound: Inbound) -> None:
         queue = self._pending[inbound.side]
         try:
             queue.remove(inbound)

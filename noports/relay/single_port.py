@@ -17,7 +17,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from .escr_auth import EscrLine
-from .inbound import Inbound, reset_close
+from .inbound import Inbound
 from .limits import RelayLimits
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ _ACCEPTS_PER_WAKEUP = 64
 
 class SinglePort:
     __slots__ = ("relay", "sock", "port", "limits", "closed", "_authenticating", "auth_ok",
-                 "auth_failed", "failures", "refused", "_paused")
+                 "auth_failed", "failures", "_paused")
 
     def __init__(self, relay: Relay, sock: socket.socket) -> None:
         self.relay = relay
@@ -42,7 +42,6 @@ class SinglePort:
         self.auth_ok = 0
         self.auth_failed = 0
         self.failures: dict[str, int] = {}
-        self.refused = 0
         self._paused = False
 
     def start(self) -> None:
@@ -94,41 +93,38 @@ class SinglePort:
     def _admit(self, conn: socket.socket, ip: str) -> None:
         conn.setblocking(False)
         relay = self.relay
-        if not relay.gate.admit(ip):
-            self.refused += 1
-            reset_close(conn)
-            return
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
         verifier = EscrLine(relay, relay._single_session, None, self.limits.max_auth_line)
-        inbound = Inbound(self, conn, -1, ip, verifier, relay.loop, relay.clock,  # type: ignore[arg-type]
-                          gated=True)
+        inbound = Inbound(self, conn, -1, ip, verifier, relay.loop, relay.clock, gated=True)
+        # A full gate sheds an older unauthenticated socket, never this one.
+        relay.gate.admit(ip, inbound)
         if not inbound.greet():
             return
         self._authenticating[inbound] = None
         inbound.deadline = relay.clock() + self.limits.auth_timeout
-        relay._begin_auth_soon(inbound)
+        relay.begin_auth_soon(inbound)
 
-    # -- the callbacks Inbound makes while it authenticates here ---------------------------
+    # -- InboundOwner: the callbacks Inbound makes while it authenticates here -------------
 
-    def _release_gate(self, ip: str) -> None:
-        self.relay.gate.release(ip)
+    def release_gate(self, inbound: Inbound) -> None:
+        self.relay.gate.release(inbound.peer_ip, inbound)
 
-    def _forget(self, inbound: Inbound) -> None:
+    def forget(self, inbound: Inbound) -> None:
         self._authenticating.pop(inbound, None)
         self.auth_ok += 1
 
-    def _on_auth_failed(self, inbound: Inbound, reason: str) -> None:
+    def on_auth_failed(self, inbound: Inbound, reason: str) -> None:
         self._authenticating.pop(inbound, None)
         self.auth_failed += 1
         self.failures[reason] = self.failures.get(reason, 0) + 1
         log.debug("single port: authentication failed from %s (%s)", inbound.peer_ip, reason)
 
-    def _on_authenticated(self, inbound: Inbound) -> None:  # pragma: no cover - defensive
+    def on_authenticated(self, inbound: Inbound) -> None:  # pragma: no cover - defensive
         self._authenticating.pop(inbound, None)
         inbound.close()
 
-    def _on_waiting_failed(self, inbound: Inbound) -> None:  # pragma: no cover - defensive
+    def on_waiting_failed(self, inbound: Inbound) -> None:  # pragma: no cover - defensive
         inbound.close()

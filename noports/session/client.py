@@ -53,7 +53,10 @@ from ..errors import (
     RemoteError,
     SignatureError,
 )
-from ..sshnpd.features import (
+from ..names import validate_atsign, validate_device_name
+from ..tunnel.settings import AeadKeys, TunnelCrypto
+from . import relayauth, wire
+from .features import (
     FEATURE_CHECK_TIMEOUT_MESSAGE,
     DaemonFeature,
     DaemonInfo,
@@ -61,9 +64,6 @@ from ..sshnpd.features import (
     parse_ping_response,
     require_features,
 )
-from ..sshnpd.names import validate_atsign, validate_device_name
-from ..tunnel.settings import AeadKeys, TunnelCrypto
-from . import relayauth, wire
 
 log = logging.getLogger("noports.session")
 
@@ -406,8 +406,12 @@ async def establish(
             ping_text = await ping_wait if ping_wait is not None else None
         finally:
             for t in (ping_wait, relay_wait):
-                if t is not None and not t.done():
+                if t is None:
+                    continue
+                if not t.done():
                     t.cancel()
+                elif not t.cancelled():
+                    t.exception()  # both timed out: the one not raised is still retrieved
         info = parse_ping_response(ping_text) if ping_text is not None else None
         mark("ping")
         progress("Received daemon feature check response")

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,14 +33,17 @@ from ..at.client import AtClient
 from ..at.commands import plookup
 from ..at.config import DEFAULT_ROOT_PORT
 from ..at.protocol import Notification
-from ..cli.common import escape
 from ..crypto import escr, rsa
 from ..crypto.atkeys import AtKeys, default_keys_path
 from ..errors import AtError, LocalError, NoPortsError, PortsExhaustedError, ProtocolError
+from ..log import escape
 from ..relay import SessionSpec, raise_nofile_limit
 from ..relay.relay import NOT_BOUND_443
+from ..sdnotify import notify as notify_systemd
+from ..sdnotify import watchdog
 from ..session.wire import RelayReply, relay_reply
 from . import requests as rq
+from .observe import Observer, refusal_fields, session_fields
 from .pool import WorkerGone, WorkerHandle, WorkerPool
 from .relayauth import RelayAuthFields, relay_auth_fields
 
@@ -78,6 +83,7 @@ class Settings:
     log_format: str = "text"
     impl: str | None = None
     loop_kind: str | None = None
+    metrics: str | None = None  # --metrics HOST:PORT (off when None)
     single_port: int | None = None  # --443: the single-port listener's bind port
     single_advertise: int = 443  # the port only443 replies name (official: always 443)
     refuse_payload_auth: bool = False  # --refuse-payload-auth: escr on both sides or nothing
@@ -111,6 +117,9 @@ class Srvd:
         self._idle = asyncio.Event()
         self._idle.set()
         self._stale_keys: set[str] = set()
+        self.monitor_running = False
+        self.observer: Observer | None = None
+        self.reloader: Callable[[], Settings] | None = None  # SIGHUP: settings as they are now
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -138,6 +147,7 @@ class Srvd:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGUSR1, self._stats_soon)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         fd_limit = raise_nofile_limit()
         if self.s.snoop:
             log.warning("snoop is ON: relayed bytes are written to the log (privacy!)")
@@ -154,12 +164,16 @@ class Srvd:
         connect: asyncio.Task[AtClient] | None = None
         try:
             path = self.s.keys_file or default_keys_path(self.s.atsign)
-            keys = AtKeys.load(path, self.s.atsign)  # fail fast, before any worker starts
+            # fail fast, before any worker starts; like ssh, refuse a group/world-readable file
+            keys = AtKeys.load(path, self.s.atsign, strict_mode=True)
             connect = loop.create_task(
                 AtClient.connect(
                     self.s.atsign, keys=keys, root=self._root(), ca_file=self.s.ca_file
                 )
             )
+            if self.s.metrics:
+                self.observer = Observer(self)
+                self.observer.start(self.s.metrics)
             if not await self._unless_stopped(self.pool.start()):
                 return 0
             if not await self._unless_stopped(asyncio.shield(connect)):
@@ -169,6 +183,8 @@ class Srvd:
             monitor = self.client.monitor(MONITOR_REGEX)
             if not await self._unless_stopped(monitor.started(30.0)):
                 return 0
+            self.monitor_running = True
+            notify_systemd("READY=1", f"STATUS=relay {self.s.atsign} ready")
             log.info(
                 "srvd %s ready: monitor started (%d worker(s), bind %s, ports %s, fd limit %s)",
                 self.s.atsign,
@@ -178,15 +194,23 @@ class Srvd:
                 fd_limit,
             )
             consumer = loop.create_task(self._consume(monitor))
+            dog = loop.create_task(watchdog())
+            self._tasks.add(dog)
+            dog.add_done_callback(self._tasks.discard)
             stop = loop.create_task(self._stop.wait())
             done, _ = await asyncio.wait({consumer, stop}, return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()
             if consumer in done:
                 consumer.result()  # the monitor ended: raise its error
                 raise LocalError("notification monitor ended")
+            self.monitor_running = False
+            notify_systemd("STOPPING=1")
             await self._drain()
             return 0
         finally:
+            self.monitor_running = False
+            if self.observer is not None:
+                self.observer.close()
             if connect is not None:
                 connect.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -238,6 +262,59 @@ class Srvd:
                 await asyncio.wait_for(self._idle.wait(), min(left, 1.0))
         log.info("all sessions have ended")
 
+    # settings that a reload cannot change in a running relay
+    RESTART_ONLY = (
+        "atsign", "ip", "keys_file", "root", "ca_file", "bind", "port_range", "workers",
+        "snoop", "impl", "loop_kind",
+    )
+
+    def reload(self) -> bool:
+        """SIGHUP: re-read the configuration, validate it, apply what can change live.
+
+        A bad configuration is reported and the running one kept; live sessions are never
+        touched (new limits apply to sessions created from now on)."""
+        if self.reloader is None:
+            log.warning("SIGHUP: no configuration source to reload from; ignored")
+            return False
+        try:
+            new = self.reloader()
+        except (NoPortsError, ValueError, OSError) as exc:
+            log.error("configuration reload failed, keeping the running configuration: %s", exc)
+            return False
+        old = self.s
+        kept = [n for n in self.RESTART_ONLY if getattr(new, n) != getattr(old, n)]
+        for name in kept:
+            log.warning("reload: %s changed; it takes effect after a restart", name)
+        changes = {
+            n: getattr(new, n)
+            for n in ("managers", "max_sessions", "per_requester", "require_auth",
+                      "json_response", "drain_seconds", "limits", "log_level", "metrics")
+            if getattr(new, n) != getattr(old, n)
+        }
+        a = self.admission
+        a.managers, a.require_auth = new.managers, new.require_auth
+        a.max_sessions, a.per_requester = new.max_sessions, new.per_requester
+        logging.getLogger("noports.srvd.detail").setLevel(new.log_level)
+        if "limits" in changes and self.pool is not None:
+            self.pool.config["limits"] = new.limits
+            for h in list(self.pool.workers.values()):
+                h.send({"op": "limits", "limits": new.limits})
+        if "metrics" in changes:
+            if self.observer is not None:
+                self.observer.close()
+                self.observer = None
+            if new.metrics:
+                self.observer = Observer(self)
+                self.observer.start(new.metrics)
+        self.s = dataclasses.replace(new, **{n: getattr(old, n) for n in self.RESTART_ONLY})
+        log.info(
+            "configuration reloaded: %s",
+            ", ".join(sorted(changes)) or "no change",
+            extra={"fields": {"event": "config_reloaded", "changed": sorted(changes),
+                              "restart_needed": kept}},
+        )
+        return True
+
     def _stats_soon(self) -> None:
         task = asyncio.get_running_loop().create_task(self.log_stats())
         self._tasks.add(task)
@@ -250,7 +327,7 @@ class Srvd:
         for row in await self.pool.stats():
             log.info(
                 "stats worker %d (pid %s): %s sessions, %s pairs, %s pre-auth sockets, "
-                "%s refused pre-auth",
+                "%s shed pre-auth",
                 row["index"],
                 row.get("pid"),
                 row.get("sessions"),
@@ -285,7 +362,7 @@ class Srvd:
         entry = self.sessions.pop(sid.lower(), None)
         self.admission.release(sid)
         if entry is not None:
-            _, live, _ = entry
+            _, live, started = entry
             self.results["closed_" + str(msg.get("outcome"))] += 1
             failures = msg.get("failures") or {}
             if not msg.get("pairs") and isinstance(failures, dict) and failures.get("bad_sig"):
@@ -305,6 +382,7 @@ class Srvd:
                 msg.get("bytes_ab"),
                 msg.get("bytes_ba"),
                 msg.get("auth_failed"),
+                extra={"fields": session_fields(sid, live, msg, time.monotonic() - started)},
             )
         if not self.sessions:
             self._idle.set()
@@ -520,16 +598,21 @@ class Srvd:
             self.results[rq.ERROR] += 1
             return
         self.results["granted"] += 1
+        if self.observer is not None:
+            self.observer.setup_seconds.observe(time.perf_counter() - t0)
         vlog.info("session %s answered in %.1f ms", g.session_id, (time.perf_counter() - t0) * 1000)
 
     async def _refuse(self, sender: str, r: rq.Refusal) -> None:
         self.results[r.kind] += 1
+        if self.observer is not None:
+            self.observer.refused(escape(sender, 80), r.kind, r.session_id)
         log.info(
             "Session %s for %s is denied: %s (%s)",
             r.session_id or "?",
             escape(sender, 80),
             escape(r.reason, 300),
             r.kind,
+            extra={"fields": refusal_fields(escape(sender, 80), r.kind, r.session_id)},
         )
         if r.session_id is None or self.client is None:
             return

@@ -27,11 +27,11 @@ import itertools
 import logging
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+from .._compat import python_module_argv
 from ..errors import ConfigError, LocalError, NoPortsError, PortsExhaustedError
 from ..relay import SessionSpec
 from . import ipc
@@ -147,15 +147,9 @@ class WorkerPool:
     async def _spawn(self, index: int) -> WorkerHandle:
         parent, child = socket.socketpair()
         try:
-            argv = [
-                sys.executable,
-                "-m",
-                "noports.srvd.worker",
-                "--fd",
-                str(child.fileno()),
-                "--index",
-                str(index),
-            ]
+            argv = python_module_argv(
+                "noports.srvd.worker", "--fd", str(child.fileno()), "--index", str(index)
+            )
             if self.loop_kind:
                 argv += ["--loop", self.loop_kind]
             proc = subprocess.Popen(

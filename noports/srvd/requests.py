@@ -22,8 +22,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 from ..errors import ProtocolError
+from ..names import InvalidNameError, validate_atsign, validate_session_id
 from ..session.wire import RelayRequest, parse_relay_request
-from ..sshnpd.names import InvalidNameError, validate_atsign, validate_session_id
 
 NAMESPACE = "sshrvd"
 SUFFIX = "." + NAMESPACE

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import logging
 import os
 import signal
@@ -46,13 +47,13 @@ class _Tag(logging.Filter):
 
 
 def _setup_logging(index: int, cfg: dict[str, Any]) -> None:
-    from ..cli.common import setup_logging
+    from ..log import setup_logging
 
     setup_logging(level=int(cfg.get("log_level", logging.WARNING)))
     root = logging.getLogger()
     for h in root.handlers:
         if cfg.get("log_format") == "json":
-            from ..cli.common import JsonFormatter
+            from ..log import JsonFormatter
 
             h.setFormatter(JsonFormatter())
         h.addFilter(_Tag(index))
@@ -69,6 +70,7 @@ class Worker:
         self.index = index
         self.cfg = cfg
         self.writer = writer
+        self.totals: collections.Counter[str] = collections.Counter()
         pr = cfg.get("port_range")
         single = cfg.get("single_port")
         self.relay = Relay(
@@ -110,7 +112,7 @@ class Worker:
     async def start(self) -> None:
         await self.relay.start()
         try:  # the bind address must be ours: fail at start, not on every session
-            probe = socket.socket(self.relay._family or socket.AF_INET, socket.SOCK_STREAM)
+            probe = socket.socket(self.relay.family or socket.AF_INET, socket.SOCK_STREAM)
             try:
                 probe.bind((self.cfg["bind"], 0))
             finally:
@@ -168,6 +170,7 @@ class Worker:
     async def _watch(self, session: Session) -> None:
         st = await session.wait_closed()
         self.sessions.pop(session.session_id, None)
+        self._ended(st)
         self.send(
             {
                 "op": "closed",
@@ -183,8 +186,36 @@ class Worker:
             }
         )
 
+    def set_limits(self, limits: dict[str, Any]) -> None:
+        """A reload: new limits for sessions created from now on (live ones keep theirs)."""
+        try:
+            new = RelayLimits(**limits)
+        except (TypeError, ValueError) as exc:
+            log.warning("reload: limits refused: %s", exc)
+            return
+        self.relay.limits = new
+        self.relay.gate.resize(new.max_preauth, new.max_preauth_per_ip)
+        log.info("worker %d: limits reloaded", self.index)
+
+    def _ended(self, st: Any) -> None:
+        """Fold an ended session's counters into the worker's totals (for metrics)."""
+        t = self.totals
+        t["bytes_ab"] += st.bytes_a_to_b
+        t["bytes_ba"] += st.bytes_b_to_a
+        t["pairs_total"] += st.pairs
+        for reason, n in (st.failures or {}).items():
+            t["fail:" + str(reason)] += int(n)
+
     def stats(self, rid: Any) -> None:
         pairs = sum(s.live_pairs for s in self.sessions.values())
+        t = collections.Counter(self.totals)
+        for s in self.sessions.values():  # live sessions: read the pumps' own counters
+            st = s.stats
+            t["bytes_ab"] += st.bytes_a_to_b
+            t["bytes_ba"] += st.bytes_b_to_a
+            t["pairs_total"] += st.pairs
+            for reason, n in (st.failures or {}).items():
+                t["fail:" + str(reason)] += int(n)
         self.send(
             {
                 "op": "stats",
@@ -194,7 +225,11 @@ class Worker:
                 "pairs": pairs,
                 "single_port": self.relay.single.port if self.relay.single else None,
                 "preauth": self.relay.gate.total,
-                "preauth_refused": self.relay.gate.refused,
+                "preauth_refused": self.relay.gate.shed,
+                "bytes_ab": t["bytes_ab"],
+                "bytes_ba": t["bytes_ba"],
+                "pairs_total": t["pairs_total"],
+                "auth_failures": {k[5:]: v for k, v in t.items() if k.startswith("fail:")},
             }
         )
 
@@ -218,6 +253,8 @@ class Worker:
                 if fut is not None and not fut.done():
                     v = msg.get("value")
                     fut.set_result(v if isinstance(v, str) else None)
+            elif op == "limits":
+                self.set_limits(msg.get("limits") or {})
             elif op == "close":
                 return
             else:
@@ -267,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # the control process answers it
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload is the control process's job
     return _compat.run(_main(args.fd, args.index), loop=args.loop)
 
 

@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 from .. import config
+from ..crypto.sshkey import parse_public_key
 from ..errors import ConfigError, NoPortsError
-from ..sshnpd.authkeys import parse_public_key
-from ..sshnpd.names import validate_atsign, validate_device_name
+from ..names import validate_atsign, validate_device_name
 
 EPILOG = """\
 ours: --stdio (tunnel on stdin/stdout for ProxyCommand), `sshnp ssh-config ...` (write a Host

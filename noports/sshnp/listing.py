@@ -18,7 +18,7 @@ from ..at import commands
 from ..at.client import AtClient
 from ..errors import NoPortsError, PeerTimeoutError
 from ..session.client import connect_client
-from ..sshnpd.features import parse_ping_response
+from ..session.features import parse_ping_response
 
 DEVICE_RX = r"device_info\.[a-z0-9_][a-z0-9_\-]{1,35}\.sshnp"
 _KEY = re.compile(r"device_info\.([a-z0-9_][a-z0-9_\-]{1,35})\.sshnp@([^\s@:]+)$")

@@ -31,6 +31,7 @@ from typing import Any
 from ..at.client import AtClient
 from ..errors import ConfigError, NoPortsError, PeerTimeoutError, RemoteError
 from ..fsutil import secure_dir, write_secret
+from ..session.background import Reporter
 from ..session.client import (
     Established,
     SessionSpec,
@@ -38,9 +39,8 @@ from ..session.client import (
     establish_any,
     start_ephemeral_keygen,
 )
-from ..sshnpd.features import sshnp_required_features
+from ..session.features import sshnp_required_features
 from ..tunnel import open_client_single
-from .background import Reporter
 
 log = logging.getLogger("noports.sshnp")
 TUNNEL_WAIT = 30.0  # the client end waits this long for ssh to connect

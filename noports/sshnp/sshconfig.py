@@ -15,9 +15,10 @@ import shlex
 import shutil
 import sys
 
+from .._compat import python_module_argv
 from ..errors import ConfigError
 from ..fsutil import write_secret
-from ..sshnpd.names import validate_atsign, validate_device_name
+from ..names import validate_atsign, validate_device_name
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +64,7 @@ def host_block(args: argparse.Namespace) -> str:
     elif shutil.which("sshnp"):
         prog = ["sshnp"]
     else:
-        prog = [sys.executable, "-m", "noports.cli.sshnp"]
+        prog = python_module_argv("noports.cli.sshnp")
     cmd = [*prog, "--stdio", "-f", frm, "-t", to, "-d", dev, "-r", relay]
     for flag, val in (("-k", args.key_file), ("--root", args.root), ("--ca-file", args.ca_file)):
         if val:

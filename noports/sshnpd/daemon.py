@@ -33,15 +33,16 @@ from typing import Any
 
 from ..at.client import AtClient
 from ..at.protocol import Notification
-from ..cli.common import escape
 from ..crypto import rsa
+from ..crypto.sshkey import InvalidPublicKeyError
 from ..errors import ConnectError, KeyNotFoundError, NoPortsError
+from ..log import escape
+from ..session.features import ping_response_json
+from ..session.permitopen import PermitOpen
 from ..session.relayauth import publish_signing_key, signing_uri
-from .authkeys import AuthorizedKeys, InvalidPublicKeyError
+from .authkeys import AuthorizedKeys
 from .ephemeral import EphemeralKeys
-from .features import ping_response_json
 from .npa_client import RESPONSE_REGEX, NpaClient
-from .permitopen import PermitOpen
 from .sessions import Refusal, SessionHandler, SessionSettings
 
 log = logging.getLogger("noports.sshnpd")

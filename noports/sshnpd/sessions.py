@@ -32,18 +32,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..cli.common import escape
 from ..crypto import rsa
 from ..crypto.encoding import loads_object
 from ..crypto.envelope import parse_envelope, relay_auth_line, verify_envelope
 from ..crypto.escr import EscrAuth
 from ..errors import AuthRefusedError, NoPortsError, ProtocolError, SignatureError
+from ..log import escape
+from ..names import InvalidNameError, validate_session_id
+from ..session.permitopen import PermitOpen, check_request, resolve_checked
 from ..session.relayauth import request_mode
 from ..session.wire import SessionKeys, SessionRequest, parse_request, success_response
 from ..tunnel import DaemonMulti, TunnelCrypto, mode_name, run_daemon_single
 from .ephemeral import EphemeralKeys
-from .names import InvalidNameError, validate_session_id
-from .permitopen import PermitOpen, check_request, resolve_checked
 
 log = logging.getLogger("noports.sshnpd.session")
 
