@@ -13,13 +13,23 @@ side the port implies (0/1), or None when the response's ``side`` decides (443).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from ..crypto import escr, rsa
 from .auth import NEED_MORE, Outcome, Verdict
 
-if TYPE_CHECKING:
-    from .session import Session, SessionHost
+
+class KeySource(Protocol):
+    """Where an ESCR verifier gets the signing keys (``relay.relay.Relay`` implements it)."""
+
+    def signing_key(self, uri: str, spec: Any) -> rsa.PublicKey | None | bool: ...
+
+    def fetch_signing_key(
+        self, uri: str, done: Callable[[rsa.PublicKey | None], None]
+    ) -> None: ...
+
+
+Session = Any  # a relay.session.Session: not imported here (it imports this module)
 
 PENDING = Verdict(Outcome.PENDING)
 
@@ -33,7 +43,7 @@ class EscrLine:
 
     def __init__(
         self,
-        relay: SessionHost,
+        relay: KeySource,
         resolve: Callable[[str], Session | None],
         side: int | None,
         max_line: int = escr.MAX_LINE,
@@ -84,7 +94,7 @@ class EscrLine:
             return self._from(ev)
         self.target = session
         self.target_side = 0 if self._v.side == "a" else 1
-        if not session.spec_auth(self.target_side):
+        if not session._auth[self.target_side]:
             return self._from(self._v.fail("side"))  # that side was not to authenticate
         found = self._relay.signing_key(ev.uri, spec)
         if found is not False:

@@ -12,13 +12,10 @@ import asyncio
 import socket
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-from .auth import AuthLine, Outcome, Verdict
+from .auth import Outcome, Verdict
 from .limits import RelayLimits
-
-if TYPE_CHECKING:
-    from .escr_auth import EscrLine
 
 AUTHENTICATING = 0
 WAITING = 1
@@ -26,6 +23,17 @@ DETACHED = 2
 CLOSED = 3
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+class Verifier(Protocol):
+    """What authenticates a socket: ``AuthLine`` (payload) or ``EscrLine`` (ESCR). ESCR adds
+    optional attributes read with getattr: greeting, ok_line, fail_line, target, when_done."""
+
+    def want(self) -> int: ...
+
+    def feed(self, data: bytes) -> Verdict: ...
+
+    def eof(self) -> Verdict: ...
 
 
 class InboundOwner(Protocol):
@@ -41,6 +49,9 @@ class InboundOwner(Protocol):
     def on_waiting_failed(self, inbound: Inbound) -> None: ...
 
     def release_gate(self, inbound: Inbound) -> None: ...
+
+    def forget(self, inbound: Inbound) -> None:
+        """A socket verified here belongs to another session now (the single port)."""
 
 
 def reset_close(sock: socket.socket) -> None:
@@ -64,7 +75,7 @@ class Inbound:
         sock: socket.socket,
         side: int,
         peer_ip: str,
-        verifier: AuthLine | EscrLine | None,
+        verifier: Verifier | None,
         loop: asyncio.AbstractEventLoop,
         clock: Callable[[], float],
         gated: bool,
@@ -206,9 +217,7 @@ class Inbound:
         target = getattr(verifier, "target", None)
         if target is not None and target is not self.session:
             # single-port path: the response named the session and side
-            forget = getattr(self.session, "forget", None)
-            if forget is not None:
-                forget(self)
+            self.session.forget(self)
             self.session = target
             self.side = verifier.target_side  # type: ignore[union-attr]
         self.session.on_authenticated(self)
@@ -261,7 +270,7 @@ class Inbound:
     def _fail(self, reason: str) -> None:
         fail_line = getattr(self.verifier, "fail_line", None)
         told = False
-        if fail_line is not None and self.state == AUTHENTICATING and reason != "shed":
+        if fail_line is not None and self.state == AUTHENTICATING:
             try:  # best effort: the peer learns why, then a plain close (a reset could
                 told = self.sock.send(fail_line) == len(fail_line)  # discard the line)
             except OSError:

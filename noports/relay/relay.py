@@ -181,7 +181,7 @@ class Relay:
 
     # -- ESCR signing keys ---------------------------------------------------------------
 
-    def _single_session(self, session_id: str) -> Session | None:
+    def single_session(self, session_id: str) -> Session | None:
         return self._single_sessions.get(session_id)
 
     def signing_key(self, uri: str, spec: SessionSpec) -> rsa.PublicKey | None | bool:

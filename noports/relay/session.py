@@ -49,13 +49,6 @@ class SessionHost(Protocol):
 
     def session_closed(self, session: Session) -> None: ...
 
-    # ESCR: where the signing keys named in answers come from (see escr_auth)
-    def signing_key(self, uri: str, spec: SessionSpec) -> rsa.PublicKey | None | bool: ...
-
-    def fetch_signing_key(
-        self, uri: str, done: Callable[[rsa.PublicKey | None], None]
-    ) -> None: ...
-
 
 @dataclass(frozen=True, slots=True)
 class SessionSpec:
@@ -282,7 +275,7 @@ class Session:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-        verifier: AuthLine | EscrLine | None = None
+        verifier: Any = None
         if needs_auth and self.spec.auth_mode == "escr":
             verifier = EscrLine(self._relay, self._resolve, side, self.limits.max_auth_line)
         elif needs_auth:
@@ -296,9 +289,9 @@ class Session:
         if needs_auth:
             # A full gate sheds an older unauthenticated socket, never this one.
             self._gate.admit(ip, inbound)
-            if not inbound.greet():  # ESCR: the challenge could not be written
-                return
             self._authenticating[inbound] = None
+            if not inbound.greet():  # the ESCR challenge could not be sent: closed
+                return
             # The absolute deadline runs from the accept; the first read waits for the
             # next loop pass, after every listener that woke with this one has accepted
             # (a burst on one side must not fill its pending queue before the other side
@@ -310,21 +303,17 @@ class Session:
             if inbound.state == WAITING:  # not paired at once: read what it sends meanwhile
                 inbound.start(self.limits.auth_timeout)
 
-    def spec_auth(self, side: int) -> bool:
-        """Whether ``side`` (0 = A, 1 = B) authenticates its sockets."""
-        return self._auth[side]
-
     def _resolve(self, session_id: str) -> Session | None:
         """ESCR on this session's own ports: the response must name this session."""
         return self if session_id == self.session_id else None
 
     # -- InboundOwner: callbacks from Inbound ------------------------------------------
 
-    def forget(self, inbound: Inbound) -> None:
-        self._authenticating.pop(inbound, None)
-
     def release_gate(self, inbound: Inbound) -> None:
         self._gate.release(inbound.peer_ip, inbound)
+
+    def forget(self, inbound: Inbound) -> None:
+        self._authenticating.pop(inbound, None)
 
     def on_auth_failed(self, inbound: Inbound, reason: str) -> None:
         self._authenticating.pop(inbound, None)

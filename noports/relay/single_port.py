@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import TYPE_CHECKING
+from typing import Any
 
 from .escr_auth import EscrLine
 from .inbound import Inbound
 from .limits import RelayLimits
 
-if TYPE_CHECKING:
-    from .relay import Relay
+Relay = Any  # the relay.relay.Relay that owns this listener (it imports this module)
 
 log = logging.getLogger("noports.relay")
 
@@ -30,7 +29,7 @@ _ACCEPTS_PER_WAKEUP = 64
 
 class SinglePort:
     __slots__ = ("relay", "sock", "port", "limits", "closed", "_authenticating", "auth_ok",
-                 "auth_failed", "failures", "_paused")
+                 "auth_failed", "failures", "refused", "_paused")
 
     def __init__(self, relay: Relay, sock: socket.socket) -> None:
         self.relay = relay
@@ -42,6 +41,7 @@ class SinglePort:
         self.auth_ok = 0
         self.auth_failed = 0
         self.failures: dict[str, int] = {}
+        self.refused = 0
         self._paused = False
 
     def start(self) -> None:
@@ -97,17 +97,17 @@ class SinglePort:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-        verifier = EscrLine(relay, relay._single_session, None, self.limits.max_auth_line)
+        verifier = EscrLine(relay, relay.single_session, None, self.limits.max_auth_line)
         inbound = Inbound(self, conn, -1, ip, verifier, relay.loop, relay.clock, gated=True)
-        # A full gate sheds an older unauthenticated socket, never this one.
+        # a full gate sheds an older unauthenticated socket, never this one
         relay.gate.admit(ip, inbound)
+        self._authenticating[inbound] = None
         if not inbound.greet():
             return
-        self._authenticating[inbound] = None
         inbound.deadline = relay.clock() + self.limits.auth_timeout
         relay.begin_auth_soon(inbound)
 
-    # -- InboundOwner: the callbacks Inbound makes while it authenticates here -------------
+    # -- InboundOwner: the callbacks Inbound makes while it authenticates here ---------------
 
     def release_gate(self, inbound: Inbound) -> None:
         self.relay.gate.release(inbound.peer_ip, inbound)

@@ -248,13 +248,13 @@ class Worker:
                     s.close("cancelled")
             elif op == "stats":
                 self.stats(msg.get("id"))
+            elif op == "limits":
+                self.set_limits(msg.get("limits") or {})
             elif op == "looked_up":
                 fut = self._lookups.get(msg.get("rid"))  # type: ignore[arg-type]
                 if fut is not None and not fut.done():
                     v = msg.get("value")
                     fut.set_result(v if isinstance(v, str) else None)
-            elif op == "limits":
-                self.set_limits(msg.get("limits") or {})
             elif op == "close":
                 return
             else:
