@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from noports.sshnpd.features import DaemonFeature
+from noports.session.features import DaemonFeature
 
 from noports.at.client import AtClient
 from noports.crypto.atkeys import AtKeys
