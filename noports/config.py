@@ -22,6 +22,7 @@ official sshnp profile format (``KEY=VALUE``) with two fixes: a value containing
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import sys
@@ -53,6 +54,7 @@ __all__ = [
     "parse_bool",
 ]
 
+_log = logging.getLogger("noports.config")
 ENV_PREFIX = "NOPORTS_"
 GLOBAL_DESTS = frozenset({"root", "ca_file", "root_domain", "log_format"})
 MAX_SECRET_FILE = 64 * 1024
@@ -256,14 +258,18 @@ class ConfigLayers:
 
 
 def _config_path(
-    argv: Sequence[str], prog: str, env: Mapping[str, str], default: str | None
+    argv: Sequence[str],
+    prog: str,
+    env: Mapping[str, str],
+    default: str | None,
+    config_env: Sequence[str] = (),
 ) -> str | None:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", dest="config", default=None)
     known, _ = pre.parse_known_args(list(argv))
     if known.config:
         return str(known.config)
-    for name in env_names(prog, "config"):
+    for name in (*env_names(prog, "config"), *config_env):
         if env.get(name):
             return env[name]
     if default and os.path.exists(default):
@@ -278,15 +284,22 @@ def layers(
     *,
     environ: Mapping[str, str] | None = None,
     default_config: str | None = None,
+    yaml_keys: Mapping[str, str] | None = None,
+    config_env: Sequence[str] = (),
 ) -> ConfigLayers:
     """Read the file and environment layers for ``parser`` (without parsing argv fully).
 
-    The file comes from ``--config PATH`` in argv, else ``NOPORTS_<PROG>_CONFIG``, else
-    ``default_config`` if that file exists.
+    The file comes from ``--config PATH`` in argv, else ``NOPORTS_<PROG>_CONFIG`` (or a name
+    in ``config_env``), else ``default_config`` if that file exists. A ``.toml`` file is
+    TOML; any other is the official YAML schema ``yaml_keys`` when the program has one.
     """
     env = os.environ if environ is None else environ
-    path = _config_path(argv if argv is not None else [], prog, env, default_config)
-    file_values = load_toml(path, parser) if path else {}
+    path = _config_path(argv if argv is not None else [], prog, env, default_config, config_env)
+    file_values: dict[str, Any] = {}
+    if path and yaml_keys is not None and not path.lower().endswith(".toml"):
+        file_values = load_yaml(path, parser, yaml_keys)
+    elif path:
+        file_values = load_toml(path, parser)
     return ConfigLayers(file_values, read_env(parser, prog, env), path)
 
 
@@ -298,6 +311,8 @@ def parse_args(
     environ: Mapping[str, str] | None = None,
     default_config: str | None = None,
     file_values: Mapping[str, Any] | None = None,
+    yaml_keys: Mapping[str, str] | None = None,
+    config_env: Sequence[str] = (),
 ) -> argparse.Namespace:
     """``parser.parse_args`` with env and file defaults filled in (CLI > env > file).
 
@@ -308,7 +323,7 @@ def parse_args(
     environment or the file is no longer required on the command line. ConfigError from the
     layers is reported through ``parser.error`` (exit 2, usage on stderr).
     """
-    args = list(argv) if argv is not None else sys.argv[1:]
+    args = drop_empty(list(argv) if argv is not None else sys.argv[1:], parser)
     if "config" not in {a.dest for a in parser._actions}:  # noqa: SLF001
         parser.add_argument(
             "--config",
@@ -317,7 +332,15 @@ def parse_args(
             help=f"TOML config file (env {env_names(prog, 'config')[0]})",
         )
     try:
-        found = layers(parser, prog, args, environ=environ, default_config=default_config)
+        found = layers(
+            parser,
+            prog,
+            args,
+            environ=environ,
+            default_config=default_config,
+            yaml_keys=yaml_keys,
+            config_env=config_env,
+        )
     except ConfigError as exc:
         parser.error(str(exc))
     if file_values:
@@ -335,6 +358,107 @@ def parse_args(
             setattr(ns, dest, merged[dest])
     ns.config = found.config_path
     return ns
+
+
+def drop_empty(argv: list[str], parser: argparse.ArgumentParser | None = None) -> list[str]:
+    """Drop empty arguments that are not an option's value.
+
+    The official sshnpd systemd unit passes ``"$delegate_policy"`` quoted, i.e. an empty
+    argument when no policy is set; the official parser ignores it, and so do we. An empty
+    value right after an option that takes one (``--permit-open ""``) is kept.
+    """
+    takes_value = {
+        s
+        for a in (parser._actions if parser is not None else [])  # noqa: SLF001
+        if a.nargs != 0
+        for s in a.option_strings
+    }
+    out: list[str] = []
+    for i, a in enumerate(argv):
+        if a == "" and not (i > 0 and argv[i - 1] in takes_value):
+            continue
+        out.append(a)
+    return out
+
+
+# --------------------------------------------------------------- official YAML config
+def load_yaml(
+    path: str | os.PathLike[str], parser: argparse.ArgumentParser, keys: Mapping[str, str]
+) -> dict[str, Any]:
+    """Typed values from an official-schema YAML config (sshnpd.yaml), keyed by ``dest``.
+
+    ``keys`` maps a YAML path (``/atsign/keys``) to a ``dest``. Lists may be YAML sequences or
+    comma strings; for a single-value option a sequence is joined with ``,`` (as official).
+    Empty values count as absent. An unknown key is a ConfigError naming the key and its line.
+    """
+    try:
+        import yaml  # type: ignore[import-untyped]
+    except ImportError:  # pragma: no cover - PyYAML is a dependency
+        raise ConfigError(f"config file {path}: reading YAML needs PyYAML") from None
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {p}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {p} is not UTF-8") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p}: {' '.join(str(exc).split())}") from None
+    if root is None:
+        return {}
+    table = option_table(parser)
+    prefixes = {k.rsplit("/", i)[0] for k in keys for i in range(1, k.count("/"))}
+    out: dict[str, Any] = {}
+
+    def where(node: Any, key: str) -> str:
+        return f"config file {p} line {node.start_mark.line + 1}: key '{escape(key, 80)}'"
+
+    def walk(node: Any, prefix: str) -> None:
+        if not isinstance(node, yaml.MappingNode):
+            raise ConfigError(f"config file {p} line {node.start_mark.line + 1}: expected a map")
+        for knode, vnode in node.value:
+            name = f"{prefix}/{knode.value}"
+            if name in keys:
+                value = yaml.SafeLoader("").construct_object(vnode, deep=True)
+                dest = keys[name]
+                if dest in out:
+                    raise ConfigError(f"{where(knode, name[1:])} is given twice")
+                conv = _yaml_value(table[dest], value, where(knode, name[1:].replace("/", ".")))
+                if conv is not None:
+                    out[dest] = conv
+            elif name in prefixes:
+                if not isinstance(vnode, yaml.ScalarNode) or vnode.value not in ("", "~", "null"):
+                    walk(vnode, name)
+            else:
+                raise ConfigError(f"{where(knode, name[1:].replace('/', '.'))} is unknown")
+
+    walk(root, "")
+    return out
+
+
+def _yaml_value(opt: _Opt, value: Any, where: str) -> Any:
+    if value is None or value == "" or value == []:
+        return None
+    if isinstance(value, list):
+        items = [str(v).strip() for v in value if v is not None and str(v).strip()]
+        if not items:
+            return None
+        if opt.kind == "list":
+            return [_convert_one(opt, v, where, True) for v in items]
+        value = ",".join(items)
+    if opt.kind == "bool":
+        if isinstance(value, bool):
+            return value
+        return parse_bool(str(value), where=where)
+    if isinstance(value, (dict, bool)):
+        raise ConfigError(f"{where}: expected a value, got {type(value).__name__}")
+    if opt.kind == "list":
+        return [_convert_one(opt, str(value), where, True)]
+    return _convert_one(opt, str(value), where, True)
 
 
 # --------------------------------------------------------------- official env-style files
@@ -368,9 +492,10 @@ def load_env_file(path: str | os.PathLike[str], parser: argparse.ArgumentParser)
     """Typed defaults from an sshnp profile file, keyed by ``dest``.
 
     The key for ``--local-port`` is ``LOCAL_PORT``. Switches are true iff the value is
-    ``true`` (any case), as official; list options are comma separated. Unknown keys are
-    errors. Pass the result to :func:`parse_args` as ``file_values`` so the environment and
-    the command line still win.
+    ``true`` (any case), as official; list options are comma separated, empty values are
+    skipped. Unknown keys (``PROFILE_NAME``, keys of newer versions) are ignored with a debug
+    line, as the official reader ignores them. Pass the result to :func:`parse_args` as
+    ``file_values`` so the environment and the command line still win.
     """
     p = Path(path)
     try:
@@ -388,12 +513,15 @@ def load_env_file(path: str | os.PathLike[str], parser: argparse.ArgumentParser)
     out: dict[str, Any] = {}
     for key, value in raw.items():
         found = by_key.get(key)
-        if found is None:
-            raise ConfigError(f"{p}: unknown key {key}")
+        if found is None:  # the official reader ignores keys it does not know (PROFILE_NAME...)
+            _log.debug("%s: ignoring unknown key %s", p, key)
+            continue
         opt = found
         where = f"{p}: {key}"
         if opt.kind == "bool":
             out[opt.dest] = value.lower() == "true"
+        elif value == "":
+            continue  # the official reader skips empty values
         else:
             out[opt.dest] = _convert(opt, value, where, from_text=True)
     return out

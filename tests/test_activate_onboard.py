@@ -62,7 +62,9 @@ def mode(p: Path) -> int:
 
 
 def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "warning:" not in ln]
+    progress = ("[Information] ", "Submitting enrollment request", "Waiting for approval")
+    lines = [ln for ln in proc.stderr.splitlines()
+             if ln.strip() and "warning:" not in ln and not ln.startswith(progress)]
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("at_activate: error: "), proc.stderr
     return lines[0]
@@ -173,7 +175,7 @@ def test_onboard_refuses_existing_file_before_using_the_secret(
     env.pop("AT_ACTIVATE_SECRET")
     p = cli(env, "onboard", "-a", atsign, "-k", str(target), "--force", "--secret", secret)
     assert p.returncode == 0, p.stderr
-    assert "warning: --secret is visible" in p.stderr
+    assert "warning: -c/--cramkey is visible" in p.stderr
     assert AtKeys.load(target).atsign == atsign and mode(target) == 0o600
 
 

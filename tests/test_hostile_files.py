@@ -16,11 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from noports.session.features import DaemonFeature
 
 from noports.at.client import AtClient
 from noports.crypto.atkeys import AtKeys
 from noports.session.client import NoAnswerError, SessionSpec, establish
+from noports.session.features import DaemonFeature
 from tests.fixtures_at import AtServerProcess, Wire
 
 pytestmark = pytest.mark.timeout(120)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -214,7 +215,7 @@ def test_bad_inputs(rig: Rig) -> None:
     """Unknown device (short --dpt), unauthorised client atSign, malformed flags."""
     rig.daemon("dev1")
     r = rig.sshnp("nosuchdev", "-u", rig.user, "--dpt", "2", "-x")
-    assert r.returncode == 5, r.stderr
+    assert r.returncode == 4, r.stderr  # the daemon shares dev1, not nosuchdev: wrong -d
     assert "Daemon feature check timed out" in r.stderr and "nosuchdev" in r.stderr
     # a relay that only serves another atSign answers with a nack: one line, exit 3
     picky = rig.env.atsign("picky")
@@ -283,9 +284,17 @@ def test_list_devices_and_stdio_eof(rig: Rig) -> None:
         assert r.returncode == 0 and r.stdout == "", r.stderr
         active, _, inactive = r.stderr.partition("Inactive Devices:")
         assert "Searching for devices..." in active and "Active Devices:" in active
-        assert "  dev1" in active and "allowedServices: localhost:" in active
+        owner = "" if extra else re.escape(rig.device_atsign)
+        assert re.search(rf"^  dev1{owner} - v\d\S* \(core \S+\)$", active, re.M), active
+        assert "allowedServices" not in active  # official text omits it; --output json has it
         assert "  devgone" in inactive and "dev1" not in inactive
         assert "devhidden" not in r.stderr
+    r = rig.env.run("sshnp", "-f", rig.client, "--ls", "--dpt", "3", "--output", "json",
+                    timeout=30)
+    devs = {d["device"]: d for d in json.loads(r.stdout)["devices"]}
+    assert devs["dev1"]["active"] and devs["dev1"]["atsign"] == rig.device_atsign
+    assert any(s.startswith("localhost:") for s in devs["dev1"]["allowedServices"])
+    assert not devs["devgone"]["active"] and "devhidden" not in devs
     t0 = time.monotonic()
     p = subprocess.run(
         rig.env.argv("sshnp", *rig.base("dev1"), "--stdio"),

@@ -41,6 +41,7 @@ _META_ORDER: tuple[tuple[str, str, str], ...] = (
     ("iv_nonce", "ivNonce", "str"),
     ("ske_enc_key_name", "skeEncKeyName", "str"),
     ("ske_enc_algo", "skeEncAlgo", "str"),
+    ("immutable", "immutable", "bool"),  # at_commons VerbSyntax: after skeEncAlgo
 )
 _WIRE_TO_ATTR = {wire.lower(): (attr, kind) for attr, wire, kind in _META_ORDER}
 _META_VALUE = re.compile(r"^[^:@\s]+$")
@@ -74,6 +75,9 @@ class Metadata:
     iv_nonce: str | None = None
     ske_enc_key_name: str | None = None
     ske_enc_algo: str | None = None
+    #: a record that cannot be overwritten while it lives (the atServer refuses the update);
+    #: redundant srvd/sshnpd instances race for one with it (session mutexes)
+    immutable: bool | None = None
 
     def wire(self) -> str:
         """``:ttl:5:ttr:-1:…`` (empty when nothing is set)."""

@@ -36,6 +36,7 @@ import ssl
 from ..crypto import rsa
 from ..crypto.atkeys import AtKeys
 from ..errors import (
+    EXIT_AUTH,
     AtError,
     BufferLimitError,
     ConnectError,
@@ -43,6 +44,7 @@ from ..errors import (
     PeerTimeoutError,
     ProtocolError,
     SecondaryNotFoundError,
+    TooManyRequestsError,
 )
 from . import commands
 from .config import RootAddress, root_address, ssl_context
@@ -57,6 +59,13 @@ from .protocol import (
     RootReply,
     State,
 )
+
+
+class UnknownEnrollmentError(TooManyRequestsError):  # type: ignore[misc,valid-type]
+    """AT0028 on PKAM: the keys' enrollment is unknown here (another atSign's keys?)."""
+
+    exit_code = EXIT_AUTH
+
 
 log = logging.getLogger("noports.at")
 
@@ -280,9 +289,21 @@ class AtConnection:
 
     async def authenticate(self, keys: AtKeys, *, dart_form: bool = True) -> None:
         """PKAM with an AtKeys; sends its enrollmentId when it has one."""
-        await self.authenticate_pkam(
-            keys.atsign, keys.pkam_private, enrollment_id=keys.enrollment_id, dart_form=dart_form
-        )
+        try:
+            await self.authenticate_pkam(
+                keys.atsign,
+                keys.pkam_private,
+                enrollment_id=keys.enrollment_id,
+                dart_form=dart_form,
+            )
+        except TooManyRequestsError as exc:  # AT0028 "enrollment_id ... expired or invalid"
+            if not keys.enrollment_id:
+                raise
+            raise UnknownEnrollmentError(
+                f"the atServer of {keys.atsign} does not know enrollment {keys.enrollment_id} "
+                f"of these keys: they belong to another atSign, or the enrollment was deleted "
+                f"or has expired (AT0028); use {keys.atsign}'s own atKeys file"
+            ) from exc
 
     async def authenticate_cram(self, atsign: str, secret: str) -> None:
         """``from`` + ``cram`` (first onboarding only)."""

@@ -101,10 +101,12 @@ class EnrollmentNotFoundError(RemoteError):
 
 
 def parse_namespaces(text: str) -> dict[str, str]:
-    """``"sshnp:rw,sshrvd:r"`` -> ``{"sshnp": "rw", "sshrvd": "r"}``; raises ConfigError."""
+    """``"sshnp:rw,sshrvd:r"`` -> ``{"sshnp": "rw", "sshrvd": "r"}``; raises ConfigError.
+
+    Double quotes are dropped, as the official at_activate does (``'"sshnp":"rw"'``)."""
     out: dict[str, str] = {}
     for part in text.split(","):
-        part = part.strip()
+        part = part.replace('"', "").strip()
         if not part:
             continue
         name, sep, access = part.partition(":")
@@ -152,11 +154,12 @@ def _private_parents(path: Path) -> None:
             os.mkdir(d, 0o700)
 
 
-def save_keys(keys: AtKeys, path: Path, *, overwrite: bool) -> Path:
-    """Write the .atKeys file 0600 in a 0700 directory, never through a symlink."""
+def save_keys(keys: AtKeys, path: Path, *, overwrite: bool, pass_phrase: str | None = None) -> Path:
+    """Write the .atKeys file 0600 in a 0700 directory, never through a symlink (protected
+    by ``pass_phrase`` in the official format when given)."""
     check_keys_target(path, overwrite=overwrite)
     _private_parents(path)
-    return keys.save(path, overwrite=overwrite)
+    return keys.save(path, overwrite=overwrite, pass_phrase=pass_phrase)
 
 
 def _loads(text: str, what: str) -> dict[str, Any]:
@@ -196,6 +199,7 @@ async def onboard(
     keys_path: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     timeout: float = DEFAULT_COMMAND_TIMEOUT,
+    pass_phrase: str | None = None,
 ) -> Onboarded:
     """First activation of ``atsign`` with the activation (CRAM) secret; writes the keys file.
 
@@ -240,7 +244,7 @@ async def onboard(
     conn = await AtConnection.open(*address, ctx, connect_timeout=timeout, command_timeout=timeout)
     try:
         await conn.authenticate(keys)  # proves the new keys work before anything is destroyed
-        written = save_keys(keys, path, overwrite=overwrite)
+        written = save_keys(keys, path, overwrite=overwrite, pass_phrase=pass_phrase)
         await conn.execute(commands.update(f"public:publickey{a}", keys.encrypt_public_b64))
         await conn.execute(commands.delete("privatekey:at_secret"))
     finally:
@@ -430,6 +434,8 @@ async def enroll(
     interval: float = DEFAULT_POLL_INTERVAL,
     on_pending: Callable[[PendingEnrollment], None] | None = None,
     timeout: float = DEFAULT_COMMAND_TIMEOUT,
+    apkam_keys_expiry_ms: int | None = None,
+    pass_phrase: str | None = None,
 ) -> Onboarded:
     """Request, wait for approval, write the keys file (checked for safety before the request)."""
     a = commands.atsign(atsign)
@@ -444,12 +450,13 @@ async def enroll(
         root=root,
         ca_file=ca_file,
         ssl_ctx=ssl_ctx,
+        apkam_keys_expiry_ms=apkam_keys_expiry_ms,
         timeout=timeout,
     )
     if on_pending is not None:
         on_pending(pending)
     keys = await pending.wait(timeout=wait_timeout, interval=interval)
-    written = save_keys(keys, path, overwrite=overwrite)
+    written = save_keys(keys, path, overwrite=overwrite, pass_phrase=pass_phrase)
     log.info("%s: enrollment %s approved; keys in %s", a, pending.enrollment_id, written)
     return Onboarded(keys, written, pending.enrollment_id)
 
@@ -585,6 +592,16 @@ class EnrollmentManager:
     async def revoke(self, enrollment_id: str, *, force: bool = False) -> str:
         body = await self._call("revoke", enrollment_id, {}, force=force)
         return str(body.get("status") or "revoked")
+
+    async def unrevoke(self, enrollment_id: str) -> str:
+        return str((await self._call("unrevoke", enrollment_id, {})).get("status") or "approved")
+
+    async def delete(self, enrollment_id: str) -> str:
+        return str((await self._call("delete", enrollment_id, {})).get("status") or "deleted")
+
+    async def spp(self, passcode: str, ttl_ms: int | None = None) -> str:
+        """Set the semi-permanent passcode (``otp:put``); returns the server's answer."""
+        return (await self.conn.execute(commands.otp_put(passcode, ttl_ms))).strip()
 
     async def _call(
         self, op: str, eid: str, extra: dict[str, Any], *, force: bool = False

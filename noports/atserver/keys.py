@@ -42,6 +42,7 @@ META_FIELDS: dict[str, str] = {
     "ivNonce": "str",
     "skeEncKeyName": "str",
     "skeEncAlgo": "str",
+    "immutable": "bool",
 }
 # Lookup table tolerant of case and snake_case spellings (the C SDK writes ``message_type``).
 META_ALIASES = {name.lower(): name for name in META_FIELDS}

@@ -131,6 +131,11 @@ def update(s: Session, cmd: Command) -> Reply:
     _owned(s, key, owner, allow_cached=False)
     check_ns(s, key, write=True)
     old = store.get(owner, key.full)
+    if old is not None and old.meta.get("immutable") and (
+        old.expires_at is None or old.expires_at > now
+    ):
+        # first writer wins (session mutexes of redundant srvd/sshnpd instances)
+        raise AtError.for_code("AT0001", f"{key.full} is immutable and already exists")
     meta: dict[str, Any] = dict(old.meta) if old else {}
     meta.update(cmd["meta"])
     expires, available, refresh = apply_times(meta, now)

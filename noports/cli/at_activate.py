@@ -1,56 +1,89 @@
-"""``at_activate``: activate an atSign, and enroll / approve further devices (APKAM).
+"""at_activate: activate an atSign, and enroll / approve further devices (APKAM).
 
-    at_activate onboard -a @alice --secret-file FILE     (or AT_ACTIVATE_SECRET[_FILE] in the env)
-    at_activate otp     -a @alice [--ttl SECONDS]
-    at_activate enroll  -a @alice -p APP -d DEVICE -n "sshnp:rw,sshrvd:rw" --otp X [-k FILE]
-    at_activate list    -a @alice [--status pending|approved|denied|revoked|expired]
-    at_activate approve -a @alice -i ENROLLMENT_ID     (also: deny, revoke [--force])
+    at_activate -a @alice                              (same as: at_activate onboard -a @alice)
+    at_activate onboard -a @alice [-c SECRET | --secret-file FILE]   (prompts on a terminal)
+    at_activate status  -a @alice                      (exit 0-4, as the official tool)
+    at_activate otp     -a @alice [-e 10m]
+    at_activate spp     -a @alice -s PASSCODE [-e 7d]
+    at_activate enroll  -a @alice -s PASSCODE -p APP -d DEVICE -n "sshnp:rw,sshrvd:rw" -k FILE
+    at_activate list    -a @alice [-s pending|approved|denied|revoked|expired] [-A RX] [-D RX]
+    at_activate fetch   -a @alice -i ENROLLMENT_ID
+    at_activate approve -a @alice -i ENROLLMENT_ID | -A APP_REGEX | -D DEVICE_REGEX
+                        (also: deny, revoke [--force], unrevoke)
+    at_activate auto    -a @alice -A APP_REGEX [-D DEVICE_REGEX] [-L 1] [--approve-existing]
+    at_activate delete  -a @alice -i ENROLLMENT_ID     (denied, revoked or expired only)
 
-Every command honours ``-r/--root`` > ``NOPORTS_ROOT`` and ``--ca-file`` > ``NOPORTS_CA_FILE``,
-and ``--output json`` (one JSON object per line on stdout). Keys files default to
-``~/.atsign/keys/@alice_key.atKeys`` and are written 0600 in a 0700 directory, never through a
-symlink and never over an existing file unless ``--force``.
+The options are the official at_activate's (short and long names, e.g. -r/--rootServer,
+-k/--keys, -s/--passcode, -i/--enrollmentId, -e/--expiry, -A/--arx, -D/--drx); the older
+names of this tool still work. -r/--rootServer > NOPORTS_ROOT, --ca-file > NOPORTS_CA_FILE;
+--output json prints one JSON object per line on stdout.
 
-Why the secret has three inputs and a warning on one: a command-line argument is readable by
-every local user in ``/proc/<pid>/cmdline`` (and lands in shell history), so ``--secret`` /
-``-c`` exist only for compatibility with the official tool and print a warning; the
-environment (``AT_ACTIVATE_SECRET``) is private to the user, and a 0600 file or stdin
-(``--secret-file -``) is best. An OTP is single use and expires in minutes, so ``--otp`` is
-accepted without a warning (``AT_ACTIVATE_OTP`` also works).
+Secrets: on a terminal, onboard prompts for the activation secret and enroll for the passcode,
+without echo. Otherwise use --secret-file FILE ('-' = stdin), AT_ACTIVATE_SECRET[_FILE] or
+AT_ACTIVATE_OTP. A secret given with -c is visible to other local users (ps, /proc) and
+draws a warning. Keys files default to ~/.atsign/keys/@alice_key.atKeys and are written 0600
+in a 0700 directory, never through a symlink and never over an existing file unless --force.
 
 Exit codes: 0 ok; 1 other failure; 2 usage, or the keys file already exists; 3 refused
-(wrong secret or OTP, enrollment denied or revoked, insecure keys file); 4 unknown atSign,
-enrollment or keys file; 5 timed out waiting (e.g. for approval); 6 protocol error;
-7 cannot connect; 130 interrupted.
+(wrong secret or passcode, enrollment denied or revoked, insecure keys file); 4 unknown
+atSign, enrollment or keys file, or nothing matched; 5 timed out waiting (e.g. for
+approval); 6 protocol error; 7 cannot connect; 130 interrupted. status: 0 publickey found,
+1 atServer up but no publickey, 2 atServer unreachable, 3 atSign unknown to the root,
+4 root unreachable.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from .. import _compat
+from ..at import commands
 from ..at import onboard as ob
+from ..at.config import ssl_context
+from ..at.connection import connect_authenticated, find_atserver
 from ..crypto.atkeys import AtKeys
-from ..errors import ConfigError, NoPortsError
+from ..errors import (
+    EXIT_NOT_FOUND,
+    AtError,
+    ConfigError,
+    ConnectError,
+    NoPortsError,
+    PeerTimeoutError,
+    SecondaryNotFoundError,
+)
 from ..fsutil import read_secret
 from ..log import setup_logging
+from ..npt.durations import parse_duration
 from .common import VersionAction, fail
 
 PROG = "at_activate"
 ENV_SECRET = "AT_ACTIVATE_SECRET"
 ENV_SECRET_FILE = "AT_ACTIVATE_SECRET_FILE"
 ENV_OTP = "AT_ACTIVATE_OTP"
+ENV_PASS_PHRASE = "AT_ACTIVATE_PASS_PHRASE"
+COMMANDS = (
+    "help", "status", "onboard", "otp", "spp", "list", "fetch", "approve", "auto", "deny",
+    "revoke", "unrevoke", "delete", "enroll",
+)  # fmt: skip
+SPP_RE = re.compile(r"[A-Za-z0-9]{6,16}")
+EXPIRY_HELP = 'a duration such as "2d,1h,10m,20s,999ms"'
+
+
+class NothingMatched(NoPortsError):
+    exit_code = EXIT_NOT_FOUND
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
-        description=__doc__.split("\n\n")[0].replace("``", ""),
+        description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -62,11 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--keys",
         type=Path,
         default=None,
-        help="the .atKeys file (default ~/.atsign/keys/@alice_key.atKeys)",
+        help="the atKeys file to create (onboard, enroll) or use "
+        "(default ~/.atsign/keys/@alice_key.atKeys)",
     )
     common.add_argument(
         "-r",
+        "--rootServer",
+        "--root-server",
         "--root",
+        dest="root",
         default=None,
         help="root server host[:port] (default $NOPORTS_ROOT or root.atsign.org:64)",
     )
@@ -83,7 +120,38 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     common.add_argument("--debug", action="store_true", help="log at DEBUG level")
     common.add_argument("--log-format", choices=("text", "json"), default="text")
+    common.add_argument(
+        "-P",
+        "--passPhrase",
+        "--pass-phrase",
+        dest="pass_phrase",
+        default=None,
+        help=f"protect (onboard, enroll) or open the atKeys file with this pass phrase "
+        f"(or ${ENV_PASS_PHRASE})",
+    )
+    common.add_argument(
+        "--hashingAlgoType",
+        choices=("argon2id",),
+        default="argon2id",
+        help="pass phrase hashing (argon2id, as official)",
+    )
+    # official options with nothing to do here (accepted so official command lines work)
+    common.add_argument("--mca", type=int, default=10, help=argparse.SUPPRESS)
+    common.add_argument("-g", "--registrarUrl", default=None, help=argparse.SUPPRESS)
+    common.add_argument(
+        "--proxy-fallback-enabled",
+        "--no-proxy-fallback-enabled",
+        action="store_true",
+        help=argparse.SUPPRESS,
+    )
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    sub.add_parser("help", help="show this help")
+    sub.add_parser(
+        "status",
+        parents=[common],
+        help="is the atSign known and reachable, with a publickey? (exit 0-4)",
+    )
 
     s = sub.add_parser(
         "onboard", parents=[common], help="first activation with the activation secret"
@@ -95,26 +163,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "-c",
-        "--secret",
         "--cramkey",
+        "--license-key",
+        "--secret",
         dest="secret",
         default=None,
         help=f"the secret itself (other local users can see it: prefer ${ENV_SECRET})",
     )
     _app_device(s, app_required=False)
     s.add_argument("--force", action="store_true", help="overwrite an existing keys file")
+    s.add_argument("-y", "--yes", action="store_true", help="(accepted; no questions asked)")
+    s.add_argument("--max-retries", type=int, default=None, help=argparse.SUPPRESS)
+    s.add_argument("--allow-bad-registrar-certs", action="store_true", help=argparse.SUPPRESS)
 
     s = sub.add_parser(
         "otp", parents=[common], help="print a one-time passcode for enrolling a device"
     )
+    s.add_argument("-e", "--expiry", default=None, help=f"how long it is valid: {EXPIRY_HELP}")
     s.add_argument("--ttl", type=int, default=None, help="validity in seconds (server default 300)")
 
     s = sub.add_parser(
-        "enroll", parents=[common], help="enroll this device with an OTP and wait for approval"
+        "spp", parents=[common], help="set a semi-permanent passcode for many enrollments"
+    )
+    s.add_argument("-s", "--spp", required=True, help="6 to 16 letters and digits")
+    s.add_argument("-e", "--expiry", default=None, help=f"how long it is valid: {EXPIRY_HELP}")
+
+    s = sub.add_parser(
+        "enroll", parents=[common], help="enroll this device with a passcode; wait for approval"
     )
     _app_device(s, app_required=True)
     s.add_argument("-n", "--namespaces", required=True, help='e.g. "sshnp:rw,sshrvd:rw"')
-    s.add_argument("-s", "--otp", default=None, help=f"the one-time passcode (or ${ENV_OTP})")
+    s.add_argument(
+        "-s",
+        "--passcode",
+        "--otp",
+        dest="otp",
+        default=None,
+        help=f"the OTP or SPP (or ${ENV_OTP}; prompted for on a terminal)",
+    )
+    s.add_argument("-e", "--expiry", default=None, help=f"lifetime of the new keys: {EXPIRY_HELP}")
     s.add_argument(
         "--wait-timeout",
         type=float,
@@ -127,45 +214,111 @@ def build_parser() -> argparse.ArgumentParser:
         default=ob.DEFAULT_POLL_INTERVAL,
         help="seconds between approval checks (default %(default)s)",
     )
+    s.add_argument("--max-retries", type=int, default=None, help=argparse.SUPPRESS)
     s.add_argument("--force", action="store_true", help="overwrite an existing keys file")
 
     s = sub.add_parser("list", parents=[common], help="list enrollments")
-    s.add_argument("--status", choices=ob.STATUSES, default=None, help="only this status")
+    s.add_argument(
+        "-s",
+        "--enrollmentStatus",
+        "--status",
+        dest="status",
+        choices=ob.STATUSES,
+        default=None,
+        help="only this status",
+    )
+    _regexes(s)
+    for name in ("fetch", "delete"):
+        s = sub.add_parser(
+            name,
+            parents=[common],
+            help="show one enrollment"
+            if name == "fetch"
+            else "delete a denied, revoked or expired enrollment",
+        )
+        _eid(s, required=True)
     for name, hlp in (
-        ("approve", "approve a pending enrollment"),
-        ("deny", "deny a pending enrollment"),
-        ("revoke", "revoke an approved enrollment"),
+        ("approve", "approve pending enrollments"),
+        ("deny", "deny pending enrollments"),
+        ("revoke", "revoke approved enrollments"),
+        ("unrevoke", "restore revoked enrollments"),
     ):
-        s = sub.add_parser(name, parents=[common], help=hlp)
-        s.add_argument("-i", "--enrollment-id", required=True)
+        s = sub.add_parser(name, parents=[common], help=hlp + " (by -i, -A or -D)")
+        _eid(s, required=False)
+        _regexes(s)
         if name == "revoke":
             s.add_argument("--force", action="store_true", help="allow revoking our own enrollment")
+    s = sub.add_parser(
+        "auto", parents=[common], help="listen for new requests and approve those that match"
+    )
+    _eid(s, required=False, hide=True)
+    _regexes(s)
+    s.add_argument("-L", "--limit", type=int, default=1, help="stop after this many (default 1)")
+    s.add_argument(
+        "--approve-existing", action="store_true", help="first approve matching pending requests"
+    )
     return p
 
 
 def _app_device(s: argparse.ArgumentParser, *, app_required: bool) -> None:
     s.add_argument(
         "-p",
+        "--app",
         "--app-name",
+        dest="app_name",
         required=app_required,
         default=None if app_required else ob.DEFAULT_APP_NAME,
         help="application name",
     )
-    s.add_argument("-d", "--device-name", default=None, help="device name (default: host name)")
+    s.add_argument(
+        "-d",
+        "--device",
+        "--device-name",
+        dest="device_name",
+        default=None,
+        help="device name (default: host name)",
+    )
+
+
+def _eid(s: argparse.ArgumentParser, *, required: bool, hide: bool = False) -> None:
+    s.add_argument(
+        "-i",
+        "--enrollmentId",
+        "--enrollment-id",
+        dest="enrollment_id",
+        required=required,
+        default=None,
+        help=argparse.SUPPRESS if hide else "the enrollment id",
+    )
+
+
+def _regexes(s: argparse.ArgumentParser) -> None:
+    s.add_argument("-A", "--arx", default=None, help="regular expression on the app name")
+    s.add_argument("-D", "--drx", default=None, help="regular expression on the device name")
 
 
 # ---------------------------------------------------------------------------------------
 
 
+def _prompt(what: str) -> str | None:
+    """Ask on the terminal without echo; None when there is no terminal."""
+    if not sys.stdin.isatty():
+        return None
+    try:
+        return getpass.getpass(f"{what}: ").strip() or None
+    except (EOFError, OSError):
+        return None
+
+
 def _secret(args: argparse.Namespace) -> str:
-    """CLI > environment; a file or stdin beats an argument. Never echoed anywhere."""
+    """File > argument > environment > terminal prompt. Never echoed anywhere."""
     env = os.environ
     if args.secret_file:
         return _read_secret_file(args.secret_file)
     if args.secret:
         print(
-            f"{PROG}: warning: --secret is visible to other local users (ps, /proc); "
-            f"prefer ${ENV_SECRET} or --secret-file",
+            f"{PROG}: warning: -c/--cramkey is visible to other local users (ps, /proc); "
+            f"prefer the prompt, ${ENV_SECRET} or --secret-file",
             file=sys.stderr,
         )
         return str(args.secret).strip()
@@ -173,9 +326,23 @@ def _secret(args: argparse.Namespace) -> str:
         return _read_secret_file(env[ENV_SECRET_FILE])
     if env.get(ENV_SECRET):
         return env[ENV_SECRET].strip()
+    got = _prompt(f"Activation secret (CRAM key) for {args.atsign}")
+    if got:
+        return got
     raise ConfigError(
-        f"no activation secret: use --secret-file FILE, ${ENV_SECRET} or ${ENV_SECRET_FILE}"
+        "no activation secret: run on a terminal to be asked, or use --secret-file FILE, "
+        f"${ENV_SECRET} or ${ENV_SECRET_FILE}"
     )
+
+
+def _passcode(args: argparse.Namespace) -> str:
+    got = args.otp or os.environ.get(ENV_OTP) or _prompt(f"Passcode (OTP or SPP) of {args.atsign}")
+    if not got:
+        raise ConfigError(
+            f"no passcode: use -s/--passcode, ${ENV_OTP}, or run on a terminal to be asked "
+            f"(make one with `{PROG} otp -a {args.atsign}`)"
+        )
+    return str(got).strip()
 
 
 def _read_secret_file(path: str) -> str:
@@ -189,26 +356,230 @@ def _read_secret_file(path: str) -> str:
     return lines[-1]  # `noports server add` prints the secret on its last line
 
 
+def expiry_ms(text: str | None) -> int | None:
+    """``-e/--expiry`` in milliseconds; None when absent or zero (= no expiry)."""
+    if text is None or not text.strip():
+        return None
+    seconds = parse_duration(text)  # ConfigError names a bad text
+    if not any(c in "123456789" for c in text):
+        return None  # "0", "0ms": no expiry (parse_duration reads 0 as "never" too)
+    return int(round(seconds * 1000))
+
+
+def dart_str(v: Any) -> str:
+    """A value as Dart's ``toString`` prints it (the official tool prints maps this way)."""
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{dart_str(k)}: {dart_str(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, list):
+        return "[" + ", ".join(dart_str(x) for x in v) + "]"
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def _pass_phrase(args: argparse.Namespace) -> str | None:
+    return args.pass_phrase or os.environ.get(ENV_PASS_PHRASE) or None
+
+
 def _load_keys(args: argparse.Namespace) -> AtKeys:
     path = ob.keys_target(args.atsign, args.keys)
-    return AtKeys.load(path, args.atsign, strict_mode=True)
+    return AtKeys.load(path, args.atsign, strict_mode=True, pass_phrase=_pass_phrase(args))
 
 
-def _emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
-    print(json.dumps(obj) if args.output == "json" else text, flush=True)
+def _emit(args: argparse.Namespace, obj: dict[str, Any], text: str | None) -> None:
+    if args.output == "json":
+        print(json.dumps(obj), flush=True)
+    elif text is not None:
+        print(text, flush=True)
+
+
+def _info(args: argparse.Namespace, text: str) -> None:
+    """Progress lines: stdout in text mode (as the official), stderr with --output json."""
+    print(text, file=sys.stdout if args.output == "text" else sys.stderr, flush=True)
+
+
+def _regex(text: str | None, flag: str) -> re.Pattern[str] | None:
+    if text is None:
+        return None
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        raise ConfigError(f"{flag}: bad regular expression {text!r}: {exc}") from exc
+
+
+async def _status(args: argparse.Namespace) -> int:
+    a = commands.atsign(args.atsign)
+    ctx = ssl_context(args.ca_file)
+    rc, msg = 0, ""
+    try:
+        address = await find_atserver(a, root=args.root, ssl_ctx=ctx, timeout=args.timeout)
+    except SecondaryNotFoundError:
+        rc, msg = 3, f"atDirectory has no record for {a}"
+    except (NoPortsError, OSError) as exc:
+        rc, msg = 4, f"Caught {type(exc).__name__} : {exc}"
+    if not rc:
+        try:
+            pk = await ob.public_key_published(a, root=args.root, ssl_ctx=ctx)
+        except (ConnectError, PeerTimeoutError, OSError) as exc:
+            rc, msg = 2, f"atServer cannot be reached {a} ({exc})"
+        except NoPortsError as exc:
+            rc, msg = 2, f"Caught unexpected {type(exc).__name__} : {exc}"
+        else:
+            if pk:
+                msg = f"found public:publickey{a} OK"
+            else:
+                rc, msg = 1, f"response was {pk}"
+        del address
+    if args.output == "json":
+        print(json.dumps({"atsign": a, "status": rc, "message": msg}), flush=True)
+    print(f"returning {rc}: {msg}", file=sys.stderr, flush=True)
+    return rc
+
+
+def _print_list(args: argparse.Namespace, items: list[ob.Enrollment]) -> None:
+    if args.output == "json":
+        print(json.dumps([e.to_json() for e in items]), flush=True)
+        return
+    print(f"Found {len(items)} matching enrollment records")
+    print(
+        "Enrollment ID".ljust(38) + "Status".ljust(10) + "AppName".ljust(20)
+        + "DeviceName".ljust(38) + "Namespaces"
+    )  # fmt: skip
+    for e in items:
+        print(
+            e.enrollment_id.ljust(38) + e.status.ljust(10) + (e.app_name or "").ljust(20)
+            + (e.device_name or "").ljust(38) + dart_str(e.namespaces)
+        )  # fmt: skip
+    sys.stdout.flush()
+
+
+async def _select(
+    args: argparse.Namespace, mgr: ob.EnrollmentManager, status: str
+) -> list[ob.Enrollment]:
+    """The enrollments ``-i`` / ``-A`` / ``-D`` name (as the official: -i wins)."""
+    if args.enrollment_id:
+        return [await mgr.fetch(args.enrollment_id)]
+    arx, drx = _regex(args.arx, "-A/--arx"), _regex(args.drx, "-D/--drx")
+    if arx is None and drx is None:
+        raise ConfigError(
+            f"{args.cmd}: at least one of -i/--enrollmentId, -A/--arx or -D/--drx is needed"
+        )
+    got = [
+        e
+        for e in await mgr.list(status)
+        if (arx is None or arx.search(e.app_name or ""))
+        and (drx is None or drx.search(e.device_name or ""))
+    ]
+    if args.output == "text":
+        print(f"Found {len(got)} matching enrollment records", flush=True)
+    if not got:
+        raise NothingMatched("No matching enrollment(s) found")
+    return got
+
+
+def _reply(status: str, eid: str) -> str:
+    return "data:" + json.dumps({"status": status, "enrollmentId": eid}, separators=(",", ":"))
+
+
+async def _approve_one(args: argparse.Namespace, mgr: ob.EnrollmentManager, eid: str) -> None:
+    e = await mgr.approve(eid)
+    _emit(
+        args,
+        {"enrollmentId": e.enrollment_id, "status": e.status, "namespaces": e.namespaces},
+        None,
+    )
+    if args.output == "text":
+        print(f"Server response: {_reply(e.status, e.enrollment_id)}", flush=True)
+
+
+async def _auto(args: argparse.Namespace, mgr: ob.EnrollmentManager, keys: AtKeys) -> int:
+    if args.limit < 1:
+        raise ConfigError("-L/--limit must be at least 1")
+    arx, drx = _regex(args.arx, "-A/--arx"), _regex(args.drx, "-D/--drx")
+    if arx is None and drx is None:
+        raise ConfigError("auto: you must supply -A/--arx and/or -D/--drx")
+    approved = 0
+    # listen first, so nothing made while existing ones are approved is missed
+    conn = await connect_authenticated(
+        keys, root=args.root, ca_file=args.ca_file, timeout=args.timeout,
+        command_timeout=args.timeout,
+    )  # fmt: skip
+    try:
+        rx = r".*\.new\.enrollments\.__manage"
+        await conn.send(commands.monitor(rx, self_notifications=True))
+        seen: set[str] = set()
+        if args.approve_existing:
+            _info(args, "Approving any requests already there which are a match")
+            try:
+                for e in await _select(args, mgr, "pending"):
+                    _info(
+                        args,
+                        f'Approving enrollmentId {e.enrollment_id} with appName "{e.app_name}" '
+                        f'and deviceName "{e.device_name}"',
+                    )
+                    await _approve_one(args, mgr, e.enrollment_id)
+                    seen.add(e.enrollment_id)
+                    approved += 1
+                    if approved >= args.limit:
+                        return 0
+            except NothingMatched:
+                print("No matching enrollment(s) found", file=sys.stderr)
+            _info(args, "")
+        _info(args, "Listening for new enrollment requests")
+        while approved < args.limit:
+            n = await conn.next_notification()
+            key = n.key.split(":", 1)[1] if n.key.startswith("@") else n.key
+            eid = key.split(".", 1)[0]
+            if eid in seen or ".new.enrollments.__manage" not in key:
+                continue
+            seen.add(eid)
+            try:
+                er = json.loads(n.value or "{}")
+            except ValueError:
+                er = {}
+            app, dev = str(er.get("appName") or ""), str(er.get("deviceName") or "")
+            _info(
+                args, f'Got enrollment request ID {eid} with appName "{app}" and deviceName "{dev}"'
+            )
+            filt = f'(app: "{args.arx}" and device: "{args.drx}" respectively)'
+            if (arx is None or arx.search(app)) and (drx is None or drx.search(dev)):
+                _info(args, f"Approving enrollment request which matched the regex filters {filt}")
+                await _approve_one(args, mgr, eid)
+                approved += 1
+                if approved >= args.limit:
+                    _info(args, f"Approved {approved} requests - limit was {args.limit} - done.")
+            else:
+                _info(args, f"Ignoring enrollment request which does not match the regex "
+                            f"filters {filt}")  # fmt: skip
+            _info(args, "")
+    finally:
+        await conn.close()
+    return 0
 
 
 async def _run(args: argparse.Namespace) -> int:
     net: dict[str, Any] = {"root": args.root, "ca_file": args.ca_file}
+    if args.cmd == "status":
+        return await _status(args)
     if args.cmd == "onboard":
+        secret = _secret(args)
+        if args.output == "text":
+            print(
+                "[Information] Onboarding your atSign. This may take up to 2 minutes.",
+                file=sys.stderr,
+                flush=True,
+            )
         done = await ob.onboard(
             args.atsign,
-            _secret(args),
+            secret,
             app_name=args.app_name,
             device_name=args.device_name,
             keys_path=args.keys,
             overwrite=args.force,
             timeout=args.timeout,
+            pass_phrase=_pass_phrase(args),
             **net,
         )
         _emit(
@@ -223,19 +594,26 @@ async def _run(args: argparse.Namespace) -> int:
         )
         return 0
     if args.cmd == "enroll":
-        otp = args.otp or os.environ.get(ENV_OTP) or ""
-        if not otp:
-            raise ConfigError(f"no OTP: use --otp or ${ENV_OTP} (make one with `{PROG} otp`)")
         namespaces = ob.parse_namespaces(args.namespaces)
+        ttl = expiry_ms(args.expiry)
+        otp = _passcode(args)
 
         def pending(p: ob.PendingEnrollment) -> None:
             _emit(
                 args,
                 {"enrollmentId": p.enrollment_id, "status": "pending"},
-                f"enrollment {p.enrollment_id} pending; approve it with: "
-                f"{PROG} approve -a {p.atsign} -i {p.enrollment_id}",
+                f"Enrollment ID: {p.enrollment_id}",
             )
+            if args.output == "text":
+                print(
+                    f"Waiting for approval (up to {args.wait_timeout:g}s); approve it with: "
+                    f"{PROG} approve -a {p.atsign} -i {p.enrollment_id}",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
+        if args.output == "text":
+            print("Submitting enrollment request", file=sys.stderr, flush=True)
         done = await ob.enroll(
             args.atsign,
             otp,
@@ -248,6 +626,8 @@ async def _run(args: argparse.Namespace) -> int:
             interval=args.poll_interval,
             on_pending=pending,
             timeout=args.timeout,
+            apkam_keys_expiry_ms=ttl,
+            pass_phrase=_pass_phrase(args),
             **net,
         )
         _emit(
@@ -256,56 +636,101 @@ async def _run(args: argparse.Namespace) -> int:
             f"enrollment {done.enrollment_id} approved; keys saved to {done.path}",
         )
         return 0
+    if args.cmd == "spp" and not SPP_RE.fullmatch(args.spp):
+        raise ConfigError("SPP must be alphanumeric and 6 to 16 characters long")
+    ttl_ms = expiry_ms(getattr(args, "expiry", None))
+    if args.cmd == "otp" and args.ttl is not None:
+        if args.ttl <= 0:
+            raise ConfigError("--ttl must be positive")
+        ttl_ms = args.ttl * 1000
     keys = _load_keys(args)
     async with await ob.EnrollmentManager.connect(keys, timeout=args.timeout, **net) as mgr:
         if args.cmd == "otp":
-            ttl = None if args.ttl is None else args.ttl * 1000
-            if ttl is not None and ttl <= 0:
-                raise ConfigError("--ttl must be positive")
-            code = await mgr.otp(ttl)
-            _emit(args, {"otp": code, "ttlSeconds": args.ttl}, code)
+            code = await mgr.otp(ttl_ms)
+            _emit(args, {"otp": code, "ttlSeconds": None if ttl_ms is None else ttl_ms / 1000},
+                  code)  # fmt: skip
+        elif args.cmd == "spp":
+            r = await mgr.spp(args.spp, ttl_ms)
+            _emit(args, {"spp": "set", "response": r}, f"Server response: data:{r}")
         elif args.cmd == "list":
-            items = await mgr.list(args.status)
-            if args.output == "json":
-                print(json.dumps([e.to_json() for e in items]), flush=True)
-            else:
-                for e in items:
-                    ns = ",".join(f"{k}:{v}" for k, v in e.namespaces.items())
-                    print(f"{e.enrollment_id}  {e.status:<8}  {e.app_name}  {e.device_name}  {ns}")
-        elif args.cmd == "approve":
-            e = await mgr.approve(args.enrollment_id)
+            arx, drx = _regex(args.arx, "-A/--arx"), _regex(args.drx, "-D/--drx")
+            items = [
+                e
+                for e in await mgr.list(args.status)
+                if (arx is None or arx.search(e.app_name or ""))
+                and (drx is None or drx.search(e.device_name or ""))
+            ]
+            _print_list(args, items)
+        elif args.cmd == "fetch":
+            body = await mgr._call("fetch", args.enrollment_id, {})
             _emit(
                 args,
-                {"enrollmentId": e.enrollment_id, "status": e.status, "namespaces": e.namespaces},
-                f"approved {e.enrollment_id} ({e.app_name} on {e.device_name}, namespaces "
-                + ",".join(f"{k}:{v}" for k, v in e.namespaces.items())
-                + ")",
+                {"enrollmentId": args.enrollment_id, **body},
+                f"Fetched enrollment OK: {dart_str(body)}",
             )
-        elif args.cmd == "deny":
-            st = await mgr.deny(args.enrollment_id)
+        elif args.cmd == "delete":
+            _info(args, "Sending delete request")
+            st = await mgr.delete(args.enrollment_id)
             _emit(
                 args,
                 {"enrollmentId": args.enrollment_id, "status": st},
-                f"denied {args.enrollment_id}",
+                "Server response: " + _reply(st, args.enrollment_id)[5:],
             )
+        elif args.cmd == "auto":
+            return await _auto(args, mgr, keys)
         else:
-            st = await mgr.revoke(args.enrollment_id, force=args.force)
-            _emit(
-                args,
-                {"enrollmentId": args.enrollment_id, "status": st},
-                f"revoked {args.enrollment_id}",
-            )
+            want = {"approve": "pending", "deny": "pending", "revoke": "approved"}
+            for e in await _select(args, mgr, want.get(args.cmd, "revoked")):
+                eid = e.enrollment_id
+                if args.cmd == "approve":
+                    _info(args, f'Approving enrollmentId {eid} with appName "{e.app_name}" '
+                                f'and deviceName "{e.device_name}"')  # fmt: skip
+                    await _approve_one(args, mgr, eid)
+                    continue
+                verb = {"deny": "Denying", "revoke": "Revoking", "unrevoke": "Un-Revoking"}
+                _info(args, f"{verb[args.cmd]} enrollmentId {eid}")
+                if args.cmd == "deny":
+                    st = await mgr.deny(eid)
+                elif args.cmd == "revoke":
+                    st = await mgr.revoke(eid, force=args.force)
+                else:
+                    st = await mgr.unrevoke(eid)
+                _emit(
+                    args, {"enrollmentId": eid, "status": st}, f"Server response: {_reply(st, eid)}"
+                )
     return 0
 
 
+def normalise_argv(argv: list[str]) -> list[str]:
+    """The official bare form: ``at_activate -a @x ...`` means ``at_activate onboard -a @x``."""
+    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
+        return ["onboard", *argv]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = normalise_argv(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    if not argv:
+        parser.print_usage(sys.stderr)
+        print(f"{PROG}: error: you must supply a command (one of: {', '.join(COMMANDS)})",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    args = parser.parse_args(argv)
+    if args.cmd == "help":
+        parser.print_help()
+        return 0
     setup_logging(args)
     try:
         return int(_compat.run(_run(args)))
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except NothingMatched as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
+    except AtError as exc:
+        return fail(PROG, exc)
     except (NoPortsError, OSError) as exc:
         return fail(PROG, exc)
 

@@ -58,3 +58,59 @@ def fail(prog: str, exc: BaseException) -> int:
         return code
     print(f"{prog}: error: {kind}{escape(msg)}", file=sys.stderr)
     return code
+
+
+# -- flag groups shared by the client programs (one definition, one help text) -----------
+def add_root_flags(parser: argparse.ArgumentParser, *, camel_alias: bool = False) -> None:
+    """``--root-domain`` (official, host only, port 64), ``--root-server``/``--root``
+    (``host[:port]`` or ``proxy:host:port``; wins) and ``--ca-file``."""
+    names = ["--root-domain", "--rootDomain"] if camel_alias else ["--root-domain"]
+    parser.add_argument(*names, default="root.atsign.org", help="atDirectory host (port 64)")
+    parser.add_argument(
+        "--root-server",
+        "--root",
+        dest="root",
+        default=None,
+        help="atDirectory host[:port] or proxy:host:port (env NOPORTS_ROOT; overrides "
+        "--root-domain)",
+    )
+    parser.add_argument(
+        "--ca-file", default=None, help="extra CA bundle to trust (env NOPORTS_CA_FILE)"
+    )
+
+
+def add_client_atsign_flags(parser: argparse.ArgumentParser) -> None:
+    """``-f/--from``, ``-t/--to``, ``-r/--srvd`` and ``-k/--key-file`` as the official clients."""
+    parser.add_argument(
+        "-f", "--from", dest="from_", required=True, metavar="@CLIENT", help="client atSign"
+    )
+    parser.add_argument(
+        "-t", "--to", required=True, metavar="@DEVICE_ATSIGN", help="device daemon atSign"
+    )
+    parser.add_argument(
+        "-r",
+        "--srvd",
+        default=None,
+        metavar="@RELAY",
+        help="relay (srvd) atSign; a comma list or empty: select the lowest-latency one",
+    )
+    parser.add_argument(
+        "-k",
+        "--key-file",
+        "--keyFile",
+        dest="key_file",
+        default=None,
+        help="atKeys file (default ~/.atsign/keys/<from>_key.atKeys)",
+    )
+
+
+DEFAULT_ROOT_DOMAIN = "root.atsign.org"
+
+
+def root_of(args: argparse.Namespace) -> str | None:
+    """``--root``/``--root-server`` when given, else a non-default ``--root-domain`` on port 64
+    (None: the default root, or NOPORTS_ROOT, is used)."""
+    root: str | None = args.root
+    if not root and args.root_domain and args.root_domain != DEFAULT_ROOT_DOMAIN:
+        root = f"{args.root_domain}:64"
+    return root

@@ -1,11 +1,11 @@
 """``npa``: the NoPorts policy service (spec 8).
 
-    npa -a @policy --policy FILE.toml [--daemon-atsigns @d1,@d2] [-k KEYS]
+    npa -a @policy --policy FILE.toml|FILE.yaml [--daemon-atsigns @d1,@d2] [-k KEYS]
         [--audit-log FILE.jsonl] [--root HOST:PORT] [--ca-file F] [-v]
 
 Daemons started with ``sshnpd -p @policy`` ask it, for every client request, whether that
 client may use the device and which ``host:port`` targets it may open; the answers come
-from the TOML policy file (format in ``noports.npa.policy``), which is re-read when it
+from the policy file (TOML, or the official npp_file YAML), which is re-read when it
 changes (a broken edit keeps the last good policy and logs the error). Every decision is
 logged, written to ``--audit-log`` (JSON lines) if given, and sent to the policy atSign
 itself as a ``<epochMillis>.logs.policy.sshnp`` notification.
@@ -44,12 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description=__doc__.split("\n\n")[0].replace("``", ""),
-        epilog=__doc__.split("\n\n", 1)[1],
+        epilog=__doc__.split("\n\n", 1)[1].replace("``", ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_common(p)
     p.add_argument("-a", "--atsign", required=True, help="the policy service's atSign")
-    p.add_argument("--policy", required=True, metavar="FILE", help="TOML policy file")
+    p.add_argument(
+        "--policy",
+        "--yaml",
+        required=True,
+        metavar="FILE",
+        help="policy file: the official npp_file YAML (.yaml/.yml, also --yaml as npp_file) "
+        "or TOML",
+    )
     p.add_argument(
         "--daemon-atsigns",
         default="",
@@ -81,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "-r",
+        "--root-server",
         "--root",
         "--root-domain",
         dest="root",

@@ -5,13 +5,17 @@
     noports server list | remove @alice | status --data-dir DIR
 
 On start it prints the two exports that point every program at it (or one JSON line with
-``--output json``) and runs until SIGTERM/SIGINT.
+``--output json``) and runs until SIGTERM/SIGINT. One server per data dir: a second one
+refuses to start, naming the first one's PID. Without ``--port`` a restart listens on the
+port the data dir had last time (so an exported ``NOPORTS_ROOT`` stays valid), falling back
+to a free port if that one is taken; ``--port 0`` always picks a new one.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -19,7 +23,7 @@ import sys
 from pathlib import Path
 
 from .. import _compat
-from ..errors import NoPortsError
+from ..errors import ConfigError, NoPortsError
 from ..log import setup_logging
 from .common import add_common, fail
 
@@ -44,7 +48,12 @@ def _run_parser() -> argparse.ArgumentParser:
         "--data-dir", default=_default_dir(), help="state directory (default %(default)s)"
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
-    p.add_argument("--port", type=int, default=0, help="port; 0 picks a free one (default)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="port (default: the one this data dir used last, else a free one; 0 = a new free one)",
+    )
     p.add_argument(
         "--output", choices=("text", "json"), default="text", help="start-up line format"
     )
@@ -133,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         return _admin(_admin_parser().parse_args(argv))
     args = _run_parser().parse_args(argv)
     setup_logging(args)
-    if not 0 <= args.port <= 65535:
+    if args.port is not None and not 0 <= args.port <= 65535:
         _run_parser().error("--port must be 0-65535")
     try:
         return _compat.run(_serve(args))
@@ -151,7 +160,9 @@ def _admin(args: argparse.Namespace) -> int:
     try:
         if args.cmd == "add":
             secret = admin.add(data_dir, args.atsign, args.keys_file)
-            if secret is None:
+            if args.output == "json":
+                print(json.dumps({"atsign": args.atsign, "added": True, "secret": secret}))
+            elif secret is None:
                 print(f"added {args.atsign} with the keys from {args.keys_file}")
             else:
                 print(f"added {args.atsign}; activation secret (use once, keep private):")
@@ -163,7 +174,10 @@ def _admin(args: argparse.Namespace) -> int:
             if not admin.remove(data_dir, args.atsign):
                 print(f"{PROG}: error: {args.atsign} is not registered", file=sys.stderr)
                 return 4
-            print(f"removed {args.atsign}")
+            if args.output == "json":
+                print(json.dumps({"atsign": args.atsign, "removed": True}))
+            else:
+                print(f"removed {args.atsign}")
         else:
             st = admin.status(data_dir)
             if args.output == "json":
@@ -181,9 +195,12 @@ async def _serve(args: argparse.Namespace) -> int:
     from ..atserver.net import AtServer, pin_mmap_threshold
 
     pin_mmap_threshold()
+    data_dir = Path(args.data_dir)
+    lock = _lock_data_dir(data_dir)
+    port = args.port if args.port is not None else _last_port(data_dir, args.host)
     cfg = Config(
         host=args.host,
-        port=args.port,
+        port=port,
         max_connections=args.max_connections,
         stats_interval=args.stats_interval,
         unauth_timeout=args.unauth_timeout,
@@ -198,6 +215,8 @@ async def _serve(args: argparse.Namespace) -> int:
     )
     server = AtServer(args.data_dir, cfg)
     await server.start()
+    with contextlib.suppress(OSError):
+        (data_dir / LAST_PORT_FILE).write_text(f"{server.port}\n")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -222,4 +241,60 @@ async def _serve(args: argparse.Namespace) -> int:
         await stop.wait()
     finally:
         await server.stop()
+        os.close(lock)
     return 0
+
+
+LOCK_FILE = "server.lock"
+LAST_PORT_FILE = "last_port"
+
+
+class DataDirBusyError(ConfigError):
+    pass
+
+
+def _lock_data_dir(data_dir: Path) -> int:
+    """An exclusive lock on the data dir for this process's life (released by the kernel
+    if it dies); a second server gets one line naming the first one's PID."""
+    import fcntl
+
+    from ..fsutil import secure_dir
+
+    secure_dir(data_dir)
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        other = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise DataDirBusyError(
+            f"another noports server (pid {other}) is running on {data_dir}: stop it first, "
+            "or use another --data-dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _last_port(data_dir: Path, host: str) -> int:
+    """The port this data dir used last, if it is free now; else 0 (a free one)."""
+    import socket
+
+    try:
+        port = int((data_dir / LAST_PORT_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return 0
+    if not 0 < port < 65536:
+        return 0
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            print(
+                f"{PROG}: warning: port {port} (used last time) is taken; picking a free one",
+                file=sys.stderr,
+            )
+            return 0
+    return port

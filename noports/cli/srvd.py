@@ -161,7 +161,13 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         p.add_argument("-s", "--snoop", action="store_true", default=False, help=SNOOP_HELP)
     add_common(p)
     # ours
-    p.add_argument("--root", default=None, help="root directory host:port (env NOPORTS_ROOT)")
+    p.add_argument(
+        "--root-server",
+        "--root",
+        dest="root",
+        default=None,
+        help="root host[:port] (env NOPORTS_ROOT)",
+    )
     p.add_argument("--ca-file", default=None, help="extra CA bundle (env NOPORTS_CA_FILE)")
     p.add_argument(
         "--bind",

@@ -1,8 +1,11 @@
 """``sshnpd``: the NoPorts device daemon (official flags and defaults, spec 6.1).
 
 Only parsing lives here; the daemon is :mod:`noports.sshnpd.daemon`. Every flag can also come
-from the environment (``NOPORTS_SSHNPD_<FLAG>``) or a TOML file (``--config``); the command
-line wins. Exit codes: 0 after SIGTERM/SIGINT, 2 for bad usage or configuration, otherwise the
+from the environment (``NOPORTS_SSHNPD_<FLAG>``) or a config file: the official YAML schema
+(``--config FILE``, else ``$SSHNPD_CONFIG``, else /etc/noports/sshnpd.yaml if present) or a
+TOML file (``.toml``); the command line wins. Empty arguments (the official systemd unit
+passes ``"$delegate_policy"`` even when it is empty) are ignored. Exit codes: 0 after
+SIGTERM/SIGINT, 2 for bad usage or configuration, otherwise the
 documented code of the error that stopped the daemon (README "Exit codes").
 """
 
@@ -18,16 +21,43 @@ from collections.abc import Sequence
 from .. import _compat
 from ..at.client import AtClient
 from ..config import parse_args
+from ..crypto.atkeys import AtKeys, default_keys_path
 from ..errors import EXIT_OK, ConfigError
 from ..log import setup_logging
 from ..names import validate_atsign, validate_device_group, validate_device_name
 from ..session.permitopen import DEFAULT_PERMIT_OPEN, POLICY_DEFAULT_PERMIT_OPEN, PermitOpen
 from ..sshnpd.authkeys import validate_options
 from ..sshnpd.daemon import Daemon, DaemonConfig
-from .common import add_common, fail
+from .common import DEFAULT_ROOT_DOMAIN, add_common, fail, root_of
 
 PROG = "sshnpd"
-DEFAULT_ROOT_DOMAIN = "root.atsign.org"
+DEFAULT_CONFIG = "/etc/noports/sshnpd.yaml"
+CONFIG_ENV = "SSHNPD_CONFIG"
+#: the official sshnpd.yaml schema (noports_core sshnpd options, configKey) -> our dest
+YAML_KEYS = {
+    "/atsign/atsign": "atsign",
+    "/atsign/keys": "key_file",
+    "/atsign/passphrase": "pass_phrase",
+    "/atsign/root": "root",
+    "/atsign/root-domain": "root",
+    "/access/managers": "managers",
+    "/access/policy": "policy_manager",
+    "/access/permitopen": "permit_open",
+    "/device/name": "device",
+    "/device/group": "device_group",
+    "/device/hide": "hide",
+    "/ssh/add-publickeys": "sshpublickey",
+    "/ssh/client": "ssh_client",
+    "/ssh/sshd-port": "local_sshd_port",
+    "/ssh/publickey-permissions": "sshpublickey_permissions",
+    "/ssh/ephemeral-permissions": "ephemeral_permissions",
+    "/ssh/algorithm": "ssh_algorithm",
+    "/runtime/storage-path": "storage_path",
+    "/runtime/clear-cached-pks": "clear_cached_pks",
+    "/runtime/strict": "strict",
+    "/runtime/verbose": "verbose",
+    "/runtime/debug": "debug",
+}
 log = logging.getLogger("noports.sshnpd")
 NOTICE = 25
 logging.addLevelName(NOTICE, "NOTICE")
@@ -49,6 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
         dest="key_file",
         default=None,
         help="atKeys file (default ~/.atsign/keys/<atSign>_key.atKeys)",
+    )
+    p.add_argument(
+        "-P",
+        "--pass-phrase",
+        "--passPhrase",
+        dest="pass_phrase",
+        default=None,
+        help="pass phrase of a password-protected atKeys file (visible to local users on the "
+        "command line: prefer atsign.passphrase in the config file or "
+        "NOPORTS_SSHNPD_PASS_PHRASE_FILE)",
     )
     p.add_argument(
         "-m",
@@ -111,7 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_ROOT_DOMAIN,
         help="root directory host (port 64); --root overrides",
     )
-    p.add_argument("--root", default=None, help="root directory host:port (env NOPORTS_ROOT)")
+    p.add_argument(
+        "--root-server",
+        "--root",
+        dest="root",
+        default=None,
+        help="root directory host[:port] or proxy:host:port (env NOPORTS_ROOT)",
+    )
     p.add_argument("--ca-file", default=None, help="extra CA bundle to trust (env NOPORTS_CA_FILE)")
     p.add_argument(
         "--device-group",
@@ -150,6 +196,34 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=False,
         help="refuse sessions that do not use the noports AEAD mode",
+    )
+    p.add_argument(
+        "--strict",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="verify request signatures (official default: only with -p); this daemon "
+        "always verifies, so --no-strict changes nothing",
+    )
+    p.add_argument(
+        "--clear-cached-pks",
+        action="store_true",
+        default=False,
+        help="accepted for compatibility: this daemon caches no public keys",
+    )
+    p.add_argument(
+        "--doctor",
+        action="store_true",
+        default=False,
+        help="check keys, root, atServer, sshd and configuration, print a summary, exit",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        nargs="?",
+        const="sshnpd_doctor_log.txt",
+        default=None,
+        metavar="FILE",
+        help="with --doctor: also save the summary (default sshnpd_doctor_log.txt)",
     )
     p.add_argument("--max-sessions", type=int, default=128, help="concurrent tunnels (128)")
     p.add_argument(
@@ -221,12 +295,14 @@ def _notice(text: str) -> None:
     log.handle(log.makeRecord(log.name, NOTICE, __file__, 0, text, (), None))
 
 
+def load_keys(args: argparse.Namespace, atsign: str) -> AtKeys:
+    path = args.key_file or default_keys_path(atsign)
+    return AtKeys.load(path, atsign, pass_phrase=args.pass_phrase or None)
+
+
 async def _serve(cfg: DaemonConfig, args: argparse.Namespace) -> int:
-    root = args.root
-    if not root and args.root_domain and args.root_domain != DEFAULT_ROOT_DOMAIN:
-        root = f"{args.root_domain}:64"
     client = await AtClient.connect(
-        cfg.atsign, keys_file=args.key_file, root=root, ca_file=args.ca_file
+        cfg.atsign, keys=load_keys(args, cfg.atsign), root=root_of(args), ca_file=args.ca_file
     )
     daemon = Daemon(cfg, client, on_ready=_notice)
     loop = asyncio.get_running_loop()
@@ -249,8 +325,31 @@ async def _serve(cfg: DaemonConfig, args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parse_args(parser, PROG, argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--doctor" in argv:  # runs before argument validation, as the official
+        from .sshnpd_doctor import run_doctor
+
+        return run_doctor(parser, argv, default_config=DEFAULT_CONFIG, yaml_keys=YAML_KEYS)
+    args = parse_args(
+        parser,
+        PROG,
+        argv,
+        default_config=DEFAULT_CONFIG,
+        yaml_keys=YAML_KEYS,
+        config_env=(CONFIG_ENV,),
+    )
     setup_logging(args)
+    if args.output is not None:
+        parser.error("-o/--output is only valid with --doctor")
+    if args.clear_cached_pks:
+        log.info("--clear-cached-pks: nothing to clear (this daemon caches no public keys)")
+    if args.pass_phrase and any(a.startswith(("-P", "--pass", "--passPhrase")) for a in argv):
+        print(
+            f"{PROG}: warning: a pass phrase on the command line is visible to other local "
+            "users; prefer atsign.passphrase in the config file or "
+            "NOPORTS_SSHNPD_PASS_PHRASE_FILE",
+            file=sys.stderr,
+        )
     if args.un_hide is not None:
         print(
             "[WARN] -u, --un-hide is deprecated; the daemon shares its username unless "

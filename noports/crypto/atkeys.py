@@ -123,15 +123,33 @@ class AtKeys:
             extra=extra,
         )
 
-    def save(self, path: str | os.PathLike[str] | None = None, *, overwrite: bool = True) -> Path:
+    def save(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        overwrite: bool = True,
+        pass_phrase: str | None = None,
+    ) -> Path:
+        """Write the keys (0600); with ``pass_phrase`` in the official protected format."""
         p = Path(path) if path is not None else default_keys_path(self.atsign)
-        return write_secret(p, json.dumps(self.to_dict()).encode("utf-8"), overwrite=overwrite)
+        text = json.dumps(self.to_dict())
+        if pass_phrase:
+            from . import atkeys_pass
+
+            text = json.dumps(atkeys_pass.encrypt(text, pass_phrase))
+        return write_secret(p, text.encode("utf-8"), overwrite=overwrite)
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike[str], atsign: str | None = None, *, strict_mode: bool = False
+        cls,
+        path: str | os.PathLike[str],
+        atsign: str | None = None,
+        *,
+        strict_mode: bool = False,
+        pass_phrase: str | None = None,
     ) -> AtKeys:
-        """Load a .atKeys file. ``strict_mode`` refuses group/world-readable files."""
+        """Load a .atKeys file. ``strict_mode`` refuses group/world-readable files; a
+        passphrase-protected file needs ``pass_phrase``."""
         raw = read_secret(path, strict_mode=strict_mode)
         try:
             d = json.loads(raw)
@@ -139,6 +157,10 @@ class AtKeys:
             raise KeyFileError(f"{path} is not a JSON .atKeys file") from exc
         if not isinstance(d, dict):
             raise KeyFileError(f"{path} is not a JSON .atKeys file")
+        from . import atkeys_pass
+
+        if atkeys_pass.is_protected(d):
+            d = atkeys_pass.decrypt(d, pass_phrase, path=str(path))
         if atsign is None:
             name = Path(path).name
             if name.endswith("_key.atKeys") and name.startswith("@"):

@@ -6,7 +6,8 @@ whether ``clientAtsign`` may use device ``daemonDeviceName`` (in group
 ``{"authorized": bool, "message": str | None, "permitOpen": ["host:port", ...]}``; the daemon
 then applies ``permitOpen`` as its per-client permit-open list.
 
-File format (TOML)::
+File format: the official ``npp_file --yaml`` YAML (a ``.yaml``/``.yml`` file, see
+:func:`parse_official_yaml`), or this TOML::
 
     # Optional: only answer for these daemons (empty or absent = any daemon).
     daemon_atsigns = ["@home_devices"]
@@ -66,7 +67,15 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10 needs the tomli backport
     import tomli as tomllib
 
-__all__ = ["PolicyRequest", "Decision", "Policy", "PolicyStore", "parse_policy", "load_policy"]
+__all__ = [
+    "PolicyRequest",
+    "Decision",
+    "Policy",
+    "PolicyStore",
+    "parse_policy",
+    "parse_official_yaml",
+    "load_policy",
+]
 
 log = logging.getLogger("noports.npa.policy")
 
@@ -253,9 +262,97 @@ def parse_policy(data: bytes, *, source: str = "<policy>") -> Policy:
     return Policy(daemons, tuple(groups), hashlib.sha256(data).hexdigest()[:16])
 
 
+_YAML_GROUP_KEYS = {"userAtSigns", "permissions"}
+_YAML_PERM_KEYS = {"daemonAtSigns", "deviceNames", "deviceGroupNames"}
+
+
+def parse_official_yaml(data: bytes, *, source: str = "<policy>") -> Policy:
+    """The official ``npp_file --yaml`` policy::
+
+        userGroups:
+          admins:
+            userAtSigns: ['@alice', '@bob']
+            permissions:
+              daemonAtSigns: ['@home_devices']
+              deviceNames: {my_pi: ['localhost:22']}
+              deviceGroupNames: {lab: ['*:*']}
+
+    Each user group becomes a group of this policy restricted to its ``daemonAtSigns``; a
+    group without ``daemonAtSigns`` grants nothing (as official), and the policy answers only
+    for the daemons some group names (official: the union is the daemon list). Validated like
+    the TOML form; unknown keys are errors naming the key.
+    """
+    try:
+        import yaml  # type: ignore[import-untyped]
+
+        doc = yaml.safe_load(data.decode("utf-8"))
+    except (UnicodeDecodeError, ImportError) as exc:
+        raise ConfigError(f"policy {source}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"policy {source}: {' '.join(str(exc).split())}") from None
+    if not isinstance(doc, Mapping) or "userGroups" not in doc:
+        raise _err(source, "expected 'userGroups:' at the top (official npp_file format)")
+    for key in doc:
+        if key != "userGroups":
+            raise _err(source, f"unknown key '{escape(str(key), 80)}'")
+    raw = doc.get("userGroups") or {}
+    if not isinstance(raw, Mapping):
+        raise _err(source, "'userGroups' must be a map")
+    groups: list[_Group] = []
+    daemons: set[str] = set()
+    for gname, body in raw.items():
+        where = f"{source}: userGroups.{escape(str(gname), 80)}"
+        if not isinstance(body, Mapping):
+            raise _err(where, "expected a map")
+        for key in body:
+            if key not in _YAML_GROUP_KEYS:
+                raise _err(where, f"unknown key '{escape(str(key), 80)}'")
+        perms = body.get("permissions") or {}
+        if not isinstance(perms, Mapping):
+            raise _err(f"{where}.permissions", "expected a map")
+        for key in perms:
+            if key not in _YAML_PERM_KEYS:
+                raise _err(f"{where}.permissions", f"unknown key '{escape(str(key), 80)}'")
+        group_daemons = _atsign_list(
+            perms.get("daemonAtSigns") or [], f"{where}.permissions.daemonAtSigns"
+        )
+        if not group_daemons:
+            log.warning("policy %s: user group %s has no daemonAtSigns: it grants nothing",
+                        source, gname)  # fmt: skip
+            continue
+        daemons |= group_daemons
+        groups.append(
+            _Group(
+                name=str(gname),
+                members=_atsign_list(body.get("userAtSigns") or [], f"{where}.userAtSigns"),
+                daemons=group_daemons,
+                device_names=_rules(
+                    perms.get("deviceNames") or {},
+                    f"{where}.permissions.deviceNames",
+                    validate_device_name,
+                ),
+                device_groups=_rules(
+                    perms.get("deviceGroupNames") or {},
+                    f"{where}.permissions.deviceGroupNames",
+                    validate_device_group,
+                ),
+            )
+        )
+    if not daemons:
+        raise _err(source, "no user group names any daemonAtSigns: the policy grants nothing")
+    return Policy(frozenset(daemons), tuple(groups), hashlib.sha256(data).hexdigest()[:16])
+
+
+def _parse_any(data: bytes, *, source: str) -> Policy:
+    if source.lower().endswith((".yaml", ".yml")):
+        return parse_official_yaml(data, source=source)
+    return parse_policy(data, source=source)
+
+
 def load_policy(path: str | os.PathLike[str]) -> Policy:
+    """A policy file: the official ``npp_file`` YAML (``.yaml``/``.yml``) or our TOML."""
     with open(path, "rb") as fh:
-        return parse_policy(fh.read(), source=os.fspath(path))
+        return _parse_any(fh.read(), source=os.fspath(path))
 
 
 def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -295,7 +392,7 @@ class PolicyStore:
         finally:
             os.close(fd)
         try:
-            policy = parse_policy(b"".join(chunks), source=self.path)
+            policy = _parse_any(b"".join(chunks), source=self.path)
         except ConfigError as exc:
             self._fail(sig, str(exc))
             return None

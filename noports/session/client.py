@@ -64,6 +64,7 @@ from .features import (
     parse_ping_response,
     require_features,
 )
+from .relays import select_relay
 
 log = logging.getLogger("noports.session")
 
@@ -71,6 +72,7 @@ RELAY_TIMEOUT = 20.0  # spec 3.5: relay response wait
 DAEMON_TIMEOUT = 15.0  # spec 3.5: daemon session response
 PING_TIMEOUT = 20.0  # --daemon-ping-timeout default
 NOTIFY_TTL_MS = 10_000
+NACK_GRACE = 1.0  # seconds another relay instance has to grant after one refused
 NOTIFY_TTLN_MS = 60_000
 
 
@@ -122,7 +124,7 @@ class SessionSpec:
     kind: str
     daemon: str
     device: str
-    relay: str
+    relay: str  # "" = select one (latest spec 1): from relay_candidates, else the standard list
     auth_client: bool = True  # --ac: our tunnel end authenticates to the relay
     auth_device: bool = True  # --ad: the daemon's end authenticates to the relay
     encrypt: bool = True  # --et
@@ -145,10 +147,14 @@ class SessionSpec:
     relay_auth_mode: str = "escr"
     only443: bool = False
     ram_fallback: bool = False  # --ram not given: payload with a daemon that lacks escr
+    # relay auto-selection (when ``relay`` is empty)
+    relay_candidates: list[str] | None = None
+    root: str | None = None  # the root domain, for the standard relay list's address
 
     def __post_init__(self) -> None:
         self.daemon = validate_atsign(self.daemon, add_at=True)
-        self.relay = validate_atsign(self.relay, add_at=True)
+        if self.relay:
+            self.relay = validate_atsign(self.relay, add_at=True)
         self.device = validate_device_name(self.device)
         if self.kind not in ("ssh", "npt"):
             raise ValueError(self.kind)
@@ -178,6 +184,7 @@ class Established:
     info: DaemonInfo | None
     username: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    relay: str | None = None  # the relay atSign used (chosen when -r was empty or a list)
 
     @property
     def mode(self) -> str:
@@ -224,13 +231,13 @@ class _Inbox:
         if value is None:
             return
         if frm == self.spec.relay and f"nack.{self.sid}" in short_key:
-            _set_exc(
-                self.relay,
-                RelayRefusedError(
-                    f"the relay {self.spec.relay} refused the session: "
-                    f"{' '.join(value.split())[:300]}"
-                ),
+            err = RelayRefusedError(
+                f"the relay {self.spec.relay} refused the session: "
+                f"{' '.join(value.split())[:300]}"
             )
+            # several relay instances may answer one request (multipleAcksOk): the first ack
+            # wins, so a refusal stands only if no instance grants within NACK_GRACE
+            asyncio.get_running_loop().call_later(NACK_GRACE, _set_exc, self.relay, err)
         elif frm == self.spec.relay and short_key == self._want_relay:
             _set(self.relay, value)
         elif frm == self.spec.daemon and short_key.lower() == self._want_daemon:
@@ -285,16 +292,31 @@ async def establish(
     def mark(name: str) -> None:
         timings[name] = round((loop.time() - t0) * 1000, 1)
 
+    mark("start")
+    if not spec.relay:
+        choice = await select_relay(
+            client,
+            daemon=spec.daemon,
+            device=spec.device,
+            candidates=spec.relay_candidates,
+            root=spec.root,
+            progress=progress,
+        )
+        progress(f"Using relay {choice.relay} ({choice.reason})")
+        spec = dataclasses.replace(spec, relay=choice.relay)
+        mark("relaySelect")
     sid = wire.new_session_id()
     me = client.atsign
-    mark("start")
     inbox = _Inbox(sid, spec)
     mon = client.monitor(_Inbox.regex(sid, spec.device))
     pump: asyncio.Task[None] | None = None
     side: list[asyncio.Future[Any]] = []
     try:
+        kex = _kex_private(spec)
         eph_task = (
-            asyncio.wrap_future(ephemeral or start_ephemeral_keygen()) if spec.encrypt else None
+            asyncio.wrap_future(ephemeral or start_ephemeral_keygen())
+            if spec.encrypt and kex is None
+            else None
         )
         pk_task = asyncio.ensure_future(client.public_key(spec.daemon))
         user_task = (
@@ -455,6 +477,7 @@ async def establish(
 
         eph = await eph_task if eph_task is not None else None
         eph_pub = eph.public_key() if eph is not None else None
+        kex_pk = _kex_public(kex)
         if spec.kind == "ssh":
             payload = wire.ssh_request(
                 session_id=sid,
@@ -467,6 +490,8 @@ async def establish(
                 encrypt=spec.encrypt,
                 twin_keys=spec.twin_keys and spec.encrypt,
                 aead=spec.offer_aead and spec.encrypt,
+                relay_atsign=spec.relay,
+                kex_pk=kex_pk,
             )
             key = f"ssh_request.{spec.device}"
         else:
@@ -483,6 +508,8 @@ async def establish(
                 timeout_ms=spec.timeout_ms,
                 twin_keys=spec.twin_keys and spec.encrypt,
                 aead=spec.offer_aead and spec.encrypt,
+                relay_atsign=spec.relay,
+                kex_pk=kex_pk,
             )
             key = f"npt_request.{spec.device}"
         if escr_mode:
@@ -513,7 +540,11 @@ async def establish(
         mark("response")
         progress("Received response from the device daemon")
         result = await _verify(client, spec, sid, text, pk_task)
-        crypto = _choose_crypto(spec, sid, result, eph)
+        crypto = (
+            _choose_crypto_kex(spec, sid, result, kex)
+            if kex is not None
+            else _choose_crypto(spec, sid, result, eph)
+        )
         auth: str | EscrAuth | None = (
             relay_auth_line(sid, nonce, reply.rvd_nonce, client.keys.encrypt_private)
             if spec.auth_client and reply.rvd_nonce
@@ -530,7 +561,7 @@ async def establish(
         )
         log.debug("set-up timings (ms): %s", timings)
         return Established(
-            sid, reply.host, reply.port_a, auth, crypto, result, info, username, timings
+            sid, reply.host, reply.port_a, auth, crypto, result, info, username, timings, spec.relay
         )
     finally:
         if pump is not None:
@@ -602,6 +633,44 @@ def _choose_crypto(
             "the device daemon sent no session keys although encryption was requested"
         )
     return keys.ctr
+
+
+# -- X25519 in place of the RSA ephemeral key, between our own programs -------------------
+# Only with ``require_aead``: the feature check has then confirmed our AEAD mode before the
+# request, so the daemon is ours; anything else keeps the RSA key official peers need.
+
+
+def _kex_private(spec: SessionSpec) -> Any:
+    if not (spec.encrypt and spec.require_aead):
+        return None
+    from ..crypto.ephemeral import x25519_private
+
+    return x25519_private()
+
+
+def _kex_public(private: Any) -> bytes | None:
+    if private is None:
+        return None
+    from ..crypto.ephemeral import x25519_public_raw
+
+    return x25519_public_raw(private)
+
+
+def _choose_crypto_kex(
+    spec: SessionSpec, sid: str, payload: dict[str, Any], private: Any
+) -> TunnelCrypto:
+    if wire.KEX_PK_FIELD not in payload:
+        raise DowngradeRefusedError(
+            "the device daemon did not accept the AEAD mode and --require-aead was given; refusing "
+            "to fall back to AES-CTR"
+        )
+    keys = wire.kex_keys_from_response(payload, private, sid)
+    if keys.aead_secret is None:
+        raise DowngradeRefusedError(
+            "the device daemon did not accept the AEAD mode and --require-aead was given; refusing "
+            "to fall back to AES-CTR"
+        )
+    return AeadKeys(keys.aead_secret, sid)
 
 
 async def connect_client(

@@ -15,6 +15,12 @@ Our additions ride in fields the official tools ignore:
   offer and answers in the legacy form; the client then uses legacy or twin-key CTR, or
   refuses when the user required the strong mode.
 
+* ``noportsKex: "x25519"`` with ``noportsKexPK`` in a request (sent by our client only when
+  the feature check confirmed our AEAD mode, ``--require-aead``) replaces the RSA-2048
+  ephemeral key; the daemon answers with its own ``noportsKexPK`` and the key fields sealed
+  under the X25519-derived key (``noports.crypto.ephemeral``, "X25519"). RSA stays for
+  official peers.
+
 Wrapping (spec 1.3): RSAES-PKCS1-v1_5 with the client's ephemeral RSA-2048 public key over the
 UTF-8 bytes of the *base64 text* of each key, IV or secret; the ciphertext is base64.
 """
@@ -86,18 +92,37 @@ class SessionKeys:
         return AeadKeys(self.aead_secret, session_id) if self.aead_secret else None
 
     def response_fields(self, client_pk: rsa.PublicKey) -> dict[str, Any]:
-        """The wrapped key fields of a success response, official names first."""
-        out: dict[str, Any] = {"sessionAESKey": None, "sessionIV": None}
+        """The wrapped key fields of a success response (latest spec 3.2): the C2D key and IV
+        are named ``aesKeyC2D``/``ivC2D`` with twin keys, else ``sessionAESKey``/``sessionIV``;
+        ``aesKeyD2C``/``ivD2C`` follow (null without twin keys)."""
+        twin = (
+            self.ctr is not None and self.ctr.key_d2c is not None and self.ctr.iv_d2c is not None
+        )
+        names = ("aesKeyC2D", "ivC2D") if twin else ("sessionAESKey", "sessionIV")
+        out: dict[str, Any] = {names[0]: None, names[1]: None}
         if self.ctr is not None:
-            out["sessionAESKey"] = wrap(client_pk, self.ctr.key_c2d)
-            out["sessionIV"] = wrap(client_pk, self.ctr.iv_c2d)
-            if self.ctr.key_d2c is not None and self.ctr.iv_d2c is not None:
-                out["aesKeyC2D"] = out["sessionAESKey"]
-                out["ivC2D"] = out["sessionIV"]
-                out["aesKeyD2C"] = wrap(client_pk, self.ctr.key_d2c)
-                out["ivD2C"] = wrap(client_pk, self.ctr.iv_d2c)
+            out[names[0]] = wrap(client_pk, self.ctr.key_c2d)
+            out[names[1]] = wrap(client_pk, self.ctr.iv_c2d)
+        out["aesKeyD2C"] = out["ivD2C"] = None
+        if twin:
+            assert self.ctr is not None and self.ctr.key_d2c and self.ctr.iv_d2c
+            out["aesKeyD2C"] = wrap(client_pk, self.ctr.key_d2c)
+            out["ivD2C"] = wrap(client_pk, self.ctr.iv_d2c)
         if self.aead_secret is not None:
             out["noportsAeadSecret"] = wrap(client_pk, self.aead_secret)
+        return out
+
+    def raw_fields(self) -> dict[str, bytes]:
+        """The raw key material by response field name (the X25519 response seals these)."""
+        out: dict[str, bytes] = {}
+        if self.ctr is not None:
+            out["sessionAESKey"] = self.ctr.key_c2d
+            out["sessionIV"] = self.ctr.iv_c2d
+            if self.ctr.key_d2c is not None and self.ctr.iv_d2c is not None:
+                out["aesKeyD2C"] = self.ctr.key_d2c
+                out["ivD2C"] = self.ctr.iv_d2c
+        if self.aead_secret is not None:
+            out["noportsAeadSecret"] = self.aead_secret
         return out
 
     @classmethod
@@ -110,6 +135,11 @@ class SessionKeys:
                 raise ProtocolError(f"{name} is not a string")
             return unwrap(ephemeral, v, what=name, length=length)
 
+        return cls.from_getter(get)
+
+    @classmethod
+    def from_getter(cls, get: Any) -> SessionKeys:
+        """From ``get(field name, length) -> raw bytes or None`` (RSA or X25519 unwrapping)."""
         key = get("aesKeyC2D", 32) or get("sessionAESKey", 32)
         iv = get("ivC2D", 16) or get("sessionIV", 16)
         ctr = None
@@ -129,6 +159,9 @@ class SessionKeys:
 # Client -> daemon requests (signed envelopes; D3 and D4)
 
 
+RELAY_AUTH_MODES = ("payload", "escr")
+
+
 def ssh_request(
     *,
     session_id: str,
@@ -142,20 +175,30 @@ def ssh_request(
     twin_keys: bool = False,
     aead: bool = False,
     direct: bool = True,
+    relay_auth_mode: str = "payload",
+    relay_auth_aes_key: str | None = None,
+    relay_atsign: str | None = None,
+    kex_pk: bytes | None = None,
 ) -> dict[str, Any]:
+    """The latest official field order (spec-latest 3.1); our ``noportsAead`` goes last."""
     p: dict[str, Any] = {
         "direct": direct,
         "sessionId": session_id,
         "host": host,
         "port": port,
         "authenticateToRvd": auth_to_rvd,
+        "relayAuthMode": relay_auth_mode,
+        "relayAuthAesKey": relay_auth_aes_key,
         "clientNonce": client_nonce,
         "rvdNonce": rvd_nonce,
         "encryptRvdTraffic": encrypt,
         "clientEphemeralPK": rsa.public_to_b64(ephemeral_pk) if ephemeral_pk else None,
         "clientEphemeralPKType": EPHEMERAL_PK_TYPE,
+        "twinKeys": twin_keys,
+        "relayAtsign": relay_atsign,
     }
-    _additions(p, twin_keys, aead)
+    _additions(p, aead)
+    _kex_offer(p, kex_pk)
     return p
 
 
@@ -173,7 +216,12 @@ def npt_request(
     timeout_ms: int = 30000,
     twin_keys: bool = False,
     aead: bool = False,
+    relay_auth_mode: str = "payload",
+    relay_auth_aes_key: str | None = None,
+    relay_atsign: str | None = None,
+    kex_pk: bytes | None = None,
 ) -> dict[str, Any]:
+    """The latest official field order (spec-latest 3.1); our ``noportsAead`` goes last."""
     p: dict[str, Any] = {
         "sessionId": session_id,
         "rvdHost": rvd_host,
@@ -181,22 +229,93 @@ def npt_request(
         "requestedPort": requested_port,
         "requestedHost": requested_host,
         "authenticateToRvd": True,
+        "relayAuthMode": relay_auth_mode,
+        "relayAuthAesKey": relay_auth_aes_key,
         "clientNonce": client_nonce,
         "rvdNonce": rvd_nonce,
         "encryptRvdTraffic": encrypt,
         "clientEphemeralPK": rsa.public_to_b64(ephemeral_pk) if ephemeral_pk else None,
         "clientEphemeralPKType": EPHEMERAL_PK_TYPE,
         "timeout": timeout_ms,
+        "twinKeys": twin_keys,
+        "relayAtsign": relay_atsign,
     }
-    _additions(p, twin_keys, aead)
+    _additions(p, aead)
+    _kex_offer(p, kex_pk)
     return p
 
 
-def _additions(p: dict[str, Any], twin_keys: bool, aead: bool) -> None:
-    if twin_keys:
-        p["twinKeys"] = True
+def _additions(p: dict[str, Any], aead: bool) -> None:
     if aead:
         p["noportsAead"] = AEAD_VERSION
+
+
+# -- X25519 key exchange between our own programs (see the module docstring) ------------
+
+KEX_FIELD = "noportsKex"
+KEX_PK_FIELD = "noportsKexPK"
+
+
+def _kex_offer(p: dict[str, Any], kex_pk: bytes | None) -> None:
+    if kex_pk is not None:
+        from ..crypto.ephemeral import KEX_X25519
+
+        p[KEX_FIELD] = KEX_X25519
+        p[KEX_PK_FIELD] = b64e(kex_pk)
+
+
+def _kex_request_pk(p: dict[str, Any], kind: str) -> bytes | None:
+    """The client's X25519 public key when the request offers the exchange, else None."""
+    if p.get(KEX_FIELD) != "x25519":
+        return None
+    v = p.get(KEX_PK_FIELD)
+    if not isinstance(v, str):
+        raise ProtocolError(f"{kind}_request field {KEX_PK_FIELD} must be a string")
+    return b64d(v, what=KEX_PK_FIELD, length=32)
+
+
+def kex_response_fields(keys: SessionKeys, client_kex_pk: bytes, session_id: str) -> dict[str, Any]:
+    """The key fields of a success response for an X25519 offer (daemon side)."""
+    from ..crypto import ephemeral as eph
+
+    private = eph.x25519_private()
+    aead = eph.x25519_field_key(private, client_kex_pk, session_id, client=False)
+    fields = keys.raw_fields()
+    out: dict[str, Any] = {"sessionAESKey": None, "sessionIV": None}
+    out.update({k: eph.seal_field(aead, k, v) for k, v in fields.items()})
+    out[KEX_PK_FIELD] = b64e(eph.x25519_public_raw(private))
+    return out
+
+
+def kex_keys_from_response(payload: dict[str, Any], private: Any, session_id: str) -> SessionKeys:
+    """Client side: open the key fields of a response to our X25519 offer."""
+    from ..crypto import ephemeral as eph
+
+    v = payload.get(KEX_PK_FIELD)
+    if not isinstance(v, str):
+        raise ProtocolError(f"the response has no {KEX_PK_FIELD} for our X25519 offer")
+    try:
+        aead = eph.x25519_field_key(
+            private, b64d(v, what=KEX_PK_FIELD, length=32), session_id, client=True
+        )
+    except ValueError as exc:
+        raise ProtocolError(str(exc)) from None
+
+    def get(name: str, length: int) -> bytes | None:
+        t = payload.get(name)
+        if t is None:
+            return None
+        if not isinstance(t, str):
+            raise ProtocolError(f"{name} is not a string")
+        try:
+            raw = eph.open_field(aead, name, t)
+        except ValueError as exc:
+            raise ProtocolError(str(exc)) from None
+        if len(raw) != length:
+            raise ProtocolError(f"{name} is {len(raw)} bytes, expected {length}")
+        return raw
+
+    return SessionKeys.from_getter(get)
 
 
 @dataclass(frozen=True)
@@ -219,6 +338,10 @@ class SessionRequest:
     aead: bool
     direct: bool
     raw: dict[str, Any]
+    relay_auth_mode: str = "payload"  # the mode the daemon's relay sockets use
+    relay_auth_aes_key: str | None = None  # ESCR: base64 of the 32-byte session key
+    relay_atsign: str | None = None  # informational (event logging)
+    kex_pk: bytes | None = None  # the client's X25519 public key (our own clients)
 
 
 def parse_request(kind: str, p: dict[str, Any]) -> SessionRequest:
@@ -266,9 +389,16 @@ def parse_request(kind: str, p: dict[str, Any]) -> SessionRequest:
         if p.get("clientEphemeralPKType", EPHEMERAL_PK_TYPE) != EPHEMERAL_PK_TYPE:
             raise ProtocolError("clientEphemeralPKType must be rsa2048")
         pk = rsa.public_from_b64(pk_text)
-    if encrypt and pk is None:
+    kex_pk = _kex_request_pk(p, kind)
+    if encrypt and pk is None and kex_pk is None:
         raise ProtocolError(f"{kind}_request asks for encryption but has no clientEphemeralPK")
     aead_v = p.get("noportsAead")
+    mode = p.get("relayAuthMode")
+    mode = "payload" if mode is None else mode
+    if not isinstance(mode, str) or mode.lower() not in RELAY_AUTH_MODES:
+        raise ProtocolError(f"{kind}_request field relayAuthMode must be payload or escr")
+    ram_key = s("relayAuthAesKey", optional=True)
+    relay_atsign = p.get("relayAtsign")
     return SessionRequest(
         kind=kind,
         session_id=s("sessionId") or "",
@@ -286,6 +416,10 @@ def parse_request(kind: str, p: dict[str, Any]) -> SessionRequest:
         aead=isinstance(aead_v, int) and not isinstance(aead_v, bool) and aead_v >= AEAD_VERSION,
         direct=direct,
         raw=p,
+        relay_auth_mode=mode.lower(),
+        relay_auth_aes_key=ram_key,
+        relay_atsign=relay_atsign if isinstance(relay_atsign, str) else None,
+        kex_pk=kex_pk,
     )
 
 
@@ -296,15 +430,31 @@ def success_response(
     *,
     ephemeral_private_key_pem: str | None = None,
     ssh: bool = True,
+    event_logging: dict[str, Any] | None = None,
+    kex_pk: bytes | None = None,
 ) -> dict[str, Any]:
-    """D5 success payload: status, sessionId[, ephemeralPrivateKey], sessionAESKey, sessionIV..."""
+    """D5 success payload: status, sessionId[, ephemeralPrivateKey], the C2D key and IV (named
+    per twin keys), aesKeyD2C, ivD2C, eventLoggingConfig[, noportsAeadSecret].
+
+    ``kex_pk``: the client's X25519 offer; when given, the keys travel under it, not RSA."""
     p: dict[str, Any] = {"status": "connected", "sessionId": session_id}
     if ssh:
         p["ephemeralPrivateKey"] = ephemeral_private_key_pem
-    if keys is not None and client_pk is not None:
-        p.update(keys.response_fields(client_pk))
+    extra: dict[str, Any] = {}
+    fields: dict[str, Any] | None = None
+    if keys is not None and kex_pk is not None:
+        fields = kex_response_fields(keys, kex_pk, session_id)
+    elif keys is not None and client_pk is not None:
+        fields = keys.response_fields(client_pk)
+    if fields is not None:
+        aead = fields.pop("noportsAeadSecret", None)
+        p.update(fields)
+        if aead is not None:
+            extra["noportsAeadSecret"] = aead
     else:
-        p.update({"sessionAESKey": None, "sessionIV": None})
+        p.update({"sessionAESKey": None, "sessionIV": None, "aesKeyD2C": None, "ivD2C": None})
+    p["eventLoggingConfig"] = event_logging
+    p.update(extra)
     return p
 
 
@@ -320,19 +470,28 @@ def relay_request(
     auth_a: bool,
     auth_b: bool,
     client_nonce: str,
-    send_json_response: bool = False,
+    relay_auth_mode: str = "payload",
+    relay_auth_aes_key: str | None = None,
+    only443: bool = False,
+    multiple_acks_ok: bool = True,
+    pre_fetch: list[str] | None = None,
+    send_json_response: bool = True,
 ) -> dict[str, Any]:
-    p: dict[str, Any] = {
+    """R1 as current official clients send it (spec-latest 2.1), fields in their order."""
+    return {
         "sessionId": session_id,
         "atSignA": atsign_a,
         "atSignB": atsign_b,
         "authenticateSocketA": auth_a,
         "authenticateSocketB": auth_b,
         "clientNonce": client_nonce,
+        "relayAuthMode": relay_auth_mode,
+        "relayAuthAesKey": relay_auth_aes_key,
+        "only443": only443,
+        "multipleAcksOk": multiple_acks_ok,
+        "preFetch": list(pre_fetch or []),
+        "sendJsonResponse": send_json_response,
     }
-    if send_json_response:
-        p["sendJsonResponse"] = True
-    return p
 
 
 @dataclass(frozen=True)
@@ -345,6 +504,12 @@ class RelayRequest:
     client_nonce: str | None
     json_response: bool
     legacy: bool
+    # later fields, with the relay's defaults for requests that lack them (spec-latest 2.1)
+    relay_auth_mode: str = "payload"
+    relay_auth_aes_key: str | None = None
+    only443: bool = False
+    multiple_acks_ok: bool = False
+    pre_fetch: tuple[str, ...] = ()
 
 
 def parse_relay_request(value: str, *, sender: str, legacy: bool) -> RelayRequest:
@@ -360,9 +525,20 @@ def parse_relay_request(value: str, *, sender: str, legacy: bool) -> RelayReques
     for f in ("sessionId", "atSignA", "atSignB", "clientNonce"):
         if not isinstance(p.get(f), str) or not p[f]:
             raise ProtocolError(f"relay request field {f} must be a non-empty string")
-    for f in ("authenticateSocketA", "authenticateSocketB"):
-        if not isinstance(p.get(f, False), bool):
+    for f in ("authenticateSocketA", "authenticateSocketB", "only443", "multipleAcksOk"):
+        if not isinstance(p.get(f) if p.get(f) is not None else False, bool):
             raise ProtocolError(f"relay request field {f} must be a boolean")
+    mode = p.get("relayAuthMode")
+    mode = "payload" if mode is None else mode
+    if not isinstance(mode, str) or mode.lower() not in RELAY_AUTH_MODES:
+        raise ProtocolError("relay request field relayAuthMode must be payload or escr")
+    key = p.get("relayAuthAesKey")
+    if key is not None and (not isinstance(key, str) or not key):
+        raise ProtocolError("relay request field relayAuthAesKey must be a string or null")
+    pre = p.get("preFetch")
+    pre = [] if pre is None else pre
+    if not isinstance(pre, list) or not all(isinstance(k, str) for k in pre) or len(pre) > 8:
+        raise ProtocolError("relay request field preFetch must be a list of at most 8 keys")
     return RelayRequest(
         p["sessionId"],
         p["atSignA"],
@@ -372,6 +548,11 @@ def parse_relay_request(value: str, *, sender: str, legacy: bool) -> RelayReques
         p["clientNonce"],
         p.get("sendJsonResponse") is True,
         False,
+        relay_auth_mode=mode.lower(),
+        relay_auth_aes_key=key,
+        only443=p.get("only443") is True,
+        multiple_acks_ok=p.get("multipleAcksOk") is True,
+        pre_fetch=tuple(pre),
     )
 
 
@@ -383,18 +564,21 @@ class RelayReply:
     rvd_nonce: str | None
 
 
-def relay_reply(reply: RelayReply, *, json_form: bool = False) -> str:
+def relay_reply(
+    reply: RelayReply, *, json_form: bool = False, extra: dict[str, Any] | None = None
+) -> str:
+    """R2: the JSON form when asked (``extra`` fields follow the official four), else CSV."""
     if json_form:
         from ..crypto.encoding import canonical_json
 
-        return canonical_json(
-            {
-                "address": reply.host,
-                "portA": reply.port_a,
-                "portB": reply.port_b,
-                "rvdNonce": reply.rvd_nonce,
-            }
-        )
+        body: dict[str, Any] = {
+            "address": reply.host,
+            "portA": reply.port_a,
+            "portB": reply.port_b,
+            "rvdNonce": reply.rvd_nonce,
+        }
+        body.update(extra or {})
+        return canonical_json(body)
     nonce = reply.rvd_nonce if reply.rvd_nonce else "null"
     return f"{reply.host},{reply.port_a},{reply.port_b},{nonce}"
 

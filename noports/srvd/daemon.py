@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -41,6 +42,7 @@ from ..relay import SessionSpec, raise_nofile_limit
 from ..relay.relay import NOT_BOUND_443
 from ..sdnotify import notify as notify_systemd
 from ..sdnotify import watchdog
+from ..session import mutex as session_mutex
 from ..session.wire import RelayReply, relay_reply
 from . import requests as rq
 from .observe import Observer, refusal_fields, session_fields
@@ -120,6 +122,8 @@ class Srvd:
         self.monitor_running = False
         self.observer: Observer | None = None
         self.reloader: Callable[[], Settings] | None = None  # SIGHUP: settings as they are now
+        self._event_logging: dict[str, tuple[str, str]] = {}
+        self._no_nack: set[str] = set()  # live requests from clients without multipleAcksOk
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -359,6 +363,8 @@ class Srvd:
 
     def _on_closed(self, h: WorkerHandle, msg: dict[str, Any]) -> None:
         sid = str(msg.get("sid"))
+        self._event_logging.pop(sid.lower(), None)
+        self._no_nack.discard(sid.lower())
         entry = self.sessions.pop(sid.lower(), None)
         self.admission.release(sid)
         if entry is not None:
@@ -390,6 +396,8 @@ class Srvd:
     def _on_lost(self, h: WorkerHandle, sids: set[str]) -> None:
         for sid in sids:
             self.sessions.pop(sid.lower(), None)
+            self._event_logging.pop(sid.lower(), None)
+            self._no_nack.discard(sid.lower())
             self.admission.release(sid)
             log.warning("session %s lost with worker %d", sid, h.index)
         self.results["lost"] += len(sids)
@@ -419,6 +427,12 @@ class Srvd:
         if kind is None:
             vlog.info("ignoring %s from %s", escape(n.short_key, 120), escape(n.from_atsign, 80))
             return
+        if kind == "discover":
+            await self._discover(n)
+            return
+        if kind == "sessions":
+            self._session_message(n)
+            return
         t0 = time.perf_counter()
         sender = n.from_atsign
         log.info("New session request from %s", escape(sender, 80))
@@ -427,6 +441,22 @@ class Srvd:
         except rq.Refusal as refusal:
             await self._refuse(sender, refusal)
             return
+        req = grant.request
+        if not req.multiple_acks_ok:  # official: nacks only to clients that take several answers
+            self._no_nack.add(grant.session_id)
+        if not req.multiple_acks_ok and not req.legacy and self.client is not None:
+            # an old client takes one answer only, and several srvd instances may serve this
+            # atSign: the instance that creates the session mutex record answers, the others
+            # stay silent (latest spec 2.2; ours races before binding ports, so losers bind none)
+            if not await session_mutex.acquire(self.client, grant.session_id, rq.NAMESPACE):
+                self.admission.release(grant.session_id)
+                self._no_nack.discard(grant.session_id)
+                self.results["mutex_lost"] += 1
+                log.info(
+                    "session %s is served by another srvd instance: staying silent",
+                    grant.session_id,
+                )
+                return
         try:
             ra = self._relay_auth(grant, n.value)
             await self._grant(grant, t0, ra)
@@ -602,6 +632,81 @@ class Srvd:
             self.observer.setup_seconds.observe(time.perf_counter() - t0)
         vlog.info("session %s answered in %.1f ms", g.session_id, (time.perf_counter() - t0) * 1000)
 
+    def _session_message(self, n: Notification) -> None:
+        """``logging.<sid>.sessions``: the session's event logging config, accepted once and
+        only from a participant (latest spec 8.2); recorded and named in the session's log
+        lines. (The official event notification format is not known here: none is sent.)"""
+        kind_sid = rq.session_message(n.short_key)
+        assert kind_sid is not None
+        kind, sid = kind_sid
+        sender = n.from_atsign
+        entry = self.sessions.get(sid)
+        if kind != "logging" or entry is None:
+            vlog.info("ignoring %s from %s", escape(n.short_key, 120), escape(sender, 80))
+            return
+        _h, live, _t = entry
+        if sender not in (live.atsign_a, live.atsign_b):
+            log.warning("%s is not a participant in session %s", escape(sender, 80), sid)
+            return
+        if sid in self._event_logging:
+            vlog.info("session %s already has an event logging config", sid)
+            return
+        try:
+            elc = json.loads(n.value or "")
+            target = str(elc["atSign"])
+            topic = str(elc["topic"])
+        except (ValueError, KeyError, TypeError):
+            log.info("ignoring a malformed event logging config for session %s", sid)
+            return
+        if not target.startswith("@") or len(target) > 64 or len(topic) > 200:
+            log.info("ignoring an invalid event logging config for session %s", sid)
+            return
+        self._event_logging[sid] = (target, topic)
+        log.info(
+            "session %s: event logging to %s topic %s (from %s)",
+            sid,
+            escape(target, 80),
+            escape(topic, 200),
+            escape(sender, 80),
+        )
+
+    def _single_port(self) -> int | None:
+        """The single-port listener's advertised port (443) when it runs, else None
+        (spec-latest 1.3: official clients can only probe, so only choose, such relays)."""
+        if getattr(self.s, "single_port", None) is None:
+            return None
+        return int(getattr(self.s, "single_advertise", 443))
+
+    async def _discover(self, n: Notification) -> None:
+        """Answer a relay auto-selection probe (spec-latest 1.3) with our address and load."""
+        sender = n.from_atsign
+        value = rq.discover_reply(
+            n.value,
+            ip=self.s.ip,
+            port=self._single_port(),
+            sessions=len(self.admission.live),
+            max_sessions=self.s.max_sessions,
+        )
+        if value is None or self.client is None:
+            vlog.info("ignoring a malformed discover_request from %s", escape(sender, 80))
+            return
+        if self.admission.managers is not None and sender not in self.admission.managers:
+            vlog.info("not answering discover_request from %s (not a manager)", escape(sender, 80))
+            return
+        if not self._nack_allowed("discover " + sender):
+            return
+        self.results["discover"] += 1
+        try:
+            await self.client.notify(
+                sender,
+                rq.DISCOVER_REPLY,
+                value,
+                namespace=rq.NAMESPACE,
+                ttln_ms=REPLY_TTLN_MS,
+            )
+        except (NoPortsError, OSError) as exc:
+            log.info("could not answer discover_request from %s: %s", escape(sender, 80), exc)
+
     async def _refuse(self, sender: str, r: rq.Refusal) -> None:
         self.results[r.kind] += 1
         if self.observer is not None:
@@ -614,7 +719,10 @@ class Srvd:
             r.kind,
             extra={"fields": refusal_fields(escape(sender, 80), r.kind, r.session_id)},
         )
-        if r.session_id is None or self.client is None:
+        quiet = r.session_id is not None and r.session_id.lower() in self._no_nack
+        if quiet:
+            self._no_nack.discard(str(r.session_id).lower())
+        if r.session_id is None or self.client is None or not r.nack or quiet:
             return
         if not self._nack_allowed(sender):
             vlog.info("not sending more nacks to %s for now", escape(sender, 80))

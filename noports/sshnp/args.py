@@ -9,23 +9,37 @@ grammar (T8), atSigns are checked, a ``-s`` key is parsed as an ssh public key.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import shlex
+import socket
 import sys
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
+
 from .. import config
 from ..crypto.sshkey import parse_public_key
-from ..errors import ConfigError, NoPortsError
+from ..errors import EXIT_NOT_FOUND, EXIT_USAGE, ConfigError, LocalError, NoPortsError
 from ..names import validate_atsign, validate_device_name
+from ..session.relays import parse_relay_option
 
 EPILOG = """\
-ours: --stdio (tunnel on stdin/stdout for ProxyCommand), `sshnp ssh-config ...` (write a Host
+ours: --stdio (tunnel on stdin/stdout for ProxyCommand), sshnp ssh-config ... (write a Host
 block), --require-aead, --[no-]aead, --root, --ca-file, --profile, --output json.
 exit codes: 0 ok (or ssh's own exit code when sshnp runs ssh), 1 error, 2 usage,
 3 refused (permit-open, signature, missing daemon feature, --require-aead not met),
 4 not found (keys file, username record), 5 timeout (daemon or relay did not answer),
 6 protocol, 7 network.
 """
+
+
+class IdentityFileError(LocalError):
+    exit_code = EXIT_NOT_FOUND
+
+
+class LocalPortBusyError(LocalError):
+    exit_code = EXIT_USAGE
 
 
 def profile_dir() -> Path:
@@ -49,7 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
         "-t", "--to", default=None, metavar="@DEVICE_ATSIGN", help="device daemon atSign"
     )
     p.add_argument("-d", "--device", default=None, help="device name (default: default)")
-    p.add_argument("-r", "--srvd", default=None, metavar="@RELAY", help="relay (srvd) atSign")
+    p.add_argument(
+        "-r",
+        "--srvd",
+        default=None,
+        metavar="@RELAY",
+        help="relay (srvd) atSign; a comma list or empty: select the lowest-latency one",
+    )
     p.add_argument("-h", "--host", dest="host", default=None, help=argparse.SUPPRESS)
     p.add_argument("-l", "--local-port", type=int, default=0, help="local port (0 = any free port)")
     p.add_argument("-k", "--key-file", default=None, help="atKeys file")
@@ -61,14 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
         "-s",
         "--send-ssh-public-key",
         action="store_true",
-        help="send the public key of -i to the daemon (needs a daemon started with -s)",
+        help="send the public key of -i (derived from the private key) to the daemon "
+        "(needs a daemon started with -s)",
     )
     p.add_argument(
         "-o",
         "--local-ssh-options",
         action="append",
         default=[],
-        help="ssh -o option for the user session (repeatable)",
+        help="extra ssh arguments for the user session, as the official client: values are "
+        'split on commas; one starting with "-" is passed as ssh arguments ("-D 1080", '
+        '"-L 8080:localhost:80"), any other as ssh -o OPTION (repeatable)',
     )
     p.add_argument("-u", "--remote-user-name", default=None, help="remote user name")
     p.add_argument("-U", "--tunnel-user-name", default=None, help="user for the v4 tunnel ssh")
@@ -81,8 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the ssh command and leave the tunnel waiting in the background",
     )
     p.add_argument("--ssh-client", default="openssh", help="openssh (dart is not supported)")
-    p.add_argument("--root-domain", default="root.atsign.org", help="atDirectory host")
-    p.add_argument("--root", default=None, help="atDirectory host:port (overrides --root-domain)")
+    p.add_argument(
+        "--root-domain", "--rootDomain", default="root.atsign.org", help="atDirectory host"
+    )
+    p.add_argument(
+        "--root-server",
+        "--root",
+        dest="root",
+        default=None,
+        help="atDirectory host[:port] or proxy:host:port (overrides --root-domain)",
+    )
+    p.add_argument("--rvd", dest="rvd_deprecated", default=None, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--legacy-daemon", dest="legacy_daemon", action="store_true", help=argparse.SUPPRESS
+    )
     p.add_argument("--ca-file", default=None, help="extra CA bundle to trust")
     p.add_argument(
         "--remote-sshd-port", type=int, default=22, help="sshd port on the device (v4 flow)"
@@ -204,7 +239,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         if profile:
             if os.sep in profile or profile.startswith("."):
                 raise ConfigError("--profile takes a profile name, not a path")
-            cfg_file = cfg_file or str(profile_dir() / f"{profile}.env")
+            # official file names: spaces become '_' (~/.sshnp/config/my_pi.env)
+            cfg_file = cfg_file or str(profile_dir() / f"{profile.replace(' ', '_')}.env")
         if cfg_file:
             file_values = config.load_env_file(cfg_file, parser)
     except ConfigError as exc:
@@ -212,12 +248,105 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = config.parse_args(parser, "sshnp", args_in, file_values=file_values)
     try:
         validate(args)
-    except (ConfigError, NoPortsError) as exc:
+    except ConfigError as exc:
         parser.error(str(exc))
+    except NoPortsError as exc:  # e.g. -i missing (4), local port busy: one line, its code
+        from ..cli.common import fail
+
+        sys.exit(fail("sshnp", exc))
     return args
 
 
+def ssh_option_argv(values: list[str]) -> list[str]:
+    """``-o`` values as ssh arguments, as the official client treats them.
+
+    The official client splits each value on commas and appends every piece to the ssh
+    command line as it is (``-o "-D 1080"`` gives ``ssh ... -D 1080``). A piece starting with
+    ``-`` is therefore split into words here (shell-style quotes allowed); any other piece is
+    an ssh configuration option and becomes ``-o <piece>`` (what a bare ``Key=Value`` meant to
+    users of earlier versions of this tool, and the only way ssh can take it).
+    """
+    out: list[str] = []
+    for value in values:
+        for piece in value.split(","):
+            piece = piece.strip()
+            if not piece:
+                continue
+            if any(ord(c) < 0x20 for c in piece):
+                raise ConfigError("control character in an -o option")
+            if piece.startswith("-"):
+                try:
+                    words = shlex.split(piece)
+                except ValueError as exc:
+                    raise ConfigError(f"-o {piece!r}: {exc}") from None
+                out += words
+            else:
+                out += ["-o", piece]
+    return out
+
+
+def _public_key_from_identity(path: str, passphrase: str | None) -> str:
+    """The OpenSSH public key of the private key ``path`` (its ``.pub`` as a fallback)."""
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise IdentityFileError(f"cannot read -i {path}: {exc.strerror}") from None
+    try:
+        key = serialization.load_ssh_private_key(
+            data, password=passphrase.encode() if passphrase else None
+        )
+        text = (
+            key.public_key()
+            .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+            .decode("ascii")
+        )
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        pub = Path(path + ".pub")
+        try:
+            text = pub.read_text(encoding="utf-8")
+        except OSError:
+            raise ConfigError(
+                f"-s: cannot derive the public key from {path} ({exc}); "
+                f"give --identity-passphrase or put the public key in {pub}"
+            ) from None
+    try:
+        return parse_public_key(" ".join(text.split()[:2]), allow_comment=False).key_text()
+    except NoPortsError as exc:
+        raise ConfigError(f"-s: {exc}") from None
+
+
+def local_port_free(host: str, port: int) -> None:
+    """LocalPortBusyError (one line, exit 2) when ``host:port`` cannot be listened on."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise LocalPortBusyError(
+                    f"local port {port} is already in use: pick another -l/--local-port, "
+                    "or -l 0 for any free port"
+                ) from None
+            if exc.errno == errno.EACCES:
+                raise LocalPortBusyError(
+                    f"local port {port} needs privileges: use a port above 1023 or -l 0"
+                ) from None
+            raise
+
+
 def validate(args: argparse.Namespace) -> None:
+    if args.rvd_deprecated is not None or args.legacy_daemon:
+        flag = "--rvd" if args.rvd_deprecated is not None else "--legacy-daemon"
+        print(
+            f"sshnp: warning: {flag} is no longer supported by current NoPorts clients and is "
+            "ignored" + (" (use -r/--srvd for the relay)" if flag == "--rvd" else ""),
+            file=sys.stderr,
+        )
+        if args.rvd_deprecated and not args.srvd and not args.host:
+            args.srvd = args.rvd_deprecated
     if args.ssh_client != "openssh":
         if args.ssh_client == "dart":
             raise ConfigError("--ssh-client dart is not supported (use openssh)")
@@ -231,10 +360,8 @@ def validate(args: argparse.Namespace) -> None:
         return
     if not args.to:
         raise ConfigError("-t/--to is required")
-    relay = args.srvd or args.host
-    if not relay:
-        raise ConfigError("-r/--srvd is required")
-    args.srvd = validate_atsign(relay, add_at=True)
+    # -r empty or absent: the standard relay list; "@a,@b": the best of those (latest spec 1)
+    args.srvd, args.relay_candidates = parse_relay_option(args.srvd or args.host)
     if args.device is None:
         args.device = "default"
         if not args.quiet:
@@ -250,22 +377,19 @@ def validate(args: argparse.Namespace) -> None:
             not v or v.startswith("-") or any(c.isspace() or c in "@:/" or ord(c) < 0x20 for c in v)
         ):
             raise ConfigError(f"invalid user name {v!r}")
-    opts: list[str] = []
-    for o in args.local_ssh_options:
-        if any(ord(c) < 0x20 for c in o):
-            raise ConfigError("control character in an -o option")
-        opts.append(o)
-    args.local_ssh_options = opts
+    args.local_ssh_argv = ssh_option_argv(args.local_ssh_options)
+    if args.identity_file and not os.path.isfile(args.identity_file):
+        raise IdentityFileError(
+            f"-i {args.identity_file}: no such file (the ssh private key for the session)"
+        )
     if args.send_ssh_public_key:
         if not args.identity_file:
-            raise ConfigError("-s needs -i (the public key sent is <identity>.pub)")
-        pub = Path(args.identity_file + ".pub")
-        try:
-            text = pub.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read {pub}: {exc.strerror}") from None
-        key = parse_public_key(" ".join(text.split()[:2]), allow_comment=False)
-        args.public_key_text = key.key_text()
+            raise ConfigError("-s needs -i (the private key whose public key is sent)")
+        args.public_key_text = _public_key_from_identity(
+            args.identity_file, args.identity_passphrase
+        )
+    if args.local_port and not args.stdio:
+        local_port_free("127.0.0.1", args.local_port)
     if args.require_aead and not args.encrypt:
         raise ConfigError("--require-aead cannot be combined with --no-et")
     if args.require_aead and not args.aead:

@@ -4,6 +4,10 @@ With ``-t``: the device atSign's ``device_info.<dev>.sshnp`` records shared with
 scan, plus our cached copies); without: every such record our own atServer holds (cached
 shares), grouped by sharer.
 Each device gets a ``ping``; those answering a ``heartbeat`` within the window are Active.
+Text output is the official one on stderr (``  <dev> - v<version> (core v<core>)``; a version
+that does not start with a digit, such as the C daemon's ``c0.1.0``, is shown as it is; the
+owner atSign follows the name only when no ``-t`` was given). ``--output json`` prints one
+JSON object on stdout with every device's owner, state, versions and allowed services.
 """
 
 from __future__ import annotations
@@ -14,39 +18,17 @@ import json
 import re
 import sys
 
-from ..at import commands
-from ..at.client import AtClient
 from ..errors import NoPortsError, PeerTimeoutError
 from ..session.client import connect_client
+from ..session.devices import (  # noqa: F401 - re-exported for callers of this module
+    DaemonSilentError,
+    DeviceNotFoundError,
+    explain_no_answer,
+    scan_devices,
+)
 from ..session.features import parse_ping_response
 
-DEVICE_RX = r"device_info\.[a-z0-9_][a-z0-9_\-]{1,35}\.sshnp"
-_KEY = re.compile(r"device_info\.([a-z0-9_][a-z0-9_\-]{1,35})\.sshnp@([^\s@:]+)$")
 LISTEN = 10.0
-
-
-async def _scan(client: AtClient, to: str | None) -> list[tuple[str, str]]:
-    """(owner, device) pairs: with ``to`` its remote scan plus our cached copies of its
-    records (servers that answer remote scans with nothing still cache the shares)."""
-    texts = [await client.execute(commands.scan(DEVICE_RX))]
-    if to:
-        texts.insert(0, await client.execute(commands.scan(DEVICE_RX, for_atsign=to)))
-    found: list[tuple[str, str]] = []
-    for text in texts:
-        try:
-            keys = json.loads(text) if text.strip() else []
-        except ValueError:
-            keys = []
-        for k in keys if isinstance(keys, list) else []:
-            m = _KEY.search(str(k))
-            if not m:
-                continue
-            owner = "@" + m.group(2).lower()
-            if to and owner != to:
-                continue
-            if (owner, m.group(1)) not in found:
-                found.append((owner, m.group(1)))
-    return found
 
 
 async def list_devices(args: argparse.Namespace) -> int:
@@ -58,9 +40,11 @@ async def list_devices(args: argparse.Namespace) -> int:
         ca_file=args.ca_file,
     )
     try:
-        found = await _scan(client, args.to)
+        found = await scan_devices(client, args.to)
         if not found:
-            print("[X] No devices found", file=sys.stderr)
+            if getattr(args, "output", "text") == "json":
+                print(json.dumps({"devices": []}), flush=True)
+            print("[X] No devices found\n", file=sys.stderr)
             return 0
         info: dict[tuple[str, str], str] = {}
         active: dict[tuple[str, str], str] = {}
@@ -87,16 +71,37 @@ async def list_devices(args: argparse.Namespace) -> int:
                 m = re.match(r"heartbeat\.(.+)\.sshnp$", n.short_key)
                 if m and n.value is not None:
                     active[((n.from_atsign or "").lower(), m.group(1))] = n.value
+        if getattr(args, "output", "text") == "json":
+            print(json.dumps({"devices": _rows(found, active, info)}), flush=True)
         print("Active Devices:", file=sys.stderr)
-        _print(found, active, active, present=True)
+        _print(found, active, active, present=True, show_owner=not args.to)
         print("Inactive Devices:", file=sys.stderr)
-        _print(found, active, info, present=False)
+        _print(found, active, info, present=False, show_owner=not args.to)
         return 0
     finally:
         await client.close()
 
 
-def _print(found, active, data, *, present: bool) -> None:
+def _v(version: str) -> str:
+    """The official prints ``v<version>``; a non-numeric version (``c0.1.0``) stays as is."""
+    return f"v{version}" if version[:1].isdigit() else version
+
+
+def _rows(found, active, info) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    for key in found:
+        owner, dev = key
+        try:
+            d = parse_ping_response(active.get(key) or info.get(key) or "{}")
+            ver, core, services = d.version, d.core_version, list(d.allowed_services)
+        except NoPortsError:
+            ver, core, services = "", "", []
+        rows.append({"device": dev, "atsign": owner, "active": key in active, "version": ver,
+                     "corePackageVersion": core, "allowedServices": services})  # fmt: skip
+    return rows
+
+
+def _print(found, active, data, *, present: bool, show_owner: bool) -> None:
     rows = [k for k in found if (k in active) == present]
     if not rows:
         print("  No devices found", file=sys.stderr)
@@ -105,10 +110,10 @@ def _print(found, active, data, *, present: bool) -> None:
         owner, dev = key
         try:
             d = parse_ping_response(data.get(key) or "{}")
-            ver = f" - v{d.version} (core v{d.core_version})" if d.version else ""
-            services = " ".join(d.allowed_services)
+            ver = f" - {_v(d.version)} (core {_v(d.core_version or '?')})" if d.version else ""
         except NoPortsError:
-            ver, services = "", ""
-        print(f"  {dev}{owner if owner else ''}{ver}", file=sys.stderr)
-        if services:
-            print(f"  - allowedServices: {services}", file=sys.stderr)
+            ver = ""
+        name = f"{dev}{owner}" if show_owner else dev
+        print(f"  {name}{ver}", file=sys.stderr)
+
+

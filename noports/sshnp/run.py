@@ -34,12 +34,13 @@ from ..fsutil import secure_dir, write_secret
 from ..session.background import Reporter
 from ..session.client import (
     Established,
+    NoAnswerError,
     SessionSpec,
     connect_client,
     establish_any,
     start_ephemeral_keygen,
 )
-from ..session.features import sshnp_required_features
+from ..session.features import FEATURE_CHECK_TIMEOUT_MESSAGE, sshnp_required_features
 from ..tunnel import open_client_single
 
 log = logging.getLogger("noports.sshnp")
@@ -65,6 +66,8 @@ def session_spec(args: argparse.Namespace) -> SessionSpec:
         daemon=args.to,
         device=args.device,
         relay=args.srvd,
+        relay_candidates=getattr(args, "relay_candidates", None),
+        root=args.root_domain,
         auth_client=args.auth_client,
         auth_device=args.auth_device,
         encrypt=args.encrypt,
@@ -85,7 +88,8 @@ def session_spec(args: argparse.Namespace) -> SessionSpec:
 
 
 async def open_session(args: argparse.Namespace) -> tuple[AtClient, Established]:
-    eph = start_ephemeral_keygen() if args.encrypt else None
+    # --require-aead: an X25519 key in the request instead (session.client)
+    eph = start_ephemeral_keygen() if args.encrypt and not args.require_aead else None
     t_connect = time.monotonic()
     client = await connect_client(
         args.from_,
@@ -95,9 +99,17 @@ async def open_session(args: argparse.Namespace) -> tuple[AtClient, Established]
     )
     connect_ms = round((time.monotonic() - t_connect) * 1000, 1)
     try:
-        est = await establish_any(
-            client, session_spec(args), progress=progress_fn(args), ephemeral=eph
-        )
+        try:
+            est = await establish_any(
+                client, session_spec(args), progress=progress_fn(args), ephemeral=eph
+            )
+        except NoAnswerError as exc:
+            if not str(exc).startswith(FEATURE_CHECK_TIMEOUT_MESSAGE):
+                raise
+            from .listing import explain_no_answer
+
+            await explain_no_answer(client, exc, args.to, args.device)
+            raise
     except BaseException:
         await client.close()
         raise
@@ -123,8 +135,7 @@ def ssh_command(args: argparse.Namespace, port: int, user: str | None) -> list[s
     if args.identity_file:
         cmd += ["-o", "IdentitiesOnly=yes"]
     if not args.add_forwards_to_tunnel or args.encrypt:
-        for o in args.local_ssh_options:
-            cmd += ["-o", o]
+        cmd += getattr(args, "local_ssh_argv", [])
     cmd.append(f"{user}@localhost" if user else "localhost")
     if args.identity_file:
         cmd += ["-i", args.identity_file]
@@ -200,8 +211,7 @@ async def _v4_tunnel_ssh(
             "-f",
         ]
         if args.add_forwards_to_tunnel:
-            for o in args.local_ssh_options:
-                cmd += ["-o", o]
+            cmd += getattr(args, "local_ssh_argv", [])
         cmd += ["sleep", "15"]
         log.info("tunnel ssh: %s", shlex.join(cmd))
         proc = await asyncio.create_subprocess_exec(
@@ -238,6 +248,7 @@ def _result(args: argparse.Namespace, est: Established, port: int, cmd: list[str
                 "sessionId": est.session_id,
                 "mode": est.mode,
                 "timingsMs": est.timings,
+                "waitSeconds": TUNNEL_WAIT,
             }
         )
     return shlex.join(cmd)
@@ -277,6 +288,13 @@ async def run(args: argparse.Namespace, report: Reporter | None, command: list[s
         await client.close()
         cmd = ssh_command(args, port, user)
         if report is not None:
+            if args.output == "text" and not args.quiet:
+                print(
+                    f"sshnp: the tunnel waits {TUNNEL_WAIT:g} s for one connection: "
+                    "run this command within that time",
+                    file=sys.stderr,
+                    flush=True,
+                )
             report(_result(args, est, port, cmd))
             with contextlib.suppress(NoPortsError, OSError):
                 await tunnel.wait()

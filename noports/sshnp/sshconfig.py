@@ -5,12 +5,15 @@ checked: ``HostKeyAlias <device>.<atSign>`` pins the device's key under a stable
 tunnel's local port changes every time, so ``[localhost]:port`` would never match), with
 ``StrictHostKeyChecking accept-new`` to learn it the first time. ``ServerAliveInterval 15``
 notices a dead tunnel. ProxyCommand is run by ``$SHELL -c``: every argument is quoted, and
-``%`` is doubled so ssh does not expand it.
+``%`` is doubled so ssh does not expand it. The block is usable from any shell: the sshnp
+program, keys, identity and CA paths are absolute, and the root and CA in use (flags, else
+``NOPORTS_ROOT`` / ``NOPORTS_CA_FILE``) are written into the command.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
 import sys
@@ -33,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-u", "--remote-user-name", default=None)
     p.add_argument("-i", "--identity-file", default=None)
     p.add_argument("-k", "--key-file", default=None)
-    p.add_argument("--root", default=None)
+    p.add_argument("--root-server", "--root", dest="root", default=None)
     p.add_argument("--ca-file", default=None)
     p.add_argument("--require-aead", action="store_true")
     p.add_argument(
@@ -62,11 +65,16 @@ def host_block(args: argparse.Namespace) -> str:
     if args.sshnp:
         prog = shlex.split(args.sshnp)
     elif shutil.which("sshnp"):
-        prog = ["sshnp"]
+        prog = [os.path.abspath(str(shutil.which("sshnp")))]
     else:
         prog = python_module_argv("noports.cli.sshnp")
     cmd = [*prog, "--stdio", "-f", frm, "-t", to, "-d", dev, "-r", relay]
-    for flag, val in (("-k", args.key_file), ("--root", args.root), ("--ca-file", args.ca_file)):
+    # ssh runs the ProxyCommand from other shells and directories: pin what this one uses
+    root = args.root or os.environ.get("NOPORTS_ROOT")
+    ca = args.ca_file or os.environ.get("NOPORTS_CA_FILE")
+    key_file = os.path.abspath(os.path.expanduser(args.key_file)) if args.key_file else None
+    ca = os.path.abspath(os.path.expanduser(ca)) if ca else None
+    for flag, val in (("-k", key_file), ("--root", root), ("--ca-file", ca)):
         if val:
             cmd += [flag, val]
     if args.require_aead:
@@ -83,7 +91,8 @@ def host_block(args: argparse.Namespace) -> str:
     if args.remote_user_name:
         lines.append(f"  User {args.remote_user_name}")
     if args.identity_file:
-        lines += [f"  IdentityFile {_q(args.identity_file)}", "  IdentitiesOnly yes"]
+        ident = os.path.abspath(os.path.expanduser(args.identity_file))
+        lines += [f"  IdentityFile {_q(ident)}", "  IdentitiesOnly yes"]
     return "\n".join(lines) + "\n"
 
 

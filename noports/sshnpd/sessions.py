@@ -53,6 +53,8 @@ NEVER_S = 365 * 86400.0
 SEEN_SESSIONS = 4096
 TUNNEL_FAILED = "Failed to start up the daemon side of the srv socket tunnel : "
 AEAD_REQUIRED = "This device daemon requires the noports AEAD mode (--require-aead)"
+#: relay auth modes this daemon's tunnel ends can use (spec-latest 2.6)
+RELAY_AUTH_MODES = frozenset({"payload", "escr"})  # our tunnel ends answer ESCR
 
 
 def _all_loopback(port: int) -> bool:
@@ -152,6 +154,10 @@ class SessionHandler:
         sid = req.session_id
         if self.s.require_aead and not (req.aead and req.encrypt):
             raise Refusal(AEAD_REQUIRED, sid)
+        if req.auth_to_rvd and req.relay_auth_mode not in RELAY_AUTH_MODES:
+            raise Refusal(
+                TUNNEL_FAILED + f"relay auth mode {req.relay_auth_mode} is not supported", sid
+            )
         if req.kind == "ssh" and not req.direct:
             raise Refusal("ssh_request with direct:false (reverse ssh) is not supported", sid)
         if req.auth_to_rvd and (not req.client_nonce or not req.rvd_nonce):
@@ -239,6 +245,7 @@ class SessionHandler:
             req.ephemeral_pk,
             ephemeral_private_key_pem=private_pem,
             ssh=req.kind == "ssh",
+            kex_pk=req.kex_pk if req.encrypt else None,
         )
 
     def _track(self, task: asyncio.Task[Any], sid: str) -> None:
