@@ -247,6 +247,12 @@ def test_namespace_enforcement(
     ).startswith("error:AT0009")
     assert d.cmd("llookup:privatekey:at_pkam_publickey").startswith("error:AT0009")
     assert d.cmd("delete:privatekey:at_secret").startswith("error:AT0009")
+    # an enrollment publishes its own ESCR signing key, whatever its namespaces; not another's
+    pk = rsa.public_to_b64(dev_key.public_key())
+    assert d.data(f"update:public:_apsk.{eid}.a.__e{atsign} {pk}").isdigit()
+    assert d.data(f"plookup:_apsk.{eid}.a.__e{atsign}") == pk
+    assert d.cmd(f"update:public:_apsk.{mgr_eid}.a.__e{atsign} {pk}").startswith("error:AT0009")
+    assert d.cmd(f"update:public:_apsk.primary.a.__e{atsign} {pk}").startswith("error:AT0009")
     visible = json.loads(d.data("scan"))
     assert f"cfg.dev1.sshnp{atsign}" in visible and f"secret.other{atsign}" not in visible
     # monitor: only notifications in enrolled namespaces
