@@ -67,6 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-l", "--local-port", type=int, default=0, help="local port (0 = any free port)")
     p.add_argument("-k", "--key-file", default=None, help="atKeys file")
     p.add_argument(
+        "-P",
+        "--pass-phrase",
+        "--passPhrase",
+        dest="pass_phrase",
+        default=None,
+        help="pass phrase of a password-protected atKeys file (prefer the environment: "
+        "NOPORTS_SSHNP_PASS_PHRASE or NOPORTS_SSHNP_PASS_PHRASE_FILE)",
+    )
+    p.add_argument(
         "-i", "--identity-file", default=None, help="ssh private key for the user session"
     )
     p.add_argument("--identity-passphrase", default=None, help=argparse.SUPPRESS)
