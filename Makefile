@@ -21,10 +21,10 @@ bench: build      ## benchmark table (ratios against baselines measured in the s
 debug:            ## line tracing in the extensions (profilers, coverage)
 	CFLAGS="-DCYTHON_TRACE=1" $(PY) setup.py build_ext --inplace --force
 
-sdist: cythonize
+sdist:            ## .pyx + generated .c (setup.py's sdist step cythonizes; installing needs no Cython)
 	$(PY) -m build --sdist
 
-wheel-pure:       ## py3-none-any wheel for hosts no platform wheel covers
+wheel-pure:       ## py3-none-any wheel for hosts no platform wheel covers (records itself as pure)
 	NOPORTS_NO_EXTENSIONS=1 $(PY) -m pip wheel --no-deps -w dist .
 
 wheels:           ## platform wheels via cibuildwheel (Docker; armv7l/riscv64 under QEMU)

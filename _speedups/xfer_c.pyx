@@ -127,6 +127,10 @@ cdef class _View:
     def __releasebuffer__(self, Py_buffer *view):
         pass
 
+    def __len__(self):
+        # cryptography < 42 (cffi backend) takes len() of what update_into is given
+        return self.size
+
 
 cdef inline _View _at(_View v, char *ptr, Py_ssize_t size):
     v.ptr = ptr

@@ -1,7 +1,9 @@
 """Which implementation (compiled or pure) and which event loop are active.
 
-One switch, read once: ``NOPORTS_NO_EXTENSIONS=1`` forces the pure-Python twins. Nothing
-else in the package reads the environment for this. Library code asks ``speedups(name)``
+A pure build records itself in ``noports/_build.py`` (written by setup.py), so an installed
+pure wheel needs no environment variable. Otherwise one switch, read once:
+``NOPORTS_NO_EXTENSIONS=1`` forces the pure-Python twins. Nothing else in the package reads
+the environment for this. Library code asks ``speedups(name)``
 for a hot-path module; tests may ask for a specific twin with ``impl="c"`` or ``"py"``.
 """
 
@@ -16,8 +18,15 @@ from collections.abc import Coroutine
 from types import ModuleType
 from typing import Any, TypeVar
 
-NO_EXTENSIONS: bool = bool(os.environ.get("NOPORTS_NO_EXTENSIONS")) or (
-    platform.python_implementation() != "CPython"
+try:  # written by setup.py into every built (non-editable) install
+    from ._build import IMPLEMENTATION as BUILD
+except ImportError:  # a source tree or an editable install: the environment decides
+    BUILD = None
+
+NO_EXTENSIONS: bool = (
+    BUILD == "pure"
+    or bool(os.environ.get("NOPORTS_NO_EXTENSIONS"))
+    or platform.python_implementation() != "CPython"
 )
 
 IMPLS = ("c", "py")
@@ -42,11 +51,60 @@ def implementation() -> str:
     """'compiled' when the compiled speedups are active, else 'pure'."""
     if NO_EXTENSIONS:
         return "pure"
-    try:
-        speedups("pump")
-    except ImportError:
-        return "pure (compiled speedups missing)"
+    if missing_speedups() is not None:
+        return "compiled build, speedups missing" if BUILD else "pure (compiled speedups missing)"
     return "compiled"
+
+
+def missing_speedups() -> str | None:
+    """Why the compiled twins cannot be imported, or None when they can (or are not wanted)."""
+    if NO_EXTENSIONS:
+        return None
+    try:
+        for name in ("pump", "xfer"):
+            speedups(name)
+    except ImportError as exc:
+        return str(exc) or type(exc).__name__
+    return None
+
+
+def require_speedups(prog: str | None = None) -> None:
+    """Exit 1 with one line when a compiled install lost its extension modules.
+
+    Called when any program starts (``noports.cli``): better than a traceback mid-session.
+    """
+    why = missing_speedups()
+    if why is None or BUILD is None:
+        return  # a source tree without a build: tests and developers get the ImportError
+    prog = prog or os.path.basename(sys.argv[0] if sys.argv else "") or "noports"
+    prog = "noports" if prog.startswith("-") else prog
+    print(
+        f"{prog}: error: this noports install was built compiled but its speedups are "
+        f"missing ({why}); reinstall it, or install the pure wheel",
+        file=sys.stderr,
+    )
+    raise SystemExit(1)
+
+
+# Python 3.10 has no -P: this bootstrap drops sys.path[0] (the current directory for -c)
+# before anything else is imported, then runs the module as -m would.
+_BOOTSTRAP = (
+    "import sys; sys.path.pop(0); import runpy; m = sys.argv.pop(1); "
+    "runpy.run_module(m, run_name='__main__', alter_sys=True)"
+)
+
+
+def python_module_argv(module: str, *args: str) -> list[str]:
+    """argv that runs ``python -m module args`` without the current directory on sys.path.
+
+    ``python -m`` puts the working directory first on the import path, so a child started
+    from a source checkout would import the uncompiled tree instead of the installed package.
+    3.11+ has ``-P`` for that; 3.10 gets an equivalent ``-c`` bootstrap. PYTHONPATH and the
+    environment are honoured as usual (unlike ``-I``).
+    """
+    if sys.version_info >= (3, 11):
+        return [sys.executable, "-P", "-m", module, *args]
+    return [sys.executable, "-c", _BOOTSTRAP, module, *args]
 
 
 def have_uvloop() -> bool:
@@ -108,12 +166,13 @@ def openssl_version() -> str:
     return backend.openssl_version_text()
 
 
-def version_text(prog: str) -> str:
-    """The ``--version`` line every program prints."""
+def version_text(prog: str, crypto: str = "") -> str:
+    """The ``--version`` line every program prints (``crypto``: the data plane's cryptography
+    paths, from ``noports.crypto.cryptography_text``, which this layer may not import)."""
     from . import __version__
 
     return (
         f"{prog} (noports) {__version__}; implementation {implementation()}; "
-        f"event loop {loop_name()}; {openssl_version()}; "
+        f"event loop {loop_name()}; {openssl_version()}; {crypto or 'cryptography'}; "
         f"Python {platform.python_version()} on {sys.platform}-{platform.machine()}"
     )

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cli.common import escape
 from .errors import ConfigError
+from .log import escape
 
 if sys.version_info >= (3, 11):
     import tomllib

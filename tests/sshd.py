@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from noports.localrig import find_sshd, free_port, keygen, sshd_config
+from noports.quickstart.rig import find_sshd, free_port, keygen, sshd_config
 
 
 class SshdUnavailable(RuntimeError):

@@ -21,7 +21,9 @@ from noports.errors import (
     ApkamAuthError,
     AtError,
     ClientAuthFailedError,
+    KeyFileError,
     KeyNotFoundError,
+    LocalError,
     PeerTimeoutError,
     SecondaryNotFoundError,
     SignatureError,
@@ -80,6 +82,27 @@ def test_root_lookup_pkam_forms_and_refusals(run, at_server, new_atsign, keys) -
             await connect_atserver(
                 f"@nobody{uuid.uuid4().hex[:6]}", root=at_server.root, ca_file=at_server.ca_file
             )
+
+    run(main())
+
+
+def test_local_misuse_raises_local_errors(run, at_server, new_atsign, keys) -> None:
+    # Misuse on our side is a LocalError (exit 1 or 4), never a peer's ProtocolError (exit 6).
+    alice = new_atsign("alice")
+
+    async def main() -> None:
+        with pytest.raises(KeyFileError, match="keys are for"):
+            await AtClient.connect(
+                alice.atsign, keys=keys("@bob"), root=at_server.root, ca_file=at_server.ca_file
+            )
+        conn = await connect_atserver(alice.atsign, root=at_server.root, ca_file=at_server.ca_file)
+        with pytest.raises(LocalError, match="root connections"):
+            await conn.lookup("@bob")
+        await conn.close()
+        a = await connect(at_server, alice)
+        with pytest.raises(LocalError, match="oneself"):
+            await a.shared_keys.incoming(alice.atsign)
+        await a.close()
 
     run(main())
 

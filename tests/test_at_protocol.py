@@ -29,7 +29,9 @@ from noports.errors import (
     BufferLimitError,
     ClientAuthFailedError,
     KeyNotFoundError,
+    LocalError,
     ProtocolError,
+    RemoteError,
 )
 
 NOTE = {
@@ -206,7 +208,7 @@ def test_eof_gives_closed_once() -> None:
     assert c.events() == [Closed()]
     assert c.state is State.CLOSED
     assert c.events() == []
-    with pytest.raises(ProtocolError):
+    with pytest.raises(LocalError):  # sending after Closed is our misuse (h11 does the same)
         c.send("noop:0")
 
 
@@ -252,6 +254,16 @@ def test_malformed_lines_raise(bad: bytes) -> None:
     assert c.state is State.CLOSED
     with pytest.raises(ProtocolError):
         c.receive_data(b"data:ok\n")
+
+
+def test_send_after_close_is_local_misuse() -> None:
+    # Our own mistake, not the peer's: LocalError (exit 1), never ProtocolError (exit 6).
+    c = AtClientCodec()
+    c.send("@exit")
+    assert c.state is State.CLOSED
+    with pytest.raises(LocalError) as info:
+        c.send(commands.noop())
+    assert not isinstance(info.value, RemoteError)
 
 
 def test_buffer_overflow_error_closes() -> None:

@@ -21,16 +21,18 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from noports.errors import ConfigError, KeyFileError
-from noports.sshnpd.authkeys import (
+from noports.crypto.sshkey import (
     KEY_TYPES,
     MAX_KEY_TEXT,
-    AuthorizedKeys,
     InvalidPublicKeyError,
     SshPublicKey,
+    parse_public_key,
+)
+from noports.errors import ConfigError, KeyFileError
+from noports.sshnpd.authkeys import (
+    AuthorizedKeys,
     ephemeral_comment,
     ephemeral_options,
-    parse_public_key,
     validate_options,
 )
 

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import re
 import uuid
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from noports.errors import ConfigError
-from noports.sshnpd.names import (
+from noports.at import commands
+from noports.at.commands import CommandError
+from noports.atserver import keys as server_keys
+from noports.crypto.atkeys import default_keys_path
+from noports.errors import AtError, ConfigError
+from noports.names import (
     InvalidNameError,
     is_valid_atsign,
     is_valid_device_name,
     is_valid_session_id,
+    normalise_atsign,
     snakify,
     validate_atsign,
     validate_device_group,
@@ -246,3 +252,37 @@ def test_bad_session_ids(sid: object) -> None:
     with pytest.raises(InvalidNameError):
         validate_session_id(sid)  # type: ignore[arg-type]
     assert not is_valid_session_id(sid)
+
+
+# The one wire normaliser: the client and the server share it and differ only in the error.
+@pytest.mark.parametrize(
+    ("raw", "canon"),
+    [
+        ("alice", "@alice"),
+        ("@Alice ", "@alice"),
+        (" @BOB\n", "@bob"),
+        ("@" + "a" * 55, "@" + "a" * 55),
+    ],
+)
+def test_normalise_atsign(raw: str, canon: str) -> None:
+    assert normalise_atsign(raw) == canon
+    assert commands.atsign(raw) == canon
+    assert server_keys.normalise_atsign(raw) == canon
+
+
+@pytest.mark.parametrize("raw", ["", "@", "@a:b", "@a@b", "@a b", "a\tb", "@" + "a" * 56])
+def test_normalise_atsign_refuses(raw: str) -> None:
+    with pytest.raises(InvalidNameError):
+        normalise_atsign(raw)
+    with pytest.raises(CommandError):
+        commands.atsign(raw)
+    with pytest.raises(AtError) as info:
+        server_keys.normalise_atsign(raw)
+    assert info.value.code == "AT0003"
+
+
+def test_key_file_names_keep_case(tmp_path: Path) -> None:
+    # Key files are named by the atSign as given (plus '@'), not by the normalised one.
+    base = tmp_path / ".atsign" / "keys"
+    assert default_keys_path("Alice", tmp_path) == base / "@Alice_key.atKeys"
+    assert default_keys_path(" @bob ", tmp_path) == base / "@bob_key.atKeys"

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from noports.errors import ConfigError, ProtocolError
 from noports.npa.policy import PolicyRequest, PolicyStore, parse_policy
-from noports.sshnpd.permitopen import PermitOpen
+from noports.session.permitopen import PermitOpen
 
 POLICY = b"""
 daemon_atsigns = ["@home", "@Web"]

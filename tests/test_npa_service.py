@@ -294,7 +294,7 @@ def test_handle_request_sans_io(tmp_path: Path) -> None:
 )
 def test_sshnpd_asks_npa_end_to_end(np_env, tmp_path: Path) -> None:
     """sshnpd -p @policy + npa + srvd + npt: the policy file decides who tunnels where."""
-    from noports.localrig import HttpService
+    from noports.quickstart.rig import HttpService
 
     npa, dev, relay = np_env.atsign("npa"), np_env.atsign("dev"), np_env.atsign("relay")
     allowed, denied = np_env.atsign("alice"), np_env.atsign("mallory")

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from noports.errors import AuthRefusedError, ConnectError
-from noports.sshnpd.features import (
+from noports.session.features import (
     FEATURE_CHECK_TIMEOUT_MESSAGE,
     DaemonFeature,
     UnsupportedFeatureError,
@@ -23,7 +23,7 @@ from noports.sshnpd.features import (
     require_features,
     sshnp_required_features,
 )
-from noports.sshnpd.permitopen import (
+from noports.session.permitopen import (
     DEFAULT_PERMIT_OPEN,
     PermitEntry,
     PermitOpen,
@@ -324,25 +324,53 @@ def test_ping_response_key_order_and_names() -> None:
         '{"devicename":"mypi","deviceGroupName":"lab","version":"5.6.3",'
         '"corePackageVersion":"6.2.0","supportedFeatures":{"srAuth":true,"srE2ee":true,'
         '"acceptsPublicKeys":false,"supportsPortChoice":true,"adjustableTimeout":true,'
-        '"noportsAead":true},"allowedServices":["localhost:22","localhost:3389"]}'
+        '"controlChannelHeartbeats":true,"supportsRamEscr":false,"twinKeys":true,'
+        '"noportsAead":true,"relayLatency":true},"authModes":["payload"],'
+        '"allowedServices":["localhost:22","localhost:3389"],"npCpVersion":"1.5.0"}'
     )
     d = ping_response("x1", accepts_public_keys=True, allowed_services=["*:*"])
+    # spec-latest 8.1 order; no publicSigningKeyUri unless the signing key is published
     assert list(d) == [
         "devicename",
         "deviceGroupName",
         "version",
         "corePackageVersion",
         "supportedFeatures",
+        "authModes",
         "allowedServices",
+        "npCpVersion",
     ]
     assert d["deviceGroupName"] == "__none__" and d["supportedFeatures"]["acceptsPublicKeys"]
+    uri = "public:_apsk.primary.a.__e@x1"
+    e = ping_response(
+        "x1", accepts_public_keys=True, allowed_services=[], escr=True, public_signing_key_uri=uri
+    )
+    assert e["authModes"] == ["payload", "escr"] and e["supportedFeatures"]["supportsRamEscr"]
+    assert list(e)[-1] == "publicSigningKeyUri" and e["publicSigningKeyUri"] == uri
+
+
+@pytest.mark.parametrize(
+    ("reply", "answers"),
+    [
+        ('{"version":"c0.1.0","supportedFeatures":{"srAuth":true}}', False),  # the C daemon
+        ('{"version":"5.14.13","supportedFeatures":{}}', False),
+        ('{"version":"5.15.0","supportedFeatures":{}}', True),
+        ('{"version":"5.15.1-rc1","supportedFeatures":{}}', True),
+        ('{"version":"0.1","supportedFeatures":{"relayLatency":true}}', True),
+        ('{"devicename":"old"}', False),
+    ],
+)
+def test_who_answers_relay_latency(reply, answers) -> None:
+    assert parse_ping_response(reply).answers_relay_latency() is answers
 
 
 def test_parse_own_response_round_trip() -> None:
     text = ping_response_json(device="d1", accepts_public_keys=True, allowed_services=["a:1"])
     info = parse_ping_response(text)
     assert info.device == "d1" and info.allowed_services == ("a:1",) and not info.legacy
-    assert all(info.supports(f) for f in DaemonFeature)
+    assert all(
+        info.supports(f) for f in DaemonFeature if f is not DaemonFeature.SUPPORTS_RAM_ESCR
+    )
 
 
 def test_v4_daemon_without_supported_features() -> None:

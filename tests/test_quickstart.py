@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from noports.localrig import Supervisor, find_sshd
 from noports.quickstart import MARK_ENV, PAGE
+from noports.quickstart.rig import Supervisor, find_sshd
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(150)

@@ -116,20 +116,33 @@ def test_rvd_nonce_is_random_and_url_safe() -> None:
         assert n.replace("-", "").replace("_", "").isalnum()
 
 
-def test_gate_counts_global_and_per_ip() -> None:
+class _Holder:
+    """A pre-auth socket stand-in: ``shed`` releases its slot, as Inbound does."""
+
+    def __init__(self, gate: PreAuthGate, ip: str) -> None:
+        self.gate, self.ip, self.was_shed = gate, ip, False
+        gate.admit(ip, self)
+
+    def shed(self) -> None:
+        self.was_shed = True
+        self.gate.release(self.ip, self)
+
+
+def test_gate_sheds_older_sockets_never_the_newcomer() -> None:
     gate = PreAuthGate(max_total=3, max_per_ip=2)
-    assert gate.admit("10.0.0.1") and gate.admit("10.0.0.1")
-    assert not gate.admit("10.0.0.1")  # per-IP cap
-    assert gate.admit("10.0.0.2")
-    assert not gate.admit("10.0.0.3")  # global cap
-    assert gate.refused == 2
-    gate.release("10.0.0.1")
-    assert gate.admit("10.0.0.3")
-    for ip in ("10.0.0.1", "10.0.0.2", "10.0.0.3"):
-        gate.release(ip)
+    a1, a2 = _Holder(gate, "10.0.0.1"), _Holder(gate, "10.0.0.1")
+    a3 = _Holder(gate, "10.0.0.1")  # per-IP cap: that address's oldest goes
+    assert a1.was_shed and not a2.was_shed and gate.count("10.0.0.1") == 2
+    b1 = _Holder(gate, "10.0.0.2")
+    c1 = _Holder(gate, "10.0.0.3")  # global cap: the biggest source loses one
+    assert not b1.was_shed and not c1.was_shed
+    assert a2.was_shed != a3.was_shed and gate.total == 3 and gate.shed == 2
+    for h in (a2, a3, b1, c1):
+        if not h.was_shed:
+            gate.release(h.ip, h)
     assert gate.total == 0 and gate.count("10.0.0.1") == 0
     with pytest.raises(RuntimeError):
-        gate.release("10.0.0.1")
+        gate.release("10.0.0.1", b1)
 
 
 def test_limits_validate() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from noports.crypto.atkeys import AtKeys
-from tests.test_relay_support import (
+from tests.relay_support import (
     A,
     B,
     authed,

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from noports import _compat
-from tests.test_relay_support import blob, sha
+from tests.relay_support import blob, sha
 
 
 def tcp_pair() -> tuple[socket.socket, socket.socket]:

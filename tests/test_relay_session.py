@@ -12,7 +12,7 @@ import pytest
 from noports.crypto.atkeys import AtKeys
 from noports.errors import ConfigError, PortsExhaustedError
 from noports.relay import Relay, RelayLimits
-from tests.test_relay_support import (
+from tests.relay_support import (
     A,
     B,
     authed,
@@ -245,6 +245,9 @@ def test_hostile_first_connectors_do_not_block_real_pairs(run: Any, keys: Keys,
 
 
 def test_preauth_caps_global_and_per_ip(run: Any, keys: Keys) -> None:
+    """Full caps shed older unauthenticated sockets: the source's oldest at the per-IP cap,
+    a random one at the global cap; the newcomer is never the one turned away."""
+
     async def main() -> None:
         relay = await started_relay(max_preauth=5, max_preauth_per_ip=3, auth_timeout=5.0)
         try:
@@ -252,8 +255,9 @@ def test_preauth_caps_global_and_per_ip(run: Any, keys: Keys) -> None:
             s2 = await relay.create_session(spec(keys, "c2"))
             silent = [await connect(s1, A) for _ in range(3)]
             await wait_for(lambda: relay.gate.total == 3)
-            assert await refused(s1.host, s1.port_b)  # 4th from 127.0.0.1: per-IP cap
-            assert s1.stats.refused == 1
+            fourth = await connect(s1, B)  # 4th from 127.0.0.1: its oldest goes
+            assert await closed_by_peer(silent[0][0], 2.0)
+            await wait_for(lambda: relay.gate.total == 3 and relay.gate.shed == 1)
             # Another source address (127.0.0.2 is loopback too) is under its own cap.
             other_ip = []
             for _ in range(2):
@@ -261,15 +265,15 @@ def test_preauth_caps_global_and_per_ip(run: Any, keys: Keys) -> None:
                                                      local_addr=("127.0.0.2", 0))
                 other_ip.append((r, w))
             await wait_for(lambda: relay.gate.total == 5)
-            assert await refused(s2.host, s2.port_b, "127.0.0.3")  # global cap
-            assert s2.stats.refused == 1
-            # A silent socket leaving frees its slot: a real peer gets in again.
-            silent[0][1].close()
-            await wait_for(lambda: relay.gate.total == 4)
+            r3, w3 = await asyncio.open_connection(s2.host, s2.port_b,
+                                                   local_addr=("127.0.0.3", 0))
+            await wait_for(lambda: relay.gate.shed == 2)  # global cap: one older socket went
+            assert relay.gate.total == 5 and relay.gate.count("127.0.0.3") == 1
+            # A real pair gets in while the gate is full.
             ra, wa = await authed(s1, A, keys, b"x")
             rb, wb = await authed(s1, B, keys)
             assert await asyncio.wait_for(rb.readexactly(1), 3) == b"x"
-            for _, w in silent + other_ip + [(ra, wa), (rb, wb)]:
+            for _, w in silent + other_ip + [fourth, (r3, w3), (ra, wa), (rb, wb)]:
                 w.close()
         finally:
             await relay.close()

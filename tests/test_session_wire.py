@@ -26,18 +26,24 @@ def test_ssh_request_field_order_is_official(eph):
         rvd_nonce="r",
         ephemeral_pk=eph.public_key(),
     )
+    # the latest official order (spec-latest 3.1: notification_request_message.dart)
     assert list(p) == [
         "direct",
         "sessionId",
         "host",
         "port",
         "authenticateToRvd",
+        "relayAuthMode",
+        "relayAuthAesKey",
         "clientNonce",
         "rvdNonce",
         "encryptRvdTraffic",
         "clientEphemeralPK",
         "clientEphemeralPKType",
+        "twinKeys",
+        "relayAtsign",
     ]
+    assert (p["relayAuthMode"], p["relayAuthAesKey"], p["twinKeys"]) == ("payload", None, False)
     q = wire.ssh_request(
         session_id="s",
         host="h",
@@ -48,7 +54,56 @@ def test_ssh_request_field_order_is_official(eph):
         twin_keys=True,
         aead=True,
     )
-    assert list(q)[-2:] == ["twinKeys", "noportsAead"]
+    assert list(q)[-3:] == ["twinKeys", "relayAtsign", "noportsAead"]
+    got = wire.parse_request("ssh", json.loads(canonical_json(q)))
+    assert (got.relay_auth_mode, got.relay_auth_aes_key, got.relay_atsign) == (
+        "payload",
+        None,
+        None,
+    )
+    # what an official client sends for escr: mode and key carried, in place
+    e = dict(q, relayAuthMode="escr", relayAuthAesKey="a2V5", relayAtsign="@rv")
+    got = wire.parse_request("ssh", json.loads(canonical_json(e)))
+    assert (got.relay_auth_mode, got.relay_auth_aes_key, got.relay_atsign) == (
+        "escr",
+        "a2V5",
+        "@rv",
+    )
+    with pytest.raises(ProtocolError, match="relayAuthMode"):
+        wire.parse_request("ssh", dict(q, relayAuthMode="magic"))
+
+
+def test_npt_request_field_order_is_official(eph):
+    p = wire.npt_request(
+        session_id="s",
+        rvd_host="h",
+        rvd_port=443,
+        requested_port=22,
+        requested_host="localhost",
+        client_nonce="n",
+        rvd_nonce="r",
+        ephemeral_pk=eph.public_key(),
+        twin_keys=True,
+        relay_atsign="@rv",
+    )
+    assert list(p) == [
+        "sessionId",
+        "rvdHost",
+        "rvdPort",
+        "requestedPort",
+        "requestedHost",
+        "authenticateToRvd",
+        "relayAuthMode",
+        "relayAuthAesKey",
+        "clientNonce",
+        "rvdNonce",
+        "encryptRvdTraffic",
+        "clientEphemeralPK",
+        "clientEphemeralPKType",
+        "timeout",
+        "twinKeys",
+        "relayAtsign",
+    ]
 
 
 def test_npt_request_round_trips_through_json(eph):
@@ -78,7 +133,11 @@ def test_npt_request_round_trips_through_json(eph):
 def test_keys_wrap_and_unwrap(eph, twin, aead):
     keys = wire.SessionKeys.generate(encrypt=True, twin=twin, aead=aead)
     resp = wire.success_response("sid", keys, eph.public_key(), ssh=False)
-    assert list(resp)[:4] == ["status", "sessionId", "sessionAESKey", "sessionIV"]
+    c2d = ["aesKeyC2D", "ivC2D"] if twin else ["sessionAESKey", "sessionIV"]  # per twinKeys
+    assert list(resp)[:7] == ["status", "sessionId", *c2d, "aesKeyD2C", "ivD2C"] + [
+        "eventLoggingConfig"
+    ]
+    assert (resp["aesKeyD2C"] is None) == (not twin)
     back = wire.SessionKeys.from_response(json.loads(canonical_json(resp)), eph)
     assert back == keys
 
@@ -128,9 +187,48 @@ def test_relay_request_and_replies():
         "authenticateSocketA",
         "authenticateSocketB",
         "clientNonce",
+        "relayAuthMode",
+        "relayAuthAesKey",
+        "only443",
+        "multipleAcksOk",
+        "preFetch",
+        "sendJsonResponse",
     ]
     got = wire.parse_relay_request(canonical_json(r), sender="@a", legacy=False)
-    assert (got.session_id, got.auth_a, got.json_response) == ("s", True, False)
+    assert (got.session_id, got.auth_a, got.json_response, got.multiple_acks_ok) == (
+        "s",
+        True,
+        True,
+        True,
+    )
+    # an old client's R1: the relay's defaults for every later field (spec-latest 2.1)
+    old = {k: r[k] for k in list(r)[:6]}
+    got = wire.parse_relay_request(canonical_json(old), sender="@a", legacy=False)
+    assert (
+        got.relay_auth_mode,
+        got.relay_auth_aes_key,
+        got.only443,
+        got.multiple_acks_ok,
+        got.pre_fetch,
+        got.json_response,
+    ) == ("payload", None, False, False, (), False)
+    new = dict(
+        r,
+        relayAuthMode="ESCR",
+        relayAuthAesKey="a2V5",
+        only443=True,
+        preFetch=["public:_apsk.primary.a.__e@a"],
+    )
+    got = wire.parse_relay_request(canonical_json(new), sender="@a", legacy=False)
+    assert (got.relay_auth_mode, got.relay_auth_aes_key, got.only443, got.pre_fetch) == (
+        "escr",
+        "a2V5",
+        True,
+        ("public:_apsk.primary.a.__e@a",),
+    )
+    for bad in ({"relayAuthMode": "x"}, {"only443": "yes"}, {"preFetch": "k"}):
+        with pytest.raises(ProtocolError):
+            wire.parse_relay_request(canonical_json(dict(r, **bad)), sender="@a", legacy=False)
     legacy = wire.parse_relay_request("abc-123", sender="@a", legacy=True)
     assert legacy.legacy and not legacy.auth_a and legacy.atsign_a == "@a"
     reply = wire.RelayReply("10.0.0.1", 1000, 1001, "nonce")

@@ -31,7 +31,10 @@ def req(sid: str, a: str = "@alice", b: str = "@dev", auth: bool = True, **extra
         ("MyDev.Request_Ports.sshrvd", "json"),
         ("mydev.sshrvd", "legacy"),
         ("auth_modes.sshrvd", None),
-        ("discover_request.sshrvd", None),
+        ("discover_request.sshrvd", "discover"),
+        ("x.discover_request.sshrvd", None),
+        ("logging.0b7c.sessions.sshrvd", "sessions"),
+        ("x.logging.0b7c.sessions.sshrvd", None),
         ("x.y.sshrvd", None),
         ("sshrvd", None),
         ("mydev.sshnp", None),
@@ -109,3 +112,29 @@ def test_require_auth_refuses_downgrades():
             adm.check(kind, value, "@alice")
         assert e.value.kind == rq.DENIED
     assert adm.check("json", req(str(uuid.uuid4())), "@alice")
+
+
+def test_discover_reply_official_form_plus_load():
+    v = rq.discover_reply(
+        '{"items":["ipaddr","port","colour"]}', ip="10.1.2.3", port=None, sessions=3, max_sessions=9
+    )
+    assert v == '{"ipaddr":"10.1.2.3","port":null,"sessions":3,"maxSessions":9}'
+    v = rq.discover_reply('{"items":["port"]}', ip="h", port=443, sessions=0, max_sessions=1)
+    assert json.loads(v)["port"] == 443 and "ipaddr" not in json.loads(v)
+    for bad in (None, "", "x", "[]", '{"items":"ipaddr"}', '{"other":1}'):
+        assert rq.discover_reply(bad, ip="h", port=None, sessions=0, max_sessions=1) is None
+
+
+def test_nack_only_when_multiple_acks_ok():
+    adm = rq.Admission(
+        managers=frozenset({"@ok"}), require_auth=False, max_sessions=5, per_requester=5
+    )
+    sid = str(uuid.uuid4())
+    new = req(sid, "@bad")
+    with pytest.raises(rq.Refusal) as e:
+        adm.check("json", new, "@bad")
+    assert e.value.nack and e.value.session_id == sid
+    old = json.dumps({k: v for k, v in json.loads(new).items() if k != "multipleAcksOk"})
+    with pytest.raises(rq.Refusal) as e:
+        adm.check("json", old, "@bad")
+    assert not e.value.nack  # an old client gets silence, as from the official relay

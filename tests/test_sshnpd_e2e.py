@@ -76,10 +76,16 @@ def test_ping_sessions_all_modes_and_npt(np_env):
                 "version",
                 "corePackageVersion",
                 "supportedFeatures",
+                "authModes",
                 "allowedServices",
+                "npCpVersion",
+                "publicSigningKeyUri",
             ]
+            assert info["authModes"] == ["payload", "escr"]
+            assert info["publicSigningKeyUri"].startswith("public:_apsk.")
             f = info["supportedFeatures"]
             assert f["srAuth"] is f["srE2ee"] is f["supportsPortChoice"] is True
+            assert f["supportsRamEscr"] is True
             assert f["noportsAead"] is True and f["acceptsPublicKeys"] is False
             assert info["allowedServices"] == [f"localhost:{sshd.port}"]
 

@@ -48,6 +48,7 @@ from ..crypto.encoding import b64d, b64e, loads_object
 from ..crypto.envelope import envelope_json, verify_envelope
 from ..errors import (
     ConnectError,
+    KeyFileError,
     KeyNotFoundError,
     NoPortsError,
     PeerTimeoutError,
@@ -125,9 +126,9 @@ class AtClient:
         a = commands.atsign(atsign)
         if keys is None:
             path = keys_file if keys_file is not None else default_keys_path(a)
-            keys = AtKeys.load(path, a)
+            keys = AtKeys.load(path, a, strict_mode=True)  # like ssh: refuse open key files
         if commands.atsign(keys.atsign) != a:
-            raise ProtocolError(f"keys are for {keys.atsign}, not {a}")
+            raise KeyFileError(f"keys are for {keys.atsign}, not {a}")
         ctx = ssl_ctx if ssl_ctx is not None else ssl_context(ca_file)
         if address is None:
             address = await find_atserver(
@@ -520,7 +521,7 @@ class AtClient:
                     ) from exc
 
     # used by Monitor
-    def _seen_notification(self, n: Notification) -> None:
+    def seen_notification(self, n: Notification) -> None:
         """A shared_key notification carries a key for us: learn it at once (as atsdk does)."""
         if n.value and n.key.startswith(f"{self.atsign}:shared_key@") and n.operation == "update":
             try:

@@ -21,6 +21,7 @@ from typing import Any
 from ..crypto import rsa
 from ..crypto.encoding import canonical_json
 from ..errors import LocalError
+from ..names import InvalidNameError, normalise_atsign
 
 # Metadata in the order of at_commons VerbSyntax (spec 1.5): (attribute, wire name, kind).
 _META_ORDER: tuple[tuple[str, str, str], ...] = (
@@ -40,10 +41,10 @@ _META_ORDER: tuple[tuple[str, str, str], ...] = (
     ("iv_nonce", "ivNonce", "str"),
     ("ske_enc_key_name", "skeEncKeyName", "str"),
     ("ske_enc_algo", "skeEncAlgo", "str"),
+    ("immutable", "immutable", "bool"),  # at_commons VerbSyntax: after skeEncAlgo
 )
 _WIRE_TO_ATTR = {wire.lower(): (attr, kind) for attr, wire, kind in _META_ORDER}
 _META_VALUE = re.compile(r"^[^:@\s]+$")
-_ATSIGN = re.compile(r"^@[^@:\s]{1,55}$")
 
 
 class CommandError(LocalError, ValueError):
@@ -74,6 +75,9 @@ class Metadata:
     iv_nonce: str | None = None
     ske_enc_key_name: str | None = None
     ske_enc_algo: str | None = None
+    #: a record that cannot be overwritten while it lives (the atServer refuses the update);
+    #: redundant srvd/sshnpd instances race for one with it (session mutexes)
+    immutable: bool | None = None
 
     def wire(self) -> str:
         """``:ttl:5:ttr:-1:…`` (empty when nothing is set)."""
@@ -147,12 +151,10 @@ def check_line(text: str) -> str:
 
 def atsign(a: str) -> str:
     """Normalise ``alice``/``@Alice `` to ``@alice`` (servers lower-case keys)."""
-    s = a.strip().lower()
-    if not s.startswith("@"):
-        s = "@" + s
-    if not _ATSIGN.match(s):
-        raise CommandError(f"not a valid atSign: {a!r}")
-    return s
+    try:
+        return normalise_atsign(a)
+    except InvalidNameError:
+        raise CommandError(f"not a valid atSign: {a!r}") from None
 
 
 def _tok(text: str, what: str) -> str:

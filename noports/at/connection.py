@@ -40,6 +40,7 @@ from ..errors import (
     AtError,
     BufferLimitError,
     ConnectError,
+    LocalError,
     PeerTimeoutError,
     ProtocolError,
     SecondaryNotFoundError,
@@ -251,7 +252,7 @@ class AtConnection:
     async def lookup(self, atsign: str, *, timeout: float | None = None) -> tuple[str, int]:
         """Root lookup; raises SecondaryNotFoundError for ``null``."""
         if not self.root:
-            raise ProtocolError("lookup() is for root connections")
+            raise LocalError("lookup() is for root connections")
         reply = await self.request(commands.root_lookup(atsign), timeout=timeout)
         if isinstance(reply, ErrorReply):
             raise reply.exception()

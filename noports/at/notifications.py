@@ -33,7 +33,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ..crypto import aes
 from ..crypto.encoding import b64d
@@ -50,10 +50,25 @@ from ..errors import (
 from . import commands
 from .commands import Metadata
 from .protocol import Notification
+from .sharedkeys import SharedKeys
 
 if TYPE_CHECKING:
-    from .client import AtClient
     from .connection import AtConnection
+
+
+class MonitorClient(Protocol):
+    """What a Monitor uses of its client (``AtClient`` implements it)."""
+
+    @property
+    def atsign(self) -> str: ...
+
+    @property
+    def shared_keys(self) -> SharedKeys: ...
+
+    async def open_connection(self) -> AtConnection: ...
+
+    def seen_notification(self, n: Notification) -> None: ...
+
 
 log = logging.getLogger("noports.at.monitor")
 
@@ -62,7 +77,7 @@ _SEEN_MAX = 20_000
 _FATAL = (ClientAuthFailedError, ApkamDeniedError, ApkamRevokedError)
 
 
-async def decrypt_value(client: AtClient, sender: str, data: str, meta: Metadata) -> str:
+async def decrypt_value(client: MonitorClient, sender: str, data: str, meta: Metadata) -> str:
     """Decrypt data ``sender`` shared with us; a stale cached key is refreshed once."""
     iv = b64d(meta.iv_nonce, what="ivNonce", length=16) if meta.iv_nonce else aes.ZERO_IV
     key = await client.shared_keys.incoming(sender, meta)
@@ -85,7 +100,7 @@ class Monitor:
 
     def __init__(
         self,
-        client: AtClient,
+        client: MonitorClient,
         regex: str | None,
         since: int | None,
         *,
@@ -278,7 +293,7 @@ class Monitor:
             self._seen.popitem(last=False)
         me = self.client.atsign
         if n.key.startswith(f"{me}:shared_key@"):
-            self.client._seen_notification(n)
+            self.client.seen_notification(n)
             return
         if (
             self.decrypt

@@ -29,7 +29,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import AtError, BufferLimitError, ProtocolError
+from ..errors import AtError, BufferLimitError, LocalError, ProtocolError
 from . import commands
 from .commands import *  # noqa: F401,F403  (builders are part of this module's API)
 from .commands import Metadata
@@ -243,7 +243,7 @@ class AtClientCodec:
     def send(self, command: str) -> bytes:
         """Bytes for ``command``; records the reply it expects. Refuses after close."""
         if self.state is State.CLOSED:
-            raise ProtocolError("connection is closed")
+            raise LocalError("connection is closed")
         data = commands.encode(command)
         verb = self._verb(command)
         if verb == "from":

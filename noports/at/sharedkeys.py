@@ -23,16 +23,32 @@ import asyncio
 import hashlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..crypto import aes, rsa
+from ..crypto.atkeys import AtKeys
 from ..crypto.encoding import b64d, loads_object
-from ..errors import KeyNotFoundError, ProtocolError
+from ..errors import KeyNotFoundError, LocalError, ProtocolError
 from . import commands
 from .commands import Metadata
 
-if TYPE_CHECKING:
-    from .client import AtClient
+
+class KeyClient(Protocol):
+    """What the shared-key cache uses of its client (``AtClient`` implements it)."""
+
+    @property
+    def atsign(self) -> str: ...
+
+    @property
+    def keys(self) -> AtKeys: ...
+
+    @property
+    def public_key_ttl(self) -> float: ...
+
+    async def execute(self, command: str, *, timeout: float | None = None) -> str: ...
+
+    async def public_key(self, atsign: str, *, refresh: bool = False) -> rsa.PublicKey: ...
+
 
 log = logging.getLogger("noports.at.sharedkeys")
 
@@ -68,7 +84,7 @@ class OutgoingKey:
 class SharedKeys:
     """The shared-key cache of one AtClient (both directions)."""
 
-    def __init__(self, client: AtClient) -> None:
+    def __init__(self, client: KeyClient) -> None:
         self.client = client
         self._out: dict[str, OutgoingKey] = {}
         self._in: dict[str, str] = {}
@@ -181,7 +197,7 @@ class SharedKeys:
         """The key ``other`` uses for data shared with us (base64 K)."""
         other = commands.atsign(other)
         if other == self.client.atsign:
-            raise ProtocolError("no shared key with oneself; self data uses the self key")
+            raise LocalError("no shared key with oneself; self data uses the self key")
         my_cs = pub_key_checksum(self.client.keys.encrypt_public_b64)
         if (
             metadata is not None

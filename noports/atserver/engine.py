@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from ..errors import AtError
 from .hub import Hub
-from .parse import DEFAULT_BUFFER_LIMIT, Command, parse_line
+from .parse import DEFAULT_BUFFER_LIMIT, Command, loads_client_json, parse_line
 from .store import Store
 
 log = logging.getLogger("noports.server")
@@ -40,6 +40,11 @@ class Config:
     buffer_limit: int = DEFAULT_BUFFER_LIMIT
     max_connections: int = 200
     unauth_timeout: float = 600.0
+    # pre-auth limits (not in the official server; see net.AtServer.admit)
+    max_unauth: int = 100  # unauthenticated connections at once; the oldest is shed
+    max_unauth_per_source: int = 32  # the same, per peer address
+    auth_deadline: float = 60.0  # seconds to authenticate, however busy the connection is
+    unauth_buffer_limit: int = 64 * 1024  # largest line before authentication
     auth_timeout: float = 30 * 24 * 3600.0
     stats_interval: float = 15.0
     notification_expiry_ms: int = 15 * 60 * 1000
@@ -136,7 +141,7 @@ class Session:
     root_unknown: int = 0
     bad_otps: int = 0
     enroll_times: list[int] = field(default_factory=list)
-    last_write: float = field(default_factory=time.monotonic)
+    last_write: float = field(default_factory=time.monotonic)  # last client activity
 
     # -- framing -----------------------------------------------------------------------
 
@@ -171,6 +176,10 @@ class Session:
 
     def handle(self, line: str) -> Reply:
         """Run one request line and return what to write. Never raises for client mistakes."""
+        if not line:  # a bare CRLF: the Dart atServer's exact answer, prompt in the same write
+            if self.authed:
+                return Reply(f"error:AT0003-Invalid syntax : invalid command\n{self.prompt}")
+            return Reply(f"error:AT0003-Exception: invalid command\n{self.prompt}")
         try:
             cmd = parse_line(line)
             return self.dispatch(cmd)
@@ -203,9 +212,9 @@ class Session:
         if not raw:
             return
         try:
-            cfg = json.loads(raw)
+            cfg = loads_client_json(raw)
             version = str(cfg.get("version", "0"))
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, AtError):
             return
         self.json_errors = _version_tuple(version) >= (3, 0, 38)
 

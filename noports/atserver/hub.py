@@ -9,12 +9,12 @@ connections. ``publish`` writes in call order, so delivery order is the order of
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .store import Notification
+from .userregex import ClientPattern
 
 LIVE_META = ("encKeyName", "encAlgo", "ivNonce", "skeEncKeyName", "skeEncAlgo", "sharedKeyEnc")
 REPLAY_META = ("encKeyName", "encAlgo", "ivNonce", "skeEncKeyName", "skeEncAlgo")
@@ -31,7 +31,7 @@ class Sink(Protocol):
 class Monitor:
     sink: Sink
     atsign: str
-    regex: re.Pattern[str] | None
+    regex: ClientPattern | None
     self_notifications: bool
     allowed: Callable[[Notification], bool] | None = None
 
@@ -42,7 +42,7 @@ class Monitor:
             return False
         if self.regex is None:
             return True
-        return bool(self.regex.search(n.key) or self.regex.search(n.from_atsign.lstrip("@")))
+        return self.regex.search(n.key) or self.regex.search(n.from_atsign.lstrip("@"))
 
 
 def body(

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from .. import names
 from ..errors import AtError
 
 MAX_KEY_LEN = 248
 MAX_CACHED_KEY_LEN = 255
 MAX_ATSIGN_LEN = 55
 
-ATSIGN_RE = re.compile(r"^@[^:@\s]{1,55}$")
 _NAME_RE = re.compile(r"^[^:@\s]+$")
 
 SYSTEM_KEYS = ("privatekey:at_pkam_publickey", "privatekey:at_secret")
@@ -42,6 +42,7 @@ META_FIELDS: dict[str, str] = {
     "ivNonce": "str",
     "skeEncKeyName": "str",
     "skeEncAlgo": "str",
+    "immutable": "bool",
 }
 # Lookup table tolerant of case and snake_case spellings (the C SDK writes ``message_type``).
 META_ALIASES = {name.lower(): name for name in META_FIELDS}
@@ -75,8 +76,8 @@ RENDER_ORDER = (
     "skeEncAlgo",
 )
 
-# Reserved keys an APKAM connection may always use, whatever its namespaces (spec 1.11).
-_RESERVED_NAMES = ("publickey", "signing_publickey", "signing_privatekey", "blocklist")
+# ``shared_key.<atSign without @>``: the owner's copy of a key shared with that atSign.
+_SHARED_KEY_COPY = re.compile(r"shared_key\.[^.:@\s]{1,55}")
 
 
 def canon_meta_name(token: str) -> str | None:
@@ -108,12 +109,11 @@ def coerce_meta(name: str, raw: str) -> Any:
 
 
 def normalise_atsign(text: str) -> str:
-    a = text.strip().lower()
-    if not a.startswith("@"):
-        a = "@" + a
-    if not ATSIGN_RE.match(a):
-        raise AtError.for_code("AT0003", f"invalid atSign {text!r}")
-    return a
+    """:func:`noports.names.normalise_atsign`, refusing with AT0003."""
+    try:
+        return names.normalise_atsign(text)
+    except names.InvalidNameError:
+        raise AtError.for_code("AT0003", f"invalid atSign {text!r}") from None
 
 
 @dataclass(frozen=True)
@@ -186,13 +186,26 @@ def parse_key(text: str, default_owner: str | None = None) -> AtKey:
 
 
 def is_reserved(key: AtKey) -> bool:
-    """Keys every authenticated connection may use, whatever its enrolled namespaces."""
-    if key.visibility in ("system",):
+    """Keys every authenticated connection may use, whatever its enrolled namespaces.
+
+    Exactly the official reserved keys that carry an owner (at_commons
+    ``Regexes._reservedKeysWithAtsignSuffix``): ``public:publickey``,
+    ``public:signing_publickey``, ``@owner:signing_privatekey``, ``private:blocklist``,
+    ``@other:shared_key`` and ``shared_key.<other>``; plus the system keys. Not any name that
+    merely starts with ``shared_key`` or ``_`` (those belong to a namespace like any other).
+    """
+    if key.visibility == "system":
         return True
-    n = key.name
-    if n in _RESERVED_NAMES or n.startswith("shared_key"):
-        return True
-    return n.startswith("_") and "." not in n
+    if key.cached:
+        return False
+    n, vis = key.name, key.visibility
+    if vis == "public":
+        return n in ("publickey", "signing_publickey")
+    if vis == "private":
+        return n == "blocklist"
+    if vis == "shared":
+        return n == "shared_key"
+    return n == "signing_privatekey" or bool(_SHARED_KEY_COPY.fullmatch(n))
 
 
 def namespace_allows(namespaces: dict[str, str], key: AtKey, write: bool) -> bool:

@@ -46,6 +46,9 @@ class Connection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.out: list[str] = []
         self.closed = False
+        self.source = ""  # peer address, for the per-source pre-auth cap
+        self.pending = False  # counted as unauthenticated (in server.unauth)
+        self.born = 0.0
 
     # -- asyncio callbacks -------------------------------------------------------------------
 
@@ -53,20 +56,27 @@ class Connection(asyncio.Protocol):
         # uvloop's SSL transport is not an asyncio.Transport subclass, only duck-typed as one
         t = self.transport = cast(asyncio.Transport, transport)
         srv = self.server
-        if len(srv.conns) >= srv.engine.config.max_connections:
+        cfg = srv.engine.config
+        peer = t.get_extra_info("peername")
+        self.source = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        if not srv.admit(self):
             t.write(b"error:AT0012-inbound connection limit exceeded\n")
             t.close()
+            self.transport = None
             self.closed = True
             return
         srv.conns.add(self)
-        self.buf = LineBuffer(srv.engine.config.buffer_limit)
+        self.buf = LineBuffer(min(cfg.buffer_limit, cfg.unauth_buffer_limit))
         self.session = srv.engine.session(self)
-        self.session.last_write = srv.loop.time()
+        self.born = self.session.last_write = srv.loop.time()
         t.write(b"@")
 
     def data_received(self, data: bytes) -> None:
         if self.closed or self.buf is None:
             return
+        srv = self.server
+        if self.session is not None:
+            self.session.last_write = srv.loop.time()  # idleness is the client's, not ours
         try:
             lines = self.buf.feed(data)
         except AtError as exc:
@@ -78,12 +88,12 @@ class Connection(asyncio.Protocol):
         if self.waiting is not None:
             self.waiting.extend(lines)
             return
-        srv = self.server
         srv.batch_begin()
         try:
             self._process(lines)
         finally:
             srv.batch_end()
+            self._promote()
 
     def eof_received(self) -> bool | None:
         return False
@@ -92,10 +102,30 @@ class Connection(asyncio.Protocol):
         self.closed = True
         if self.timer is not None:
             self.timer.cancel()
-        self.server.conns.discard(self)
-        if self.session is not None:
-            self.session.closed = True
-            self.server.engine.closed(self.session)
+            self.timer = None
+        srv = self.server
+        srv.conns.discard(self)
+        srv.dirty.discard(self)
+        if self.pending:
+            srv.unauth_discard(self)
+        s, self.session = self.session, None
+        if s is not None:
+            s.closed = True
+            srv.engine.closed(s)
+            s.port = _CLOSED  # no Connection <-> Session cycle left for the collector
+        # memory goes back now, not at the next full collection
+        self.buf = None
+        self.waiting = None
+        self.out = []
+        self.transport = None
+
+    def _promote(self) -> None:
+        """Once authenticated: leave the pre-auth accounting and lift the buffer cap."""
+        s = self.session
+        if self.pending and s is not None and s.authed:
+            self.server.unauth_discard(self)
+            if self.buf is not None:
+                self.buf.limit = self.server.engine.config.buffer_limit
 
     # -- processing ----------------------------------------------------------------------
 
@@ -129,6 +159,7 @@ class Connection(asyncio.Protocol):
                 self._process(lines)
         finally:
             srv.batch_end()
+            self._promote()
 
     def _emit(self, reply: Reply) -> None:
         if reply.text:
@@ -158,7 +189,6 @@ class Connection(asyncio.Protocol):
         self.out.clear()
         t.write(data)
         if self.session is not None:
-            self.session.last_write = self.server.loop.time()
             if (
                 self.session.monitoring
                 and t.get_write_buffer_size() > self.server.engine.config.monitor_buffer_limit
@@ -172,6 +202,19 @@ class Connection(asyncio.Protocol):
             self.flush()
             self.closed = True
             self.transport.close()
+
+
+class _ClosedPort:
+    """What a session's port becomes once its connection is gone."""
+
+    def write(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+_CLOSED = _ClosedPort()
 
 
 def pin_mmap_threshold(threshold: int = 128 * 1024) -> bool:
@@ -223,6 +266,48 @@ class AtServer:
         self.port = 0
         self.depth = 0  # nesting of batch_begin/batch_end
         self.dirty: set[Connection] = set()  # connections with output waiting for the commit
+        # unauthenticated connections, oldest first, overall and per source address
+        self.unauth: dict[Connection, None] = {}
+        self.unauth_by_source: dict[str, dict[Connection, None]] = {}
+        self.evicted = 0
+
+    # -- pre-auth admission (OpenSSH MaxStartups / PerSourceMaxStartups, but shedding the
+    # oldest unauthenticated connection instead of refusing the newcomer) ----------------------
+
+    def admit(self, c: Connection) -> bool:
+        """Make room for a new (unauthenticated) connection; False if there is none."""
+        cfg = self.config
+        by_src = self.unauth_by_source.get(c.source)
+        if by_src is not None and len(by_src) >= cfg.max_unauth_per_source:
+            self._evict(next(iter(by_src)))
+        if len(self.unauth) >= cfg.max_unauth:
+            self._evict(next(iter(self.unauth)))
+        if len(self.conns) >= cfg.max_connections:
+            if not self.unauth:
+                return False  # every slot is an authenticated client
+            self._evict(next(iter(self.unauth)))
+        c.pending = True
+        self.unauth[c] = None
+        self.unauth_by_source.setdefault(c.source, {})[c] = None
+        return True
+
+    def unauth_discard(self, c: Connection) -> None:
+        c.pending = False
+        self.unauth.pop(c, None)
+        by_src = self.unauth_by_source.get(c.source)
+        if by_src is not None:
+            by_src.pop(c, None)
+            if not by_src:
+                del self.unauth_by_source[c.source]
+
+    def _evict(self, c: Connection) -> None:
+        self.unauth_discard(c)
+        self.conns.discard(c)
+        self.evicted += 1
+        t = c.transport
+        c.closed = True
+        if t is not None:
+            t.abort()
 
     def batch_begin(self) -> None:
         """Group the store writes of a burst of requests into one transaction."""
@@ -275,7 +360,10 @@ class AtServer:
             log.info("delivered %d queued notifications at start", n)
         self._schedule(self.config.stats_interval, self._stats)
         self._schedule(5.0, self._housekeeping)
-        self._schedule(min(5.0, max(0.5, self.config.unauth_timeout / 4)), self._sweep_idle)
+        self._schedule(
+            min(5.0, max(0.5, min(self.config.unauth_timeout, self.config.auth_deadline) / 4)),
+            self._sweep_idle,
+        )
         log.info("serving root and atServer on %s", self.root)
 
     def _schedule(self, interval: float, fn: Any) -> None:
@@ -319,9 +407,14 @@ class AtServer:
     def _sweep_idle(self) -> None:
         now = self.loop.time()
         limits = {True: self._idle_limit(True), False: self._idle_limit(False)}
+        deadline = self.config.auth_deadline
         for c in list(self.conns):
             s = c.session
-            if s is not None and now - s.last_write > limits[s.authed]:
+            if s is None:
+                continue
+            if not s.authed and now - c.born > deadline:
+                c.close()  # too long without authenticating, however busy
+            elif now - s.last_write > limits[s.authed]:
                 c.close()
 
     def _write_state(self) -> None:

@@ -29,7 +29,8 @@ class LineBuffer:
         self.limit = limit
 
     def feed(self, data: bytes) -> list[str]:
-        """Return the complete lines (``\\r\\n`` or ``\\n`` ended, trimmed, non-empty).
+        """Return the complete lines (``\\r\\n`` or ``\\n`` ended, trimmed; blank ones as ``""``,
+        which the server answers as the Dart server does).
 
         Raises BufferLimitExceededError (AT0005) when an unfinished line passes the limit.
         """
@@ -49,14 +50,38 @@ class LineBuffer:
         for raw in complete:
             if len(raw) > self.limit:
                 raise AtError.for_code("AT0005", "buffer limit exceeded")
-            text = raw.decode("utf-8", errors="replace").strip()
-            if text:
-                out.append(text)
+            out.append(raw.decode("utf-8", errors="replace").strip())
         return out
 
 
 def syntax(msg: str) -> AtError:
     return AtError.for_code("AT0003", msg)
+
+
+MAX_JSON_DEPTH = 32
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def json_depth(text: str) -> int:
+    """Deepest ``[``/``{`` nesting of ``text``, ignoring brackets inside strings."""
+    depth = deepest = 0
+    for m in _JSON_TOKENS.finditer(text):
+        t = m.group()
+        if t in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif t in "]}":
+            depth -= 1
+    return deepest
+
+
+def loads_client_json(text: str) -> Any:
+    """``json.loads`` for request text, refusing deep nesting with AT0003 (not RecursionError)."""
+    import json
+
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and json_depth(text) > MAX_JSON_DEPTH:
+        raise syntax(f"JSON nested deeper than {MAX_JSON_DEPTH}")
+    return json.loads(text)
 
 
 @dataclass
@@ -199,10 +224,8 @@ def _meta_and_rest(
 
 def _update(rest: str) -> Command:
     if rest.lower().startswith("json:"):
-        import json
-
         try:
-            obj = json.loads(rest[5:])
+            obj = loads_client_json(rest[5:])
             key, value = str(obj["key"]), obj.get("value")
             md = obj.get("metadata") or {}
         except (ValueError, KeyError, TypeError) as exc:
@@ -361,7 +384,6 @@ _ENROLL_OPS = ("request", "approve", "deny", "revoke", "list", "fetch", "unrevok
 
 
 def _enroll(rest: str) -> Command:
-    import json
 
     op, _, tail = rest.partition(":")
     op = op.lower()
@@ -373,7 +395,7 @@ def _enroll(rest: str) -> Command:
     params: dict[str, Any] = {}
     if tail:
         try:
-            params = json.loads(tail)
+            params = loads_client_json(tail)
         except ValueError as exc:
             raise syntax("enroll: parameters must be JSON") from exc
         if not isinstance(params, dict):

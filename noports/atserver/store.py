@@ -9,6 +9,7 @@ notifications per second. Times are epoch milliseconds passed in by the caller (
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -121,11 +122,30 @@ def _notif(row: tuple[Any, ...]) -> Notification:
     return Notification(*r)
 
 
+def _private_file(path: Path) -> None:
+    """Create the database 0600 (sqlite gives its -wal/-shm files the same mode); tighten an
+    existing one. It holds every hosted atSign's keys and notifications."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        extra = path.with_name(path.name + suffix)
+        try:
+            if extra.stat().st_mode & 0o077:
+                os.chmod(extra, 0o600)
+        except OSError:
+            pass
+
+
 class Store:
     """All persistent state. Not thread-safe: the server uses it from its event loop only."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        _private_file(self.path)
         self.db = sqlite3.connect(
             str(self.path), isolation_level=None, timeout=10.0, check_same_thread=False
         )

@@ -123,9 +123,11 @@ def _covers(files: TlsFiles, host: str) -> bool:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except (OSError, ValueError, x509.ExtensionNotFound):
         return False
-    if cert.not_valid_after_utc < datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(
-        days=1
-    ):
+    try:
+        expires = cert.not_valid_after_utc
+    except AttributeError:  # cryptography < 42 (Debian 12 ships 38): naive UTC
+        expires = cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
+    if expires < datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1):
         return False
     want = {str(n.value) for n in _names(host)}
     have = {str(n.value) for n in san}

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .engine import Reply, Session
 
 OTP_ALPHABET = "ABCDEFGHIJKLMNPQRSTUVWXYZ123456789"  # no 0 and no O
+OTP_LENGTH = 6
 _HOUR_MS = 3600 * 1000
 
 
@@ -168,11 +169,14 @@ def _otp_ok(s: Session, owner: str, otp: str) -> bool:
     if not otp or len(otp) > 64 or ":" in otp or "@" in otp or " " in otp:
         return False
     store, now = s.engine.store, s.engine.clock()
-    name = f"private:{otp.lower()}.__otp{owner}"
-    rec = store.get(owner, name)
-    if rec is not None and rec.visible(now):
-        store.delete(owner, name)  # one use
-        return True
+    # An OTP is exactly what ``otp:get`` makes; anything else never names a stored record
+    # (``"otp":"spp"`` used to find, accept and delete the semi-permanent passcode).
+    if len(otp) == OTP_LENGTH and all(c in OTP_ALPHABET for c in otp.upper()):
+        name = f"private:{otp.lower()}.__otp{owner}"
+        rec = store.get(owner, name)
+        if rec is not None and rec.visible(now) and rec.value == otp.upper():
+            store.delete(owner, name)  # one use
+            return True
     spp = store.get(owner, f"private:spp.__otp{owner}")
     return bool(
         spp is not None
@@ -277,7 +281,7 @@ def otp(s: Session, cmd: Command) -> Reply:
     owner = _need_manage(s)
     eng = s.engine
     if cmd["op"] == "get":
-        code = "".join(secrets.choice(OTP_ALPHABET) for _ in range(6))
+        code = "".join(secrets.choice(OTP_ALPHABET) for _ in range(OTP_LENGTH))
         _put_value(
             s,
             owner,

@@ -9,7 +9,6 @@ a missing one is AT0015, which official clients rely on.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +16,7 @@ from ..errors import AtError
 from . import verbs_notify
 from .keys import AtKey, Record, apply_times, namespace_allows, parse_key
 from .parse import Command
+from .userregex import Budget, compile_client
 
 if TYPE_CHECKING:
     from .engine import Reply, Session
@@ -131,6 +131,11 @@ def update(s: Session, cmd: Command) -> Reply:
     _owned(s, key, owner, allow_cached=False)
     check_ns(s, key, write=True)
     old = store.get(owner, key.full)
+    if old is not None and old.meta.get("immutable") and (
+        old.expires_at is None or old.expires_at > now
+    ):
+        # first writer wins (session mutexes of redundant srvd/sshnpd instances)
+        raise AtError.for_code("AT0001", f"{key.full} is immutable and already exists")
     meta: dict[str, Any] = dict(old.meta) if old else {}
     meta.update(cmd["meta"])
     expires, available, refresh = apply_times(meta, now)
@@ -200,10 +205,7 @@ def _scan_visible(key: AtKey, show_hidden: bool) -> bool:
 
 def scan(s: Session, cmd: Command) -> Reply:
     store, now = s.engine.store, s.engine.clock()
-    try:
-        regex = re.compile(cmd["regex"]) if cmd["regex"] else None
-    except re.error as exc:
-        raise AtError.for_code("AT0003", f"invalid regex: {exc}") from exc
+    match = Budget(compile_client(cmd["regex"])).match
     out: list[str] = []
     if not s.authed:
         if s.atsign is None:
@@ -217,11 +219,29 @@ def scan(s: Session, cmd: Command) -> Reply:
                 and "__" not in name
             ):
                 short = name[len("public:") :]
-                if regex is None or regex.search(short):
+                if match(short):
                     out.append(short)
         return s.data(json.dumps(out, separators=(",", ":")))
     owner = s.atsign
     assert owner is not None
+    other = cmd["for_atsign"]
+    if other and other != owner:
+        # ``scan:@bob`` runs on bob's store: the keys bob has shared with me (at_commons
+        # ScanVerbBuilder: "Scans keys shared by @alice to self"). All atSigns are local here.
+        for name in store.key_names(other, now):
+            try:
+                key = parse_key(name)
+            except AtError:
+                continue
+            if key.cached or key.visibility != "shared" or key.shared_with != owner:
+                continue
+            if not _scan_visible(key, cmd["show_hidden"]):
+                continue
+            if s.namespaces is not None and not namespace_allows(s.namespaces, key, False):
+                continue
+            if match(name):
+                out.append(name)
+        return s.data(json.dumps(out, separators=(",", ":")))
     for name in store.key_names(owner, now):
         try:
             key = parse_key(name)
@@ -229,11 +249,9 @@ def scan(s: Session, cmd: Command) -> Reply:
             continue
         if not _scan_visible(key, cmd["show_hidden"]):
             continue
-        if cmd["for_atsign"] and key.shared_with != cmd["for_atsign"]:
-            continue
         if s.namespaces is not None and not namespace_allows(s.namespaces, key, False):
             continue
-        if regex is None or regex.search(name):
+        if match(name):
             out.append(name)
     return s.data(json.dumps(out, separators=(",", ":")))
 

@@ -10,7 +10,6 @@ hosted here stay ``queued`` until they are added or the notification expires.
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -21,6 +20,7 @@ from .hub import body as hub_body
 from .keys import Record, apply_times, dart_time, namespace_allows, normalise_atsign, parse_key
 from .parse import Command
 from .store import Notification
+from .userregex import Budget, compile_client
 
 if TYPE_CHECKING:
     from .engine import Engine, Reply, Session
@@ -232,7 +232,8 @@ def notify(s: Session, cmd: Command) -> Reply:
 
 
 def notify_status(s: Session, cmd: Command) -> Reply:
-    got = s.engine.store.sent_status(s.atsign, cmd["id"])
+    owner = s.require_auth()  # only the sender's own notifications
+    got = s.engine.store.sent_status(owner, cmd["id"])
     if got is None:
         return s.data("null")
     status, expires_at = got
@@ -244,8 +245,13 @@ def notify_status(s: Session, cmd: Command) -> Reply:
 def notify_remove(s: Session, cmd: Command) -> Reply:
     owner = s.require_auth()
     store = s.engine.store
-    store.remove_notification(owner, "received", cmd["id"])
-    store.remove_notification(owner, "self", cmd["id"])
+    allowed = _ns_filter(s)
+    for kind in ("received", "self"):
+        if allowed is not None:  # APKAM: only notifications of the enrolled namespaces
+            n = store.get_notification(owner, kind, cmd["id"])
+            if n is None or not allowed(n):
+                continue
+        store.remove_notification(owner, kind, cmd["id"])
     return s.data("success")
 
 
@@ -255,15 +261,13 @@ def _as_dict(n: Notification) -> dict[str, Any]:
 
 def notify_list(s: Session, cmd: Command) -> Reply:
     owner = s.require_auth()
-    try:
-        rx = re.compile(cmd["regex"]) if cmd["regex"] else None
-    except re.error as exc:
-        raise AtError.for_code("AT0003", f"invalid regex: {exc}") from exc
-    mon = Monitor(s, owner, rx, False, _ns_filter(s))
+    rx = compile_client(cmd["regex"])
+    mon = Monitor(s, owner, None, False, _ns_filter(s))
+    match = Budget(rx).match
     out = [
         _as_dict(n)
         for n in s.engine.store.received_since(owner, 0, s.engine.clock(), ("received",))
-        if mon.wants(n)
+        if mon.wants(n) and (match(n.key) or match(n.from_atsign.lstrip("@")))
     ]
     return s.data(json.dumps(out, separators=(",", ":"), ensure_ascii=False))
 
@@ -271,7 +275,8 @@ def notify_list(s: Session, cmd: Command) -> Reply:
 def notify_fetch(s: Session, cmd: Command) -> Reply:
     owner = s.require_auth()
     n = s.engine.store.get_notification(owner, "received", cmd["id"])
-    if n is None:
+    allowed = _ns_filter(s)
+    if n is None or (allowed is not None and not allowed(n)):  # APKAM: as if absent
         return s.data(
             json.dumps({"id": cmd["id"], "notificationStatus": "NotificationStatus.expired"})
         )
@@ -295,10 +300,7 @@ def _ns_filter(s: Session) -> Callable[[Notification], bool] | None:
 
 def monitor(s: Session, cmd: Command) -> Reply:
     owner = s.require_auth()
-    try:
-        rx = re.compile(cmd["regex"]) if cmd["regex"] and cmd["regex"] != ".*" else None
-    except re.error as exc:
-        raise AtError.for_code("AT0003", f"invalid regex: {exc}") from exc
+    rx = compile_client(cmd["regex"] if cmd["regex"] != ".*" else None)
     s.monitoring = True
     eng = s.engine
     mon = Monitor(s, owner, rx, cmd["self"], _ns_filter(s))

@@ -59,8 +59,9 @@ from ..errors import (
     SecondaryNotFoundError,
 )
 from ..fsutil import read_secret
+from ..log import setup_logging
 from ..npt.durations import parse_duration
-from .common import VersionAction, fail, setup_logging
+from .common import VersionAction, fail
 
 PROG = "at_activate"
 ENV_SECRET = "AT_ACTIVATE_SECRET"

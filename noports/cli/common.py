@@ -1,19 +1,18 @@
-"""Helpers shared by every CLI: --version, logging setup, one-line errors and exit codes."""
+"""Helpers shared by every CLI: --version, the common flags, one-line errors and exit codes."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import re
 import sys
 import time
 from typing import Any
 
 from .. import _compat
+from ..crypto import cryptography_text
 from ..errors import NoPortsError, exit_code_for
-
-_CTRL = re.compile(r"[\x00-\x1f\x7f]")
+from ..log import JsonFormatter, escape
 
 
 class VersionAction(argparse.Action):
@@ -21,7 +20,7 @@ class VersionAction(argparse.Action):
         super().__init__(option_strings, dest=dest, nargs=0, default=argparse.SUPPRESS, **kw)
 
     def __call__(self, parser: argparse.ArgumentParser, *a: Any, **kw: Any) -> None:
-        print(_compat.version_text(parser.prog))
+        print(_compat.version_text(parser.prog, cryptography_text()))
         parser.exit(0)
 
 
@@ -39,54 +38,26 @@ def add_common(parser: argparse.ArgumentParser, *, verbose_short: bool = True) -
     )
 
 
-def escape(text: str, limit: int = 512) -> str:
-    """Log-safe text: control characters escaped, length capped (reliability T10)."""
-    s = _CTRL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-    return s if len(s) <= limit else s[:limit] + "..."
-
-
-class TextFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        msg = escape(record.getMessage(), 4096)
-        return f"{ts}.{int(record.msecs):03d}Z {record.levelname} {record.name}: {msg}"
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        d = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        extra = getattr(record, "fields", None)
-        if isinstance(extra, dict):
-            d.update(extra)
-        return json.dumps(d, ensure_ascii=True, default=str)
-
-
-def setup_logging(args: argparse.Namespace | None = None, *, level: int | None = None) -> None:
-    if level is None:
-        level = logging.WARNING
-        if args is not None and getattr(args, "verbose", False):
-            level = logging.INFO
-        if args is not None and getattr(args, "debug", False):
-            level = logging.DEBUG
-    fmt = getattr(args, "log_format", "text") if args is not None else "text"
-    h = logging.StreamHandler(sys.stderr)
-    h.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [h]
-    root.setLevel(level)
-
-
 def fail(prog: str, exc: BaseException) -> int:
     """Print one line for ``exc`` on stderr and return its exit code."""
     msg = str(exc) or type(exc).__name__
     kind = "" if isinstance(exc, NoPortsError) else f"{type(exc).__name__}: "
+    code = exit_code_for(exc)
+    if any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers):
+        # --log-format json: the fatal error is a record like every other line
+        record = {
+            "ts": round(time.time(), 3),
+            "level": "critical",
+            "logger": prog,
+            "msg": f"{kind}{msg}",
+            "event": "fatal",
+            "error": type(exc).__name__,
+            "exit_code": code,
+        }
+        print(json.dumps(record, ensure_ascii=True), file=sys.stderr)
+        return code
     print(f"{prog}: error: {kind}{escape(msg)}", file=sys.stderr)
-    return exit_code_for(exc)
+    return code
 
 
 # -- flag groups shared by the client programs (one definition, one help text) -----------
@@ -116,7 +87,13 @@ def add_client_atsign_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-t", "--to", required=True, metavar="@DEVICE_ATSIGN", help="device daemon atSign"
     )
-    parser.add_argument("-r", "--srvd", required=True, metavar="@RELAY", help="relay (srvd) atSign")
+    parser.add_argument(
+        "-r",
+        "--srvd",
+        default=None,
+        metavar="@RELAY",
+        help="relay (srvd) atSign; a comma list or empty: select the lowest-latency one",
+    )
     parser.add_argument(
         "-k",
         "--key-file",
@@ -134,3 +111,15 @@ def add_client_atsign_flags(parser: argparse.ArgumentParser) -> None:
         help="pass phrase of a password-protected atKeys file (prefer the environment: "
         f"NOPORTS_{(parser.prog or '').upper()}_PASS_PHRASE[_FILE])",
     )
+
+
+DEFAULT_ROOT_DOMAIN = "root.atsign.org"
+
+
+def root_of(args: argparse.Namespace) -> str | None:
+    """``--root``/``--root-server`` when given, else a non-default ``--root-domain`` on port 64
+    (None: the default root, or NOPORTS_ROOT, is used)."""
+    root: str | None = args.root
+    if not root and args.root_domain and args.root_domain != DEFAULT_ROOT_DOMAIN:
+        root = f"{args.root_domain}:64"
+    return root

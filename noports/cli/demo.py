@@ -30,8 +30,9 @@ from ..crypto.atkeys import AtKeys
 from ..crypto.envelope import relay_auth_line
 from ..crypto.records import SUITE_LABELS, default_suite
 from ..crypto.stream import CtrKeys
+from ..log import setup_logging
 from ..tunnel import AeadKeys, ClientMulti, DaemonMulti, TunnelCrypto
-from .common import add_common, fail, setup_logging
+from .common import add_common, fail
 
 CHUNK = 1 << 20
 

@@ -34,7 +34,8 @@ import sys
 from .. import _compat
 from ..config import parse_args
 from ..errors import ConfigError, ConnectError, NoPortsError
-from .common import add_common, escape, fail, setup_logging
+from ..log import escape, setup_logging
+from .common import add_common, fail
 
 PROG = "npa"
 
@@ -99,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _atsigns(text: str) -> list[str]:
-    from ..sshnpd.names import InvalidNameError, validate_atsign
+    from ..names import InvalidNameError, validate_atsign
 
     out = []
     for part in text.split(","):
@@ -113,9 +114,9 @@ def _atsigns(text: str) -> list[str]:
 
 async def _serve(args: argparse.Namespace) -> int:
     from ..at.client import AtClient
+    from ..names import InvalidNameError, validate_atsign
     from ..npa.policy import PolicyStore, load_policy
     from ..npa.service import AuditLog, NpaService
-    from ..sshnpd.names import InvalidNameError, validate_atsign
 
     try:
         me = validate_atsign(args.atsign, add_at=True)

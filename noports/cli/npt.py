@@ -13,8 +13,9 @@ import sys
 
 from .. import config
 from ..errors import ConfigError, NoPortsError
+from ..log import setup_logging
 from ..npt.durations import parse_duration
-from .common import add_client_atsign_flags, add_common, add_root_flags, fail, setup_logging
+from .common import add_client_atsign_flags, add_common, add_root_flags, fail
 
 KEEP_ALIVE_DEFAULT_S = 24 * 3600.0
 DEFAULT_TIMEOUT = "30s"
@@ -139,6 +140,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--require-aead", action="store_true", help="refuse unless the daemon uses the AEAD mode"
     )
     p.add_argument(
+        "--relay-auth-mode",
+        "--ram",
+        dest="relay_auth_mode",
+        choices=("payload", "escr"),
+        default=None,
+        help="how both tunnel ends authenticate to the relay: escr (a fresh signed challenge "
+        "per socket) or payload (the official default). Default: escr, or payload when the "
+        "device daemon does not support escr",
+    )
+    p.add_argument(
+        "--443",
+        dest="only443",
+        action="store_true",
+        default=False,
+        help="use the relay's single port 443 (needs escr and a relay run with --443)",
+    )
+    p.add_argument(
         "--output",
         choices=("text", "json"),
         default="text",
@@ -176,7 +194,8 @@ def resolve_local_host(text: str) -> str:
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     from ..session.client import SessionSpec
-    from ..sshnpd.features import npt_required_features
+    from ..session.features import npt_required_features
+    from ..session.relays import parse_relay_option
 
     parser = build_parser()
     args = config.parse_args(parser, "npt", argv)
@@ -199,11 +218,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
             args.timeout_s = parse_duration(args.timeout)
         hb = args.heartbeat.strip()
         args.heartbeat_s = None if hb in ("0", "0s") else parse_duration(hb)
+        relay, candidates = parse_relay_option(args.srvd)
         args.spec = SessionSpec(
             kind="npt",
             daemon=args.to,
             device=args.device,
-            relay=args.srvd,
+            relay=relay,
+            relay_candidates=candidates,
+            root=args.root_domain,
             encrypt=args.encrypt,
             offer_aead=args.aead,
             require_aead=args.require_aead,
@@ -212,6 +234,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
             remote_host=args.remote_host,
             remote_port=args.remote_port,
             timeout_ms=int(args.timeout_s * 1000),
+            relay_auth_mode=args.relay_auth_mode or "escr",
+            ram_fallback=args.relay_auth_mode is None,
+            only443=args.only443,
         )
     except ConfigError as exc:
         parser.error(str(exc))

@@ -18,7 +18,8 @@ from pathlib import Path
 from types import FrameType
 
 from ..errors import NoPortsError
-from .common import add_common, fail, setup_logging
+from ..log import setup_logging
+from .common import add_common, fail
 
 PROG = "noports quickstart"
 

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from .. import _compat
 from ..errors import ConfigError, NoPortsError
-from .common import add_common, fail, setup_logging
+from ..log import setup_logging
+from .common import add_common, fail
 
 PROG = "noports server"
 ADMIN = ("add", "list", "remove", "status")
@@ -82,6 +83,31 @@ def _run_parser() -> argparse.ArgumentParser:
         type=int,
         default=8 * 1024 * 1024,
         help="close a monitor connection whose unsent output passes this many bytes",
+    )
+    g = p.add_argument_group("pre-auth limits (not in the official server)")
+    g.add_argument(
+        "--max-unauth",
+        type=int,
+        default=100,
+        help="unauthenticated connections at once; a newcomer sheds the oldest (%(default)s)",
+    )
+    g.add_argument(
+        "--max-unauth-per-source",
+        type=int,
+        default=32,
+        help="the same per peer address (default %(default)s)",
+    )
+    g.add_argument(
+        "--auth-deadline",
+        type=float,
+        default=60.0,
+        help="seconds a connection may stay unauthenticated, busy or not (default %(default)s)",
+    )
+    g.add_argument(
+        "--unauth-buffer-limit",
+        type=int,
+        default=64 * 1024,
+        help="largest request line before authentication, bytes (default %(default)s)",
     )
     return p
 
@@ -182,6 +208,10 @@ async def _serve(args: argparse.Namespace) -> int:
         buffer_limit=args.buffer_limit,
         root_unknown_delay=args.root_unknown_delay,
         monitor_buffer_limit=args.monitor_buffer_limit,
+        max_unauth=max(1, args.max_unauth),
+        max_unauth_per_source=max(1, args.max_unauth_per_source),
+        auth_deadline=args.auth_deadline,
+        unauth_buffer_limit=args.unauth_buffer_limit,
     )
     server = AtServer(args.data_dir, cfg)
     await server.start()

@@ -11,14 +11,17 @@ Only parsing and the process contract live here; the work is ``noports.tunnel``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
 from collections.abc import Mapping
 
 from .. import _compat
+from ..crypto.escr import EscrAuth
 from ..crypto.stream import CtrKeys
 from ..errors import EXIT_ERROR, EXIT_OK, EXIT_SRV_EXCEPTION, ConfigError
+from ..log import escape, setup_logging
 from ..tunnel import (
     AeadKeys,
     ClientMulti,
@@ -28,7 +31,7 @@ from ..tunnel import (
     open_client_single,
     run_daemon_single,
 )
-from .common import add_common, escape, setup_logging
+from .common import add_common
 
 READY = "rv started successfully"
 log = logging.getLogger("noports.srv")
@@ -36,6 +39,10 @@ log = logging.getLogger("noports.srv")
 EPILOG = """\
 environment (secrets are never taken from the command line):
   RV_AUTH                     relay auth line, sent first on every relay socket (--rv-auth)
+  REMOTE_AUTH_ESCR_SESSION_ID, REMOTE_AUTH_ESCR_AES_KEY, REMOTE_AUTH_ESCR_PUB_KEY_URI,
+  REMOTE_AUTH_ESCR_SIGNING_PUBKEY, REMOTE_AUTH_ESCR_SIGNING_PRIVKEY (b64 PKCS#8),
+  REMOTE_AUTH_ESCR_IS_SIDE_A (true/false)
+                              -a escr: answer each relay socket's challenge (official names)
   RV_AES, RV_IV               AES-256 key (b64, 32 bytes) and IV (b64, 16 bytes) (--rv-e2ee);
                               same key and IV both ways, as the official snapshot
   RV_AES_C2D, RV_IV_C2D,      twin keys: one key and IV per direction (client-to-daemon,
@@ -97,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="send RV_AUTH first on every relay socket",
     )
     p.add_argument(
+        "-a",
+        "--relay-auth-mode",
+        choices=("payload", "escr"),
+        default=None,
+        help="payload: send RV_AUTH first (as --rv-auth); escr: answer the relay's challenge "
+        "on every relay socket with REMOTE_AUTH_ESCR_* (not with --rv-auth)",
+    )
+    p.add_argument(
         "--rv-e2ee",
         action=argparse.BooleanOptionalAction,
         default=False,
@@ -127,9 +142,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def crypto_from_env(
     args: argparse.Namespace, env: Mapping[str, str]
-) -> tuple[str | None, TunnelCrypto]:
-    """(auth line, cipher settings) from the environment, as the flags require."""
-    auth: str | None = None
+) -> tuple[str | EscrAuth | None, TunnelCrypto]:
+    """(auth, cipher settings) from the environment, as the flags require."""
+    auth: str | EscrAuth | None = None
+    mode = getattr(args, "relay_auth_mode", None)
+    if mode is not None and args.rv_auth:
+        raise ConfigError("--rv-auth and --relay-auth-mode cannot be used together")
+    if mode == "escr":
+        try:
+            auth = EscrAuth.from_env(env)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    elif mode == "payload" and env.get("RV_AUTH") is None:
+        raise ConfigError("--relay-auth-mode payload required, but RV_AUTH is not in environment")
+    elif mode == "payload":
+        auth = env.get("RV_AUTH")
     if args.rv_auth:
         auth = env.get("RV_AUTH")
         if auth is None:
@@ -145,6 +172,8 @@ def crypto_from_env(
         crypto = AeadKeys.from_env(env)
         if crypto is None:
             raise ConfigError("--rv-aead required, but RV_AEAD_SECRET is not in environment")
+        if isinstance(auth, EscrAuth) and env.get("RV_SESSION_ID") is None:
+            crypto = dataclasses.replace(crypto, session_id=auth.session_id)
     return auth, crypto
 
 
@@ -152,7 +181,9 @@ def _ready() -> None:
     print(READY, file=sys.stderr, flush=True)
 
 
-async def run_srv(args: argparse.Namespace, auth: str | None, crypto: TunnelCrypto) -> None:
+async def run_srv(
+    args: argparse.Namespace, auth: str | EscrAuth | None, crypto: TunnelCrypto
+) -> None:
     """One srv lifetime: set up, announce readiness, run until the tunnel ends."""
     log.info(
         "srv %s mode, %s, %s",

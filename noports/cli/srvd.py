@@ -19,11 +19,12 @@ import sys
 
 from .. import _compat
 from ..config import parse_args
-from ..errors import EXIT_OK
+from ..errors import EXIT_OK, ConfigError
+from ..log import escape, setup_logging
+from ..names import InvalidNameError, validate_atsign
 from ..relay import RelayLimits
 from ..srvd.daemon import Settings, Srvd, default_root
-from ..sshnpd.names import InvalidNameError, validate_atsign
-from .common import add_common, escape, fail, setup_logging
+from .common import add_common, fail
 
 PROG = "srvd"
 
@@ -67,6 +68,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def _port(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {v}")
     return v
 
 
@@ -129,6 +140,22 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         "--root-domain",
         default="root.atsign.org",
         help="atDirectory host (default root.atsign.org; --root wins)",
+    )
+    p.add_argument(
+        "--443",
+        dest="only443",
+        action="store_true",
+        default=False,
+        help="also listen on one port (--443-bind-port) for port-443 sessions: every "
+        "socket authenticates with escr and names its session and side",
+    )
+    p.add_argument(
+        "--443-bind-port",
+        dest="bind_port_443",
+        type=_port,
+        default=443,
+        help="port the --443 listener binds (default 443; replies still name 443, see "
+        "--443-advertise-port)",
     )
     if env.get("ENABLE_SNOOP", "").lower() == "true":
         p.add_argument("-s", "--snoop", action="store_true", default=False, help=SNOOP_HELP)
@@ -204,6 +231,22 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         "(legacy and --no-ad clients)",
     )
     p.add_argument(
+        "--443-advertise-port",
+        dest="advertise_port_443",
+        type=_port,
+        default=443,
+        help="port named in replies to port-443 sessions (default 443, as official relays; "
+        "for a listener behind a port forward, or tests)",
+    )
+    p.add_argument(
+        "--refuse-payload-auth",
+        action="store_true",
+        default=False,
+        help="accept only sessions that authenticate both sockets with escr (a fresh "
+        "challenge per socket); refuses payload-mode auth lines, which can be replayed "
+        "within a live session, and unauthenticated sessions",
+    )
+    p.add_argument(
         "--json-response",
         action="store_true",
         default=False,
@@ -214,6 +257,20 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         type=_seconds,
         default=30.0,
         help="on SIGTERM/SIGINT, how long live sessions may continue (default 30)",
+    )
+    p.add_argument(
+        "--check-config",
+        action="store_true",
+        default=False,
+        help="validate the command line, environment and --config file, then exit "
+        "(0 valid, 2 invalid)",
+    )
+    p.add_argument(
+        "--metrics",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve /metrics (Prometheus), /healthz, /readyz and a status page at / on this "
+        "address (a bare PORT binds 127.0.0.1; off by default)",
     )
     return p
 
@@ -269,19 +326,58 @@ def settings_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         limits=limits,
         log_level=level,
         log_format=args.log_format,
+        metrics=_metrics_address(args.metrics, parser),
+        single_port=args.bind_port_443 if args.only443 else None,
+        single_advertise=args.advertise_port_443,
+        refuse_payload_auth=args.refuse_payload_auth,
     )
+
+
+def _metrics_address(text: str | None, parser: argparse.ArgumentParser) -> str | None:
+    if not text:
+        return None
+    from ..metrics import parse_address
+
+    try:
+        parse_address(text)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    return text
+
+
+class _ReloadParser(_Parser):
+    """On reload a bad configuration must not exit the running relay."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(escape(message))
+
+    def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
+        raise ConfigError(escape((message or f"exit {status}").strip()))
+
+
+def reload_settings(argv: list[str] | None) -> Settings:
+    """Settings from the same command line, the current environment and the config file as it
+    is now; ConfigError (the running relay keeps its settings) when they are invalid."""
+    parser = build_parser()
+    parser.__class__ = _ReloadParser
+    return settings_from(parse_args(parser, PROG, argv), parser)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parse_args(parser, PROG, argv)
     settings = settings_from(args, parser)
+    if args.check_config:
+        print(f"{PROG}: configuration is valid" + (f" ({args.config})" if args.config else ""))
+        return EXIT_OK
     setup_logging(args)
     # The official relay's "shout" lines are always logged; -v adds the detail lines.
     logging.getLogger("noports.srvd").setLevel(logging.DEBUG if args.debug else logging.INFO)
     logging.getLogger("noports.srvd.detail").setLevel(settings.log_level)
     try:
-        return _compat.run(Srvd(settings).run()) or EXIT_OK
+        relay = Srvd(settings)
+        relay.reloader = lambda: reload_settings(argv)
+        return _compat.run(relay.run()) or EXIT_OK
     except KeyboardInterrupt:  # pragma: no cover - a signal before the handlers were set
         return EXIT_OK
     except Exception as exc:  # noqa: BLE001 - one line, documented exit code

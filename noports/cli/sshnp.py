@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..sshnp.background import Reporter
+    from ..session.background import Reporter
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -23,9 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     ephemeral.prestart(argv)
     from .. import _compat
     from ..errors import NoPortsError
+    from ..log import setup_logging
+    from ..session.background import run_detached
     from ..sshnp import args as sshnp_args
-    from ..sshnp.background import run_detached
-    from .common import fail, setup_logging
+    from .common import fail
 
     if argv and argv[0] == "ssh-config":
         from ..sshnp import sshconfig

@@ -23,14 +23,14 @@ from ..at.client import AtClient
 from ..config import parse_args
 from ..crypto.atkeys import AtKeys, default_keys_path
 from ..errors import EXIT_OK, ConfigError
+from ..log import setup_logging
+from ..names import validate_atsign, validate_device_group, validate_device_name
+from ..session.permitopen import DEFAULT_PERMIT_OPEN, POLICY_DEFAULT_PERMIT_OPEN, PermitOpen
 from ..sshnpd.authkeys import validate_options
 from ..sshnpd.daemon import Daemon, DaemonConfig
-from ..sshnpd.names import validate_atsign, validate_device_group, validate_device_name
-from ..sshnpd.permitopen import DEFAULT_PERMIT_OPEN, POLICY_DEFAULT_PERMIT_OPEN, PermitOpen
-from .common import add_common, fail, setup_logging
+from .common import DEFAULT_ROOT_DOMAIN, add_common, fail, root_of
 
 PROG = "sshnpd"
-DEFAULT_ROOT_DOMAIN = "root.atsign.org"
 DEFAULT_CONFIG = "/etc/noports/sshnpd.yaml"
 CONFIG_ENV = "SSHNPD_CONFIG"
 #: the official sshnpd.yaml schema (noports_core sshnpd options, configKey) -> our dest
@@ -294,13 +294,6 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
 
 def _notice(text: str) -> None:
     log.handle(log.makeRecord(log.name, NOTICE, __file__, 0, text, (), None))
-
-
-def root_of(args: argparse.Namespace) -> str | None:
-    root: str | None = args.root
-    if not root and args.root_domain and args.root_domain != DEFAULT_ROOT_DOMAIN:
-        root = f"{args.root_domain}:64"
-    return root
 
 
 def load_keys(args: argparse.Namespace, atsign: str) -> AtKeys:

@@ -17,7 +17,12 @@ from ..fsutil import read_secret, write_secret
 from . import aes, rsa
 
 
-def normalise_atsign(atsign: str) -> str:
+def keyfile_atsign(atsign: str) -> str:
+    """The atSign as key files name it: stripped and with its ``@``, case kept.
+
+    Not :func:`noports.names.normalise_atsign`: ``~/.atsign/keys/@Alice_key.atKeys`` stays a
+    different file from ``@alice_key.atKeys`` (pinned by ``tests/test_names.py``).
+    """
     a = atsign.strip()
     if not a:
         raise KeyFileError("empty atSign")
@@ -26,7 +31,7 @@ def normalise_atsign(atsign: str) -> str:
 
 def default_keys_path(atsign: str, home: str | os.PathLike[str] | None = None) -> Path:
     base = Path(home) if home is not None else Path.home()
-    return base / ".atsign" / "keys" / f"{normalise_atsign(atsign)}_key.atKeys"
+    return base / ".atsign" / "keys" / f"{keyfile_atsign(atsign)}_key.atKeys"
 
 
 @dataclass
@@ -46,7 +51,7 @@ class AtKeys:
         pk = rsa.generate()
         ek = rsa.generate()
         return cls(
-            atsign=normalise_atsign(atsign),
+            atsign=keyfile_atsign(atsign),
             pkam_private=pk,
             pkam_public=pk.public_key(),
             encrypt_private=ek,
@@ -105,7 +110,7 @@ class AtKeys:
         }
         extra = {k: str(v) for k, v in d.items() if k not in known and not k.startswith("@")}
         return cls(
-            atsign=normalise_atsign(atsign),
+            atsign=keyfile_atsign(atsign),
             pkam_private=pkam_priv,
             pkam_public=pkam_pub,
             encrypt_private=enc_priv,

@@ -6,6 +6,7 @@ for interop). Everything goes through ``cryptography`` (OpenSSL).
 
 from __future__ import annotations
 
+import cryptography
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -52,15 +53,18 @@ def public_from_b64(text: str) -> PublicKey:
     return key
 
 
+# cryptography < 39 (Debian 12 ships 38) has no such keyword: keys are always validated there.
+_SKIP_VALIDATION_KW = int(cryptography.__version__.split(".")[0]) >= 39
+
+
 def private_from_b64(text: str, *, trusted: bool = False) -> PrivateKey:
     """Load a base64 PKCS#8 RSA key. ``trusted=True`` (our own 0600 key files only) skips
     OpenSSL's full RSA consistency check, which costs 100-200 ms per key at every program
     start; never pass it for key material that came from a peer."""
     der = b64d(text.strip(), what="private key")
+    kw = {"unsafe_skip_rsa_key_validation": trusted} if _SKIP_VALIDATION_KW else {}
     try:
-        key = serialization.load_der_private_key(
-            der, password=None, unsafe_skip_rsa_key_validation=trusted
-        )
+        key = serialization.load_der_private_key(der, password=None, **kw)
     except (ValueError, TypeError) as exc:
         raise ProtocolError("private key is not DER PKCS#8") from exc
     if not isinstance(key, rsa.RSAPrivateKey):

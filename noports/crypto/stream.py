@@ -35,13 +35,49 @@ C2D = "c2d"
 D2C = "d2c"
 
 
+def _exact_update_into() -> bool:
+    """cryptography < 42 wants ``update_into``'s buffer 15 bytes longer than the data even
+    for CTR; the transfer loops hand it exactly the data's length."""
+    ctx = Cipher(algorithms.AES(bytes(KEY_LEN)), modes.CTR(bytes(IV_LEN))).encryptor()
+    try:
+        ctx.update_into(b"x", bytearray(1))
+    except ValueError:
+        return False
+    return True
+
+
+CTR_INTO: bool = _exact_update_into()
+
+
+class AllocatingCTR:
+    """``update_into`` over the allocating ``update`` (cryptography < 42)."""
+
+    __slots__ = ("_ctx",)
+
+    def __init__(self, ctx: Any) -> None:
+        self._ctx = ctx
+
+    def update(self, data: Any) -> bytes:
+        return self._ctx.update(data)
+
+    def update_into(self, data: Any, buf: Any) -> int:
+        out = self._ctx.update(bytes(data))
+        n = len(out)
+        memoryview(buf)[:n] = out
+        return n
+
+    def finalize(self) -> bytes:
+        return self._ctx.finalize()
+
+
 def ctr_context(key: bytes, iv: bytes) -> Any:
     """A fresh AES-256-CTR context (encrypt == decrypt in CTR) starting at counter ``iv``."""
     if len(key) != KEY_LEN:
         raise ProtocolError(f"AES-256 key must be {KEY_LEN} bytes, got {len(key)}")
     if len(iv) != IV_LEN:
         raise ProtocolError(f"AES-CTR IV must be {IV_LEN} bytes, got {len(iv)}")
-    return Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor()
+    ctx = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor()
+    return ctx if CTR_INTO else AllocatingCTR(ctx)
 
 
 @dataclass(frozen=True)

@@ -52,15 +52,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..cli.common import escape
 from ..errors import ConfigError, ProtocolError
-from ..sshnpd.names import (
+from ..log import escape
+from ..names import (
     InvalidNameError,
     validate_atsign,
     validate_device_group,
     validate_device_name,
 )
-from ..sshnpd.permitopen import PermitOpen, PermitOpenError
+from ..session.permitopen import PermitOpen, PermitOpenError
 
 if sys.version_info >= (3, 11):
     import tomllib

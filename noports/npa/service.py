@@ -52,11 +52,11 @@ from typing import Any
 from ..at import commands
 from ..at.commands import Metadata
 from ..at.protocol import Notification
-from ..cli.common import escape
 from ..crypto import aes
 from ..crypto.encoding import b64e
 from ..errors import NoPortsError, ProtocolError
-from ..sshnpd.names import InvalidNameError, validate_atsign
+from ..log import escape
+from ..names import InvalidNameError, validate_atsign
 from .policy import PolicyStore
 
 __all__ = [

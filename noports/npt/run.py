@@ -23,22 +23,22 @@ import time
 from typing import Any
 
 from .. import _compat
-from ..cli.common import escape, fail
+from ..cli.common import fail
 from ..errors import NoPortsError
+from ..log import escape
+from ..session.background import Reporter, run_detached
 from ..session.client import (
     Established,
     NoAnswerError,
     connect_client,
-    establish,
+    establish_any,
     start_ephemeral_keygen,
 )
-from ..sshnp.background import Reporter, run_detached
-from ..sshnpd.features import FEATURE_CHECK_TIMEOUT_MESSAGE
+from ..session.features import FEATURE_CHECK_TIMEOUT_MESSAGE, DaemonFeature
 from ..tunnel import ClientMulti
 
 log = logging.getLogger("noports.npt")
 KEEP_ALIVE_DELAY = 5.0
-CONTROL_HEARTBEATS = "controlChannelHeartbeats"
 
 
 def _progress(args: argparse.Namespace):
@@ -49,6 +49,20 @@ def _progress(args: argparse.Namespace):
     return say
 
 
+#: control-channel heartbeat period (official 5 min since sshnoports 5.14.5)
+HEARTBEAT_S = 300.0
+
+
+def control_heartbeat(est: Established) -> float | None:
+    """``heartbeat:<n>`` on the control channel only to a daemon that advertises
+    ``controlChannelHeartbeats`` (others may treat it as a malformed request) and, as
+    official, only when the control channel is encrypted."""
+    info = est.info
+    if info is None or est.crypto is None:
+        return None
+    return HEARTBEAT_S if info.supports(DaemonFeature.CONTROL_CHANNEL_HEARTBEATS) else None
+
+
 def ready_event(est: Established, host: str, port: int, started: float) -> dict[str, Any]:
     return {
         "event": "ready",
@@ -56,6 +70,7 @@ def ready_event(est: Established, host: str, port: int, started: float) -> dict[
         "port": port,
         "sessionId": est.session_id,
         "mode": est.mode,
+        "relay": est.relay,
         "setupMs": round((time.monotonic() - started) * 1000, 1),
         "timingsMs": est.timings,
     }
@@ -81,14 +96,14 @@ async def run(args: argparse.Namespace, report: Reporter | None = None) -> int:
             try:
                 fut, eph = eph, None  # a key is used for one session only
                 try:
-                    est = await establish(client, args.spec, progress=say, ephemeral=fut)
+                    est = await establish_any(client, args.spec, progress=say, ephemeral=fut)
                 except NoAnswerError as exc:
                     if not str(exc).startswith(FEATURE_CHECK_TIMEOUT_MESSAGE):
                         raise
-                    from ..sshnp.listing import explain_no_answer
+                    from ..session.devices import explain_no_answer
 
                     await explain_no_answer(client, exc, args.to, args.device)
-                beats = est.info is not None and est.info.supports(CONTROL_HEARTBEATS)
+                    raise
                 cm = await ClientMulti.open(
                     est.relay_host,
                     est.relay_port,
@@ -97,7 +112,7 @@ async def run(args: argparse.Namespace, report: Reporter | None = None) -> int:
                     local_host=args.bind_host,
                     local_port=port,
                     timeout=args.timeout_s,
-                    heartbeat=args.heartbeat_s if beats else None,
+                    heartbeat=args.heartbeat_s if control_heartbeat(est) else None,
                 )
             except (NoPortsError, OSError) as exc:
                 if not args.keep_alive:

@@ -28,6 +28,7 @@ class Outcome(enum.Enum):
     NEED_MORE = "need_more"
     OK = "ok"
     FAILED = "failed"
+    PENDING = "pending"  # ESCR: the signing key is being fetched; stop reading meanwhile
 
 
 @dataclass(frozen=True)

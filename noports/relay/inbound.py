@@ -12,12 +12,10 @@ import asyncio
 import socket
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from .auth import AuthLine, Outcome, Verdict
-
-if TYPE_CHECKING:
-    from .session import Session
+from .auth import Outcome, Verdict
+from .limits import RelayLimits
 
 AUTHENTICATING = 0
 WAITING = 1
@@ -25,6 +23,35 @@ DETACHED = 2
 CLOSED = 3
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+class Verifier(Protocol):
+    """What authenticates a socket: ``AuthLine`` (payload) or ``EscrLine`` (ESCR). ESCR adds
+    optional attributes read with getattr: greeting, ok_line, fail_line, target, when_done."""
+
+    def want(self) -> int: ...
+
+    def feed(self, data: bytes) -> Verdict: ...
+
+    def eof(self) -> Verdict: ...
+
+
+class InboundOwner(Protocol):
+    """The port an Inbound reports to: its session (``relay.session.Session`` implements it)."""
+
+    @property
+    def limits(self) -> RelayLimits: ...
+
+    def on_authenticated(self, inbound: Inbound) -> None: ...
+
+    def on_auth_failed(self, inbound: Inbound, reason: str) -> None: ...
+
+    def on_waiting_failed(self, inbound: Inbound) -> None: ...
+
+    def release_gate(self, inbound: Inbound) -> None: ...
+
+    def forget(self, inbound: Inbound) -> None:
+        """A socket verified here belongs to another session now (the single port)."""
 
 
 def reset_close(sock: socket.socket) -> None:
@@ -44,11 +71,11 @@ class Inbound:
 
     def __init__(
         self,
-        session: Session,
+        session: InboundOwner,
         sock: socket.socket,
         side: int,
         peer_ip: str,
-        verifier: AuthLine | None,
+        verifier: Verifier | None,
         loop: asyncio.AbstractEventLoop,
         clock: Callable[[], float],
         gated: bool,
@@ -92,6 +119,8 @@ class Inbound:
                 self._fail("timeout")
                 return
             self._timer = self._loop.call_later(left, self._check_deadline)
+            if self.verifier is not None and self.verifier.want() <= 0:
+                return  # ESCR: waiting for the signing key, not for bytes
         elif self.state != WAITING or len(self.buf) >= self.session.limits.prepair_buffer:
             return
         self._resume()
@@ -114,31 +143,84 @@ class Inbound:
         elif self.state == WAITING:
             self._read_waiting()
 
+    def greet(self) -> bool:
+        """Write the verifier's greeting (the ESCR challenge) now, before any read.
+
+        A fresh socket's send buffer is empty, so the short line goes out whole; anything
+        else is treated as a dead peer (closed, False).
+        """
+        greeting = getattr(self.verifier, "greeting", None)
+        if greeting is None:
+            return True
+        try:
+            sent = self.sock.send(greeting)
+        except OSError:
+            sent = -1
+        if sent != len(greeting):
+            self._fail("error")
+            return False
+        return True
+
     def _read_auth(self) -> None:
         verifier = self.verifier
         assert verifier is not None
+        want = verifier.want()
+        if want <= 0:  # pending (or decided): nothing may be read now
+            self._pause()
+            return
         try:
-            data = self.sock.recv(verifier.want())
+            data = self.sock.recv(want)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             self._fail("error")
             return
         verdict = verifier.feed(data) if data else verifier.eof()
+        self._on_verdict(verdict)
+
+    def _on_verdict(self, verdict: Verdict) -> None:
         if verdict.outcome is Outcome.NEED_MORE:
+            return
+        if verdict.outcome is Outcome.PENDING:
+            self._pause()
+            assert self.verifier is not None
+            self.verifier.when_done(self._auth_resumed)  # type: ignore[union-attr]
             return
         if verdict.outcome is Outcome.FAILED:
             self._fail(verdict.reason)
             return
         self._authenticated(verdict)
 
+    def _auth_resumed(self, verdict: Verdict) -> None:
+        if self.state != AUTHENTICATING:
+            return
+        self._on_verdict(verdict)
+        if self.state == WAITING and len(self.buf) < self.session.limits.prepair_buffer:
+            self._resume()
+
     def _authenticated(self, verdict: Verdict) -> None:
+        verifier = self.verifier
+        ok_line = getattr(verifier, "ok_line", None)
+        if ok_line is not None:
+            try:
+                sent = self.sock.send(ok_line)
+            except OSError:
+                sent = -1
+            if sent != len(ok_line):
+                self._fail("error")
+                return
         self._leave_auth()
         self.verifier = None
         self.state = WAITING
         if verdict.rest:
             self.buf += verdict.rest
-        self.session._on_authenticated(self)
+        target = getattr(verifier, "target", None)
+        if target is not None and target is not self.session:
+            # single-port path: the response named the session and side
+            self.session.forget(self)
+            self.session = target
+            self.side = verifier.target_side  # type: ignore[union-attr]
+        self.session.on_authenticated(self)
         if self.state == WAITING and len(self.buf) >= self.session.limits.prepair_buffer:
             self._pause()
 
@@ -152,7 +234,7 @@ class Inbound:
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            self.session._on_waiting_failed(self)
+            self.session.on_waiting_failed(self)
             return
         if not data:
             # Half-close before pairing: remember it, the pump propagates it after the data.
@@ -183,11 +265,23 @@ class Inbound:
             self._timer = None
         if self._gated:
             self._gated = False
-            self.session._release_gate(self.peer_ip)
+            self.session.release_gate(self)
 
     def _fail(self, reason: str) -> None:
-        self.close()
-        self.session._on_auth_failed(self, reason)
+        fail_line = getattr(self.verifier, "fail_line", None)
+        told = False
+        if fail_line is not None and self.state == AUTHENTICATING:
+            try:  # best effort: the peer learns why, then a plain close (a reset could
+                told = self.sock.send(fail_line) == len(fail_line)  # discard the line)
+            except OSError:
+                pass
+        self.close(reset=not told)
+        self.session.on_auth_failed(self, reason)
+
+    def shed(self) -> None:
+        """The pre-auth gate is full and this socket is older: make room (PreAuthGate)."""
+        if self.state == AUTHENTICATING:
+            self._fail("shed")
 
     def detach(self) -> tuple[socket.socket, bytes, bool]:
         """Hand the socket, its buffered data and its EOF flag to a pump."""
@@ -198,12 +292,22 @@ class Inbound:
         self.buf = bytearray()
         return self.sock, data, self.eof
 
-    def close(self) -> None:
+    def close(self, reset: bool = True) -> None:
         if self.state in (CLOSED, DETACHED):
             return
         self._pause()
         self._leave_auth()
         self.state = CLOSED
+        cancel = getattr(self.verifier, "cancel", None)
+        if cancel is not None:
+            cancel()
         self.verifier = None
         self.buf = bytearray()
-        reset_close(self.sock)
+        if reset:
+            reset_close(self.sock)
+        else:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self.sock.close()

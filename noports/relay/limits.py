@@ -8,7 +8,9 @@ pending cap and pre-pairing buffer (T1 and T5), pump buffers (T5 slow consumer).
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..errors import ConfigError
 
@@ -28,9 +30,9 @@ class RelayLimits:
     prepair_buffer: int = 256 * 1024
     """Bytes buffered per socket before it is paired; reading stops when full."""
     max_preauth: int = 8192
-    """Global cap on sockets still authenticating; excess connections are closed at once."""
+    """Global cap on sockets still authenticating; a newcomer sheds a random older one."""
     max_preauth_per_ip: int = 256
-    """Cap on sockets still authenticating from one source address."""
+    """Cap on sockets still authenticating from one source; a newcomer sheds its oldest."""
     max_pending_per_side: int = 64
     """Per session and side: authenticated (or auth-off) sockets waiting for a partner."""
     pump_buffer: int = 256 * 1024
@@ -50,47 +52,100 @@ class RelayLimits:
                 raise ConfigError(f"relay limit {name} must be at least 1")
 
 
-class PreAuthGate:
-    """Counts sockets that have not authenticated yet, globally and per source address.
+class Sheddable(Protocol):
+    def shed(self) -> None:
+        """Close now; the holder must ``release`` its slot from here (synchronously)."""
 
-    ``admit`` either takes a slot (and the caller must ``release`` it exactly once) or
-    refuses; refused connections are closed by the caller without reading a byte.
+
+class PreAuthGate:
+    """Sockets that have not authenticated yet, globally and per source address.
+
+    A full gate never turns the newcomer away (that locked real peers out behind a flood of
+    silent sockets): it sheds an older unauthenticated socket instead. At the per-source cap
+    the source's own oldest socket goes, so a client sharing an address with a few attacker
+    sockets still gets in; at the global cap a few sockets are picked at random (random early
+    drop, as OpenSSH MaxStartups) and the one whose source holds the most pre-auth sockets
+    goes, the oldest on a tie. Sources lose sockets in proportion to what they hold, and a
+    peer with one socket in flight is shed only when every pick is a lone socket too.
+    ``admit`` always takes a slot; the caller must ``release`` it exactly once.
     """
 
-    __slots__ = ("_max", "_max_ip", "_total", "_per_ip", "refused")
+    __slots__ = ("_max", "_max_ip", "_items", "_pos", "_per_ip", "shed", "refused", "_rng",
+                 "_seq", "_next", "_ip")
+
+    PICKS = 4
 
     def __init__(self, max_total: int, max_per_ip: int) -> None:
         self._max = max_total
         self._max_ip = max_per_ip
-        self._total = 0
-        self._per_ip: dict[str, int] = {}
-        self.refused = 0
+        self._items: list[Sheddable] = []
+        self._pos: dict[Sheddable, int] = {}
+        self._seq: dict[Sheddable, int] = {}  # admission order
+        self._ip: dict[Sheddable, str] = {}
+        self._next = 0
+        self._per_ip: dict[str, dict[Sheddable, None]] = {}
+        self.shed = 0
+        self.refused = 0  # kept for the stats line: the gate itself refuses nobody now
+        self._rng = random.Random()
 
     @property
     def total(self) -> int:
-        return self._total
+        return len(self._items)
 
     def count(self, ip: str) -> int:
-        return self._per_ip.get(ip, 0)
+        return len(self._per_ip.get(ip, ()))
 
-    def admit(self, ip: str) -> bool:
-        n = self._per_ip.get(ip, 0)
-        if self._total >= self._max or n >= self._max_ip:
-            self.refused += 1
-            return False
-        self._total += 1
-        self._per_ip[ip] = n + 1
+    def resize(self, max_total: int, max_per_ip: int) -> None:
+        """New caps (a reload); sockets already admitted stay until they finish or are shed."""
+        self._max = max_total
+        self._max_ip = max_per_ip
+
+    def admit(self, ip: str, holder: Sheddable) -> bool:
+        mine = self._per_ip.get(ip)
+        if mine is not None and len(mine) >= self._max_ip:
+            self._shed(next(iter(mine)), ip)
+        items = self._items
+        while len(items) >= self._max:
+            picks = [items[self._rng.randrange(len(items))] for _ in range(self.PICKS)]
+            self._shed(max(picks, key=self._weight), None)
+        self._next += 1
+        self._seq[holder] = self._next
+        self._ip[holder] = ip
+        self._pos[holder] = len(self._items)
+        self._items.append(holder)
+        self._per_ip.setdefault(ip, {})[holder] = None
         return True
 
-    def release(self, ip: str) -> None:
-        n = self._per_ip.get(ip, 0)
-        if n <= 0:
+    def _weight(self, h: Sheddable) -> tuple[int, int]:
+        return len(self._per_ip[self._ip[h]]), -self._seq[h]
+
+    def _shed(self, victim: Sheddable, ip: str | None) -> None:
+        self.shed += 1
+        n = len(self._items)
+        victim.shed()
+        if len(self._items) == n:  # the holder did not release: drop it here
+            self._forget(victim, ip)
+
+    def release(self, ip: str, holder: Sheddable) -> None:
+        if holder not in self._pos:
             raise RuntimeError(f"pre-auth slot released twice for {ip}")
-        self._total -= 1
-        if n == 1:
-            del self._per_ip[ip]
-        else:
-            self._per_ip[ip] = n - 1
+        self._forget(holder, ip)
+
+    def _forget(self, holder: Sheddable, ip: str | None) -> None:
+        i = self._pos.pop(holder, None)
+        if i is None:
+            return
+        del self._seq[holder]
+        ip = self._ip.pop(holder, ip)
+        last = self._items.pop()
+        if last is not holder:
+            self._items[i] = last
+            self._pos[last] = i
+        d = self._per_ip.get(ip or "")
+        if d is not None:
+            d.pop(holder, None)
+            if not d:
+                del self._per_ip[ip or ""]
 
 
 def raise_nofile_limit() -> int | None:

@@ -14,18 +14,38 @@ import random
 import secrets
 import socket
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from types import ModuleType
 
 from .. import _compat
+from ..crypto import rsa
 from ..errors import ConfigError, LocalError, PortsExhaustedError
-from .limits import PreAuthGate, RelayLimits, raise_nofile_limit
 from .inbound import Inbound
+from .limits import PreAuthGate, RelayLimits, raise_nofile_limit
 from .session import Session, SessionSpec
+from .single_port import SinglePort
 
 log = logging.getLogger("noports.relay")
 
 NONCE_BYTES = 24  # 192 bits, url-safe base64 text of 32 characters
+SIGNING_KEY_TTL = 60.0  # seconds a fetched ESCR signing key is trusted
+SIGNING_MISS_TTL = 1.0  # seconds a missing one is remembered as missing (it may be on its way)
+NOT_BOUND_443 = "Client requested port 443 but this relay is not bound to port 443"
+
+
+class NotBound443Error(ConfigError):
+    """An only443 session on a relay without the single-port listener (official NACK text)."""
+
+
+def parse_signing_key(value: str | None) -> rsa.PublicKey | None:
+    """A published ESCR signing key (base64 SPKI RSA); None for anything else."""
+    if not value or value == "null" or value.lstrip().startswith("{"):
+        return None  # JSON advertisements (trunk ML-DSA) are not supported
+    try:
+        return rsa.public_from_b64(value)
+    except Exception:  # noqa: BLE001 - a bad published value verifies nothing
+        return None
 
 
 def new_rvd_nonce() -> str:
@@ -57,6 +77,8 @@ class Relay:
         impl: str | None = None,
         clock: Callable[[], float] | None = None,
         advertise_host: str | None = None,
+        single_port: int | None = None,
+        lookup: Callable[[str], Awaitable[str | None]] | None = None,
     ) -> None:
         if port_range is not None:
             lo, hi = port_range
@@ -75,6 +97,15 @@ class Relay:
         self._family: int | None = None
         self._closing = False
         self._fresh: list[Inbound] = []  # accepted this loop pass, first read still to do
+        # ESCR: ``lookup(uri)`` fetches a public signing key's value (srvd: over the control
+        # link, a plookup); results are cached briefly, concurrent fetches share one call.
+        self.lookup = lookup
+        self._signing: dict[str, tuple[rsa.PublicKey | None, float]] = {}
+        self._fetching: dict[str, list[Callable[[rsa.PublicKey | None], None]]] = {}
+        self._fetch_tasks: set[asyncio.Task[None]] = set()
+        self._single_port_arg = single_port
+        self.single: SinglePort | None = None
+        self._single_sessions: dict[str, Session] = {}
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -85,6 +116,11 @@ class Relay:
     @property
     def clock(self) -> Callable[[], float]:
         return self._clock_arg or self.loop.time
+
+    @property
+    def family(self) -> int | None:
+        """The address family the relay listens on (None before ``start``)."""
+        return self._family
 
     @property
     def sessions(self) -> frozenset[Session]:
@@ -101,33 +137,108 @@ class Relay:
         self._family = infos[0][0]
         self._sockaddr = infos[0][4]
         limit = raise_nofile_limit()
+        if self._single_port_arg is not None:
+            self.single = SinglePort(self, self._listener(self._single_port_arg))
+            self.single.start()
         log.info("relay started on %s (pump %s, fd limit %s)", self.bind_host,
                  getattr(self.pump, "IMPLEMENTATION", "?"), limit)
 
     async def create_session(self, spec: SessionSpec) -> Session:
         if self._loop is None or self._closing:
             raise LocalError("relay is not running")
+        escr = spec.auth_mode == "escr"
+        if spec.auth_mode not in ("payload", "escr"):
+            raise ConfigError(f"unknown relay auth mode {spec.auth_mode!r}")
+        if escr and (spec.auth_a or spec.auth_b):
+            from ..crypto.encoding import b64d
+            from ..errors import ProtocolError
+
+            try:
+                b64d(spec.relay_auth_aes_key or "", what="relayAuthAesKey", length=32)
+            except ProtocolError as exc:
+                raise ConfigError(f"escr session without a usable key: {exc}") from None
         for side, auth, key in (("A", spec.auth_a, spec.public_key_a),
                                 ("B", spec.auth_b, spec.public_key_b)):
-            if auth and key is None:
+            if auth and key is None and not escr:
                 raise ConfigError(f"side {side} requires authentication but has no public key")
         rvd_nonce = spec.rvd_nonce if spec.rvd_nonce is not None else new_rvd_nonce()
-        listeners = self._bind_pair()
-        session = Session(self, spec, rvd_nonce, listeners, self.advertise_host, self.pump)
+        if spec.only443:
+            if self.single is None:
+                raise NotBound443Error(NOT_BOUND_443)
+            if not (escr and spec.auth_a and spec.auth_b):
+                raise ConfigError("a single-port session must authenticate both sides with escr")
+            if spec.session_id in self._single_sessions:
+                raise ConfigError(f"session {spec.session_id} is already live")
+            session = Session(self, spec, rvd_nonce, None, self.advertise_host, self.pump,
+                              single_port=self.single.port)
+            self._single_sessions[spec.session_id] = session
+        else:
+            listeners = self._bind_pair()
+            session = Session(self, spec, rvd_nonce, listeners, self.advertise_host, self.pump)
         self._sessions.add(session)
         session._start()
         return session
 
+    # -- ESCR signing keys ---------------------------------------------------------------
+
+    def single_session(self, session_id: str) -> Session | None:
+        return self._single_sessions.get(session_id)
+
+    def signing_key(self, uri: str, spec: SessionSpec) -> rsa.PublicKey | None | bool:
+        """The key at ``uri`` if known (None = known missing), else False (fetch it)."""
+        if spec.prefetched and uri in spec.prefetched:
+            return parse_signing_key(spec.prefetched[uri])
+        hit = self._signing.get(uri)
+        if hit is not None:
+            key, until = hit
+            if time.monotonic() < until:
+                return key
+            del self._signing[uri]
+        if self.lookup is None:
+            return None
+        return False
+
+    def fetch_signing_key(self, uri: str, done: Callable[[rsa.PublicKey | None], None]) -> None:
+        waiting = self._fetching.get(uri)
+        if waiting is not None:
+            waiting.append(done)
+            return
+        self._fetching[uri] = [done]
+        task = self.loop.create_task(self._fetch(uri))
+        self._fetch_tasks.add(task)
+        task.add_done_callback(self._fetch_tasks.discard)
+
+    async def _fetch(self, uri: str) -> None:
+        key: rsa.PublicKey | None = None
+        try:
+            assert self.lookup is not None
+            key = parse_signing_key(await self.lookup(uri))
+        except Exception as exc:  # noqa: BLE001 - a failed lookup refuses the socket
+            log.debug("signing key %s: lookup failed: %s", uri, exc)
+        ttl = SIGNING_KEY_TTL if key is not None else SIGNING_MISS_TTL
+        if len(self._signing) > 10_000:
+            now = time.monotonic()
+            self._signing = {k: v for k, v in self._signing.items() if v[1] > now}
+        self._signing[uri] = (key, time.monotonic() + ttl)
+        for cb in self._fetching.pop(uri, []):
+            cb(key)
+
     async def close(self) -> None:
         """Close every session (and with them every socket the relay holds)."""
         self._closing = True
+        if self.single is not None:
+            self.single.close()
+        for task in list(self._fetch_tasks):
+            task.cancel()
         for session in list(self._sessions):
             session.close("cancelled")
         # Spare pipes belong to no pair; closing them leaves no fd behind the relay.
         self.pump.trim_spare_pipes(0)
         await asyncio.sleep(0)
 
-    def _begin_auth_soon(self, inbound: Inbound) -> None:
+    # -- SessionHost: callbacks from Session -------------------------------------------
+
+    def begin_auth_soon(self, inbound: Inbound) -> None:
         """Queue an accepted socket's first read; one loop callback serves the whole batch."""
         if not self._fresh:
             self.loop.call_soon(self._begin_fresh)
@@ -138,8 +249,10 @@ class Relay:
         for inbound in fresh:
             inbound.begin_auth()  # a no-op for sockets closed meanwhile
 
-    def _session_closed(self, session: Session) -> None:
+    def session_closed(self, session: Session) -> None:
         self._sessions.discard(session)
+        if self._single_sessions.get(session.session_id) is session:
+            del self._single_sessions[session.session_id]
 
     # -- ports --------------------------------------------------------------------------
 

@@ -15,21 +15,39 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..crypto import rsa
 from ..crypto.envelope import relay_expected_bytes
 from .auth import AuthLine
-from .inbound import WAITING, Inbound, reset_close
+from .escr_auth import EscrLine
+from .inbound import WAITING, Inbound
 from .limits import PreAuthGate, RelayLimits
-
-if TYPE_CHECKING:
-    from .relay import Relay
 
 log = logging.getLogger("noports.relay")
 
 SIDES = ("A", "B")
 _ACCEPTS_PER_WAKEUP = 64
+
+
+class SessionHost(Protocol):
+    """The port a Session reports to: the relay that made it (``relay.relay.Relay``)."""
+
+    @property
+    def limits(self) -> RelayLimits: ...
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def clock(self) -> Callable[[], float]: ...
+
+    @property
+    def gate(self) -> PreAuthGate: ...
+
+    def begin_auth_soon(self, inbound: Inbound) -> None: ...
+
+    def session_closed(self, session: Session) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +63,10 @@ class SessionSpec:
     public_key_a: rsa.PublicKey | None = None
     public_key_b: rsa.PublicKey | None = None
     rvd_nonce: str | None = None
+    auth_mode: str = "payload"  # relayAuthMode: "payload" (auth line) or "escr"
+    relay_auth_aes_key: str | None = None  # relayAuthAesKey (base64 32 bytes), ESCR only
+    only443: bool = False  # on the single-port listener, no ports of its own
+    prefetched: dict[str, str] | None = None  # ESCR signing keys already fetched: uri -> b64
 
 
 @dataclass(slots=True)
@@ -88,19 +110,22 @@ class Session:
 
     def __init__(
         self,
-        relay: Relay,
+        relay: SessionHost,
         spec: SessionSpec,
         rvd_nonce: str,
-        listeners: tuple[socket.socket, socket.socket],
+        listeners: tuple[socket.socket, socket.socket] | None,
         host: str,
         pump_mod: ModuleType,
+        single_port: int = 0,
     ) -> None:
         self.spec = spec
         self.session_id = spec.session_id
         self.rvd_nonce = rvd_nonce
         self.host = host
-        self.port_a: int = listeners[0].getsockname()[1]
-        self.port_b: int = listeners[1].getsockname()[1]
+        # A single-port (443) session has no listeners: its sockets come from the relay's one
+        # listener, routed here by the ESCR response's session id and side.
+        self.port_a: int = listeners[0].getsockname()[1] if listeners else single_port
+        self.port_b: int = listeners[1].getsockname()[1] if listeners else single_port
         self._stats = SessionStats()
         self._done_ab = 0  # bytes of pairs that have ended
         self._done_ba = 0
@@ -110,7 +135,7 @@ class Session:
         self._clock: Callable[[], float] = relay.clock
         self._gate: PreAuthGate = relay.gate
         self._pump_mod = pump_mod
-        self._listeners: list[socket.socket | None] = list(listeners)
+        self._listeners: list[socket.socket | None] = list(listeners or (None, None))
         self._auth = (spec.auth_a, spec.auth_b)
         self._keys = (spec.public_key_a, spec.public_key_b)
         self._verified: tuple[_Seen, _Seen] = (_Seen(), _Seen())
@@ -190,7 +215,7 @@ class Session:
         for pump in list(self._pumps):
             pump.close()
         stats = self.stats
-        self._relay._session_closed(self)
+        self._relay.session_closed(self)
         log.info("session %s finished (%s): %d pairs, %d bytes A->B, %d bytes B->A, "
                  "%d auth failures %s, %d refused", self.session_id, outcome, stats.pairs,
                  stats.bytes_a_to_b, stats.bytes_b_to_a, stats.auth_failed,
@@ -246,18 +271,14 @@ class Session:
     def _admit(self, side: int, conn: socket.socket, ip: str) -> None:
         conn.setblocking(False)
         needs_auth = self._auth[side]
-        if needs_auth and not self._gate.admit(ip):
-            self._stats.refused += 1
-            log.debug("session %s: side %s pre-auth cap reached, refusing %s",
-                      self.session_id, SIDES[side], ip)
-            reset_close(conn)
-            return
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-        verifier = None
-        if needs_auth:
+        verifier: Any = None
+        if needs_auth and self.spec.auth_mode == "escr":
+            verifier = EscrLine(self._relay, self._resolve, side, self.limits.max_auth_line)
+        elif needs_auth:
             key = self._keys[side]
             assert key is not None
             verifier = AuthLine(self.session_id, self.spec.client_nonce, self.rvd_nonce, key,
@@ -266,24 +287,35 @@ class Session:
         inbound = Inbound(self, conn, side, ip, verifier, self._loop, self._clock,
                           gated=needs_auth)
         if needs_auth:
+            # A full gate sheds an older unauthenticated socket, never this one.
+            self._gate.admit(ip, inbound)
             self._authenticating[inbound] = None
+            if not inbound.greet():  # the ESCR challenge could not be sent: closed
+                return
             # The absolute deadline runs from the accept; the first read waits for the
             # next loop pass, after every listener that woke with this one has accepted
             # (a burst on one side must not fill its pending queue before the other side
             # is accepted), as a reader registered here would have.
             inbound.deadline = self._clock() + self.limits.auth_timeout
-            self._relay._begin_auth_soon(inbound)
+            self._relay.begin_auth_soon(inbound)
         else:
             self._enqueue(inbound)
             if inbound.state == WAITING:  # not paired at once: read what it sends meanwhile
                 inbound.start(self.limits.auth_timeout)
 
-    # -- callbacks from Inbound ---------------------------------------------------------
+    def _resolve(self, session_id: str) -> Session | None:
+        """ESCR on this session's own ports: the response must name this session."""
+        return self if session_id == self.session_id else None
 
-    def _release_gate(self, ip: str) -> None:
-        self._gate.release(ip)
+    # -- InboundOwner: callbacks from Inbound ------------------------------------------
 
-    def _on_auth_failed(self, inbound: Inbound, reason: str) -> None:
+    def release_gate(self, inbound: Inbound) -> None:
+        self._gate.release(inbound.peer_ip, inbound)
+
+    def forget(self, inbound: Inbound) -> None:
+        self._authenticating.pop(inbound, None)
+
+    def on_auth_failed(self, inbound: Inbound, reason: str) -> None:
         self._authenticating.pop(inbound, None)
         self._stats.auth_failed += 1
         self._stats.failures[reason] = self._stats.failures.get(reason, 0) + 1
@@ -291,14 +323,14 @@ class Session:
         log.debug("session %s: authentication failed on side %s from %s (%s)",
                   self.session_id, SIDES[inbound.side], inbound.peer_ip, reason)
 
-    def _on_authenticated(self, inbound: Inbound) -> None:
+    def on_authenticated(self, inbound: Inbound) -> None:
         self._authenticating.pop(inbound, None)
         self._stats.auth_ok += 1
         log.debug("session %s: side %s authenticated from %s", self.session_id,
                   SIDES[inbound.side], inbound.peer_ip)
         self._enqueue(inbound)
 
-    def _on_waiting_failed(self, inbound: Inbound) -> None:
+    def on_waiting_failed(self, inbound: Inbound) -> None:
         queue = self._pending[inbound.side]
         try:
             queue.remove(inbound)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import json
 import logging
 import re
@@ -39,17 +40,23 @@ from typing import Any
 from ..at.client import AtClient
 from ..crypto import ephemeral, rsa
 from ..crypto.envelope import relay_auth_line
+from ..crypto.escr import EscrAuth
 from ..errors import (
     EXIT_AUTH,
     EXIT_NOT_FOUND,
     EXIT_TIMEOUT,
+    ConfigError,
     KeyNotFoundError,
+    NoPortsError,
     PeerTimeoutError,
     ProtocolError,
     RemoteError,
     SignatureError,
 )
-from ..sshnpd.features import (
+from ..names import validate_atsign, validate_device_name
+from ..tunnel.settings import AeadKeys, TunnelCrypto
+from . import relayauth, wire
+from .features import (
     FEATURE_CHECK_TIMEOUT_MESSAGE,
     DaemonFeature,
     DaemonInfo,
@@ -57,9 +64,7 @@ from ..sshnpd.features import (
     parse_ping_response,
     require_features,
 )
-from ..sshnpd.names import validate_atsign, validate_device_name
-from ..tunnel.settings import AeadKeys, TunnelCrypto
-from . import wire
+from .relays import select_relay
 
 log = logging.getLogger("noports.session")
 
@@ -67,6 +72,7 @@ RELAY_TIMEOUT = 20.0  # spec 3.5: relay response wait
 DAEMON_TIMEOUT = 15.0  # spec 3.5: daemon session response
 PING_TIMEOUT = 20.0  # --daemon-ping-timeout default
 NOTIFY_TTL_MS = 10_000
+NACK_GRACE = 1.0  # seconds another relay instance has to grant after one refused
 NOTIFY_TTLN_MS = 60_000
 
 
@@ -92,6 +98,11 @@ class FeatureRefusedError(UnsupportedFeatureError):
     exit_code = EXIT_AUTH
 
 
+class EscrUnsupportedError(FeatureRefusedError):
+    """escr relay auth is not possible: the daemon does not advertise ``supportsRamEscr``,
+    or our signing key cannot be published."""
+
+
 class DowngradeRefusedError(RemoteError):
     """The strong mode was required and the daemon did not provide it."""
 
@@ -113,7 +124,7 @@ class SessionSpec:
     kind: str
     daemon: str
     device: str
-    relay: str
+    relay: str  # "" = select one (latest spec 1): from relay_candidates, else the standard list
     auth_client: bool = True  # --ac: our tunnel end authenticates to the relay
     auth_device: bool = True  # --ad: the daemon's end authenticates to the relay
     encrypt: bool = True  # --et
@@ -132,13 +143,30 @@ class SessionSpec:
     fetch_username: bool = False
     # sshnp -s: "<type> <base64>" sent as D6 once the feature check passed
     public_key: str | None = None
+    # --ram: how both tunnel ends authenticate to the relay; --443: the single-port relay
+    relay_auth_mode: str = "escr"
+    only443: bool = False
+    ram_fallback: bool = False  # --ram not given: payload with a daemon that lacks escr
+    # relay auto-selection (when ``relay`` is empty)
+    relay_candidates: list[str] | None = None
+    root: str | None = None  # the root domain, for the standard relay list's address
 
     def __post_init__(self) -> None:
         self.daemon = validate_atsign(self.daemon, add_at=True)
-        self.relay = validate_atsign(self.relay, add_at=True)
+        if self.relay:
+            self.relay = validate_atsign(self.relay, add_at=True)
         self.device = validate_device_name(self.device)
         if self.kind not in ("ssh", "npt"):
             raise ValueError(self.kind)
+        if self.relay_auth_mode not in relayauth.MODES:
+            raise ConfigError(f"unknown relay auth mode {self.relay_auth_mode!r}")
+        if self.only443 and self.relay_auth_mode != "escr":
+            raise ConfigError("--443 needs escr relay authentication (drop --ram payload)")
+        if self.only443 and not (self.auth_client and self.auth_device):
+            raise ConfigError("--443 needs both tunnel ends to authenticate (drop --no-ad/--no-ac)")
+        escr_b = self.relay_auth_mode == "escr" and self.auth_device
+        if escr_b and DaemonFeature.SUPPORTS_RAM_ESCR not in self.required:
+            self.required.append(DaemonFeature.SUPPORTS_RAM_ESCR)
         if self.require_aead:
             self.offer_aead = True
             if DaemonFeature.NOPORTS_AEAD not in self.required:
@@ -150,12 +178,13 @@ class Established:
     session_id: str
     relay_host: str
     relay_port: int  # portA (client side)
-    auth_line: str | None  # None when our side does not authenticate
+    auth_line: str | EscrAuth | None  # None when our side does not authenticate
     crypto: TunnelCrypto
     payload: dict[str, Any]  # the daemon's verified success payload
     info: DaemonInfo | None
     username: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    relay: str | None = None  # the relay atSign used (chosen when -r was empty or a list)
 
     @property
     def mode(self) -> str:
@@ -202,13 +231,13 @@ class _Inbox:
         if value is None:
             return
         if frm == self.spec.relay and f"nack.{self.sid}" in short_key:
-            _set_exc(
-                self.relay,
-                RelayRefusedError(
-                    f"the relay {self.spec.relay} refused the session: "
-                    f"{' '.join(value.split())[:300]}"
-                ),
+            err = RelayRefusedError(
+                f"the relay {self.spec.relay} refused the session: "
+                f"{' '.join(value.split())[:300]}"
             )
+            # several relay instances may answer one request (multipleAcksOk): the first ack
+            # wins, so a refusal stands only if no instance grants within NACK_GRACE
+            asyncio.get_running_loop().call_later(NACK_GRACE, _set_exc, self.relay, err)
         elif frm == self.spec.relay and short_key == self._want_relay:
             _set(self.relay, value)
         elif frm == self.spec.daemon and short_key.lower() == self._want_daemon:
@@ -263,9 +292,21 @@ async def establish(
     def mark(name: str) -> None:
         timings[name] = round((loop.time() - t0) * 1000, 1)
 
+    mark("start")
+    if not spec.relay:
+        choice = await select_relay(
+            client,
+            daemon=spec.daemon,
+            device=spec.device,
+            candidates=spec.relay_candidates,
+            root=spec.root,
+            progress=progress,
+        )
+        progress(f"Using relay {choice.relay} ({choice.reason})")
+        spec = dataclasses.replace(spec, relay=choice.relay)
+        mark("relaySelect")
     sid = wire.new_session_id()
     me = client.atsign
-    mark("start")
     inbox = _Inbox(sid, spec)
     mon = client.monitor(_Inbox.regex(sid, spec.device))
     pump: asyncio.Task[None] | None = None
@@ -296,6 +337,12 @@ async def establish(
 
         nonce = wire.client_nonce()
         legacy_relay = not spec.auth_client and not spec.auth_device
+        escr_mode = spec.relay_auth_mode == "escr" and not legacy_relay
+        relay_aes = relayauth.new_aes_key() if escr_mode else None
+        my_uri = relayauth.signing_uri(client)
+        if escr_mode and spec.auth_client:  # the relay fetches it when our socket answers
+            publish = asyncio.ensure_future(relayauth.publish_signing_key(client))
+            side.append(publish)
         progress("Sending daemon feature check request")
         progress("Fetching host and port from srvd")
         check_features = bool(spec.required)  # no feature needed: no ping (official client)
@@ -327,6 +374,10 @@ async def establish(
                 auth_a=spec.auth_client,
                 auth_b=spec.auth_device,
                 client_nonce=nonce,
+            )
+            body = relayauth.add_relay_request_fields(
+                body, mode=spec.relay_auth_mode if escr_mode else "payload", aes_key=relay_aes,
+                only443=spec.only443, prefetch=[my_uri] if escr_mode else [],
             )
             relay_req = client.notify(
                 spec.relay,
@@ -374,11 +425,24 @@ async def establish(
             ping_text = await ping_wait if ping_wait is not None else None
         finally:
             for t in (ping_wait, relay_wait):
-                if t is not None and not t.done():
+                if t is None:
+                    continue
+                if not t.done():
                     t.cancel()
+                elif not t.cancelled():
+                    t.exception()  # both timed out: the one not raised is still retrieved
         info = parse_ping_response(ping_text) if ping_text is not None else None
         mark("ping")
         progress("Received daemon feature check response")
+        if (
+            info is not None
+            and DaemonFeature.SUPPORTS_RAM_ESCR in spec.required
+            and not info.features.get(DaemonFeature.SUPPORTS_RAM_ESCR.value)
+        ):
+            raise EscrUnsupportedError(
+                "This device daemon does not support escr relay authentication "
+                "(use --ram payload)"
+            )
         if info is not None:
             try:
                 require_features(info, spec.required)
@@ -422,6 +486,7 @@ async def establish(
                 encrypt=spec.encrypt,
                 twin_keys=spec.twin_keys and spec.encrypt,
                 aead=spec.offer_aead and spec.encrypt,
+                relay_atsign=spec.relay,
             )
             key = f"ssh_request.{spec.device}"
         else:
@@ -438,8 +503,18 @@ async def establish(
                 timeout_ms=spec.timeout_ms,
                 twin_keys=spec.twin_keys and spec.encrypt,
                 aead=spec.offer_aead and spec.encrypt,
+                relay_atsign=spec.relay,
             )
             key = f"npt_request.{spec.device}"
+        if escr_mode:
+            payload = relayauth.add_request_fields(payload, mode="escr", aes_key=relay_aes)
+            if spec.auth_client:  # the relay checks our answers with it: it must be there
+                try:
+                    await publish
+                except (NoPortsError, OSError) as exc:
+                    raise EscrUnsupportedError(
+                        f"cannot publish our relay signing key ({exc}); use --ram payload"
+                    ) from None
         progress("Sending session request to the device daemon")
         await client.send_signed(
             spec.daemon,
@@ -460,12 +535,15 @@ async def establish(
         progress("Received response from the device daemon")
         result = await _verify(client, spec, sid, text, pk_task)
         crypto = _choose_crypto(spec, sid, result, eph)
-        auth = (
+        auth: str | EscrAuth | None = (
             relay_auth_line(sid, nonce, reply.rvd_nonce, client.keys.encrypt_private)
             if spec.auth_client and reply.rvd_nonce
             else None
         )
-        if spec.auth_client and not reply.rvd_nonce:
+        if escr_mode and spec.auth_client:
+            assert relay_aes is not None
+            auth = relayauth.escr_auth(sid, relay_aes, my_uri, client.keys.pkam_private, True)
+        elif spec.auth_client and not reply.rvd_nonce:
             raise ProtocolError("the relay sent no rvdNonce, so our side cannot authenticate")
         mark("keys")
         log.info(
@@ -473,7 +551,7 @@ async def establish(
         )
         log.debug("set-up timings (ms): %s", timings)
         return Established(
-            sid, reply.host, reply.port_a, auth, crypto, result, info, username, timings
+            sid, reply.host, reply.port_a, auth, crypto, result, info, username, timings, spec.relay
         )
     finally:
         if pump is not None:
@@ -573,3 +651,28 @@ async def connect_client(
         timeout=timeout,
         spare=True,  # the session's monitor connects and authenticates alongside
     )
+
+
+async def establish_any(
+    client: AtClient,
+    spec: SessionSpec,
+    *,
+    progress: Progress = _noop,
+    ephemeral: concurrent.futures.Future[rsa.PrivateKey] | None = None,
+) -> Established:
+    """:func:`establish`; when ``--ram`` was not given and the daemon turns out to lack escr
+    relay auth (an official daemon before 5.11, or one that does not advertise it), once
+    more in payload mode. The abandoned relay session ends unused at the relay."""
+    try:
+        return await establish(client, spec, progress=progress, ephemeral=ephemeral)
+    except EscrUnsupportedError:
+        if not spec.ram_fallback or spec.only443:
+            raise
+    log.info("the device daemon has no escr relay auth: falling back to payload mode")
+    progress("Device daemon has no escr relay authentication; using payload mode")
+    again = dataclasses.replace(
+        spec,
+        relay_auth_mode="payload",
+        required=[f for f in spec.required if f is not DaemonFeature.SUPPORTS_RAM_ESCR],
+    )
+    return await establish(client, again, progress=progress)

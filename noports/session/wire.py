@@ -86,16 +86,22 @@ class SessionKeys:
         return AeadKeys(self.aead_secret, session_id) if self.aead_secret else None
 
     def response_fields(self, client_pk: rsa.PublicKey) -> dict[str, Any]:
-        """The wrapped key fields of a success response, official names first."""
-        out: dict[str, Any] = {"sessionAESKey": None, "sessionIV": None}
+        """The wrapped key fields of a success response (latest spec 3.2): the C2D key and IV
+        are named ``aesKeyC2D``/``ivC2D`` with twin keys, else ``sessionAESKey``/``sessionIV``;
+        ``aesKeyD2C``/``ivD2C`` follow (null without twin keys)."""
+        twin = (
+            self.ctr is not None and self.ctr.key_d2c is not None and self.ctr.iv_d2c is not None
+        )
+        names = ("aesKeyC2D", "ivC2D") if twin else ("sessionAESKey", "sessionIV")
+        out: dict[str, Any] = {names[0]: None, names[1]: None}
         if self.ctr is not None:
-            out["sessionAESKey"] = wrap(client_pk, self.ctr.key_c2d)
-            out["sessionIV"] = wrap(client_pk, self.ctr.iv_c2d)
-            if self.ctr.key_d2c is not None and self.ctr.iv_d2c is not None:
-                out["aesKeyC2D"] = out["sessionAESKey"]
-                out["ivC2D"] = out["sessionIV"]
-                out["aesKeyD2C"] = wrap(client_pk, self.ctr.key_d2c)
-                out["ivD2C"] = wrap(client_pk, self.ctr.iv_d2c)
+            out[names[0]] = wrap(client_pk, self.ctr.key_c2d)
+            out[names[1]] = wrap(client_pk, self.ctr.iv_c2d)
+        out["aesKeyD2C"] = out["ivD2C"] = None
+        if twin:
+            assert self.ctr is not None and self.ctr.key_d2c and self.ctr.iv_d2c
+            out["aesKeyD2C"] = wrap(client_pk, self.ctr.key_d2c)
+            out["ivD2C"] = wrap(client_pk, self.ctr.iv_d2c)
         if self.aead_secret is not None:
             out["noportsAeadSecret"] = wrap(client_pk, self.aead_secret)
         return out
@@ -129,6 +135,9 @@ class SessionKeys:
 # Client -> daemon requests (signed envelopes; D3 and D4)
 
 
+RELAY_AUTH_MODES = ("payload", "escr")
+
+
 def ssh_request(
     *,
     session_id: str,
@@ -142,20 +151,28 @@ def ssh_request(
     twin_keys: bool = False,
     aead: bool = False,
     direct: bool = True,
+    relay_auth_mode: str = "payload",
+    relay_auth_aes_key: str | None = None,
+    relay_atsign: str | None = None,
 ) -> dict[str, Any]:
+    """The latest official field order (spec-latest 3.1); our ``noportsAead`` goes last."""
     p: dict[str, Any] = {
         "direct": direct,
         "sessionId": session_id,
         "host": host,
         "port": port,
         "authenticateToRvd": auth_to_rvd,
+        "relayAuthMode": relay_auth_mode,
+        "relayAuthAesKey": relay_auth_aes_key,
         "clientNonce": client_nonce,
         "rvdNonce": rvd_nonce,
         "encryptRvdTraffic": encrypt,
         "clientEphemeralPK": rsa.public_to_b64(ephemeral_pk) if ephemeral_pk else None,
         "clientEphemeralPKType": EPHEMERAL_PK_TYPE,
+        "twinKeys": twin_keys,
+        "relayAtsign": relay_atsign,
     }
-    _additions(p, twin_keys, aead)
+    _additions(p, aead)
     return p
 
 
@@ -173,7 +190,11 @@ def npt_request(
     timeout_ms: int = 30000,
     twin_keys: bool = False,
     aead: bool = False,
+    relay_auth_mode: str = "payload",
+    relay_auth_aes_key: str | None = None,
+    relay_atsign: str | None = None,
 ) -> dict[str, Any]:
+    """The latest official field order (spec-latest 3.1); our ``noportsAead`` goes last."""
     p: dict[str, Any] = {
         "sessionId": session_id,
         "rvdHost": rvd_host,
@@ -181,20 +202,22 @@ def npt_request(
         "requestedPort": requested_port,
         "requestedHost": requested_host,
         "authenticateToRvd": True,
+        "relayAuthMode": relay_auth_mode,
+        "relayAuthAesKey": relay_auth_aes_key,
         "clientNonce": client_nonce,
         "rvdNonce": rvd_nonce,
         "encryptRvdTraffic": encrypt,
         "clientEphemeralPK": rsa.public_to_b64(ephemeral_pk) if ephemeral_pk else None,
         "clientEphemeralPKType": EPHEMERAL_PK_TYPE,
         "timeout": timeout_ms,
+        "twinKeys": twin_keys,
+        "relayAtsign": relay_atsign,
     }
-    _additions(p, twin_keys, aead)
+    _additions(p, aead)
     return p
 
 
-def _additions(p: dict[str, Any], twin_keys: bool, aead: bool) -> None:
-    if twin_keys:
-        p["twinKeys"] = True
+def _additions(p: dict[str, Any], aead: bool) -> None:
     if aead:
         p["noportsAead"] = AEAD_VERSION
 
@@ -219,6 +242,9 @@ class SessionRequest:
     aead: bool
     direct: bool
     raw: dict[str, Any]
+    relay_auth_mode: str = "payload"  # the mode the daemon's relay sockets use
+    relay_auth_aes_key: str | None = None  # ESCR: base64 of the 32-byte session key
+    relay_atsign: str | None = None  # informational (event logging)
 
 
 def parse_request(kind: str, p: dict[str, Any]) -> SessionRequest:
@@ -269,6 +295,12 @@ def parse_request(kind: str, p: dict[str, Any]) -> SessionRequest:
     if encrypt and pk is None:
         raise ProtocolError(f"{kind}_request asks for encryption but has no clientEphemeralPK")
     aead_v = p.get("noportsAead")
+    mode = p.get("relayAuthMode")
+    mode = "payload" if mode is None else mode
+    if not isinstance(mode, str) or mode.lower() not in RELAY_AUTH_MODES:
+        raise ProtocolError(f"{kind}_request field relayAuthMode must be payload or escr")
+    ram_key = s("relayAuthAesKey", optional=True)
+    relay_atsign = p.get("relayAtsign")
     return SessionRequest(
         kind=kind,
         session_id=s("sessionId") or "",
@@ -286,6 +318,9 @@ def parse_request(kind: str, p: dict[str, Any]) -> SessionRequest:
         aead=isinstance(aead_v, int) and not isinstance(aead_v, bool) and aead_v >= AEAD_VERSION,
         direct=direct,
         raw=p,
+        relay_auth_mode=mode.lower(),
+        relay_auth_aes_key=ram_key,
+        relay_atsign=relay_atsign if isinstance(relay_atsign, str) else None,
     )
 
 
@@ -296,15 +331,24 @@ def success_response(
     *,
     ephemeral_private_key_pem: str | None = None,
     ssh: bool = True,
+    event_logging: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """D5 success payload: status, sessionId[, ephemeralPrivateKey], sessionAESKey, sessionIV..."""
+    """D5 success payload: status, sessionId[, ephemeralPrivateKey], the C2D key and IV (named
+    per twin keys), aesKeyD2C, ivD2C, eventLoggingConfig[, noportsAeadSecret]."""
     p: dict[str, Any] = {"status": "connected", "sessionId": session_id}
     if ssh:
         p["ephemeralPrivateKey"] = ephemeral_private_key_pem
+    extra: dict[str, Any] = {}
     if keys is not None and client_pk is not None:
-        p.update(keys.response_fields(client_pk))
+        fields = keys.response_fields(client_pk)
+        aead = fields.pop("noportsAeadSecret", None)
+        p.update(fields)
+        if aead is not None:
+            extra["noportsAeadSecret"] = aead
     else:
-        p.update({"sessionAESKey": None, "sessionIV": None})
+        p.update({"sessionAESKey": None, "sessionIV": None, "aesKeyD2C": None, "ivD2C": None})
+    p["eventLoggingConfig"] = event_logging
+    p.update(extra)
     return p
 
 
@@ -320,19 +364,28 @@ def relay_request(
     auth_a: bool,
     auth_b: bool,
     client_nonce: str,
-    send_json_response: bool = False,
+    relay_auth_mode: str = "payload",
+    relay_auth_aes_key: str | None = None,
+    only443: bool = False,
+    multiple_acks_ok: bool = True,
+    pre_fetch: list[str] | None = None,
+    send_json_response: bool = True,
 ) -> dict[str, Any]:
-    p: dict[str, Any] = {
+    """R1 as current official clients send it (spec-latest 2.1), fields in their order."""
+    return {
         "sessionId": session_id,
         "atSignA": atsign_a,
         "atSignB": atsign_b,
         "authenticateSocketA": auth_a,
         "authenticateSocketB": auth_b,
         "clientNonce": client_nonce,
+        "relayAuthMode": relay_auth_mode,
+        "relayAuthAesKey": relay_auth_aes_key,
+        "only443": only443,
+        "multipleAcksOk": multiple_acks_ok,
+        "preFetch": list(pre_fetch or []),
+        "sendJsonResponse": send_json_response,
     }
-    if send_json_response:
-        p["sendJsonResponse"] = True
-    return p
 
 
 @dataclass(frozen=True)
@@ -345,6 +398,12 @@ class RelayRequest:
     client_nonce: str | None
     json_response: bool
     legacy: bool
+    # later fields, with the relay's defaults for requests that lack them (spec-latest 2.1)
+    relay_auth_mode: str = "payload"
+    relay_auth_aes_key: str | None = None
+    only443: bool = False
+    multiple_acks_ok: bool = False
+    pre_fetch: tuple[str, ...] = ()
 
 
 def parse_relay_request(value: str, *, sender: str, legacy: bool) -> RelayRequest:
@@ -360,9 +419,20 @@ def parse_relay_request(value: str, *, sender: str, legacy: bool) -> RelayReques
     for f in ("sessionId", "atSignA", "atSignB", "clientNonce"):
         if not isinstance(p.get(f), str) or not p[f]:
             raise ProtocolError(f"relay request field {f} must be a non-empty string")
-    for f in ("authenticateSocketA", "authenticateSocketB"):
-        if not isinstance(p.get(f, False), bool):
+    for f in ("authenticateSocketA", "authenticateSocketB", "only443", "multipleAcksOk"):
+        if not isinstance(p.get(f) if p.get(f) is not None else False, bool):
             raise ProtocolError(f"relay request field {f} must be a boolean")
+    mode = p.get("relayAuthMode")
+    mode = "payload" if mode is None else mode
+    if not isinstance(mode, str) or mode.lower() not in RELAY_AUTH_MODES:
+        raise ProtocolError("relay request field relayAuthMode must be payload or escr")
+    key = p.get("relayAuthAesKey")
+    if key is not None and (not isinstance(key, str) or not key):
+        raise ProtocolError("relay request field relayAuthAesKey must be a string or null")
+    pre = p.get("preFetch")
+    pre = [] if pre is None else pre
+    if not isinstance(pre, list) or not all(isinstance(k, str) for k in pre) or len(pre) > 8:
+        raise ProtocolError("relay request field preFetch must be a list of at most 8 keys")
     return RelayRequest(
         p["sessionId"],
         p["atSignA"],
@@ -372,6 +442,11 @@ def parse_relay_request(value: str, *, sender: str, legacy: bool) -> RelayReques
         p["clientNonce"],
         p.get("sendJsonResponse") is True,
         False,
+        relay_auth_mode=mode.lower(),
+        relay_auth_aes_key=key,
+        only443=p.get("only443") is True,
+        multiple_acks_ok=p.get("multipleAcksOk") is True,
+        pre_fetch=tuple(pre),
     )
 
 
@@ -383,18 +458,21 @@ class RelayReply:
     rvd_nonce: str | None
 
 
-def relay_reply(reply: RelayReply, *, json_form: bool = False) -> str:
+def relay_reply(
+    reply: RelayReply, *, json_form: bool = False, extra: dict[str, Any] | None = None
+) -> str:
+    """R2: the JSON form when asked (``extra`` fields follow the official four), else CSV."""
     if json_form:
         from ..crypto.encoding import canonical_json
 
-        return canonical_json(
-            {
-                "address": reply.host,
-                "portA": reply.port_a,
-                "portB": reply.port_b,
-                "rvdNonce": reply.rvd_nonce,
-            }
-        )
+        body: dict[str, Any] = {
+            "address": reply.host,
+            "portA": reply.port_a,
+            "portB": reply.port_b,
+            "rvdNonce": reply.rvd_nonce,
+        }
+        body.update(extra or {})
+        return canonical_json(body)
     nonce = reply.rvd_nonce if reply.rvd_nonce else "null"
     return f"{reply.host},{reply.port_a},{reply.port_b},{nonce}"
 

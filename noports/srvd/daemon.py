@@ -19,25 +19,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..at.client import AtClient
+from ..at.commands import plookup
 from ..at.config import DEFAULT_ROOT_PORT
 from ..at.protocol import Notification
-from ..cli.common import escape
-from ..crypto import rsa
+from ..crypto import escr, rsa
 from ..crypto.atkeys import AtKeys, default_keys_path
-from ..errors import AtError, LocalError, NoPortsError, PortsExhaustedError
+from ..errors import AtError, LocalError, NoPortsError, PortsExhaustedError, ProtocolError
+from ..log import escape
 from ..relay import SessionSpec, raise_nofile_limit
+from ..relay.relay import NOT_BOUND_443
+from ..sdnotify import notify as notify_systemd
+from ..sdnotify import watchdog
+from ..session import mutex as session_mutex
 from ..session.wire import RelayReply, relay_reply
 from . import requests as rq
+from .observe import Observer, refusal_fields, session_fields
 from .pool import WorkerGone, WorkerHandle, WorkerPool
+from .relayauth import RelayAuthFields, relay_auth_fields
 
 log = logging.getLogger("noports.srvd")  # official "shout" lines: always logged
 vlog = logging.getLogger("noports.srvd.detail")  # -v: session parameters and the like
@@ -75,6 +85,10 @@ class Settings:
     log_format: str = "text"
     impl: str | None = None
     loop_kind: str | None = None
+    metrics: str | None = None  # --metrics HOST:PORT (off when None)
+    single_port: int | None = None  # --443: the single-port listener's bind port
+    single_advertise: int = 443  # the port only443 replies name (official: always 443)
+    refuse_payload_auth: bool = False  # --refuse-payload-auth: escr on both sides or nothing
 
 
 def redact(secret: str | None) -> str:
@@ -105,6 +119,11 @@ class Srvd:
         self._idle = asyncio.Event()
         self._idle.set()
         self._stale_keys: set[str] = set()
+        self.monitor_running = False
+        self.observer: Observer | None = None
+        self.reloader: Callable[[], Settings] | None = None  # SIGHUP: settings as they are now
+        self._event_logging: dict[str, tuple[str, str]] = {}
+        self._no_nack: set[str] = set()  # live requests from clients without multipleAcksOk
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -132,6 +151,7 @@ class Srvd:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGUSR1, self._stats_soon)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         fd_limit = raise_nofile_limit()
         if self.s.snoop:
             log.warning("snoop is ON: relayed bytes are written to the log (privacy!)")
@@ -141,18 +161,23 @@ class Srvd:
             on_closed=self._on_closed,
             on_lost=self._on_lost,
             loop_kind=self.s.loop_kind,
+            on_lookup=self._on_lookup,
         )
         monitor = None
         consumer: asyncio.Task[None] | None = None
         connect: asyncio.Task[AtClient] | None = None
         try:
             path = self.s.keys_file or default_keys_path(self.s.atsign)
-            keys = AtKeys.load(path, self.s.atsign)  # fail fast, before any worker starts
+            # fail fast, before any worker starts; like ssh, refuse a group/world-readable file
+            keys = AtKeys.load(path, self.s.atsign, strict_mode=True)
             connect = loop.create_task(
                 AtClient.connect(
                     self.s.atsign, keys=keys, root=self._root(), ca_file=self.s.ca_file
                 )
             )
+            if self.s.metrics:
+                self.observer = Observer(self)
+                self.observer.start(self.s.metrics)
             if not await self._unless_stopped(self.pool.start()):
                 return 0
             if not await self._unless_stopped(asyncio.shield(connect)):
@@ -162,6 +187,8 @@ class Srvd:
             monitor = self.client.monitor(MONITOR_REGEX)
             if not await self._unless_stopped(monitor.started(30.0)):
                 return 0
+            self.monitor_running = True
+            notify_systemd("READY=1", f"STATUS=relay {self.s.atsign} ready")
             log.info(
                 "srvd %s ready: monitor started (%d worker(s), bind %s, ports %s, fd limit %s)",
                 self.s.atsign,
@@ -171,15 +198,23 @@ class Srvd:
                 fd_limit,
             )
             consumer = loop.create_task(self._consume(monitor))
+            dog = loop.create_task(watchdog())
+            self._tasks.add(dog)
+            dog.add_done_callback(self._tasks.discard)
             stop = loop.create_task(self._stop.wait())
             done, _ = await asyncio.wait({consumer, stop}, return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()
             if consumer in done:
                 consumer.result()  # the monitor ended: raise its error
                 raise LocalError("notification monitor ended")
+            self.monitor_running = False
+            notify_systemd("STOPPING=1")
             await self._drain()
             return 0
         finally:
+            self.monitor_running = False
+            if self.observer is not None:
+                self.observer.close()
             if connect is not None:
                 connect.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -231,6 +266,59 @@ class Srvd:
                 await asyncio.wait_for(self._idle.wait(), min(left, 1.0))
         log.info("all sessions have ended")
 
+    # settings that a reload cannot change in a running relay
+    RESTART_ONLY = (
+        "atsign", "ip", "keys_file", "root", "ca_file", "bind", "port_range", "workers",
+        "snoop", "impl", "loop_kind",
+    )
+
+    def reload(self) -> bool:
+        """SIGHUP: re-read the configuration, validate it, apply what can change live.
+
+        A bad configuration is reported and the running one kept; live sessions are never
+        touched (new limits apply to sessions created from now on)."""
+        if self.reloader is None:
+            log.warning("SIGHUP: no configuration source to reload from; ignored")
+            return False
+        try:
+            new = self.reloader()
+        except (NoPortsError, ValueError, OSError) as exc:
+            log.error("configuration reload failed, keeping the running configuration: %s", exc)
+            return False
+        old = self.s
+        kept = [n for n in self.RESTART_ONLY if getattr(new, n) != getattr(old, n)]
+        for name in kept:
+            log.warning("reload: %s changed; it takes effect after a restart", name)
+        changes = {
+            n: getattr(new, n)
+            for n in ("managers", "max_sessions", "per_requester", "require_auth",
+                      "json_response", "drain_seconds", "limits", "log_level", "metrics")
+            if getattr(new, n) != getattr(old, n)
+        }
+        a = self.admission
+        a.managers, a.require_auth = new.managers, new.require_auth
+        a.max_sessions, a.per_requester = new.max_sessions, new.per_requester
+        logging.getLogger("noports.srvd.detail").setLevel(new.log_level)
+        if "limits" in changes and self.pool is not None:
+            self.pool.config["limits"] = new.limits
+            for h in list(self.pool.workers.values()):
+                h.send({"op": "limits", "limits": new.limits})
+        if "metrics" in changes:
+            if self.observer is not None:
+                self.observer.close()
+                self.observer = None
+            if new.metrics:
+                self.observer = Observer(self)
+                self.observer.start(new.metrics)
+        self.s = dataclasses.replace(new, **{n: getattr(old, n) for n in self.RESTART_ONLY})
+        log.info(
+            "configuration reloaded: %s",
+            ", ".join(sorted(changes)) or "no change",
+            extra={"fields": {"event": "config_reloaded", "changed": sorted(changes),
+                              "restart_needed": kept}},
+        )
+        return True
+
     def _stats_soon(self) -> None:
         task = asyncio.get_running_loop().create_task(self.log_stats())
         self._tasks.add(task)
@@ -243,7 +331,7 @@ class Srvd:
         for row in await self.pool.stats():
             log.info(
                 "stats worker %d (pid %s): %s sessions, %s pairs, %s pre-auth sockets, "
-                "%s refused pre-auth",
+                "%s shed pre-auth",
                 row["index"],
                 row.get("pid"),
                 row.get("sessions"),
@@ -268,16 +356,19 @@ class Srvd:
             "snoop": self.s.snoop,
             "log_level": self.s.log_level,
             "log_format": self.s.log_format,
+            "single_port": self.s.single_port,
         }
 
     # -- worker events ---------------------------------------------------------------------
 
     def _on_closed(self, h: WorkerHandle, msg: dict[str, Any]) -> None:
         sid = str(msg.get("sid"))
+        self._event_logging.pop(sid.lower(), None)
+        self._no_nack.discard(sid.lower())
         entry = self.sessions.pop(sid.lower(), None)
         self.admission.release(sid)
         if entry is not None:
-            _, live, _ = entry
+            _, live, started = entry
             self.results["closed_" + str(msg.get("outcome"))] += 1
             failures = msg.get("failures") or {}
             if not msg.get("pairs") and isinstance(failures, dict) and failures.get("bad_sig"):
@@ -297,6 +388,7 @@ class Srvd:
                 msg.get("bytes_ab"),
                 msg.get("bytes_ba"),
                 msg.get("auth_failed"),
+                extra={"fields": session_fields(sid, live, msg, time.monotonic() - started)},
             )
         if not self.sessions:
             self._idle.set()
@@ -304,6 +396,8 @@ class Srvd:
     def _on_lost(self, h: WorkerHandle, sids: set[str]) -> None:
         for sid in sids:
             self.sessions.pop(sid.lower(), None)
+            self._event_logging.pop(sid.lower(), None)
+            self._no_nack.discard(sid.lower())
             self.admission.release(sid)
             log.warning("session %s lost with worker %d", sid, h.index)
         self.results["lost"] += len(sids)
@@ -333,6 +427,12 @@ class Srvd:
         if kind is None:
             vlog.info("ignoring %s from %s", escape(n.short_key, 120), escape(n.from_atsign, 80))
             return
+        if kind == "discover":
+            await self._discover(n)
+            return
+        if kind == "sessions":
+            self._session_message(n)
+            return
         t0 = time.perf_counter()
         sender = n.from_atsign
         log.info("New session request from %s", escape(sender, 80))
@@ -341,18 +441,95 @@ class Srvd:
         except rq.Refusal as refusal:
             await self._refuse(sender, refusal)
             return
+        req = grant.request
+        if not req.multiple_acks_ok:  # official: nacks only to clients that take several answers
+            self._no_nack.add(grant.session_id)
+        if not req.multiple_acks_ok and not req.legacy and self.client is not None:
+            # an old client takes one answer only, and several srvd instances may serve this
+            # atSign: the instance that creates the session mutex record answers, the others
+            # stay silent (latest spec 2.2; ours races before binding ports, so losers bind none)
+            if not await session_mutex.acquire(self.client, grant.session_id, rq.NAMESPACE):
+                self.admission.release(grant.session_id)
+                self._no_nack.discard(grant.session_id)
+                self.results["mutex_lost"] += 1
+                log.info(
+                    "session %s is served by another srvd instance: staying silent",
+                    grant.session_id,
+                )
+                return
         try:
-            await self._grant(grant, t0)
+            ra = self._relay_auth(grant, n.value)
+            await self._grant(grant, t0, ra)
         except rq.Refusal as refusal:
             self.admission.release(grant.session_id)
             await self._refuse(grant.sender, refusal)
 
-    async def _grant(self, g: rq.Grant, t0: float) -> None:
+    def _relay_auth(self, g: rq.Grant, value: str | None) -> RelayAuthFields:
+        """The request's relay-auth fields, and the refusals that depend on them."""
         req = g.request
+        sid = req.session_id
+        try:
+            ra = relay_auth_fields(value, legacy=req.legacy)
+        except ProtocolError as exc:
+            raise rq.Refusal(rq.INVALID, str(exc), sid) from None
+        both = req.auth_a and req.auth_b
+        if self.s.refuse_payload_auth and not (ra.mode == "escr" and both):
+            raise rq.Refusal(
+                rq.DENIED,
+                "this relay accepts only escr relay authentication on both sides "
+                "(--refuse-payload-auth)",
+                sid,
+            )
+        if ra.only443:
+            if self.s.single_port is None:
+                raise rq.Refusal(rq.DENIED, NOT_BOUND_443, sid)
+            if not (ra.mode == "escr" and both):
+                raise rq.Refusal(
+                    rq.DENIED, "port 443 sessions must use escr on both sides", sid
+                )
+        return ra
+
+    async def _prefetch(self, ra: RelayAuthFields, atsigns: tuple[str, str]) -> dict[str, str]:
+        """Fetch the listed signing keys of this session's two atSigns (others are ignored)."""
+        out: dict[str, str] = {}
+        wanted = [u for u in ra.prefetch if escr.uri_atsign(u) in {a.lower() for a in atsigns}]
+        for uri, value in zip(
+            wanted, await asyncio.gather(*(self._plookup(u) for u in wanted)), strict=True
+        ):
+            if value:
+                out[uri] = value
+        return out
+
+    async def _plookup(self, uri: str) -> str | None:
+        """A signing key's published value, or None (missing, refused, or not a key URI)."""
+        if self.client is None or not escr.valid_key_uri(uri) or not uri.startswith("public:"):
+            return None
+        try:
+            text = await self.client.execute(plookup(uri[len("public:") :]))
+        except (AtError, NoPortsError, OSError) as exc:
+            vlog.info("signing key %s: %s", escape(uri, 200), exc)
+            return None
+        return text if text and text != "null" else None
+
+    def _on_lookup(self, h: WorkerHandle, msg: dict[str, Any]) -> None:
+        async def answer() -> None:
+            key = msg.get("key")
+            value = await self._plookup(key) if isinstance(key, str) else None
+            with contextlib.suppress(WorkerGone, ConnectionError, OSError):
+                h.send({"op": "looked_up", "rid": msg.get("rid"), "value": value})
+
+        task = asyncio.get_running_loop().create_task(answer())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _grant(self, g: rq.Grant, t0: float, ra: RelayAuthFields | None = None) -> None:
+        req = g.request
+        ra = ra or RelayAuthFields()
+        escr_mode = ra.mode == "escr"
         assert self.client is not None and self.pool is not None
         keys: list[rsa.PublicKey | None] = []
         for need, who in ((req.auth_a, g.atsign_a), (req.auth_b, g.atsign_b)):
-            if not need:
+            if not need or escr_mode:
                 keys.append(None)
                 continue
             try:
@@ -372,15 +549,24 @@ class Srvd:
             auth_b=req.auth_b,
             public_key_a=keys[0],
             public_key_b=keys[1],
+            auth_mode=ra.mode,
+            relay_auth_aes_key=ra.aes_key if escr_mode else None,
+            only443=ra.only443,
+            prefetched=(await self._prefetch(ra, (g.atsign_a, g.atsign_b)) or None)
+            if escr_mode
+            else None,
         )
         vlog.info(
-            "session %s params: atSignA %s atSignB %s authA %s authB %s legacy %s",
+            "session %s params: atSignA %s atSignB %s authA %s authB %s legacy %s "
+            "relayAuthMode %s only443 %s",
             g.session_id,
             g.atsign_a,
             g.atsign_b,
             req.auth_a,
             req.auth_b,
             req.legacy,
+            ra.mode,
+            ra.only443,
         )
         try:
             h, made = await self.pool.create_session(spec)
@@ -390,10 +576,13 @@ class Srvd:
             raise rq.Refusal(
                 rq.ERROR, f"relay could not create the session ({exc})", req.session_id
             ) from None
+        port_a, port_b = int(made["port_a"]), int(made["port_b"])
+        if ra.only443:  # official: the single-port sessions always answer 443,443
+            port_a = port_b = self.s.single_advertise
         reply = RelayReply(
             self.s.ip,
-            int(made["port_a"]),
-            int(made["port_b"]),
+            port_a,
+            port_b,
             None if req.legacy else str(made["rvd_nonce"]),
         )
         rec = _Live(g.atsign_a, g.atsign_b, reply.port_a, reply.port_b)
@@ -439,18 +628,101 @@ class Srvd:
             self.results[rq.ERROR] += 1
             return
         self.results["granted"] += 1
+        if self.observer is not None:
+            self.observer.setup_seconds.observe(time.perf_counter() - t0)
         vlog.info("session %s answered in %.1f ms", g.session_id, (time.perf_counter() - t0) * 1000)
+
+    def _session_message(self, n: Notification) -> None:
+        """``logging.<sid>.sessions``: the session's event logging config, accepted once and
+        only from a participant (latest spec 8.2); recorded and named in the session's log
+        lines. (The official event notification format is not known here: none is sent.)"""
+        kind_sid = rq.session_message(n.short_key)
+        assert kind_sid is not None
+        kind, sid = kind_sid
+        sender = n.from_atsign
+        entry = self.sessions.get(sid)
+        if kind != "logging" or entry is None:
+            vlog.info("ignoring %s from %s", escape(n.short_key, 120), escape(sender, 80))
+            return
+        _h, live, _t = entry
+        if sender not in (live.atsign_a, live.atsign_b):
+            log.warning("%s is not a participant in session %s", escape(sender, 80), sid)
+            return
+        if sid in self._event_logging:
+            vlog.info("session %s already has an event logging config", sid)
+            return
+        try:
+            elc = json.loads(n.value or "")
+            target = str(elc["atSign"])
+            topic = str(elc["topic"])
+        except (ValueError, KeyError, TypeError):
+            log.info("ignoring a malformed event logging config for session %s", sid)
+            return
+        if not target.startswith("@") or len(target) > 64 or len(topic) > 200:
+            log.info("ignoring an invalid event logging config for session %s", sid)
+            return
+        self._event_logging[sid] = (target, topic)
+        log.info(
+            "session %s: event logging to %s topic %s (from %s)",
+            sid,
+            escape(target, 80),
+            escape(topic, 200),
+            escape(sender, 80),
+        )
+
+    def _single_port(self) -> int | None:
+        """The single-port listener's advertised port (443) when it runs, else None
+        (spec-latest 1.3: official clients can only probe, so only choose, such relays)."""
+        if getattr(self.s, "single_port", None) is None:
+            return None
+        return int(getattr(self.s, "single_advertise", 443))
+
+    async def _discover(self, n: Notification) -> None:
+        """Answer a relay auto-selection probe (spec-latest 1.3) with our address and load."""
+        sender = n.from_atsign
+        value = rq.discover_reply(
+            n.value,
+            ip=self.s.ip,
+            port=self._single_port(),
+            sessions=len(self.admission.live),
+            max_sessions=self.s.max_sessions,
+        )
+        if value is None or self.client is None:
+            vlog.info("ignoring a malformed discover_request from %s", escape(sender, 80))
+            return
+        if self.admission.managers is not None and sender not in self.admission.managers:
+            vlog.info("not answering discover_request from %s (not a manager)", escape(sender, 80))
+            return
+        if not self._nack_allowed("discover " + sender):
+            return
+        self.results["discover"] += 1
+        try:
+            await self.client.notify(
+                sender,
+                rq.DISCOVER_REPLY,
+                value,
+                namespace=rq.NAMESPACE,
+                ttln_ms=REPLY_TTLN_MS,
+            )
+        except (NoPortsError, OSError) as exc:
+            log.info("could not answer discover_request from %s: %s", escape(sender, 80), exc)
 
     async def _refuse(self, sender: str, r: rq.Refusal) -> None:
         self.results[r.kind] += 1
+        if self.observer is not None:
+            self.observer.refused(escape(sender, 80), r.kind, r.session_id)
         log.info(
             "Session %s for %s is denied: %s (%s)",
             r.session_id or "?",
             escape(sender, 80),
             escape(r.reason, 300),
             r.kind,
+            extra={"fields": refusal_fields(escape(sender, 80), r.kind, r.session_id)},
         )
-        if r.session_id is None or self.client is None:
+        quiet = r.session_id is not None and r.session_id.lower() in self._no_nack
+        if quiet:
+            self._no_nack.discard(str(r.session_id).lower())
+        if r.session_id is None or self.client is None or not r.nack or quiet:
             return
         if not self._nack_allowed(sender):
             vlog.info("not sending more nacks to %s for now", escape(sender, 80))

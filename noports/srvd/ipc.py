@@ -5,9 +5,10 @@ then UTF-8 JSON). Both ends are trusted (the control process made the pair and s
 worker), but a corrupt or oversized frame still ends the link instead of being guessed at.
 
 control -> worker: ``config`` (first, once), ``create`` {id, spec}, ``cancel`` {sid},
-``stats`` {id}, ``close``.
+``stats`` {id}, ``close``, ``looked_up`` {rid, value} (answer to ``lookup``).
 worker -> control: ``ready`` {pid, pump, fd_limit}, ``created`` {id, sid, port_a, port_b,
-rvd_nonce}, ``error`` {id, error, kind}, ``closed`` {sid, outcome, stats...}, ``stats`` {id, ...}.
+rvd_nonce}, ``error`` {id, error, kind}, ``closed`` {sid, outcome, stats...}, ``stats`` {id, ...},
+``lookup`` {rid, key} (an ESCR signing key the worker needs: the control process plookups it).
 
 Public keys travel as base64 DER (SubjectPublicKeyInfo), exactly as atServers publish them.
 """
@@ -69,6 +70,10 @@ def spec_to_wire(spec: SessionSpec) -> dict[str, Any]:
         "auth_b": spec.auth_b,
         "pk_a": rsa.public_to_b64(spec.public_key_a) if spec.public_key_a is not None else None,
         "pk_b": rsa.public_to_b64(spec.public_key_b) if spec.public_key_b is not None else None,
+        "mode": spec.auth_mode,
+        "aes": spec.relay_auth_aes_key,
+        "only443": spec.only443,
+        "pre": spec.prefetched,
     }
 
 
@@ -88,4 +93,9 @@ def spec_from_wire(d: dict[str, Any]) -> SessionSpec:
         auth_b=bool(d["auth_b"]),
         public_key_a=key("pk_a"),
         public_key_b=key("pk_b"),
+        auth_mode=str(d.get("mode") or "payload"),
+        relay_auth_aes_key=d["aes"] if isinstance(d.get("aes"), str) else None,
+        only443=bool(d.get("only443")),
+        prefetched={str(k): str(v) for k, v in d["pre"].items()}
+        if isinstance(d.get("pre"), dict) else None,
     )

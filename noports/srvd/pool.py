@@ -27,11 +27,11 @@ import itertools
 import logging
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+from .._compat import python_module_argv
 from ..errors import ConfigError, LocalError, NoPortsError, PortsExhaustedError
 from ..relay import SessionSpec
 from . import ipc
@@ -118,6 +118,7 @@ class WorkerPool:
         on_closed: Callable[[WorkerHandle, dict[str, Any]], None],
         on_lost: Callable[[WorkerHandle, set[str]], None],
         loop_kind: str | None = None,
+        on_lookup: Callable[[WorkerHandle, dict[str, Any]], None] | None = None,
     ) -> None:
         if count < 1:
             raise LocalError("srvd needs at least one worker")
@@ -125,6 +126,7 @@ class WorkerPool:
         self.config = config
         self.on_closed = on_closed
         self.on_lost = on_lost
+        self.on_lookup = on_lookup
         self.loop_kind = loop_kind
         self.workers: dict[int, WorkerHandle] = {}
         self.closing = False
@@ -145,15 +147,9 @@ class WorkerPool:
     async def _spawn(self, index: int) -> WorkerHandle:
         parent, child = socket.socketpair()
         try:
-            argv = [
-                sys.executable,
-                "-m",
-                "noports.srvd.worker",
-                "--fd",
-                str(child.fileno()),
-                "--index",
-                str(index),
-            ]
+            argv = python_module_argv(
+                "noports.srvd.worker", "--fd", str(child.fileno()), "--index", str(index)
+            )
             if self.loop_kind:
                 argv += ["--loop", self.loop_kind]
             proc = subprocess.Popen(
@@ -208,6 +204,11 @@ class WorkerPool:
                 elif op == "closed":
                     h.sessions.discard(str(msg.get("sid")))
                     self.on_closed(h, msg)
+                elif op == "lookup":
+                    if self.on_lookup is not None:
+                        self.on_lookup(h, msg)
+                    else:
+                        h.send({"op": "looked_up", "rid": msg.get("rid"), "value": None})
                 else:
                     h._answer(msg)
         except (NoPortsError, ConnectionError, OSError) as exc:
@@ -290,11 +291,12 @@ class WorkerPool:
 
     # -- placement -------------------------------------------------------------------------
 
-    def pick(self) -> WorkerHandle:
+    def pick(self, index: int | None = None) -> WorkerHandle:
         live = [
             h
             for h in self.workers.values()
-            if h.alive
+            if (index is None or h.index == index)
+            and h.alive
             and h.ready.done()
             and not h.ready.cancelled()
             and h.ready.exception() is None
@@ -306,7 +308,8 @@ class WorkerPool:
     async def create_session(
         self, spec: SessionSpec, timeout: float = 10.0
     ) -> tuple[WorkerHandle, dict[str, Any]]:
-        h = self.pick()
+        # single-port sessions live where the single-port listener is: worker 1
+        h = self.pick(1 if spec.only443 else None)
         h.creating += 1
         try:
             reply = await h.call({"op": "create", "spec": ipc.spec_to_wire(spec)}, timeout)

@@ -18,18 +18,23 @@ Checks, in order (the first failure is the answer):
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass
 
 from ..errors import ProtocolError
+from ..names import InvalidNameError, validate_atsign, validate_session_id
 from ..session.wire import RelayRequest, parse_relay_request
-from ..sshnpd.names import InvalidNameError, validate_atsign, validate_session_id
 
 NAMESPACE = "sshrvd"
 SUFFIX = "." + NAMESPACE
 REQUEST_PORTS = ".request_ports"
 # Later official notification types on the relay namespace that are not session requests.
-IGNORED_TYPES = frozenset({"auth_modes", "discover_request", "sessions"})
+IGNORED_TYPES = frozenset({"auth_modes", "sessions"})
+#: Relay auto-selection (spec-latest 1.3): ``@relay:discover_request.sshrvd@client``.
+DISCOVER_KEY = "discover_request" + SUFFIX
+DISCOVER_REPLY = "discover_response"
+DISCOVER_ITEMS = 8
 
 # Refusal kinds (metric labels): why a request got no session.
 INVALID = "invalid"
@@ -41,8 +46,16 @@ SHUTDOWN = "shutdown"
 ERROR = "error"
 
 
+def session_message(short_key: str) -> tuple[str, str] | None:
+    """``(type, sid)`` for ``<type>.<sid>.sessions.sshrvd`` (latest spec 8.2), else None."""
+    parts = short_key.lower().split(".")
+    if len(parts) == 4 and parts[2:] == ["sessions", NAMESPACE] and parts[0] and parts[1]:
+        return parts[0], parts[1]
+    return None
+
+
 def classify(short_key: str) -> str | None:
-    """``"json"`` (R1), ``"legacy"`` (R1L) or None (not a session request: ignore).
+    """``"json"`` (R1), ``"legacy"`` (R1L), ``"discover"``, ``"sessions"`` or None (ignore).
 
     ``short_key`` is the key without ``@to:`` and ``@from`` (``dev.request_ports.sshrvd``).
     A legacy request is ``<device>.sshrvd``: exactly one label before the namespace.
@@ -50,12 +63,47 @@ def classify(short_key: str) -> str | None:
     k = short_key.lower()
     if not k.endswith(SUFFIX):
         return None
+    if k == DISCOVER_KEY:
+        return "discover"
+    if session_message(k) is not None:
+        return "sessions"
     head = k[: -len(SUFFIX)]
     if head.endswith(REQUEST_PORTS):
         return "json"
     if not head or "." in head or ":" in head or head in IGNORED_TYPES:
         return None
     return "legacy"
+
+
+def discover_reply(
+    value: str | None, *, ip: str, port: int | None, sessions: int, max_sessions: int
+) -> str | None:
+    """The ``discover_response`` value for a ``discover_request`` value, or None (no answer).
+
+    Official form: a JSON object with, for each requested item in request order, ``ipaddr``
+    (the relay's ``--ip``) and ``port`` (443 when the single-port listener runs, else null);
+    unknown items are skipped; a value that is not ``{"items": [...]}`` gets no answer. Our
+    addition (official clients ignore it): ``sessions`` and ``maxSessions``, the relay's
+    current load, so our clients can avoid a saturated relay.
+    """
+    from ..crypto.encoding import canonical_json, loads_object
+
+    try:
+        body = loads_object(value or "", what="discover request")
+    except ProtocolError:
+        return None
+    items = body.get("items")
+    if not isinstance(items, list):
+        return None
+    out: dict[str, object] = {}
+    for item in items[:DISCOVER_ITEMS]:
+        if item == "ipaddr":
+            out["ipaddr"] = ip
+        elif item == "port":
+            out["port"] = port
+    out["sessions"] = sessions
+    out["maxSessions"] = max_sessions
+    return canonical_json(out)
 
 
 @dataclass(frozen=True)
@@ -65,6 +113,8 @@ class Refusal(Exception):
     kind: str
     reason: str
     session_id: str | None = None
+    #: send ``nack.<sid>`` (official: only to requests with ``multipleAcksOk``)
+    nack: bool = True
 
     def __str__(self) -> str:
         return self.reason
@@ -112,6 +162,14 @@ class Admission:
             req = parse_relay_request(value, sender=who, legacy=(kind == "legacy"))
         except ProtocolError as exc:
             raise Refusal(INVALID, str(exc)) from None
+        try:
+            return self._decide(req, who)
+        except Refusal as r:
+            if req.multiple_acks_ok:
+                raise
+            raise dataclasses.replace(r, nack=False) from None
+
+    def _decide(self, req: RelayRequest, who: str) -> Grant:
         try:
             sid = validate_session_id(req.session_id)
         except InvalidNameError as exc:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import logging
 import os
 import signal
@@ -28,6 +29,7 @@ from ..relay import Relay, RelayLimits, Session
 from . import ipc
 
 log = logging.getLogger("noports.srvd.worker")
+LOOKUP_TIMEOUT = 8.0  # under the socket's auth deadline budget of the 443 path (10 s)
 
 
 class _Tag(logging.Filter):
@@ -45,13 +47,13 @@ class _Tag(logging.Filter):
 
 
 def _setup_logging(index: int, cfg: dict[str, Any]) -> None:
-    from ..cli.common import setup_logging
+    from ..log import setup_logging
 
     setup_logging(level=int(cfg.get("log_level", logging.WARNING)))
     root = logging.getLogger()
     for h in root.handlers:
         if cfg.get("log_format") == "json":
-            from ..cli.common import JsonFormatter
+            from ..log import JsonFormatter
 
             h.setFormatter(JsonFormatter())
         h.addFilter(_Tag(index))
@@ -68,14 +70,22 @@ class Worker:
         self.index = index
         self.cfg = cfg
         self.writer = writer
+        self.totals: collections.Counter[str] = collections.Counter()
         pr = cfg.get("port_range")
+        single = cfg.get("single_port")
         self.relay = Relay(
             bind_host=cfg["bind"],
             port_range=(int(pr[0]), int(pr[1])) if pr else None,
             limits=_limits(cfg),
             impl=cfg.get("impl"),
             advertise_host=cfg["ip"],
+            # the single-port listener lives in worker 1 only: a pair's two sockets must
+            # meet in one process, so every only443 session is placed there
+            single_port=int(single) if single is not None and index == 1 else None,
+            lookup=self.lookup,
         )
+        self._lookups: dict[int, asyncio.Future[str | None]] = {}
+        self._lookup_ids = 0
         if cfg.get("snoop"):
             from . import snoop
 
@@ -87,10 +97,22 @@ class Worker:
         if not self.writer.is_closing():
             self.writer.write(ipc.encode(msg))
 
+    async def lookup(self, key: str) -> str | None:
+        """An ESCR signing key's published value, fetched by the control process."""
+        self._lookup_ids += 1
+        rid = self._lookup_ids
+        fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._lookups[rid] = fut
+        try:
+            self.send({"op": "lookup", "rid": rid, "key": key})
+            return await asyncio.wait_for(fut, LOOKUP_TIMEOUT)
+        finally:
+            self._lookups.pop(rid, None)
+
     async def start(self) -> None:
         await self.relay.start()
         try:  # the bind address must be ours: fail at start, not on every session
-            probe = socket.socket(self.relay._family or socket.AF_INET, socket.SOCK_STREAM)
+            probe = socket.socket(self.relay.family or socket.AF_INET, socket.SOCK_STREAM)
             try:
                 probe.bind((self.cfg["bind"], 0))
             finally:
@@ -107,6 +129,7 @@ class Worker:
                 "pid": os.getpid(),
                 "pump": getattr(self.relay.pump, "IMPLEMENTATION", "?"),
                 "fd_limit": raise_nofile_limit(),
+                "single_port": self.relay.single.port if self.relay.single else None,
             }
         )
 
@@ -147,6 +170,7 @@ class Worker:
     async def _watch(self, session: Session) -> None:
         st = await session.wait_closed()
         self.sessions.pop(session.session_id, None)
+        self._ended(st)
         self.send(
             {
                 "op": "closed",
@@ -162,8 +186,36 @@ class Worker:
             }
         )
 
+    def set_limits(self, limits: dict[str, Any]) -> None:
+        """A reload: new limits for sessions created from now on (live ones keep theirs)."""
+        try:
+            new = RelayLimits(**limits)
+        except (TypeError, ValueError) as exc:
+            log.warning("reload: limits refused: %s", exc)
+            return
+        self.relay.limits = new
+        self.relay.gate.resize(new.max_preauth, new.max_preauth_per_ip)
+        log.info("worker %d: limits reloaded", self.index)
+
+    def _ended(self, st: Any) -> None:
+        """Fold an ended session's counters into the worker's totals (for metrics)."""
+        t = self.totals
+        t["bytes_ab"] += st.bytes_a_to_b
+        t["bytes_ba"] += st.bytes_b_to_a
+        t["pairs_total"] += st.pairs
+        for reason, n in (st.failures or {}).items():
+            t["fail:" + str(reason)] += int(n)
+
     def stats(self, rid: Any) -> None:
         pairs = sum(s.live_pairs for s in self.sessions.values())
+        t = collections.Counter(self.totals)
+        for s in self.sessions.values():  # live sessions: read the pumps' own counters
+            st = s.stats
+            t["bytes_ab"] += st.bytes_a_to_b
+            t["bytes_ba"] += st.bytes_b_to_a
+            t["pairs_total"] += st.pairs
+            for reason, n in (st.failures or {}).items():
+                t["fail:" + str(reason)] += int(n)
         self.send(
             {
                 "op": "stats",
@@ -171,8 +223,13 @@ class Worker:
                 "pid": os.getpid(),
                 "sessions": len(self.sessions),
                 "pairs": pairs,
+                "single_port": self.relay.single.port if self.relay.single else None,
                 "preauth": self.relay.gate.total,
-                "preauth_refused": self.relay.gate.refused,
+                "preauth_refused": self.relay.gate.shed,
+                "bytes_ab": t["bytes_ab"],
+                "bytes_ba": t["bytes_ba"],
+                "pairs_total": t["pairs_total"],
+                "auth_failures": {k[5:]: v for k, v in t.items() if k.startswith("fail:")},
             }
         )
 
@@ -191,6 +248,13 @@ class Worker:
                     s.close("cancelled")
             elif op == "stats":
                 self.stats(msg.get("id"))
+            elif op == "limits":
+                self.set_limits(msg.get("limits") or {})
+            elif op == "looked_up":
+                fut = self._lookups.get(msg.get("rid"))  # type: ignore[arg-type]
+                if fut is not None and not fut.done():
+                    v = msg.get("value")
+                    fut.set_result(v if isinstance(v, str) else None)
             elif op == "close":
                 return
             else:
@@ -240,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # the control process answers it
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload is the control process's job
     return _compat.run(_main(args.fd, args.index), loop=args.loop)
 
 

@@ -19,9 +19,10 @@ from pathlib import Path
 from cryptography.exceptions import UnsupportedAlgorithm
 
 from .. import config
+from ..crypto.sshkey import parse_public_key
 from ..errors import EXIT_NOT_FOUND, EXIT_USAGE, ConfigError, LocalError, NoPortsError
-from ..sshnpd.authkeys import parse_public_key
-from ..sshnpd.names import validate_atsign, validate_device_name
+from ..names import validate_atsign, validate_device_name
+from ..session.relays import parse_relay_option
 
 EPILOG = """\
 ours: --stdio (tunnel on stdin/stdout for ProxyCommand), sshnp ssh-config ... (write a Host
@@ -62,7 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
         "-t", "--to", default=None, metavar="@DEVICE_ATSIGN", help="device daemon atSign"
     )
     p.add_argument("-d", "--device", default=None, help="device name (default: default)")
-    p.add_argument("-r", "--srvd", default=None, metavar="@RELAY", help="relay (srvd) atSign")
+    p.add_argument(
+        "-r",
+        "--srvd",
+        default=None,
+        metavar="@RELAY",
+        help="relay (srvd) atSign; a comma list or empty: select the lowest-latency one",
+    )
     p.add_argument("-h", "--host", dest="host", default=None, help=argparse.SUPPRESS)
     p.add_argument("-l", "--local-port", type=int, default=0, help="local port (0 = any free port)")
     p.add_argument("-k", "--key-file", default=None, help="atKeys file")
@@ -176,6 +183,23 @@ def build_parser() -> argparse.ArgumentParser:
         action=B,
         default=True,
         help="the daemon's tunnel end authenticates to the relay",
+    )
+    p.add_argument(
+        "--relay-auth-mode",
+        "--ram",
+        dest="relay_auth_mode",
+        choices=("payload", "escr"),
+        default=None,
+        help="how both tunnel ends authenticate to the relay: escr (a fresh signed challenge "
+        "per socket) or payload (the official default). Default: escr, or payload when the "
+        "device daemon does not support escr",
+    )
+    p.add_argument(
+        "--443",
+        dest="only443",
+        action="store_true",
+        default=False,
+        help="use the relay's single port 443 (needs escr and a relay run with --443)",
     )
     p.add_argument(
         "--encrypt-rvd-traffic",
@@ -392,10 +416,8 @@ def validate(args: argparse.Namespace) -> None:
         return
     if not args.to:
         raise ConfigError("-t/--to is required")
-    relay = args.srvd or args.host
-    if not relay:
-        raise ConfigError("-r/--srvd is required")
-    args.srvd = validate_atsign(relay, add_at=True)
+    # -r empty or absent: the standard relay list; "@a,@b": the best of those (latest spec 1)
+    args.srvd, args.relay_candidates = parse_relay_option(args.srvd or args.host)
     if args.device is None:
         args.device = "default"
         if not args.quiet:

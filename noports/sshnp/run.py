@@ -31,17 +31,17 @@ from typing import Any
 from ..at.client import AtClient
 from ..errors import ConfigError, NoPortsError, PeerTimeoutError, RemoteError
 from ..fsutil import secure_dir, write_secret
+from ..session.background import Reporter
 from ..session.client import (
     Established,
     NoAnswerError,
     SessionSpec,
     connect_client,
-    establish,
+    establish_any,
     start_ephemeral_keygen,
 )
-from ..sshnpd.features import FEATURE_CHECK_TIMEOUT_MESSAGE, sshnp_required_features
+from ..session.features import FEATURE_CHECK_TIMEOUT_MESSAGE, sshnp_required_features
 from ..tunnel import open_client_single
-from .background import Reporter
 
 log = logging.getLogger("noports.sshnp")
 TUNNEL_WAIT = 30.0  # the client end waits this long for ssh to connect
@@ -66,6 +66,8 @@ def session_spec(args: argparse.Namespace) -> SessionSpec:
         daemon=args.to,
         device=args.device,
         relay=args.srvd,
+        relay_candidates=getattr(args, "relay_candidates", None),
+        root=args.root_domain,
         auth_client=args.auth_client,
         auth_device=args.auth_device,
         encrypt=args.encrypt,
@@ -79,6 +81,9 @@ def session_spec(args: argparse.Namespace) -> SessionSpec:
         ping_timeout=args.dpt,
         fetch_username=args.remote_user_name is None and not args.stdio,
         public_key=getattr(args, "public_key_text", None) if args.send_ssh_public_key else None,
+        relay_auth_mode=getattr(args, "relay_auth_mode", None) or "escr",
+        ram_fallback=getattr(args, "relay_auth_mode", None) is None,
+        only443=getattr(args, "only443", False),
     )
 
 
@@ -95,7 +100,7 @@ async def open_session(args: argparse.Namespace) -> tuple[AtClient, Established]
     connect_ms = round((time.monotonic() - t_connect) * 1000, 1)
     try:
         try:
-            est = await establish(
+            est = await establish_any(
                 client, session_spec(args), progress=progress_fn(args), ephemeral=eph
             )
         except NoAnswerError as exc:

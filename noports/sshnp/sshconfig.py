@@ -18,9 +18,10 @@ import shlex
 import shutil
 import sys
 
+from .._compat import python_module_argv
 from ..errors import ConfigError
 from ..fsutil import write_secret
-from ..sshnpd.names import validate_atsign, validate_device_name
+from ..names import validate_atsign, validate_device_name
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +67,7 @@ def host_block(args: argparse.Namespace) -> str:
     elif shutil.which("sshnp"):
         prog = [os.path.abspath(str(shutil.which("sshnp")))]
     else:
-        prog = [sys.executable, "-m", "noports.cli.sshnp"]
+        prog = python_module_argv("noports.cli.sshnp")
     cmd = [*prog, "--stdio", "-f", frm, "-t", to, "-d", dev, "-r", relay]
     # ssh runs the ProxyCommand from other shells and directories: pin what this one uses
     root = args.root or os.environ.get("NOPORTS_ROOT")

@@ -25,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
+import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,14 +35,19 @@ from typing import Any
 
 from ..at.client import AtClient
 from ..at.protocol import Notification
-from ..cli.common import escape
 from ..crypto import rsa
+from ..crypto.sshkey import InvalidPublicKeyError
 from ..errors import ConnectError, KeyNotFoundError, NoPortsError
-from .authkeys import AuthorizedKeys, InvalidPublicKeyError
+from ..log import escape
+from ..names import validate_atsign, validate_session_id
+from ..session import mutex as session_mutex
+from ..session.features import ping_response_json
+from ..session.permitopen import PermitOpen
+from ..session.relayauth import publish_signing_key, signing_uri
+from ..session.relays import probe_latency
+from .authkeys import AuthorizedKeys
 from .ephemeral import EphemeralKeys
-from .features import ping_response_json
 from .npa_client import RESPONSE_REGEX, NpaClient
-from .permitopen import PermitOpen
 from .sessions import Refusal, SessionHandler, SessionSettings
 
 log = logging.getLogger("noports.sshnpd")
@@ -54,6 +61,17 @@ DEVICE_INFO_TTL_MS = 30 * 86400 * 1000
 REPLY_TTL_MS = 10_000
 REPLY_TTLN_MS = 60_000
 MONITOR_START_TIMEOUT = 30.0
+LATENCY_MAX_RELAYS = 16
+
+
+def _session_id_of(value: str | None) -> str | None:
+    """The ``sessionId`` inside a signed request envelope, if it is a valid one (unverified:
+    only used to name the session mutex)."""
+    try:
+        payload = json.loads(value or "").get("payload")
+        return validate_session_id(payload.get("sessionId"))
+    except (ValueError, AttributeError, TypeError, NoPortsError):
+        return None
 
 
 @dataclass
@@ -76,6 +94,9 @@ class DaemonConfig:
     max_sessions: int = 128
     #: on SIGTERM/SIGINT, seconds running tunnels may take to finish before they are cut
     drain: float = 0.0
+    #: the published ESCR signing key (``public:_apsk.<eid|primary>.a.__e@<me>``), advertised
+    #: in the ping reply; None = the one this daemon publishes for its own keys
+    signing_key_uri: str | None = None
 
 
 class Daemon:
@@ -103,6 +124,8 @@ class Daemon:
                 cfg.require_aead,
                 client.keys.encrypt_private,
                 self.ephemeral,
+                signing_key=client.keys.pkam_private,
+                signing_uri=signing_uri(client),
             ),
             self._public_key,
             max_sessions=cfg.max_sessions,
@@ -125,7 +148,11 @@ class Daemon:
             device_group=cfg.device_group,
             accepts_public_keys=cfg.accept_public_keys,
             allowed_services=cfg.permit_open.allowed_services(),
+            escr=True,  # our tunnel ends answer ESCR challenges (relay.escr / srv -a escr)
+            public_signing_key_uri=cfg.signing_key_uri or signing_uri(client),
         )
+        #: session event logging asked for by the policy service (latest spec 8.2)
+        self.event_logging: dict[str, Any] | None = None
 
     # -- helpers ------------------------------------------------------------------------------
     async def _public_key(self, atsign: str, refresh: bool) -> rsa.PublicKey:
@@ -136,7 +163,8 @@ class Daemon:
 
     def monitor_regex(self) -> str:
         own = rf"\.{self.cfg.device}\.sshnp@"
-        return f"{own}|{RESPONSE_REGEX}" if self.npa else own
+        config = rf"config\.{re.escape(self.cfg.device)}\.devices\.policy\.sshnp@"
+        return f"{own}|{RESPONSE_REGEX}|{config}" if self.npa else own
 
     def stop(self) -> None:
         """First call: stop (draining if configured). A second call cuts the drain short."""
@@ -227,6 +255,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         await self.share_records()
         self._background.append(loop.create_task(self._probe()))
+        self._background.append(loop.create_task(self._publish_signing_key()))
         monitor = self.client.monitor(self.monitor_regex())
         try:
             await monitor.started(MONITOR_START_TIMEOUT)
@@ -252,6 +281,14 @@ class Daemon:
             if self._stop.is_set() and self.cfg.drain > 0:
                 await self.drain(self.cfg.drain)
             await self.shutdown()
+
+    async def _publish_signing_key(self) -> None:
+        """ESCR relay auth: relays verify our answers with the key published here."""
+        try:
+            await publish_signing_key(self.client)
+        except (NoPortsError, OSError) as exc:
+            log.warning("could not publish the relay signing key (escr sessions will fail): %s",
+                        exc)
 
     async def drain(self, seconds: float) -> None:
         """No new work (the monitor is closed); let running tunnels end for ``seconds``."""
@@ -302,6 +339,12 @@ class Daemon:
         key = n.short_key
         if self.npa is not None and self.npa.on_response(sender, key, n.value):
             return
+        if (
+            sender == self.cfg.policy_manager
+            and key.lower() == f"config.{self.cfg.device}.devices.policy.{NAMESPACE}"
+        ):
+            self._policy_config(n.value)
+            return
         suffix = f".{self.cfg.device}.{NAMESPACE}"
         if not key.lower().endswith(suffix):
             return
@@ -350,6 +393,8 @@ class Daemon:
                 await self._session(command[:3], sender, value, permit)
             elif command == "sshpublickey":
                 await self._public_key_request(sender, value)
+            elif command == "relay_latency_request":
+                await self._relay_latency(sender, value)
             else:
                 log.info("ignoring unknown command %s from %s", escape(command, 60), sender)
         except asyncio.CancelledError:
@@ -372,10 +417,33 @@ class Daemon:
 
     async def _session(self, kind: str, sender: str, value: str | None, permit: PermitOpen) -> None:
         sid: str | None = None
+        # redundant daemons on this device (latest spec 8.2): one instance owns each session,
+        # raced for alongside the signature check; the others drop the request silently
+        asked = _session_id_of(value)
+        mutex = (
+            asyncio.ensure_future(session_mutex.acquire(self.client, asked, NAMESPACE))
+            if asked is not None
+            else None
+        )
         try:
-            req = await self.sessions.verify(kind, sender, value)
+            verified = await asyncio.gather(
+                self.sessions.verify(kind, sender, value), return_exceptions=True
+            )
+            if mutex is not None and not await mutex:
+                log.info("session %s is served by another sshnpd instance", asked)
+                return
+            if isinstance(verified[0], BaseException):
+                raise verified[0]
+            req = verified[0]
             sid = req.session_id
             payload = await self.sessions.start(req, sender, permit)
+            if self.event_logging is not None:
+                payload["eventLoggingConfig"] = dict(self.event_logging)
+                fwd = asyncio.get_running_loop().create_task(
+                    self._forward_event_logging(req.relay_atsign, sid)
+                )
+                self._handlers.add(fwd)
+                fwd.add_done_callback(self._handlers.discard)
         except Refusal as r:
             log.warning("%s_request from %s refused: %s", kind, sender, escape(r.text, 300))
             if r.session_id is not None:
@@ -389,6 +457,68 @@ class Daemon:
             ttl_ms=REPLY_TTL_MS,
             ttln_ms=REPLY_TTLN_MS,
         )
+
+    def _policy_config(self, value: str | None) -> None:
+        """``{"eventLoggingConfig": {"atSign","topic","ttln"}}`` from the policy service: the
+        daemon then names it in every session reply and hands it to the session's relay."""
+        try:
+            elc = json.loads(value or "").get("eventLoggingConfig")
+        except (ValueError, AttributeError):
+            log.warning("ignoring a malformed policy config notification")
+            return
+        if elc is None:
+            self.event_logging = None
+            log.info("session event logging is off")
+            return
+        try:
+            atsign = validate_atsign(str(elc.get("atSign")))
+            topic, ttln = elc.get("topic"), elc.get("ttln")
+            if not isinstance(topic, str) or not topic or len(topic) > 200:
+                raise ValueError("topic")
+            if ttln is not None and (not isinstance(ttln, int) or isinstance(ttln, bool)):
+                raise ValueError("ttln")
+        except (ValueError, AttributeError, NoPortsError) as exc:
+            log.warning("ignoring an invalid eventLoggingConfig (%s)", exc)
+            return
+        self.event_logging = {"atSign": atsign, "topic": topic, "ttln": ttln}
+        log.info("session event logging to %s topic %s", atsign, escape(topic, 200))
+
+    async def _forward_event_logging(self, relay: str | None, sid: str) -> None:
+        """``@relay:logging.<sid>.sessions.sshrvd@me`` with the config (ttln 1 min)."""
+        if self.event_logging is None or not relay:
+            return
+        try:
+            await self.client.notify(
+                validate_atsign(relay, add_at=True),
+                f"logging.{sid}.sessions.sshrvd",
+                json.dumps(self.event_logging, separators=(",", ":")),
+                ttln_ms=REPLY_TTLN_MS,
+            )
+        except (NoPortsError, OSError) as exc:
+            log.warning("could not pass the event logging config to %s: %s", relay, exc)
+
+    async def _relay_latency(self, sender: str, value: str | None) -> None:
+        """Relay auto-selection (spec-latest 1.4): TCP-connect latency to each relay the
+        client lists, ``{"@rv": ms or -1}`` back as ``relay_latency_response.<dev>``. A null
+        or non-JSON value gets no reply, as official."""
+        try:
+            relays = json.loads(value) if value is not None else None
+        except ValueError:
+            relays = None
+        if not isinstance(relays, dict):
+            log.info("ignoring a malformed relay_latency_request from %s", sender)
+            return
+        entries = list(relays.items())[:LATENCY_MAX_RELAYS]
+        results = await asyncio.gather(*(probe_latency(v) for _k, v in entries))
+        reply = {str(k): ms for (k, _v), ms in zip(entries, results, strict=True)}
+        await self.client.notify(
+            sender,
+            f"relay_latency_response.{self.cfg.device}",
+            json.dumps(reply, separators=(",", ":")),
+            namespace=NAMESPACE,
+            ttln_ms=REPLY_TTLN_MS,
+        )
+        log.info("answered a relay latency request from %s: %s", sender, reply)
 
     async def _public_key_request(self, sender: str, value: str | None) -> None:
         if not self.cfg.accept_public_keys:

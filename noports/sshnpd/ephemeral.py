@@ -20,9 +20,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..crypto.sshkey import parse_public_key
 from ..errors import LocalError
 from ..fsutil import secure_dir
-from .authkeys import AuthorizedKeys, ephemeral_options, parse_public_key
+from .authkeys import AuthorizedKeys, ephemeral_options
 
 log = logging.getLogger("noports.sshnpd.ephemeral")
 

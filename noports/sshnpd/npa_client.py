@@ -30,9 +30,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..cli.common import escape
 from ..errors import NoPortsError
-from .permitopen import PermitOpen
+from ..log import escape
+from ..session.permitopen import PermitOpen
 
 log = logging.getLogger("noports.sshnpd.npa")
 

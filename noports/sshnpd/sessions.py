@@ -32,16 +32,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..cli.common import escape
 from ..crypto import rsa
 from ..crypto.encoding import loads_object
 from ..crypto.envelope import parse_envelope, relay_auth_line, verify_envelope
+from ..crypto.escr import EscrAuth
 from ..errors import AuthRefusedError, NoPortsError, ProtocolError, SignatureError
+from ..log import escape
+from ..names import InvalidNameError, validate_session_id
+from ..session.permitopen import PermitOpen, check_request, resolve_checked
+from ..session.relayauth import request_mode
 from ..session.wire import SessionKeys, SessionRequest, parse_request, success_response
 from ..tunnel import DaemonMulti, TunnelCrypto, mode_name, run_daemon_single
 from .ephemeral import EphemeralKeys
-from .names import InvalidNameError, validate_session_id
-from .permitopen import PermitOpen, check_request, resolve_checked
 
 log = logging.getLogger("noports.sshnpd.session")
 
@@ -51,6 +53,8 @@ NEVER_S = 365 * 86400.0
 SEEN_SESSIONS = 4096
 TUNNEL_FAILED = "Failed to start up the daemon side of the srv socket tunnel : "
 AEAD_REQUIRED = "This device daemon requires the noports AEAD mode (--require-aead)"
+#: relay auth modes this daemon's tunnel ends can use (spec-latest 2.6)
+RELAY_AUTH_MODES = frozenset({"payload", "escr"})  # our tunnel ends answer ESCR
 
 
 def _all_loopback(port: int) -> bool:
@@ -83,6 +87,9 @@ class SessionSettings:
     require_aead: bool
     private_key: rsa.PrivateKey
     ephemeral: EphemeralKeys
+    # ESCR relay auth: our PKAM key and where its public half is published
+    signing_key: rsa.PrivateKey | None = None
+    signing_uri: str | None = None
 
 
 PublicKeyOf = Callable[[str, bool], Awaitable[rsa.PublicKey]]
@@ -147,6 +154,10 @@ class SessionHandler:
         sid = req.session_id
         if self.s.require_aead and not (req.aead and req.encrypt):
             raise Refusal(AEAD_REQUIRED, sid)
+        if req.auth_to_rvd and req.relay_auth_mode not in RELAY_AUTH_MODES:
+            raise Refusal(
+                TUNNEL_FAILED + f"relay auth mode {req.relay_auth_mode} is not supported", sid
+            )
         if req.kind == "ssh" and not req.direct:
             raise Refusal("ssh_request with direct:false (reverse ssh) is not supported", sid)
         if req.auth_to_rvd and (not req.client_nonce or not req.rvd_nonce):
@@ -188,8 +199,16 @@ class SessionHandler:
         sid = req.session_id
         keys = SessionKeys.generate(encrypt=req.encrypt, twin=req.twin_keys, aead=req.aead)
         crypto: TunnelCrypto = keys.aead(sid) or keys.ctr
-        auth = None
-        if req.auth_to_rvd:
+        auth: str | EscrAuth | None = None
+        try:
+            ram, ram_key = request_mode(req.raw)
+        except ProtocolError as exc:
+            raise Refusal(str(exc), sid) from None
+        if req.auth_to_rvd and ram == "escr":
+            if self.s.signing_key is None or self.s.signing_uri is None or ram_key is None:
+                raise Refusal("this daemon cannot do escr relay authentication", sid)
+            auth = EscrAuth(sid, ram_key, self.s.signing_uri, self.s.signing_key, False)
+        elif req.auth_to_rvd:
             auth = relay_auth_line(
                 sid, req.client_nonce or "", req.rvd_nonce or "", self.s.private_key
             )
@@ -209,7 +228,7 @@ class SessionHandler:
             escape(req.relay_host, 100),
             req.relay_port,
             mode_name(crypto),
-            "on" if auth else "off",
+            ("escr" if isinstance(auth, EscrAuth) else "payload") if auth else "off",
         )
         try:
             if req.kind == "ssh":
@@ -245,7 +264,12 @@ class SessionHandler:
         task.add_done_callback(done)
 
     async def _start_single(
-        self, req: SessionRequest, auth: str | None, crypto: TunnelCrypto, host: str, port: int
+        self,
+        req: SessionRequest,
+        auth: str | EscrAuth | None,
+        crypto: TunnelCrypto,
+        host: str,
+        port: int,
     ) -> None:
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = loop.create_future()
@@ -278,7 +302,12 @@ class SessionHandler:
             )
 
     async def _start_multi(
-        self, req: SessionRequest, auth: str | None, crypto: TunnelCrypto, host: str, port: int
+        self,
+        req: SessionRequest,
+        auth: str | EscrAuth | None,
+        crypto: TunnelCrypto,
+        host: str,
+        port: int,
     ) -> None:
         ms = req.timeout_ms if req.timeout_ms is not None else NPT_DEFAULT_TIMEOUT_MS
         dm = DaemonMulti(

@@ -24,6 +24,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..crypto.escr import EscrAuth
 from ..crypto.records import C2D, D2C, RecordOpener, RecordSealer
 from ..crypto.stream import CtrKeys
 from ..errors import NoPortsError
@@ -186,7 +187,7 @@ class ClientMulti(_MultiBase):
         self,
         relay_host: str,
         relay_port: int,
-        auth_line: str | bytes | None,
+        auth_line: str | bytes | EscrAuth | None,
         crypto: TunnelCrypto,
         timeout: float,
         heartbeat: float | None,
@@ -213,7 +214,7 @@ class ClientMulti(_MultiBase):
         relay_host: str,
         relay_port: int,
         *,
-        auth_line: str | bytes | None = None,
+        auth_line: str | bytes | EscrAuth | None = None,
         crypto: TunnelCrypto = None,
         local_host: str | None = "127.0.0.1",
         local_port: int = 0,
@@ -353,7 +354,7 @@ class DaemonMulti(_MultiBase):
         relay_host: str,
         relay_port: int,
         *,
-        auth_line: str | bytes | None = None,
+        auth_line: str | bytes | EscrAuth | None = None,
         crypto: TunnelCrypto = None,
         local_host: str = "localhost",
         local_port: int = 22,

@@ -10,7 +10,9 @@ import asyncio
 import logging
 import socket
 
-from ..errors import ConnectError, PeerTimeoutError
+from ..crypto import escr
+from ..crypto.escr import EscrAuth
+from ..errors import AuthRefusedError, ConnectError, PeerTimeoutError
 
 log = logging.getLogger("noports.tunnel")
 
@@ -57,24 +59,82 @@ async def connect_tcp(
     raise ConnectError(f"cannot connect to {host}:{port}: {last}") from last
 
 
-def auth_bytes(auth_line: str | bytes | None) -> bytes:
+def auth_bytes(auth_line: str | bytes | EscrAuth | None) -> bytes:
     """The auth line as sent: the line itself plus exactly one ``\\n`` (empty if None)."""
-    if not auth_line:
+    if not auth_line or isinstance(auth_line, EscrAuth):
         return b""
     raw = auth_line.encode("utf-8") if isinstance(auth_line, str) else bytes(auth_line)
     return raw.rstrip(b"\r\n") + b"\n"
 
 
+async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    fut: asyncio.Future[None] = loop.create_future()
+    fd = sock.fileno()
+
+    def ready() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    loop.add_reader(fd, ready)
+    try:
+        await fut
+    finally:
+        loop.remove_reader(fd)
+
+
+async def escr_handshake(sock: socket.socket, auth: EscrAuth, timeout: float) -> None:
+    """Answer the relay's ESCR challenge on ``sock``; return once it said ``ok``.
+
+    Reads exactly through each line's newline (peeking first), so tunnel bytes the relay
+    forwards right after ``ok`` stay in the socket for the bridge.
+    """
+    loop = asyncio.get_running_loop()
+    prover = auth.prover()
+
+    async def run() -> escr.Event:
+        while True:
+            await _readable(loop, sock)
+            try:
+                peek = sock.recv(prover.want() or 1, socket.MSG_PEEK)
+            except (BlockingIOError, InterruptedError):
+                continue
+            if not peek:
+                return prover.eof()
+            nl = peek.find(b"\n")
+            data = sock.recv(nl + 1 if nl >= 0 else len(peek))
+            ev = prover.feed(data)
+            if ev.step is escr.Step.SEND:
+                await loop.sock_sendall(sock, ev.data)
+            elif ev.step is not escr.Step.NEED_MORE:
+                return ev
+
+    try:
+        ev = await asyncio.wait_for(run(), timeout)
+    except (TimeoutError, asyncio.TimeoutError):
+        raise PeerTimeoutError(
+            "relay authentication (escr) timed out: no challenge or verdict from the relay "
+            "(a relay without escr waits for a payload line: try --ram payload)"
+        ) from None
+    except OSError as exc:
+        raise ConnectError(f"relay connection failed during authentication: {exc}") from exc
+    if ev.step is not escr.Step.OK:
+        raise AuthRefusedError(f"relay refused authentication (escr): {ev.reason}")
+
+
 async def connect_relay(
     host: str,
     port: int,
-    auth_line: str | bytes | None,
+    auth_line: str | bytes | EscrAuth | None,
     *,
     timeout: float = RELAY_CONNECT_TIMEOUT,
     attempts: int = 1,
     retry_delay: float = 1.0,
 ) -> socket.socket:
-    """A relay socket whose first bytes, already sent, are the auth line (if any)."""
+    """A relay socket whose first bytes, already sent, are the auth line (if any).
+
+    With an :class:`~noports.crypto.escr.EscrAuth` the socket has instead answered its own
+    ESCR challenge and the relay has said ``ok``.
+    """
     loop = asyncio.get_running_loop()
     line = auth_bytes(auth_line)
     for attempt in range(1, attempts + 1):
@@ -86,12 +146,14 @@ async def connect_relay(
             log.info("relay connect attempt %d failed; retrying", attempt)
             await asyncio.sleep(retry_delay)
             continue
-        if line:
-            try:
+        try:
+            if isinstance(auth_line, EscrAuth):
+                await escr_handshake(sock, auth_line, timeout)
+            elif line:
                 await asyncio.wait_for(loop.sock_sendall(sock, line), timeout)
-            except BaseException:
-                sock.close()
-                raise
+        except BaseException:
+            sock.close()
+            raise
         return sock
     raise AssertionError("unreachable")
 

@@ -13,6 +13,7 @@ import logging
 import socket
 from collections.abc import Callable
 
+from ..crypto.escr import EscrAuth
 from ..errors import PeerTimeoutError
 from .bridge import BridgeStats, bridge
 from .net import RELAY_CONNECT_TIMEOUT, client_bind_host, connect_relay, connect_tcp, listen
@@ -56,7 +57,7 @@ async def open_client_single(
     relay_host: str,
     relay_port: int,
     *,
-    auth_line: str | bytes | None = None,
+    auth_line: str | bytes | EscrAuth | None = None,
     crypto: TunnelCrypto = None,
     local_host: str | None = "127.0.0.1",
     local_port: int = 0,
@@ -96,7 +97,7 @@ async def run_daemon_single(
     relay_host: str,
     relay_port: int,
     *,
-    auth_line: str | bytes | None = None,
+    auth_line: str | bytes | EscrAuth | None = None,
     crypto: TunnelCrypto = None,
     local_host: str = "localhost",
     local_port: int = 22,

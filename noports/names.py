@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
 __all__ = [
     "DEVICE_NAME_PATTERN",
@@ -33,6 +33,7 @@ __all__ = [
     "validate_device_group",
     "validate_atsign",
     "is_valid_atsign",
+    "normalise_atsign",
     "validate_session_id",
     "is_valid_session_id",
 ]
@@ -148,6 +149,27 @@ def is_valid_atsign(atsign: object) -> bool:
     except InvalidNameError:
         return False
     return True
+
+
+#: The atProtocol's own atSign shape, as servers accept it on the wire.
+_WIRE_ATSIGN = re.compile(r"^@[^@:\s]{1,55}$")
+
+
+def normalise_atsign(text: str) -> str:
+    """``alice`` or ``@Alice `` to ``@alice``: the one atSign normaliser of the atProtocol planes.
+
+    Strips, lower-cases and adds the ``@``, then checks the protocol's shape (no ``@``, ``:`` or
+    whitespace, 1 to 55 characters); raises :class:`InvalidNameError` otherwise. The client
+    (:func:`noports.at.commands.atsign`) and the server (``atserver.keys.normalise_atsign``)
+    both call it and re-raise in their own error type. :func:`validate_atsign` is the stricter
+    T8 grammar for atSigns a NoPorts program acts on.
+    """
+    s = text.strip().lower()
+    if not s.startswith("@"):
+        s = "@" + s
+    if not _WIRE_ATSIGN.match(s):
+        raise InvalidNameError(f"not a valid atSign: {_short(text)}")
+    return s
 
 
 def validate_session_id(sid: str) -> str:

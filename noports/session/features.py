@@ -47,7 +47,11 @@ class DaemonFeature(str, Enum):
     ACCEPTS_PUBLIC_KEYS = "acceptsPublicKeys"
     SUPPORTS_PORT_CHOICE = "supportsPortChoice"
     ADJUSTABLE_TIMEOUT = "adjustableTimeout"
+    CONTROL_CHANNEL_HEARTBEATS = "controlChannelHeartbeats"
+    SUPPORTS_RAM_ESCR = "supportsRamEscr"
+    TWIN_KEYS = "twinKeys"
     NOPORTS_AEAD = "noportsAead"
+    RELAY_LATENCY = "relayLatency"
 
     @property
     def description(self) -> str:
@@ -60,8 +64,27 @@ _DESCRIPTIONS = {
     DaemonFeature.ACCEPTS_PUBLIC_KEYS: "accept ssh public keys from the client",
     DaemonFeature.SUPPORTS_PORT_CHOICE: "support requests for specific device ports",
     DaemonFeature.ADJUSTABLE_TIMEOUT: "support the 'timeout' value in npt session requests",
+    DaemonFeature.CONTROL_CHANNEL_HEARTBEATS: "support control channel heartbeats",
+    DaemonFeature.SUPPORTS_RAM_ESCR: "support the escr relay authentication mode",
+    DaemonFeature.TWIN_KEYS: "support twin session keys",
     DaemonFeature.NOPORTS_AEAD: "support the noports AEAD encryption mode",
+    DaemonFeature.RELAY_LATENCY: "answer relay latency requests",
 }
+
+#: The control-protocol version that introduced each official feature (spec-latest 8.1);
+#: ``npCpVersion`` is the highest among the features this daemon advertises as true.
+CONTROL_PROTOCOL_VERSIONS = {
+    "acceptsPublicKeys": (1, 0, 0),
+    "srAuth": (1, 1, 0),
+    "srE2ee": (1, 1, 0),
+    "supportsPortChoice": (1, 2, 0),
+    "adjustableTimeout": (1, 3, 0),
+    "controlChannelHeartbeats": (1, 4, 0),
+    "supportsRamEscr": (1, 4, 0),
+    "twinKeys": (1, 5, 0),
+}
+#: First official sshnpd release that answers ``relay_latency_request`` (spec-latest 1.4).
+RELAY_LATENCY_SINCE = (5, 15, 0)
 
 NOPORTS_AEAD = DaemonFeature.NOPORTS_AEAD.value
 #: The error text clients use when no ping reply arrives in time (official wording).
@@ -84,9 +107,15 @@ def ping_response(
     version: str = __version__,
     core_version: str = CORE_PACKAGE_VERSION,
     aead: bool = True,
+    escr: bool = False,
+    public_signing_key_uri: str | None = None,
 ) -> dict[str, Any]:
-    """The ping-response / device_info object in the official key order.
+    """The ping-response / device_info object in the official key order (spec-latest 8.1).
 
+    Features are truthful: ``supportsRamEscr`` and ``authModes`` list ESCR only when ``escr``
+    (the daemon's tunnel ends can do it); ``publicSigningKeyUri`` is present only when given
+    (the signing key is published). Our additions: ``noportsAead`` and ``relayLatency`` (this
+    daemon answers ``relay_latency_request``, so clients need not guess from ``version``).
     ``device`` and ``device_group`` must already be validated (``names``); ``allowed_services``
     is ``PermitOpen.allowed_services()``.
     """
@@ -96,16 +125,26 @@ def ping_response(
         DaemonFeature.ACCEPTS_PUBLIC_KEYS.value: bool(accepts_public_keys),
         DaemonFeature.SUPPORTS_PORT_CHOICE.value: True,
         DaemonFeature.ADJUSTABLE_TIMEOUT.value: True,
+        DaemonFeature.CONTROL_CHANNEL_HEARTBEATS.value: True,  # heartbeat:<n> is ignored
+        DaemonFeature.SUPPORTS_RAM_ESCR.value: bool(escr),
+        DaemonFeature.TWIN_KEYS.value: True,
         DaemonFeature.NOPORTS_AEAD.value: bool(aead),
+        DaemonFeature.RELAY_LATENCY.value: True,
     }
-    return {
+    cp = max(v for k, v in CONTROL_PROTOCOL_VERSIONS.items() if features.get(k))
+    out: dict[str, Any] = {
         "devicename": device,
         "deviceGroupName": device_group,
         "version": version,
         "corePackageVersion": core_version,
         "supportedFeatures": features,
+        "authModes": ["payload", "escr"] if escr else ["payload"],
         "allowedServices": list(allowed_services),
+        "npCpVersion": ".".join(map(str, cp)),
     }
+    if public_signing_key_uri:
+        out["publicSigningKeyUri"] = public_signing_key_uri
+    return out
 
 
 def ping_response_json(**kw: Any) -> str:
@@ -127,6 +166,20 @@ class DaemonInfo:
     #: True when ``supportedFeatures`` was absent (a v4 daemon).
     legacy: bool = False
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def answers_relay_latency(self) -> bool:
+        """Whether this daemon answers ``relay_latency_request`` (spec-latest 1.4): ours say so
+        with ``relayLatency``; official Dart daemons from 5.15.0; the C daemon (``c0.1.0``)
+        and older ones never do, so a client need not wait the 20 s for them."""
+        if self.supports(DaemonFeature.RELAY_LATENCY):
+            return True
+        v = self.version or ""
+        parts = v.split("-", 1)[0].split("+", 1)[0].split(".")
+        try:
+            triple = tuple(int(x) for x in parts[:3])
+        except ValueError:
+            return False
+        return len(triple) == 3 and triple >= RELAY_LATENCY_SINCE
 
     def supports(self, feature: DaemonFeature | str) -> bool:
         name = feature.value if isinstance(feature, DaemonFeature) else feature

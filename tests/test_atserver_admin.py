@@ -25,7 +25,7 @@ pytestmark = pytest.mark.timeout(90)
 def test_linebuffer_splits_pipelined_and_crlf() -> None:
     b = LineBuffer(limit=64)
     assert b.feed(b"from:@alice\r\nnoop:0\nll") == ["from:@alice", "noop:0"]
-    assert b.feed(b"ookup:x@alice\n\n\r\n") == ["llookup:x@alice"]
+    assert b.feed(b"ookup:x@alice\n\n\r\n") == ["llookup:x@alice", "", ""]  # blanks answered
     with pytest.raises(AtError) as ei:
         b.feed(b"x" * 65)
     assert ei.value.code == "AT0005"

@@ -30,7 +30,6 @@ import json
 import os
 import shlex
 import shutil
-import sys
 import tempfile
 import time
 import urllib.request
@@ -39,9 +38,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import _compat
-from .errors import EXIT_NOT_FOUND, ConfigError
-from .localrig import (
+from .. import _compat
+from ..errors import EXIT_NOT_FOUND, ConfigError
+from .rig import (
     Child,
     HttpService,
     QuickstartError,
@@ -82,7 +81,7 @@ class Interrupted(Exception):
 
 
 def python_argv(module: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", module, *args]
+    return _compat.python_module_argv(module, *args)
 
 
 def package_root() -> str:
@@ -191,7 +190,7 @@ class Quickstart:
         return child
 
     def activate(self) -> None:
-        from .at.onboard import onboard
+        from ..at.onboard import onboard
 
         registered = set(json.loads(self._server_admin("list", "--output", "json").text("out")))
         for atsign in ATSIGNS.values():

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import LocalError, PeerTimeoutError
+from ..errors import LocalError, PeerTimeoutError
 
 
 class QuickstartError(LocalError):
