@@ -55,7 +55,9 @@ LAYERS: dict[str, int] = {
     "npa": 4,
     "srvd": 4,
     "quickstart": 4,
+    "profiles": 4,  # issue 13: desktop-app profiles and the in-process tunnel runner
     "cli": 5,
+    "ui": 4.5,  # issue 13: the web app; above profiles (4), below cli (5), which starts it
 }
 SIDEWAYS_OK = {0, 1}
 # Top-level modules that belong to a package-sized unit until they move into it.

@@ -35,6 +35,7 @@ PAGES: dict[str, tuple[str, str]] = {
     "noports-demo": ("noports.cli.demo", "build_parser"),
     "noports-quickstart": ("noports.cli.quickstart", "build_parser"),
     "noports-server": ("noports.cli.server", "_run_parser"),
+    "noports-ui": ("noports.cli.ui", "build_parser"),
 }
 
 

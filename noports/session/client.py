@@ -312,8 +312,11 @@ async def establish(
     pump: asyncio.Task[None] | None = None
     side: list[asyncio.Future[Any]] = []
     try:
+        kex = _kex_private(spec)
         eph_task = (
-            asyncio.wrap_future(ephemeral or start_ephemeral_keygen()) if spec.encrypt else None
+            asyncio.wrap_future(ephemeral or start_ephemeral_keygen())
+            if spec.encrypt and kex is None
+            else None
         )
         pk_task = asyncio.ensure_future(client.public_key(spec.daemon))
         user_task = (
@@ -474,6 +477,7 @@ async def establish(
 
         eph = await eph_task if eph_task is not None else None
         eph_pub = eph.public_key() if eph is not None else None
+        kex_pk = _kex_public(kex)
         if spec.kind == "ssh":
             payload = wire.ssh_request(
                 session_id=sid,
@@ -487,6 +491,7 @@ async def establish(
                 twin_keys=spec.twin_keys and spec.encrypt,
                 aead=spec.offer_aead and spec.encrypt,
                 relay_atsign=spec.relay,
+                kex_pk=kex_pk,
             )
             key = f"ssh_request.{spec.device}"
         else:
@@ -504,6 +509,7 @@ async def establish(
                 twin_keys=spec.twin_keys and spec.encrypt,
                 aead=spec.offer_aead and spec.encrypt,
                 relay_atsign=spec.relay,
+                kex_pk=kex_pk,
             )
             key = f"npt_request.{spec.device}"
         if escr_mode:
@@ -534,7 +540,11 @@ async def establish(
         mark("response")
         progress("Received response from the device daemon")
         result = await _verify(client, spec, sid, text, pk_task)
-        crypto = _choose_crypto(spec, sid, result, eph)
+        crypto = (
+            _choose_crypto_kex(spec, sid, result, kex)
+            if kex is not None
+            else _choose_crypto(spec, sid, result, eph)
+        )
         auth: str | EscrAuth | None = (
             relay_auth_line(sid, nonce, reply.rvd_nonce, client.keys.encrypt_private)
             if spec.auth_client and reply.rvd_nonce
@@ -623,6 +633,44 @@ def _choose_crypto(
             "the device daemon sent no session keys although encryption was requested"
         )
     return keys.ctr
+
+
+# -- X25519 in place of the RSA ephemeral key, between our own programs -------------------
+# Only with ``require_aead``: the feature check has then confirmed our AEAD mode before the
+# request, so the daemon is ours; anything else keeps the RSA key official peers need.
+
+
+def _kex_private(spec: SessionSpec) -> Any:
+    if not (spec.encrypt and spec.require_aead):
+        return None
+    from ..crypto.ephemeral import x25519_private
+
+    return x25519_private()
+
+
+def _kex_public(private: Any) -> bytes | None:
+    if private is None:
+        return None
+    from ..crypto.ephemeral import x25519_public_raw
+
+    return x25519_public_raw(private)
+
+
+def _choose_crypto_kex(
+    spec: SessionSpec, sid: str, payload: dict[str, Any], private: Any
+) -> TunnelCrypto:
+    if wire.KEX_PK_FIELD not in payload:
+        raise DowngradeRefusedError(
+            "the device daemon did not accept the AEAD mode and --require-aead was given; refusing "
+            "to fall back to AES-CTR"
+        )
+    keys = wire.kex_keys_from_response(payload, private, sid)
+    if keys.aead_secret is None:
+        raise DowngradeRefusedError(
+            "the device daemon did not accept the AEAD mode and --require-aead was given; refusing "
+            "to fall back to AES-CTR"
+        )
+    return AeadKeys(keys.aead_secret, sid)
 
 
 async def connect_client(
