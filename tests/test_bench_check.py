@@ -47,11 +47,11 @@ def test_check_flags_a_regression_beyond_tolerance_and_target(tmp_path: Path) ->
     run.update_baseline(_data(ROWS), base)
     worse = json.loads(json.dumps(ROWS))
     worse[0]["value"] = 0.6 * (1 + run.TOLERANCE["cpu"]) * 1.1  # CPU up beyond tolerance
-    worse[2]["ratio"] = 0.9  # much worse than 0.2, but the target (<= 1x) still holds
+    worse[2]["ratio"] = 1.2  # much worse than 0.2, but within tolerance of the target (<= 1x)
     worse[3]["ratio"] = 50.0  # tails are not judged
     bad, report = run.check(_data(worse), base)
     assert bad == 1 and "REGRESSED cpu" in report, report
-    worse[2]["ratio"] = 1.5  # now beyond the target too
+    worse[2]["ratio"] = 1 + run.TOLERANCE["ratio"] + 0.1  # now beyond the target's tolerance
     bad, report = run.check(_data(worse), base)
     assert bad == 2, report
 

@@ -21,7 +21,7 @@ from typing import Any, cast
 
 from ..errors import AtError
 from ..fsutil import secure_dir
-from . import tls
+from . import tls, verbs
 from .engine import Config, Engine, Reply, Session, wall_ms
 from .keys import dart_time
 from .parse import LineBuffer
@@ -188,12 +188,13 @@ class Connection(asyncio.Protocol):
         data = "".join(self.out).encode("utf-8")
         self.out.clear()
         t.write(data)
-        if self.session is not None:
-            if (
-                self.session.monitoring
-                and t.get_write_buffer_size() > self.server.engine.config.monitor_buffer_limit
-            ):
-                log.warning("closing a monitor of %s that is not reading", self.session.atsign)
+        s = self.session
+        if s is not None and s.monitoring:
+            # an authenticated monitor that keeps taking what it is sent is busy, not idle
+            # (only a request from the client counts for every other connection)
+            s.last_write = self.server.loop.time()
+            if t.get_write_buffer_size() > self.server.engine.config.monitor_buffer_limit:
+                log.warning("closing a monitor of %s that is not reading", s.atsign)
                 t.abort()
                 self.closed = True
 
@@ -338,7 +339,7 @@ class AtServer:
         self.tls = tls.ensure(self.data_dir, self.config.host)
         self.store = Store(self.data_dir / DB_FILE)
         self.store.start_checkpointer()
-        self.engine = Engine(self.store, self.config, self.clock)
+        self.engine = Engine(self.store, self.config, self.clock, handlers=verbs.HANDLERS)
         ctx = tls.server_context(self.tls)
         self._server = await self.loop.create_server(
             lambda: Connection(self),

@@ -29,12 +29,13 @@ PAGES: dict[str, tuple[str, str]] = {
     "sshnpd": ("noports.cli.sshnpd", "build_parser"),
     "sshnp": ("noports.sshnp.args", "build_parser"),
     "sshnp-ssh-config": ("noports.sshnp.sshconfig", "build_parser"),
-    "npt": ("noports.npt.run", "build_parser"),
+    "npt": ("noports.cli.npt", "build_parser"),
     "npa": ("noports.cli.npa", "build_parser"),
     "at_activate": ("noports.cli.at_activate", "build_parser"),
     "noports-demo": ("noports.cli.demo", "build_parser"),
     "noports-quickstart": ("noports.cli.quickstart", "build_parser"),
     "noports-server": ("noports.cli.server", "_run_parser"),
+    "noports-service": ("noports.cli.service", "build_parser"),
     "noports-ui": ("noports.cli.ui", "build_parser"),
 }
 
@@ -83,7 +84,7 @@ def parsers() -> dict[str, Callable[[], argparse.ArgumentParser]]:
 
 
 def render(page: str, factory: Callable[[], argparse.ArgumentParser]) -> str:
-    from argparse_manpage.manpage import Manpage
+    from argparse_manpage.manpage import Manpage  # type: ignore[import-untyped]
 
     with _neutral_environment():
         parser = factory()
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="compare instead of writing")
     a = ap.parse_args(argv)
     try:
-        import argparse_manpage  # noqa: F401
+        import argparse_manpage  # type: ignore[import-untyped]  # noqa: F401
     except ImportError:
         print("manpages: error: argparse-manpage is not installed", file=sys.stderr)
         return 2

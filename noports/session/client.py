@@ -42,20 +42,26 @@ from ..crypto import ephemeral, rsa
 from ..crypto.envelope import relay_auth_line
 from ..crypto.escr import EscrAuth
 from ..errors import (
-    EXIT_AUTH,
-    EXIT_NOT_FOUND,
-    EXIT_TIMEOUT,
     ConfigError,
     KeyNotFoundError,
     NoPortsError,
-    PeerTimeoutError,
     ProtocolError,
     RemoteError,
     SignatureError,
 )
 from ..names import validate_atsign, validate_device_name
-from ..tunnel.settings import AeadKeys, TunnelCrypto
+from ..tunnel.keys import AeadKeys, TunnelCrypto
 from . import relayauth, wire
+from .errors import (
+    DaemonFailedError,
+    DaemonRefusedError,
+    DowngradeRefusedError,
+    EscrUnsupportedError,
+    FeatureRefusedError,
+    NoAnswerError,
+    RelayRefusedError,
+    UsernameNotSharedError,
+)
 from .features import (
     FEATURE_CHECK_TIMEOUT_MESSAGE,
     DaemonFeature,
@@ -74,47 +80,6 @@ PING_TIMEOUT = 20.0  # --daemon-ping-timeout default
 NOTIFY_TTL_MS = 10_000
 NACK_GRACE = 1.0  # seconds another relay instance has to grant after one refused
 NOTIFY_TTLN_MS = 60_000
-
-
-class DaemonRefusedError(RemoteError):
-    """The daemon answered with an error string (permit-open, signature, start-up failure)."""
-
-    exit_code = EXIT_AUTH
-
-
-class DaemonFailedError(RemoteError):
-    """The daemon answered with an error that is not a refusal (e.g. its tunnel end failed)."""
-
-
-class RelayRefusedError(RemoteError):
-    """The relay sent a negative acknowledgement."""
-
-    exit_code = EXIT_AUTH
-
-
-class FeatureRefusedError(UnsupportedFeatureError):
-    """The daemon lacks a feature the flags need (official wording in the message)."""
-
-    exit_code = EXIT_AUTH
-
-
-class EscrUnsupportedError(FeatureRefusedError):
-    """escr relay auth is not possible: the daemon does not advertise ``supportsRamEscr``,
-    or our signing key cannot be published."""
-
-
-class DowngradeRefusedError(RemoteError):
-    """The strong mode was required and the daemon did not provide it."""
-
-    exit_code = EXIT_AUTH
-
-
-class UsernameNotSharedError(KeyNotFoundError):
-    exit_code = EXIT_NOT_FOUND
-
-
-class NoAnswerError(PeerTimeoutError):
-    exit_code = EXIT_TIMEOUT
 
 
 @dataclass
@@ -188,7 +153,7 @@ class Established:
 
     @property
     def mode(self) -> str:
-        from ..tunnel.settings import mode_name
+        from ..tunnel.keys import mode_name
 
         return mode_name(self.crypto)
 
@@ -583,7 +548,7 @@ def _pump_ended(task: asyncio.Task[None], inbox: _Inbox) -> None:
 
 
 def _mode(crypto: TunnelCrypto) -> str:
-    from ..tunnel.settings import mode_name
+    from ..tunnel.keys import mode_name
 
     return mode_name(crypto)
 

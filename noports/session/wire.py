@@ -37,7 +37,7 @@ from ..crypto import rsa
 from ..crypto.encoding import b64d, b64e
 from ..crypto.stream import CtrKeys
 from ..errors import ProtocolError
-from ..tunnel.settings import AeadKeys
+from ..tunnel.keys import AeadKeys
 
 EPHEMERAL_PK_TYPE = "rsa2048"
 AEAD_VERSION = 1
