@@ -223,6 +223,11 @@ def test_auto_approves_matching_requests_then_stops(owner: Owner, tmp_path: Path
             auto.wait(5)
 
 
+def test_interactive_is_named_not_unknown(tmp_path: Path, at_server: AtServerProcess) -> None:
+    p = cli(cli_env(at_server, tmp_path / "home"), "interactive", "-a", "@x")
+    assert p.returncode == 2 and "interactive mode is not provided" in p.stderr
+
+
 def test_helpers() -> None:
     assert normalise_argv(["-a", "@x"]) == ["onboard", "-a", "@x"]
     assert normalise_argv(["--help"]) == ["--help"]

@@ -83,3 +83,20 @@ def test_busy_local_port_is_refused_before_any_network_step() -> None:
         with pytest.raises(SystemExit) as e:
             npt_cli.parse([*BASE, "-l", str(port)])
     assert e.value.code == 2
+
+
+def test_password_protected_client_keys(rig: Rig, tmp_path) -> None:
+    from noports.crypto.atkeys import AtKeys
+
+    rig.daemon("dev1")
+    plain = rig.env.home / ".atsign" / "keys" / f"{rig.client}_key.atKeys"
+    protected = tmp_path / "client.atKeys"
+    AtKeys.load(plain).save(protected, pass_phrase="client pass phrase")
+    args = [*rig.base("dev1"), "-p", str(rig.sshd.port), "-k", str(protected), "-x"]
+    r = rig.env.run("npt", *args, env={"NOPORTS_NPT_PASS_PHRASE": "client pass phrase"})
+    assert r.returncode == 0, r.stderr
+    with socket.create_connection(("127.0.0.1", int(r.stdout.strip())), timeout=10) as s:
+        s.settimeout(10)
+        assert s.recv(8).startswith(b"SSH-")
+    r = rig.env.run("sshnp", *rig.base("dev1"), "-k", str(protected), "-x")
+    assert r.returncode == 3 and "protected by a pass phrase" in r.stderr, r.stderr

@@ -119,3 +119,24 @@ def test_ssh_config_pins_root_ca_and_absolute_paths(
     assert f"IdentityFile {tmp_path / 'id'}" in block
     prog = proxy.split()[1]
     assert os.path.isabs(prog), proxy  # sshnp found on PATH, or this python, by full path
+
+
+def test_save_profile_writes_the_official_layout_and_reads_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r = _sshnp(*BASE, "-u", "pi", "-o", "-D 1080", "--save-profile", "my pi", home=tmp_path)
+    assert r.returncode == 0, r.stderr
+    path = tmp_path / ".sshnp" / "config" / "my_pi.env"
+    assert path.read_text() == "\n".join([
+        "PROFILE_NAME=my pi", "FROM=@alice", "TO=@bob", "SRVD=@relay", "DEVICE=dev1",
+        "LOCAL_PORT=0", "SEND_SSH_PUBLIC_KEY=false", "LOCAL_SSH_OPTIONS=-D 1080",
+        "REMOTE_USER_NAME=pi", "ROOT_DOMAIN=root.atsign.org", "REMOTE_SSHD_PORT=22",
+        "AUTHENTICATE_CLIENT_TO_RVD=true", "AUTHENTICATE_DEVICE_TO_RVD=true",
+        "ENCRYPT_RVD_TRAFFIC=true"])  # fmt: skip
+    monkeypatch.setenv("HOME", str(tmp_path))
+    a = sshnp_args.parse(["--profile", "my pi"])
+    assert (a.from_, a.to, a.srvd, a.device, a.remote_user_name) == (
+        "@alice", "@bob", "@relay", "dev1", "pi")  # fmt: skip
+    assert a.local_ssh_argv == ["-D", "1080"]
+    r = _sshnp(*BASE, "--save-profile", "my pi", home=tmp_path)
+    assert r.returncode == 2 and "already exists" in r.stderr

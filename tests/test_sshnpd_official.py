@@ -141,3 +141,23 @@ def test_drop_empty_keeps_option_values():
     assert drop_empty(["--permit-open", "", "-v"], p) == ["--permit-open", "", "-v"]
     a = parse_args(p, "sshnpd", ["-a", "@x", "", "-m", "@y", "--po", ""], environ={})
     assert a.permit_open == "" and a.managers == ["@y"]
+
+
+def test_official_sample_layout_with_empty_values(tmp_path):
+    """The keys the official sample sshnpd.yaml carries, most left empty as it ships them
+    (empty = not set), including its ``ssh-client:`` spelling."""
+    cfg = tmp_path / "sshnpd.yaml"
+    cfg.write_text(
+        "atsign:\n  atsign: dev_np\n  keys: \n  root: \n"
+        "access:\n  policy:\n  managers:\n    - alice_np\n  permitopen:\n    - localhost:22\n"
+        "device:\n  name:\n  group: \n"
+        "ssh:\n  add-publickeys: false\n  ssh-client: openssh\n  sshd-port: 22\n"
+        "  publickey-permissions:\n\n"
+        "runtime:\n  storage-path: \n  clear-cached-pks: false\n  verbose: true\n"
+    )
+    a = parse_args(build_parser(), "sshnpd", [], environ={"SSHNPD_CONFIG": str(cfg)},
+                   yaml_keys=YAML_KEYS, config_env=("SSHNPD_CONFIG",))
+    c = config_from_args(a)
+    assert (c.atsign, c.managers, c.device, c.device_group) == ("@dev_np", ("@alice_np",),
+                                                                 "default", "__none__")
+    assert str(c.permit_open) == "localhost:22" and a.verbose and a.root is None

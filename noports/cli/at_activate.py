@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("help", help="show this help")
     sub.add_parser(
+        "interactive", parents=[common], help="(official; not provided: run the commands directly)"
+    )
+    sub.add_parser(
         "status",
         parents=[common],
         help="is the atSign known and reachable, with a publickey? (exit 0-4)",
@@ -720,6 +723,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "help":
         parser.print_help()
         return 0
+    if args.cmd == "interactive":
+        print(
+            f"{PROG}: error: interactive mode is not provided; run the commands directly "
+            f"(e.g. {PROG} list -a {args.atsign} -s pending, then approve -i ID)",
+            file=sys.stderr,
+        )
+        return 2
     setup_logging(args)
     try:
         return int(_compat.run(_run(args)))

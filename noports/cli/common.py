@@ -102,6 +102,15 @@ def add_client_atsign_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="atKeys file (default ~/.atsign/keys/<from>_key.atKeys)",
     )
+    parser.add_argument(
+        "-P",
+        "--pass-phrase",
+        "--passPhrase",
+        dest="pass_phrase",
+        default=None,
+        help="pass phrase of a password-protected atKeys file (prefer the environment: "
+        f"NOPORTS_{(parser.prog or '').upper()}_PASS_PHRASE[_FILE])",
+    )
 
 
 DEFAULT_ROOT_DOMAIN = "root.atsign.org"

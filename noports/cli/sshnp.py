@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ephemeral.prestart(argv)
     from .. import _compat
+    from ..errors import NoPortsError
     from ..log import setup_logging
     from ..session.background import run_detached
     from ..sshnp import args as sshnp_args
@@ -37,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
         argv, command = argv[:i], argv[i + 1 :]
     args = sshnp_args.parse(argv)
     setup_logging(args)
+    if args.save_profile:
+        try:
+            print(f"saved profile {sshnp_args.save_profile(args)}", file=sys.stderr)
+        except (NoPortsError, OSError) as exc:
+            return fail("sshnp", exc)
+        return 0
 
     def work(report: Reporter | None) -> int:
         from ..sshnp import run

@@ -48,6 +48,7 @@ YAML_KEYS = {
     "/device/hide": "hide",
     "/ssh/add-publickeys": "sshpublickey",
     "/ssh/client": "ssh_client",
+    "/ssh/ssh-client": "ssh_client",  # what the official sample sshnpd.yaml writes
     "/ssh/sshd-port": "local_sshd_port",
     "/ssh/publickey-permissions": "sshpublickey_permissions",
     "/ssh/ephemeral-permissions": "ephemeral_permissions",

@@ -84,7 +84,11 @@ async def run(args: argparse.Namespace, report: Reporter | None = None) -> int:
     eph = start_ephemeral_keygen() if args.encrypt and not args.require_aead else None
     t_connect = time.monotonic()
     client = await connect_client(
-        args.from_, keys_file=args.key_file, root=root, ca_file=args.ca_file
+        args.from_,
+        keys_file=args.key_file,
+        root=root,
+        ca_file=args.ca_file,
+        pass_phrase=getattr(args, "pass_phrase", None),
     )
     connect_ms: float | None = round((time.monotonic() - t_connect) * 1000, 1)
     port = args.local_port

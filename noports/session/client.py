@@ -645,10 +645,19 @@ async def connect_client(
     root: str | None,
     ca_file: str | None,
     timeout: float = 10.0,
+    pass_phrase: str | None = None,
 ) -> AtClient:
-    """Our atClient (PKAM); errors keep their types (KeyFileError, ConnectError...)."""
+    """Our atClient (PKAM); errors keep their types (KeyFileError, ConnectError...).
+    ``pass_phrase`` opens a password-protected atKeys file."""
+    a = validate_atsign(atsign, add_at=True)
+    keys = None
+    if pass_phrase:
+        from ..crypto.atkeys import AtKeys, default_keys_path
+
+        keys = AtKeys.load(keys_file or default_keys_path(a), a, pass_phrase=pass_phrase)
     return await AtClient.connect(
-        validate_atsign(atsign, add_at=True),
+        a,
+        keys=keys,
         keys_file=keys_file,
         root=root,
         ca_file=ca_file,

@@ -74,6 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-l", "--local-port", type=int, default=0, help="local port (0 = any free port)")
     p.add_argument("-k", "--key-file", default=None, help="atKeys file")
     p.add_argument(
+        "-P",
+        "--pass-phrase",
+        "--passPhrase",
+        dest="pass_phrase",
+        default=None,
+        help="pass phrase of a password-protected atKeys file (prefer the environment: "
+        "NOPORTS_SSHNP_PASS_PHRASE or NOPORTS_SSHNP_PASS_PHRASE_FILE)",
+    )
+    p.add_argument(
         "-i", "--identity-file", default=None, help="ssh private key for the user session"
     )
     p.add_argument("--identity-passphrase", default=None, help=argparse.SUPPRESS)
@@ -145,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="env-style KEY=VALUE config file",
     )
     p.add_argument("--profile", default=None, help="~/.sshnp/config/<PROFILE>.env")
+    p.add_argument(
+        "--save-profile",
+        default=None,
+        metavar="NAME",
+        help="write these settings as the official profile ~/.sshnp/config/<NAME>.env "
+        "(spaces become '_') and exit",
+    )
     p.add_argument(
         "--list-devices",
         "--ls",
@@ -220,6 +236,46 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_common(p)
     return p
+
+
+def profile_text(args: argparse.Namespace, name: str) -> str:
+    """The official profile writer's text: ``KEY=value`` lines in its order, joined by
+    newlines without a trailing one; lists comma-joined, booleans ``true``/``false``, unset
+    values and command-line-only settings (keys, identity, verbosity...) left out."""
+
+    def b(v: bool) -> str:
+        return "true" if v else "false"
+
+    items: list[tuple[str, object]] = [
+        ("PROFILE_NAME", name),
+        ("FROM", args.from_),
+        ("TO", args.to),
+        ("SRVD", args.srvd),
+        ("DEVICE", args.device),
+        ("LOCAL_PORT", args.local_port),
+        ("SEND_SSH_PUBLIC_KEY", b(args.send_ssh_public_key)),
+        ("LOCAL_SSH_OPTIONS", ",".join(args.local_ssh_options)),
+        ("REMOTE_USER_NAME", args.remote_user_name),
+        ("TUNNEL_USER_NAME", args.tunnel_user_name),
+        ("ROOT_DOMAIN", args.root_domain),
+        ("REMOTE_SSHD_PORT", args.remote_sshd_port),
+        ("AUTHENTICATE_CLIENT_TO_RVD", b(args.auth_client)),
+        ("AUTHENTICATE_DEVICE_TO_RVD", b(args.auth_device)),
+        ("ENCRYPT_RVD_TRAFFIC", b(args.encrypt)),
+    ]
+    return "\n".join(f"{k}={v}" for k, v in items if v is not None)
+
+
+def save_profile(args: argparse.Namespace) -> Path:
+    name = args.save_profile.strip()
+    if not name or os.sep in name or name.startswith(".") or any(ord(c) < 0x20 for c in name):
+        raise ConfigError(f"--save-profile {name!r}: give a profile name, not a path")
+    path = profile_dir() / f"{name.replace(' ', '_')}.env"
+    if path.exists():
+        raise ConfigError(f"Failed to write config file: {path} already exists")
+    from ..fsutil import write_secret
+
+    return write_secret(path, profile_text(args, name).encode("utf-8"), overwrite=False)
 
 
 def _preparse_file(argv: list[str]) -> tuple[str | None, str | None]:

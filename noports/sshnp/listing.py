@@ -38,6 +38,7 @@ async def list_devices(args: argparse.Namespace) -> int:
         keys_file=args.key_file,
         root=args.root or args.root_domain,
         ca_file=args.ca_file,
+        pass_phrase=getattr(args, "pass_phrase", None),
     )
     try:
         found = await scan_devices(client, args.to)

@@ -96,6 +96,7 @@ async def open_session(args: argparse.Namespace) -> tuple[AtClient, Established]
         keys_file=args.key_file,
         root=args.root or args.root_domain,
         ca_file=args.ca_file,
+        pass_phrase=getattr(args, "pass_phrase", None),
     )
     connect_ms = round((time.monotonic() - t_connect) * 1000, 1)
     try:
