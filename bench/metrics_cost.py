@@ -11,7 +11,7 @@ without, one worker each), asks each for one session with relay auth off on both
    processes (control + worker) used from ``/proc/<pid>/stat``, minus the same idle interval
    without scrapes; also at 0 pairs, as the baseline;
 2. moves ``--mib`` MiB A->B through one pair of each relay, alternating round by round, with
-   a scrape every second on the metrics one, and prints the Gbps of both and their ratio.
+   a scrape every 100 ms on the metrics one, and prints the Gbps of both and their ratio.
 
 Bounded: at most a few minutes; every socket and process is closed at the end.
 """
