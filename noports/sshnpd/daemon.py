@@ -503,6 +503,10 @@ class Daemon:
             if r.session_id is not None:
                 await self._reply_error(sender, r.session_id, r.text)
             return
+        except BaseException:
+            if self.observer is not None and sid is not None:
+                self.observer.live.pop(sid, None)  # no tunnel: not a live session
+            raise
         await self.client.send_signed(
             sender,
             f"{sid}.{self.cfg.device}",
