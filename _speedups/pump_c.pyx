@@ -82,6 +82,10 @@ cdef enum:
     PIPE_DEFAULT = 65536
     MAX_ROUNDS = 8
     SPARE_MAX = 64
+    # Fairness between pairs: a wake-up stops once it moved this many bytes (the pure twin's
+    # _WAKE_BYTES); the fd stays readable, so the pair is served again on the loop's next
+    # turn, after every other ready pair (round-robin).
+    WAKE_BYTES = 524288
 
 # Empty default-size pipes between uses, as (read fd, write fd, capacity). A direction
 # holds a pipe only while bytes are in flight, so pipes (fds and the per-user pipe quota)
@@ -328,7 +332,8 @@ cdef class Pump:
             return
         if self.pr[d] < 0 and not self._acquire_pipe(d):
             return
-        # A few rounds per wakeup: fewer trips through the event loop on a busy pair.
+        # A few rounds per wakeup (fewer trips through the event loop on a busy pair), at
+        # most WAKE_BYTES (fairness between pairs).
         for rounds in range(MAX_ROUNDS):
             n = np_splice(self.fd[d], self.pw[d], <size_t>self.pcap[d])
             if n > 0:
@@ -344,6 +349,8 @@ cdef class Pump:
                             self.pcap[d] = cap
                             _grown += 1
                 if not self._drain(d):
+                    return
+                if moved >= WAKE_BYTES:
                     return
             elif n == 0:
                 self.eof[d] = True

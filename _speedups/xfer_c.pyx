@@ -30,6 +30,20 @@ from noports.errors import IntegrityError, TruncationError
 cdef extern from "errno.h":
     int EWOULDBLOCK
 
+cdef extern from "time.h" nogil:
+    ctypedef long time_t
+    struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(int clk, timespec *ts)
+    int CLOCK_MONOTONIC
+
+
+cdef inline long long _now_ns() noexcept:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <long long>ts.tv_sec * 1000000000 + ts.tv_nsec
+
 cdef extern from "sys/socket.h" nogil:
     ssize_t c_recv "recv" (int fd, void *buf, size_t n, int flags)
     ssize_t c_send "send" (int fd, const void *buf, size_t n, int flags)
@@ -43,6 +57,17 @@ DEFAULT_BUFSIZE = 256 * 1024
 INITIAL_BUFSIZE = 16 * 1024
 MAX_ROUNDS = 16
 RECORDS_PER_READ = 4
+
+# Work per wake-up (the pure twin's "Fairness"); the same values and rules.
+SOLO_BYTES = 1024 * 1024
+SOLO_NS = 2_000_000
+FAIR_BYTES = 64 * 1024
+FAIR_NS = 250_000
+FAIR_WINDOW_NS = 100_000_000
+LIGHT_BYTES = 16 * 1024
+cdef Py_ssize_t C_SOLO_BYTES = SOLO_BYTES, C_FAIR_BYTES = FAIR_BYTES
+cdef long long C_SOLO_NS = SOLO_NS, C_FAIR_NS = FAIR_NS, C_FAIR_WINDOW_NS = FAIR_WINDOW_NS
+cdef long long _light_until = 0
 
 cdef enum:
     C_WANT_READ = 1
@@ -145,6 +170,8 @@ cdef class _Base:
     cdef public bint eof
     cdef public object transferred
     cdef public Py_ssize_t max_rounds
+    cdef public Py_ssize_t budget
+    cdef public long long budget_ns
     cdef object outbuf
     cdef object outmv
     cdef char *outp
@@ -152,6 +179,10 @@ cdef class _Base:
 
     cdef int _step(self) except -1:
         raise NotImplementedError
+
+    cdef inline bint _spent(self, Py_ssize_t rounds, Py_ssize_t moved, long long t0) noexcept:
+        """After the first round: is this wake-up's budget (bytes or time) used up?"""
+        return rounds > 0 and (moved >= self.budget or _now_ns() - t0 >= self.budget_ns)
 
     def step(self):
         """Move what can be moved now; WANT_READ, WANT_WRITE or DONE (see the pure twin)."""
@@ -191,6 +222,8 @@ cdef class CopyPump(_Base):
         self.vout = _View()
         self.bufsize = bufsize
         self.max_rounds = max_rounds
+        self.budget = C_SOLO_BYTES
+        self.budget_ns = C_SOLO_NS
         self._alloc(min(bufsize, INITIAL_BUFSIZE))
         self.off = 0
         self.end = 0
@@ -211,8 +244,9 @@ cdef class CopyPump(_Base):
         return self.outbuf
 
     cdef int _step(self) except -1:
-        cdef Py_ssize_t rounds = 0, n
+        cdef Py_ssize_t rounds = 0, n, want
         cdef long long moved = 0
+        cdef long long t0 = _now_ns()
         cdef bint drained = False
         try:
             while True:
@@ -222,10 +256,17 @@ cdef class CopyPump(_Base):
                     return C_DONE
                 if drained or rounds >= self.max_rounds:
                     return C_WANT_READ
+                if self._spent(rounds, moved, t0):
+                    return C_WANT_READ
                 rounds += 1
                 if self.grow:
                     self._alloc(self.bufsize)
-                n = _recv(self.sfd, self.outp, self.cur)
+                want = self.budget - moved
+                if want < 1:
+                    want = 1
+                if want > self.cur:
+                    want = self.cur
+                n = _recv(self.sfd, self.outp, want)
                 if n < 0:
                     return C_WANT_READ
                 if n == 0:
@@ -236,7 +277,7 @@ cdef class CopyPump(_Base):
                 self.off = 0
                 self.end = n
                 moved += n
-                if n < self.cur:
+                if n < want:
                     drained = True
                 elif self.cur < self.bufsize:
                     self.grow = True
@@ -266,6 +307,8 @@ cdef class SealPump(_Base):
         self.sealer = sealer
         self.maxlen = max(1, min(bufsize, RECORDS_PER_READ * MAXPT))
         self.max_rounds = max_rounds
+        self.budget = C_SOLO_BYTES
+        self.budget_ns = C_SOLO_NS
         self._alloc(min(self.maxlen, INITIAL_BUFSIZE))
         self.encrypt_into = sealer.aead.encrypt_into
         self.nonce = sealer.nonce
@@ -306,8 +349,9 @@ cdef class SealPump(_Base):
         return HDR + n + TAG
 
     cdef int _step(self) except -1:
-        cdef Py_ssize_t rounds = 0, n, pos, off, chunk
-        cdef long long moved = 0
+        cdef Py_ssize_t rounds = 0, n, pos, off, chunk, want
+        cdef long long moved = 0, readn = 0
+        cdef long long t0 = _now_ns()
         cdef bint drained = False
         sealer = self.sealer
         self.seq = sealer.seq
@@ -319,13 +363,21 @@ cdef class SealPump(_Base):
                     return C_DONE
                 if drained or rounds >= self.max_rounds:
                     return C_WANT_READ
+                if self._spent(rounds, readn, t0):
+                    return C_WANT_READ
                 rounds += 1
                 if self.grow:
                     self._alloc(self.maxlen)
-                n = _recv(self.sfd, self.inp, self.inlen)
+                want = self.budget - readn
+                if want < 1:
+                    want = 1
+                if want > self.inlen:
+                    want = self.inlen
+                n = _recv(self.sfd, self.inp, want)
                 if n < 0:
                     return C_WANT_READ
-                if n < self.inlen:
+                readn += n
+                if n < want:
                     drained = True
                 elif self.inlen < self.maxlen:
                     self.grow = True
@@ -376,6 +428,8 @@ cdef class OpenPump(_Base):
         self.opener = opener
         self.maxout = max(MAXPT, bufsize)
         self.max_rounds = max_rounds
+        self.budget = C_SOLO_BYTES
+        self.budget_ns = C_SOLO_NS
         # at least one whole record each side; grows to maxout when the flow is bulk
         self.outlen = MAXPT
         self.inlen = MAXFRAME + min(INITIAL_BUFSIZE, self.maxout)
@@ -479,7 +533,8 @@ cdef class OpenPump(_Base):
 
     cdef int _step(self) except -1:
         cdef Py_ssize_t rounds = 0, n, left, want
-        cdef long long moved = 0
+        cdef long long moved = 0, readn = 0
+        cdef long long t0 = _now_ns()
         cdef bint drained = False
         self.seq = self.opener.seq
         try:
@@ -498,6 +553,8 @@ cdef class OpenPump(_Base):
                     return C_DONE
                 if drained or rounds >= self.max_rounds:
                     return C_WANT_READ
+                if self._spent(rounds, readn, t0):
+                    return C_WANT_READ
                 rounds += 1
                 if self.grow:
                     self._grow()
@@ -509,13 +566,18 @@ cdef class OpenPump(_Base):
                     memmove(self.inp, self.inp + self.istart, left)
                     self.istart = 0
                     self.iend = left
-                want = self.inlen - self.iend
+                want = self.budget - readn
+                if want < MAXFRAME:
+                    want = MAXFRAME
+                if want > self.inlen - self.iend:
+                    want = self.inlen - self.iend
                 n = _recv(self.sfd, self.inp + self.iend, want)
                 if n < 0:
                     return C_WANT_READ
                 if n == 0:
                     raise TruncationError("record stream ended without a close record")
                 self.iend += n
+                readn += n
                 if n < want:
                     drained = True
                 elif self.outlen < self.maxout:
@@ -557,9 +619,27 @@ cdef class Flow:
         self.done = False
 
     def drive(self):
+        global _light_until
         cdef int code
+        cdef long long now
+        cdef object pump = self.pump
         if self.done:
             return
+        now = _now_ns()
+        if self.cpump is not None:
+            if now < _light_until:
+                self.cpump.budget = C_FAIR_BYTES
+                self.cpump.budget_ns = C_FAIR_NS
+            else:
+                self.cpump.budget = C_SOLO_BYTES
+                self.cpump.budget_ns = C_SOLO_NS
+        elif now < _light_until:
+            pump.budget = FAIR_BYTES
+            pump.budget_ns = FAIR_NS
+        else:
+            pump.budget = SOLO_BYTES
+            pump.budget_ns = SOLO_NS
+        before = pump.transferred
         try:
             if self.cpump is not None:
                 code = self.cpump._step()
@@ -568,6 +648,9 @@ cdef class Flow:
         except BaseException as exc:  # every failure aborts the bridge
             self.on_fail(exc)
             return
+        moved = pump.transferred - before
+        if 0 < moved < LIGHT_BYTES:
+            _light_until = now + C_FAIR_WINDOW_NS
         if code == C_WANT_READ:
             if self.reading and not self.writing:
                 return

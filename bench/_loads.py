@@ -15,6 +15,9 @@ and none shares a GIL with another:
 * ``client_end`` / ``daemon_end``: the two tunnel ends in single mode
   (``open_client_single`` / ``run_daemon_single``).
 * ``echo``: a 64-byte ping-pong echo, listening or connecting out through a relay.
+* ``client_multi`` / ``daemon_multi``: the two tunnel ends in multi mode (``ClientMulti`` /
+  ``DaemonMulti``, one relay pair per connection, as ``npt``), and ``service``: echo or sink
+  by the first byte of each connection (the mixed-load benchmark).
 
 Every child dies with its parent (PR_SET_PDEATHSIG and EOF on stdin), every wait on a child
 or socket has a deadline, and ``Proc.close`` terminates, then kills, then reaps.
@@ -673,6 +676,38 @@ def pingpong(sock: socket.socket, n: int, warmup: int = 0) -> list[float]:
     return out
 
 
+def paced_pings(sock: socket.socket, period_us: float, stop: Any, limit: int) -> list[float]:
+    """64-byte round trips on a fixed schedule (one every ``period_us``, like the frames of
+    an interactive session) until ``stop()`` or ``limit``; each latency counts from the
+    message's *scheduled* time, so a stall delays every message due during it (no
+    coordinated omission: a closed loop would take few samples while the tunnel is slow and
+    many while it is fast, and its median would hide the stalls). Microseconds."""
+    sock.settimeout(10)
+    buf = bytearray(MSG)
+    mv = memoryview(buf)
+    msg = pattern()[:MSG]
+    out: list[float] = []
+    perf = time.perf_counter_ns
+    period = int(period_us * 1000)
+    t_next = perf()
+    while len(out) < limit and not stop():
+        now = perf()
+        if now < t_next:
+            time.sleep((t_next - now) / 1e9)
+        sock.sendall(msg)
+        got = 0
+        while got < MSG:
+            k = sock.recv_into(mv[got:])
+            if not k:
+                raise AssertionError("echo closed the connection")
+            got += k
+        if buf != msg:
+            raise AssertionError("a round trip came back altered")
+        out.append((perf() - t_next) / 1000)
+        t_next += period
+    return out
+
+
 def summary(rtts: list[float], block: int | None = None) -> dict[str, Any]:
     """Median, p99, mean, count; with ``block``, also each interleaved block's median (the
     spread between blocks shows how much other load on the machine moved the figure)."""
@@ -861,6 +896,202 @@ def role_daemon_end() -> None:
         )
 
     _compat.run(main())
+
+
+def role_service() -> None:
+    """One port, two kinds of connection (the first byte says which): ``E`` echoes every
+    byte back (the interactive connection), ``S`` reads to EOF and reports the byte count
+    and the seconds from its first byte to EOF (the bulk connection). Used by the mixed-load
+    benchmark, where both connections of one tunnel session reach the same service."""
+    lock = threading.Lock()
+
+    def serve(s: socket.socket) -> None:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = bytearray(RECV_CHUNK)
+        mv = memoryview(buf)
+        with s:
+            kind = s.recv(1)
+            if kind == b"E":
+                while True:
+                    try:
+                        n = s.recv_into(buf, 65536)
+                    except OSError:
+                        return
+                    if not n:
+                        return
+                    s.sendall(mv[:n])
+            got = 0
+            t0 = None
+            while True:
+                n = s.recv_into(buf)
+                if t0 is None:
+                    t0 = time.monotonic()
+                if not n:
+                    break
+                got += n
+            t1 = time.monotonic()  # CLOCK_MONOTONIC: comparable between processes
+            t0 = t0 or t1
+            with lock:
+                _reply({"sink": got, "seconds": max(t1 - t0, 1e-9), "t0": t0, "t1": t1})
+
+    def accept_loop(ls: socket.socket) -> None:
+        while True:
+            c, _ = ls.accept()
+            threading.Thread(target=serve, args=(c,), daemon=True).start()
+
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(16)
+    threading.Thread(target=accept_loop, args=(ls,), daemon=True).start()
+    _reply({"port": ls.getsockname()[1]})
+    _exit_on_stdin_eof()
+    threading.Event().wait()
+
+
+def role_client_multi() -> None:
+    """The client end of a multi-mode session (``ClientMulti``): every local connection gets
+    its own relay pair, like ``npt``. Reports CPU from ready until stdin says ``stop``."""
+    from noports import _compat
+    from noports.tunnel import ClientMulti
+
+    cfg = json.loads(sys.stdin.readline())
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        client = await ClientMulti.open(
+            cfg["relay_host"],
+            cfg["relay_port"],
+            auth_line=cfg["auth"],
+            crypto=crypto_from_config(cfg["crypto"]),
+            impl=cfg["impl"],
+            timeout=300,
+        )
+        await _multi_serve(loop, client.port, lambda: client.stats, client.close)
+
+    _compat.run(main())
+
+
+def role_daemon_multi() -> None:
+    from noports import _compat
+    from noports.tunnel import DaemonMulti
+
+    cfg = json.loads(sys.stdin.readline())
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        d = DaemonMulti(
+            cfg["relay_host"],
+            cfg["relay_port"],
+            auth_line=cfg["auth"],
+            crypto=crypto_from_config(cfg["crypto"]),
+            impl=cfg["impl"],
+            local_host="127.0.0.1",
+            local_port=cfg["local_port"],
+            timeout=300,
+        )
+        await d.connect()
+        task = loop.create_task(d.run())
+
+        async def stop() -> None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+        await _multi_serve(loop, 0, lambda: d.stats, stop)
+
+    _compat.run(main())
+
+
+async def _multi_serve(loop: Any, port: int, stats: Any, stop: Any) -> None:
+    """Commands on stdin: ``cpu`` (CPU seconds so far, user, sys), ``stop``; EOF stops."""
+    lines: asyncio.Queue[bytes] = asyncio.Queue()
+    pending = bytearray()
+
+    def on_stdin() -> None:
+        data = os.read(0, 4096)
+        if not data:
+            loop.remove_reader(0)
+            lines.put_nowait(b"")
+            return
+        pending.extend(data)
+        while b"\n" in pending:
+            i = pending.index(b"\n")
+            lines.put_nowait(bytes(pending[:i]))
+            del pending[: i + 1]
+
+    loop.add_reader(0, on_stdin)
+    _reply({"port": port})
+    while True:
+        raw = await lines.get()
+        if not raw or json.loads(raw)["op"] == "stop":
+            break
+        t = os.times()
+        st = stats()
+        _reply(
+            {
+                "cpu": time.process_time(),
+                "user": t[0],
+                "sys": t[1],
+                "up": st.bytes_up,
+                "down": st.bytes_down,
+                "failed": st.failed,
+            }
+        )
+    await stop()
+    loop.remove_reader(0)
+
+
+class MultiEnds:
+    """A multi-mode client end and daemon end (separate processes) on one relay session:
+    every connection to ``port`` is one data connection of the same tunnel session."""
+
+    def __init__(
+        self, sess: RelaySession, crypto: Any, impl: str | None, service_port: int
+    ) -> None:
+        cc = crypto_config(crypto)
+        self.daemon = Proc(
+            ["daemon_multi"],
+            name="daemon end (multi)",
+            config={
+                "relay_host": sess.host,
+                "relay_port": sess.port_b,
+                "auth": sess.line_b.decode(),
+                "crypto": cc,
+                "impl": impl,
+                "local_port": service_port,
+            },
+        )
+        try:
+            self.daemon.recv(30)  # control socket up (side B first)
+            self.client = Proc(
+                ["client_multi"],
+                name="client end (multi)",
+                config={
+                    "relay_host": sess.host,
+                    "relay_port": sess.port_a,
+                    "auth": sess.line_a.decode(),
+                    "crypto": cc,
+                    "impl": impl,
+                },
+            )
+            self.port = self.client.recv(30)["port"]
+        except BaseException:
+            self.close()
+            raise
+
+    def cpu(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        return self.client.call({"op": "cpu"}), self.daemon.call({"op": "cpu"})
+
+    def close(self) -> None:
+        for p in (getattr(self, "client", None), self.daemon):
+            if p is not None:
+                with contextlib.suppress(Exception):
+                    p.close(timeout=3)
+
+    def __enter__(self) -> MultiEnds:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class StreamsRelay:
@@ -1086,6 +1317,9 @@ ROLES = {
     "client_end": role_client_end,
     "daemon_end": role_daemon_end,
     "relay": role_relay,
+    "service": role_service,
+    "client_multi": role_client_multi,
+    "daemon_multi": role_daemon_multi,
 }
 
 

@@ -4,6 +4,13 @@
     python bench/run.py -k relay   # a subset (pytest -k expression)
     python bench/run.py --json out.json
     python bench/run.py --quick    # smaller transfers, fewer rounds (a smoke run)
+    python bench/run.py -k "test_relay or test_tunnel" --quick --check   # the guard (CI)
+    python bench/run.py ... --update-baseline    # store this run's figures as the baseline
+
+``--check`` compares the CPU-time rows (s/GB, us of CPU, KiB per pair) and the side-by-side
+ratios (never a bare wall time) with ``bench/baseline.json`` and exits non-zero when one
+regressed beyond its tolerance; rows the baseline does not know are listed, not judged. The
+targets are shown as met or missed.
 
 Each row: scenario, implementation, measured value, the baseline measured side by side in
 the same run, the ratio, and the DESIGN.md target.
@@ -99,6 +106,131 @@ def table(data: dict) -> str:
     return "\n".join(out)
 
 
+BASELINE = HERE / "baseline.json"
+# relative tolerance before a change counts as a regression: CPU figures held within ~15%
+# between runs on a shared 2-core VM, ratios of wall times moved by up to 2x
+TOLERANCE = {"cpu": 0.35, "ratio": 0.6}
+
+
+def rows_of(data: dict) -> list[dict]:
+    out = []
+    for b in data.get("benchmarks", []):
+        info = b.get("extra_info") or {}
+        if "scenario" not in info:
+            continue
+        params = b.get("params") or {}
+        for x in [info, *info.get("more_rows", [])]:
+            impl = params.get("impl") or x.get("impl") or "-"
+            out.append({**x, "impl": impl})
+    return out
+
+
+def guarded(row: dict) -> tuple[str, float] | None:
+    """(kind, figure) for a row the check judges: CPU time or memory per unit of work (its
+    value), or a ratio against a baseline measured in the same run; None for wall times."""
+    unit, metric = row.get("unit") or "", row.get("metric") or ""
+    if "p99" in metric or "p95" in metric:
+        return None  # tails follow the other tenants of the machine (10x between runs)
+    if unit in ("s/GB", "KiB") or ("CPU" in metric and unit in ("us", "ms", "%")):
+        if unit == "%":
+            return None  # idle CPU: ~0, a relative tolerance means nothing
+        return "cpu", float(row["value"])
+    if row.get("ratio") is not None:
+        return "ratio", float(row["ratio"])
+    return None
+
+
+def row_key(row: dict) -> str:
+    vs = f" vs {row['baseline']}" if row.get("baseline") else ""
+    return f"{row['scenario']} | {row['impl']} | {row['metric']}{vs}"
+
+
+def target_bound(row: dict) -> tuple[str, float, bool] | None:
+    """(op, bound, on the ratio) for a target of the form '<= N[x| unit]' or '>= N[x]'."""
+    import re
+
+    t = row.get("target") or ""
+    m = re.search(r"(<=|>=)\s*([0-9.]+)\s*(x?)", t.split("(")[-1] if "(" in t else t)
+    if not m:
+        return None
+    return m.group(1), float(m.group(2)), m.group(3) == "x"
+
+
+def target_status(row: dict) -> str:
+    """'met', 'missed' or '' (no target of a form we read)."""
+    tb = target_bound(row)
+    if tb is None:
+        return ""
+    op, bound, on_ratio = tb
+    fig = row.get("ratio") if on_ratio else row.get("value")
+    if fig is None:
+        return ""
+    ok = fig <= bound if op == "<=" else fig >= bound
+    return "met" if ok else "missed"
+
+
+def check(data: dict, baseline_path: Path = BASELINE) -> tuple[int, str]:
+    """(number of regressions, report)."""
+    try:
+        base = json.loads(baseline_path.read_text())["rows"]
+    except (OSError, ValueError, KeyError):
+        return 1, f"no baseline at {baseline_path} (run with --update-baseline first)"
+    lines, bad = [], 0
+    for row in rows_of(data):
+        g = guarded(row)
+        ts = target_status(row)
+        key = row_key(row)
+        if g is None:
+            if ts:
+                lines.append(f"  target {ts:6}  {key}")
+            continue
+        kind, fig = g
+        ref = base.get(key)
+        if ref is None:
+            lines.append(f"  new            {key}: {fmt(fig)} (not in the baseline)")
+            continue
+        tol = TOLERANCE[kind]
+        hib = bool(row.get("higher_is_better", True))
+        limit = ref["figure"] * (1 - tol) if hib else ref["figure"] * (1 + tol)
+        tb = target_bound(row)
+        if tb is not None and tb[2] == (kind == "ratio"):
+            # a figure within the tolerance of its target is no regression, however far it
+            # moved from the baseline (a loaded machine moves ratios of wall times by 2x)
+            bound = tb[1] * (1 - tol) if tb[0] == ">=" else tb[1] * (1 + tol)
+            limit = min(limit, bound) if tb[0] == ">=" else max(limit, bound)
+        regressed = fig < limit if hib else fig > limit
+        bad += regressed
+        verdict = "REGRESSED" if regressed else "ok"
+        lines.append(
+            f"  {verdict:9} {kind:5}  {key}: {fmt(fig)} (baseline {fmt(ref['figure'])}, "
+            f"limit {fmt(limit)}){'  target ' + ts if ts else ''}"
+        )
+    lines.append(f"{bad} regression(s) against {baseline_path.name}")
+    return bad, "\n".join(lines)
+
+
+def update_baseline(data: dict, baseline_path: Path = BASELINE) -> int:
+    try:
+        doc = json.loads(baseline_path.read_text())
+    except (OSError, ValueError):
+        doc = {}
+    rows = doc.get("rows", {})
+    n = 0
+    for row in rows_of(data):
+        g = guarded(row)
+        if g is not None:
+            rows[row_key(row)] = {"kind": g[0], "figure": g[1]}
+            n += 1
+    doc = {
+        "machine": machine(),
+        "revision": revision(),
+        "load": load_average(),
+        "rows": dict(sorted(rows.items())),
+    }
+    baseline_path.write_text(json.dumps(doc, indent=1) + "\n")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -110,9 +242,28 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="smaller transfers and fewer rounds (NOPORTS_BENCH_QUICK=1): a smoke run",
     )
+    ap.add_argument(
+        "--check",
+        action="store_true",
+        help="fail (exit 1) when a CPU or ratio figure regressed against bench/baseline.json",
+    )
+    ap.add_argument(
+        "--update-baseline",
+        action="store_true",
+        help="store this run's CPU and ratio figures in bench/baseline.json",
+    )
+    ap.add_argument(
+        "--from-json",
+        default=None,
+        help="do not run: print (and --check) the results kept with --json",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         os.environ["NOPORTS_BENCH_QUICK"] = "1"
+    if args.from_json:
+        data = json.loads(Path(args.from_json).read_text())
+        print(table(data))
+        return _finish(args, data, 0)
     out = Path(args.json) if args.json else Path(tempfile.mkstemp(suffix=".json")[1])
     cmd = [
         sys.executable,
@@ -140,6 +291,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Load average at the end (1/5/15 min): {load_average()}")
     print(f"Revision: {revision()}")
     print(table(data))
+    return _finish(args, data, rc)
+
+
+def _finish(args: argparse.Namespace, data: dict, rc: int) -> int:
+    if args.update_baseline:
+        print(f"baseline: {update_baseline(data)} figures stored in {BASELINE}")
+    if args.check:
+        bad, report = check(data)
+        print()
+        print("Check against the stored baseline (CPU and ratio figures only):")
+        print(report)
+        if bad:
+            return rc or 1
     return rc
 
 

@@ -220,6 +220,7 @@ def _setup_rows(benchmark, scenario: str, runs: dict[str, list[float]]) -> None:
                 higher_is_better=False,
             )
     for key, label in (
+        ("cpu_ms", "client CPU to first byte (all threads), median"),
         ("in_process_ms", "in-process (run -> ready), median"),
         ("at_connect_ms", "atServer connect (keys, TLS, PKAM), median"),
         ("protocol_ms", "protocol set-up, median"),
@@ -239,6 +240,12 @@ def _setup_rows(benchmark, scenario: str, runs: dict[str, list[float]]) -> None:
             )
 
 
+def _cpu_ms(pid: int) -> float:
+    """User + system CPU of a live process (all its threads) so far, from /proc (10 ms ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
 def _npt_once(ar: AppRig, argv: list[str], pythonpath: str | None) -> dict[str, float]:
     t0 = time.monotonic()
     p = ar.popen(argv, pythonpath)
@@ -246,10 +253,12 @@ def _npt_once(ar: AppRig, argv: list[str], pythonpath: str | None) -> dict[str, 
         ev = json.loads(_read_line(p, 30))
         t_ready = time.monotonic()
         t1 = _banner(ev["port"])
+        cpu = _cpu_ms(p.pid)
     finally:
         _stop(p)
     assert ev["event"] == "ready" and ev["mode"] == "aead", ev
     return {
+        "cpu_ms": cpu,
         "total_ms": (t1 - t0) * 1000,
         "first_byte_ms": (t1 - t_ready) * 1000,
         "in_process_ms": ev["setupMs"],
@@ -309,6 +318,14 @@ def test_setup_npt(benchmark, app_rig: AppRig) -> None:
     """npt start -> ready event -> the sshd banner through the tunnel."""
     argv = app_rig.npt_argv(app_rig.rig.sshd.port, "--output", "json", "-q", "-T", "5s")
     _setup_bench(benchmark, app_rig, "session set-up, npt", _npt_once, argv)
+
+
+def test_setup_npt_require_aead(benchmark, app_rig: AppRig) -> None:
+    """npt --require-aead: the feature check, then an X25519 key instead of RSA-2048."""
+    argv = app_rig.npt_argv(
+        app_rig.rig.sshd.port, "--output", "json", "-q", "-T", "5s", "--require-aead"
+    )
+    _setup_bench(benchmark, app_rig, "session set-up, npt --require-aead", _npt_once, argv)
 
 
 def test_setup_sshnp(benchmark, app_rig: AppRig) -> None:

@@ -409,3 +409,47 @@ def test_relay_idle_pair_memory(benchmark, impl, keys):
         baseline_value=s["fds_per_pair"],
         higher_is_better=False,
     )
+
+
+HELD = 1000 if QUICK else 3000  # sessions held open: two bound listening ports each
+CREATE = 100 if QUICK else 200
+
+
+def test_relay_session_creation_vs_bound_ports(benchmark, impl, keys):
+    """Relay CPU per session created (two listening sockets, ``bind`` port 0) in a fresh
+    relay against the same relay already holding ``HELD`` sessions (2 x ``HELD`` ports bound):
+    the kernel's search for a free ephemeral port can grow with the ports in use (issue 11
+    saw 35 us -> 1-3 ms at ~6k ports). Target: O(1), a ratio near 1x."""
+    raise_nofile()
+    ka, kb = keys("@bench_a"), keys("@bench_b")
+    cpu: dict[str, list[float]] = {"quiet": [], "bound": []}
+    with RelayProc(impl) as relay:
+        relay.sessions(20, ka, kb, "warm", auth=False)  # imports, allocator
+        relay.close_sessions()
+
+        def run():
+            r = len(cpu["quiet"])
+            _, c = relay.sessions(CREATE, ka, kb, f"q{r}", auth=False)
+            cpu["quiet"].append(c / CREATE * 1e6)
+            relay.close_sessions()
+            try:
+                relay.sessions(HELD, ka, kb, f"h{r}", auth=False)
+                _, c = relay.sessions(CREATE, ka, kb, f"b{r}", auth=False)
+                cpu["bound"].append(c / CREATE * 1e6)
+            finally:
+                relay.close_sessions()
+
+        benchmark.pedantic(run, rounds=2, iterations=1)
+    record(
+        benchmark,
+        scenario=f"session creation, {2 * HELD} ports bound",
+        metric="relay CPU per session created",
+        value=_median(cpu["bound"]),
+        unit="us",
+        baseline="no other session",
+        baseline_value=_median(cpu["quiet"]),
+        target="<= 1.5x (O(1))",
+        higher_is_better=False,
+        rounds=cpu,
+        load=load_average(),
+    )

@@ -14,6 +14,7 @@ import statistics
 from bench._loads import (
     GB,
     QUICK,
+    MultiEnds,
     Proc,
     RelayProc,
     SshForward,
@@ -22,6 +23,8 @@ from bench._loads import (
     interleave,
     listener,
     load_average,
+    paced_pings,
+    pingpong,
     start_sshd,
     summary,
     transfer,
@@ -282,3 +285,219 @@ def test_tunnel_rtt(benchmark, impl, keys, tmp_path):
             higher_is_better=False,
             cpu_per_rt=cpu_per_rt if who == "client" else None,
         )
+
+
+MIXED_BULK = (256 << 20) if QUICK else (512 << 20)
+MIXED_ROUNDS = 1 if QUICK else 2
+MIXED_MAX_PINGS = 20000
+MIXED_PERIOD_US = 10_000  # 100 messages/s: an interactive session's frames and input
+
+
+def _ping_during_bulk(sender, service, port: int, nbytes: int) -> tuple[list[float], float]:
+    """64-byte messages every ``MIXED_PERIOD_US`` (``paced_pings``) on one connection while
+    another connection of the same session (same tunnel or same ssh connection) carries
+    ``nbytes``; returns (latencies in us from each message's scheduled time, sink GB/s).
+
+    Only messages due before the sink saw EOF count."""
+    import select
+    import socket
+    import time
+
+    with connect("127.0.0.1", port, nodelay=True) as ping:
+        ping.sendall(b"E")
+        pingpong(ping, 0, warmup=50)
+        sender.send({"host": "127.0.0.1", "port": port, "first": "S", "nbytes": nbytes})
+        time.sleep(0.15)  # the bulk connection is set up and flowing
+        fd = service.popen.stdout.fileno()
+        rtts = paced_pings(
+            ping,
+            MIXED_PERIOD_US,
+            lambda: bool(select.select([fd], [], [], 0)[0]),  # the sink saw EOF: bulk over
+            MIXED_MAX_PINGS,
+        )
+        ping.shutdown(socket.SHUT_WR)
+    got = service.recv(120)
+    done = sender.recv(60)
+    assert got["sink"] == nbytes and done["sent"] == nbytes, (got, done)
+    return rtts, nbytes / got["seconds"] / GB
+
+
+def test_tunnel_mixed(benchmark, impl, keys, tmp_path):
+    """Fairness: 64-byte round trips on one connection while another connection of the
+    same session carries a bulk transfer (an RDP session beside an SMB copy), through one
+    multi-mode tunnel (AEAD) against the same two connections through one ``ssh -L``
+    (aes128-gcm). Interleaved rounds; p50/p99 latency of the paced messages (from each one's
+    scheduled time), bulk GB/s at the sink.
+    """
+    ka, kb = keys("@bench_a"), keys("@bench_b")
+    rtt: dict[str, list[float]] = {"tunnel": [], "ssh": []}
+    gbps: dict[str, list[float]] = {"tunnel": [], "ssh": []}
+    cpu: dict[str, list[float]] = {"client": [], "daemon": []}
+    with contextlib.ExitStack() as stack:
+        sshd = start_sshd(tmp_path / "sshd")
+        stack.callback(sshd.close)
+        relay = stack.enter_context(RelayProc(impl))
+        service = stack.enter_context(Proc(["service"], name="service"))
+        sport = service.recv(30)["port"]
+        sender = stack.enter_context(Proc(["sender"], name="sender"))
+        (sess,), _ = relay.sessions(1, ka, kb, "mixed")
+        ends = stack.enter_context(MultiEnds(sess, AeadKeys.generate(sess.sid), impl, sport))
+        fwd = stack.enter_context(SshForward(sshd, sport, SSH_CIPHERS[0]))
+
+        def run():
+            for _ in range(MIXED_ROUNDS):
+                r, g = _ping_during_bulk(sender, service, fwd.port, MIXED_BULK)
+                rtt["ssh"] += r
+                gbps["ssh"].append(g)
+                c0, d0 = ends.cpu()
+                r, g = _ping_during_bulk(sender, service, ends.port, MIXED_BULK)
+                c1, d1 = ends.cpu()
+                rtt["tunnel"] += r
+                gbps["tunnel"].append(g)
+                cpu["client"].append((c1["cpu"] - c0["cpu"]) / (MIXED_BULK / GB))
+                cpu["daemon"].append((d1["cpu"] - d0["cpu"]) / (MIXED_BULK / GB))
+                assert c1["failed"] == 0 and d1["failed"] == 0, (c1, d1)
+
+        benchmark.pedantic(run, rounds=1, iterations=1)
+        relay.close_sessions()
+    s = {k: summary(v) for k, v in rtt.items()}
+    scen = "mixed: 64 B RTT during bulk, 1 session"
+    record(
+        benchmark,
+        scenario=scen,
+        metric="p50 RTT during bulk, AEAD",
+        value=s["tunnel"]["median"],
+        unit="us",
+        baseline="ssh -L aes128-gcm",
+        baseline_value=s["ssh"]["median"],
+        target="<= ssh -L (<= 1x)",
+        higher_is_better=False,
+        summaries=s,
+        load=load_average(),
+    )
+    record(
+        benchmark,
+        scenario=scen,
+        metric="p99 RTT during bulk, AEAD",
+        value=s["tunnel"]["p99"],
+        unit="us",
+        baseline="ssh -L p99",
+        baseline_value=s["ssh"]["p99"],
+        higher_is_better=False,
+    )
+    record(
+        benchmark,
+        scenario=scen,
+        metric="bulk GB/s beside the round trips",
+        value=statistics.median(gbps["tunnel"]),
+        unit="GB/s",
+        baseline="ssh -L aes128-gcm",
+        baseline_value=statistics.median(gbps["ssh"]),
+        rounds=gbps,
+    )
+    for who in ("client", "daemon"):
+        record(
+            benchmark,
+            scenario=scen,
+            metric=f"{who} end CPU s/GB (bulk + pings)",
+            value=statistics.median(cpu[who]),
+            unit="s/GB",
+            higher_is_better=False,
+        )
+
+
+PAR_STREAMS = 8
+PAR_BULK = (256 << 20) if QUICK else (1 << 30)  # in all, split between the streams
+PAR_ROUNDS = 1 if QUICK else 2
+
+
+def _parallel(senders, service, port: int, total: int) -> dict[str, float]:
+    """``len(senders)`` connections at once, ``total`` bytes in all; aggregate GB/s from the
+    first byte at any sink to the last EOF, and the slowest/fastest stream ratio."""
+    each = total // len(senders)
+    for s in senders:
+        s.send({"host": "127.0.0.1", "port": port, "first": "S", "nbytes": each})
+    got = [service.recv(180) for _ in senders]
+    for s in senders:
+        assert s.recv(60)["sent"] == each
+    assert all(g["sink"] == each for g in got), got
+    t0, t1 = min(g["t0"] for g in got), max(g["t1"] for g in got)
+    rates = [each / g["seconds"] for g in got]
+    return {"gbps": each * len(senders) / (t1 - t0) / GB, "fair": min(rates) / max(rates)}
+
+
+def test_tunnel_parallel(benchmark, impl, keys, tmp_path):
+    """8 bulk connections at once in one multi-mode session (SMB multichannel-like), AEAD,
+    against the same 8 through one ``ssh -L`` (aes128-gcm); aggregate GB/s, the path's CPU
+    per GB (client end + relay + daemon end against ssh + sshd) and stream fairness."""
+    ka, kb = keys("@bench_a"), keys("@bench_b")
+    res: dict[str, list[dict[str, float]]] = {"tunnel": [], "ssh": []}
+    cpu: dict[str, list[float]] = {"tunnel": [], "ssh": []}
+    gb = PAR_BULK / GB
+    with contextlib.ExitStack() as stack:
+        sshd = start_sshd(tmp_path / "sshd")
+        stack.callback(sshd.close)
+        relay = stack.enter_context(RelayProc(impl))
+        service = stack.enter_context(Proc(["service"], name="service"))
+        sport = service.recv(30)["port"]
+        senders = [
+            stack.enter_context(Proc(["sender"], name=f"sender {i}")) for i in range(PAR_STREAMS)
+        ]
+        (sess,), _ = relay.sessions(1, ka, kb, "par")
+        ends = stack.enter_context(MultiEnds(sess, AeadKeys.generate(sess.sid), impl, sport))
+
+        def run():
+            for _ in range(PAR_ROUNDS):
+                with SshForward(sshd, sport, SSH_CIPHERS[0]) as fwd:
+                    sshd0 = tree_cpu(sshd.proc.pid)
+                    res["ssh"].append(_parallel(senders, service, fwd.port, PAR_BULK))
+                    sshd_cpu = tree_cpu(sshd.proc.pid) - sshd0
+                    ssh_cpu = fwd.stop()
+                if ssh_cpu is not None:
+                    cpu["ssh"].append((ssh_cpu + sshd_cpu) / gb)
+                c0, d0 = ends.cpu()
+                r0 = relay.stats()["cpu"]
+                res["tunnel"].append(_parallel(senders, service, ends.port, PAR_BULK))
+                c1, d1 = ends.cpu()
+                r1 = relay.stats()["cpu"]
+                cpu["tunnel"].append((c1["cpu"] - c0["cpu"] + d1["cpu"] - d0["cpu"] + r1 - r0) / gb)
+                assert c1["failed"] == 0 and d1["failed"] == 0, (c1, d1)
+
+        benchmark.pedantic(run, rounds=1, iterations=1)
+        relay.close_sessions()
+    med = {k: statistics.median(r["gbps"] for r in v) for k, v in res.items()}
+    fair = {k: statistics.median(r["fair"] for r in v) for k, v in res.items()}
+    scen = f"parallel bulk, {PAR_STREAMS} streams, 1 session"
+    record(
+        benchmark,
+        scenario=scen,
+        metric="aggregate GB/s, AEAD",
+        value=med["tunnel"],
+        unit="GB/s",
+        baseline="ssh -L aes128-gcm",
+        baseline_value=med["ssh"],
+        target=">= 1.25x",
+        rounds=res,
+        load=load_average(),
+    )
+    record(
+        benchmark,
+        scenario=scen,
+        metric="path CPU s/GB (ends + relay)",
+        value=statistics.median(cpu["tunnel"]),
+        unit="s/GB",
+        baseline="ssh + sshd (aes128-gcm)" if cpu["ssh"] else None,
+        baseline_value=statistics.median(cpu["ssh"]) if cpu["ssh"] else None,
+        target="<= 1x",
+        higher_is_better=False,
+        cpu=cpu,
+    )
+    record(
+        benchmark,
+        scenario=scen,
+        metric="slowest / fastest stream",
+        value=fair["tunnel"],
+        unit="",
+        baseline="ssh -L",
+        baseline_value=fair["ssh"],
+    )

@@ -244,12 +244,15 @@ class _Port:
 def test_engine_on_a_fake_clock(tmp_path) -> None:
     from noports.atserver.engine import Config, Engine
     from noports.atserver.store import Store
+    from noports.atserver.verbs import HANDLERS
 
     now = [1_700_000_000_000]
     store = Store(tmp_path / "db")
     store.add_atsign("@alice", now[0])
     store.add_atsign("@bob", now[0])
-    eng = Engine(store, Config(notification_expiry_ms=10_000), clock=lambda: now[0])
+    eng = Engine(
+        store, Config(notification_expiry_ms=10_000), clock=lambda: now[0], handlers=HANDLERS
+    )
     a = eng.session(_Port())
     a.atsign, a.authed = "@alice", True
     b_port = _Port()

@@ -16,7 +16,7 @@ import pytest
 from noports.crypto import rsa
 from noports.crypto.atkeys import AtKeys
 from tests.fixtures_at import AtServerProcess, Wire
-from tests.test_server_apkam import apkam_pkam, enroll_line, onboarded  # noqa: F401
+from tests.test_atserver_apkam import apkam_pkam, enroll_line, onboarded  # noqa: F401
 
 pytestmark = pytest.mark.timeout(90)
 

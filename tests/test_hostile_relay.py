@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from noports.crypto.atkeys import AtKeys
-from tests.test_relay_support import A, B, authed, closed_by_peer, spec, started_relay, wait_for
+from tests.relay_support import A, B, authed, closed_by_peer, spec, started_relay, wait_for
 
 Keys = Callable[[str], AtKeys]
 

@@ -183,6 +183,9 @@ def test_downgrade_after_claimed_feature_is_refused(rig: Rig) -> None:
         assert r.returncode == 3, r.stderr
         assert "did not accept the AEAD mode" in r.stderr and "--require-aead" in r.stderr
         assert len(d.requests) == 1
+        # the feature check said "ours": an X25519 key, no RSA-2048 key (test_kex_x25519)
+        assert d.requests[0]["noportsKex"] == "x25519"
+        assert d.requests[0]["clientEphemeralPK"] is None
         assert r.stdout.strip() == ""
     finally:
         d.stop()

@@ -33,6 +33,10 @@ SPLICE = False
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _AGAIN = (BlockingIOError, InterruptedError)
 _MAX_ROUNDS = 8
+# Fairness between pairs: a wake-up stops once it moved this many bytes (the same in the
+# splice twin); the fd stays readable, so the pair is served again on the loop's next turn,
+# after every other ready pair (round-robin).
+_WAKE_BYTES = 512 * 1024
 
 
 def trim_spare_pipes(keep: int = 0) -> int:
@@ -125,7 +129,9 @@ class _Direction:
         size = pump.bufsize
         buf, view = _scratch.get(size)
         src, dst = self.src, self.dst
-        # A few rounds per wakeup: fewer trips through the event loop on a busy pair.
+        # A few rounds per wakeup (fewer trips through the event loop on a busy pair), at
+        # most _WAKE_BYTES (fairness between pairs).
+        moved = 0
         for _ in range(_MAX_ROUNDS):
             try:
                 n = src.recv_into(buf, size)
@@ -151,6 +157,9 @@ class _Direction:
                 self._want_write()
                 return
             if n < size:  # the socket is probably drained: let the loop poll it
+                return
+            moved += n
+            if moved >= _WAKE_BYTES:
                 return
 
     def on_writable(self) -> None:

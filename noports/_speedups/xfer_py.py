@@ -25,6 +25,19 @@ Buffers start small (``INITIAL_BUFSIZE``; an idle or interactive connection hold
 KiB, not MiB) and grow once to ``bufsize`` the first time a read fills the buffer, i.e.
 when the flow is bulk. Growth happens only when no output is pending, so no byte moves.
 
+Fairness (work per wake-up is bounded per connection, DESIGN decision 13): one ``step()``
+reads at most ``budget`` bytes from its source (each read asks for no more than what is left
+of it; an ``OpenPump`` read asks for at least one whole record) and stops reading once
+``budget_ns`` nanoseconds have passed since it started. The readiness is level-triggered, so
+a connection that stopped on its budget is simply called again on the next turn of the loop,
+after every other ready connection had its turn: round-robin between the connections (and
+directions) of a session, and of every session in the process. ``Flow`` picks the budget
+for each wake-up: ``FAIR_BYTES``/``FAIR_NS`` while an interactive flow of this process (one
+whose wake-up moved fewer than ``LIGHT_BYTES``, more than nothing) woke within the last
+``FAIR_WINDOW_NS``, so an interactive message waits behind at most one small batch per busy
+connection in each end; else ``SOLO_BYTES``/``SOLO_NS``: bulk flows alone or among themselves
+keep large batches (fewer wake-ups and syscalls per GB) and are still served round-robin.
+
 Errors propagate: ``OSError`` from the sockets, ``IntegrityError``/``TruncationError``
 from record streams. ``Flow`` drives one pump from the event loop's readiness callbacks;
 ``noports.tunnel.bridge`` wires two of them together.
@@ -33,6 +46,7 @@ from record streams. ``Flow`` drives one pump from the event loop's readiness ca
 from __future__ import annotations
 
 import socket
+from time import monotonic_ns
 from typing import Any
 
 from ..crypto.records import HEADER_LEN, MAX_FRAME, MAX_PLAINTEXT, PREAMBLE_LEN, TAG_LEN
@@ -46,6 +60,14 @@ DEFAULT_BUFSIZE = 256 * 1024
 INITIAL_BUFSIZE = 16 * 1024
 MAX_ROUNDS = 16
 RECORDS_PER_READ = 4
+
+# Work per wake-up (see "Fairness" above); identical in the compiled twin.
+SOLO_BYTES = 1024 * 1024
+SOLO_NS = 2_000_000
+FAIR_BYTES = 64 * 1024
+FAIR_NS = 250_000
+FAIR_WINDOW_NS = 100_000_000
+LIGHT_BYTES = 16 * 1024
 
 
 class CopyPump:
@@ -64,6 +86,8 @@ class CopyPump:
         self.ctx = ctx
         self.bufsize = bufsize
         self.max_rounds = max_rounds
+        self.budget = SOLO_BYTES
+        self.budget_ns = SOLO_NS
         self.cur = min(bufsize, INITIAL_BUFSIZE)
         self.buf = bytearray(self.cur)
         self.mv = memoryview(self.buf)
@@ -82,8 +106,10 @@ class CopyPump:
 
     def step(self) -> int:
         rounds = 0
+        moved = 0
         drained = False
         mv = self.mv
+        t0 = monotonic_ns()
         while True:
             if self.off < self.end:
                 try:
@@ -97,12 +123,15 @@ class CopyPump:
                 return DONE
             if drained or rounds >= self.max_rounds:
                 return WANT_READ
+            if rounds and (moved >= self.budget or monotonic_ns() - t0 >= self.budget_ns):
+                return WANT_READ
             rounds += 1
             if self.grow:
                 self._grow()
                 mv = self.mv
+            want = min(self.cur, max(self.budget - moved, 1))
             try:
-                n = self.src.recv_into(mv, self.cur)
+                n = self.src.recv_into(mv, want)
             except BlockingIOError:
                 return WANT_READ
             if n == 0:
@@ -113,7 +142,8 @@ class CopyPump:
             self.off = 0
             self.end = n
             self.transferred += n
-            if n < self.cur:
+            moved += n
+            if n < want:
                 drained = True
             elif self.cur < self.bufsize:
                 self.grow = True
@@ -135,6 +165,8 @@ class SealPump:
         self.sealer = sealer
         self.maxlen = max(1, min(bufsize, RECORDS_PER_READ * MAX_PLAINTEXT))
         self.max_rounds = max_rounds
+        self.budget = SOLO_BYTES
+        self.budget_ns = SOLO_NS
         self._alloc(min(self.maxlen, INITIAL_BUFSIZE))
         self.off = 0
         self.end = 0
@@ -153,10 +185,12 @@ class SealPump:
 
     def step(self) -> int:
         rounds = 0
+        moved = 0
         drained = False
         out = self.outmv
         inp = self.inmv
         sealer = self.sealer
+        t0 = monotonic_ns()
         while True:
             if self.off < self.end:
                 try:
@@ -170,15 +204,19 @@ class SealPump:
                 return DONE
             if drained or rounds >= self.max_rounds:
                 return WANT_READ
+            if rounds and (moved >= self.budget or monotonic_ns() - t0 >= self.budget_ns):
+                return WANT_READ
             rounds += 1
             if self.grow:
                 self._alloc(self.maxlen)
                 out, inp = self.outmv, self.inmv
+            want = min(self.inlen, max(self.budget - moved, 1))
             try:
-                n = self.src.recv_into(inp, self.inlen)
+                n = self.src.recv_into(inp, want)
             except BlockingIOError:
                 return WANT_READ
-            if n < self.inlen:
+            moved += n
+            if n < want:
                 drained = True
             elif self.inlen < self.maxlen:
                 self.grow = True
@@ -217,6 +255,8 @@ class OpenPump:
         self.opener = opener
         self.maxout = max(MAX_PLAINTEXT, bufsize)
         self.max_rounds = max_rounds
+        self.budget = SOLO_BYTES
+        self.budget_ns = SOLO_NS
         # at least one whole record each side; grows to maxout when the flow is bulk
         self.outlen = MAX_PLAINTEXT
         self.inlen = MAX_FRAME + min(INITIAL_BUFSIZE, self.maxout)
@@ -273,8 +313,10 @@ class OpenPump:
 
     def step(self) -> int:
         rounds = 0
+        moved = 0
         drained = False
         out = self.outmv
+        t0 = monotonic_ns()
         while True:
             if self.off < self.end:
                 try:
@@ -296,6 +338,8 @@ class OpenPump:
                 return DONE
             if drained or rounds >= self.max_rounds:
                 return WANT_READ
+            if rounds and (moved >= self.budget or monotonic_ns() - t0 >= self.budget_ns):
+                return WANT_READ
             rounds += 1
             if self.grow:
                 self._grow()
@@ -306,7 +350,8 @@ class OpenPump:
                 left = self.iend - self.istart
                 self.inmv[0:left] = self.inmv[self.istart : self.iend]
                 self.istart, self.iend = 0, left
-            want = self.inlen - self.iend
+            free = self.inlen - self.iend
+            want = min(free, max(self.budget - moved, MAX_FRAME))
             try:
                 n = self.src.recv_into(self.inmv[self.iend :], want)
             except BlockingIOError:
@@ -314,10 +359,16 @@ class OpenPump:
             if n == 0:
                 raise TruncationError("record stream ended without a close record")
             self.iend += n
+            moved += n
             if n < want:
                 drained = True
             elif self.outlen < self.maxout:
                 self.grow = True
+
+
+# Until when the fair budget applies: an interactive (light) flow of this process woke
+# within FAIR_WINDOW_NS before this moment.
+_light_until = 0
 
 
 class Flow:
@@ -326,7 +377,8 @@ class Flow:
     Per direction: read readiness on the source, or write readiness on the destination,
     never both (backpressure). The loop calls ``drive`` directly; the readiness callback is
     registered only when what the pump waits for changes, so a steady flow of small messages
-    costs one callback per wakeup and no loop calls. On ``DONE`` the destination is
+    costs one callback per wakeup and no loop calls. Before each step it sets the pump's
+    budget for this wake-up (solo or fair, see the module docstring). On ``DONE`` the destination is
     half-closed and ``on_done()`` is called; any exception from the pump goes to
     ``on_fail(exc)`` (the caller tears everything down).
     """
@@ -353,13 +405,26 @@ class Flow:
         self.done = False
 
     def drive(self) -> None:
+        global _light_until
         if self.done:
             return
+        now = monotonic_ns()
+        pump = self.pump
+        if now < _light_until:
+            pump.budget = FAIR_BYTES
+            pump.budget_ns = FAIR_NS
+        else:
+            pump.budget = SOLO_BYTES
+            pump.budget_ns = SOLO_NS
+        before = pump.transferred
         try:
             code = self.step()
         except BaseException as exc:  # noqa: BLE001 - every failure aborts the bridge
             self.on_fail(exc)
             return
+        moved = pump.transferred - before
+        if 0 < moved < LIGHT_BYTES:
+            _light_until = now + FAIR_WINDOW_NS
         if code == WANT_READ:
             if self.reading and not self.writing:
                 return

@@ -2,8 +2,9 @@
 
 A session turns a request line into a ``Reply`` (text to write, an optional delay before
 writing it, whether to close afterwards). It talks to its connection only through a ``Port``
-(``write``/``close``), which the asyncio adapter implements and tests can fake. Verb handlers
-live in ``verbs_auth``, ``verbs_data`` and ``verbs_notify``; this module owns framing of
+(``write``/``close``, in ``reply``), which the asyncio adapter implements and tests can fake.
+Verb handlers live in the ``verbs_*`` modules, gathered in ``verbs.HANDLERS`` and passed to the
+``Engine`` (so this module never imports them); this module owns framing of
 replies and errors (prompt rules, legacy vs JSON errors) and connection bookkeeping.
 """
 
@@ -13,13 +14,14 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from ..errors import AtError
 from .hub import Hub
 from .parse import DEFAULT_BUFFER_LIMIT, Command, loads_client_json, parse_line
+from .reply import Port, Reply
 from .store import Store
 
 log = logging.getLogger("noports.server")
@@ -59,26 +61,19 @@ class Config:
     version: str = "3.0.52"
 
 
-class Port(Protocol):
-    """What a session may do to its connection."""
-
-    def write(self, text: str) -> None: ...
-
-    def close(self) -> None: ...
-
-
-@dataclass
-class Reply:
-    text: str = ""
-    delay: float = 0.0
-    close: bool = False
-
-
 class Engine:
     """State shared by every session: the store, the monitor hub, the clock, live sessions."""
 
-    def __init__(self, store: Store, config: Config | None = None, clock: Clock = wall_ms) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: Config | None = None,
+        clock: Clock = wall_ms,
+        *,
+        handlers: Handlers,
+    ) -> None:
         self.store = store
+        self.handlers = handlers  # the verb table (``verbs.HANDLERS``), passed in: no import back
         self.config = config or Config()
         self.clock = clock
         self.hub = Hub()
@@ -101,17 +96,7 @@ class Engine:
         ]
 
 
-_HANDLERS: dict[str, Callable[[Session, Command], Reply]] = {}
-
-
-def _handlers() -> dict[str, Callable[[Session, Command], Reply]]:
-    """Verb table, built on first use (the verb modules import this one)."""
-    if not _HANDLERS:
-        from . import verbs_apkam, verbs_auth, verbs_data, verbs_notify
-
-        for mod in (verbs_auth, verbs_data, verbs_notify, verbs_apkam):
-            _HANDLERS.update(mod.HANDLERS)
-    return _HANDLERS
+Handlers = Mapping[str, Callable[["Session", Command], Reply]]
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -141,7 +126,7 @@ class Session:
     root_unknown: int = 0
     bad_otps: int = 0
     enroll_times: list[int] = field(default_factory=list)
-    last_write: float = field(default_factory=time.monotonic)  # last client activity
+    last_write: float = 0.0  # last client activity, on the loop clock of net.py (which sets it)
 
     # -- framing -----------------------------------------------------------------------
 
@@ -195,7 +180,7 @@ class Session:
         verb = cmd.verb
         if verb == "exit":
             return Reply("", close=True)
-        handler = _handlers().get(verb)
+        handler = self.engine.handlers.get(verb)
         if handler is None:
             raise AtError.for_code("AT0003", f"verb {verb} is not supported")
         return handler(self, cmd)

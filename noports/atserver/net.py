@@ -21,7 +21,7 @@ from typing import Any, cast
 
 from ..errors import AtError
 from ..fsutil import secure_dir
-from . import tls
+from . import tls, verbs
 from .engine import Config, Engine, Reply, Session, wall_ms
 from .keys import dart_time
 from .parse import LineBuffer
@@ -338,7 +338,7 @@ class AtServer:
         self.tls = tls.ensure(self.data_dir, self.config.host)
         self.store = Store(self.data_dir / DB_FILE)
         self.store.start_checkpointer()
-        self.engine = Engine(self.store, self.config, self.clock)
+        self.engine = Engine(self.store, self.config, self.clock, handlers=verbs.HANDLERS)
         ctx = tls.server_context(self.tls)
         self._server = await self.loop.create_server(
             lambda: Connection(self),

@@ -20,9 +20,10 @@ from ..errors import AtError
 from . import verbs_notify
 from .keys import Record, apply_times, parse_key
 from .parse import Command
+from .reply import Reply
 
 if TYPE_CHECKING:
-    from .engine import Reply, Session
+    from .engine import Session
 
 OTP_ALPHABET = "ABCDEFGHIJKLMNPQRSTUVWXYZ123456789"  # no 0 and no O
 OTP_LENGTH = 6

@@ -21,15 +21,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from ..crypto.encoding import b64d
 from ..errors import AtError, ProtocolError
 from .parse import Command
+from .reply import Reply
 from .verbs_notify import flush_queued
 
 if TYPE_CHECKING:
-    from .engine import Reply, Session
+    from .engine import Session
 
 
 def _reply(text: str, *, delay: float = 0.0, close: bool = False) -> Reply:
-    from .engine import Reply
-
     return Reply(text, delay=delay, close=close)
 
 

@@ -16,10 +16,11 @@ from ..errors import AtError
 from . import verbs_notify
 from .keys import AtKey, Record, apply_times, namespace_allows, parse_key
 from .parse import Command
+from .reply import Reply
 from .userregex import Budget, compile_client
 
 if TYPE_CHECKING:
-    from .engine import Reply, Session
+    from .engine import Session
 
 
 def check_ns(s: Session, key: AtKey, write: bool) -> None:

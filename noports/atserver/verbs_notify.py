@@ -19,11 +19,12 @@ from .hub import Monitor, render
 from .hub import body as hub_body
 from .keys import Record, apply_times, dart_time, namespace_allows, normalise_atsign, parse_key
 from .parse import Command
+from .reply import Reply
 from .store import Notification
 from .userregex import Budget, compile_client
 
 if TYPE_CHECKING:
-    from .engine import Engine, Reply, Session
+    from .engine import Engine, Session
 
 # Metadata kept on a cached copy created from a notification.
 _CACHE_META = (
@@ -311,8 +312,6 @@ def monitor(s: Session, cmd: Command) -> Reply:
             if mon.wants(n):
                 s.push(render(n, replay=True, dart_time=dart_time))
     eng.hub.register(mon)
-    from .engine import Reply
-
     return Reply("")
 
 

@@ -29,12 +29,13 @@ PAGES: dict[str, tuple[str, str]] = {
     "sshnpd": ("noports.cli.sshnpd", "build_parser"),
     "sshnp": ("noports.sshnp.args", "build_parser"),
     "sshnp-ssh-config": ("noports.sshnp.sshconfig", "build_parser"),
-    "npt": ("noports.npt.run", "build_parser"),
+    "npt": ("noports.cli.npt", "build_parser"),
     "npa": ("noports.cli.npa", "build_parser"),
     "at_activate": ("noports.cli.at_activate", "build_parser"),
     "noports-demo": ("noports.cli.demo", "build_parser"),
     "noports-quickstart": ("noports.cli.quickstart", "build_parser"),
     "noports-server": ("noports.cli.server", "_run_parser"),
+    "noports-ui": ("noports.cli.ui", "build_parser"),
 }
 
 

@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "demo": ("demo", "local encrypted tunnel demo through the relay engine"),
     "server": ("server", "embedded control plane: root directory + atServer (TLS, SQLite)"),
     "quickstart": ("quickstart", "server, atSigns, srvd, sshnpd, npt and sshnp checked locally"),
+    "ui": ("ui", "local web app: profiles, one-click tunnels, onboarding, approvals"),
 }
 
 

@@ -80,7 +80,8 @@ async def run(args: argparse.Namespace, report: Reporter | None = None) -> int:
     started = time.monotonic()
     say = _progress(args)
     root = args.root or args.root_domain
-    eph = start_ephemeral_keygen() if args.encrypt else None
+    # --require-aead: an X25519 key in the request instead (session.client)
+    eph = start_ephemeral_keygen() if args.encrypt and not args.require_aead else None
     t_connect = time.monotonic()
     client = await connect_client(
         args.from_, keys_file=args.key_file, root=root, ca_file=args.ca_file
@@ -123,7 +124,7 @@ async def run(args: argparse.Namespace, report: Reporter | None = None) -> int:
             port = cm.port
             if connect_ms is not None:  # keys file, root lookup, TLS and PKAM (first session)
                 est.timings["atConnect"], connect_ms = connect_ms, None
-            if args.keep_alive and args.encrypt:
+            if args.keep_alive and args.encrypt and not args.require_aead:
                 eph = start_ephemeral_keygen()  # ready for the next session
             ev = ready_event(est, args.bind_host, cm.port, started)
             if not args.quiet:

@@ -42,20 +42,26 @@ from ..crypto import ephemeral, rsa
 from ..crypto.envelope import relay_auth_line
 from ..crypto.escr import EscrAuth
 from ..errors import (
-    EXIT_AUTH,
-    EXIT_NOT_FOUND,
-    EXIT_TIMEOUT,
     ConfigError,
     KeyNotFoundError,
     NoPortsError,
-    PeerTimeoutError,
     ProtocolError,
     RemoteError,
     SignatureError,
 )
 from ..names import validate_atsign, validate_device_name
-from ..tunnel.settings import AeadKeys, TunnelCrypto
+from ..tunnel.keys import AeadKeys, TunnelCrypto
 from . import relayauth, wire
+from .errors import (
+    DaemonFailedError,
+    DaemonRefusedError,
+    DowngradeRefusedError,
+    EscrUnsupportedError,
+    FeatureRefusedError,
+    NoAnswerError,
+    RelayRefusedError,
+    UsernameNotSharedError,
+)
 from .features import (
     FEATURE_CHECK_TIMEOUT_MESSAGE,
     DaemonFeature,
@@ -74,47 +80,6 @@ PING_TIMEOUT = 20.0  # --daemon-ping-timeout default
 NOTIFY_TTL_MS = 10_000
 NACK_GRACE = 1.0  # seconds another relay instance has to grant after one refused
 NOTIFY_TTLN_MS = 60_000
-
-
-class DaemonRefusedError(RemoteError):
-    """The daemon answered with an error string (permit-open, signature, start-up failure)."""
-
-    exit_code = EXIT_AUTH
-
-
-class DaemonFailedError(RemoteError):
-    """The daemon answered with an error that is not a refusal (e.g. its tunnel end failed)."""
-
-
-class RelayRefusedError(RemoteError):
-    """The relay sent a negative acknowledgement."""
-
-    exit_code = EXIT_AUTH
-
-
-class FeatureRefusedError(UnsupportedFeatureError):
-    """The daemon lacks a feature the flags need (official wording in the message)."""
-
-    exit_code = EXIT_AUTH
-
-
-class EscrUnsupportedError(FeatureRefusedError):
-    """escr relay auth is not possible: the daemon does not advertise ``supportsRamEscr``,
-    or our signing key cannot be published."""
-
-
-class DowngradeRefusedError(RemoteError):
-    """The strong mode was required and the daemon did not provide it."""
-
-    exit_code = EXIT_AUTH
-
-
-class UsernameNotSharedError(KeyNotFoundError):
-    exit_code = EXIT_NOT_FOUND
-
-
-class NoAnswerError(PeerTimeoutError):
-    exit_code = EXIT_TIMEOUT
 
 
 @dataclass
@@ -188,7 +153,7 @@ class Established:
 
     @property
     def mode(self) -> str:
-        from ..tunnel.settings import mode_name
+        from ..tunnel.keys import mode_name
 
         return mode_name(self.crypto)
 
@@ -312,8 +277,11 @@ async def establish(
     pump: asyncio.Task[None] | None = None
     side: list[asyncio.Future[Any]] = []
     try:
+        kex = _kex_private(spec)
         eph_task = (
-            asyncio.wrap_future(ephemeral or start_ephemeral_keygen()) if spec.encrypt else None
+            asyncio.wrap_future(ephemeral or start_ephemeral_keygen())
+            if spec.encrypt and kex is None
+            else None
         )
         pk_task = asyncio.ensure_future(client.public_key(spec.daemon))
         user_task = (
@@ -474,6 +442,7 @@ async def establish(
 
         eph = await eph_task if eph_task is not None else None
         eph_pub = eph.public_key() if eph is not None else None
+        kex_pk = _kex_public(kex)
         if spec.kind == "ssh":
             payload = wire.ssh_request(
                 session_id=sid,
@@ -487,6 +456,7 @@ async def establish(
                 twin_keys=spec.twin_keys and spec.encrypt,
                 aead=spec.offer_aead and spec.encrypt,
                 relay_atsign=spec.relay,
+                kex_pk=kex_pk,
             )
             key = f"ssh_request.{spec.device}"
         else:
@@ -504,6 +474,7 @@ async def establish(
                 twin_keys=spec.twin_keys and spec.encrypt,
                 aead=spec.offer_aead and spec.encrypt,
                 relay_atsign=spec.relay,
+                kex_pk=kex_pk,
             )
             key = f"npt_request.{spec.device}"
         if escr_mode:
@@ -534,7 +505,11 @@ async def establish(
         mark("response")
         progress("Received response from the device daemon")
         result = await _verify(client, spec, sid, text, pk_task)
-        crypto = _choose_crypto(spec, sid, result, eph)
+        crypto = (
+            _choose_crypto_kex(spec, sid, result, kex)
+            if kex is not None
+            else _choose_crypto(spec, sid, result, eph)
+        )
         auth: str | EscrAuth | None = (
             relay_auth_line(sid, nonce, reply.rvd_nonce, client.keys.encrypt_private)
             if spec.auth_client and reply.rvd_nonce
@@ -573,7 +548,7 @@ def _pump_ended(task: asyncio.Task[None], inbox: _Inbox) -> None:
 
 
 def _mode(crypto: TunnelCrypto) -> str:
-    from ..tunnel.settings import mode_name
+    from ..tunnel.keys import mode_name
 
     return mode_name(crypto)
 
@@ -623,6 +598,44 @@ def _choose_crypto(
             "the device daemon sent no session keys although encryption was requested"
         )
     return keys.ctr
+
+
+# -- X25519 in place of the RSA ephemeral key, between our own programs -------------------
+# Only with ``require_aead``: the feature check has then confirmed our AEAD mode before the
+# request, so the daemon is ours; anything else keeps the RSA key official peers need.
+
+
+def _kex_private(spec: SessionSpec) -> Any:
+    if not (spec.encrypt and spec.require_aead):
+        return None
+    from ..crypto.ephemeral import x25519_private
+
+    return x25519_private()
+
+
+def _kex_public(private: Any) -> bytes | None:
+    if private is None:
+        return None
+    from ..crypto.ephemeral import x25519_public_raw
+
+    return x25519_public_raw(private)
+
+
+def _choose_crypto_kex(
+    spec: SessionSpec, sid: str, payload: dict[str, Any], private: Any
+) -> TunnelCrypto:
+    if wire.KEX_PK_FIELD not in payload:
+        raise DowngradeRefusedError(
+            "the device daemon did not accept the AEAD mode and --require-aead was given; refusing "
+            "to fall back to AES-CTR"
+        )
+    keys = wire.kex_keys_from_response(payload, private, sid)
+    if keys.aead_secret is None:
+        raise DowngradeRefusedError(
+            "the device daemon did not accept the AEAD mode and --require-aead was given; refusing "
+            "to fall back to AES-CTR"
+        )
+    return AeadKeys(keys.aead_secret, sid)
 
 
 async def connect_client(

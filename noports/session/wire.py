@@ -15,6 +15,12 @@ Our additions ride in fields the official tools ignore:
   offer and answers in the legacy form; the client then uses legacy or twin-key CTR, or
   refuses when the user required the strong mode.
 
+* ``noportsKex: "x25519"`` with ``noportsKexPK`` in a request (sent by our client only when
+  the feature check confirmed our AEAD mode, ``--require-aead``) replaces the RSA-2048
+  ephemeral key; the daemon answers with its own ``noportsKexPK`` and the key fields sealed
+  under the X25519-derived key (``noports.crypto.ephemeral``, "X25519"). RSA stays for
+  official peers.
+
 Wrapping (spec 1.3): RSAES-PKCS1-v1_5 with the client's ephemeral RSA-2048 public key over the
 UTF-8 bytes of the *base64 text* of each key, IV or secret; the ciphertext is base64.
 """
@@ -31,7 +37,7 @@ from ..crypto import rsa
 from ..crypto.encoding import b64d, b64e
 from ..crypto.stream import CtrKeys
 from ..errors import ProtocolError
-from ..tunnel.settings import AeadKeys
+from ..tunnel.keys import AeadKeys
 
 EPHEMERAL_PK_TYPE = "rsa2048"
 AEAD_VERSION = 1
@@ -106,6 +112,19 @@ class SessionKeys:
             out["noportsAeadSecret"] = wrap(client_pk, self.aead_secret)
         return out
 
+    def raw_fields(self) -> dict[str, bytes]:
+        """The raw key material by response field name (the X25519 response seals these)."""
+        out: dict[str, bytes] = {}
+        if self.ctr is not None:
+            out["sessionAESKey"] = self.ctr.key_c2d
+            out["sessionIV"] = self.ctr.iv_c2d
+            if self.ctr.key_d2c is not None and self.ctr.iv_d2c is not None:
+                out["aesKeyD2C"] = self.ctr.key_d2c
+                out["ivD2C"] = self.ctr.iv_d2c
+        if self.aead_secret is not None:
+            out["noportsAeadSecret"] = self.aead_secret
+        return out
+
     @classmethod
     def from_response(cls, payload: dict[str, Any], ephemeral: rsa.PrivateKey) -> SessionKeys:
         def get(name: str, length: int) -> bytes | None:
@@ -116,6 +135,11 @@ class SessionKeys:
                 raise ProtocolError(f"{name} is not a string")
             return unwrap(ephemeral, v, what=name, length=length)
 
+        return cls.from_getter(get)
+
+    @classmethod
+    def from_getter(cls, get: Any) -> SessionKeys:
+        """From ``get(field name, length) -> raw bytes or None`` (RSA or X25519 unwrapping)."""
         key = get("aesKeyC2D", 32) or get("sessionAESKey", 32)
         iv = get("ivC2D", 16) or get("sessionIV", 16)
         ctr = None
@@ -154,6 +178,7 @@ def ssh_request(
     relay_auth_mode: str = "payload",
     relay_auth_aes_key: str | None = None,
     relay_atsign: str | None = None,
+    kex_pk: bytes | None = None,
 ) -> dict[str, Any]:
     """The latest official field order (spec-latest 3.1); our ``noportsAead`` goes last."""
     p: dict[str, Any] = {
@@ -173,6 +198,7 @@ def ssh_request(
         "relayAtsign": relay_atsign,
     }
     _additions(p, aead)
+    _kex_offer(p, kex_pk)
     return p
 
 
@@ -193,6 +219,7 @@ def npt_request(
     relay_auth_mode: str = "payload",
     relay_auth_aes_key: str | None = None,
     relay_atsign: str | None = None,
+    kex_pk: bytes | None = None,
 ) -> dict[str, Any]:
     """The latest official field order (spec-latest 3.1); our ``noportsAead`` goes last."""
     p: dict[str, Any] = {
@@ -214,12 +241,81 @@ def npt_request(
         "relayAtsign": relay_atsign,
     }
     _additions(p, aead)
+    _kex_offer(p, kex_pk)
     return p
 
 
 def _additions(p: dict[str, Any], aead: bool) -> None:
     if aead:
         p["noportsAead"] = AEAD_VERSION
+
+
+# -- X25519 key exchange between our own programs (see the module docstring) ------------
+
+KEX_FIELD = "noportsKex"
+KEX_PK_FIELD = "noportsKexPK"
+
+
+def _kex_offer(p: dict[str, Any], kex_pk: bytes | None) -> None:
+    if kex_pk is not None:
+        from ..crypto.ephemeral import KEX_X25519
+
+        p[KEX_FIELD] = KEX_X25519
+        p[KEX_PK_FIELD] = b64e(kex_pk)
+
+
+def _kex_request_pk(p: dict[str, Any], kind: str) -> bytes | None:
+    """The client's X25519 public key when the request offers the exchange, else None."""
+    if p.get(KEX_FIELD) != "x25519":
+        return None
+    v = p.get(KEX_PK_FIELD)
+    if not isinstance(v, str):
+        raise ProtocolError(f"{kind}_request field {KEX_PK_FIELD} must be a string")
+    return b64d(v, what=KEX_PK_FIELD, length=32)
+
+
+def kex_response_fields(keys: SessionKeys, client_kex_pk: bytes, session_id: str) -> dict[str, Any]:
+    """The key fields of a success response for an X25519 offer (daemon side)."""
+    from ..crypto import ephemeral as eph
+
+    private = eph.x25519_private()
+    aead = eph.x25519_field_key(private, client_kex_pk, session_id, client=False)
+    fields = keys.raw_fields()
+    out: dict[str, Any] = {"sessionAESKey": None, "sessionIV": None}
+    out.update({k: eph.seal_field(aead, k, v) for k, v in fields.items()})
+    out[KEX_PK_FIELD] = b64e(eph.x25519_public_raw(private))
+    return out
+
+
+def kex_keys_from_response(payload: dict[str, Any], private: Any, session_id: str) -> SessionKeys:
+    """Client side: open the key fields of a response to our X25519 offer."""
+    from ..crypto import ephemeral as eph
+
+    v = payload.get(KEX_PK_FIELD)
+    if not isinstance(v, str):
+        raise ProtocolError(f"the response has no {KEX_PK_FIELD} for our X25519 offer")
+    try:
+        aead = eph.x25519_field_key(
+            private, b64d(v, what=KEX_PK_FIELD, length=32), session_id, client=True
+        )
+    except ValueError as exc:
+        raise ProtocolError(str(exc)) from None
+
+    def get(name: str, length: int) -> bytes | None:
+        t = payload.get(name)
+        if t is None:
+            return None
+        if not isinstance(t, str):
+            raise ProtocolError(f"{name} is not a string")
+        try:
+            raw = eph.open_field(aead, name, t)
+        except ValueError as exc:
+            raise ProtocolError(str(exc)) from None
+        if len(raw) != length:
+            raise ProtocolError(f"{name} is {len(raw)} bytes, expected {length}")
+        return raw
+
+    return SessionKeys.from_getter(get)
 
 
 @dataclass(frozen=True)
@@ -245,6 +341,7 @@ class SessionRequest:
     relay_auth_mode: str = "payload"  # the mode the daemon's relay sockets use
     relay_auth_aes_key: str | None = None  # ESCR: base64 of the 32-byte session key
     relay_atsign: str | None = None  # informational (event logging)
+    kex_pk: bytes | None = None  # the client's X25519 public key (our own clients)
 
 
 def parse_request(kind: str, p: dict[str, Any]) -> SessionRequest:
@@ -292,7 +389,8 @@ def parse_request(kind: str, p: dict[str, Any]) -> SessionRequest:
         if p.get("clientEphemeralPKType", EPHEMERAL_PK_TYPE) != EPHEMERAL_PK_TYPE:
             raise ProtocolError("clientEphemeralPKType must be rsa2048")
         pk = rsa.public_from_b64(pk_text)
-    if encrypt and pk is None:
+    kex_pk = _kex_request_pk(p, kind)
+    if encrypt and pk is None and kex_pk is None:
         raise ProtocolError(f"{kind}_request asks for encryption but has no clientEphemeralPK")
     aead_v = p.get("noportsAead")
     mode = p.get("relayAuthMode")
@@ -321,6 +419,7 @@ def parse_request(kind: str, p: dict[str, Any]) -> SessionRequest:
         relay_auth_mode=mode.lower(),
         relay_auth_aes_key=ram_key,
         relay_atsign=relay_atsign if isinstance(relay_atsign, str) else None,
+        kex_pk=kex_pk,
     )
 
 
@@ -332,15 +431,22 @@ def success_response(
     ephemeral_private_key_pem: str | None = None,
     ssh: bool = True,
     event_logging: dict[str, Any] | None = None,
+    kex_pk: bytes | None = None,
 ) -> dict[str, Any]:
     """D5 success payload: status, sessionId[, ephemeralPrivateKey], the C2D key and IV (named
-    per twin keys), aesKeyD2C, ivD2C, eventLoggingConfig[, noportsAeadSecret]."""
+    per twin keys), aesKeyD2C, ivD2C, eventLoggingConfig[, noportsAeadSecret].
+
+    ``kex_pk``: the client's X25519 offer; when given, the keys travel under it, not RSA."""
     p: dict[str, Any] = {"status": "connected", "sessionId": session_id}
     if ssh:
         p["ephemeralPrivateKey"] = ephemeral_private_key_pem
     extra: dict[str, Any] = {}
-    if keys is not None and client_pk is not None:
+    fields: dict[str, Any] | None = None
+    if keys is not None and kex_pk is not None:
+        fields = kex_response_fields(keys, kex_pk, session_id)
+    elif keys is not None and client_pk is not None:
         fields = keys.response_fields(client_pk)
+    if fields is not None:
         aead = fields.pop("noportsAeadSecret", None)
         p.update(fields)
         if aead is not None:

@@ -88,7 +88,8 @@ def session_spec(args: argparse.Namespace) -> SessionSpec:
 
 
 async def open_session(args: argparse.Namespace) -> tuple[AtClient, Established]:
-    eph = start_ephemeral_keygen() if args.encrypt else None
+    # --require-aead: an X25519 key in the request instead (session.client)
+    eph = start_ephemeral_keygen() if args.encrypt and not args.require_aead else None
     t_connect = time.monotonic()
     client = await connect_client(
         args.from_,

@@ -247,6 +247,7 @@ class SessionHandler:
             req.ephemeral_pk,
             ephemeral_private_key_pem=private_pem,
             ssh=req.kind == "ssh",
+            kex_pk=req.kex_pk if req.encrypt else None,
         )
 
     def _track(self, task: asyncio.Task[Any], sid: str) -> None:

@@ -52,9 +52,9 @@ the local socket is reset, never closed in order.
 from ..crypto.stream import CtrKeys
 from .bridge import BridgeStats, bridge, make_pumps
 from .control import Connect, ControlParser, Heartbeat, Unknown, format_connect, parse_message
+from .keys import AeadKeys, TunnelCrypto, mode_name, session_id_from_auth
 from .multi import ClientMulti, ControlChannel, DaemonMulti, MultiStats, run_daemon_multi
 from .net import client_bind_host, connect_relay, connect_tcp, listen
-from .settings import AeadKeys, TunnelCrypto, mode_name, session_id_from_auth
 from .single import SingleClient, open_client_single, run_daemon_single
 
 __all__ = [

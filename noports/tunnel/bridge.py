@@ -28,7 +28,7 @@ from typing import Any
 from .. import _compat
 from ..crypto.records import C2D, D2C, RecordOpener, RecordSealer
 from ..crypto.stream import CtrKeys
-from .settings import AeadKeys, TunnelCrypto
+from .keys import AeadKeys, TunnelCrypto
 
 log = logging.getLogger("noports.tunnel")
 

@@ -30,8 +30,8 @@ from ..crypto.stream import CtrKeys
 from ..errors import NoPortsError
 from .bridge import bridge
 from .control import Connect, ControlParser, Heartbeat, format_connect, format_heartbeat
+from .keys import AeadKeys, TunnelCrypto, mode_name
 from .net import RELAY_CONNECT_TIMEOUT, client_bind_host, connect_relay, connect_tcp, listen
-from .settings import AeadKeys, TunnelCrypto, mode_name
 
 log = logging.getLogger("noports.tunnel")
 

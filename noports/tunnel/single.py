@@ -16,8 +16,8 @@ from collections.abc import Callable
 from ..crypto.escr import EscrAuth
 from ..errors import PeerTimeoutError
 from .bridge import BridgeStats, bridge
+from .keys import TunnelCrypto, mode_name
 from .net import RELAY_CONNECT_TIMEOUT, client_bind_host, connect_relay, connect_tcp, listen
-from .settings import TunnelCrypto, mode_name
 
 log = logging.getLogger("noports.tunnel")
 

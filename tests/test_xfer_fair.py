@@ -1,0 +1,140 @@
+"""Fairness of the tunnel ends' transfer loop: the work of one wake-up is bounded per
+connection (bytes and time), and a flow uses the small (fair) budget while another flow of
+the process is active. Both twins (``impl``) follow the same rules."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+
+import pytest
+
+from noports import _compat
+from noports.crypto.records import C2D, RecordOpener, RecordSealer
+
+
+def _pairs() -> tuple[socket.socket, socket.socket, socket.socket, socket.socket]:
+    """(writer, src, dst, reader): src/dst are what a pump sees; both non-blocking."""
+    w, src = socket.socketpair()
+    dst, r = socket.socketpair()
+    for s in (w, src, dst, r):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    src.setblocking(False)
+    dst.setblocking(False)
+    return w, src, dst, r
+
+
+def _fill(w: socket.socket, n: int) -> bytes:
+    data = os.urandom(n)
+    w.setblocking(False)
+    sent = w.send(data)
+    return data[:sent]
+
+
+def _read(r: socket.socket, n: int) -> bytes:
+    r.settimeout(5)
+    out = bytearray()
+    while len(out) < n:
+        chunk = r.recv(n - len(out))
+        assert chunk
+        out += chunk
+    return bytes(out)
+
+
+@pytest.mark.parametrize("kind", ["copy", "seal"])
+def test_one_step_moves_at_most_the_byte_budget(impl: str, kind: str) -> None:
+    x = _compat.speedups("xfer", impl)
+    w, src, dst, r = _pairs()
+    with w, src, dst, r:
+        data = _fill(w, 180_000)
+        assert len(data) > 3 * 32768
+        if kind == "copy":
+            p = x.CopyPump(src, dst)
+        else:
+            sealer = RecordSealer(os.urandom(32), "sid", C2D, 1)
+            p = x.SealPump(src, dst, sealer)
+        p.budget = 32768
+        p.budget_ns = 10**12
+        assert p.step() == x.WANT_READ
+        assert p.transferred == 32768  # more was readable: the budget stopped the step
+        assert p.step() == x.WANT_READ
+        assert p.transferred == 65536
+        if kind == "copy":
+            assert _read(r, 65536) == data[:65536]
+
+
+def test_time_budget_zero_means_one_read_per_step(impl: str) -> None:
+    x = _compat.speedups("xfer", impl)
+    w, src, dst, r = _pairs()
+    with w, src, dst, r:
+        data = _fill(w, 100_000)
+        p = x.CopyPump(src, dst)
+        p.budget = 1 << 30
+        p.budget_ns = 0
+        p.step()
+        assert p.transferred == x.INITIAL_BUFSIZE  # one full read of the initial buffer
+        p.step()  # the grown buffer takes the rest in one read
+        assert p.transferred == len(data) < x.INITIAL_BUFSIZE + x.DEFAULT_BUFSIZE
+
+
+def test_open_pump_budget_still_reads_whole_records(impl: str) -> None:
+    """The record stream side asks for at least one whole record per read, so a small budget
+    never stalls it, and every byte arrives in order."""
+    x = _compat.speedups("xfer", impl)
+    secret = os.urandom(32)
+    sealer = RecordSealer(secret, "sid", C2D, 1)
+    payload = os.urandom(300_000)
+    wire = sealer.seal(payload)
+    w, src, dst, r = _pairs()
+    with w, src, dst, r:
+        w.setblocking(False)
+        assert w.send(wire) == len(wire)
+        p = x.OpenPump(src, dst, RecordOpener(secret, "sid", C2D, 1))
+        p.budget = 1
+        p.budget_ns = 10**12
+        steps = 0
+        while p.transferred < len(payload):
+            p.step()
+            steps += 1
+            assert steps < 100
+        assert steps > 1
+        assert _read(r, len(payload)) == payload
+
+
+def test_flow_uses_the_fair_budget_while_an_interactive_flow_is_active(impl: str) -> None:
+    """Bulk flows alone or among themselves keep the large budget; once a flow of the
+    process moved a small message, every flow uses the fair one for ``FAIR_WINDOW_NS``."""
+    x = _compat.speedups("xfer", impl)
+    loop = asyncio.new_event_loop()
+    socks = [_pairs() for _ in range(2)]
+    try:
+        time.sleep(x.FAIR_WINDOW_NS / 1e9 + 0.02)  # no light flow from an earlier test
+        flows = []
+        for _w, src, dst, _r in socks:
+            p = x.CopyPump(src, dst)
+            flows.append((x.Flow(loop, p, src, dst, lambda: None, lambda e: None), p))
+        (f1, p1), (f2, p2) = flows
+        _fill(socks[0][0], 3 * x.LIGHT_BYTES)
+        f1.drive()  # bulk: no fair mode
+        assert (p1.budget, p1.budget_ns) == (x.SOLO_BYTES, x.SOLO_NS)
+        f1.drive()
+        assert p1.budget == x.SOLO_BYTES and p1.transferred >= x.LIGHT_BYTES
+        socks[1][0].sendall(b"x" * 64)
+        f2.drive()  # a small message: light
+        assert p2.transferred == 64
+        f1.drive()
+        assert (p1.budget, p1.budget_ns) == (x.FAIR_BYTES, x.FAIR_NS)
+        time.sleep(x.FAIR_WINDOW_NS / 1e9 + 0.02)
+        f1.drive()  # no small message for longer than the window: the large budget again
+        assert (p1.budget, p1.budget_ns) == (x.SOLO_BYTES, x.SOLO_NS)
+        assert x.FAIR_BYTES < x.SOLO_BYTES
+        f1.stop()
+        f2.stop()
+    finally:
+        for group in socks:
+            for s in group:
+                s.close()
+        loop.close()
