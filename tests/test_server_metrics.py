@@ -78,3 +78,46 @@ def test_server_metrics_bad_address_is_usage_error(tmp_path) -> None:
     )  # fmt: skip
     assert r.returncode == 2, r.stderr
     assert "--metrics" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_server_systemd_ready_watchdog_stopping(tmp_path) -> None:
+    """Type=notify: READY=1 once listening, WATCHDOG=1 from the loop, STOPPING=1 on SIGTERM."""
+    import json
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from tests.fixtures_at import REPO, _env
+
+    path = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(20)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "noports.cli.noports", "server", "--data-dir",
+         str(tmp_path / "d"), "--port", "0", "--output", "json"],
+        cwd=str(REPO), env={**_env(), "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert p.stdout is not None
+        info = json.loads(p.stdout.readline())
+        got = [sock.recv(4096).decode() for _ in range(2)]
+        assert got[0].startswith("READY=1") and info["root"] in got[0], got
+        assert got[1] == "WATCHDOG=1", got
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(20) == 0
+        rest = []
+        sock.settimeout(0.5)
+        try:
+            while True:
+                rest.append(sock.recv(4096).decode())
+        except TimeoutError:
+            pass
+        assert "STOPPING=1" in rest, rest
+    finally:
+        sock.close()
+        if p.poll() is None:
+            p.kill()
+            p.wait()

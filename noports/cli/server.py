@@ -263,11 +263,14 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"export NOPORTS_ROOT={server.root}")
         print(f"export NOPORTS_CA_FILE={ca}", flush=True)
     from ..sdnotify import notify as notify_systemd
+    from ..sdnotify import watchdog
 
     notify_systemd("READY=1", f"STATUS=serving {server.root}")
+    dog = loop.create_task(watchdog())
     try:
         await stop.wait()
     finally:
+        dog.cancel()
         notify_systemd("STOPPING=1")
         if observer is not None:
             observer.close()
