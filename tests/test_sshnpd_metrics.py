@@ -27,6 +27,7 @@ READY = r"Monitor .*monitor started"
 
 def test_sshnpd_metrics_ready_records_and_refusals(np_env):
     daemon, client = np_env.atsign("device"), np_env.atsign("client")
+    stranger = np_env.atsign("stranger")
     sshd = np_env.sshd()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -89,6 +90,10 @@ def test_sshnpd_metrics_ready_records_and_refusals(np_env):
             g2 = await c.grant()
             reply = await c.send("npt_request", c.npt_payload(g2, "localhost", 1), g2.sid)
             assert reply is not None and "not permit" in reply, reply
+        # refused without a reply: a sender who is not a manager
+        async with NpClient(np_env, stranger, daemon, "mdev") as s:
+            g3 = await s.grant()
+            assert await s.send("ssh_request", s.ssh_payload(g3), g3.sid, timeout=3) is None
 
     arun(main(), 90)
     sid = sid_box[0]
@@ -112,8 +117,9 @@ def test_sshnpd_metrics_ready_records_and_refusals(np_env):
     assert metric(text, "noports_sshnpd_sessions_active") == 0
     assert metric(text, "noports_sshnpd_session_requests_total", 'result="granted"') == 1
     assert metric(text, "noports_sshnpd_session_requests_total", 'result="not_permitted"') == 1
-    # ping + two requests in; heartbeat + two replies (+ records shared at start-up) out
-    assert metric(text, "noports_sshnpd_notifications_total", 'direction="in"') >= 3
+    assert metric(text, "noports_sshnpd_session_requests_total", 'result="unauthorised"') == 1
+    # ping + three requests in; heartbeat + two replies (+ records shared at start-up) out
+    assert metric(text, "noports_sshnpd_notifications_total", 'direction="in"') >= 4
     assert metric(text, "noports_sshnpd_notifications_total", 'direction="out"') >= 3
     page = get(base + "/")[1]
     assert "not_permitted" in page and "PRIVATE" not in page
