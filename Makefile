@@ -1,7 +1,7 @@
 # Developer shortcuts. CI itself runs .ci/run.
 PY ?= python3
 
-.PHONY: build cythonize test test-pure bench sdist wheel-pure wheels debug clean
+.PHONY: build cythonize test test-pure bench sdist wheel-pure wheels manpages debug clean
 
 build:            ## compile the Cython speedups in place
 	$(PY) setup.py build_ext --inplace
@@ -26,6 +26,9 @@ sdist:            ## .pyx + generated .c (setup.py's sdist step cythonizes; inst
 
 wheel-pure:       ## py3-none-any wheel for hosts no platform wheel covers (records itself as pure)
 	NOPORTS_NO_EXTENSIONS=1 $(PY) -m pip wheel --no-deps -w dist .
+
+manpages:         ## regenerate packaging/man from the argparse parsers (tests fail when stale)
+	$(PY) -m noports.cli.manpages packaging/man
 
 wheels:           ## platform wheels via cibuildwheel (Docker; armv7l/riscv64 under QEMU)
 	$(PY) -m cibuildwheel --output-dir dist

@@ -19,7 +19,7 @@ from types import ModuleType
 from typing import Any, TypeVar
 
 try:  # written by setup.py into every built (non-editable) install
-    from ._build import IMPLEMENTATION as BUILD
+    from ._build import IMPLEMENTATION as BUILD  # type: ignore[import-not-found, unused-ignore]
 except ImportError:  # a source tree or an editable install: the environment decides
     BUILD = None
 

@@ -251,3 +251,16 @@ def test_require_extensions_refuses_a_pure_build() -> None:
         env={"NOPORTS_NO_EXTENSIONS": "1", "NOPORTS_REQUIRE_EXTENSIONS": "1"},
     )
     assert p.returncode != 0 and "NOPORTS_REQUIRE_EXTENSIONS" in p.stderr, p
+
+
+def test_installed_service_command_finds_its_unit_templates(
+    built: dict[str, Path], compiled_venv: Venv, tmp_path: Path
+) -> None:
+    p = _ok(
+        _run(
+            [compiled_venv.prog("noports"), "service", "install", "srvd", "--root", str(tmp_path)],
+            cwd=built["decoy"],
+        )
+    )
+    unit = (tmp_path / "etc/systemd/system/noports-srvd.service").read_text()
+    assert f"ExecStart={compiled_venv.path}/bin/srvd " in unit, p.stdout

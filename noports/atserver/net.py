@@ -188,12 +188,13 @@ class Connection(asyncio.Protocol):
         data = "".join(self.out).encode("utf-8")
         self.out.clear()
         t.write(data)
-        if self.session is not None:
-            if (
-                self.session.monitoring
-                and t.get_write_buffer_size() > self.server.engine.config.monitor_buffer_limit
-            ):
-                log.warning("closing a monitor of %s that is not reading", self.session.atsign)
+        s = self.session
+        if s is not None and s.monitoring:
+            # an authenticated monitor that keeps taking what it is sent is busy, not idle
+            # (only a request from the client counts for every other connection)
+            s.last_write = self.server.loop.time()
+            if t.get_write_buffer_size() > self.server.engine.config.monitor_buffer_limit:
+                log.warning("closing a monitor of %s that is not reading", s.atsign)
                 t.abort()
                 self.closed = True
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 
-import regex as _regex
+import regex as _regex  # type: ignore[import-untyped]
 
 from ..errors import AtError
 

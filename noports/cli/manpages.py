@@ -35,6 +35,7 @@ PAGES: dict[str, tuple[str, str]] = {
     "noports-demo": ("noports.cli.demo", "build_parser"),
     "noports-quickstart": ("noports.cli.quickstart", "build_parser"),
     "noports-server": ("noports.cli.server", "_run_parser"),
+    "noports-service": ("noports.cli.service", "build_parser"),
     "noports-ui": ("noports.cli.ui", "build_parser"),
 }
 
@@ -83,7 +84,7 @@ def parsers() -> dict[str, Callable[[], argparse.ArgumentParser]]:
 
 
 def render(page: str, factory: Callable[[], argparse.ArgumentParser]) -> str:
-    from argparse_manpage.manpage import Manpage
+    from argparse_manpage.manpage import Manpage  # type: ignore[import-untyped]
 
     with _neutral_environment():
         parser = factory()
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="compare instead of writing")
     a = ap.parse_args(argv)
     try:
-        import argparse_manpage  # noqa: F401
+        import argparse_manpage  # type: ignore[import-untyped]  # noqa: F401
     except ImportError:
         print("manpages: error: argparse-manpage is not installed", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "demo": ("demo", "local encrypted tunnel demo through the relay engine"),
     "server": ("server", "embedded control plane: root directory + atServer (TLS, SQLite)"),
     "quickstart": ("quickstart", "server, atSigns, srvd, sshnpd, npt and sshnp checked locally"),
+    "service": ("service", "install a hardened systemd unit, its config file and the user"),
     "ui": ("ui", "local web app: profiles, one-click tunnels, onboarding, approvals"),
 }
 

@@ -309,7 +309,8 @@ def _notice(text: str) -> None:
 
 def load_keys(args: argparse.Namespace, atsign: str) -> AtKeys:
     path = args.key_file or default_keys_path(atsign)
-    return AtKeys.load(path, atsign, pass_phrase=args.pass_phrase or None)
+    # like ssh: a group/world-readable key file is refused (exit 3)
+    return AtKeys.load(path, atsign, strict_mode=True, pass_phrase=args.pass_phrase or None)
 
 
 async def _serve(cfg: DaemonConfig, args: argparse.Namespace) -> int:

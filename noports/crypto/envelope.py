@@ -123,6 +123,7 @@ def verify_relay_auth_line(
         or signing not in SIGNING_ALGOS
     ):
         parse_envelope(env)  # raises the precise ProtocolError
+        raise ProtocolError("malformed envelope")  # not reached: parse_envelope raised
     if payload.get("rvdNonce") != rvd_nonce:
         raise SignatureError("rvdNonce does not match this session")
     if hashing != "sha256" or signing != "rsa2048":

@@ -25,6 +25,7 @@ import binascii
 import re
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
@@ -129,7 +130,7 @@ def _check_blob(blob_type: str, blob: bytes) -> None:
     w.end()
 
 
-def _load_sk_key(blob_type: str, blob: bytes) -> object:
+def _load_sk_key(blob_type: str, blob: bytes) -> Any:
     """The public point of a FIDO key whose blob ``_check_blob`` already accepted."""
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 

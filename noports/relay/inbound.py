@@ -184,7 +184,7 @@ class Inbound:
         if verdict.outcome is Outcome.PENDING:
             self._pause()
             assert self.verifier is not None
-            self.verifier.when_done(self._auth_resumed)  # type: ignore[union-attr]
+            self.verifier.when_done(self._auth_resumed)  # type: ignore[attr-defined]  # ESCR only
             return
         if verdict.outcome is Outcome.FAILED:
             self._fail(verdict.reason)

@@ -49,6 +49,13 @@ class SessionHost(Protocol):
 
     def session_closed(self, session: Session) -> None: ...
 
+    # ESCR verifiers on this session's ports fetch signing keys through the host (KeySource)
+    def signing_key(self, uri: str, spec: Any) -> rsa.PublicKey | None | bool: ...
+
+    def fetch_signing_key(
+        self, uri: str, done: Callable[[rsa.PublicKey | None], None]
+    ) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class SessionSpec:
@@ -282,7 +289,7 @@ class Session:
             key = self._keys[side]
             assert key is not None
             verifier = AuthLine(self.session_id, self.spec.client_nonce, self.rvd_nonce, key,
-                                self.limits.max_auth_line, verified=self._verified[side],
+                                self.limits.max_auth_line, verified=self._verified[side],  # type: ignore[arg-type]
                                 expected=self._expected)
         inbound = Inbound(self, conn, side, ip, verifier, self._loop, self._clock,
                           gated=needs_auth)

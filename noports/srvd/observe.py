@@ -42,7 +42,7 @@ class Observer:
         self.started = time.time()
         self.endpoint: Endpoint | None = None
         self._last: Snapshot = {}
-        self.registry.register(_Collector(self))
+        self.registry.register(_Collector(self))  # type: ignore[arg-type]  # duck-typed Collector
 
     def start(self, address: str) -> tuple[str, int]:
         self.endpoint = Endpoint(
