@@ -8,7 +8,6 @@ with no atSign labels (cardinality).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -28,10 +27,12 @@ class Observer:
         self.endpoint: Endpoint | None = None
         self.registry.register(_Collector(self))
 
-    def start(self, address: str) -> tuple[str, int]:
+    def start(self, address: str, loop: Any) -> tuple[str, int]:
+        """Serve on ``address``; ``loop`` is the server's running event loop (this module is
+        sans-IO: the I/O lives in :mod:`noports.metrics`)."""
         self.endpoint = Endpoint(
             address,
-            loop=asyncio.get_running_loop(),
+            loop=loop,
             program="noports server",
             registry=self.registry,
             ready=self.ready,

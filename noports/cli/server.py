@@ -235,7 +235,7 @@ async def _serve(args: argparse.Namespace) -> int:
 
         observer = Observer(server)
         try:
-            observer.start(args.metrics)
+            observer.start(args.metrics, asyncio.get_running_loop())
         except ConfigError:
             await server.stop()
             os.close(lock)
