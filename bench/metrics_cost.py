@@ -26,6 +26,7 @@ import resource
 import secrets
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -43,6 +44,16 @@ from tests.test_srvd_app import arun, ask, children_of, connect, start_srvd  # n
 
 TICK = os.sysconf("SC_CLK_TCK")
 SCRAPE_EVERY = 0.1  # seconds between scrapes during the "metrics on" transfers
+SCRAPER = """
+import sys, time, urllib.request
+url, every = sys.argv[1], float(sys.argv[2])
+while True:
+    try:
+        urllib.request.urlopen(url, timeout=5).read()
+    except OSError:
+        pass
+    time.sleep(every)
+"""
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -115,7 +126,6 @@ def throughput(port_a: int, port_b: int, mib: int, scrape_url: str | None) -> fl
     a, b = open_pair(port_a, port_b)
     chunk = memoryview(os.urandom(1 << 20))
     total = mib << 20
-    stop = threading.Event()
 
     def sender() -> None:
         sent = 0
@@ -123,18 +133,20 @@ def throughput(port_a: int, port_b: int, mib: int, scrape_url: str | None) -> fl
             a.sendall(chunk)
             sent += len(chunk)
 
-    def scraper() -> None:  # ten scrapes a second: far more than any Prometheus does
-        while not stop.wait(SCRAPE_EVERY):
-            with contextlib.suppress(OSError):
-                scrape(scrape_url)  # type: ignore[arg-type]
-
+    # the scraper is its own process: a thread here would take the GIL from the transfer
+    scraper = (
+        subprocess.Popen(
+            [sys.executable, "-c", SCRAPER, scrape_url, str(SCRAPE_EVERY)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        if scrape_url
+        else None
+    )
     buf = bytearray(1 << 20)
     t = threading.Thread(target=sender, daemon=True)
-    s = threading.Thread(target=scraper, daemon=True) if scrape_url else None
     t0 = time.perf_counter()
     t.start()
-    if s:
-        s.start()
     got = 0
     b.settimeout(30)
     while got < total:
@@ -143,7 +155,9 @@ def throughput(port_a: int, port_b: int, mib: int, scrape_url: str | None) -> fl
             raise RuntimeError("relay closed the pair")
         got += n
     dt = time.perf_counter() - t0
-    stop.set()
+    if scraper is not None:
+        scraper.terminate()
+        scraper.wait(10)
     t.join(10)
     a.close()
     b.close()
