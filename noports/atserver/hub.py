@@ -78,6 +78,7 @@ def render(n: Notification, *, replay: bool, dart_time: Callable[[int | None], s
 class Hub:
     def __init__(self) -> None:
         self._by_atsign: dict[str, list[Monitor]] = {}
+        self.delivered = 0  # notifications pushed to live monitors (read by --metrics)
 
     def register(self, m: Monitor) -> None:
         self._by_atsign.setdefault(m.atsign, []).append(m)
@@ -108,4 +109,5 @@ class Hub:
                     text = render(n, replay=False, dart_time=dart_time)
                 m.sink.push(text)
                 count += 1
+        self.delivered += count
         return count

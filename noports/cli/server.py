@@ -57,6 +57,13 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--output", choices=("text", "json"), default="text", help="start-up line format"
     )
+    p.add_argument(
+        "--metrics",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve /metrics (Prometheus), /healthz, /readyz and a status page at / on this "
+        "address (a bare PORT binds 127.0.0.1; off by default)",
+    )
     t = p.add_argument_group("limits (defaults are the official server's)")
     t.add_argument("--max-connections", type=int, default=200)
     t.add_argument(
@@ -144,6 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args)
     if args.port is not None and not 0 <= args.port <= 65535:
         _run_parser().error("--port must be 0-65535")
+    if args.metrics:
+        from ..metrics import parse_address
+
+        try:
+            parse_address(args.metrics)
+        except ConfigError as exc:
+            _run_parser().error(str(exc))
     try:
         return _compat.run(_serve(args))
     except KeyboardInterrupt:
@@ -215,6 +229,17 @@ async def _serve(args: argparse.Namespace) -> int:
     )
     server = AtServer(args.data_dir, cfg)
     await server.start()
+    observer = None
+    if args.metrics:
+        from ..atserver.observe import Observer
+
+        observer = Observer(server)
+        try:
+            observer.start(args.metrics, asyncio.get_running_loop())
+        except ConfigError:
+            await server.stop()
+            os.close(lock)
+            raise
     with contextlib.suppress(OSError):
         (data_dir / LAST_PORT_FILE).write_text(f"{server.port}\n")
     stop = asyncio.Event()
@@ -237,9 +262,18 @@ async def _serve(args: argparse.Namespace) -> int:
     else:
         print(f"export NOPORTS_ROOT={server.root}")
         print(f"export NOPORTS_CA_FILE={ca}", flush=True)
+    from ..sdnotify import notify as notify_systemd
+    from ..sdnotify import watchdog
+
+    notify_systemd("READY=1", f"STATUS=serving {server.root}")
+    dog = loop.create_task(watchdog())
     try:
         await stop.wait()
     finally:
+        dog.cancel()
+        notify_systemd("STOPPING=1")
+        if observer is not None:
+            observer.close()
         await server.stop()
         os.close(lock)
     return 0

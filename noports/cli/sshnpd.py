@@ -235,6 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM/SIGINT let running sessions finish for up to SECS seconds "
         "(default 0: cut them at once)",
     )
+    p.add_argument(
+        "--metrics",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve /metrics (Prometheus), /healthz, /readyz and a status page at / on this "
+        "address (a bare PORT binds 127.0.0.1; off by default)",
+    )
     add_common(p, verbose_short=True)
     return p
 
@@ -267,6 +274,10 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
         raise ConfigError("--max-sessions must be 1-10000")
     if not 0 <= args.drain <= 86_400:
         raise ConfigError("--drain must be 0-86400 seconds")
+    if args.metrics:
+        from ..metrics import parse_address
+
+        parse_address(args.metrics)
     if args.permit_open is not None:
         po_text = args.permit_open
     else:
@@ -289,6 +300,7 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
         require_aead=bool(args.require_aead),
         max_sessions=args.max_sessions,
         drain=args.drain,
+        metrics=args.metrics or None,
     )
 
 

@@ -40,6 +40,8 @@ from ..crypto.sshkey import InvalidPublicKeyError
 from ..errors import ConnectError, KeyNotFoundError, NoPortsError
 from ..log import escape
 from ..names import validate_atsign, validate_session_id
+from ..sdnotify import notify as notify_systemd
+from ..sdnotify import watchdog
 from ..session import mutex as session_mutex
 from ..session.features import ping_response_json
 from ..session.permitopen import PermitOpen
@@ -97,6 +99,8 @@ class DaemonConfig:
     #: the published ESCR signing key (``public:_apsk.<eid|primary>.a.__e@<me>``), advertised
     #: in the ping reply; None = the one this daemon publishes for its own keys
     signing_key_uri: str | None = None
+    #: ``--metrics HOST:PORT``: /metrics, /healthz, /readyz and the status page (off when None)
+    metrics: str | None = None
 
 
 class Daemon:
@@ -153,6 +157,13 @@ class Daemon:
         )
         #: session event logging asked for by the policy service (latest spec 8.2)
         self.event_logging: dict[str, Any] | None = None
+        self.monitor_running = False
+        self.observer: Any = None  # observe.Observer when --metrics is given
+        if cfg.metrics:
+            from .observe import Observer
+
+            self.observer = Observer(self)
+            self.sessions.on_end = self._session_ended
 
     # -- helpers ------------------------------------------------------------------------------
     async def _public_key(self, atsign: str, refresh: bool) -> rsa.PublicKey:
@@ -253,12 +264,17 @@ class Daemon:
     # -- main loop ----------------------------------------------------------------------------
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.observer is not None and self.observer.endpoint is None:
+            self.observer.start(self.cfg.metrics)
         await self.share_records()
         self._background.append(loop.create_task(self._probe()))
         self._background.append(loop.create_task(self._publish_signing_key()))
         monitor = self.client.monitor(self.monitor_regex())
         try:
             await monitor.started(MONITOR_START_TIMEOUT)
+            self.monitor_running = True
+            notify_systemd("READY=1", f"STATUS=sshnpd {self.cfg.atsign} {self.cfg.device} ready")
+            self._background.append(loop.create_task(watchdog()))
             if self.on_ready:
                 self.on_ready(
                     f"Monitor for {self.cfg.atsign} device {self.cfg.device}: monitor started"
@@ -277,6 +293,8 @@ class Daemon:
                 exc = reader.exception()
                 raise exc if exc is not None else ConnectError("the notification monitor ended")
         finally:
+            self.monitor_running = False
+            notify_systemd("STOPPING=1")
             await monitor.close()
             if self._stop.is_set() and self.cfg.drain > 0:
                 await self.drain(self.cfg.drain)
@@ -326,9 +344,26 @@ class Daemon:
         if pending:
             await asyncio.get_running_loop().run_in_executor(None, self.ephemeral.remove_all_now)
             log.info("removed pending ephemeral keys of %d session(s)", len(pending))
+        if self.observer is not None:
+            self.observer.close()
+
+    def _session_ended(self, sid: str, task: asyncio.Task[Any]) -> None:
+        fields = self.observer.session_ended(sid, task) if self.observer is not None else None
+        if fields is not None:
+            log.warning(
+                "session %s ended (%s, %s s, %s bytes A->B, %s bytes B->A)",
+                sid,
+                fields["outcome"],
+                fields["duration_s"],
+                fields["bytes_a_to_b"],
+                fields["bytes_b_to_a"],
+                extra={"fields": fields},
+            )
 
     async def _read(self, monitor: Any) -> None:
         async for n in monitor:
+            if self.observer is not None:
+                self.observer.notification_in()
             self.accept(n)
 
     def accept(self, n: Notification) -> None:
@@ -378,6 +413,8 @@ class Daemon:
         try:
             permit = await self._authorise(sender)
             if permit is None:
+                if self.observer is not None and command in ("ssh_request", "npt_request"):
+                    self._refused(sender, "unauthorised", None)
                 return
             if command == "ping":
                 await self.client.notify(
@@ -436,7 +473,11 @@ class Daemon:
                 raise verified[0]
             req = verified[0]
             sid = req.session_id
+            if self.observer is not None:
+                self.observer.session_started(sid, sender, kind, req.relay_host)
             payload = await self.sessions.start(req, sender, permit)
+            if self.observer is not None:
+                self.observer.granted()
             if self.event_logging is not None:
                 payload["eventLoggingConfig"] = dict(self.event_logging)
                 fwd = asyncio.get_running_loop().create_task(
@@ -445,10 +486,27 @@ class Daemon:
                 self._handlers.add(fwd)
                 fwd.add_done_callback(self._handlers.discard)
         except Refusal as r:
-            log.warning("%s_request from %s refused: %s", kind, sender, escape(r.text, 300))
+            fields = None
+            if self.observer is not None:
+                from .observe import refusal_reason
+
+                fields = self.observer.refused(
+                    escape(sender, 80), refusal_reason(r.text), r.session_id or sid
+                )
+            log.warning(
+                "%s_request from %s refused: %s",
+                kind,
+                sender,
+                escape(r.text, 300),
+                extra={"fields": fields} if fields else None,
+            )
             if r.session_id is not None:
                 await self._reply_error(sender, r.session_id, r.text)
             return
+        except BaseException:
+            if self.observer is not None and sid is not None:
+                self.observer.live.pop(sid, None)  # no tunnel: not a live session
+            raise
         await self.client.send_signed(
             sender,
             f"{sid}.{self.cfg.device}",
@@ -457,6 +515,10 @@ class Daemon:
             ttl_ms=REPLY_TTL_MS,
             ttln_ms=REPLY_TTLN_MS,
         )
+
+    def _refused(self, sender: str, reason: str, sid: str | None) -> None:
+        fields = self.observer.refused(escape(sender, 80), reason, sid)
+        log.warning("session request refused: %s", reason, extra={"fields": fields})
 
     def _policy_config(self, value: str | None) -> None:
         """``{"eventLoggingConfig": {"atSign","topic","ttln"}}`` from the policy service: the

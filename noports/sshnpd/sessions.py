@@ -105,6 +105,8 @@ class SessionHandler:
         self._public_key = public_key
         self.max_sessions = max_sessions
         self.tunnels: set[asyncio.Task[Any]] = set()
+        #: called with (session id, task) when a tunnel task ends (sshnpd --metrics records)
+        self.on_end: Callable[[str, asyncio.Task[Any]], None] | None = None
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     # -- step 1-2: envelope and request ----------------------------------------------------
@@ -253,6 +255,8 @@ class SessionHandler:
 
         def done(t: asyncio.Task[Any]) -> None:
             self.tunnels.discard(t)
+            if self.on_end is not None:
+                self.on_end(sid, t)
             if t.cancelled():
                 log.info("session %s: tunnel cancelled", sid)
                 return
