@@ -25,7 +25,7 @@ class Observer:
         self.registry = CollectorRegistry(auto_describe=False)
         self.started = time.time()
         self.endpoint: Endpoint | None = None
-        self.registry.register(_Collector(self))
+        self.registry.register(_Collector(self))  # type: ignore[arg-type]  # duck-typed Collector
 
     def start(self, address: str, loop: Any) -> tuple[str, int]:
         """Serve on ``address``; ``loop`` is the server's running event loop (this module is

@@ -59,7 +59,7 @@ class Observer:
         self.ended = 0
         self.started = time.time()
         self.endpoint: Endpoint | None = None
-        self.registry.register(_Collector(self))
+        self.registry.register(_Collector(self))  # type: ignore[arg-type]  # duck-typed Collector
         self._wrap_notify()
 
     def start(self, address: str) -> tuple[str, int]:
