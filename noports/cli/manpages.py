@@ -37,6 +37,7 @@ PAGES: dict[str, tuple[str, str]] = {
     "noports-server": ("noports.cli.server", "_run_parser"),
     "noports-service": ("noports.cli.service", "build_parser"),
     "noports-ui": ("noports.cli.ui", "build_parser"),
+    "noports-doctor": ("noports.cli.doctor", "build_parser"),
 }
 
 

@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "quickstart": ("quickstart", "server, atSigns, srvd, sshnpd, npt and sshnp checked locally"),
     "service": ("service", "install a hardened systemd unit, its config file and the user"),
     "ui": ("ui", "local web app: profiles, one-click tunnels, onboarding, approvals"),
+    "doctor": ("doctor", "check keys, root, TLS, atServer, clock, local service, daemon"),
 }
 
 
