@@ -3,7 +3,7 @@
 Screens: ``/`` profiles (search, select, connect/disconnect many, favourites, live state),
 ``/profiles/new`` and ``/profiles/{uuid}/edit`` (the form), ``/import``, ``/export``,
 ``/onboard`` (atSigns: activate, upload .atKeys, enrol and wait, switch), ``/keys/backup``,
-``/approvals`` (enrollments: approve, deny, revoke; OTP), ``/settings`` (relay), ``/logs``.
+``/approvals`` (enrollments: approve, deny, revoke; OTP and SPP), ``/settings`` (relay), ``/logs``.
 Every change is a POST guarded by :mod:`.security`; every page is plain HTML that works
 without JavaScript (the script only adds live updates).
 """
@@ -16,6 +16,8 @@ import contextlib
 import json
 import logging
 import os
+import secrets
+import string
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -611,7 +613,7 @@ async def approvals(request: web.Request) -> web.Response:
     st: UiState = request.app[STATE_KEY]
     got, err = await _enrollments(st)
     tpl = "approvals_list.html" if request.headers.get("HX-Request") else "approvals.html"
-    return render(request, tpl, enrollments=got, list_error=err, otp=request.query.get("otp", ""))
+    return render(request, tpl, enrollments=got, list_error=err, otp="", spp="")
 
 
 async def pending_badge(request: web.Request) -> web.Response:
@@ -650,7 +652,36 @@ async def make_otp(request: web.Request) -> web.StreamResponse:
         raise back("/approvals", err=_one_line(exc)) from None
     log.info("OTP generated for %s", st.active)
     return render(request, "approvals.html", enrollments=(await _enrollments(st))[0],
-                  list_error="", otp=code)  # fmt: skip
+                  list_error="", otp=code, spp="")  # fmt: skip
+
+
+SPP_ALPHABET = string.ascii_letters + string.digits
+SPP_LENGTH = 12  # the official at_activate takes 6 to 16 letters and digits
+SPP_EXPIRY = {"1h": 3_600_000, "1d": 86_400_000, "7d": 7 * 86_400_000, "30d": 30 * 86_400_000}
+
+
+def new_spp() -> str:
+    """A fresh semi-permanent passcode: 12 letters and digits from :mod:`secrets`."""
+    return "".join(secrets.choice(SPP_ALPHABET) for _ in range(SPP_LENGTH))
+
+
+async def make_spp(request: web.Request) -> web.StreamResponse:
+    """Set a new semi-permanent passcode (``otp:put``) and show it once. It is neither logged
+    nor kept: the page that shows it is ``no-store`` and a reload does not repeat it."""
+    st: UiState = request.app[STATE_KEY]
+    f = await form(request)
+    expiry = str(f.get("expiry", "7d"))
+    if expiry not in SPP_EXPIRY:
+        raise back("/approvals", err=f"expiry must be one of {', '.join(SPP_EXPIRY)}")
+    code = new_spp()
+    try:
+        async with await _manager(st) as m:
+            await m.spp(code, SPP_EXPIRY[expiry])
+    except NoPortsError as exc:
+        raise back("/approvals", err=_one_line(exc)) from None
+    log.info("semi-permanent passcode set for %s (valid %s)", st.active, expiry)
+    return render(request, "approvals.html", enrollments=(await _enrollments(st))[0],
+                  list_error="", otp="", spp=code, spp_expiry=expiry)  # fmt: skip
 
 
 # -- settings and logs -------------------------------------------------------------------
@@ -781,6 +812,7 @@ def create_app(state: UiState, guard: Guard) -> web.Application:
     r.add_get("/approvals", approvals)
     r.add_get("/approvals/badge", pending_badge)
     r.add_post("/approvals/otp", make_otp)
+    r.add_post("/approvals/spp", make_spp)
     r.add_post("/approvals/{eid}/{action}", approval_action)
     r.add_get("/settings", settings_page)
     r.add_post("/settings", settings_save)
