@@ -287,6 +287,15 @@ class Runner:
                     q.get_nowait()
             q.put_nowait(snap)
 
+    def announce(self, frame: dict[str, Any]) -> None:
+        """Push a frame that is not a tunnel snapshot (it carries ``"event"``, e.g. the web
+        app's ``badge``) to every subscriber, with the same drop-oldest rule."""
+        for q in list(self._subs):
+            if q.full():
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    q.get_nowait()
+            q.put_nowait(frame)
+
     def end_streams(self) -> None:
         """Tell every subscriber the stream is over (a ``None`` item): used at shutdown."""
         for q in list(self._subs):

@@ -74,6 +74,83 @@ class Enrolling:
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
+ENROLL_RX = r".*\.new\.enrollments\.__manage"
+BADGE_RECHECK = 60.0  # approvals made on other devices send no notification: recount now and then
+
+
+class BadgeMonitor:
+    """The live pending-enrollments badge: a monitor on the active atSign's new-enrollment
+    notifications (``<id>.new.enrollments.__manage``, as ``at_activate auto`` listens for);
+    on each one it recounts the pending enrollments and pushes a ``badge`` frame to the
+    pages' event stream. While it is not running (not started yet, or it failed) ``live`` is
+    false and the pages poll ``/approvals/badge`` instead."""
+
+    def __init__(self, state: UiState) -> None:
+        self.state = state
+        self.atsign: str | None = None
+        self.pending = 0
+        self.live = False
+        self.task: asyncio.Task[None] | None = None
+
+    def follow(self, atsign: str | None) -> None:
+        """Watch ``atsign`` (the active one); a change restarts the monitor."""
+        if atsign == self.atsign and (self.task is not None or atsign is None):
+            return
+        self.stop()
+        self.atsign = atsign
+        if atsign:
+            self.task = asyncio.get_running_loop().create_task(self._run(atsign))
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        self.task, self.live, self.pending = None, False, 0
+
+    async def refresh(self) -> None:
+        """Recount (after a notification, or after this app approved or denied one)."""
+        a = self.atsign
+        if not a or a != self.state.active:
+            return
+        got, err = await _enrollments(self.state)
+        if err or a != self.atsign:
+            return
+        self.pending = sum(1 for e in got if e.status == "pending")
+        self.state.runner.announce(self.frame())
+
+    def frame(self) -> dict[str, Any]:
+        return {"event": "badge", "atsign": self.atsign, "pending": self.pending, "live": self.live}
+
+    async def _run(self, atsign: str) -> None:
+        from ..at.notifications import MonitorClosed
+
+        mon = None
+        try:
+            client = await self.state.client(atsign)
+            mon = client.monitor(ENROLL_RX, self_notifications=True, decrypt=False)
+            await mon.started(timeout=15)
+            self.live = True
+            log.info("approvals badge: monitoring new enrollment requests of %s", atsign)
+            await self.refresh()
+            while True:
+                try:
+                    await mon.next(timeout=BADGE_RECHECK)
+                except TimeoutError:
+                    pass
+                await self.refresh()
+        except asyncio.CancelledError:
+            raise
+        except (NoPortsError, OSError, MonitorClosed, web.HTTPException) as exc:
+            log.warning("approvals badge: monitor for %s stopped (%s); pages poll instead",
+                        atsign, _one_line(exc))  # fmt: skip
+        finally:
+            self.live = False
+            if mon is not None:
+                with contextlib.suppress(Exception):
+                    await mon.close()
+            if self.atsign == atsign:
+                self.state.runner.announce(self.frame())
+
+
 class UiState:
     """Everything the pages show: atSigns on disk, the active one, its store, the runner."""
 
@@ -94,6 +171,7 @@ class UiState:
         self.logbuf = LogBuffer()
         self.enrolling: dict[str, Enrolling] = {}
         self.backed_up: set[str] = set()
+        self.badge = BadgeMonitor(self)
         atsigns = self.atsigns()
         if atsigns:
             self.active = atsigns[0]
@@ -141,6 +219,7 @@ class UiState:
                 await c.close()
 
     async def close(self) -> None:
+        self.badge.stop()
         await self.runner.stop_all()
         for e in self.enrolling.values():
             if e.task is not None:
@@ -172,7 +251,10 @@ def _hms(seconds: int | float | None) -> str:
 def render(request: web.Request, name: str, status: int = 200, **ctx: Any) -> web.Response:
     app = request.app
     st: UiState = app[STATE_KEY]
+    st.badge.follow(st.active)
     base = {
+        "badge_live": st.badge.live,
+        "pending": st.badge.pending,
         "csrf": request.get(CSRF, ""),
         "atsigns": st.atsigns(),
         "active": st.active,
@@ -181,7 +263,7 @@ def render(request: web.Request, name: str, status: int = 200, **ctx: Any) -> we
         "error": request.query.get("err", ""),
         "path": request.path,
     }
-    html = app[JINJA_KEY].get_template(name).render(**base, **ctx)
+    html = app[JINJA_KEY].get_template(name).render(**{**base, **ctx})
     return web.Response(text=html, status=status, content_type="text/html", headers=HEADERS)
 
 
@@ -409,7 +491,8 @@ async def import_post(request: web.Request) -> web.StreamResponse:
 
 
 async def events(request: web.Request) -> web.StreamResponse:
-    """Server-sent events: one ``tunnel`` event per state change, a comment every 15 s."""
+    """Server-sent events: one ``tunnel`` event per state change, a ``badge`` event when the
+    number of pending enrollments changes (or its monitor stops), a comment every 15 s."""
     st: UiState = request.app[STATE_KEY]
     resp = web.StreamResponse(
         headers={**HEADERS, "Content-Type": "text/event-stream", "X-Accel-Buffering": "no"}
@@ -419,6 +502,8 @@ async def events(request: web.Request) -> web.StreamResponse:
     try:
         for r in list(st.runner.runs.values()):
             await resp.write(_sse("tunnel", r.snapshot()))
+        if st.badge.live:
+            await resp.write(_sse("badge", st.badge.frame()))
         while True:
             try:
                 snap = await asyncio.wait_for(q.get(), 15)
@@ -427,7 +512,7 @@ async def events(request: web.Request) -> web.StreamResponse:
                 continue
             if snap is None:  # shutting down: end the stream so the server can stop
                 break
-            await resp.write(_sse("tunnel", snap))
+            await resp.write(_sse(str(snap.get("event", "tunnel")), snap))
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:
@@ -639,6 +724,7 @@ async def approval_action(request: web.Request) -> web.StreamResponse:
     except NoPortsError as exc:
         raise back("/approvals", err=f"{action} {eid}: {_one_line(exc)}") from None
     log.info("enrollment %s: %s", eid, action)
+    await st.badge.refresh()
     done = {"approve": "approved", "deny": "denied", "revoke": "revoked"}[action]
     raise back("/approvals", msg=f"Enrollment {eid} {done}.")
 
