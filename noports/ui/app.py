@@ -37,6 +37,7 @@ from ..profiles.runner import PortBusyError, Runner
 from ..profiles.store import DEFAULT_SETTINGS, ProfileStore
 from ..session.client import connect_client
 from . import HTMX_FILE
+from .demo import DEMO_NAME, Demo
 from .security import COOKIE, CSRF, FORM, HEADERS, Guard, middleware
 
 log = logging.getLogger("noports.ui")
@@ -172,6 +173,10 @@ class UiState:
         self.enrolling: dict[str, Enrolling] = {}
         self.backed_up: set[str] = set()
         self.badge = BadgeMonitor(self)
+        self.demo = Demo()
+        self.demo_task: asyncio.Task[None] | None = None
+        # atSigns whose keys are not in ~/.atsign/keys (the local demo's): keys, root, CA
+        self.extra: dict[str, tuple[Path, str | None, str | None]] = {}
         atsigns = self.atsigns()
         if atsigns:
             self.active = atsigns[0]
@@ -182,13 +187,22 @@ class UiState:
         return self.home / ".atsign" / "keys"
 
     def keys_file(self, atsign: str) -> Path:
+        if atsign in self.extra:
+            return self.extra[atsign][0]
         return default_keys_path(atsign, self.home)
+
+    def net(self, atsign: str) -> tuple[str | None, str | None]:
+        """The root directory and CA file for ``atsign`` (the demo's own, or the app's)."""
+        if atsign in self.extra:
+            return self.extra[atsign][1], self.extra[atsign][2]
+        return self.root, self.ca_file
 
     def atsigns(self) -> list[str]:
         d = self.keys_dir()
-        if not d.is_dir():
-            return []
-        return sorted(p.name[: -len("_key.atKeys")] for p in d.glob("@*_key.atKeys"))
+        found = set(self.extra)
+        if d.is_dir():
+            found.update(p.name[: -len("_key.atKeys")] for p in d.glob("@*_key.atKeys"))
+        return sorted(found)
 
     async def client(self, atsign: str | None = None) -> AtClient:
         a = atsign or self.active
@@ -197,16 +211,16 @@ class UiState:
         async with self._lock:
             c = self._clients.get(a)
             if c is None:
-                c = await connect_client(
-                    a, keys_file=str(self.keys_file(a)), root=self.root, ca_file=self.ca_file
-                )
+                root, ca = self.net(a)
+                c = await connect_client(a, keys_file=str(self.keys_file(a)), root=root, ca_file=ca)
                 self._clients[a] = c
             return c
 
     async def _tunnel_client(self, atsign: str) -> AtClient:
         # each tunnel has its own atClient, as each npt does (its own monitor and reconnects)
+        root, ca = self.net(atsign)
         return await connect_client(
-            atsign, keys_file=str(self.keys_file(atsign)), root=self.root, ca_file=self.ca_file
+            atsign, keys_file=str(self.keys_file(atsign)), root=root, ca_file=ca
         )
 
     async def store(self) -> ProfileStore:
@@ -220,12 +234,15 @@ class UiState:
 
     async def close(self) -> None:
         self.badge.stop()
+        if self.demo_task is not None:
+            self.demo_task.cancel()
         await self.runner.stop_all()
         for e in self.enrolling.values():
             if e.task is not None:
                 e.task.cancel()
         for a in list(self._clients):
             await self.drop_client(a)
+        await self.demo.stop()
 
 
 # -- rendering ---------------------------------------------------------------------------
@@ -254,6 +271,7 @@ def render(request: web.Request, name: str, status: int = 200, **ctx: Any) -> we
     st.badge.follow(st.active)
     base = {
         "badge_live": st.badge.live,
+        "demo_atsigns": set(st.extra),
         "pending": st.badge.pending,
         "csrf": request.get(CSRF, ""),
         "atsigns": st.atsigns(),
@@ -540,7 +558,7 @@ async def onboard_page(request: web.Request) -> web.Response:
     root = st.root or os.environ.get("NOPORTS_ROOT") or "root.atsign.org"
     return render(
         request, "onboard.html", root=root, enrolling=list(st.enrolling.values()),
-        keys_dir=str(st.keys_dir()),
+        keys_dir=str(st.keys_dir()), demo=st.demo,
     )  # fmt: skip
 
 
@@ -637,6 +655,61 @@ async def enroll(request: web.Request) -> web.StreamResponse:
     raise back("/onboard", msg=f"Enrollment requested for {a}; approve it on a manager device.")
 
 
+async def start_demo(st: UiState) -> None:
+    """Start the local demo and make its client atSign active, with one demo profile."""
+    info = await st.demo.start()
+    a = info.client
+    st.extra[a] = (info.keys_file, info.root, info.ca_file)
+    await st.drop_client(a)
+    store = ProfileStore(await st.client(a))
+    if not any(p.displayName == DEMO_NAME for p in await store.list()):
+        await store.put(Profile.from_json({
+            "displayName": DEMO_NAME, "sshnpdAtsign": info.device,
+            "deviceName": info.device_name, "relayAtsign": info.relay,
+            "remoteHost": "localhost", "remotePort": info.web_port, "localHost": "localhost",
+            "localPort": 0, "connectUriProtocol": "http",
+        }))  # fmt: skip
+    st.active = a
+    log.info("demo: running; %s is active with the profile %r", a, DEMO_NAME)
+
+
+async def demo_action(request: web.Request) -> web.StreamResponse:
+    st: UiState = request.app[STATE_KEY]
+    action = request.match_info["action"]
+    if action == "start":
+        if st.demo.state in ("starting", "running"):
+            raise back("/onboard", msg="The local demo is already " + st.demo.state + ".")
+
+        async def work() -> None:
+            try:
+                await start_demo(st)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # shown on the page; the demo stops itself
+                st.demo.state, st.demo.error = "failed", _one_line(exc)
+                log.warning("demo: failed: %s", st.demo.error)
+
+        st.demo_task = asyncio.get_running_loop().create_task(work())
+        raise back("/onboard", msg="Starting the local demo (about 10 to 30 seconds)…")
+    if action == "stop":
+        if st.demo_task is not None:
+            st.demo_task.cancel()
+        for a in list(st.extra):
+            for u, r in list(st.runner.runs.items()):
+                if r.client_atsign == a:
+                    await st.runner.stop(u)
+                    st.runner.runs.pop(u, None)
+            await st.drop_client(a)
+            del st.extra[a]
+            if st.active == a:
+                real = st.atsigns()
+                st.active = real[0] if real else None
+        await st.demo.stop()
+        log.info("demo: stopped")
+        raise back("/onboard", msg="The local demo is stopped and its data deleted.")
+    raise web.HTTPNotFound()
+
+
 async def switch(request: web.Request) -> web.StreamResponse:
     st: UiState = request.app[STATE_KEY]
     f = await form(request)
@@ -680,7 +753,8 @@ async def _manager(st: UiState) -> ob.EnrollmentManager:
     if not st.active:
         raise web.HTTPSeeOther("/onboard")
     keys = AtKeys.load(st.keys_file(st.active))
-    return await ob.EnrollmentManager.connect(keys, root=st.root, ca_file=st.ca_file)
+    root, ca = st.net(st.active)
+    return await ob.EnrollmentManager.connect(keys, root=root, ca_file=ca)
 
 
 async def _enrollments(st: UiState) -> tuple[list[ob.Enrollment], str]:
@@ -892,6 +966,7 @@ def create_app(state: UiState, guard: Guard) -> web.Application:
     r.add_post("/onboard/activate", activate)
     r.add_post("/onboard/upload", upload_keys)
     r.add_post("/onboard/enroll", enroll)
+    r.add_post("/onboard/demo/{action}", demo_action)
     r.add_post("/atsign", switch)
     r.add_get("/keys/backup", backup_page)
     r.add_post("/keys/backup", backup_download)
