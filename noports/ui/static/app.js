@@ -66,6 +66,13 @@
       }
       return;
     }
+    if (!el.dataset.liveBadge) {  // it was polling: a fresh element drops htmx's timer
+      var fresh = document.createElement("span");
+      fresh.id = "badge";
+      fresh.dataset.liveBadge = "1";
+      el.replaceWith(fresh);
+      el = fresh;
+    }
     el.textContent = "";
     if (b.pending > 0) {
       var s = document.createElement("span");
@@ -77,7 +84,7 @@
     el.dataset.pending = String(b.pending);
   }
   function start() {
-    var live = document.querySelector("[data-run]") || document.querySelector("[data-live-badge]");
+    var live = document.querySelector("[data-run]") || document.getElementById("badge");
     if (!live || !window.EventSource) return;
     var es = new EventSource("/events");
     es.addEventListener("tunnel", function (ev) {
