@@ -6,7 +6,10 @@ fetched through it; stopping the demo removes its atSign and its data."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import urllib.request
+from pathlib import Path
 from urllib.parse import unquote_plus
 
 import pytest
@@ -73,6 +76,41 @@ def test_local_demo_one_click_connect(tmp_path) -> None:
             assert "stopped" in unquote_plus(r.headers["Location"])
             assert state.active is None and state.atsigns() == [] and not state.runner.runs
             assert not data_dir.exists()
+            assert "Start local demo" in await ui.page("/onboard")
+
+    asyncio.run(asyncio.wait_for(go(), 170))
+
+
+def _children() -> set[int]:
+    out: set[int] = set()
+    for t in Path(f"/proc/{os.getpid()}/task").iterdir():
+        with contextlib.suppress(OSError):
+            out.update(int(x) for x in (t / "children").read_text().split())
+    return out
+
+
+def test_local_demo_stop_while_starting_leaves_nothing(tmp_path) -> None:
+    """Stop pressed during the start (and a refused request without the CSRF token)."""
+
+    async def go() -> None:
+        state = UiState(home=tmp_path / "home")
+        port = free_port()
+        guard = Guard("127.0.0.1", port)
+        before = _children()
+        async with TestClient(TestServer(create_app(state, guard), host="127.0.0.1",
+                                         port=port)) as client:  # fmt: skip
+            ui = Ui(client, state, guard)
+            await ui.login()
+            r = await ui.post("/onboard/demo/start", {"csrf": "wrong"})
+            assert r.status == 403 and state.demo.state == "off"
+            r = await ui.post("/onboard/demo/start")
+            assert r.status == 303 and state.demo.state == "starting"
+            await asyncio.sleep(1)
+            r = await ui.post("/onboard/demo/stop")
+            assert "stopped" in unquote_plus(r.headers["Location"])
+            assert state.demo.state == "off" and state.demo.info is None
+            assert state.atsigns() == [] and state.active is None
+            assert _children() <= before  # every child of the demo is gone
             assert "Start local demo" in await ui.page("/onboard")
 
     asyncio.run(asyncio.wait_for(go(), 170))

@@ -673,6 +673,20 @@ async def start_demo(st: UiState) -> None:
     log.info("demo: running; %s is active with the profile %r", a, DEMO_NAME)
 
 
+async def _forget_demo(st: UiState) -> None:
+    """Stop the demo atSign's tunnels and drop it from the app (its data goes with the demo)."""
+    for a in list(st.extra):
+        for u, r in list(st.runner.runs.items()):
+            if r.client_atsign == a:
+                await st.runner.stop(u)
+                st.runner.runs.pop(u, None)
+        await st.drop_client(a)
+        del st.extra[a]
+        if st.active == a:
+            real = st.atsigns()
+            st.active = real[0] if real else None
+
+
 async def demo_action(request: web.Request) -> web.StreamResponse:
     st: UiState = request.app[STATE_KEY]
     action = request.match_info["action"]
@@ -686,7 +700,9 @@ async def demo_action(request: web.Request) -> web.StreamResponse:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # shown on the page; the demo stops itself
+                await _forget_demo(st)
                 st.demo.state, st.demo.error = "failed", _one_line(exc)
+                await st.demo.stop()
                 log.warning("demo: failed: %s", st.demo.error)
 
         st.demo_task = asyncio.get_running_loop().create_task(work())
@@ -694,16 +710,10 @@ async def demo_action(request: web.Request) -> web.StreamResponse:
     if action == "stop":
         if st.demo_task is not None:
             st.demo_task.cancel()
-        for a in list(st.extra):
-            for u, r in list(st.runner.runs.items()):
-                if r.client_atsign == a:
-                    await st.runner.stop(u)
-                    st.runner.runs.pop(u, None)
-            await st.drop_client(a)
-            del st.extra[a]
-            if st.active == a:
-                real = st.atsigns()
-                st.active = real[0] if real else None
+            with contextlib.suppress(BaseException):
+                await st.demo_task
+            st.demo_task = None
+        await _forget_demo(st)
         await st.demo.stop()
         log.info("demo: stopped")
         raise back("/onboard", msg="The local demo is stopped and its data deleted.")

@@ -74,11 +74,17 @@ class Demo:
         if self.state in ("starting", "running") and self.info is not None:
             return self.info
         self.state, self.error, self.lines = "starting", "", []
+        work = asyncio.ensure_future(asyncio.to_thread(self._start_blocking))
         try:
-            self.info = await asyncio.to_thread(self._start_blocking)
+            self.info = await asyncio.shield(work)
         except BaseException as exc:
-            self.state = "failed"
-            self.error = (str(exc).splitlines() or [type(exc).__name__])[0]
+            # a cancelled start lets its thread finish (each step is bounded by the
+            # timeout), so no child is spawned after everything has been closed
+            with contextlib.suppress(BaseException):
+                await work
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            self.state = "off" if cancelled else "failed"
+            self.error = "" if cancelled else (str(exc).splitlines() or [type(exc).__name__])[0]
             await asyncio.to_thread(self._close_blocking)
             raise
         self.state = "running"
