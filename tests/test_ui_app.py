@@ -64,6 +64,19 @@ class Ui:
         return await r.text()
 
 
+async def next_event(resp, event: str, timeout: float = 10) -> dict:
+    """The data of the next ``event`` frame on an open event stream (other events skipped)."""
+    buf = resp.__dict__.setdefault("_sse_buf", bytearray())
+    while True:
+        while b"\n\n" not in buf:
+            buf += await asyncio.wait_for(resp.content.readany(), timeout)
+        frame, _, rest = bytes(buf).partition(b"\n\n")
+        buf[:] = rest
+        lines = frame.decode().split("\n")
+        if lines[0] == f"event: {event}":
+            return json.loads(lines[1].removeprefix("data: "))
+
+
 def _ui_test(at_server, keys, tmp_path, body, *, atsign: str = "@ui_app_alice") -> None:
     k = keys(atsign)
     at_server.add(k.atsign, k)
@@ -282,12 +295,7 @@ def test_busy_port_and_event_stream(at_server, keys, tmp_path) -> None:
         assert r.headers["Content-Type"] == "text/event-stream"
         r2 = await ui.post("/bulk", {"action": "connect", "uuid": p.uuid})
         assert r2.status == 303
-        frame = b""
-        while b"\n\n" not in frame:
-            frame += await asyncio.wait_for(r.content.readany(), 10)
-        ev, data = frame.split(b"\n\n")[0].decode().split("\n")
-        assert ev == "event: tunnel"
-        snap = json.loads(data.removeprefix("data: "))
+        snap = await next_event(r, "tunnel")
         assert snap["uuid"] == p.uuid and snap["state"] == "starting"
         html = await ui.page("/")
         assert f'data-run="{p.uuid}"' in html and "Disconnect" in html
@@ -310,3 +318,27 @@ def test_busy_port_and_event_stream(at_server, keys, tmp_path) -> None:
         await ui.post("/bulk", {"action": "stop-all"})
 
     _ui_test(at_server, keys, tmp_path, body, atsign="@ui_app_carol")
+
+
+def test_badge_falls_back_to_polling(at_server, keys, tmp_path, monkeypatch) -> None:
+    """When the enrollment monitor cannot start (here: a regex the command line refuses),
+    the pages poll the badge fragment as before, and the reason is logged once."""
+    import noports.ui.app as ui_app
+
+    monkeypatch.setattr(ui_app, "ENROLL_RX", "new\nline")
+
+    async def body(ui: Ui, k) -> None:
+        await ui.login()  # renders a page: the monitor is started for the active atSign
+        task = ui.state.badge.task
+        assert task is not None
+        await asyncio.wait_for(asyncio.shield(task), 10)
+        assert not ui.state.badge.live
+        html = await ui.page("/")
+        assert 'hx-get="/approvals/badge" hx-trigger="load, every 10s"' in html
+        assert "data-live-badge" not in html
+        assert ui.state.badge.task is task  # not restarted on every page
+        assert (await ui.c.get("/approvals/badge")).status == 200
+        lines = [m for _, _, _, m in ui.state.logbuf.lines]
+        assert sum("pages poll instead" in m for m in lines) == 1
+
+    _ui_test(at_server, keys, tmp_path, body, atsign="@ui_app_dave")

@@ -203,6 +203,7 @@ def test_journey_approve_a_new_device(np_env, at_server, browser, tmp_path):
         page.get_by_role("button", name="Generate OTP").click()
         otp = page.locator("#otp").inner_text().strip()
         assert otp
+        expect(page.locator("#badge[data-live-badge]")).to_have_count(1, timeout=15_000)
         page.screenshot(path=shots / "01-otp.png", full_page=True)
         new_keys = tmp_path / "new-device" / f"{a}_key.atKeys"
         enrol = np_env.spawn(
@@ -210,6 +211,9 @@ def test_journey_approve_a_new_device(np_env, at_server, browser, tmp_path):
             "-d", "laptop", "-n", "sshnp:rw", "--poll-interval", "0.5",
             env={"AT_ACTIVATE_OTP": otp}, ready=r"(?i)pending|waiting|enrollment", timeout=30,
         )  # fmt: skip
+        # the badge is pushed by the server's monitor (no polling once it is live)
+        expect(page.locator("#badge .badge")).to_have_text("1", timeout=15_000)
+        assert page.locator("#badge[hx-get]").count() == 0
         page.reload()
         pending = page.locator("tr", has=page.get_by_text("laptop_app"))
         expect(pending.locator(".state")).to_have_text("pending", timeout=20_000)
@@ -222,6 +226,56 @@ def test_journey_approve_a_new_device(np_env, at_server, browser, tmp_path):
         page.screenshot(path=shots / "03-approved.png", full_page=True)
         assert enrol.wait(60) == 0, enrol.stderr
         assert new_keys.exists() and new_keys.stat().st_mode & 0o777 == 0o600
+        # a semi-permanent passcode, shown once
+        page.get_by_label("Semi-permanent passcode, valid for").select_option("1d")
+        page.get_by_role("button", name="Generate SPP").click()
+        spp = page.locator("#spp").inner_text().strip()
+        assert re.fullmatch(r"[A-Za-z0-9]{12}", spp), spp
+        page.screenshot(path=shots / "04-spp.png", full_page=True)
+        page.goto(url.split("/login")[0] + "/approvals")
+        expect(page.locator("#spp")).to_have_count(0)
+    finally:
+        page.close()
+        proc.stop()
+    assert "semi-permanent passcode set" in proc.stderr and spp not in proc.stderr + proc.stdout
+
+
+def test_journey_local_demo(np_env, browser, tmp_path):
+    """No account: one click starts the local demo, Connect opens a tunnel to its web page."""
+    from noports.ui.demo import PAGE_BYTES
+
+    shots = shots_dir(tmp_path, "journey-demo")
+    ui_home = tmp_path / "ui-home"
+    proc, url = start_ui(np_env, ui_home)
+    expect = sync_api.expect
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    try:
+        page.goto(url)
+        expect(page).to_have_url(re.compile(r"/onboard$"))
+        page.get_by_role("button", name="Start local demo").click()
+        expect(page.get_by_role("status")).to_contain_text("Starting the local demo")
+        page.screenshot(path=shots / "01-demo-starting.png", full_page=True)
+        link = page.get_by_role("link", name="Go to the demo profile")
+        expect(link).to_be_visible(timeout=90_000)  # the page refreshes its progress itself
+        page.screenshot(path=shots / "02-demo-running.png", full_page=True)
+        link.click()
+        expect(page.get_by_role("note")).to_contain_text("local-only demo data")
+        row = page.locator("tr", has=page.get_by_role("rowheader", name=re.compile("^Demo web")))
+        row.get_by_role("button", name=re.compile("^connect Demo web")).click()
+        expect(row.locator('[data-f="state"]')).to_have_text("connected", timeout=45_000)
+        href = row.locator('[data-f="url"]').get_attribute("href")
+        assert href and href.startswith("http://localhost:")
+        assert fetch(href) == PAGE_BYTES
+        page.screenshot(path=shots / "03-demo-connected.png", full_page=True)
+        assert not (ui_home / ".atsign").exists()
+        page.goto(url.split("/login")[0] + "/onboard")
+        page.get_by_role("button", name="Stop the demo and delete its data").click()
+        expect(page.get_by_role("status")).to_contain_text("stopped")
+        expect(page.get_by_role("button", name="Start local demo")).to_be_visible()
+        page.screenshot(path=shots / "04-demo-stopped.png", full_page=True)
+        assert not errors, errors
     finally:
         page.close()
         proc.stop()

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 
 from noports.ui.app import UiState, create_app  # noqa: E402
 from noports.ui.security import Guard  # noqa: E402
-from tests.test_ui_app import Ui  # noqa: E402
+from tests.test_ui_app import Ui, next_event  # noqa: E402
 from tests.ui_rig import free_port  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
@@ -138,5 +138,79 @@ def test_activate_upload_enrol_approve_deny_backup(at_server, keys, tmp_path) ->
             assert "unknown atSign" in where(r)
             r = await ui.post("/atsign", {"atsign": a})
             assert where(r).startswith("/?msg=Now using")
+
+    asyncio.run(asyncio.wait_for(go(), 110))
+
+
+def test_semi_permanent_passcode(at_server, keys, tmp_path) -> None:
+    """The SPP is made here, shown once, never logged, and lets several devices request
+    enrollment (each still approved one by one); a bad expiry is refused."""
+    import re
+
+    a = "@ui_spp_alice"
+    secret = at_server.add(a)
+
+    async def go() -> None:
+        from contextlib import AsyncExitStack
+
+        async with AsyncExitStack() as stack:
+            ui = await open_ui(stack, tmp_path / "h1", at_server)
+            r = await ui.post("/onboard/activate", {"atsign": a, "secret": secret})
+            assert r.status == 303 and ui.state.active == a
+            r = await ui.post("/approvals/spp", {"expiry": "forever"})
+            assert "expiry must be one of" in where(r)
+            r = await ui.post("/approvals/spp", {"expiry": "1d"})
+            assert r.status == 200 and r.headers["Cache-Control"] == "no-store"
+            page = await r.text()
+            spp = re.search(r'<output id="spp"[^>]*>([^<]+)</output>', page).group(1)
+            assert re.fullmatch(r"[A-Za-z0-9]{12}", spp)
+            again = await (await ui.post("/approvals/spp", {"expiry": "1d"})).text()
+            assert spp not in again  # a new one each time (the new one replaces it)
+            spp = re.search(r'<output id="spp"[^>]*>([^<]+)</output>', again).group(1)
+            assert spp not in await ui.page("/approvals")  # shown once
+            lines = [m for _, _, _, m in ui.state.logbuf.lines]
+            assert any(m == f"semi-permanent passcode set for {a} (valid 1d)" for m in lines)
+            assert not any(spp in m for m in lines)
+            # the badge is live: the server's monitor pushes counts over /events, no polling
+            for _ in range(100):
+                if ui.state.badge.live:
+                    break
+                await asyncio.sleep(0.1)
+            assert ui.state.badge.live
+            html = await ui.page("/")
+            assert 'id="badge" data-live-badge="1"' in html and "every 10s" not in html
+            stream = await ui.c.get("/events")
+            assert await next_event(stream, "badge") == {
+                "event": "badge",
+                "atsign": a,
+                "pending": 0,
+                "live": True,
+            }
+            # two devices enrol with the same passcode; both wait for approval
+            found = []
+            for n in (2, 3):
+                other = await open_ui(stack, tmp_path / f"h{n}", at_server)
+                r = await other.post("/onboard/enroll", {"atsign": a, "otp": spp})
+                assert "Enrollment requested" in where(r)
+                e = other.state.enrolling[a]
+                for _ in range(100):
+                    if e.state != "requesting":
+                        break
+                    await asyncio.sleep(0.1)
+                assert e.state == "pending", e.error
+                found.append(e.enrollment_id)
+                # the monitor saw the request: the count arrives without asking
+                while (b := await next_event(stream, "badge"))["pending"] < n - 1:
+                    pass
+                assert b["pending"] == n - 1
+            html = await ui.page("/approvals")
+            assert all(eid in html for eid in found)
+            assert '<span class="badge" aria-label="2 pending">2</span>' in html
+            for eid in found:
+                await ui.post(f"/approvals/{eid}/deny")
+            while (b := await next_event(stream, "badge"))["pending"] > 0:
+                pass
+            assert ui.state.badge.pending == 0
+            stream.close()
 
     asyncio.run(asyncio.wait_for(go(), 110))

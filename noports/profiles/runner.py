@@ -35,6 +35,7 @@ RETRY_DELAY = 5.0  # npt -K waits 5 s; so did the desktop app's first keep-alive
 TUNNEL_TIMEOUT = 24 * 3600.0  # the desktop app's toNptParams(): timeout = 1 day
 TICK = 1.0
 PARALLEL_SETUPS = 2
+CLOSE_TIMEOUT = 5.0  # closing a tunnel's atClient (Stop waits for it)
 
 ClientFactory = Callable[[str], Awaitable[AtClient]]
 
@@ -174,9 +175,9 @@ class TunnelRun:
         finally:
             self.connected_at = self.next_retry = None
             self.active = 0
-            if client is not None:
+            if client is not None:  # bounded: Stop must never hang on a stuck atServer
                 with contextlib.suppress(Exception):
-                    await client.close()
+                    await asyncio.wait_for(client.close(), CLOSE_TIMEOUT)
             self.runner.publish(self)
 
     async def _session(self, client: AtClient) -> None:
@@ -286,6 +287,15 @@ class Runner:
                 with contextlib.suppress(asyncio.QueueEmpty):
                     q.get_nowait()
             q.put_nowait(snap)
+
+    def announce(self, frame: dict[str, Any]) -> None:
+        """Push a frame that is not a tunnel snapshot (it carries ``"event"``, e.g. the web
+        app's ``badge``) to every subscriber, with the same drop-oldest rule."""
+        for q in list(self._subs):
+            if q.full():
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    q.get_nowait()
+            q.put_nowait(frame)
 
     def end_streams(self) -> None:
         """Tell every subscriber the stream is over (a ``None`` item): used at shutdown."""

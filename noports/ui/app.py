@@ -3,7 +3,7 @@
 Screens: ``/`` profiles (search, select, connect/disconnect many, favourites, live state),
 ``/profiles/new`` and ``/profiles/{uuid}/edit`` (the form), ``/import``, ``/export``,
 ``/onboard`` (atSigns: activate, upload .atKeys, enrol and wait, switch), ``/keys/backup``,
-``/approvals`` (enrollments: approve, deny, revoke; OTP), ``/settings`` (relay), ``/logs``.
+``/approvals`` (enrollments: approve, deny, revoke; OTP and SPP), ``/settings`` (relay), ``/logs``.
 Every change is a POST guarded by :mod:`.security`; every page is plain HTML that works
 without JavaScript (the script only adds live updates).
 """
@@ -16,6 +16,8 @@ import contextlib
 import json
 import logging
 import os
+import secrets
+import string
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -35,6 +37,7 @@ from ..profiles.runner import PortBusyError, Runner
 from ..profiles.store import DEFAULT_SETTINGS, ProfileStore
 from ..session.client import connect_client
 from . import HTMX_FILE
+from .demo import DEMO_NAME, Demo
 from .security import COOKIE, CSRF, FORM, HEADERS, Guard, middleware
 
 log = logging.getLogger("noports.ui")
@@ -72,6 +75,83 @@ class Enrolling:
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
+ENROLL_RX = r".*\.new\.enrollments\.__manage"
+BADGE_RECHECK = 60.0  # approvals made on other devices send no notification: recount now and then
+
+
+class BadgeMonitor:
+    """The live pending-enrollments badge: a monitor on the active atSign's new-enrollment
+    notifications (``<id>.new.enrollments.__manage``, as ``at_activate auto`` listens for);
+    on each one it recounts the pending enrollments and pushes a ``badge`` frame to the
+    pages' event stream. While it is not running (not started yet, or it failed) ``live`` is
+    false and the pages poll ``/approvals/badge`` instead."""
+
+    def __init__(self, state: UiState) -> None:
+        self.state = state
+        self.atsign: str | None = None
+        self.pending = 0
+        self.live = False
+        self.task: asyncio.Task[None] | None = None
+
+    def follow(self, atsign: str | None) -> None:
+        """Watch ``atsign`` (the active one); a change restarts the monitor."""
+        if atsign == self.atsign and (self.task is not None or atsign is None):
+            return
+        self.stop()
+        self.atsign = atsign
+        if atsign:
+            self.task = asyncio.get_running_loop().create_task(self._run(atsign))
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        self.task, self.live, self.pending = None, False, 0
+
+    async def refresh(self) -> None:
+        """Recount (after a notification, or after this app approved or denied one)."""
+        a = self.atsign
+        if not a or a != self.state.active:
+            return
+        got, err = await _enrollments(self.state)
+        if err or a != self.atsign:
+            return
+        self.pending = sum(1 for e in got if e.status == "pending")
+        self.state.runner.announce(self.frame())
+
+    def frame(self) -> dict[str, Any]:
+        return {"event": "badge", "atsign": self.atsign, "pending": self.pending, "live": self.live}
+
+    async def _run(self, atsign: str) -> None:
+        from ..at.notifications import MonitorClosed
+
+        mon = None
+        try:
+            client = await self.state.client(atsign)
+            mon = client.monitor(ENROLL_RX, self_notifications=True, decrypt=False)
+            await mon.started(timeout=15)
+            self.live = True
+            log.info("approvals badge: monitoring new enrollment requests of %s", atsign)
+            await self.refresh()
+            while True:
+                try:
+                    await mon.next(timeout=BADGE_RECHECK)
+                except TimeoutError:
+                    pass
+                await self.refresh()
+        except asyncio.CancelledError:
+            raise
+        except (NoPortsError, OSError, MonitorClosed, web.HTTPException) as exc:
+            log.warning("approvals badge: monitor for %s stopped (%s); pages poll instead",
+                        atsign, _one_line(exc))  # fmt: skip
+        finally:
+            self.live = False
+            if mon is not None:
+                with contextlib.suppress(Exception):
+                    await mon.close()
+            if self.atsign == atsign:
+                self.state.runner.announce(self.frame())
+
+
 class UiState:
     """Everything the pages show: atSigns on disk, the active one, its store, the runner."""
 
@@ -92,6 +172,11 @@ class UiState:
         self.logbuf = LogBuffer()
         self.enrolling: dict[str, Enrolling] = {}
         self.backed_up: set[str] = set()
+        self.badge = BadgeMonitor(self)
+        self.demo = Demo()
+        self.demo_task: asyncio.Task[None] | None = None
+        # atSigns whose keys are not in ~/.atsign/keys (the local demo's): keys, root, CA
+        self.extra: dict[str, tuple[Path, str | None, str | None]] = {}
         atsigns = self.atsigns()
         if atsigns:
             self.active = atsigns[0]
@@ -102,13 +187,22 @@ class UiState:
         return self.home / ".atsign" / "keys"
 
     def keys_file(self, atsign: str) -> Path:
+        if atsign in self.extra:
+            return self.extra[atsign][0]
         return default_keys_path(atsign, self.home)
+
+    def net(self, atsign: str) -> tuple[str | None, str | None]:
+        """The root directory and CA file for ``atsign`` (the demo's own, or the app's)."""
+        if atsign in self.extra:
+            return self.extra[atsign][1], self.extra[atsign][2]
+        return self.root, self.ca_file
 
     def atsigns(self) -> list[str]:
         d = self.keys_dir()
-        if not d.is_dir():
-            return []
-        return sorted(p.name[: -len("_key.atKeys")] for p in d.glob("@*_key.atKeys"))
+        found = set(self.extra)
+        if d.is_dir():
+            found.update(p.name[: -len("_key.atKeys")] for p in d.glob("@*_key.atKeys"))
+        return sorted(found)
 
     async def client(self, atsign: str | None = None) -> AtClient:
         a = atsign or self.active
@@ -117,16 +211,16 @@ class UiState:
         async with self._lock:
             c = self._clients.get(a)
             if c is None:
-                c = await connect_client(
-                    a, keys_file=str(self.keys_file(a)), root=self.root, ca_file=self.ca_file
-                )
+                root, ca = self.net(a)
+                c = await connect_client(a, keys_file=str(self.keys_file(a)), root=root, ca_file=ca)
                 self._clients[a] = c
             return c
 
     async def _tunnel_client(self, atsign: str) -> AtClient:
         # each tunnel has its own atClient, as each npt does (its own monitor and reconnects)
+        root, ca = self.net(atsign)
         return await connect_client(
-            atsign, keys_file=str(self.keys_file(atsign)), root=self.root, ca_file=self.ca_file
+            atsign, keys_file=str(self.keys_file(atsign)), root=root, ca_file=ca
         )
 
     async def store(self) -> ProfileStore:
@@ -139,12 +233,16 @@ class UiState:
                 await c.close()
 
     async def close(self) -> None:
+        self.badge.stop()
+        if self.demo_task is not None:
+            self.demo_task.cancel()
         await self.runner.stop_all()
         for e in self.enrolling.values():
             if e.task is not None:
                 e.task.cancel()
         for a in list(self._clients):
             await self.drop_client(a)
+        await self.demo.stop()
 
 
 # -- rendering ---------------------------------------------------------------------------
@@ -170,7 +268,11 @@ def _hms(seconds: int | float | None) -> str:
 def render(request: web.Request, name: str, status: int = 200, **ctx: Any) -> web.Response:
     app = request.app
     st: UiState = app[STATE_KEY]
+    st.badge.follow(st.active)
     base = {
+        "badge_live": st.badge.live,
+        "demo_atsigns": set(st.extra),
+        "pending": st.badge.pending,
         "csrf": request.get(CSRF, ""),
         "atsigns": st.atsigns(),
         "active": st.active,
@@ -179,7 +281,7 @@ def render(request: web.Request, name: str, status: int = 200, **ctx: Any) -> we
         "error": request.query.get("err", ""),
         "path": request.path,
     }
-    html = app[JINJA_KEY].get_template(name).render(**base, **ctx)
+    html = app[JINJA_KEY].get_template(name).render(**{**base, **ctx})
     return web.Response(text=html, status=status, content_type="text/html", headers=HEADERS)
 
 
@@ -407,7 +509,8 @@ async def import_post(request: web.Request) -> web.StreamResponse:
 
 
 async def events(request: web.Request) -> web.StreamResponse:
-    """Server-sent events: one ``tunnel`` event per state change, a comment every 15 s."""
+    """Server-sent events: one ``tunnel`` event per state change, a ``badge`` event when the
+    number of pending enrollments changes (or its monitor stops), a comment every 15 s."""
     st: UiState = request.app[STATE_KEY]
     resp = web.StreamResponse(
         headers={**HEADERS, "Content-Type": "text/event-stream", "X-Accel-Buffering": "no"}
@@ -417,6 +520,8 @@ async def events(request: web.Request) -> web.StreamResponse:
     try:
         for r in list(st.runner.runs.values()):
             await resp.write(_sse("tunnel", r.snapshot()))
+        if st.badge.live:
+            await resp.write(_sse("badge", st.badge.frame()))
         while True:
             try:
                 snap = await asyncio.wait_for(q.get(), 15)
@@ -425,7 +530,7 @@ async def events(request: web.Request) -> web.StreamResponse:
                 continue
             if snap is None:  # shutting down: end the stream so the server can stop
                 break
-            await resp.write(_sse("tunnel", snap))
+            await resp.write(_sse(str(snap.get("event", "tunnel")), snap))
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:
@@ -453,7 +558,7 @@ async def onboard_page(request: web.Request) -> web.Response:
     root = st.root or os.environ.get("NOPORTS_ROOT") or "root.atsign.org"
     return render(
         request, "onboard.html", root=root, enrolling=list(st.enrolling.values()),
-        keys_dir=str(st.keys_dir()),
+        keys_dir=str(st.keys_dir()), demo=st.demo,
     )  # fmt: skip
 
 
@@ -550,6 +655,71 @@ async def enroll(request: web.Request) -> web.StreamResponse:
     raise back("/onboard", msg=f"Enrollment requested for {a}; approve it on a manager device.")
 
 
+async def start_demo(st: UiState) -> None:
+    """Start the local demo and make its client atSign active, with one demo profile."""
+    info = await st.demo.start()
+    a = info.client
+    st.extra[a] = (info.keys_file, info.root, info.ca_file)
+    await st.drop_client(a)
+    store = ProfileStore(await st.client(a))
+    if not any(p.displayName == DEMO_NAME for p in await store.list()):
+        await store.put(Profile.from_json({
+            "displayName": DEMO_NAME, "sshnpdAtsign": info.device,
+            "deviceName": info.device_name, "relayAtsign": info.relay,
+            "remoteHost": "localhost", "remotePort": info.web_port, "localHost": "localhost",
+            "localPort": 0, "connectUriProtocol": "http",
+        }))  # fmt: skip
+    st.active = a
+    log.info("demo: running; %s is active with the profile %r", a, DEMO_NAME)
+
+
+async def _forget_demo(st: UiState) -> None:
+    """Stop the demo atSign's tunnels and drop it from the app (its data goes with the demo)."""
+    for a in list(st.extra):
+        for u, r in list(st.runner.runs.items()):
+            if r.client_atsign == a:
+                await st.runner.stop(u)
+                st.runner.runs.pop(u, None)
+        await st.drop_client(a)
+        del st.extra[a]
+        if st.active == a:
+            real = st.atsigns()
+            st.active = real[0] if real else None
+
+
+async def demo_action(request: web.Request) -> web.StreamResponse:
+    st: UiState = request.app[STATE_KEY]
+    action = request.match_info["action"]
+    if action == "start":
+        if st.demo.state in ("starting", "running"):
+            raise back("/onboard", msg="The local demo is already " + st.demo.state + ".")
+
+        async def work() -> None:
+            try:
+                await start_demo(st)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # shown on the page; the demo stops itself
+                await _forget_demo(st)
+                st.demo.state, st.demo.error = "failed", _one_line(exc)
+                await st.demo.stop()
+                log.warning("demo: failed: %s", st.demo.error)
+
+        st.demo_task = asyncio.get_running_loop().create_task(work())
+        raise back("/onboard", msg="Starting the local demo (about 10 to 30 seconds)…")
+    if action == "stop":
+        if st.demo_task is not None:
+            st.demo_task.cancel()
+            with contextlib.suppress(BaseException):
+                await st.demo_task
+            st.demo_task = None
+        await _forget_demo(st)
+        await st.demo.stop()
+        log.info("demo: stopped")
+        raise back("/onboard", msg="The local demo is stopped and its data deleted.")
+    raise web.HTTPNotFound()
+
+
 async def switch(request: web.Request) -> web.StreamResponse:
     st: UiState = request.app[STATE_KEY]
     f = await form(request)
@@ -593,7 +763,8 @@ async def _manager(st: UiState) -> ob.EnrollmentManager:
     if not st.active:
         raise web.HTTPSeeOther("/onboard")
     keys = AtKeys.load(st.keys_file(st.active))
-    return await ob.EnrollmentManager.connect(keys, root=st.root, ca_file=st.ca_file)
+    root, ca = st.net(st.active)
+    return await ob.EnrollmentManager.connect(keys, root=root, ca_file=ca)
 
 
 async def _enrollments(st: UiState) -> tuple[list[ob.Enrollment], str]:
@@ -611,7 +782,7 @@ async def approvals(request: web.Request) -> web.Response:
     st: UiState = request.app[STATE_KEY]
     got, err = await _enrollments(st)
     tpl = "approvals_list.html" if request.headers.get("HX-Request") else "approvals.html"
-    return render(request, tpl, enrollments=got, list_error=err, otp=request.query.get("otp", ""))
+    return render(request, tpl, enrollments=got, list_error=err, otp="", spp="")
 
 
 async def pending_badge(request: web.Request) -> web.Response:
@@ -637,6 +808,7 @@ async def approval_action(request: web.Request) -> web.StreamResponse:
     except NoPortsError as exc:
         raise back("/approvals", err=f"{action} {eid}: {_one_line(exc)}") from None
     log.info("enrollment %s: %s", eid, action)
+    await st.badge.refresh()
     done = {"approve": "approved", "deny": "denied", "revoke": "revoked"}[action]
     raise back("/approvals", msg=f"Enrollment {eid} {done}.")
 
@@ -650,7 +822,36 @@ async def make_otp(request: web.Request) -> web.StreamResponse:
         raise back("/approvals", err=_one_line(exc)) from None
     log.info("OTP generated for %s", st.active)
     return render(request, "approvals.html", enrollments=(await _enrollments(st))[0],
-                  list_error="", otp=code)  # fmt: skip
+                  list_error="", otp=code, spp="")  # fmt: skip
+
+
+SPP_ALPHABET = string.ascii_letters + string.digits
+SPP_LENGTH = 12  # the official at_activate takes 6 to 16 letters and digits
+SPP_EXPIRY = {"1h": 3_600_000, "1d": 86_400_000, "7d": 7 * 86_400_000, "30d": 30 * 86_400_000}
+
+
+def new_spp() -> str:
+    """A fresh semi-permanent passcode: 12 letters and digits from :mod:`secrets`."""
+    return "".join(secrets.choice(SPP_ALPHABET) for _ in range(SPP_LENGTH))
+
+
+async def make_spp(request: web.Request) -> web.StreamResponse:
+    """Set a new semi-permanent passcode (``otp:put``) and show it once. It is neither logged
+    nor kept: the page that shows it is ``no-store`` and a reload does not repeat it."""
+    st: UiState = request.app[STATE_KEY]
+    f = await form(request)
+    expiry = str(f.get("expiry", "7d"))
+    if expiry not in SPP_EXPIRY:
+        raise back("/approvals", err=f"expiry must be one of {', '.join(SPP_EXPIRY)}")
+    code = new_spp()
+    try:
+        async with await _manager(st) as m:
+            await m.spp(code, SPP_EXPIRY[expiry])
+    except NoPortsError as exc:
+        raise back("/approvals", err=_one_line(exc)) from None
+    log.info("semi-permanent passcode set for %s (valid %s)", st.active, expiry)
+    return render(request, "approvals.html", enrollments=(await _enrollments(st))[0],
+                  list_error="", otp="", spp=code, spp_expiry=expiry)  # fmt: skip
 
 
 # -- settings and logs -------------------------------------------------------------------
@@ -775,12 +976,14 @@ def create_app(state: UiState, guard: Guard) -> web.Application:
     r.add_post("/onboard/activate", activate)
     r.add_post("/onboard/upload", upload_keys)
     r.add_post("/onboard/enroll", enroll)
+    r.add_post("/onboard/demo/{action}", demo_action)
     r.add_post("/atsign", switch)
     r.add_get("/keys/backup", backup_page)
     r.add_post("/keys/backup", backup_download)
     r.add_get("/approvals", approvals)
     r.add_get("/approvals/badge", pending_badge)
     r.add_post("/approvals/otp", make_otp)
+    r.add_post("/approvals/spp", make_spp)
     r.add_post("/approvals/{eid}/{action}", approval_action)
     r.add_get("/settings", settings_page)
     r.add_post("/settings", settings_save)

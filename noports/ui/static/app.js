@@ -1,4 +1,4 @@
-// noports ui: live tunnel state from /events (server-sent events). No inline script, no eval;
+// noports ui: live tunnel state and the approvals badge from /events (server-sent events). No inline script, no eval;
 // the pages work without this file, it only keeps the Status cells current.
 (function () {
   "use strict";
@@ -53,11 +53,45 @@
         });
     }
   }
+  function badge(b) {
+    var el = document.getElementById("badge");
+    if (!el) return;
+    if (!b.live) {  // the server's monitor stopped: fall back to polling the fragment
+      if (!el.hasAttribute("hx-get") && window.htmx) {
+        el.setAttribute("hx-get", "/approvals/badge");
+        el.setAttribute("hx-trigger", "load, every 10s");
+        el.setAttribute("hx-swap", "innerHTML");
+        delete el.dataset.liveBadge;
+        window.htmx.process(el);
+      }
+      return;
+    }
+    if (!el.dataset.liveBadge) {  // it was polling: a fresh element drops htmx's timer
+      var fresh = document.createElement("span");
+      fresh.id = "badge";
+      fresh.dataset.liveBadge = "1";
+      el.replaceWith(fresh);
+      el = fresh;
+    }
+    el.textContent = "";
+    if (b.pending > 0) {
+      var s = document.createElement("span");
+      s.className = "badge";
+      s.setAttribute("aria-label", b.pending + " pending");
+      s.textContent = String(b.pending);
+      el.appendChild(s);
+    }
+    el.dataset.pending = String(b.pending);
+  }
   function start() {
-    if (!document.querySelector("[data-run]") || !window.EventSource) return;
+    var live = document.querySelector("[data-run]") || document.getElementById("badge");
+    if (!live || !window.EventSource) return;
     var es = new EventSource("/events");
     es.addEventListener("tunnel", function (ev) {
       try { update(JSON.parse(ev.data)); } catch (e) { /* a bad frame is skipped */ }
+    });
+    es.addEventListener("badge", function (ev) {
+      try { badge(JSON.parse(ev.data)); } catch (e) { /* a bad frame is skipped */ }
     });
     document.body.dataset.live = "1";
   }
