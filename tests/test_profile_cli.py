@@ -116,6 +116,17 @@ def test_import_list_export_run(trig: TunnelRig, tmp_path: Path) -> None:
     p.signal(signal.SIGTERM)
     assert p.wait(15) == 0
 
+    # import again: --replace keeps the uuid; a plain import adds, as the desktop app does,
+    # and the name becomes ambiguous for run/export (exit 2 with the uuids)
+    uuids = {p["displayName"]: p["uuid"] for p in got["profiles"]}
+    r = env.run(*cli, "import", "-a", me, "--replace", str(jpath))
+    assert r.returncode == 0 and uuids["web page"] in r.stdout, r.stderr
+    r = env.run(*cli, "list", "-a", me, "--output", "json")
+    assert {p["uuid"] for p in json.loads(r.stdout)["profiles"]} == set(uuids.values())
+    assert env.run(*cli, "import", "-a", me, str(jpath)).returncode == 0
+    r = env.run(*cli, "run", "-a", me, "web page")
+    assert r.returncode == 2 and "2 profiles are named 'web page'; use a uuid" in r.stderr
+
 
 def test_errors_one_line_with_exit_codes(np_env, tmp_path: Path) -> None:
     env = np_env

@@ -2,7 +2,7 @@
 
     noports profile list   -a @me [--output json]      (profiles stored in the atServer)
     noports profile list   --file export.yaml          (profiles in an export document)
-    noports profile import -a @me FILE                 (JSON or YAML export -> the atServer)
+    noports profile import -a @me FILE [--replace]     (JSON or YAML export -> the atServer)
     noports profile export -a @me [NAME...] [--format json|yaml] [-o FILE]
     noports profile run    -a @me NAME_OR_FILE [--name NAME] [-r @relay]
 
@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     im = sub.add_parser("import", help="store the profiles of an export document in the atServer")
     im.add_argument("file", metavar="FILE", help="export document (JSON or YAML)")
     im.add_argument("--format", choices=("json", "yaml"), default=None, help="document type")
+    im.add_argument(
+        "--replace",
+        action="store_true",
+        help="overwrite a stored profile of the same name (keeps its uuid); default: add, as the "
+        "desktop app's import does",
+    )
     im.add_argument("--output", choices=("text", "json"), default="text", help="output format")
     _client_flags(im)
     ex = sub.add_parser("export", help="write profiles from the atServer as an export document")
@@ -185,6 +191,9 @@ async def _import(args: argparse.Namespace) -> int:
     client = await _client(args)
     try:
         store = ProfileStore(client)
+        if args.replace:
+            by_name = {p.displayName: p.uuid for p in await store.list()}
+            profiles = [p.copy(uuid=by_name.get(p.displayName, p.uuid)) for p in profiles]
         for p in profiles:
             await store.put(p)
     finally:
