@@ -139,6 +139,11 @@ def test_errors_one_line_with_exit_codes(np_env, tmp_path: Path) -> None:
         {"displayName": n, "sshnpdAtsign": "@b", "deviceName": "dev", "remotePort": 22}
         for n in ("a", "b")
     ]}))  # fmt: skip
+    nobody = tmp_path / "nobody.json"
+    nobody.write_text(json.dumps({"profiles": [
+        {"displayName": "n", "sshnpdAtsign": "@nobody_cli_x", "deviceName": "dev",
+         "remotePort": 22, "relayAtsign": env.atsign("relay")}
+    ]}))  # fmt: skip
     nodoc = tmp_path / "nodoc.json"
     nodoc.write_text('{"other": []}')
     cases = [
@@ -150,6 +155,8 @@ def test_errors_one_line_with_exit_codes(np_env, tmp_path: Path) -> None:
         (("run", "-a", me, str(two)), 2, "holds 2 profiles ('a', 'b'); pick one with --name"),
         (("run", "-a", me, str(two), "--name", "c"), 4, "no profile named 'c'"),
         (("list",), 2, "give -a/--atsign"),
+        # a daemon atSign the atServer does not know: at once, not after a timeout
+        (("run", "-a", me, "-q", str(nobody)), 4, "publickey@nobody_cli_x does not exist"),
     ]
     for args, code, msg in cases:
         r = env.run(*cli, *args)
