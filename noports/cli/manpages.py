@@ -38,6 +38,7 @@ PAGES: dict[str, tuple[str, str]] = {
     "noports-service": ("noports.cli.service", "build_parser"),
     "noports-ui": ("noports.cli.ui", "build_parser"),
     "noports-doctor": ("noports.cli.doctor", "build_parser"),
+    "noports-profile": ("noports.cli.profile", "build_parser"),
 }
 
 

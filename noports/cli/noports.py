@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "service": ("service", "install a hardened systemd unit, its config file and the user"),
     "ui": ("ui", "local web app: profiles, one-click tunnels, onboarding, approvals"),
     "doctor": ("doctor", "check keys, root, TLS, atServer, clock, local service, daemon"),
+    "profile": ("profile", "desktop-app profiles: list, import, export, run"),
 }
 
 
