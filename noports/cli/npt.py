@@ -1,7 +1,7 @@
 """``npt``: tunnel a local port to a TCP service on a NoPorts device (see ``noports.npt``).
 
 The command line lives here (official flags and defaults, spec 6.2 and 7.2); the session
-loop is :mod:`noports.npt.run`.
+loop is :mod:`noports.npt.run`; ``main`` adds the ``-x`` detach and the one-line error.
 """
 
 from __future__ import annotations
@@ -10,12 +10,16 @@ import argparse
 import ipaddress
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 from .. import config
 from ..errors import ConfigError, NoPortsError
 from ..log import setup_logging
 from ..npt.durations import parse_duration
 from .common import add_client_atsign_flags, add_common, add_root_flags, fail
+
+if TYPE_CHECKING:
+    from ..session.background import Reporter
 
 KEEP_ALIVE_DEFAULT_S = 24 * 3600.0
 DEFAULT_TIMEOUT = "30s"
@@ -257,6 +261,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     # the session key is generated on another core while the rest of the program imports
     from ..crypto import ephemeral
@@ -264,9 +272,26 @@ def main(argv: list[str] | None = None) -> int:
     ephemeral.prestart(sys.argv[1:] if argv is None else argv)
     args = parse(argv)
     setup_logging(args)
-    from ..npt.run import main as run_main
+    import signal
 
-    return run_main(args)
+    from .. import _compat
+    from ..npt.run import log, run
+    from ..session.background import run_detached
+
+    def work(report: Reporter | None) -> int:
+        try:
+            return _compat.run(run(args, report))
+        except KeyboardInterrupt:
+            return 1
+        except Exception as exc:  # noqa: BLE001 - one line and an exit code, as documented
+            if args.debug:
+                log.exception("npt failed")
+            return fail("npt", exc)
+
+    signal.signal(signal.SIGTERM, _terminate)  # SIGTERM ends us like SIGINT: exit 1
+    if args.exit_when_connected:
+        return run_detached(work)
+    return work(None)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""npt: the session loop (spec 3.3, 7.2); the command line is :mod:`noports.cli.npt`.
+"""npt: the session loop (spec 3.3, 7.2); the command line, ``-x`` detach and the one-line
+error are :mod:`noports.cli.npt`.
 
 Inline (default): set up a session, open the multi-mode client end on ``--local-host:-l``,
 print ``npt is listening on <host>:<port>`` on stderr (plus a one-line ``ready`` JSON event on
@@ -17,16 +18,13 @@ import argparse
 import asyncio
 import json
 import logging
-import signal
 import sys
 import time
 from typing import Any
 
-from .. import _compat
-from ..cli.common import fail
 from ..errors import NoPortsError
 from ..log import escape
-from ..session.background import Reporter, run_detached
+from ..session.background import Reporter
 from ..session.client import (
     Established,
     NoAnswerError,
@@ -163,26 +161,3 @@ async def run(args: argparse.Namespace, report: Reporter | None = None) -> int:
             started = time.monotonic()
     finally:
         await client.close()
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run npt with arguments parsed by :mod:`noports.cli.npt`."""
-
-    def work(report: Reporter | None) -> int:
-        try:
-            return _compat.run(run(args, report))
-        except KeyboardInterrupt:
-            return 1
-        except Exception as exc:  # noqa: BLE001 - one line and an exit code, as documented
-            if args.debug:
-                log.exception("npt failed")
-            return fail("npt", exc)
-
-    signal.signal(signal.SIGTERM, _terminate)  # SIGTERM ends us like SIGINT: exit 1
-    if args.exit_when_connected:
-        return run_detached(work)
-    return work(None)
