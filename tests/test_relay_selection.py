@@ -324,7 +324,7 @@ def test_relay_option_in_sshnp_and_npt() -> None:
     """``-r`` absent, empty or a comma list means selection in both clients (latest spec 1.1);
     a bad name in the list is a usage error."""
     from noports.cli import npt as npt_run
-    from noports.sshnp import args as sshnp_args
+    from noports.cli import sshnp as sshnp_cli
 
     base = ["-f", "@me", "-t", "@dev", "-d", "d1"]
     for argv, cands in (
@@ -334,7 +334,7 @@ def test_relay_option_in_sshnp_and_npt() -> None:
     ):
         a = npt_run.parse([*base, "-p", "22", *argv])
         assert (a.spec.relay, a.spec.relay_candidates) == ("", cands)
-        s = sshnp_args.parse([*base, *argv])
+        s = sshnp_cli.parse([*base, *argv])
         assert (s.srvd, s.relay_candidates) == ("", cands)
     a = npt_run.parse([*base, "-p", "22", "-r", "@r1"])
     assert (a.spec.relay, a.spec.relay_candidates) == ("@r1", None)

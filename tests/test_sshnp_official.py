@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from noports.sshnp import args as sshnp_args
+from noports.cli import sshnp as sshnp_cli
 from noports.sshnp.run import ssh_command
 from tests.fixtures_at import REPO
 
@@ -42,7 +42,7 @@ def test_official_profile_file_is_read(tmp_path: Path, monkeypatch: pytest.Monke
         "AUTHENTICATE_CLIENT_TO_RVD=true", "AUTHENTICATE_DEVICE_TO_RVD=true",
         "ENCRYPT_RVD_TRAFFIC=true", "RELAY_AUTH_MODE=payload", "SOME_FUTURE_KEY=1",
     ]))  # fmt: skip
-    a = sshnp_args.parse(["--profile", "my pi"])
+    a = sshnp_cli.parse(["--profile", "my pi"])
     assert (a.from_, a.to, a.srvd, a.device, a.remote_user_name) == (
         "@alice", "@bob", "@relay", "pi", "pi")  # fmt: skip
     assert a.local_ssh_argv == ["-D", "1080", "-C"]
@@ -52,7 +52,7 @@ def test_official_profile_file_is_read(tmp_path: Path, monkeypatch: pytest.Monke
 def test_minus_o_as_the_official_client(tmp_path: Path) -> None:
     key = tmp_path / "id"
     key.write_text("x")
-    a = sshnp_args.parse([*BASE, "-o", "-D 1080", "-o", "Compression=yes,-L '8080:h:80'"])
+    a = sshnp_cli.parse([*BASE, "-o", "-D 1080", "-o", "Compression=yes,-L '8080:h:80'"])
     assert a.local_ssh_argv == ["-D", "1080", "-o", "Compression=yes", "-L", "8080:h:80"]
     cmd = ssh_command(a, 40000, "pi")
     i = cmd.index("-D")
@@ -71,7 +71,7 @@ def test_minus_s_derives_the_public_key_from_the_private_key(tmp_path: Path) -> 
                    check=True, timeout=30)
     pub = (tmp_path / "id_ed25519.pub").read_text().split()
     (tmp_path / "id_ed25519.pub").unlink()  # the official client does not need it
-    a = sshnp_args.parse([*BASE, "-s", "-i", str(key)])
+    a = sshnp_cli.parse([*BASE, "-s", "-i", str(key)])
     assert a.public_key_text.split()[:2] == pub[:2]
     enc = tmp_path / "id_enc"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "secret pw", "-f", str(enc)],
@@ -134,7 +134,7 @@ def test_save_profile_writes_the_official_layout_and_reads_back(
         "AUTHENTICATE_CLIENT_TO_RVD=true", "AUTHENTICATE_DEVICE_TO_RVD=true",
         "ENCRYPT_RVD_TRAFFIC=true"])  # fmt: skip
     monkeypatch.setenv("HOME", str(tmp_path))
-    a = sshnp_args.parse(["--profile", "my pi"])
+    a = sshnp_cli.parse(["--profile", "my pi"])
     assert (a.from_, a.to, a.srvd, a.device, a.remote_user_name) == (
         "@alice", "@bob", "@relay", "dev1", "pi")  # fmt: skip
     assert a.local_ssh_argv == ["-D", "1080"]

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from noports.cli import npt as npt_run
+from noports.cli import sshnp as sshnp_cli
 from noports.npt.durations import NEVER_S, parse_duration
 from noports.session.background import run_detached
-from noports.sshnp import args as sshnp_args
 from noports.sshnp.run import ssh_command
 from noports.sshnp.sshconfig import build_parser as sshconfig_parser
 from noports.sshnp.sshconfig import host_block
@@ -96,7 +96,7 @@ def test_sshnp_config_file_profile_and_precedence(tmp_path: Path, monkeypatch) -
         "LOCAL_SSH_OPTIONS=ServerAliveInterval=5,Compression=yes\n"
         "ENCRYPT_RVD_TRAFFIC=TRUE\nREMOTE_USER_NAME=pi\n"
     )
-    a = sshnp_args.parse(["--profile", "work_pi"])
+    a = sshnp_cli.parse(["--profile", "work_pi"])
     assert (a.from_, a.to, a.srvd, a.device, a.local_port) == (
         "@alice",
         "@bob",
@@ -105,18 +105,18 @@ def test_sshnp_config_file_profile_and_precedence(tmp_path: Path, monkeypatch) -
         2222,
     )
     assert a.local_ssh_options == ["ServerAliveInterval=5", "Compression=yes"] and a.encrypt
-    a = sshnp_args.parse(["--profile", "work_pi", "-l", "0", "-u", "root", "-o", "A=b"])
+    a = sshnp_cli.parse(["--profile", "work_pi", "-l", "0", "-u", "root", "-o", "A=b"])
     assert a.local_port == 0 and a.remote_user_name == "root" and a.local_ssh_options == ["A=b"]
     cfg = tmp_path / "x.env"
     cfg.write_text("FROM=@alice\nTO=@bob\nSRVD=@relay\nDEVICE=dev1\nBOGUS_KEY=1\n")
-    assert sshnp_args.parse(["--config-file", str(cfg)]).device == "dev1"  # ignored, as official
-    assert _exit_code(sshnp_args.parse, ["--profile", "../x"]) == 2
+    assert sshnp_cli.parse(["--config-file", str(cfg)]).device == "dev1"  # ignored, as official
+    assert _exit_code(sshnp_cli.parse, ["--profile", "../x"]) == 2
 
 
 def test_sshnp_flag_validation(tmp_path: Path) -> None:
-    a = sshnp_args.parse([*BASE, "-d", "dev1", "-h", "@other"])
+    a = sshnp_cli.parse([*BASE, "-d", "dev1", "-h", "@other"])
     assert a.srvd == "@relay"  # -r wins over the legacy -h
-    a = sshnp_args.parse(["-f", "@alice", "-t", "@bob", "-h", "@legacy", "-d", "dev1"])
+    a = sshnp_cli.parse(["-f", "@alice", "-t", "@bob", "-h", "@legacy", "-d", "dev1"])
     assert a.srvd == "@legacy"
     for bad in (
         ["--ssh-client", "dart"],
@@ -127,17 +127,17 @@ def test_sshnp_flag_validation(tmp_path: Path) -> None:
         ["-l", "-1"],
         ["-u", "root@evil"],
     ):
-        assert _exit_code(sshnp_args.parse, [*BASE, "-d", "dev1", *bad]) == 2, bad
+        assert _exit_code(sshnp_cli.parse, [*BASE, "-d", "dev1", *bad]) == 2, bad
     key = tmp_path / "id"
     key.write_text("x")
     (tmp_path / "id.pub").write_text("ssh-ed25519 AAAA-not-base64 me\n")
-    assert _exit_code(sshnp_args.parse, [*BASE, "-d", "dev1", "-s", "-i", str(key)]) == 2
+    assert _exit_code(sshnp_cli.parse, [*BASE, "-d", "dev1", "-s", "-i", str(key)]) == 2
 
 
 def test_ssh_command_shape(tmp_path: Path) -> None:
     key = tmp_path / "id"
     key.write_text("x")
-    a = sshnp_args.parse([*BASE, "-d", "dev1", "-i", str(key), "-o", "Compression=yes"])
+    a = sshnp_cli.parse([*BASE, "-d", "dev1", "-i", str(key), "-o", "Compression=yes"])
     cmd = ssh_command(a, 61234, "pi")
     assert cmd[:3] == ["ssh", "-p", "61234"]
     assert "HostKeyAlias=dev1.@bob" in cmd and "StrictHostKeyChecking=accept-new" in cmd

@@ -27,7 +27,7 @@ PAGES: dict[str, tuple[str, str]] = {
     "srvd": ("noports.cli.srvd", "build_parser"),
     "srv": ("noports.cli.srv", "build_parser"),
     "sshnpd": ("noports.cli.sshnpd", "build_parser"),
-    "sshnp": ("noports.sshnp.args", "build_parser"),
+    "sshnp": ("noports.cli.sshnp", "build_parser"),
     "sshnp-ssh-config": ("noports.sshnp.sshconfig", "build_parser"),
     "npt": ("noports.cli.npt", "build_parser"),
     "npa": ("noports.cli.npa", "build_parser"),

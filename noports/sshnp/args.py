@@ -1,9 +1,8 @@
-"""sshnp flags (spec 7.1 plus ours), config files and profiles.
+"""sshnp settings: validation, ``-o`` options, profiles; the parser is :mod:`noports.cli.sshnp`.
 
-Precedence: command line > environment (``NOPORTS_SSHNP_*``) > ``--config-file`` / ``-e`` /
-``--profile`` (official env-style ``KEY=VALUE``; ``~/.sshnp/config/<profile>.env``) > TOML
-``--config``. Validation happens here, before any I/O: device names full-match the official
-grammar (T8), atSigns are checked, a ``-s`` key is parsed as an ssh public key.
+Validation happens here, before any network step: device names full-match the official
+grammar (T8), atSigns are checked, a ``-s`` key is parsed as an ssh public key, ``-i`` and
+``-l`` are checked locally.
 """
 
 from __future__ import annotations
@@ -18,20 +17,10 @@ from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
 
-from .. import config
 from ..crypto.sshkey import parse_public_key
 from ..errors import EXIT_NOT_FOUND, EXIT_USAGE, ConfigError, LocalError, NoPortsError
 from ..names import validate_atsign, validate_device_name
 from ..session.relays import parse_relay_option
-
-EPILOG = """\
-ours: --stdio (tunnel on stdin/stdout for ProxyCommand), sshnp ssh-config ... (write a Host
-block), --require-aead, --[no-]aead, --root, --ca-file, --profile, --output json.
-exit codes: 0 ok (or ssh's own exit code when sshnp runs ssh), 1 error, 2 usage,
-3 refused (permit-open, signature, missing daemon feature, --require-aead not met),
-4 not found (keys file, username record), 5 timeout (daemon or relay did not answer),
-6 protocol, 7 network.
-"""
 
 
 class IdentityFileError(LocalError):
@@ -44,198 +33,6 @@ class LocalPortBusyError(LocalError):
 
 def profile_dir() -> Path:
     return Path.home() / ".sshnp" / "config"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="sshnp",
-        add_help=False,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="ssh to a NoPorts device (no open ports on the device).",
-    )
-    B = argparse.BooleanOptionalAction
-    p.add_argument("--help", action="help", help="show this help and exit")
-    p.add_argument(
-        "-f", "--from", dest="from_", default=None, metavar="@CLIENT", help="client atSign"
-    )
-    p.add_argument(
-        "-t", "--to", default=None, metavar="@DEVICE_ATSIGN", help="device daemon atSign"
-    )
-    p.add_argument("-d", "--device", default=None, help="device name (default: default)")
-    p.add_argument(
-        "-r",
-        "--srvd",
-        default=None,
-        metavar="@RELAY",
-        help="relay (srvd) atSign; a comma list or empty: select the lowest-latency one",
-    )
-    p.add_argument("-h", "--host", dest="host", default=None, help=argparse.SUPPRESS)
-    p.add_argument("-l", "--local-port", type=int, default=0, help="local port (0 = any free port)")
-    p.add_argument("-k", "--key-file", default=None, help="atKeys file")
-    p.add_argument(
-        "-P",
-        "--pass-phrase",
-        "--passPhrase",
-        dest="pass_phrase",
-        default=None,
-        help="pass phrase of a password-protected atKeys file (prefer the environment: "
-        "NOPORTS_SSHNP_PASS_PHRASE or NOPORTS_SSHNP_PASS_PHRASE_FILE)",
-    )
-    p.add_argument(
-        "-i", "--identity-file", default=None, help="ssh private key for the user session"
-    )
-    p.add_argument("--identity-passphrase", default=None, help=argparse.SUPPRESS)
-    p.add_argument(
-        "-s",
-        "--send-ssh-public-key",
-        action="store_true",
-        help="send the public key of -i (derived from the private key) to the daemon "
-        "(needs a daemon started with -s)",
-    )
-    p.add_argument(
-        "-o",
-        "--local-ssh-options",
-        action="append",
-        default=[],
-        help="extra ssh arguments for the user session, as the official client: values are "
-        'split on commas; one starting with "-" is passed as ssh arguments ("-D 1080", '
-        '"-L 8080:localhost:80"), any other as ssh -o OPTION (repeatable)',
-    )
-    p.add_argument("-u", "--remote-user-name", default=None, help="remote user name")
-    p.add_argument("-U", "--tunnel-user-name", default=None, help="user for the v4 tunnel ssh")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
-    p.add_argument(
-        "-x",
-        "--output-execution-command",
-        dest="print_command",
-        action="store_true",
-        help="print the ssh command and leave the tunnel waiting in the background",
-    )
-    p.add_argument("--ssh-client", default="openssh", help="openssh (dart is not supported)")
-    p.add_argument(
-        "--root-domain", "--rootDomain", default="root.atsign.org", help="atDirectory host"
-    )
-    p.add_argument(
-        "--root-server",
-        "--root",
-        dest="root",
-        default=None,
-        help="atDirectory host[:port] or proxy:host:port (overrides --root-domain)",
-    )
-    p.add_argument("--rvd", dest="rvd_deprecated", default=None, help=argparse.SUPPRESS)
-    p.add_argument(
-        "--legacy-daemon", dest="legacy_daemon", action="store_true", help=argparse.SUPPRESS
-    )
-    p.add_argument("--ca-file", default=None, help="extra CA bundle to trust")
-    p.add_argument(
-        "--remote-sshd-port", type=int, default=22, help="sshd port on the device (v4 flow)"
-    )
-    p.add_argument(
-        "--idle-timeout", type=int, default=15, help="seconds (accepted; dart client only)"
-    )
-    p.add_argument(
-        "--ssh-algorithm",
-        default="ssh-ed25519",
-        choices=("ssh-ed25519", "ssh-rsa"),
-        help="accepted for compatibility",
-    )
-    p.add_argument(
-        "--add-forwards-to-tunnel",
-        action="store_true",
-        help="put the -o options on the v4 tunnel ssh instead of the user session",
-    )
-    p.add_argument(
-        "--config-file",
-        "-e",
-        "--env-file",
-        dest="config_file",
-        default=None,
-        help="env-style KEY=VALUE config file",
-    )
-    p.add_argument("--profile", default=None, help="~/.sshnp/config/<PROFILE>.env")
-    p.add_argument(
-        "--save-profile",
-        default=None,
-        metavar="NAME",
-        help="write these settings as the official profile ~/.sshnp/config/<NAME>.env "
-        "(spaces become '_') and exit",
-    )
-    p.add_argument(
-        "--list-devices",
-        "--ls",
-        dest="list_devices",
-        action="store_true",
-        help="list devices (output on stderr)",
-    )
-    p.add_argument(
-        "--authenticate-client-to-rvd",
-        "--ac",
-        dest="auth_client",
-        action=B,
-        default=True,
-        help="our tunnel end authenticates to the relay",
-    )
-    p.add_argument(
-        "--authenticate-device-to-rvd",
-        "--ad",
-        dest="auth_device",
-        action=B,
-        default=True,
-        help="the daemon's tunnel end authenticates to the relay",
-    )
-    p.add_argument(
-        "--relay-auth-mode",
-        "--ram",
-        dest="relay_auth_mode",
-        choices=("payload", "escr"),
-        default=None,
-        help="how both tunnel ends authenticate to the relay: escr (a fresh signed challenge "
-        "per socket) or payload (the official default). Default: escr, or payload when the "
-        "device daemon does not support escr",
-    )
-    p.add_argument(
-        "--443",
-        dest="only443",
-        action="store_true",
-        default=False,
-        help="use the relay's single port 443 (needs escr and a relay run with --443)",
-    )
-    p.add_argument(
-        "--encrypt-rvd-traffic",
-        "--et",
-        dest="encrypt",
-        action=B,
-        default=True,
-        help="encrypt end to end (off: the v4 double-ssh flow)",
-    )
-    p.add_argument(
-        "--daemon-ping-timeout",
-        "--dpt",
-        dest="dpt",
-        type=float,
-        default=20.0,
-        help="seconds to wait for the daemon's ping reply",
-    )
-    p.add_argument(
-        "--stdio",
-        action="store_true",
-        help="carry the tunnel on stdin/stdout (ssh ProxyCommand); logs go to stderr",
-    )
-    p.add_argument("--aead", dest="aead", action=B, default=True, help="offer the AEAD mode")
-    p.add_argument(
-        "--require-aead", action="store_true", help="refuse unless the daemon uses the AEAD mode"
-    )
-    p.add_argument(
-        "--output",
-        choices=("text", "json"),
-        default="text",
-        help="json: -x prints a JSON object with the command, port and session",
-    )
-    from ..cli.common import add_common
-
-    add_common(p)
-    return p
 
 
 def profile_text(args: argparse.Namespace, name: str) -> str:
@@ -276,41 +73,6 @@ def save_profile(args: argparse.Namespace) -> Path:
     from ..fsutil import write_secret
 
     return write_secret(path, profile_text(args, name).encode("utf-8"), overwrite=False)
-
-
-def _preparse_file(argv: list[str]) -> tuple[str | None, str | None]:
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config-file", "-e", "--env-file", dest="config_file", default=None)
-    pre.add_argument("--profile", default=None)
-    known, _ = pre.parse_known_args(argv)
-    return known.config_file, known.profile
-
-
-def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = build_parser()
-    args_in = list(sys.argv[1:] if argv is None else argv)
-    cfg_file, profile = _preparse_file(args_in)
-    file_values = None
-    try:
-        if profile:
-            if os.sep in profile or profile.startswith("."):
-                raise ConfigError("--profile takes a profile name, not a path")
-            # official file names: spaces become '_' (~/.sshnp/config/my_pi.env)
-            cfg_file = cfg_file or str(profile_dir() / f"{profile.replace(' ', '_')}.env")
-        if cfg_file:
-            file_values = config.load_env_file(cfg_file, parser)
-    except ConfigError as exc:
-        parser.error(str(exc))
-    args = config.parse_args(parser, "sshnp", args_in, file_values=file_values)
-    try:
-        validate(args)
-    except ConfigError as exc:
-        parser.error(str(exc))
-    except NoPortsError as exc:  # e.g. -i missing (4), local port busy: one line, its code
-        from ..cli.common import fail
-
-        sys.exit(fail("sshnp", exc))
-    return args
 
 
 def ssh_option_argv(values: list[str]) -> list[str]:
