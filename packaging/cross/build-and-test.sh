@@ -42,7 +42,8 @@ die() {
 
 if [ -z "${NOPORTS_CROSS_MIRROR:-}" ]; then
 	NOPORTS_CROSS_MIRROR=$(grep -hoE '(URIs:|deb) +https?://[^ ]+/debian/?( |$)' \
-		/etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null | head -1 | awk '{print $2}')
+		/etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources \
+		2>/dev/null | head -1 | awk '{print $2}' || true)
 fi
 MIRROR=${NOPORTS_CROSS_MIRROR:-http://deb.debian.org/debian}
 
