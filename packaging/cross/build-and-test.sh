@@ -75,21 +75,25 @@ fi
 [ -e "/proc/sys/fs/binfmt_misc/$QEMU" ] || die "binfmt_misc has no $QEMU entry (update-binfmts --display)"
 grep -q '^enabled' "/proc/sys/fs/binfmt_misc/$QEMU" || die "binfmt $QEMU disabled"
 
-# 3. chroot (cached; a finished one carries .noports-ready)
+# 3. chroot (cached; .noports-bootstrapped after debootstrap, .noports-ready once PKGS are in).
+# debootstrap --include does not resolve virtual packages (python3-cryptography needs
+# python3-cffi-backend-api-*, which python3-cffi-backend provides) and then stops at configure:
+# the packages are completed with apt inside the chroot, which also repairs a half-configured one.
+PKGS=$PKGS,python3-cffi-backend,python3-yaml
 mkdir -p "$CACHE"
-if [ ! -e "$CHROOT/.noports-ready" ]; then
+if [ ! -e "$CHROOT/.noports-ready" ] && [ ! -e "$CHROOT/.noports-bootstrapped" ]; then
 	rm -rf "$CHROOT"
 	log "debootstrap $SUITE/$DEBARCH from $MIRROR into $CHROOT"
 	t0=$(date +%s)
 	kr=/usr/share/keyrings/debian-archive-keyring.gpg
-	timeout 5400 debootstrap --arch "$DEBARCH" --variant=minbase --include="$PKGS" \
-		--keyring="$kr" "$SUITE" "$CHROOT" "$MIRROR" >"$CACHE/$ARCH-debootstrap.log" 2>&1 ||
-		{
-			tail -20 "$CACHE/$ARCH-debootstrap.log"
-			die "debootstrap failed (log: $CACHE/$ARCH-debootstrap.log)"
-		}
-	touch "$CHROOT/.noports-ready"
-	log "chroot ready in $(($(date +%s) - t0)) s"
+	if ! timeout 5400 debootstrap --arch "$DEBARCH" --variant=minbase --include="$PKGS" \
+		--keyring="$kr" "$SUITE" "$CHROOT" "$MIRROR" >"$CACHE/$ARCH-debootstrap.log" 2>&1; then
+		tail -n 5 "$CACHE/$ARCH-debootstrap.log"
+		[ -x "$CHROOT/usr/bin/apt-get" ] || die "debootstrap failed (log: $CACHE/$ARCH-debootstrap.log)"
+		log "debootstrap stopped at configure; apt completes it"
+	fi
+	touch "$CHROOT/.noports-bootstrapped"
+	log "debootstrap done in $(($(date +%s) - t0)) s"
 fi
 
 cleanup() {
@@ -102,6 +106,22 @@ mount --bind /dev "$CHROOT/dev"
 mount --bind /dev/pts "$CHROOT/dev/pts"
 cp /etc/resolv.conf "$CHROOT/etc/resolv.conf"
 in_chroot() { chroot "$CHROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 "$@"; }
+
+if [ ! -e "$CHROOT/.noports-ready" ]; then
+	t0=$(date +%s)
+	echo "deb $MIRROR $SUITE main" >"$CHROOT/etc/apt/sources.list"
+	log "apt in the chroot: ${PKGS//,/ }"
+	in_chroot timeout 900 apt-get update -qq >"$CACHE/$ARCH-apt.log" 2>&1 || die "apt-get update failed"
+	in_chroot env DEBIAN_FRONTEND=noninteractive timeout 3600 apt-get install -y -q -f \
+		--no-install-recommends >>"$CACHE/$ARCH-apt.log" 2>&1 &&
+		in_chroot env DEBIAN_FRONTEND=noninteractive timeout 3600 apt-get install -y -q \
+			--no-install-recommends ${PKGS//,/ } >>"$CACHE/$ARCH-apt.log" 2>&1 || {
+		tail -n 20 "$CACHE/$ARCH-apt.log"
+		die "apt-get install in the chroot failed"
+	}
+	touch "$CHROOT/.noports-ready"
+	log "chroot ready in $(($(date +%s) - t0)) s"
+fi
 
 # 4. sdist on the host (the shipped .c must be enough: the chroot has no Cython)
 PYBUILD=${NOPORTS_CROSS_HOST_PYTHON:-python3}
