@@ -140,7 +140,13 @@ find "$WORK/run/tests" -name __pycache__ -prune -exec rm -rf {} +
 # 5. wheel + venv + install inside the chroot
 log "building the $ARCH wheel from $sdist"
 t0=$(date +%s)
-in_chroot timeout 3600 python3 -m pip wheel --no-deps --no-build-isolation -w /work/wheel \
+# Debian's setuptools when it reads the SPDX `license` expression (>= 77: trixie), else pip's
+# build isolation fetches the build requirements from PyPI (bookworm ships 66).
+isolation=--no-build-isolation
+in_chroot python3 -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 77)' ||
+	isolation=
+log "pip wheel ${isolation:-(build isolation: setuptools from PyPI)}"
+in_chroot timeout 3600 python3 -m pip wheel --no-deps $isolation -w /work/wheel \
 	"/work/dist/$sdist" >"$CACHE/$ARCH-build.log" 2>&1 || {
 	tail -30 "$CACHE/$ARCH-build.log"
 	die "wheel build failed"
