@@ -105,7 +105,14 @@ mount -t sysfs sys "$CHROOT/sys"
 mount --bind /dev "$CHROOT/dev"
 mount --bind /dev/pts "$CHROOT/dev/pts"
 cp /etc/resolv.conf "$CHROOT/etc/resolv.conf"
-in_chroot() { chroot "$CHROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 "$@"; }
+# pip in the chroot trusts what the host trusts (a site CA or TLS proxy lives in the host bundle)
+HOST_CA=${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}
+[ -f "$HOST_CA" ] && cp "$HOST_CA" "$CHROOT/etc/noports-host-ca.pem"
+in_chroot() {
+	chroot "$CHROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
+		PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=120 \
+		${HOST_CA:+PIP_CERT=/etc/noports-host-ca.pem} "$@"
+}
 
 if [ ! -e "$CHROOT/.noports-ready" ]; then
 	t0=$(date +%s)
