@@ -37,9 +37,16 @@ def secure_dir(path: str | os.PathLike[str]) -> Path:
                 os.chmod(d, 0o700)  # mkdir's mode is masked by the umask; make it exact
     if not p.is_dir():
         raise KeyFileError(f"{p} is not a directory")
-    st = p.stat()
-    if st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) & 0o077:
-        os.chmod(p, 0o700)
+    # An existing directory keeps its mode: it may be shared (/tmp, a home directory, /etc),
+    # and changing it would break other programs (root writing a secret into /tmp must never
+    # make /tmp 0700). The secret files themselves are 0600 from creation. A directory that
+    # others may write to without the sticky bit is refused: they could swap the file.
+    mode = stat.S_IMODE(p.stat().st_mode)
+    if mode & 0o022 and not mode & stat.S_ISVTX:
+        raise InsecureFileError(
+            f"{p} is writable by others (mode {mode:04o}); refusing to keep secrets in it"
+            f" (chmod go-w {p})"
+        )
     return p
 
 

@@ -82,3 +82,27 @@ def test_read_refuses_open_modes_and_symlinks(tmp_path):
         read_secret(link, strict_mode=False)
     with pytest.raises(KeyFileError):
         read_secret(tmp_path / "missing")
+
+
+def test_existing_directories_keep_their_mode(tmp_path):
+    """Writing a secret into an existing shared directory never changes that directory
+    (before: a root process writing into /tmp made /tmp 0700)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)  # like /tmp
+    home = tmp_path / "home"
+    home.mkdir()
+    os.chmod(home, 0o755)  # like a home directory or /etc
+    for d, want in ((shared, 0o1777), (home, 0o755)):
+        write_secret(d / "k.atKeys", b"secret")
+        assert stat.S_IMODE(d.stat().st_mode) == want
+        assert stat.S_IMODE((d / "k.atKeys").stat().st_mode) == 0o600
+
+
+def test_directory_writable_by_others_is_refused(tmp_path):
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    os.chmod(open_dir, 0o777)  # no sticky bit: anyone could replace the file
+    with pytest.raises(InsecureFileError, match="writable by others"):
+        write_secret(open_dir / "k.atKeys", b"secret")
+    assert not (open_dir / "k.atKeys").exists()
