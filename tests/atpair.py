@@ -327,7 +327,8 @@ class MemoryTransport(asyncio.Transport):
     # server -> client
 
     def _from_server(self, data: bytes) -> None:
-        self._loop.call_soon(self._arrive, data)
+        if not self._loop.is_closed():  # a test that failed may leave its loop behind
+            self._loop.call_soon(self._arrive, data)
 
     def _arrive(self, data: bytes) -> None:
         if self._lost:
@@ -338,7 +339,8 @@ class MemoryTransport(asyncio.Transport):
         self._protocol.data_received(data)
 
     def _server_closed(self) -> None:
-        self._loop.call_soon(self._finish, None)
+        if not self._loop.is_closed():
+            self._loop.call_soon(self._finish, None)
 
     def _finish(self, exc: Exception | None) -> None:
         if self._lost:

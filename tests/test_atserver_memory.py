@@ -209,7 +209,7 @@ def test_update_llookup_lookup_between_two_atsigns(
 def test_missing_key_is_at0015(srv: MemoryAtServer, alice: AtKeys) -> None:
     a = authed(srv, alice)
     reply = a.request(commands.llookup("nothing.app@alice"))
-    assert error_code(reply) == "AT0015"
+    assert isinstance(reply, ErrorReply) and reply.code == "AT0015"
     assert isinstance(reply.exception(), KeyNotFoundError)
 
 
