@@ -177,6 +177,11 @@ class MemoryAtServer:
         self.conns: set[ServerConn] = set()
         self.depth = 0
         self.dirty: set[ServerConn] = set()
+        # what observe.Observer reads of net.AtServer besides the engine (no pre-auth limits
+        # and no listening socket here)
+        self.unauth: dict[ServerConn, None] = {}
+        self.evicted = 0
+        self._server = None
 
     @property
     def address(self) -> str:

@@ -5,6 +5,7 @@ same verbs over TLS; these are the fast layer, and the only ones that can move t
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -496,6 +497,25 @@ def test_info_uptime_is_on_the_injected_clock(
     clock.advance(90_061_000)
     words = json.loads(w.data(commands.info()))["uptimeAsWords"]
     assert words == "1 days 1 hours 1 minutes 1 seconds"
+
+
+def test_status_snapshot_counts_and_uptime(
+    srv: MemoryAtServer, clock: ManualClock, alice: AtKeys, bob: AtKeys
+) -> None:
+    from noports.atserver.observe import Observer
+
+    obs = Observer(srv)
+    authed(srv, alice)
+    m = authed(srv, bob)
+    m.cmd(commands.monitor(None))
+    srv.wire()  # one unauthenticated connection
+    authed(srv, alice).data(commands.notify("@bob:x.app@alice", "v"))
+    clock.advance(61_500)
+    snap = asyncio.run(obs.snapshot())
+    assert snap["connections"]["authenticated"] == 3
+    assert snap["atsigns_connected"] == 2 and snap["atsigns_hosted"] == 2
+    assert snap["monitors"] == 1 and snap["delivered"] == 1
+    assert snap["summary"]["uptime s"] == 61  # the engine's injected clock
 
 
 def test_sessions_are_forgotten_on_close(srv: MemoryAtServer, alice: AtKeys) -> None:

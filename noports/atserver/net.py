@@ -22,7 +22,7 @@ from typing import Any, cast
 from ..errors import AtError
 from ..fsutil import secure_dir
 from . import tls, verbs
-from .engine import Config, Engine, Reply, Session, wall_ms
+from .engine import Clock, Config, Engine, Reply, Session, wall_ms
 from .keys import dart_time
 from .parse import LineBuffer
 from .store import Store
@@ -252,7 +252,7 @@ class AtServer:
     """Owns the store, the engine, the listening socket and the periodic jobs."""
 
     def __init__(
-        self, data_dir: str | os.PathLike[str], config: Config | None = None, clock: Any = wall_ms
+        self, data_dir: str | os.PathLike[str], config: Config | None = None, clock: Clock = wall_ms
     ) -> None:
         self.data_dir = Path(data_dir)
         self.config = config or Config()
