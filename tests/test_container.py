@@ -97,3 +97,31 @@ def test_grafana_dashboard_uses_only_metrics_srvd_exports():
     observe = (ROOT / "noports" / "srvd" / "observe.py").read_text()
     exported = set(re.findall(r'"(noports_[a-z_]+)"', observe))
     assert used and used <= exported, used - exported
+
+
+@pytest.mark.parametrize(
+    ("env_value", "extra", "rc"),
+    [
+        ("nonsense", [], 2),  # the image's NOPORTS_SRVD_METRICS reaches srvd's --metrics
+        ("", [], 0),  # empty: no endpoint
+        ("nonsense", ["--metrics", "127.0.0.1:0"], 0),  # the command line wins
+    ],
+)
+def test_entrypoint_gives_srvd_the_image_metrics_address(env_value, extra, rc, tmp_path):
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "NOPORTS_SRVD_METRICS": env_value,
+    }
+    argv = ["srvd", "-a", "@relay", "-i", "127.0.0.1", *extra, "--check-config"]
+    r = subprocess.run(
+        ["sh", str(CONTAINER / "entrypoint.sh"), *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert r.returncode == rc, r.stdout + r.stderr
+    if rc:
+        assert "--metrics" in r.stderr and "nonsense" in r.stderr
