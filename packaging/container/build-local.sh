@@ -106,6 +106,35 @@ say "HEALTHCHECK against srvd on an embedded atServer, both inside the image"
 run -v "$ROOT/packaging/container/health-demo.sh:/tmp/health-demo.sh:ro" "$ctr" -- \
   sh /tmp/health-demo.sh
 
+# -- 4b. the same with podman, when it and runc are installed ------------------------------------
+# crun 1.8 (Debian 12) refuses hybrid cgroup v1/v2 hosts, and without CAP_SYS_RESOURCE podman's
+# default rlimits (raised above the caller's) fail: runc and lowered --ulimit values work.
+if command -v podman >/dev/null 2>&1 && command -v runc >/dev/null 2>&1; then
+  P="podman --storage-driver vfs --runtime runc"
+  LIMITS="--ulimit nofile=4096:4096 --ulimit nproc=4096:4096"
+  name="noports-health-$$"
+  say "podman run (runc, own network namespace): the image's CMD"
+  # shellcheck disable=SC2086
+  $P run --rm $LIMITS --network none "$IMAGE" 2>>"$WORK/podman.log"
+  say "podman: srvd with the image's defaults, then the image's own HEALTHCHECK"
+  # shellcheck disable=SC2086
+  $P run -d --name "$name" $LIMITS --network none \
+    -v "$ROOT/packaging/container/health-demo.sh:/tmp/health-demo.sh:ro" \
+    --entrypoint sh "$IMAGE" /tmp/health-demo.sh serve >/dev/null 2>>"$WORK/podman.log"
+  i=0
+  until $P healthcheck run "$name" >/dev/null 2>>"$WORK/podman.log" || [ $i -ge 60 ]; do
+    sleep 0.5; i=$((i + 1))
+  done
+  status=$($P inspect --format '{{.State.Health.Status}}' "$name" 2>>"$WORK/podman.log")
+  say "health: $status"
+  start=$(date +%s)
+  $P stop "$name" >/dev/null 2>>"$WORK/podman.log"
+  say "stopped in $(( $(date +%s) - start )) s, exit code" \
+    "$($P inspect --format '{{.State.ExitCode}}' "$name" 2>>"$WORK/podman.log")"
+  $P rm "$name" >/dev/null 2>>"$WORK/podman.log"
+  [ "$status" = healthy ] || die "the image's HEALTHCHECK did not report healthy"
+fi
+
 # -- 5. export ---------------------------------------------------------------------------------
 if [ -n "$EXPORT" ]; then
   $B push "$IMAGE" "docker-archive:$EXPORT:noports:local" >/dev/null
