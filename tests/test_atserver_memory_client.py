@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
-from noports import _compat
 from noports.at import commands, onboard
 from noports.at.connection import connect_authenticated, find_atserver
 from noports.at.notifications import MonitorClosed
@@ -32,14 +31,7 @@ from tests.atpair import MEMORY_HOST, MEMORY_PORT, ManualClock, MemoryAtServer
 
 pytestmark = pytest.mark.timeout(60)
 
-T = TypeVar("T")
-
-
-def arun(coro: Coroutine[Any, Any, T], timeout: float = 20.0) -> T:
-    async def guarded() -> T:
-        return await asyncio.wait_for(coro, timeout)
-
-    return _compat.run(guarded(), loop="asyncio")
+RunFn = Callable[..., Any]  # conftest's ``run(coro, timeout)``: each loop kind the programs use
 
 
 @pytest.fixture
@@ -67,7 +59,7 @@ def bob(srv: MemoryAtServer, keys: Callable[[str], AtKeys]) -> AtKeys:
     return k
 
 
-def test_connection_requests_and_errors(srv: MemoryAtServer, alice: AtKeys) -> None:
+def test_connection_requests_and_errors(run: RunFn, srv: MemoryAtServer, alice: AtKeys) -> None:
     async def main() -> None:
         conn = await srv.connect()
         assert not conn.authenticated
@@ -87,11 +79,11 @@ def test_connection_requests_and_errors(srv: MemoryAtServer, alice: AtKeys) -> N
         with pytest.raises(ConnectError):
             await conn.execute(commands.noop(0))
 
-    arun(main())
+    run(main(), 20)
 
 
 def test_pkam_refused_is_client_auth_failed(
-    srv: MemoryAtServer, alice: AtKeys, keys: Callable[[str], AtKeys]
+    run: RunFn, srv: MemoryAtServer, alice: AtKeys, keys: Callable[[str], AtKeys]
 ) -> None:
     async def main() -> None:
         conn = await srv.connect()
@@ -99,10 +91,10 @@ def test_pkam_refused_is_client_auth_failed(
             await conn.authenticate_pkam(alice.atsign, keys("@mallory").pkam_private)
         await conn.close()
 
-    arun(main())
+    run(main(), 20)
 
 
-def test_root_lookup_through_find_atserver(srv: MemoryAtServer, alice: AtKeys) -> None:
+def test_root_lookup_through_find_atserver(run: RunFn, srv: MemoryAtServer, alice: AtKeys) -> None:
     async def main() -> None:
         assert await find_atserver("@alice", root=srv.root) == (MEMORY_HOST, MEMORY_PORT)
         with pytest.raises(SecondaryNotFoundError):
@@ -111,11 +103,11 @@ def test_root_lookup_through_find_atserver(srv: MemoryAtServer, alice: AtKeys) -
         with pytest.raises(ConnectError):
             await find_atserver("@alice", root="127.0.0.1:1")
 
-    arun(main())
+    run(main(), 20)
 
 
 def test_client_shares_encrypted_data_between_two_atsigns(
-    srv: MemoryAtServer, alice: AtKeys, bob: AtKeys
+    run: RunFn, srv: MemoryAtServer, alice: AtKeys, bob: AtKeys
 ) -> None:
     async def main() -> None:
         a = await srv.client(alice)
@@ -144,11 +136,11 @@ def test_client_shares_encrypted_data_between_two_atsigns(
         await a.close()
         await b.close()
 
-    arun(main())
+    run(main(), 20)
 
 
 def test_monitor_gets_decrypted_notifications_and_status(
-    srv: MemoryAtServer, clock: ManualClock, alice: AtKeys, bob: AtKeys
+    run: RunFn, srv: MemoryAtServer, clock: ManualClock, alice: AtKeys, bob: AtKeys
 ) -> None:
     async def main() -> None:
         a = await srv.client(alice)
@@ -170,10 +162,12 @@ def test_monitor_gets_decrypted_notifications_and_status(
         await a.close()
         await b.close()
 
-    arun(main())
+    run(main(), 20)
 
 
-def test_signed_request_and_reply(srv: MemoryAtServer, alice: AtKeys, bob: AtKeys) -> None:
+def test_signed_request_and_reply(
+    run: RunFn, srv: MemoryAtServer, alice: AtKeys, bob: AtKeys
+) -> None:
     """The NoPorts control-plane pattern: a signed request notified to the device, whose
     daemon answers with a signed reply the requester is already monitoring for."""
 
@@ -202,10 +196,10 @@ def test_signed_request_and_reply(srv: MemoryAtServer, alice: AtKeys, bob: AtKey
         await a.close()
         await b.close()
 
-    arun(main())
+    run(main(), 20)
 
 
-def test_monitor_resumes_after_the_server_drops_it(tmp_path: Path, keys) -> None:
+def test_monitor_resumes_after_the_server_drops_it(run: RunFn, tmp_path: Path, keys) -> None:
     """The client's resume point comes from its own clock before the first notification
     (notifications.py says so), so this server's clock starts at the real time."""
     clock = ManualClock(int(time.time() * 1000))
@@ -236,10 +230,10 @@ def test_monitor_resumes_after_the_server_drops_it(tmp_path: Path, keys) -> None
             await a.close()
             await b.close()
 
-        arun(main())
+        run(main(), 20)
 
 
-def test_onboard_with_the_cram_secret(srv: MemoryAtServer, tmp_path: Path) -> None:
+def test_onboard_with_the_cram_secret(run: RunFn, srv: MemoryAtServer, tmp_path: Path) -> None:
     secret = srv.host("@carol")
     assert secret is not None
 
@@ -269,11 +263,11 @@ def test_onboard_with_the_cram_secret(srv: MemoryAtServer, tmp_path: Path) -> No
                 keys_path=tmp_path / "again.atKeys",
             )
 
-    arun(main())
+    run(main(), 20)
 
 
 def test_otp_enrollment_approval_revocation(
-    srv: MemoryAtServer, alice: AtKeys, tmp_path: Path
+    run: RunFn, srv: MemoryAtServer, alice: AtKeys, tmp_path: Path
 ) -> None:
     async def main() -> None:
         a = await srv.client(alice)
@@ -310,10 +304,10 @@ def test_otp_enrollment_approval_revocation(
                 await connect_authenticated(new_keys, root=srv.root, ssl_ctx=_unused_ctx())
         await a.close()
 
-    arun(main())
+    run(main(), 20)
 
 
-def test_enroll_request_with_a_wrong_otp(srv: MemoryAtServer, alice: AtKeys) -> None:
+def test_enroll_request_with_a_wrong_otp(run: RunFn, srv: MemoryAtServer, alice: AtKeys) -> None:
     async def main() -> None:
         with pytest.raises(onboard.AuthRefusedError):
             await onboard.request_enrollment(
@@ -328,10 +322,12 @@ def test_enroll_request_with_a_wrong_otp(srv: MemoryAtServer, alice: AtKeys) -> 
         await asyncio.sleep(0)
         assert srv.conns == set()  # request_enrollment closed its connection
 
-    arun(main())
+    run(main(), 20)
 
 
-def test_many_clients_on_one_engine(srv: MemoryAtServer, keys: Callable[[str], AtKeys]) -> None:
+def test_many_clients_on_one_engine(
+    run: RunFn, srv: MemoryAtServer, keys: Callable[[str], AtKeys]
+) -> None:
     """Twenty atSigns, each sharing with the next: the engine keeps them apart."""
     base = keys("@alice")
     import dataclasses
@@ -356,7 +352,7 @@ def test_many_clients_on_one_engine(srv: MemoryAtServer, keys: Callable[[str], A
         await asyncio.sleep(0)
         assert srv.engine.sessions == set()
 
-    arun(main())
+    run(main(), 20)
 
 
 def _unused_ctx() -> Any:
@@ -365,11 +361,13 @@ def _unused_ctx() -> Any:
     return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # routed() connections never use TLS
 
 
-def test_json_reply_of_enroll_list_is_parsed(srv: MemoryAtServer, alice: AtKeys) -> None:
+def test_json_reply_of_enroll_list_is_parsed(
+    run: RunFn, srv: MemoryAtServer, alice: AtKeys
+) -> None:
     async def main() -> None:
         c = await srv.client(alice)
         body = json.loads(await c.execute(commands.enroll("list")))
         assert body == {}
         await c.close()
 
-    arun(main())
+    run(main(), 20)
