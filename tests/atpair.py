@@ -476,7 +476,13 @@ class Wire:
         self.events = [e for e in self.events if not isinstance(e, Notification)]
         return got
 
-    def pkam(self, keys: AtKeys, *, enrollment_id: str | None = None, pkam_private=None) -> str:
+    def pkam(
+        self,
+        keys: AtKeys,
+        *,
+        enrollment_id: str | None = None,
+        pkam_private: rsa.PrivateKey | None = None,
+    ) -> str:
         """``from`` + ``pkam`` built by the client's builders; the pkam reply text."""
         challenge = self.data(commands.from_(keys.atsign))
         key = pkam_private if pkam_private is not None else keys.pkam_private
