@@ -71,6 +71,7 @@ SANS_IO = {
     "noports.tunnel.control",
     "noports.session.wire",
     "noports.srvd.requests",
+    "noports.srvd.grant",
     "noports.log",
     "noports.names",
     "noports.crypto.sshkey",
