@@ -495,19 +495,10 @@ class Srvd:
     async def _grant(self, p: grants.Plan, t0: float) -> None:
         g, req = p.grant, p.grant.request
         assert self.client is not None and self.pool is not None
-        keys: list[rsa.PublicKey | None] = []
-        for who in p.key_owners:
-            if who is None:
-                keys.append(None)
-                continue
-            try:
-                stale = who in self._stale_keys
-                keys.append(await self.client.public_key(who, refresh=stale))
-                self._stale_keys.discard(who)
-            except (AtError, NoPortsError, OSError) as exc:
-                raise grants.key_refused(p, who, exc) from None
+        owner_a, owner_b = p.key_owners
+        keys = (await self._public_key(p, owner_a), await self._public_key(p, owner_b))
         prefetched = await self._prefetch(p.prefetch) if p.escr else None
-        spec = SessionSpec(**grants.session_params(p, (keys[0], keys[1]), prefetched))
+        spec = SessionSpec(**grants.session_params(p, keys, prefetched))
         vlog.info(*grants.params_line(p))
         try:
             h, made = await self.pool.create_session(spec)
@@ -553,6 +544,20 @@ class Srvd:
         if self.observer is not None:
             self.observer.setup_seconds.observe(time.perf_counter() - t0)
         vlog.info("session %s answered in %.1f ms", g.session_id, (time.perf_counter() - t0) * 1000)
+
+    async def _public_key(self, p: grants.Plan, who: str | None) -> rsa.PublicKey | None:
+        """A side's public key for its payload-mode auth line (None: not needed); re-fetched
+        once the key a session used failed."""
+        if who is None:
+            return None
+        assert self.client is not None
+        try:
+            stale = who in self._stale_keys
+            key = await self.client.public_key(who, refresh=stale)
+            self._stale_keys.discard(who)
+            return key
+        except (AtError, NoPortsError, OSError) as exc:
+            raise grants.key_refused(p, who, exc) from None
 
     def _session_message(self, n: Notification) -> None:
         """``logging.<sid>.sessions``: the session's event logging config, accepted once and
