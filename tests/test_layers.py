@@ -71,11 +71,13 @@ SANS_IO = {
     "noports.tunnel.control",
     "noports.session.wire",
     "noports.srvd.requests",
+    "noports.srvd.grant",
     "noports.log",
     "noports.names",
     "noports.crypto.sshkey",
     "noports.session.features",
     "noports.session.errors",
+    "noports.session.handshake",
     *(
         f"noports.atserver.{p.stem}"
         for p in (SRC / "atserver").glob("*.py")

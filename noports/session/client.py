@@ -4,6 +4,9 @@ One call, :func:`establish`, takes a connected :class:`~noports.at.client.AtClie
 :class:`SessionSpec` and returns an :class:`Established` session: relay address, the relay auth
 line for our side, the data-plane crypto and the daemon's success payload. The tunnel itself is
 started by the caller (single mode for sshnp, multi for npt) with those values, in-process.
+The decisions (what to send, routing the answers, deadlines, feature checks, verification, the
+crypto choice) are :class:`~noports.session.handshake.ClientHandshake`'s, tested in memory;
+this module does the I/O.
 
 Round trips are overlapped (DESIGN section 4, set-up target <= 300 ms median):
 
@@ -30,202 +33,57 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-import json
 import logging
-import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..at.client import AtClient
 from ..crypto import ephemeral, rsa
-from ..crypto.envelope import relay_auth_line
-from ..crypto.escr import EscrAuth
-from ..errors import (
-    ConfigError,
-    KeyNotFoundError,
-    NoPortsError,
-    ProtocolError,
-    RemoteError,
-    SignatureError,
-)
-from ..names import validate_atsign, validate_device_name
-from ..tunnel.keys import AeadKeys, TunnelCrypto
-from . import relayauth, wire
-from .errors import (
-    DaemonFailedError,
-    DaemonRefusedError,
-    DowngradeRefusedError,
-    EscrUnsupportedError,
-    FeatureRefusedError,
-    NoAnswerError,
-    RelayRefusedError,
-    UsernameNotSharedError,
-)
-from .features import (
-    FEATURE_CHECK_TIMEOUT_MESSAGE,
-    DaemonFeature,
-    DaemonInfo,
-    UnsupportedFeatureError,
-    parse_ping_response,
-    require_features,
+from ..errors import KeyNotFoundError, NoPortsError
+from ..names import validate_atsign
+from ..tunnel.keys import TunnelCrypto
+from . import relayauth
+from .errors import EscrUnsupportedError, NoAnswerError, UsernameNotSharedError
+from .features import DaemonFeature
+from .handshake import (
+    DAEMON_TIMEOUT,
+    NACK_GRACE,
+    NEED_DATA,
+    NOTIFY_TTL_MS,
+    NOTIFY_TTLN_MS,
+    PING_TIMEOUT,
+    RELAY_TIMEOUT,
+    ClientHandshake,
+    Established,
+    NeedKey,
+    Notify,
+    SessionSpec,
 )
 from .relays import select_relay
 
 log = logging.getLogger("noports.session")
 
-RELAY_TIMEOUT = 20.0  # spec 3.5: relay response wait
-DAEMON_TIMEOUT = 15.0  # spec 3.5: daemon session response
-PING_TIMEOUT = 20.0  # --daemon-ping-timeout default
-NOTIFY_TTL_MS = 10_000
-NACK_GRACE = 1.0  # seconds another relay instance has to grant after one refused
-NOTIFY_TTLN_MS = 60_000
-
-
-@dataclass
-class SessionSpec:
-    """What to ask for. ``kind`` is ``"ssh"`` (D3) or ``"npt"`` (D4)."""
-
-    kind: str
-    daemon: str
-    device: str
-    relay: str  # "" = select one (latest spec 1): from relay_candidates, else the standard list
-    auth_client: bool = True  # --ac: our tunnel end authenticates to the relay
-    auth_device: bool = True  # --ad: the daemon's end authenticates to the relay
-    encrypt: bool = True  # --et
-    offer_aead: bool = True  # our strong mode offer
-    require_aead: bool = False  # refuse anything weaker
-    twin_keys: bool = True
-    required: list[DaemonFeature] = field(default_factory=list)
-    ping_timeout: float = PING_TIMEOUT
-    relay_timeout: float = RELAY_TIMEOUT
-    daemon_timeout: float = DAEMON_TIMEOUT
-    # npt
-    remote_host: str = "localhost"
-    remote_port: int = 22
-    timeout_ms: int = 30_000
-    # sshnp: resolve the remote username from the daemon's shared record
-    fetch_username: bool = False
-    # sshnp -s: "<type> <base64>" sent as D6 once the feature check passed
-    public_key: str | None = None
-    # --ram: how both tunnel ends authenticate to the relay; --443: the single-port relay
-    relay_auth_mode: str = "escr"
-    only443: bool = False
-    ram_fallback: bool = False  # --ram not given: payload with a daemon that lacks escr
-    # relay auto-selection (when ``relay`` is empty)
-    relay_candidates: list[str] | None = None
-    root: str | None = None  # the root domain, for the standard relay list's address
-
-    def __post_init__(self) -> None:
-        self.daemon = validate_atsign(self.daemon, add_at=True)
-        if self.relay:
-            self.relay = validate_atsign(self.relay, add_at=True)
-        self.device = validate_device_name(self.device)
-        if self.kind not in ("ssh", "npt"):
-            raise ValueError(self.kind)
-        if self.relay_auth_mode not in relayauth.MODES:
-            raise ConfigError(f"unknown relay auth mode {self.relay_auth_mode!r}")
-        if self.only443 and self.relay_auth_mode != "escr":
-            raise ConfigError("--443 needs escr relay authentication (drop --ram payload)")
-        if self.only443 and not (self.auth_client and self.auth_device):
-            raise ConfigError("--443 needs both tunnel ends to authenticate (drop --no-ad/--no-ac)")
-        escr_b = self.relay_auth_mode == "escr" and self.auth_device
-        if escr_b and DaemonFeature.SUPPORTS_RAM_ESCR not in self.required:
-            self.required.append(DaemonFeature.SUPPORTS_RAM_ESCR)
-        if self.require_aead:
-            self.offer_aead = True
-            if DaemonFeature.NOPORTS_AEAD not in self.required:
-                self.required.append(DaemonFeature.NOPORTS_AEAD)
-
-
-@dataclass
-class Established:
-    session_id: str
-    relay_host: str
-    relay_port: int  # portA (client side)
-    auth_line: str | EscrAuth | None  # None when our side does not authenticate
-    crypto: TunnelCrypto
-    payload: dict[str, Any]  # the daemon's verified success payload
-    info: DaemonInfo | None
-    username: str | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-    relay: str | None = None  # the relay atSign used (chosen when -r was empty or a list)
-
-    @property
-    def mode(self) -> str:
-        from ..tunnel.keys import mode_name
-
-        return mode_name(self.crypto)
-
+__all__ = [
+    "DAEMON_TIMEOUT",
+    "NACK_GRACE",
+    "NOTIFY_TTLN_MS",
+    "NOTIFY_TTL_MS",
+    "PING_TIMEOUT",
+    "RELAY_TIMEOUT",
+    "Established",
+    "NoAnswerError",
+    "SessionSpec",
+    "connect_client",
+    "establish",
+    "establish_any",
+    "start_ephemeral_keygen",
+]
 
 Progress = Callable[[str], None]
 
 
 def _noop(_msg: str) -> None:
     return None
-
-
-def _classify_daemon_error(text: str) -> RemoteError:
-    line = " ".join(text.split())[:300]
-    low = line.lower()
-    if "permit" in low or "signature" in low or "not authori" in low or "denied" in low:
-        return DaemonRefusedError(f"the device daemon refused: {line}")
-    return DaemonFailedError(f"the device daemon reported an error: {line}")
-
-
-class _Inbox:
-    """Routes this session's notifications to futures by kind."""
-
-    def __init__(self, sid: str, spec: SessionSpec) -> None:
-        loop = asyncio.get_running_loop()
-        self.sid = sid
-        self.spec = spec
-        self.relay: asyncio.Future[str] = loop.create_future()
-        self.ping: asyncio.Future[str] = loop.create_future()
-        self.daemon: asyncio.Future[str] = loop.create_future()
-        self._want_relay = f"{sid}.sshrvd"
-        self._want_daemon = f"{sid}.{spec.device}.sshnp"
-        self._want_ping = f"heartbeat.{spec.device}.sshnp"
-
-    @staticmethod
-    def regex(sid: str, device: str) -> str:
-        return f"{re.escape(sid)}|heartbeat\\.{re.escape(device)}\\.sshnp"
-
-    def feed(self, frm: str, short_key: str, value: str | None) -> None:
-        frm = frm.lower()
-        if value is None:
-            return
-        if frm == self.spec.relay and f"nack.{self.sid}" in short_key:
-            err = RelayRefusedError(
-                f"the relay {self.spec.relay} refused the session: "
-                f"{' '.join(value.split())[:300]}"
-            )
-            # several relay instances may answer one request (multipleAcksOk): the first ack
-            # wins, so a refusal stands only if no instance grants within NACK_GRACE
-            asyncio.get_running_loop().call_later(NACK_GRACE, _set_exc, self.relay, err)
-        elif frm == self.spec.relay and short_key == self._want_relay:
-            _set(self.relay, value)
-        elif frm == self.spec.daemon and short_key.lower() == self._want_daemon:
-            _set(self.daemon, value)
-        elif frm == self.spec.daemon and short_key.lower() == self._want_ping:
-            _set(self.ping, value)
-
-
-def _set(f: asyncio.Future[str], v: str) -> None:
-    if not f.done():
-        f.set_result(v)
-
-
-def _set_exc(f: asyncio.Future[str], e: BaseException) -> None:
-    if not f.done():
-        f.set_exception(e)
-
-
-async def _wait(f: asyncio.Future[str], timeout: float, err: BaseException) -> str:
-    try:
-        return await asyncio.wait_for(asyncio.shield(f), timeout)
-    except (TimeoutError, asyncio.TimeoutError):
-        raise err from None
 
 
 _KEYGEN = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ephemeral-rsa")
@@ -249,6 +107,7 @@ async def establish(
 
     ``ephemeral``: a key generation started earlier (:func:`start_ephemeral_keygen`); one is
     started here otherwise. Each session needs a fresh key: never pass the same future twice.
+    The decisions are :class:`~noports.session.handshake.ClientHandshake`'s; this drives it.
     """
     loop = asyncio.get_running_loop()
     t0 = loop.time()
@@ -270,372 +129,182 @@ async def establish(
         progress(f"Using relay {choice.relay} ({choice.reason})")
         spec = dataclasses.replace(spec, relay=choice.relay)
         mark("relaySelect")
-    sid = wire.new_session_id()
-    me = client.atsign
-    inbox = _Inbox(sid, spec)
-    mon = client.monitor(_Inbox.regex(sid, spec.device))
-    pump: asyncio.Task[None] | None = None
-    side: list[asyncio.Future[Any]] = []
+    hs = ClientHandshake(
+        spec, me=client.atsign, my_uri=relayauth.signing_uri(client), clock=loop.time
+    )
+    io = _Driver(client, hs, progress, mark)
     try:
-        kex = _kex_private(spec)
-        eph_task = (
-            asyncio.wrap_future(ephemeral or start_ephemeral_keygen())
-            if spec.encrypt and kex is None
-            else None
-        )
-        pk_task = asyncio.ensure_future(client.public_key(spec.daemon))
-        user_task = (
-            asyncio.ensure_future(
-                client.get(f"username.{spec.device}.sshnp", shared_by=spec.daemon)
-            )
-            if spec.fetch_username
-            else None
-        )
-        side += [pk_task] + ([user_task] if user_task is not None else [])
-        await mon.started(10.0)
-        mark("monitor")
-
-        async def route() -> None:
-            while True:
-                n = await mon.next()
-                inbox.feed(n.from_atsign or "", n.short_key, n.value)
-
-        pump = asyncio.ensure_future(route())
-        pump.add_done_callback(lambda t: _pump_ended(t, inbox))
-
-        nonce = wire.client_nonce()
-        legacy_relay = not spec.auth_client and not spec.auth_device
-        escr_mode = spec.relay_auth_mode == "escr" and not legacy_relay
-        relay_aes = relayauth.new_aes_key() if escr_mode else None
-        my_uri = relayauth.signing_uri(client)
-        if escr_mode and spec.auth_client:  # the relay fetches it when our socket answers
-            publish = asyncio.ensure_future(relayauth.publish_signing_key(client))
-            side.append(publish)
-        progress("Sending daemon feature check request")
-        progress("Fetching host and port from srvd")
-        check_features = bool(spec.required)  # no feature needed: no ping (official client)
-        sends = []
-        if check_features:
-            sends.append(
-                client.notify(
-                    spec.daemon,
-                    f"ping.{spec.device}",
-                    "ping",
-                    namespace="sshnp",
-                    ttln_ms=NOTIFY_TTLN_MS,
-                )
-            )
-        if legacy_relay:
-            relay_req = client.notify(
-                spec.relay,
-                f"{spec.device}",
-                sid,
-                namespace="sshrvd",
-                ttl_ms=NOTIFY_TTL_MS,
-                ttln_ms=NOTIFY_TTLN_MS,
-            )
-        else:
-            body = wire.relay_request(
-                session_id=sid,
-                atsign_a=me,
-                atsign_b=spec.daemon,
-                auth_a=spec.auth_client,
-                auth_b=spec.auth_device,
-                client_nonce=nonce,
-            )
-            body = relayauth.add_relay_request_fields(
-                body, mode=spec.relay_auth_mode if escr_mode else "payload", aes_key=relay_aes,
-                only443=spec.only443, prefetch=[my_uri] if escr_mode else [],
-            )
-            relay_req = client.notify(
-                spec.relay,
-                f"{spec.device}.request_ports",
-                json.dumps(body, separators=(",", ":")),
-                namespace="sshrvd",
-                ttl_ms=NOTIFY_TTL_MS,
-                ttln_ms=NOTIFY_TTLN_MS,
-            )
-        await asyncio.gather(*sends, relay_req)
-        mark("sent")
-
+        await io.open(ephemeral)
         progress("Waiting for daemon feature check response")
-        ping_wait = (
-            asyncio.ensure_future(
-                _wait(
-                    inbox.ping,
-                    spec.ping_timeout,
-                    NoAnswerError(
-                        f"{FEATURE_CHECK_TIMEOUT_MESSAGE}: no answer from device "
-                        f"{spec.device!r} of {spec.daemon} within {spec.ping_timeout:g} s (is "
-                        f"the daemon running, the device name right and {me} in its managers "
-                        "list?)"
-                    ),
-                )
-            )
-            if check_features
-            else None
-        )
-        relay_wait = asyncio.ensure_future(
-            _wait(
-                inbox.relay,
-                spec.relay_timeout,
-                NoAnswerError(
-                    f"Connection timeout to srvd {spec.relay} service (no answer within "
-                    f"{spec.relay_timeout:g} s)"
-                ),
-            )
-        )
-        try:
-            reply_text = await relay_wait
-            reply = wire.parse_relay_reply(reply_text)
-            mark("relay")
-            progress("Received host and port from srvd")
-            ping_text = await ping_wait if ping_wait is not None else None
-        finally:
-            for t in (ping_wait, relay_wait):
-                if t is None:
-                    continue
-                if not t.done():
-                    t.cancel()
-                elif not t.cancelled():
-                    t.exception()  # both timed out: the one not raised is still retrieved
-        info = parse_ping_response(ping_text) if ping_text is not None else None
+        reply = (await io.next()).reply
+        mark("relay")
+        progress("Received host and port from srvd")
+        info = (await io.next()).info
         mark("ping")
         progress("Received daemon feature check response")
-        if (
-            info is not None
-            and DaemonFeature.SUPPORTS_RAM_ESCR in spec.required
-            and not info.features.get(DaemonFeature.SUPPORTS_RAM_ESCR.value)
-        ):
-            raise EscrUnsupportedError(
-                "This device daemon does not support escr relay authentication "
-                "(use --ram payload)"
-            )
-        if info is not None:
-            try:
-                require_features(info, spec.required)
-            except UnsupportedFeatureError as exc:
-                raise FeatureRefusedError(str(exc)) from None
+        hs.check_features(info)
         progress("Required daemon features are supported")
-        if spec.public_key:
-            progress("Sharing ssh public key")
-            await client.notify(
-                spec.daemon,
-                f"sshpublickey.{spec.device}",
-                spec.public_key,
-                namespace="sshnp",
-                ttl_ms=NOTIFY_TTL_MS,
-                ttln_ms=NOTIFY_TTLN_MS,
-            )
-
-        username = None
-        if user_task is not None:
-            progress("Resolving remote username for user session")
-            try:
-                username = (await user_task).strip()
-            except KeyNotFoundError:
-                raise UsernameNotSharedError(
-                    "Remote username record not shared with the client (use -u)"
-                ) from None
-            if not username or any(c.isspace() or ord(c) < 0x20 for c in username):
-                raise ProtocolError("the shared remote username is not a valid user name")
-
-        eph = await eph_task if eph_task is not None else None
-        eph_pub = eph.public_key() if eph is not None else None
-        kex_pk = _kex_public(kex)
-        if spec.kind == "ssh":
-            payload = wire.ssh_request(
-                session_id=sid,
-                host=reply.host,
-                port=reply.port_b,
-                client_nonce=nonce,
-                rvd_nonce=reply.rvd_nonce,
-                ephemeral_pk=eph_pub,
-                auth_to_rvd=spec.auth_device,
-                encrypt=spec.encrypt,
-                twin_keys=spec.twin_keys and spec.encrypt,
-                aead=spec.offer_aead and spec.encrypt,
-                relay_atsign=spec.relay,
-                kex_pk=kex_pk,
-            )
-            key = f"ssh_request.{spec.device}"
-        else:
-            payload = wire.npt_request(
-                session_id=sid,
-                rvd_host=reply.host,
-                rvd_port=reply.port_b,
-                requested_port=spec.remote_port,
-                requested_host=spec.remote_host,
-                client_nonce=nonce,
-                rvd_nonce=reply.rvd_nonce,
-                ephemeral_pk=eph_pub,
-                encrypt=spec.encrypt,
-                timeout_ms=spec.timeout_ms,
-                twin_keys=spec.twin_keys and spec.encrypt,
-                aead=spec.offer_aead and spec.encrypt,
-                relay_atsign=spec.relay,
-                kex_pk=kex_pk,
-            )
-            key = f"npt_request.{spec.device}"
-        if escr_mode:
-            payload = relayauth.add_request_fields(payload, mode="escr", aes_key=relay_aes)
-            if spec.auth_client:  # the relay checks our answers with it: it must be there
-                try:
-                    await publish
-                except (NoPortsError, OSError) as exc:
-                    raise EscrUnsupportedError(
-                        f"cannot publish our relay signing key ({exc}); use --ram payload"
-                    ) from None
-        progress("Sending session request to the device daemon")
-        await client.send_signed(
-            spec.daemon,
-            key,
-            payload,
-            namespace="sshnp",
-            ttl_ms=NOTIFY_TTL_MS,
-            ttln_ms=NOTIFY_TTLN_MS,
-        )
-        mark("request")
+        username = await io.before_request()
+        eph = await io.send_request()
         progress("Waiting for response from the device daemon")
-        text = await _wait(
-            inbox.daemon,
-            spec.daemon_timeout,
-            NoAnswerError(f"No response from the device daemon within {spec.daemon_timeout:g} s"),
-        )
+        ev = await io.next()
         mark("response")
         progress("Received response from the device daemon")
-        result = await _verify(client, spec, sid, text, pk_task)
-        crypto = (
-            _choose_crypto_kex(spec, sid, result, kex)
-            if kex is not None
-            else _choose_crypto(spec, sid, result, eph)
-        )
-        auth: str | EscrAuth | None = (
-            relay_auth_line(sid, nonce, reply.rvd_nonce, client.keys.encrypt_private)
-            if spec.auth_client and reply.rvd_nonce
-            else None
-        )
-        if escr_mode and spec.auth_client:
-            assert relay_aes is not None
-            auth = relayauth.escr_auth(sid, relay_aes, my_uri, client.keys.pkam_private, True)
-        elif spec.auth_client and not reply.rvd_nonce:
-            raise ProtocolError("the relay sent no rvdNonce, so our side cannot authenticate")
+        while isinstance(ev, NeedKey):
+            ev = hs.key_received(await io.daemon_key(ev))
+        crypto = hs.crypto(ev.payload, eph)
+        auth = hs.relay_auth(client.keys.encrypt_private, client.keys.pkam_private)
         mark("keys")
         log.info(
-            "session %s established: relay %s:%d, %s", sid, reply.host, reply.port_a, _mode(crypto)
+            "session %s established: relay %s:%d, %s", hs.sid, reply.host, reply.port_a,
+            _mode(crypto),
         )
         log.debug("set-up timings (ms): %s", timings)
         return Established(
-            sid, reply.host, reply.port_a, auth, crypto, result, info, username, timings, spec.relay
+            hs.sid, reply.host, reply.port_a, auth, crypto, ev.payload, info, username, timings,
+            spec.relay,
         )
     finally:
-        if pump is not None:
-            pump.cancel()
-        for fut in side:  # early failures leave look-ups running: stop them, swallow results
+        await io.close()
+
+
+class _Driver:
+    """The I/O of one :class:`ClientHandshake`: the monitor and its pump, the look-ups that
+    run alongside (the daemon's key, the ephemeral key, the username, our signing key)."""
+
+    def __init__(
+        self, client: AtClient, hs: ClientHandshake, progress: Progress,
+        mark: Callable[[str], None],
+    ) -> None:
+        self.client = client
+        self.hs = hs
+        self.progress = progress
+        self.mark = mark
+        self.wake = asyncio.Event()
+        self.mon = client.monitor(ClientHandshake.regex(hs.sid, hs.spec.device))
+        self.pump: asyncio.Task[None] | None = None
+        self.side: list[asyncio.Future[Any]] = []
+        self.eph_task: asyncio.Future[rsa.PrivateKey] | None = None
+        self.pk_task: asyncio.Future[rsa.PublicKey] | None = None
+        self.user_task: asyncio.Future[str] | None = None
+        self.publish: asyncio.Future[str] | None = None
+
+    async def open(self, ephemeral: concurrent.futures.Future[rsa.PrivateKey] | None) -> None:
+        """Start the look-ups and the monitor, then send the ping and the relay request."""
+        client, hs, spec = self.client, self.hs, self.hs.spec
+        if hs.wants_ephemeral_rsa:
+            self.eph_task = asyncio.wrap_future(ephemeral or start_ephemeral_keygen())
+        self.pk_task = asyncio.ensure_future(client.public_key(spec.daemon))
+        self.side.append(self.pk_task)
+        if spec.fetch_username:
+            self.user_task = asyncio.ensure_future(
+                client.get(f"username.{spec.device}.sshnp", shared_by=spec.daemon)
+            )
+            self.side.append(self.user_task)
+        await self.mon.started(10.0)
+        self.mark("monitor")
+        self.pump = asyncio.ensure_future(self._route())
+        self.pump.add_done_callback(self._pump_ended)
+        if hs.escr_mode and spec.auth_client:  # the relay fetches it when our socket answers
+            self.publish = asyncio.ensure_future(relayauth.publish_signing_key(client))
+            self.side.append(self.publish)
+        self.progress("Sending daemon feature check request")
+        self.progress("Fetching host and port from srvd")
+        await asyncio.gather(*(self._notify(n) for n in hs.opening()))
+        hs.opening_sent()
+        self.mark("sent")
+
+    async def _route(self) -> None:
+        while True:
+            n = await self.mon.next()
+            self.hs.receive(n.from_atsign or "", n.short_key, n.value)
+            self.wake.set()
+
+    def _pump_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        self.hs.monitor_ended(task.exception() or RuntimeError("monitor ended"))
+        self.wake.set()
+
+    async def next(self) -> Any:
+        """The handshake's next event: wait for a notification or its deadline, as it says."""
+        loop = asyncio.get_running_loop()
+        while True:
+            ev = self.hs.next_event()
+            if ev is not NEED_DATA:
+                return ev
+            self.wake.clear()
+            at = self.hs.deadline()
+            timeout = None if at is None else max(0.0, at - loop.time())
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout)
+            except (TimeoutError, asyncio.TimeoutError):
+                pass
+
+    async def before_request(self) -> str | None:
+        """sshnp: share our ssh public key (-s) and resolve the remote username."""
+        share = self.hs.share_public_key()
+        if share is not None:
+            self.progress("Sharing ssh public key")
+            await self._notify(share)
+        if self.user_task is None:
+            return None
+        self.progress("Resolving remote username for user session")
+        try:
+            return self.hs.check_username(await self.user_task)
+        except KeyNotFoundError:
+            raise UsernameNotSharedError(
+                "Remote username record not shared with the client (use -u)"
+            ) from None
+
+    async def send_request(self) -> rsa.PrivateKey | None:
+        """Sign and send the session request; returns the ephemeral RSA key (if any)."""
+        hs = self.hs
+        eph = await self.eph_task if self.eph_task is not None else None
+        req = hs.request(eph.public_key() if eph is not None else None)
+        if self.publish is not None:  # the relay checks our answers with it: it must be there
+            try:
+                await self.publish
+            except (NoPortsError, OSError) as exc:
+                raise hs.publish_failed(exc) from None
+        self.progress("Sending session request to the device daemon")
+        await self.client.send_signed(
+            req.to, req.key, req.payload, namespace=req.namespace, ttl_ms=req.ttl_ms,
+            ttln_ms=req.ttln_ms,
+        )
+        hs.request_sent()
+        self.mark("request")
+        return eph
+
+    async def daemon_key(self, need: NeedKey) -> rsa.PublicKey:
+        if need.refresh:
+            return await self.client.public_key(need.atsign, refresh=True)
+        assert self.pk_task is not None
+        try:
+            return await self.pk_task  # warmed in parallel with the round trips
+        except KeyNotFoundError:
+            raise KeyNotFoundError(f"{need.atsign} has no public key") from None
+
+    async def _notify(self, n: Notify) -> str:
+        return await self.client.notify(
+            n.to, n.key, n.value, namespace=n.namespace, ttl_ms=n.ttl_ms, ttln_ms=n.ttln_ms
+        )
+
+    async def close(self) -> None:
+        if self.pump is not None:
+            self.pump.cancel()
+        for fut in self.side:  # early failures leave look-ups running: stop them, swallow results
             if not fut.done():
                 fut.cancel()
             elif not fut.cancelled():
                 fut.exception()
-        await mon.close()
-
-
-def _pump_ended(task: asyncio.Task[None], inbox: _Inbox) -> None:
-    if task.cancelled():
-        return
-    exc = task.exception() or RuntimeError("monitor ended")
-    for f in (inbox.relay, inbox.ping, inbox.daemon):
-        _set_exc(f, exc)
+        await self.mon.close()
 
 
 def _mode(crypto: TunnelCrypto) -> str:
     from ..tunnel.keys import mode_name
 
     return mode_name(crypto)
-
-
-async def _verify(
-    client: AtClient, spec: SessionSpec, sid: str, text: str, pk_task: asyncio.Future[rsa.PublicKey]
-) -> dict[str, Any]:
-    if not text.lstrip().startswith("{"):
-        raise _classify_daemon_error(text)
-    try:
-        await pk_task  # warm the key cache in parallel with the round trips
-    except KeyNotFoundError:
-        raise KeyNotFoundError(f"{spec.daemon} has no public key") from None
-    try:
-        payload = await client.verify_signed(text, spec.daemon)
-    except SignatureError as exc:
-        raise SignatureError(
-            f"the device daemon's response signature did not verify: {exc}"
-        ) from None
-    except ProtocolError as exc:
-        raise ProtocolError(f"the device daemon's response is malformed: {exc}") from None
-    if payload.get("sessionId") != sid:
-        raise ProtocolError("the device daemon's response is for another session")
-    status = payload.get("status")
-    if status is not None and status != "connected":
-        raise _classify_daemon_error(str(status))
-    return payload
-
-
-def _choose_crypto(
-    spec: SessionSpec, sid: str, payload: dict[str, Any], eph: rsa.PrivateKey | None
-) -> TunnelCrypto:
-    if eph is None:
-        if spec.require_aead:
-            raise DowngradeRefusedError("--require-aead needs encryption (drop --no-et)")
-        return None
-    keys = wire.SessionKeys.from_response(payload, eph)
-    if keys.aead_secret is not None:
-        return AeadKeys(keys.aead_secret, sid)
-    if spec.require_aead:
-        raise DowngradeRefusedError(
-            "the device daemon did not accept the AEAD mode and --require-aead was given; refusing "
-            "to fall back to AES-CTR"
-        )
-    if keys.ctr is None:
-        raise ProtocolError(
-            "the device daemon sent no session keys although encryption was requested"
-        )
-    return keys.ctr
-
-
-# -- X25519 in place of the RSA ephemeral key, between our own programs -------------------
-# Only with ``require_aead``: the feature check has then confirmed our AEAD mode before the
-# request, so the daemon is ours; anything else keeps the RSA key official peers need.
-
-
-def _kex_private(spec: SessionSpec) -> Any:
-    if not (spec.encrypt and spec.require_aead):
-        return None
-    from ..crypto.ephemeral import x25519_private
-
-    return x25519_private()
-
-
-def _kex_public(private: Any) -> bytes | None:
-    if private is None:
-        return None
-    from ..crypto.ephemeral import x25519_public_raw
-
-    return x25519_public_raw(private)
-
-
-def _choose_crypto_kex(
-    spec: SessionSpec, sid: str, payload: dict[str, Any], private: Any
-) -> TunnelCrypto:
-    if wire.KEX_PK_FIELD not in payload:
-        raise DowngradeRefusedError(
-            "the device daemon did not accept the AEAD mode and --require-aead was given; refusing "
-            "to fall back to AES-CTR"
-        )
-    keys = wire.kex_keys_from_response(payload, private, sid)
-    if keys.aead_secret is None:
-        raise DowngradeRefusedError(
-            "the device daemon did not accept the AEAD mode and --require-aead was given; refusing "
-            "to fall back to AES-CTR"
-        )
-    return AeadKeys(keys.aead_secret, sid)
 
 
 async def connect_client(

@@ -36,18 +36,16 @@ from ..at.config import DEFAULT_ROOT_PORT
 from ..at.protocol import Notification
 from ..crypto import escr, rsa
 from ..crypto.atkeys import AtKeys, default_keys_path
-from ..errors import AtError, LocalError, NoPortsError, PortsExhaustedError, ProtocolError
+from ..errors import AtError, LocalError, NoPortsError, PortsExhaustedError
 from ..log import escape
 from ..relay import SessionSpec, raise_nofile_limit
-from ..relay.relay import NOT_BOUND_443
 from ..sdnotify import notify as notify_systemd
 from ..sdnotify import watchdog
 from ..session import mutex as session_mutex
-from ..session.wire import RelayReply, relay_reply
+from . import grant as grants
 from . import requests as rq
 from .observe import Observer, refusal_fields, session_fields
 from .pool import WorkerGone, WorkerHandle, WorkerPool
-from .relayauth import RelayAuthFields, relay_auth_fields
 
 log = logging.getLogger("noports.srvd")  # official "shout" lines: always logged
 vlog = logging.getLogger("noports.srvd.detail")  # -v: session parameters and the like
@@ -89,13 +87,6 @@ class Settings:
     single_port: int | None = None  # --443: the single-port listener's bind port
     single_advertise: int = 443  # the port only443 replies name (official: always 443)
     refuse_payload_auth: bool = False  # --refuse-payload-auth: escr on both sides or nothing
-
-
-def redact(secret: str | None) -> str:
-    """A nonce for the log: enough to correlate, not enough to use."""
-    if not secret:
-        return "null"
-    return secret[:4] + "..." if len(secret) > 8 else "..."
 
 
 class Srvd:
@@ -444,10 +435,7 @@ class Srvd:
         req = grant.request
         if not req.multiple_acks_ok:  # official: nacks only to clients that take several answers
             self._no_nack.add(grant.session_id)
-        if not req.multiple_acks_ok and not req.legacy and self.client is not None:
-            # an old client takes one answer only, and several srvd instances may serve this
-            # atSign: the instance that creates the session mutex record answers, the others
-            # stay silent (latest spec 2.2; ours races before binding ports, so losers bind none)
+        if grants.needs_mutex(grant) and self.client is not None:
             if not await session_mutex.acquire(self.client, grant.session_id, rq.NAMESPACE):
                 self.admission.release(grant.session_id)
                 self._no_nack.discard(grant.session_id)
@@ -458,41 +446,23 @@ class Srvd:
                 )
                 return
         try:
-            ra = self._relay_auth(grant, n.value)
-            await self._grant(grant, t0, ra)
+            await self._grant(grants.plan(grant, n.value, self._policy()), t0)
         except rq.Refusal as refusal:
             self.admission.release(grant.session_id)
             await self._refuse(grant.sender, refusal)
 
-    def _relay_auth(self, g: rq.Grant, value: str | None) -> RelayAuthFields:
-        """The request's relay-auth fields, and the refusals that depend on them."""
-        req = g.request
-        sid = req.session_id
-        try:
-            ra = relay_auth_fields(value, legacy=req.legacy)
-        except ProtocolError as exc:
-            raise rq.Refusal(rq.INVALID, str(exc), sid) from None
-        both = req.auth_a and req.auth_b
-        if self.s.refuse_payload_auth and not (ra.mode == "escr" and both):
-            raise rq.Refusal(
-                rq.DENIED,
-                "this relay accepts only escr relay authentication on both sides "
-                "(--refuse-payload-auth)",
-                sid,
-            )
-        if ra.only443:
-            if self.s.single_port is None:
-                raise rq.Refusal(rq.DENIED, NOT_BOUND_443, sid)
-            if not (ra.mode == "escr" and both):
-                raise rq.Refusal(
-                    rq.DENIED, "port 443 sessions must use escr on both sides", sid
-                )
-        return ra
+    def _policy(self) -> grants.Policy:
+        return grants.Policy(
+            ip=self.s.ip,
+            json_response=self.s.json_response,
+            refuse_payload_auth=self.s.refuse_payload_auth,
+            single_port=self.s.single_port is not None,
+            single_advertise=self.s.single_advertise,
+        )
 
-    async def _prefetch(self, ra: RelayAuthFields, atsigns: tuple[str, str]) -> dict[str, str]:
-        """Fetch the listed signing keys of this session's two atSigns (others are ignored)."""
+    async def _prefetch(self, wanted: tuple[str, ...]) -> dict[str, str]:
+        """Fetch these signing keys (the session's listed ones, :attr:`grants.Plan.prefetch`)."""
         out: dict[str, str] = {}
-        wanted = [u for u in ra.prefetch if escr.uri_atsign(u) in {a.lower() for a in atsigns}]
         for uri, value in zip(
             wanted, await asyncio.gather(*(self._plookup(u) for u in wanted)), strict=True
         ):
@@ -522,69 +492,22 @@ class Srvd:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _grant(self, g: rq.Grant, t0: float, ra: RelayAuthFields | None = None) -> None:
-        req = g.request
-        ra = ra or RelayAuthFields()
-        escr_mode = ra.mode == "escr"
+    async def _grant(self, p: grants.Plan, t0: float) -> None:
+        g, req = p.grant, p.grant.request
         assert self.client is not None and self.pool is not None
-        keys: list[rsa.PublicKey | None] = []
-        for need, who in ((req.auth_a, g.atsign_a), (req.auth_b, g.atsign_b)):
-            if not need or escr_mode:
-                keys.append(None)
-                continue
-            try:
-                stale = who in self._stale_keys
-                keys.append(await self.client.public_key(who, refresh=stale))
-                self._stale_keys.discard(who)
-            except (AtError, NoPortsError, OSError) as exc:
-                raise rq.Refusal(
-                    rq.ERROR, f"cannot get the public key of {who}: {exc}", req.session_id
-                ) from None
-        spec = SessionSpec(
-            req.session_id,
-            g.atsign_a,
-            g.atsign_b,
-            req.client_nonce or "",
-            auth_a=req.auth_a,
-            auth_b=req.auth_b,
-            public_key_a=keys[0],
-            public_key_b=keys[1],
-            auth_mode=ra.mode,
-            relay_auth_aes_key=ra.aes_key if escr_mode else None,
-            only443=ra.only443,
-            prefetched=(await self._prefetch(ra, (g.atsign_a, g.atsign_b)) or None)
-            if escr_mode
-            else None,
-        )
-        vlog.info(
-            "session %s params: atSignA %s atSignB %s authA %s authB %s legacy %s "
-            "relayAuthMode %s only443 %s",
-            g.session_id,
-            g.atsign_a,
-            g.atsign_b,
-            req.auth_a,
-            req.auth_b,
-            req.legacy,
-            ra.mode,
-            ra.only443,
-        )
+        owner_a, owner_b = p.key_owners
+        keys = (await self._public_key(p, owner_a), await self._public_key(p, owner_b))
+        prefetched = await self._prefetch(p.prefetch) if p.escr else None
+        spec = SessionSpec(**grants.session_params(p, keys, prefetched))
+        vlog.info(*grants.params_line(p))
         try:
             h, made = await self.pool.create_session(spec)
-        except PortsExhaustedError:
-            raise rq.Refusal(rq.CAPACITY, "relay has no free ports", req.session_id) from None
+        except PortsExhaustedError as exc:
+            raise grants.create_refused(p, exc, ports_exhausted=True) from None
         except (WorkerGone, LocalError) as exc:
-            raise rq.Refusal(
-                rq.ERROR, f"relay could not create the session ({exc})", req.session_id
-            ) from None
-        port_a, port_b = int(made["port_a"]), int(made["port_b"])
-        if ra.only443:  # official: the single-port sessions always answer 443,443
-            port_a = port_b = self.s.single_advertise
-        reply = RelayReply(
-            self.s.ip,
-            port_a,
-            port_b,
-            None if req.legacy else str(made["rvd_nonce"]),
-        )
+            raise grants.create_refused(p, exc, ports_exhausted=False) from None
+        ans = grants.answer(p, made, self._policy())
+        reply = ans.reply
         rec = _Live(g.atsign_a, g.atsign_b, reply.port_a, reply.port_b)
         self.sessions[g.session_id] = (h, rec, time.monotonic())
         self._idle.clear()
@@ -597,22 +520,12 @@ class Srvd:
             reply.port_b,
             h.index,
         )
-        json_form = not req.legacy and (req.json_response or self.s.json_response)
-        value = relay_reply(reply, json_form=json_form)
-        shown = relay_reply(
-            RelayReply(
-                reply.host,
-                reply.port_a,
-                reply.port_b,
-                redact(reply.rvd_nonce) if reply.rvd_nonce else None,
-            )
-        )
-        log.info("Sending response data for requested session %s : [%s]", g.session_id, shown)
+        log.info("Sending response data for requested session %s : [%s]", g.session_id, ans.shown)
         try:
             await self.client.notify(
                 g.sender,
                 req.session_id,
-                value,
+                ans.value,
                 namespace=rq.NAMESPACE,
                 ttl_ms=REPLY_TTL_MS,
                 ttln_ms=REPLY_TTLN_MS,
@@ -631,6 +544,20 @@ class Srvd:
         if self.observer is not None:
             self.observer.setup_seconds.observe(time.perf_counter() - t0)
         vlog.info("session %s answered in %.1f ms", g.session_id, (time.perf_counter() - t0) * 1000)
+
+    async def _public_key(self, p: grants.Plan, who: str | None) -> rsa.PublicKey | None:
+        """A side's public key for its payload-mode auth line (None: not needed); re-fetched
+        once the key a session used failed."""
+        if who is None:
+            return None
+        assert self.client is not None
+        try:
+            stale = who in self._stale_keys
+            key = await self.client.public_key(who, refresh=stale)
+            self._stale_keys.discard(who)
+            return key
+        except (AtError, NoPortsError, OSError) as exc:
+            raise grants.key_refused(p, who, exc) from None
 
     def _session_message(self, n: Notification) -> None:
         """``logging.<sid>.sessions``: the session's event logging config, accepted once and
