@@ -1,0 +1,147 @@
+"""sshnpd reload (SIGHUP) and ``--check-config``, with real processes.
+
+The real sshnpd reads the official YAML config file; the embedded atServer, the relay engine
+and a real OpenSSH sshd carry an ssh session (``cat`` echoing lines) across the reload. The
+reload swaps the manager: the client refused before is served after and the old one ignored,
+while the open tunnel keeps carrying data. A broken file on reload is one logged line and
+the running configuration stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import pytest
+
+from noports.tunnel import open_client_single
+from tests.test_sshnpd_e2e import READY
+from tests.test_sshnpd_support import NpClient, arun
+
+pytestmark = pytest.mark.timeout(150)
+
+
+def nth(pattern: str, n: int) -> str:
+    """A regex that matches once ``pattern`` occurred ``n`` times."""
+    return rf"(?s)(?:{pattern}.*){{{n - 1}}}{pattern}"
+
+
+def write_config(
+    path, daemon: str, manager: str, sshd_port: int, extra: str = "", po: str | None = None
+) -> None:
+    path.write_text(
+        f'atsign:\n  atsign: "{daemon}"\n'
+        f'access:\n  managers: "{manager}"\n  permitopen: "{po or f"localhost:{sshd_port}"}"\n'
+        f"device:\n  name: rdev\n"
+        f"ssh:\n  sshd-port: {sshd_port}\n{extra}"
+    )
+
+
+def test_sshnpd_check_config_exit_codes(np_env, tmp_path):
+    daemon, client = np_env.atsign("device"), np_env.atsign("client")
+    cfg = tmp_path / "sshnpd.yaml"
+    write_config(cfg, daemon, client, 22)
+    r = np_env.run("sshnpd", "--config", str(cfg), "--check-config")
+    assert r.returncode == 0, r.stderr
+    assert "configuration is valid" in r.stdout and str(cfg) in r.stdout
+    # an unknown key: exit 2, one line naming the key and its line
+    write_config(cfg, daemon, client, 22, "runtime:\n  verbos: true\n")
+    r = np_env.run("sshnpd", "--config", str(cfg), "--check-config")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "runtime.verbos" in lines[0] and "unknown" in lines[0], r.stderr
+    # semantic errors too: neither managers nor policy, a bad permit-open entry
+    r = np_env.run("sshnpd", "-a", daemon, "--check-config")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "--managers" in r.stderr
+    r = np_env.run("sshnpd", "-a", daemon, "-m", client, "--po", "bad host", "--check-config")
+    assert r.returncode == 2 and "permit-open" in r.stderr and "Traceback" not in r.stderr
+    # the environment is part of what is checked
+    r = np_env.run(
+        "sshnpd", "-a", daemon, "--check-config", env={"NOPORTS_SSHNPD_MANAGERS": client}
+    )
+    assert r.returncode == 0, r.stderr
+
+
+async def _ssh_cat(sshd, port: int) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        *sshd.ssh_args("cat", port=port),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def _echo(p: asyncio.subprocess.Process, line: str) -> str:
+    assert p.stdin is not None and p.stdout is not None
+    p.stdin.write(line.encode() + b"\n")
+    await p.stdin.drain()
+    return (await asyncio.wait_for(p.stdout.readline(), 20)).decode().strip()
+
+
+def test_sshnpd_sighup_reload_swaps_managers_keeps_tunnel(np_env, tmp_path):
+    daemon, alice, bob = np_env.atsign("device"), np_env.atsign("alice"), np_env.atsign("bob")
+    sshd = np_env.sshd()
+    cfg = tmp_path / "sshnpd.yaml"
+    write_config(cfg, daemon, alice, sshd.port)
+    proc = np_env.spawn("sshnpd", "--config", str(cfg), "-v", ready=READY, timeout=30)
+
+    async def main() -> None:
+        async with NpClient(np_env, bob, daemon, "rdev") as b:
+            assert await b.ping(timeout=3) is None  # bob is not a manager yet: ignored
+        async with NpClient(np_env, alice, daemon, "rdev") as a:
+            assert await a.ping() is not None
+            g = await a.grant()
+            reply = await a.send("ssh_request", a.ssh_payload(g), g.sid)
+            assert reply is not None and reply.startswith("{"), reply
+            payload = await a.verify_reply(reply)
+            tun = await open_client_single(
+                "127.0.0.1",
+                g.port_a,
+                auth_line=a.auth_line(g),
+                crypto=a.tunnel_crypto(payload, g.sid),
+                timeout=15,
+            )
+            ssh = await _ssh_cat(sshd, tun.port)
+            try:
+                assert await _echo(ssh, "before reload") == "before reload"
+                # bob replaces alice, permit-open grows; the sshd port needs a restart
+                po = f"localhost:{sshd.port},localhost:3389"
+                write_config(cfg, daemon, bob, sshd.port + 1, po=po)
+                proc.signal(signal.SIGHUP)
+                await asyncio.to_thread(proc.wait_for, "configuration reloaded", 20)
+                # the open tunnel still carries data after the reload
+                for i in range(3):
+                    assert await _echo(ssh, f"after reload {i}") == f"after reload {i}"
+                assert ssh.stdin is not None
+                ssh.stdin.close()
+                assert await asyncio.wait_for(ssh.wait(), 20) == 0
+            finally:
+                if ssh.returncode is None:
+                    ssh.kill()
+                    await ssh.wait()
+                await tun.close()
+            assert await a.ping(timeout=3) is None  # alice is no longer served
+        async with NpClient(np_env, bob, daemon, "rdev") as b:
+            info = await b.ping()
+            assert info is not None
+            assert info["allowedServices"] == [f"localhost:{sshd.port}", "localhost:3389"]
+
+    arun(main(), 120)
+    assert "configuration reloaded: managers, permit_open" in proc.stderr
+    assert "local_sshd_port changed; it takes effect after a restart" in proc.stderr
+
+    # a broken file: one error line, the running configuration (bob) is kept
+    cfg.write_text(cfg.read_text() + "runtime:\n  verbos: true\n")
+    proc.signal(signal.SIGHUP)
+    proc.wait_for("configuration reload failed", 20)
+    failed = [ln for ln in proc.stderr.splitlines() if "configuration reload failed" in ln]
+    assert len(failed) == 1 and "runtime.verbos" in failed[0], proc.stderr
+
+    async def bob_still_served() -> None:
+        async with NpClient(np_env, bob, daemon, "rdev") as b:
+            assert await b.ping() is not None
+
+    arun(bob_still_served(), 60)
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
