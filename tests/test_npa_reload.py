@@ -110,3 +110,25 @@ def test_npa_sighup_reloads_config_and_keeps_it_on_errors(np_env, tmp_path: Path
     assert len(first) == 2 and len(after) == 4  # the new audit log took every later decision
     proc.signal(signal.SIGTERM)
     assert proc.wait(30) == 0
+
+
+def test_npa_unit_checks_config_before_start_and_reload(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from tests.test_sshnpd_reload import unit_commands
+
+    pol, cfg = tmp_path / "p.toml", tmp_path / "npa.toml"
+    write_policy(pol, policy_text("@carol", '"localhost:22"'))
+    write_config(cfg, "@policy", pol, tmp_path / "audit.jsonl")
+    subst = {"/etc/noports/npa.toml": str(cfg)}
+    pre = unit_commands("noports-npa.service", "ExecStartPre", subst)
+    reload = unit_commands("noports-npa.service", "ExecReload", subst)
+    assert len(pre) == 1 and "--check-config" in pre[0]
+    assert reload[0] == pre[0] and reload[-1] == ["/bin/kill", "-HUP", "$MAINPID"]
+    env = {"HOME": str(tmp_path), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    r = subprocess.run(pre[0], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    write_policy(pol, "[groups.x]\nmembers = []\n")
+    r = subprocess.run(pre[0], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 2 and "members" in r.stderr

@@ -145,3 +145,44 @@ def test_sshnpd_sighup_reload_swaps_managers_keeps_tunnel(np_env, tmp_path):
     arun(bob_still_served(), 60)
     proc.signal(signal.SIGTERM)
     assert proc.wait(30) == 0
+
+
+def unit_commands(unit: str, key: str, subst: dict[str, str]) -> list[list[str]]:
+    """The ``key=`` command lines of a packaging/systemd unit, paths replaced by ``subst``."""
+    import shlex
+    import sys
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "packaging" / "systemd" / unit).read_text()
+    bindir = Path(sys.executable).parent
+    if not (bindir / "sshnpd").exists():
+        pytest.skip("the noports programs are not installed next to this interpreter")
+    subst = {"/opt/noports/bin/": f"{bindir}/", **subst}
+    out = []
+    for line in text.splitlines():
+        if line.startswith(key + "="):
+            cmd = line[len(key) + 1 :]
+            for old, new in subst.items():
+                cmd = cmd.replace(old, new)
+            out.append(shlex.split(cmd))
+    return out
+
+
+def test_sshnpd_unit_checks_config_before_start_and_reload(tmp_path):
+    import os
+    import subprocess
+
+    daemon, client = "@dev1", "@alice"
+    cfg = tmp_path / "dev1.toml"
+    subst = {"/etc/noports/sshnpd/%i.toml": str(cfg), "/var/lib/noports/sshnpd/%i": str(tmp_path)}
+    pre = unit_commands("noports-sshnpd@.service", "ExecStartPre", subst)
+    reload = unit_commands("noports-sshnpd@.service", "ExecReload", subst)
+    assert len(pre) == 1 and "--check-config" in pre[0]
+    assert reload[0] == pre[0] and reload[-1] == ["/bin/kill", "-HUP", "$MAINPID"]
+    env = {"HOME": str(tmp_path), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    cfg.write_text(f'atsign = "{daemon}"\nmanagers = ["{client}"]\ndevice = "dev1"\n')
+    r = subprocess.run(pre[0], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    cfg.write_text(f'atsign = "{daemon}"\nmanagerz = ["{client}"]\n')
+    r = subprocess.run(pre[0], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 2 and "managerz" in r.stderr
