@@ -186,3 +186,43 @@ def test_sshnpd_unit_checks_config_before_start_and_reload(tmp_path):
     cfg.write_text(f'atsign = "{daemon}"\nmanagerz = ["{client}"]\n')
     r = subprocess.run(pre[0], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 2 and "managerz" in r.stderr
+
+
+def test_sshnpd_sighup_adds_then_drops_the_policy_service_and_metrics(np_env, tmp_path):
+    """A TOML config this time. A reload that adds ``policy-manager`` and ``metrics``: the
+    npa service then decides and /healthz answers; one that removes the policy: its clients
+    are ignored again, the managers still served."""
+    from tests.test_srvd_metrics import free_port, get
+
+    daemon, mgr, carol = np_env.atsign("device"), np_env.atsign("mgr"), np_env.atsign("carol")
+    policy = np_env.atsign("policy")
+    pol = tmp_path / "policy.toml"
+    pol.write_text(f'[users."{carol}"]\ndevice_names = {{ "rdev" = ["localhost:22"] }}\n')
+    np_env.spawn("npa", "-a", policy, "--policy", str(pol), ready="monitor started", timeout=30)
+    cfg = tmp_path / "sshnpd.toml"
+    base = f'atsign = "{daemon}"\nmanagers = ["{mgr}"]\ndevice = "rdev"\n'
+    cfg.write_text(base)
+    proc = np_env.spawn("sshnpd", "--config", str(cfg), ready=READY, timeout=30)
+    port = free_port()
+
+    async def ping(who: str, timeout: float = 10.0):
+        async with NpClient(np_env, who, daemon, "rdev") as c:
+            return await c.ping(timeout=timeout)
+
+    assert arun(ping(carol, 3)) is None  # no policy service yet: carol is ignored
+    cfg.write_text(base + f'policy-manager = "{policy}"\nmetrics = "127.0.0.1:{port}"\n')
+    proc.signal(signal.SIGHUP)
+    proc.wait_for(nth("configuration reloaded", 1), 20)
+    # with a policy service the default permit-open changes too (as at start-up)
+    assert "configuration reloaded: metrics, permit_open, policy_manager" in proc.stderr
+    assert arun(ping(carol)) is not None  # the policy service lets carol in
+    assert arun(ping(mgr)) is not None
+    status, body = get(f"http://127.0.0.1:{port}/healthz")
+    assert status == 200 and body.startswith("ok"), body
+    cfg.write_text(base)
+    proc.signal(signal.SIGHUP)
+    proc.wait_for(nth("configuration reloaded", 2), 20)
+    assert arun(ping(carol, 3)) is None
+    assert arun(ping(mgr)) is not None
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
