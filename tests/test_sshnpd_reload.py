@@ -224,5 +224,15 @@ def test_sshnpd_sighup_adds_then_drops_the_policy_service_and_metrics(np_env, tm
     proc.wait_for(nth("configuration reloaded", 2), 20)
     assert arun(ping(carol, 3)) is None
     assert arun(ping(mgr)) is not None
+    # a metrics address that cannot be bound: logged, the daemon keeps serving
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        cfg.write_text(base + f'metrics = "127.0.0.1:{busy.getsockname()[1]}"\n')
+        proc.signal(signal.SIGHUP)
+        proc.wait_for("reload: cannot serve metrics", 20)
+    assert arun(ping(mgr)) is not None
     proc.signal(signal.SIGTERM)
     assert proc.wait(30) == 0

@@ -390,7 +390,11 @@ class Daemon:
             if new.metrics:
                 if self.observer is None:
                     self._make_observer()
-                self.observer.start(new.metrics)
+                try:
+                    self.observer.start(new.metrics)
+                except (NoPortsError, OSError) as exc:
+                    self.observer.endpoint = None
+                    log.error("reload: cannot serve metrics on %s: %s", new.metrics, exc)
         if not self.monitor_running:
             return  # run() starts the background work from self.cfg
         if added and not new.hide:
