@@ -160,7 +160,6 @@ class Daemon:
         #: SIGHUP: the configuration as it is now (command line, environment, file)
         self.reloader: Callable[[], DaemonConfig] | None = None
         self._policy_task: asyncio.Task[None] | None = None
-        self._refresh_task: asyncio.Task[None] | None = None
 
     def _make_observer(self) -> None:
         from .observe import Observer
@@ -295,8 +294,7 @@ class Daemon:
                     f"Monitor for {self.cfg.atsign} device {self.cfg.device}: monitor started"
                 )
             if not self.cfg.hide:
-                self._refresh_task = loop.create_task(self._refresh_device_info())
-                self._background.append(self._refresh_task)
+                self._background.append(loop.create_task(self._refresh_device_info()))
             if self.cfg.policy_manager:
                 self._policy_task = loop.create_task(self._policy_heartbeat())
                 self._background.append(self._policy_task)
@@ -404,6 +402,8 @@ class Daemon:
         if (new.policy_manager, new.device_group) != (old.policy_manager, old.device_group):
             if self._policy_task is not None:
                 self._policy_task.cancel()
+                with contextlib.suppress(ValueError):
+                    self._background.remove(self._policy_task)
                 self._policy_task = None
             if new.policy_manager:
                 self._policy_task = loop.create_task(self._policy_heartbeat())
