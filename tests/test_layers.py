@@ -58,6 +58,7 @@ LAYERS: dict[str, int] = {
     "profiles": 4,  # issue 13: desktop-app profiles and the in-process tunnel runner
     "cli": 5,
     "ui": 4.5,  # issue 13: the web app; above profiles (4), below cli (5), which starts it
+    "doctor": 4,  # issue 12: the checks shared by `noports doctor` and `sshnpd --doctor`
 }
 SIDEWAYS_OK = {0, 1}
 # Top-level modules that belong to a package-sized unit until they move into it.

@@ -18,9 +18,11 @@ policy file decides what it gets (nothing, unless listed there).
 from one sender without starving the others.
 
 On start it prints ``npa: @policy monitor started ...`` on stderr. Flags can also come from
-``NOPORTS_NPA_<FLAG>`` variables or a TOML ``--config`` file. Exit codes: 0 stopped by
-SIGTERM/SIGINT; 2 usage or a broken policy file at start; 3 authentication refused;
-4 keys file missing; 7 cannot connect.
+``NOPORTS_NPA_<FLAG>`` variables or a TOML ``--config`` file. SIGHUP re-reads them and the
+policy file (a broken one is logged and the running configuration kept); ``--check-config``
+validates them and the policy file, then exits. Exit codes: 0 stopped by SIGTERM/SIGINT, or
+a valid configuration; 2 usage, a broken policy file at start or an invalid configuration;
+3 authentication refused; 4 keys file missing; 7 cannot connect.
 """
 
 from __future__ import annotations
@@ -28,16 +30,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import logging
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from .. import _compat
 from ..config import parse_args
 from ..errors import ConfigError, ConnectError, NoPortsError
 from ..log import escape, setup_logging
+
+if TYPE_CHECKING:
+    from ..npa.service import NpaSettings
 from .common import add_common, fail
 
 PROG = "npa"
+log = logging.getLogger("noports.npa")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,7 +105,64 @@ def build_parser() -> argparse.ArgumentParser:
         help="root server host[:port] (default $NOPORTS_ROOT or root.atsign.org:64)",
     )
     p.add_argument("--ca-file", default=None, help="extra CA bundle (default $NOPORTS_CA_FILE)")
+    p.add_argument(
+        "--check-config",
+        action="store_true",
+        default=False,
+        help="validate the command line, environment, config and policy files, then exit "
+        "(0 valid, 2 invalid)",
+    )
     return p
+
+
+class _CheckParser(argparse.ArgumentParser):
+    """``--check-config``: a usage error is one line on stderr (exit 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {escape(message)}\n")
+
+
+class _ReloadParser(argparse.ArgumentParser):
+    """On reload a bad configuration must not exit the running service."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(escape(message))
+
+    def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
+        raise ConfigError(escape((message or f"exit {status}").strip()))
+
+
+def settings_from(args: argparse.Namespace) -> NpaSettings:
+    """Validated settings (the policy file is parsed); ConfigError when invalid."""
+    from ..names import InvalidNameError, validate_atsign
+    from ..npa.service import NpaSettings
+
+    try:
+        me = validate_atsign(args.atsign, add_at=True)
+    except InvalidNameError as exc:
+        raise ConfigError(f"-a: {exc}") from None
+    level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
+    settings = NpaSettings(
+        atsign=me,
+        policy=args.policy,
+        daemon_atsigns=tuple(_atsigns(args.daemon_atsigns)),
+        audit_log=args.audit_log,
+        self_audit=args.self_audit,
+        max_rate=args.max_rate,
+        log_level=level,
+        key_file=args.key_file,
+        root=args.root,
+        ca_file=args.ca_file,
+    )
+    settings.validate()
+    return settings
+
+
+def reload_settings(argv: list[str] | None) -> NpaSettings:
+    """Settings from the same command line, the environment and the files as they are now."""
+    parser = build_parser()
+    parser.__class__ = _ReloadParser
+    return settings_from(parse_args(parser, PROG, argv))
 
 
 def _atsigns(text: str) -> list[str]:
@@ -112,18 +178,13 @@ def _atsigns(text: str) -> list[str]:
     return out
 
 
-async def _serve(args: argparse.Namespace) -> int:
+async def _serve(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     from ..at.client import AtClient
-    from ..names import InvalidNameError, validate_atsign
-    from ..npa.policy import PolicyStore, load_policy
+    from ..npa.policy import PolicyStore
     from ..npa.service import AuditLog, NpaService
 
-    try:
-        me = validate_atsign(args.atsign, add_at=True)
-    except InvalidNameError as exc:
-        raise ConfigError(f"-a: {exc}") from None
-    daemons = _atsigns(args.daemon_atsigns)
-    load_policy(args.policy)  # a broken file at start: one clear line, exit 2
+    settings = settings_from(args)  # a broken policy file at start: one clear line, exit 2
+    me, daemons = settings.atsign, list(settings.daemon_atsigns)
     store = PolicyStore(args.policy)
     audit = AuditLog(args.audit_log) if args.audit_log else None
     client = await AtClient.connect(
@@ -142,6 +203,32 @@ async def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    current = [settings]
+
+    def reload() -> None:
+        """SIGHUP: validate the configuration as it is now, then apply what can change."""
+        try:
+            new = reload_settings(argv)
+            changed, restart = service.reload(current[0], new)
+        except (NoPortsError, ValueError, OSError) as exc:
+            msg = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            log.error("configuration reload failed, keeping the running configuration: %s", msg)
+            return
+        for name in restart:
+            log.warning("reload: %s changed; it takes effect after a restart", name)
+        current[0] = dataclasses.replace(
+            new, **{n: getattr(current[0], n) for n in new.RESTART_ONLY}
+        )
+        log.warning(
+            "configuration reloaded: %s (policy version %s)",
+            ", ".join(changed) or "no change",
+            service.store.policy.digest,
+            extra={"fields": {"event": "config_reloaded", "changed": changed,
+                              "restart_needed": restart}},
+        )
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGHUP, reload)
 
     def ready() -> None:
         who = ", ".join(daemons) if daemons else "any daemon"
@@ -161,6 +248,8 @@ async def _serve(args: argparse.Namespace) -> int:
         task.cancel()
         outcome = (await asyncio.gather(task, return_exceptions=True))[0]
         await client.close()
+        if service.audit_log is not None:
+            service.audit_log.close()
         if audit is not None:
             audit.close()
     if not stop.is_set():
@@ -171,10 +260,21 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(build_parser(), PROG, argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if "--check-config" in argv:
+        parser.__class__ = _CheckParser
+    args = parse_args(parser, PROG, argv)
+    if args.check_config:
+        try:
+            settings_from(args)
+        except ConfigError as exc:
+            parser.error(str(exc))
+        print(f"{PROG}: configuration is valid (policy {escape(args.policy)})")
+        return 0
     setup_logging(args)
     try:
-        return _compat.run(_serve(args))
+        return _compat.run(_serve(args, argv))
     except KeyboardInterrupt:
         return 130
     except (NoPortsError, OSError) as exc:

@@ -23,7 +23,7 @@ from ..at.client import AtClient
 from ..config import parse_args
 from ..crypto.atkeys import AtKeys, default_keys_path
 from ..errors import EXIT_OK, ConfigError
-from ..log import setup_logging
+from ..log import escape, setup_logging
 from ..names import validate_atsign, validate_device_group, validate_device_name
 from ..session.permitopen import DEFAULT_PERMIT_OPEN, POLICY_DEFAULT_PERMIT_OPEN, PermitOpen
 from ..sshnpd.authkeys import validate_options
@@ -226,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="with --doctor: also save the summary (default sshnpd_doctor_log.txt)",
     )
+    p.add_argument(
+        "--check-config",
+        action="store_true",
+        default=False,
+        help="validate the command line, environment and config file, then exit "
+        "(0 valid, 2 invalid); SIGHUP re-reads them in a running daemon",
+    )
     p.add_argument("--max-sessions", type=int, default=128, help="concurrent tunnels (128)")
     p.add_argument(
         "--drain",
@@ -301,7 +308,46 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
         max_sessions=args.max_sessions,
         drain=args.drain,
         metrics=args.metrics or None,
+        log_level=(
+            logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
+        ),
     )
+
+
+class _CheckParser(argparse.ArgumentParser):
+    """``--check-config``: a usage error is one line on stderr (exit 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {escape(message)}\n")
+
+
+class _ReloadParser(argparse.ArgumentParser):
+    """On reload a bad configuration must not exit the running daemon."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(escape(message))
+
+    def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
+        raise ConfigError(escape((message or f"exit {status}").strip()))
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    return parse_args(
+        parser,
+        PROG,
+        argv,
+        default_config=DEFAULT_CONFIG,
+        yaml_keys=YAML_KEYS,
+        config_env=(CONFIG_ENV,),
+    )
+
+
+def reload_config(argv: list[str]) -> DaemonConfig:
+    """The configuration from the same command line, the environment and the config file as
+    they are now; ConfigError (the running daemon keeps its configuration) when invalid."""
+    parser = build_parser()
+    parser.__class__ = _ReloadParser
+    return config_from_args(_parse(parser, argv))
 
 
 def _notice(text: str) -> None:
@@ -314,14 +360,19 @@ def load_keys(args: argparse.Namespace, atsign: str) -> AtKeys:
     return AtKeys.load(path, atsign, strict_mode=True, pass_phrase=args.pass_phrase or None)
 
 
-async def _serve(cfg: DaemonConfig, args: argparse.Namespace) -> int:
+async def _serve(
+    cfg: DaemonConfig, args: argparse.Namespace, argv: list[str] | None = None
+) -> int:
     client = await AtClient.connect(
         cfg.atsign, keys=load_keys(args, cfg.atsign), root=root_of(args), ca_file=args.ca_file
     )
     daemon = Daemon(cfg, client, on_ready=_notice)
+    if argv is not None:
+        daemon.reloader = lambda: reload_config(argv)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.stop)
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
     try:
         _notice(
             f"sshnpd {cfg.atsign} device {cfg.device} starting; managers "
@@ -330,7 +381,7 @@ async def _serve(cfg: DaemonConfig, args: argparse.Namespace) -> int:
         )
         await daemon.run()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await client.close()
     _notice("sshnpd stopped")
@@ -344,14 +395,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .sshnpd_doctor import run_doctor
 
         return run_doctor(parser, argv, default_config=DEFAULT_CONFIG, yaml_keys=YAML_KEYS)
-    args = parse_args(
-        parser,
-        PROG,
-        argv,
-        default_config=DEFAULT_CONFIG,
-        yaml_keys=YAML_KEYS,
-        config_env=(CONFIG_ENV,),
-    )
+    if "--check-config" in argv:
+        parser.__class__ = _CheckParser
+    args = _parse(parser, argv)
+    if args.check_config:
+        try:
+            config_from_args(args)
+        except ConfigError as exc:
+            parser.error(str(exc))
+        if args.output is not None:
+            parser.error("-o/--output is only valid with --doctor")
+        print(f"{PROG}: configuration is valid" + (f" ({args.config})" if args.config else ""))
+        return EXIT_OK
     setup_logging(args)
     if args.output is not None:
         parser.error("-o/--output is only valid with --doctor")
@@ -375,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         parser.error(str(exc))
     try:
-        return _compat.run(_serve(cfg, args))
+        return _compat.run(_serve(cfg, args, argv))
     except KeyboardInterrupt:
         return EXIT_OK
     except Exception as exc:  # one line and a documented exit code, never a traceback

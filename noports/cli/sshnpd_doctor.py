@@ -1,9 +1,10 @@
 """``sshnpd --doctor [-o [FILE]]``: check what a device needs before starting the daemon.
 
 Runs before argument validation (as the official doctor), with whatever of the usual flags and
-config file is given: prerequisites (ssh-keygen), configuration, keys, connectivity (root and
-atServer), the local sshd port, version. Prints each check, a system block and a summary in
-the official layout; ``-o`` also saves the summary. Exit 0 when nothing failed, else 1.
+config file is given: prerequisites (ssh-keygen), configuration, keys, connectivity (root,
+TLS and atServer), the local sshd port, version. Prints each check, a system block and a
+summary in the official layout; ``-o`` also saves the summary. Exit 0 when nothing failed,
+else 1. The checks themselves are those of ``noports doctor`` (:mod:`noports.doctor.checks`).
 """
 
 from __future__ import annotations
@@ -11,17 +12,15 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shutil
-import socket
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import __version__, _compat
-from ..crypto.atkeys import AtKeys, default_keys_path
-from ..errors import NoPortsError
+from .. import __version__
+from ..crypto.atkeys import default_keys_path
+from ..doctor import checks
 
 RULE = "-" * 60
 
@@ -34,6 +33,14 @@ class Report:
         self.results.append((check, status, msg))
         mark = {"success": "OK", "failure": "FAIL", "warning": "WARN", "skipped": "SKIP"}[status]
         print(f"   [{mark}] {msg}")
+
+    def check(self, section: str, c: checks.Check) -> None:
+        """One shared check under ``section``, its fix appended when it did not pass."""
+        status = "success" if c.status == checks.OK else c.status
+        msg = c.detail
+        if c.fix and c.status in (checks.FAIL, checks.WARN):
+            msg += f" (fix: {c.fix})"
+        self.add(section, status, msg)
 
 
 def _run(check: str) -> None:
@@ -58,11 +65,7 @@ def run_doctor(
     rep = Report()
 
     _run("Prerequisites")
-    kg = shutil.which("ssh-keygen")
-    if kg:
-        rep.add("Prerequisites", "success", f"ssh-keygen found at {kg}")
-    else:
-        rep.add("Prerequisites", "failure", "ssh-keygen not found on PATH (install openssh-client)")
+    rep.check("Prerequisites", checks.ssh_keygen())
 
     _run("Config")
     for a in parser._actions:  # noqa: SLF001 - the doctor checks what is missing itself
@@ -90,7 +93,7 @@ def run_doctor(
             rep.add("Config", "success", f"configuration complete ({where})")
 
     _run("Keys")
-    keys: AtKeys | None = None
+    keys = None
     atsign = getattr(args, "atsign", None)
     keys_path = None
     if args is None or not atsign:
@@ -99,38 +102,22 @@ def run_doctor(
         atsign = atsign.strip().lower()
         atsign = atsign if atsign.startswith("@") else "@" + atsign
         keys_path = Path(args.key_file or default_keys_path(atsign))
-        try:
-            keys = AtKeys.load(keys_path, atsign, pass_phrase=args.pass_phrase or None)
-            rep.add("Keys", "success", f"{keys_path} loads for {atsign}")
-        except (NoPortsError, OSError) as exc:
-            rep.add("Keys", "failure", f"{exc}")
+        c, keys = checks.keys(atsign, str(keys_path), args.pass_phrase)
+        rep.check("Keys", c)
 
     _run("Connectivity")
     if keys is None or args is None:
         rep.add("Connectivity", "skipped", "no usable keys")
     else:
-        from ..at.connection import connect_authenticated
         from .common import root_of
 
-        async def login() -> None:
-            conn = await connect_authenticated(
-                keys, root=root_of(args), ca_file=args.ca_file, timeout=10.0
-            )
-            await conn.close()
-
-        try:
-            _compat.run(login())
-            rep.add("Connectivity", "success", f"authenticated to the atServer of {keys.atsign}")
-        except (NoPortsError, OSError) as exc:
-            rep.add("Connectivity", "failure", f"{type(exc).__name__}: {exc}")
+        for c in checks.connectivity(keys, root_of(args), args.ca_file, timeout=10.0):
+            rep.check("Connectivity", c)
 
     _run("Service Status")
     port = getattr(args, "local_sshd_port", 22) or 22
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=3):
-            rep.add("Service Status", "success", f"sshd answers on localhost:{port}")
-    except OSError as exc:
-        rep.add("Service Status", "warning", f"nothing on localhost:{port} ({exc.strerror})")
+    rep.check("Service Status", checks.local_port(
+        port, name="sshd", what="sshd", fix="start sshd, or set --local-sshd-port"))
 
     _run("Version")
     rep.add("Version", "success", f"sshnpd (noports) {__version__}")

@@ -407,6 +407,12 @@ class PolicyStore:
         if sig is not None:
             self._sig = sig  # do not re-parse the same broken file on every decision
 
+    def refresh(self) -> bool:
+        """Re-read the file even if it looks unchanged (SIGHUP); True if it loaded."""
+        self._sig = None
+        self.last_error = None
+        return self._load() is not None
+
     def maybe_reload(self) -> bool:
         """Cheap change check (one stat); True if a new policy was loaded."""
         try:

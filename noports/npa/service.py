@@ -54,7 +54,7 @@ from ..at.commands import Metadata
 from ..at.protocol import Notification
 from ..crypto import aes
 from ..crypto.encoding import b64e
-from ..errors import NoPortsError, ProtocolError
+from ..errors import ConfigError, NoPortsError, ProtocolError
 from ..log import escape
 from ..names import InvalidNameError, validate_atsign
 from .policy import PolicyStore
@@ -67,6 +67,7 @@ __all__ = [
     "AuditLog",
     "RateLimiter",
     "NpaService",
+    "NpaSettings",
 ]
 
 log = logging.getLogger("noports.npa.service")
@@ -270,6 +271,36 @@ class RateLimiter:
         return ok
 
 
+@dataclass(frozen=True)
+class NpaSettings:
+    """What ``npa`` runs with; a SIGHUP reload swaps the live part (:meth:`NpaService.reload`)."""
+
+    atsign: str
+    policy: str
+    daemon_atsigns: tuple[str, ...] = ()
+    audit_log: str | None = None
+    self_audit: bool = True
+    max_rate: float = 20.0
+    log_level: int = logging.WARNING
+    key_file: str | None = None
+    root: str | None = None
+    ca_file: str | None = None
+
+    #: a running service cannot change these (they name it, or were used to log in)
+    RESTART_ONLY = ("atsign", "key_file", "root", "ca_file")
+
+    def validate(self) -> None:
+        """ConfigError for a broken policy file (parsed, not applied) or a bad rate."""
+        from .policy import load_policy
+
+        if not 0 <= self.max_rate <= 1_000_000:
+            raise ConfigError(f"--max-rate must be 0-1000000, got {self.max_rate:g}")
+        try:
+            load_policy(self.policy)
+        except OSError as exc:
+            raise ConfigError(f"cannot read policy {self.policy}: {exc.strerror}") from None
+
+
 class NpaService:
     """Monitor P1 requests and D9 heartbeats on ``client`` and answer from ``store``."""
 
@@ -318,6 +349,38 @@ class NpaService:
                 t.cancel()
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def reload(self, old: NpaSettings, new: NpaSettings) -> tuple[list[str], list[str]]:
+        """Apply a validated ``new`` configuration; returns (changed, needing a restart).
+
+        The policy file is re-read even if unchanged on disk; a new audit log is opened
+        before anything changes (an OSError leaves the service as it was). Requests being
+        answered finish under the old settings."""
+        changed = [
+            n
+            for n in ("policy", "daemon_atsigns", "audit_log", "self_audit", "max_rate",
+                      "log_level")
+            if getattr(new, n) != getattr(old, n)
+        ]
+        restart = [n for n in NpaSettings.RESTART_ONLY if getattr(new, n) != getattr(old, n)]
+        if new.policy != old.policy:
+            store = PolicyStore(new.policy, clock=self.store.clock)
+        else:
+            store = self.store
+            store.refresh()
+        audit = self.audit_log
+        if new.audit_log != old.audit_log:
+            audit = AuditLog(new.audit_log) if new.audit_log else None
+        previous, self.audit_log = self.audit_log, audit
+        if previous is not None and previous is not audit:
+            previous.close()
+        self.store = store
+        self.daemon_atsigns = frozenset(validate_atsign(a) for a in new.daemon_atsigns)
+        self.self_audit = new.self_audit
+        if new.max_rate != old.max_rate:
+            self.limiter = RateLimiter(new.max_rate, max(10.0, 5 * new.max_rate))
+        logging.getLogger().setLevel(new.log_level)
+        return changed, restart
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import getpass
 import json
 import logging
@@ -47,7 +48,7 @@ from ..session.features import ping_response_json
 from ..session.permitopen import PermitOpen
 from ..session.relayauth import publish_signing_key, signing_uri
 from ..session.relays import probe_latency
-from .authkeys import AuthorizedKeys
+from .authkeys import AuthorizedKeys, ephemeral_options
 from .ephemeral import EphemeralKeys
 from .npa_client import RESPONSE_REGEX, NpaClient
 from .sessions import Refusal, SessionHandler, SessionSettings
@@ -101,6 +102,8 @@ class DaemonConfig:
     signing_key_uri: str | None = None
     #: ``--metrics HOST:PORT``: /metrics, /healthz, /readyz and the status page (off when None)
     metrics: str | None = None
+    #: level of the root logger (-v INFO, --debug DEBUG); None = leave it as set up
+    log_level: int | None = None
 
 
 class Daemon:
@@ -147,23 +150,33 @@ class Daemon:
         self._background: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
-        self.ping_json = ping_response_json(
-            device=cfg.device,
-            device_group=cfg.device_group,
-            accepts_public_keys=cfg.accept_public_keys,
-            allowed_services=cfg.permit_open.allowed_services(),
-            escr=True,  # our tunnel ends answer ESCR challenges (relay.escr / srv -a escr)
-            public_signing_key_uri=cfg.signing_key_uri or signing_uri(client),
-        )
+        self.ping_json = self._ping_json()
         #: session event logging asked for by the policy service (latest spec 8.2)
         self.event_logging: dict[str, Any] | None = None
         self.monitor_running = False
         self.observer: Any = None  # observe.Observer when --metrics is given
         if cfg.metrics:
-            from .observe import Observer
+            self._make_observer()
+        #: SIGHUP: the configuration as it is now (command line, environment, file)
+        self.reloader: Callable[[], DaemonConfig] | None = None
+        self._policy_task: asyncio.Task[None] | None = None
 
-            self.observer = Observer(self)
-            self.sessions.on_end = self._session_ended
+    def _make_observer(self) -> None:
+        from .observe import Observer
+
+        self.observer = Observer(self)
+        self.sessions.on_end = self._session_ended
+
+    def _ping_json(self) -> str:
+        cfg = self.cfg
+        return ping_response_json(
+            device=cfg.device,
+            device_group=cfg.device_group,
+            accepts_public_keys=cfg.accept_public_keys,
+            allowed_services=cfg.permit_open.allowed_services(),
+            escr=True,  # our tunnel ends answer ESCR challenges (relay.escr / srv -a escr)
+            public_signing_key_uri=cfg.signing_key_uri or signing_uri(self.client),
+        )
 
     # -- helpers ------------------------------------------------------------------------------
     async def _public_key(self, atsign: str, refresh: bool) -> rsa.PublicKey:
@@ -175,7 +188,9 @@ class Daemon:
     def monitor_regex(self) -> str:
         own = rf"\.{self.cfg.device}\.sshnp@"
         config = rf"config\.{re.escape(self.cfg.device)}\.devices\.policy\.sshnp@"
-        return f"{own}|{RESPONSE_REGEX}|{config}" if self.npa else own
+        # the policy responses are always monitored, so that a reload can add a policy
+        # atSign without a new monitor; accept() ignores them while there is no policy
+        return f"{own}|{RESPONSE_REGEX}|{config}"
 
     def stop(self) -> None:
         """First call: stop (draining if configured). A second call cuts the drain short."""
@@ -184,11 +199,11 @@ class Daemon:
         self._stop.set()
 
     # -- start-up and background --------------------------------------------------------------
-    async def share_records(self) -> None:
+    async def share_records(self, managers: list[str] | None = None) -> None:
         """D7 username and D8 device_info for every manager (deleted when hidden)."""
         dev = self.cfg.device
         user = self.cfg.username or getpass.getuser()
-        for m in sorted(self.managers):
+        for m in sorted(self.managers if managers is None else managers):
             try:
                 if self.cfg.hide:
                     for name in ("username", "device_info"):
@@ -232,8 +247,7 @@ class Daemon:
                     log.warning("device_info refresh for %s failed: %s", m, exc)
 
     async def _policy_heartbeat(self) -> None:
-        assert self.cfg.policy_manager
-        while True:
+        while self.cfg.policy_manager:
             try:
                 await self.client.notify(
                     self.cfg.policy_manager,
@@ -279,10 +293,11 @@ class Daemon:
                 self.on_ready(
                     f"Monitor for {self.cfg.atsign} device {self.cfg.device}: monitor started"
                 )
-            if not self.cfg.hide and self.managers:
+            if not self.cfg.hide:
                 self._background.append(loop.create_task(self._refresh_device_info()))
             if self.cfg.policy_manager:
-                self._background.append(loop.create_task(self._policy_heartbeat()))
+                self._policy_task = loop.create_task(self._policy_heartbeat())
+                self._background.append(self._policy_task)
             reader = loop.create_task(self._read(monitor))
             stopper = loop.create_task(self._stop.wait())
             await asyncio.wait([reader, stopper], return_when=asyncio.FIRST_COMPLETED)
@@ -299,6 +314,100 @@ class Daemon:
             if self._stop.is_set() and self.cfg.drain > 0:
                 await self.drain(self.cfg.drain)
             await self.shutdown()
+
+    # -- reload (SIGHUP) ----------------------------------------------------------------------
+    #: settings a running daemon cannot change: they name it, or were used once at start-up
+    RESTART_ONLY = (
+        "atsign", "device", "hide", "local_sshd_port", "ssh_algorithm", "authorized_keys",
+        "username", "signing_key_uri",
+    )
+    #: settings a reload applies at once (new sessions see them; live tunnels are untouched)
+    LIVE = (
+        "managers", "policy_manager", "device_group", "permit_open", "accept_public_keys",
+        "public_key_permissions", "ephemeral_permissions", "require_aead", "max_sessions",
+        "drain", "metrics", "log_level",
+    )
+
+    def reload(self) -> bool:
+        """SIGHUP: re-read the configuration, validate it, apply what can change live.
+
+        A bad configuration is logged in one line and the running one kept. Live tunnels are
+        never touched: new managers, policy and permit-open apply to requests from now on."""
+        if self.reloader is None:
+            log.warning("SIGHUP: no configuration source to reload from; ignored")
+            return False
+        try:
+            new = self.reloader()
+        except (NoPortsError, ValueError, OSError) as exc:
+            log.error("configuration reload failed, keeping the running configuration: %s",
+                      escape(str(exc), 300))
+            return False
+        old = self.cfg
+        kept = [n for n in self.RESTART_ONLY if getattr(new, n) != getattr(old, n)]
+        for name in kept:
+            log.warning("reload: %s changed; it takes effect after a restart", name)
+        changes = sorted(n for n in self.LIVE if getattr(new, n) != getattr(old, n))
+        self.cfg = dataclasses.replace(new, **{n: getattr(old, n) for n in self.RESTART_ONLY})
+        self._apply(old, self.cfg)
+        log.warning(
+            "configuration reloaded: %s",
+            ", ".join(changes) or "no change",
+            extra={"fields": {"event": "config_reloaded", "changed": changes,
+                              "restart_needed": kept}},
+        )
+        return True
+
+    def _apply(self, old: DaemonConfig, new: DaemonConfig) -> None:
+        loop = asyncio.get_running_loop()
+        added = [m for m in new.managers if m not in self.managers]
+        self.managers = frozenset(new.managers)
+        if new.policy_manager != old.policy_manager or new.device_group != old.device_group:
+            self.npa = (
+                NpaClient(
+                    self._notify_rpc,
+                    policy=new.policy_manager,
+                    daemon=new.atsign,
+                    device=new.device,
+                    device_group=new.device_group,
+                )
+                if new.policy_manager
+                else None
+            )
+        s = self.sessions
+        s.s = dataclasses.replace(
+            s.s, daemon_permit=new.permit_open, require_aead=new.require_aead
+        )
+        s.max_sessions = new.max_sessions
+        self.ephemeral.options = ephemeral_options(new.local_sshd_port, new.ephemeral_permissions)
+        self.ping_json = self._ping_json()
+        if new.log_level is not None:
+            logging.getLogger().setLevel(new.log_level)
+        if new.metrics != old.metrics:
+            if self.observer is not None:
+                self.observer.close()
+            if new.metrics:
+                if self.observer is None:
+                    self._make_observer()
+                try:
+                    self.observer.start(new.metrics)
+                except (NoPortsError, OSError) as exc:
+                    self.observer.endpoint = None
+                    log.error("reload: cannot serve metrics on %s: %s", new.metrics, exc)
+        if not self.monitor_running:
+            return  # run() starts the background work from self.cfg
+        if added and not new.hide:
+            task = loop.create_task(self.share_records(added))
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+        if (new.policy_manager, new.device_group) != (old.policy_manager, old.device_group):
+            if self._policy_task is not None:
+                self._policy_task.cancel()
+                with contextlib.suppress(ValueError):
+                    self._background.remove(self._policy_task)
+                self._policy_task = None
+            if new.policy_manager:
+                self._policy_task = loop.create_task(self._policy_heartbeat())
+                self._background.append(self._policy_task)
 
     async def _publish_signing_key(self) -> None:
         """ESCR relay auth: relays verify our answers with the key published here."""
