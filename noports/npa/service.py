@@ -414,6 +414,7 @@ class NpaService:
         )
         if outcome is None:
             return None
+        self._record(outcome)  # audited before it is answered: an answered decision is on record
         for reply in outcome.replies:
             await self.client.notify(
                 outcome.sender,
@@ -423,7 +424,6 @@ class NpaService:
                 ttln_ms=RESPONSE_TTLN_MS,
             )
         self.handled += 1
-        self._record(outcome)
         if self.self_audit and outcome.replies:
             await self._self_audit(outcome)
         return outcome
