@@ -18,6 +18,7 @@ read from the loop with ``run_coroutine_threadsafe`` and a deadline:
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import html
 import ipaddress
@@ -27,7 +28,7 @@ import socket
 import socketserver
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
@@ -267,3 +268,118 @@ def status_page(program: str, snap: Snapshot) -> str:
         "</body></html>",
     ]
     return "".join(parts)
+
+
+# -- the shared half of every daemon's observer ------------------------------------------------
+
+RECENT_REFUSALS = 20
+
+
+class Observer:
+    """What every daemon's observer shares: the registry, the build info, the endpoint's
+    start/stop, the recent refusals and the one-snapshot-per-scrape collector.
+
+    A daemon's observer names its ``program`` and ``kind`` (the noun in the build-info help)
+    and defines ``ready()``, ``snapshot()`` and ``families(snap)`` (the metric families it
+    exports from one snapshot).
+    """
+
+    def __init__(self, program: str, kind: str) -> None:
+        from prometheus_client import CollectorRegistry
+
+        self.program = program
+        self.kind = kind
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.refusals: collections.deque[dict[str, str]] = collections.deque(maxlen=RECENT_REFUSALS)
+        self.started = time.time()
+        self.endpoint: Endpoint | None = None
+        self.registry.register(_Collector(self))  # type: ignore[arg-type]  # duck-typed Collector
+
+    def start(self, address: str, loop: asyncio.AbstractEventLoop | None = None) -> tuple[str, int]:
+        """Serve on ``address``; ``loop`` defaults to the running one."""
+        self.endpoint = Endpoint(
+            address,
+            loop=loop or asyncio.get_running_loop(),
+            program=self.program,
+            registry=self.registry,
+            ready=self.ready,
+            snapshot=self.snapshot,
+        )
+        return self.endpoint.start()
+
+    def close(self) -> None:
+        if self.endpoint is not None:
+            self.endpoint.close()
+            self.endpoint = None
+
+    def note_refusal(self, requester: str, reason: str) -> None:
+        self.refusals.appendleft(
+            {"time": time.strftime("%H:%M:%S"), "requester": requester, "reason": reason}
+        )
+
+    def uptime(self) -> int:
+        return int(time.time() - self.started)
+
+    async def ready(self) -> tuple[bool, str]:
+        return True, "ready"
+
+    async def snapshot(self) -> Snapshot:
+        return {}
+
+    def families(self, snap: Snapshot) -> Iterable[Any]:
+        return ()
+
+
+class _Collector:
+    """One snapshot per scrape, turned into the build info and the observer's families."""
+
+    def __init__(self, obs: Observer) -> None:
+        self.obs = obs
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import InfoMetricFamily
+
+        from . import __version__, _compat
+
+        ep = self.obs.endpoint
+        snap = ep.snapshot() if ep is not None else {}
+        doc = f"Version and implementation of this {self.obs.kind}"
+        info = InfoMetricFamily("noports_build", doc)
+        info.add_metric([], {"version": __version__, "implementation": _compat.implementation()})
+        yield info
+        yield from self.obs.families(snap)
+
+
+def gauge(name: str, doc: str, value: float) -> Any:
+    from prometheus_client.core import GaugeMetricFamily
+
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def counter(name: str, doc: str, value: float) -> Any:
+    from prometheus_client.core import CounterMetricFamily
+
+    c = CounterMetricFamily(name, doc)
+    c.add_metric([], value)
+    return c
+
+
+def labelled(
+    name: str,
+    doc: str,
+    label: str,
+    values: Mapping[str, float],
+    keys: Iterable[str] = (),
+    *,
+    kind: str = "counter",
+) -> Any:
+    """A counter (or ``kind="gauge"``) family with one label: ``keys`` always (0 if absent),
+    then the other keys of ``values`` in sorted order."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+    fam = cls(name, doc, labels=[label])
+    fixed = list(keys)
+    for key in fixed + sorted(k for k in values if k not in fixed):
+        fam.add_metric([str(key)], values.get(key, 0))
+    return fam
