@@ -96,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="root server host[:port] (default $NOPORTS_ROOT or root.atsign.org:64)",
     )
     p.add_argument("--ca-file", default=None, help="extra CA bundle (default $NOPORTS_CA_FILE)")
+    p.add_argument(
+        "--metrics",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve /metrics (Prometheus), /healthz, /readyz and a status page at / on this "
+        "address (a bare PORT binds 127.0.0.1; off by default)",
+    )
     return p
 
 
@@ -117,12 +124,18 @@ async def _serve(args: argparse.Namespace) -> int:
     from ..names import InvalidNameError, validate_atsign
     from ..npa.policy import PolicyStore, load_policy
     from ..npa.service import AuditLog, NpaService
+    from ..sdnotify import notify as notify_systemd
+    from ..sdnotify import watchdog
 
     try:
         me = validate_atsign(args.atsign, add_at=True)
     except InvalidNameError as exc:
         raise ConfigError(f"-a: {exc}") from None
     daemons = _atsigns(args.daemon_atsigns)
+    if args.metrics:
+        from ..metrics import parse_address
+
+        parse_address(args.metrics)  # a bad address: exit 2 before connecting
     load_policy(args.policy)  # a broken file at start: one clear line, exit 2
     store = PolicyStore(args.policy)
     audit = AuditLog(args.audit_log) if args.audit_log else None
@@ -137,6 +150,16 @@ async def _serve(args: argparse.Namespace) -> int:
         self_audit=args.self_audit,
         max_rate=args.max_rate,
     )
+    observer = None
+    if args.metrics:
+        from ..npa.observe import Observer
+
+        observer = Observer(service)
+        try:
+            observer.start(args.metrics)
+        except ConfigError:
+            await client.close()
+            raise
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -144,6 +167,10 @@ async def _serve(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
 
     def ready() -> None:
+        if observer is not None:
+            observer.monitor_running = True
+        notify_systemd("READY=1", f"STATUS=npa {me} ready")
+        dog.append(loop.create_task(watchdog()))
         who = ", ".join(daemons) if daemons else "any daemon"
         print(
             f"npa: {me} monitor started; policy {escape(args.policy)} "
@@ -152,14 +179,19 @@ async def _serve(args: argparse.Namespace) -> int:
             flush=True,
         )
 
+    dog: list[asyncio.Task[None]] = []
     task = loop.create_task(service.run(ready))
     waiter = loop.create_task(stop.wait())
     try:
         await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        waiter.cancel()
-        task.cancel()
+        notify_systemd("STOPPING=1")
+        for t in (waiter, task, *dog):
+            t.cancel()
         outcome = (await asyncio.gather(task, return_exceptions=True))[0]
+        if observer is not None:
+            observer.monitor_running = False
+            observer.close()
         await client.close()
         if audit is not None:
             audit.close()
