@@ -20,17 +20,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import functools
 import html
 import ipaddress
 import json
 import logging
 import socket
-import socketserver
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from .errors import ConfigError
 
@@ -62,18 +61,34 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, port
 
 
-class _Server(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    allow_reuse_address = True
+def add_option(parser: Any) -> None:
+    """The ``--metrics HOST:PORT`` option, the same on every daemon (an argparse parser)."""
+    parser.add_argument(
+        "--metrics",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve /metrics (Prometheus), /healthz, /readyz and a status page at / on this "
+        "address (a bare PORT binds 127.0.0.1; off by default)",
+    )
 
 
-class _Server6(_Server):
-    address_family = socket.AF_INET6
+@functools.cache
+def _server_classes(v6: bool) -> tuple[Any, Any]:
+    """The threaded WSGI server and a quiet handler; imported on first use, so the daemons'
+    command lines do not pay for ``wsgiref``/``http.server`` when ``--metrics`` is off."""
+    import socketserver
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
+    class Server(socketserver.ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        allow_reuse_address = True
+        address_family = socket.AF_INET6 if v6 else socket.AF_INET
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
-        log.debug("metrics %s %s", self.address_string(), format % args)
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+            log.debug("metrics %s %s", self.address_string(), format % args)
+
+    return Server, QuietHandler
 
 
 class Endpoint:
@@ -99,7 +114,7 @@ class Endpoint:
         self.registry = registry
         self._ready = ready
         self._snapshot = snapshot
-        self._server: _Server | None = None
+        self._server: Any = None
         self._thread: threading.Thread | None = None
         self.scrapes = 0
 
@@ -110,9 +125,9 @@ class Endpoint:
             family = ipaddress.ip_address(self.host).version
         except ValueError:
             family = 4
-        cls = _Server6 if family == 6 else _Server
+        cls, handler = _server_classes(family == 6)
         try:
-            server = cls((self.host, self.port), _QuietHandler)
+            server = cls((self.host, self.port), handler)
         except OSError as exc:
             raise ConfigError(
                 f"--metrics: cannot listen on {self.host}:{self.port}: {exc}"
@@ -348,6 +363,17 @@ class _Collector:
         info.add_metric([], {"version": __version__, "implementation": _compat.implementation()})
         yield info
         yield from self.obs.families(snap)
+
+
+def client_ready(client: Any, monitor_running: bool, stopping: bool = False) -> tuple[bool, str]:
+    """Readiness of a daemon that lives on one atServer connection and its monitor."""
+    if stopping:
+        return False, "stopping"
+    if client is None or getattr(client, "_closed", False):
+        return False, "not logged in to the atServer"
+    if not monitor_running:
+        return False, "monitor not running"
+    return True, "ready"
 
 
 def gauge(name: str, doc: str, value: float) -> Any:

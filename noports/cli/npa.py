@@ -35,6 +35,7 @@ from .. import _compat
 from ..config import parse_args
 from ..errors import ConfigError, ConnectError, NoPortsError
 from ..log import escape, setup_logging
+from ..metrics import add_option as add_metrics_option
 from .common import add_common, fail
 
 PROG = "npa"
@@ -96,13 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="root server host[:port] (default $NOPORTS_ROOT or root.atsign.org:64)",
     )
     p.add_argument("--ca-file", default=None, help="extra CA bundle (default $NOPORTS_CA_FILE)")
-    p.add_argument(
-        "--metrics",
-        default=None,
-        metavar="HOST:PORT",
-        help="serve /metrics (Prometheus), /healthz, /readyz and a status page at / on this "
-        "address (a bare PORT binds 127.0.0.1; off by default)",
-    )
+    add_metrics_option(p)
     return p
 
 

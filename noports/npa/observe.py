@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .. import __version__, _compat, metrics
-from ..metrics import Snapshot, gauge, labelled
+from ..metrics import Snapshot, client_ready, gauge, labelled
 
 #: request results, always exported (0 until seen)
 RESULTS = ("allowed", "denied", "error", "ignored", "rate_limited")
@@ -90,11 +90,7 @@ class Observer(metrics.Observer):
     # -- loop-side queries ----------------------------------------------------------------
 
     async def ready(self) -> tuple[bool, str]:
-        if getattr(self.service.client, "_closed", False):
-            return False, "not logged in to the atServer"
-        if not self.monitor_running:
-            return False, "monitor not running"
-        return True, "ready"
+        return client_ready(self.service.client, self.monitor_running)
 
     async def snapshot(self) -> Snapshot:
         svc = self.service

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .. import __version__, _compat, metrics
-from ..metrics import Snapshot, gauge, labelled
+from ..metrics import Snapshot, client_ready, gauge, labelled
 
 log = logging.getLogger("noports.sshnpd")
 
@@ -129,13 +129,7 @@ class Observer(metrics.Observer):
 
     async def ready(self) -> tuple[bool, str]:
         d = self.daemon
-        if d._stop.is_set():
-            return False, "stopping"
-        if getattr(d.client, "_closed", False):
-            return False, "not logged in to the atServer"
-        if not d.monitor_running:
-            return False, "monitor not running"
-        return True, "ready"
+        return client_ready(d.client, d.monitor_running, d._stop.is_set())
 
     async def snapshot(self) -> Snapshot:
         d = self.daemon
