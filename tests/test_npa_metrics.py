@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.metrics_support import free_port, get, healthy_and_ready, metric
 from tests.test_npa_service import Daemon, connect, policy_text, write_policy
-from tests.test_srvd_metrics import free_port, get, metric
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -53,11 +53,7 @@ def test_npa_metrics_readiness_and_systemd(np_env, tmp_path: Path) -> None:
         assert any(m.startswith("READY=1") for m in got), got
         assert "WATCHDOG=1" in got, got
 
-        status, body = get(base + "/healthz")
-        assert status == 200 and body.startswith("ok"), body
-        status, body = get(base + "/readyz")
-        assert status == 200 and body.strip() == "ready", body
-        text = get(base + "/metrics")[1]
+        text = healthy_and_ready(base)
         assert metric(text, "noports_npa_monitor_running") == 1
         assert metric(text, "noports_npa_requests_total", 'result="allowed"') == 0
         assert metric(text, "noports_npa_policy_ok") == 1

@@ -17,7 +17,15 @@ from pathlib import Path
 import pytest
 
 from noports.tunnel import open_client_single
-from tests.test_srvd_metrics import free_port, get, metric
+from tests.metrics_support import (
+    NO_PROMETHEUS,
+    PROMETHEUS,
+    Prometheus,
+    free_port,
+    get,
+    healthy_and_ready,
+    metric,
+)
 from tests.test_sshnpd_support import NpClient, arun, run_ssh
 
 pytestmark = pytest.mark.timeout(120)
@@ -53,11 +61,7 @@ def test_sshnpd_metrics_ready_records_and_refusals(np_env):
     # READY=1 once the monitor runs, then watchdog pings from the loop
     assert any(m.startswith("READY=1") for m in msgs), msgs
     assert "WATCHDOG=1" in msgs, msgs
-    status, body = get(base + "/healthz")
-    assert status == 200 and body.startswith("ok"), body
-    status, body = get(base + "/readyz")
-    assert status == 200 and body.strip() == "ready", body
-    text = get(base + "/metrics")[1]
+    text = healthy_and_ready(base)
     assert metric(text, "noports_sshnpd_sessions_active") == 0
     assert metric(text, "noports_sshnpd_monitor_running") == 1
     sid_box: list[str] = []
@@ -130,3 +134,50 @@ def test_sshnpd_metrics_bad_address_is_usage_error(np_env):
     r = np_env.run("sshnpd", "-a", daemon, "-m", client, "--metrics", "127.0.0.1:notaport")
     assert r.returncode == 2, r.stderr
     assert "--metrics" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.skipif(PROMETHEUS is None, reason=NO_PROMETHEUS)
+def test_a_real_prometheus_scrapes_sshnpd(np_env, tmp_path: Path):
+    """Prometheus scrapes sshnpd while a real ssh session runs through a tunnel, then after."""
+    daemon, client = np_env.atsign("device"), np_env.atsign("client")
+    sshd = np_env.sshd()
+    port = free_port()
+    np_env.spawn(
+        "sshnpd",
+        "-a", daemon, "-m", client, "-d", "pdev",
+        "--local-sshd-port", str(sshd.port),
+        "--po", f"localhost:{sshd.port}",
+        "--metrics", str(port),
+        ready=READY,
+    )  # fmt: skip
+    with Prometheus(tmp_path, {"sshnpd": f"127.0.0.1:{port}"}) as prom:
+
+        async def main() -> None:
+            async with NpClient(np_env, client, daemon, "pdev") as c:
+                g = await c.grant()
+                reply = await c.send("ssh_request", c.ssh_payload(g), g.sid)
+                assert reply is not None and reply.startswith("{"), reply
+                payload = await c.verify_reply(reply)
+                tun = await open_client_single(
+                    "127.0.0.1",
+                    g.port_a,
+                    auth_line=c.auth_line(g),
+                    crypto=c.tunnel_crypto(payload, g.sid),
+                    timeout=15,
+                )
+                try:
+                    q = "noports_sshnpd_sessions_active"
+                    await asyncio.to_thread(prom.wait_value, q, lambda v: v == 1, 30)
+                    rc, out, err = await run_ssh(sshd, tun.port, "echo", "TEST", "PASSED")
+                    assert rc == 0 and out.strip() == "TEST PASSED", err
+                finally:
+                    await tun.close()
+
+        arun(main(), 90)
+        prom.wait_value("noports_sshnpd_sessions_active", lambda v: v == 0, 30)
+        q = 'noports_sshnpd_session_requests_total{result="granted"}'
+        prom.wait_value(q, lambda v: v == 1, 10)
+        q = 'noports_sshnpd_notifications_total{direction="in"}'
+        prom.wait_value(q, lambda v: v >= 1, 10)
+        prom.wait_value("noports_sshnpd_monitor_running", lambda v: v == 1, 10)
+        prom.wait_value('up{job="sshnpd"}', lambda v: v == 1, 10)
