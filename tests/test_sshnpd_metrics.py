@@ -13,24 +13,30 @@ import json
 import socket
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from noports.tunnel import open_client_single
-from tests.metrics_support import (
-    NO_PROMETHEUS,
-    PROMETHEUS,
-    Prometheus,
-    free_port,
-    get,
-    healthy_and_ready,
-    metric,
-)
+from tests import metrics_support as ms
+from tests.metrics_support import free_port, get, metric
 from tests.test_sshnpd_support import NpClient, arun, run_ssh
 
 pytestmark = pytest.mark.timeout(120)
 
 READY = r"Monitor .*monitor started"
+
+
+async def ssh_tunnel(c: NpClient) -> tuple[Any, Any]:
+    """A granted, signed ssh_request and the client end of its tunnel: (grant, tunnel)."""
+    g = await c.grant()
+    reply = await c.send("ssh_request", c.ssh_payload(g), g.sid)
+    assert reply is not None and reply.startswith("{"), reply
+    payload = await c.verify_reply(reply)
+    crypto = c.tunnel_crypto(payload, g.sid)
+    auth = c.auth_line(g)
+    return g, await open_client_single("127.0.0.1", g.port_a, auth_line=auth, crypto=crypto,
+                                       timeout=15)  # fmt: skip
 
 
 def test_sshnpd_metrics_ready_records_and_refusals(np_env):
@@ -61,7 +67,7 @@ def test_sshnpd_metrics_ready_records_and_refusals(np_env):
     # READY=1 once the monitor runs, then watchdog pings from the loop
     assert any(m.startswith("READY=1") for m in msgs), msgs
     assert "WATCHDOG=1" in msgs, msgs
-    text = healthy_and_ready(base)
+    text = ms.healthy_and_ready(base)
     assert metric(text, "noports_sshnpd_sessions_active") == 0
     assert metric(text, "noports_sshnpd_monitor_running") == 1
     sid_box: list[str] = []
@@ -69,18 +75,8 @@ def test_sshnpd_metrics_ready_records_and_refusals(np_env):
     async def main() -> None:
         async with NpClient(np_env, client, daemon, "mdev") as c:
             assert await c.ping() is not None
-            g = await c.grant()
+            g, tun = await ssh_tunnel(c)
             sid_box.append(g.sid)
-            reply = await c.send("ssh_request", c.ssh_payload(g), g.sid)
-            assert reply is not None and reply.startswith("{"), reply
-            payload = await c.verify_reply(reply)
-            tun = await open_client_single(
-                "127.0.0.1",
-                g.port_a,
-                auth_line=c.auth_line(g),
-                crypto=c.tunnel_crypto(payload, g.sid),
-                timeout=15,
-            )
             try:
                 live = (await asyncio.to_thread(get, base + "/metrics"))[1]
                 assert metric(live, "noports_sshnpd_sessions_active") == 1
@@ -136,7 +132,7 @@ def test_sshnpd_metrics_bad_address_is_usage_error(np_env):
     assert "--metrics" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.skipif(PROMETHEUS is None, reason=NO_PROMETHEUS)
+@pytest.mark.skipif(ms.PROMETHEUS is None, reason=ms.NO_PROMETHEUS)
 def test_a_real_prometheus_scrapes_sshnpd(np_env, tmp_path: Path):
     """Prometheus scrapes sshnpd while a real ssh session runs through a tunnel, then after."""
     daemon, client = np_env.atsign("device"), np_env.atsign("client")
@@ -150,21 +146,11 @@ def test_a_real_prometheus_scrapes_sshnpd(np_env, tmp_path: Path):
         "--metrics", str(port),
         ready=READY,
     )  # fmt: skip
-    with Prometheus(tmp_path, {"sshnpd": f"127.0.0.1:{port}"}) as prom:
+    with ms.Prometheus(tmp_path, {"sshnpd": f"127.0.0.1:{port}"}) as prom:
 
         async def main() -> None:
             async with NpClient(np_env, client, daemon, "pdev") as c:
-                g = await c.grant()
-                reply = await c.send("ssh_request", c.ssh_payload(g), g.sid)
-                assert reply is not None and reply.startswith("{"), reply
-                payload = await c.verify_reply(reply)
-                tun = await open_client_single(
-                    "127.0.0.1",
-                    g.port_a,
-                    auth_line=c.auth_line(g),
-                    crypto=c.tunnel_crypto(payload, g.sid),
-                    timeout=15,
-                )
+                _, tun = await ssh_tunnel(c)
                 try:
                     q = "noports_sshnpd_sessions_active"
                     await asyncio.to_thread(prom.wait_value, q, lambda v: v == 1, 30)
