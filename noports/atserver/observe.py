@@ -73,15 +73,15 @@ class Observer(metrics.Observer):
         doc = "Open client connections"
         yield labelled("noports_atserver_connections", doc, "state", conns, states, kind="gauge")
         for name, doc, key in (
-            ("atsigns_hosted", "atSigns this server hosts", "atsigns_hosted"),
+            ("noports_atserver_atsigns_hosted", "atSigns this server hosts", "atsigns_hosted"),
             (
-                "atsigns_connected",
+                "noports_atserver_atsigns_connected",
                 "Distinct atSigns with an authenticated connection now",
                 "atsigns_connected",
             ),
-            ("monitors", "Live monitor connections", "monitors"),
+            ("noports_atserver_monitors", "Live monitor connections", "monitors"),
         ):
-            yield gauge(f"noports_atserver_{name}", doc, int(snap.get(key, 0)))
+            yield gauge(name, doc, int(snap.get(key, 0)))
         yield counter(
             "noports_atserver_notifications_delivered",
             "Notifications pushed to live monitors",

@@ -131,10 +131,12 @@ class Observer(metrics.Observer):
         doc = "Relay authentication failures by reason"
         yield labelled("noports_relay_auth_failures", doc, "reason", reasons)
         yield counter("noports_relay_pairs", "Socket pairs formed", _total(workers, "pairs_total"))
-        for what in ("sessions", "pairs"):
+        for name, what in (
+            ("noports_relay_worker_sessions", "sessions"),
+            ("noports_relay_worker_pairs", "pairs"),
+        ):
             per = {str(w.get("index")): int(w.get(what, 0)) for w in workers}
-            doc = f"Live {what} per data worker"
-            yield labelled(f"noports_relay_worker_{what}", doc, "worker", per, kind="gauge")
+            yield labelled(name, f"Live {what} per data worker", "worker", per, kind="gauge")
         yield gauge("noports_relay_workers", "Data worker processes up", len(workers))
 
 
