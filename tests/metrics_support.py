@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -125,3 +126,43 @@ class Prometheus:
                 return float(got[0]["value"][1])
             time.sleep(0.3)
         raise AssertionError(f"prometheus: {q} never satisfied the test: {got}")
+
+
+GRAFANA = Path(__file__).resolve().parents[1] / "packaging" / "grafana"
+_SUFFIX = re.compile(r"_(bucket|count|sum|total|info|created)$")
+
+
+def family(name: str) -> str:
+    """``noports_x_total`` / ``_bucket`` / ``_info``... -> the family name ``noports_x``."""
+    return _SUFFIX.sub("", name)
+
+
+def dashboard_exprs(name: str) -> list[str]:
+    """Every query of ``packaging/grafana/<name>.json`` (panels and template variables)."""
+    dash = json.loads((GRAFANA / f"{name}.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    exprs += [v["query"] for v in dash["templating"]["list"] if v.get("type") == "query"]
+    return exprs
+
+
+def dashboard_families(name: str) -> set[str]:
+    return {family(m) for e in dashboard_exprs(name) for m in re.findall(r"\bnoports_\w+", e)}
+
+
+def scraped_families(text: str) -> set[str]:
+    """Families in one ``/metrics`` text: from HELP/TYPE lines and from sample names."""
+    out = set()
+    for line in text.splitlines():
+        if line.startswith(("# HELP ", "# TYPE ")):
+            out.add(family(line.split()[2]))
+        elif line and not line.startswith("#"):
+            out.add(family(re.split(r"[{ ]", line, maxsplit=1)[0]))
+    return out
+
+
+def assert_dashboard_matches(name: str, text: str) -> None:
+    """Every metric the dashboard queries is one the live process exported in ``text``."""
+    used = dashboard_families(name)
+    assert used, f"{name}: no noports_* metric in any query"
+    missing = used - scraped_families(text)
+    assert not missing, f"{name} queries metrics the process does not export: {missing}"

@@ -13,7 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.metrics_support import free_port, get, healthy_and_ready, metric
+from tests.metrics_support import (
+    assert_dashboard_matches,
+    free_port,
+    get,
+    healthy_and_ready,
+    metric,
+)
 from tests.test_npa_service import Daemon, connect, policy_text, write_policy
 
 pytestmark = pytest.mark.timeout(120)
@@ -84,6 +90,7 @@ def test_npa_metrics_readiness_and_systemd(np_env, tmp_path: Path) -> None:
 
         asyncio.run(asyncio.wait_for(scenario(), 60))
         text = get(base + "/metrics")[1]
+        assert_dashboard_matches("noports-npa", text)
         assert metric(text, "noports_npa_requests_total", 'result="allowed"') == 3
         assert metric(text, "noports_npa_requests_total", 'result="denied"') == 1
         assert metric(text, "noports_npa_requests_total", 'result="error"') == 1

@@ -15,6 +15,7 @@ from tests.metrics_support import (
     NO_PROMETHEUS,
     PROMETHEUS,
     Prometheus,
+    assert_dashboard_matches,
     free_port,
     get,
     healthy_and_ready,
@@ -50,6 +51,7 @@ def test_server_metrics_connections_notifications_atsigns(
         got = [wb.notification() for _ in range(3)]
         assert [g["value"] for g in got] == ["v0", "v1", "v2"]
         text = get(base + "/metrics")[1]
+        assert_dashboard_matches("noports-atserver", text)
         assert metric(text, "noports_atserver_connections", 'state="authenticated"') == 2
         assert metric(text, "noports_atserver_connections", 'state="unauthenticated"') == 1
         assert metric(text, "noports_atserver_atsigns_hosted") == 2

@@ -20,7 +20,15 @@ import pytest
 
 from noports.session.wire import parse_relay_reply
 
-from .metrics_support import NO_PROMETHEUS, PROMETHEUS, Prometheus, free_port, get, metric
+from .metrics_support import (
+    NO_PROMETHEUS,
+    PROMETHEUS,
+    Prometheus,
+    assert_dashboard_matches,
+    free_port,
+    get,
+    metric,
+)
 from .test_srvd_app import arun, ask, authed_pair, connect, exchange, start_srvd
 
 pytestmark = pytest.mark.timeout(120)
@@ -105,6 +113,7 @@ def test_metrics_health_ready_status_and_session_record(np_env):
         assert field in rec, (field, rec)
     assert rec["session_id"] == sid and rec["bytes_a_to_b"] >= 256 * 1024
     text = get(base + "/metrics")[1]
+    assert_dashboard_matches("noports-srvd", text)
     assert metric(text, "noports_relay_sessions_active") == 0
     assert metric(text, "noports_relay_bytes_total", 'direction="a_to_b"') >= 256 * 1024
 

@@ -114,6 +114,7 @@ def test_sshnpd_metrics_ready_records_and_refusals(np_env):
     )
     assert refusal.get("fields", refusal)["reason"] == "not_permitted"
     text = get(base + "/metrics")[1]
+    ms.assert_dashboard_matches("noports-sshnpd", text)
     assert metric(text, "noports_sshnpd_sessions_active") == 0
     assert metric(text, "noports_sshnpd_session_requests_total", 'result="granted"') == 1
     assert metric(text, "noports_sshnpd_session_requests_total", 'result="not_permitted"') == 1
