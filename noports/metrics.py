@@ -18,18 +18,18 @@ read from the loop with ``run_coroutine_threadsafe`` and a deadline:
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
+import functools
 import html
 import ipaddress
 import json
 import logging
 import socket
-import socketserver
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from .errors import ConfigError
 
@@ -61,18 +61,34 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, port
 
 
-class _Server(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    allow_reuse_address = True
+def add_option(parser: Any) -> None:
+    """The ``--metrics HOST:PORT`` option, the same on every daemon (an argparse parser)."""
+    parser.add_argument(
+        "--metrics",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve /metrics (Prometheus), /healthz, /readyz and a status page at / on this "
+        "address (a bare PORT binds 127.0.0.1; off by default)",
+    )
 
 
-class _Server6(_Server):
-    address_family = socket.AF_INET6
+@functools.cache
+def _server_classes(v6: bool) -> tuple[Any, Any]:
+    """The threaded WSGI server and a quiet handler; imported on first use, so the daemons'
+    command lines do not pay for ``wsgiref``/``http.server`` when ``--metrics`` is off."""
+    import socketserver
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
+    class Server(socketserver.ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        allow_reuse_address = True
+        address_family = socket.AF_INET6 if v6 else socket.AF_INET
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
-        log.debug("metrics %s %s", self.address_string(), format % args)
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+            log.debug("metrics %s %s", self.address_string(), format % args)
+
+    return Server, QuietHandler
 
 
 class Endpoint:
@@ -98,7 +114,7 @@ class Endpoint:
         self.registry = registry
         self._ready = ready
         self._snapshot = snapshot
-        self._server: _Server | None = None
+        self._server: Any = None
         self._thread: threading.Thread | None = None
         self.scrapes = 0
 
@@ -109,9 +125,9 @@ class Endpoint:
             family = ipaddress.ip_address(self.host).version
         except ValueError:
             family = 4
-        cls = _Server6 if family == 6 else _Server
+        cls, handler = _server_classes(family == 6)
         try:
-            server = cls((self.host, self.port), _QuietHandler)
+            server = cls((self.host, self.port), handler)
         except OSError as exc:
             raise ConfigError(
                 f"--metrics: cannot listen on {self.host}:{self.port}: {exc}"
@@ -267,3 +283,129 @@ def status_page(program: str, snap: Snapshot) -> str:
         "</body></html>",
     ]
     return "".join(parts)
+
+
+# -- the shared half of every daemon's observer ------------------------------------------------
+
+RECENT_REFUSALS = 20
+
+
+class Observer:
+    """What every daemon's observer shares: the registry, the build info, the endpoint's
+    start/stop, the recent refusals and the one-snapshot-per-scrape collector.
+
+    A daemon's observer names its ``program`` and ``kind`` (the noun in the build-info help)
+    and defines ``ready()``, ``snapshot()`` and ``families(snap)`` (the metric families it
+    exports from one snapshot).
+    """
+
+    def __init__(self, program: str, kind: str) -> None:
+        from prometheus_client import CollectorRegistry
+
+        self.program = program
+        self.kind = kind
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.refusals: collections.deque[dict[str, str]] = collections.deque(maxlen=RECENT_REFUSALS)
+        self.started = time.time()
+        self.endpoint: Endpoint | None = None
+        self.registry.register(_Collector(self))  # type: ignore[arg-type]  # duck-typed Collector
+
+    def start(self, address: str, loop: asyncio.AbstractEventLoop | None = None) -> tuple[str, int]:
+        """Serve on ``address``; ``loop`` defaults to the running one."""
+        self.endpoint = Endpoint(
+            address,
+            loop=loop or asyncio.get_running_loop(),
+            program=self.program,
+            registry=self.registry,
+            ready=self.ready,
+            snapshot=self.snapshot,
+        )
+        return self.endpoint.start()
+
+    def close(self) -> None:
+        if self.endpoint is not None:
+            self.endpoint.close()
+            self.endpoint = None
+
+    def note_refusal(self, requester: str, reason: str) -> None:
+        self.refusals.appendleft(
+            {"time": time.strftime("%H:%M:%S"), "requester": requester, "reason": reason}
+        )
+
+    def uptime(self) -> int:
+        return int(time.time() - self.started)
+
+    async def ready(self) -> tuple[bool, str]:
+        return True, "ready"
+
+    async def snapshot(self) -> Snapshot:
+        return {}
+
+    def families(self, snap: Snapshot) -> Iterable[Any]:
+        return ()
+
+
+class _Collector:
+    """One snapshot per scrape, turned into the build info and the observer's families."""
+
+    def __init__(self, obs: Observer) -> None:
+        self.obs = obs
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import InfoMetricFamily
+
+        from . import __version__, _compat
+
+        ep = self.obs.endpoint
+        snap = ep.snapshot() if ep is not None else {}
+        doc = f"Version and implementation of this {self.obs.kind}"
+        info = InfoMetricFamily("noports_build", doc)
+        info.add_metric([], {"version": __version__, "implementation": _compat.implementation()})
+        yield info
+        yield from self.obs.families(snap)
+
+
+def client_ready(client: Any, monitor_running: bool, stopping: bool = False) -> tuple[bool, str]:
+    """Readiness of a daemon that lives on one atServer connection and its monitor."""
+    if stopping:
+        return False, "stopping"
+    if client is None or getattr(client, "_closed", False):
+        return False, "not logged in to the atServer"
+    if not monitor_running:
+        return False, "monitor not running"
+    return True, "ready"
+
+
+def gauge(name: str, doc: str, value: float) -> Any:
+    from prometheus_client.core import GaugeMetricFamily
+
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def counter(name: str, doc: str, value: float) -> Any:
+    from prometheus_client.core import CounterMetricFamily
+
+    c = CounterMetricFamily(name, doc)
+    c.add_metric([], value)
+    return c
+
+
+def labelled(
+    name: str,
+    doc: str,
+    label: str,
+    values: Mapping[str, float],
+    keys: Iterable[str] = (),
+    *,
+    kind: str = "counter",
+) -> Any:
+    """A counter (or ``kind="gauge"``) family with one label: ``keys`` always (0 if absent),
+    then the other keys of ``values`` in sorted order."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+    fam = cls(name, doc, labels=[label])
+    fixed = list(keys)
+    for key in fixed + sorted(k for k in values if k not in fixed):
+        fam.add_metric([str(key)], values.get(key, 0))
+    return fam

@@ -5,12 +5,22 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from noports.crypto.atkeys import AtKeys
 from tests.fixtures_at import AtServerProcess, Wire
-from tests.test_srvd_metrics import free_port, get, metric
+from tests.metrics_support import (
+    NO_PROMETHEUS,
+    PROMETHEUS,
+    Prometheus,
+    assert_dashboard_matches,
+    free_port,
+    get,
+    healthy_and_ready,
+    metric,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -21,11 +31,7 @@ def test_server_metrics_connections_notifications_atsigns(
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     srv = make_at_server("--metrics", str(port))
-    status, body = get(base + "/healthz")
-    assert status == 200 and body.startswith("ok"), body
-    status, body = get(base + "/readyz")
-    assert status == 200 and body.strip() == "ready", body
-    text = get(base + "/metrics")[1]
+    text = healthy_and_ready(base)
     assert metric(text, "noports_atserver_atsigns_hosted") == 0
     assert metric(text, "noports_atserver_notifications_delivered_total") == 0
 
@@ -45,6 +51,7 @@ def test_server_metrics_connections_notifications_atsigns(
         got = [wb.notification() for _ in range(3)]
         assert [g["value"] for g in got] == ["v0", "v1", "v2"]
         text = get(base + "/metrics")[1]
+        assert_dashboard_matches("noports-atserver", text)
         assert metric(text, "noports_atserver_connections", 'state="authenticated"') == 2
         assert metric(text, "noports_atserver_connections", 'state="unauthenticated"') == 1
         assert metric(text, "noports_atserver_atsigns_hosted") == 2
@@ -121,3 +128,42 @@ def test_server_systemd_ready_watchdog_stopping(tmp_path) -> None:
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+@pytest.mark.skipif(PROMETHEUS is None, reason=NO_PROMETHEUS)
+def test_a_real_prometheus_scrapes_noports_server(
+    make_at_server: Callable[..., AtServerProcess],
+    keys: Callable[[str], AtKeys],
+    tmp_path: Path,
+) -> None:
+    """Prometheus scrapes ``noports server`` while clients are connected and notify."""
+    port = free_port()
+    srv = make_at_server("--metrics", str(port))
+    alice = dataclasses.replace(keys("@alice"), atsign="@palice")
+    bob = dataclasses.replace(keys("@bob"), atsign="@pbob")
+    srv.add_fast(alice.atsign, alice)
+    srv.add_fast(bob.atsign, bob)
+    opened: list[Wire] = []
+    with Prometheus(tmp_path, {"atserver": f"127.0.0.1:{port}"}) as prom:
+        try:
+            wa, wb = (Wire(srv.root, srv.ca_file) for _ in range(2))
+            opened += [wa, wb]
+            assert wa.pkam(alice) == "data:success" and wb.pkam(bob) == "data:success"
+            wb.send("monitor:0 sshnp")
+            wb.monitoring = True
+            for i in range(4):
+                wa.data(f"notify:update:{bob.atsign}:p{i}.dev.sshnp{alice.atsign}:v{i}")
+            assert [wb.notification()["value"] for _ in range(4)] == ["v0", "v1", "v2", "v3"]
+            q = 'noports_atserver_connections{state="authenticated"}'
+            prom.wait_value(q, lambda v: v == 2, 30)
+            prom.wait_value("noports_atserver_notifications_delivered_total", lambda v: v == 4, 10)
+            prom.wait_value("noports_atserver_monitors", lambda v: v == 1, 10)
+            prom.wait_value("noports_atserver_atsigns_connected", lambda v: v == 2, 10)
+        finally:
+            for w in opened:
+                w.close()
+        # the connections' end is seen by the next scrapes
+        q = 'noports_atserver_connections{state="authenticated"}'
+        prom.wait_value(q, lambda v: v == 0, 15)
+        prom.wait_value('up{job="atserver"}', lambda v: v == 1, 5)
+    srv.stop()

@@ -9,50 +9,29 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from noports.session.wire import parse_relay_reply
 
+from .metrics_support import (
+    NO_PROMETHEUS,
+    PROMETHEUS,
+    Prometheus,
+    assert_dashboard_matches,
+    free_port,
+    get,
+    metric,
+)
 from .test_srvd_app import arun, ask, authed_pair, connect, exchange, start_srvd
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(url: str, timeout: float = 5.0) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
-def metric(text: str, name: str, labels: str = "") -> float:
-    """The value of one sample in Prometheus text format (``labels`` as written, or empty)."""
-    want = f"{name}{{{labels}}}" if labels else name
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        key, _, value = line.rpartition(" ")
-        if key == want:
-            return float(value)
-    raise AssertionError(f"{want} not in metrics:\n{text}")
 
 
 def relay_a_session(np_env, relay, client_sign, device_sign, size, during):
@@ -134,6 +113,7 @@ def test_metrics_health_ready_status_and_session_record(np_env):
         assert field in rec, (field, rec)
     assert rec["session_id"] == sid and rec["bytes_a_to_b"] >= 256 * 1024
     text = get(base + "/metrics")[1]
+    assert_dashboard_matches("noports-srvd", text)
     assert metric(text, "noports_relay_sessions_active") == 0
     assert metric(text, "noports_relay_bytes_total", 'direction="a_to_b"') >= 256 * 1024
 
@@ -199,71 +179,20 @@ def test_systemd_ready_and_watchdog_notifications(np_env, tmp_path):
         sock.close()
 
 
-PROMETHEUS = shutil.which("prometheus") or (
-    "/usr/bin/prometheus" if os.path.exists("/usr/bin/prometheus") else None
-)
-
-
-@pytest.mark.skipif(PROMETHEUS is None, reason="Debian's prometheus package is not installed")
+@pytest.mark.skipif(PROMETHEUS is None, reason=NO_PROMETHEUS)
 def test_a_real_prometheus_scrapes_srvd(np_env, tmp_path: Path):
     relay, alice, dev = np_env.atsign("relay"), np_env.atsign("alice"), np_env.atsign("dev")
-    mport, pport = free_port(), free_port()
+    mport = free_port()
     start_srvd(np_env, relay, "--metrics", f"127.0.0.1:{mport}")
-    cfg = tmp_path / "prometheus.yml"
-    cfg.write_text(
-        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
-        "scrape_configs:\n  - job_name: srvd\n    static_configs:\n"
-        f"      - targets: ['127.0.0.1:{mport}']\n"
-    )
-    prom = subprocess.Popen(
-        [
-            PROMETHEUS,
-            f"--config.file={cfg}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{pport}",
-            "--log.level=warn",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-
-        def query(q: str) -> list:
-            url = f"http://127.0.0.1:{pport}/api/v1/query?" + urllib.parse.urlencode({"query": q})
-            try:
-                status, body = get(url)
-            except OSError:
-                return []
-            if status != 200:
-                return []
-            return json.loads(body)["data"]["result"]
+    with Prometheus(tmp_path, {"srvd": f"127.0.0.1:{mport}"}) as prom:
 
         def during(sid: str) -> None:
-            deadline = time.monotonic() + 40
-            sessions = bytes_ab = []
-            while time.monotonic() < deadline:
-                sessions = query("noports_relay_sessions_active")
-                bytes_ab = query('noports_relay_bytes_total{direction="a_to_b"}')
-                if (
-                    sessions
-                    and float(sessions[0]["value"][1]) >= 1
-                    and bytes_ab
-                    and float(bytes_ab[0]["value"][1]) >= 200_000
-                ):
-                    break
-                time.sleep(0.5)
-            assert sessions and float(sessions[0]["value"][1]) >= 1, sessions
-            assert bytes_ab and float(bytes_ab[0]["value"][1]) >= 200_000, bytes_ab
-            up = query('up{job="srvd"}')
-            assert up and up[0]["value"][1] == "1", up
+            prom.wait_value("noports_relay_sessions_active", lambda v: v >= 1, 40)
+            q = 'noports_relay_bytes_total{direction="a_to_b"}'
+            prom.wait_value(q, lambda v: v >= 200_000, 40)
+            prom.wait_value('up{job="srvd"}', lambda v: v == 1, 5)
 
         relay_a_session(np_env, relay, alice, dev, 200_000, during)
-    finally:
-        prom.terminate()
-        try:
-            prom.wait(10)
-        except subprocess.TimeoutExpired:
-            prom.kill()
 
 
 def test_fatal_errors_honour_log_format_json(np_env):

@@ -13,16 +13,30 @@ import json
 import socket
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from noports.tunnel import open_client_single
-from tests.test_srvd_metrics import free_port, get, metric
+from tests import metrics_support as ms
+from tests.metrics_support import free_port, get, metric
 from tests.test_sshnpd_support import NpClient, arun, run_ssh
 
 pytestmark = pytest.mark.timeout(120)
 
 READY = r"Monitor .*monitor started"
+
+
+async def ssh_tunnel(c: NpClient) -> tuple[Any, Any]:
+    """A granted, signed ssh_request and the client end of its tunnel: (grant, tunnel)."""
+    g = await c.grant()
+    reply = await c.send("ssh_request", c.ssh_payload(g), g.sid)
+    assert reply is not None and reply.startswith("{"), reply
+    payload = await c.verify_reply(reply)
+    crypto = c.tunnel_crypto(payload, g.sid)
+    auth = c.auth_line(g)
+    return g, await open_client_single("127.0.0.1", g.port_a, auth_line=auth, crypto=crypto,
+                                       timeout=15)  # fmt: skip
 
 
 def test_sshnpd_metrics_ready_records_and_refusals(np_env):
@@ -53,11 +67,7 @@ def test_sshnpd_metrics_ready_records_and_refusals(np_env):
     # READY=1 once the monitor runs, then watchdog pings from the loop
     assert any(m.startswith("READY=1") for m in msgs), msgs
     assert "WATCHDOG=1" in msgs, msgs
-    status, body = get(base + "/healthz")
-    assert status == 200 and body.startswith("ok"), body
-    status, body = get(base + "/readyz")
-    assert status == 200 and body.strip() == "ready", body
-    text = get(base + "/metrics")[1]
+    text = ms.healthy_and_ready(base)
     assert metric(text, "noports_sshnpd_sessions_active") == 0
     assert metric(text, "noports_sshnpd_monitor_running") == 1
     sid_box: list[str] = []
@@ -65,18 +75,8 @@ def test_sshnpd_metrics_ready_records_and_refusals(np_env):
     async def main() -> None:
         async with NpClient(np_env, client, daemon, "mdev") as c:
             assert await c.ping() is not None
-            g = await c.grant()
+            g, tun = await ssh_tunnel(c)
             sid_box.append(g.sid)
-            reply = await c.send("ssh_request", c.ssh_payload(g), g.sid)
-            assert reply is not None and reply.startswith("{"), reply
-            payload = await c.verify_reply(reply)
-            tun = await open_client_single(
-                "127.0.0.1",
-                g.port_a,
-                auth_line=c.auth_line(g),
-                crypto=c.tunnel_crypto(payload, g.sid),
-                timeout=15,
-            )
             try:
                 live = (await asyncio.to_thread(get, base + "/metrics"))[1]
                 assert metric(live, "noports_sshnpd_sessions_active") == 1
@@ -114,6 +114,7 @@ def test_sshnpd_metrics_ready_records_and_refusals(np_env):
     )
     assert refusal.get("fields", refusal)["reason"] == "not_permitted"
     text = get(base + "/metrics")[1]
+    ms.assert_dashboard_matches("noports-sshnpd", text)
     assert metric(text, "noports_sshnpd_sessions_active") == 0
     assert metric(text, "noports_sshnpd_session_requests_total", 'result="granted"') == 1
     assert metric(text, "noports_sshnpd_session_requests_total", 'result="not_permitted"') == 1
@@ -130,3 +131,40 @@ def test_sshnpd_metrics_bad_address_is_usage_error(np_env):
     r = np_env.run("sshnpd", "-a", daemon, "-m", client, "--metrics", "127.0.0.1:notaport")
     assert r.returncode == 2, r.stderr
     assert "--metrics" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.skipif(ms.PROMETHEUS is None, reason=ms.NO_PROMETHEUS)
+def test_a_real_prometheus_scrapes_sshnpd(np_env, tmp_path: Path):
+    """Prometheus scrapes sshnpd while a real ssh session runs through a tunnel, then after."""
+    daemon, client = np_env.atsign("device"), np_env.atsign("client")
+    sshd = np_env.sshd()
+    port = free_port()
+    np_env.spawn(
+        "sshnpd",
+        "-a", daemon, "-m", client, "-d", "pdev",
+        "--local-sshd-port", str(sshd.port),
+        "--po", f"localhost:{sshd.port}",
+        "--metrics", str(port),
+        ready=READY,
+    )  # fmt: skip
+    with ms.Prometheus(tmp_path, {"sshnpd": f"127.0.0.1:{port}"}) as prom:
+
+        async def main() -> None:
+            async with NpClient(np_env, client, daemon, "pdev") as c:
+                _, tun = await ssh_tunnel(c)
+                try:
+                    q = "noports_sshnpd_sessions_active"
+                    await asyncio.to_thread(prom.wait_value, q, lambda v: v == 1, 30)
+                    rc, out, err = await run_ssh(sshd, tun.port, "echo", "TEST", "PASSED")
+                    assert rc == 0 and out.strip() == "TEST PASSED", err
+                finally:
+                    await tun.close()
+
+        arun(main(), 90)
+        prom.wait_value("noports_sshnpd_sessions_active", lambda v: v == 0, 30)
+        q = 'noports_sshnpd_session_requests_total{result="granted"}'
+        prom.wait_value(q, lambda v: v == 1, 10)
+        q = 'noports_sshnpd_notifications_total{direction="in"}'
+        prom.wait_value(q, lambda v: v >= 1, 10)
+        prom.wait_value("noports_sshnpd_monitor_running", lambda v: v == 1, 10)
+        prom.wait_value('up{job="sshnpd"}', lambda v: v == 1, 10)

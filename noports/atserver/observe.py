@@ -8,40 +8,22 @@ with no atSign labels (cardinality).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from .. import __version__, _compat
-from ..metrics import Endpoint, Snapshot
+from .. import __version__, _compat, metrics
+from ..metrics import Snapshot, counter, gauge, labelled
 
 
-class Observer:
-    """Metrics state of one embedded server (a :class:`~.net.AtServer`)."""
+class Observer(metrics.Observer):
+    """Metrics state of one embedded server (a :class:`~.net.AtServer`).
+
+    ``start(address, loop)`` is given the server's running loop: this module is sans-IO (the
+    I/O lives in :mod:`noports.metrics`)."""
 
     def __init__(self, server: Any) -> None:
-        from prometheus_client import CollectorRegistry
-
+        super().__init__("noports server", "server")
         self.server = server
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.endpoint: Endpoint | None = None
-        self.registry.register(_Collector(self))  # type: ignore[arg-type]  # duck-typed Collector
-
-    def start(self, address: str, loop: Any) -> tuple[str, int]:
-        """Serve on ``address``; ``loop`` is the server's running event loop (this module is
-        sans-IO: the I/O lives in :mod:`noports.metrics`)."""
-        self.endpoint = Endpoint(
-            address,
-            loop=loop,
-            program="noports server",
-            registry=self.registry,
-            ready=self.ready,
-            snapshot=self.snapshot,
-        )
-        return self.endpoint.start()
-
-    def close(self) -> None:
-        if self.endpoint is not None:
-            self.endpoint.close()
-            self.endpoint = None
 
     async def ready(self) -> tuple[bool, str]:
         srv = self.server._server
@@ -86,49 +68,28 @@ class Observer:
             "evicted": s.evicted,
         }
 
-
-class _Collector:
-    def __init__(self, obs: Observer) -> None:
-        self.obs = obs
-
-    def collect(self) -> Any:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
-
-        ep = self.obs.endpoint
-        snap = ep.snapshot() if ep is not None else {}
-        info = InfoMetricFamily("noports_build", "Version and implementation of this server")
-        info.add_metric([], {"version": __version__, "implementation": _compat.implementation()})
-        yield info
-        conns = GaugeMetricFamily(
-            "noports_atserver_connections", "Open client connections", labels=["state"]
-        )
-        for state in ("authenticated", "unauthenticated"):
-            conns.add_metric([state], int(snap.get("connections", {}).get(state, 0)))
-        yield conns
-        yield GaugeMetricFamily(
-            "noports_atserver_atsigns_hosted",
-            "atSigns this server hosts",
-            value=int(snap.get("atsigns_hosted", 0)),
-        )
-        yield GaugeMetricFamily(
-            "noports_atserver_atsigns_connected",
-            "Distinct atSigns with an authenticated connection now",
-            value=int(snap.get("atsigns_connected", 0)),
-        )
-        yield GaugeMetricFamily(
-            "noports_atserver_monitors",
-            "Live monitor connections",
-            value=int(snap.get("monitors", 0)),
-        )
-        delivered = CounterMetricFamily(
+    def families(self, snap: Snapshot) -> Iterable[Any]:
+        states = ("authenticated", "unauthenticated")
+        conns = snap.get("connections", {})
+        doc = "Open client connections"
+        yield labelled("noports_atserver_connections", doc, "state", conns, states, kind="gauge")
+        for name, doc, key in (
+            ("noports_atserver_atsigns_hosted", "atSigns this server hosts", "atsigns_hosted"),
+            (
+                "noports_atserver_atsigns_connected",
+                "Distinct atSigns with an authenticated connection now",
+                "atsigns_connected",
+            ),
+            ("noports_atserver_monitors", "Live monitor connections", "monitors"),
+        ):
+            yield gauge(name, doc, int(snap.get(key, 0)))
+        yield counter(
             "noports_atserver_notifications_delivered",
             "Notifications pushed to live monitors",
+            int(snap.get("delivered", 0)),
         )
-        delivered.add_metric([], int(snap.get("delivered", 0)))
-        yield delivered
-        evicted = CounterMetricFamily(
+        yield counter(
             "noports_atserver_preauth_evictions",
             "Unauthenticated connections shed by the pre-auth limits",
+            int(snap.get("evicted", 0)),
         )
-        evicted.add_metric([], int(snap.get("evicted", 0)))
-        yield evicted

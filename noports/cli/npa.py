@@ -40,6 +40,7 @@ from .. import _compat
 from ..config import parse_args
 from ..errors import ConfigError, ConnectError, NoPortsError
 from ..log import escape, setup_logging
+from ..metrics import add_option as add_metrics_option
 
 if TYPE_CHECKING:
     from ..npa.service import NpaSettings
@@ -112,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate the command line, environment, config and policy files, then exit "
         "(0 valid, 2 invalid)",
     )
+    add_metrics_option(p)
     return p
 
 
@@ -182,9 +184,15 @@ async def _serve(args: argparse.Namespace, argv: list[str] | None = None) -> int
     from ..at.client import AtClient
     from ..npa.policy import PolicyStore
     from ..npa.service import AuditLog, NpaService
+    from ..sdnotify import notify as notify_systemd
+    from ..sdnotify import watchdog
 
     settings = settings_from(args)  # a broken policy file at start: one clear line, exit 2
     me, daemons = settings.atsign, list(settings.daemon_atsigns)
+    if args.metrics:
+        from ..metrics import parse_address
+
+        parse_address(args.metrics)  # a bad address: exit 2 before connecting
     store = PolicyStore(args.policy)
     audit = AuditLog(args.audit_log) if args.audit_log else None
     client = await AtClient.connect(
@@ -198,6 +206,16 @@ async def _serve(args: argparse.Namespace, argv: list[str] | None = None) -> int
         self_audit=args.self_audit,
         max_rate=args.max_rate,
     )
+    observer = None
+    if args.metrics:
+        from ..npa.observe import Observer
+
+        observer = Observer(service)
+        try:
+            observer.start(args.metrics)
+        except ConfigError:
+            await client.close()
+            raise
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -231,6 +249,10 @@ async def _serve(args: argparse.Namespace, argv: list[str] | None = None) -> int
         loop.add_signal_handler(signal.SIGHUP, reload)
 
     def ready() -> None:
+        if observer is not None:
+            observer.monitor_running = True
+        notify_systemd("READY=1", f"STATUS=npa {me} ready")
+        dog.append(loop.create_task(watchdog()))
         who = ", ".join(daemons) if daemons else "any daemon"
         print(
             f"npa: {me} monitor started; policy {escape(args.policy)} "
@@ -239,14 +261,19 @@ async def _serve(args: argparse.Namespace, argv: list[str] | None = None) -> int
             flush=True,
         )
 
+    dog: list[asyncio.Task[None]] = []
     task = loop.create_task(service.run(ready))
     waiter = loop.create_task(stop.wait())
     try:
         await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        waiter.cancel()
-        task.cancel()
+        notify_systemd("STOPPING=1")
+        for t in (waiter, task, *dog):
+            t.cancel()
         outcome = (await asyncio.gather(task, return_exceptions=True))[0]
+        if observer is not None:
+            observer.monitor_running = False
+            observer.close()
         await client.close()
         if service.audit_log is not None:
             service.audit_log.close()

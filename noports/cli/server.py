@@ -25,6 +25,7 @@ from pathlib import Path
 from .. import _compat
 from ..errors import ConfigError, NoPortsError
 from ..log import setup_logging
+from ..metrics import add_option as add_metrics_option
 from .common import add_common, fail
 
 PROG = "noports server"
@@ -57,13 +58,7 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--output", choices=("text", "json"), default="text", help="start-up line format"
     )
-    p.add_argument(
-        "--metrics",
-        default=None,
-        metavar="HOST:PORT",
-        help="serve /metrics (Prometheus), /healthz, /readyz and a status page at / on this "
-        "address (a bare PORT binds 127.0.0.1; off by default)",
-    )
+    add_metrics_option(p)
     t = p.add_argument_group("limits (defaults are the official server's)")
     t.add_argument("--max-connections", type=int, default=200)
     t.add_argument(

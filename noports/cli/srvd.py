@@ -21,6 +21,7 @@ from .. import _compat
 from ..config import parse_args
 from ..errors import EXIT_OK, ConfigError
 from ..log import escape, setup_logging
+from ..metrics import add_option as add_metrics_option
 from ..names import InvalidNameError, validate_atsign
 from ..relay import RelayLimits
 from ..srvd.daemon import Settings, Srvd, default_root
@@ -265,13 +266,7 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         help="validate the command line, environment and --config file, then exit "
         "(0 valid, 2 invalid)",
     )
-    p.add_argument(
-        "--metrics",
-        default=None,
-        metavar="HOST:PORT",
-        help="serve /metrics (Prometheus), /healthz, /readyz and a status page at / on this "
-        "address (a bare PORT binds 127.0.0.1; off by default)",
-    )
+    add_metrics_option(p)
     return p
 
 

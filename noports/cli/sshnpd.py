@@ -24,6 +24,7 @@ from ..config import parse_args
 from ..crypto.atkeys import AtKeys, default_keys_path
 from ..errors import EXIT_OK, ConfigError
 from ..log import escape, setup_logging
+from ..metrics import add_option as add_metrics_option
 from ..names import validate_atsign, validate_device_group, validate_device_name
 from ..session.permitopen import DEFAULT_PERMIT_OPEN, POLICY_DEFAULT_PERMIT_OPEN, PermitOpen
 from ..sshnpd.authkeys import validate_options
@@ -242,13 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM/SIGINT let running sessions finish for up to SECS seconds "
         "(default 0: cut them at once)",
     )
-    p.add_argument(
-        "--metrics",
-        default=None,
-        metavar="HOST:PORT",
-        help="serve /metrics (Prometheus), /healthz, /readyz and a status page at / on this "
-        "address (a bare PORT binds 127.0.0.1; off by default)",
-    )
+    add_metrics_option(p)
     add_common(p, verbose_short=True)
     return p
 

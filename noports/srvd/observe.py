@@ -11,60 +11,37 @@ import asyncio
 import collections
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
-from .. import __version__, _compat
-from ..metrics import Endpoint, Snapshot
+from .. import __version__, _compat, metrics
+from ..metrics import Snapshot, counter, gauge, labelled
 
 log = logging.getLogger("noports.srvd")
 
 # set-up: request seen -> reply sent (control process); buckets in seconds
 SETUP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-RECENT_REFUSALS = 20
 
 
-class Observer:
+class Observer(metrics.Observer):
     """Metrics state of one srvd control process."""
 
     def __init__(self, srvd: Any) -> None:  # a daemon.Srvd (no import: no cycle)
-        from prometheus_client import CollectorRegistry, Histogram
-        from prometheus_client.core import GaugeMetricFamily  # noqa: F401 - import check
+        from prometheus_client import Histogram
 
+        super().__init__("srvd", "relay")
         self.srvd = srvd
-        self.registry = CollectorRegistry(auto_describe=False)
         self.setup_seconds = Histogram(
             "noports_relay_session_setup_seconds",
             "Time from a session request to the relay's reply being sent",
             buckets=SETUP_BUCKETS,
             registry=self.registry,
         )
-        self.refusals: collections.deque[dict[str, str]] = collections.deque(maxlen=RECENT_REFUSALS)
-        self.started = time.time()
-        self.endpoint: Endpoint | None = None
-        self._last: Snapshot = {}
-        self.registry.register(_Collector(self))  # type: ignore[arg-type]  # duck-typed Collector
-
-    def start(self, address: str) -> tuple[str, int]:
-        self.endpoint = Endpoint(
-            address,
-            loop=asyncio.get_running_loop(),
-            program="srvd",
-            registry=self.registry,
-            ready=self.ready,
-            snapshot=self.snapshot,
-        )
-        return self.endpoint.start()
-
-    def close(self) -> None:
-        if self.endpoint is not None:
-            self.endpoint.close()
 
     # -- events from the daemon ---------------------------------------------------------------
 
     def refused(self, sender: str, kind: str, sid: str | None) -> None:
-        self.refusals.appendleft(
-            {"time": time.strftime("%H:%M:%S"), "requester": sender, "reason": kind}
-        )
+        self.note_refusal(sender, kind)
 
     # -- loop-side queries ----------------------------------------------------------------
 
@@ -98,20 +75,18 @@ class Observer:
             }
             for sid, (h, live, t0) in list(s.sessions.items())
         ]
-        bytes_ab = sum(int(w.get("bytes_ab", 0)) for w in workers)
-        bytes_ba = sum(int(w.get("bytes_ba", 0)) for w in workers)
-        snap: Snapshot = {
+        return {
             "atsign": s.s.atsign,
             "version": __version__,
             "implementation": _compat.implementation(),
             "summary": {
                 "live sessions": len(sessions),
-                "live pairs": sum(int(w.get("pairs", 0)) for w in workers),
+                "live pairs": _total(workers, "pairs"),
                 "workers": len(workers),
-                "pre-auth sockets": sum(int(w.get("preauth", 0)) for w in workers),
-                "bytes A->B": bytes_ab,
-                "bytes B->A": bytes_ba,
-                "uptime s": int(time.time() - self.started),
+                "pre-auth sockets": _total(workers, "preauth"),
+                "bytes A->B": _total(workers, "bytes_ab"),
+                "bytes B->A": _total(workers, "bytes_ba"),
+                "uptime s": self.uptime(),
                 "draining": s.admission.draining,
             },
             "sessions": sessions,
@@ -129,82 +104,44 @@ class Observer:
             "refusals": list(self.refusals),
             "requests": dict(s.results),
         }
-        self._last = snap
-        return snap
 
-
-class _Collector:
-    """One snapshot per scrape, turned into metric families."""
-
-    def __init__(self, obs: Observer) -> None:
-        self.obs = obs
-
-    def collect(self) -> Any:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
-
-        ep = self.obs.endpoint
-        snap = ep.snapshot() if ep is not None else {}
+    def families(self, snap: Snapshot) -> Iterable[Any]:
         workers = snap.get("workers", [])
-        info = InfoMetricFamily("noports_build", "Version and implementation of this relay")
-        info.add_metric([], {"version": __version__, "implementation": _compat.implementation()})
-        yield info
-        yield GaugeMetricFamily(
+        yield gauge(
             "noports_relay_sessions_active",
             "Sessions granted and not yet ended",
-            value=len(snap.get("sessions", [])),
+            len(snap.get("sessions", [])),
         )
-        yield GaugeMetricFamily(
-            "noports_relay_pairs_active",
-            "Socket pairs being spliced now",
-            value=sum(int(w.get("pairs", 0)) for w in workers),
+        yield gauge(
+            "noports_relay_pairs_active", "Socket pairs being spliced now", _total(workers, "pairs")
         )
-        yield GaugeMetricFamily(
+        yield gauge(
             "noports_relay_preauth_sockets",
             "Accepted sockets that have not authenticated yet",
-            value=sum(int(w.get("preauth", 0)) for w in workers),
+            _total(workers, "preauth"),
         )
-        req = CounterMetricFamily(
-            "noports_relay_session_requests", "Session requests by result", labels=["result"]
-        )
-        for result, n in sorted(snap.get("requests", {}).items()):
-            req.add_metric([result], n)
-        yield req
-        b = CounterMetricFamily(
-            "noports_relay_bytes",
-            "Bytes relayed, by direction (A->B is client to daemon)",
-            labels=["direction"],
-        )
-        b.add_metric(["a_to_b"], sum(int(w.get("bytes_ab", 0)) for w in workers))
-        b.add_metric(["b_to_a"], sum(int(w.get("bytes_ba", 0)) for w in workers))
-        yield b
-        fails = CounterMetricFamily(
-            "noports_relay_auth_failures",
-            "Relay authentication failures by reason",
-            labels=["reason"],
-        )
+        doc = "Session requests by result"
+        yield labelled("noports_relay_session_requests", doc, "result", snap.get("requests", {}))
+        moved = {"a_to_b": _total(workers, "bytes_ab"), "b_to_a": _total(workers, "bytes_ba")}
+        doc = "Bytes relayed, by direction (A->B is client to daemon)"
+        yield labelled("noports_relay_bytes", doc, "direction", moved)
         reasons: collections.Counter[str] = collections.Counter()
         for w in workers:
             reasons.update({str(k): int(v) for k, v in (w.get("auth_failures") or {}).items()})
-        for reason, n in sorted(reasons.items()):
-            fails.add_metric([reason], n)
-        yield fails
-        pairs = CounterMetricFamily("noports_relay_pairs", "Socket pairs formed")
-        pairs.add_metric([], sum(int(w.get("pairs_total", 0)) for w in workers))
-        yield pairs
-        ws = GaugeMetricFamily(
-            "noports_relay_worker_sessions", "Live sessions per data worker", labels=["worker"]
-        )
-        wp = GaugeMetricFamily(
-            "noports_relay_worker_pairs", "Live pairs per data worker", labels=["worker"]
-        )
-        for w in workers:
-            ws.add_metric([str(w.get("index"))], int(w.get("sessions", 0)))
-            wp.add_metric([str(w.get("index"))], int(w.get("pairs", 0)))
-        yield ws
-        yield wp
-        yield GaugeMetricFamily(
-            "noports_relay_workers", "Data worker processes up", value=len(workers)
-        )
+        doc = "Relay authentication failures by reason"
+        yield labelled("noports_relay_auth_failures", doc, "reason", reasons)
+        yield counter("noports_relay_pairs", "Socket pairs formed", _total(workers, "pairs_total"))
+        for name, what in (
+            ("noports_relay_worker_sessions", "sessions"),
+            ("noports_relay_worker_pairs", "pairs"),
+        ):
+            per = {str(w.get("index")): int(w.get(what, 0)) for w in workers}
+            yield labelled(name, f"Live {what} per data worker", "worker", per, kind="gauge")
+        yield gauge("noports_relay_workers", "Data worker processes up", len(workers))
+
+
+def _total(workers: list[dict[str, Any]], key: str) -> int:
+    return sum(int(w.get(key, 0)) for w in workers)
 
 
 def session_fields(sid: str, live: Any, msg: dict[str, Any], duration: float) -> dict[str, Any]:

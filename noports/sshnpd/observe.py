@@ -11,14 +11,13 @@ import asyncio
 import collections
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
-from .. import __version__, _compat
-from ..metrics import Endpoint, Snapshot
+from .. import __version__, _compat, metrics
+from ..metrics import Snapshot, client_ready, gauge, labelled
 
 log = logging.getLogger("noports.sshnpd")
-
-RECENT_REFUSALS = 20
 
 #: (substring of the lower-cased reply text, stable reason label), first match wins
 _REASONS = (
@@ -43,40 +42,18 @@ def refusal_reason(text: str) -> str:
     return "bad_request"
 
 
-class Observer:
+class Observer(metrics.Observer):
     """Metrics state of one sshnpd."""
 
     def __init__(self, daemon: Any) -> None:  # a daemon.Daemon (no import: no cycle)
-        from prometheus_client import CollectorRegistry
-
+        super().__init__("sshnpd", "daemon")
         self.daemon = daemon
-        self.registry = CollectorRegistry(auto_describe=False)
         self.requests: collections.Counter[str] = collections.Counter()
         self.notifications: collections.Counter[str] = collections.Counter()
-        self.refusals: collections.deque[dict[str, str]] = collections.deque(maxlen=RECENT_REFUSALS)
         #: session id -> (requester, kind, relay, monotonic start)
         self.live: dict[str, tuple[str, str, str, float]] = {}
         self.ended = 0
-        self.started = time.time()
-        self.endpoint: Endpoint | None = None
-        self.registry.register(_Collector(self))  # type: ignore[arg-type]  # duck-typed Collector
         self._wrap_notify()
-
-    def start(self, address: str) -> tuple[str, int]:
-        self.endpoint = Endpoint(
-            address,
-            loop=asyncio.get_running_loop(),
-            program="sshnpd",
-            registry=self.registry,
-            ready=self.ready,
-            snapshot=self.snapshot,
-        )
-        return self.endpoint.start()
-
-    def close(self) -> None:
-        if self.endpoint is not None:
-            self.endpoint.close()
-            self.endpoint = None
 
     def _wrap_notify(self) -> None:
         """Count outgoing notifications (every reply, signed or not, goes through notify)."""
@@ -105,9 +82,7 @@ class Observer:
         if sid is not None:
             self.live.pop(sid, None)
         self.requests[reason] += 1
-        self.refusals.appendleft(
-            {"time": time.strftime("%H:%M:%S"), "requester": sender, "reason": reason}
-        )
+        self.note_refusal(sender, reason)
         return {
             "event": "session_refused",
             "role": "daemon",
@@ -154,13 +129,7 @@ class Observer:
 
     async def ready(self) -> tuple[bool, str]:
         d = self.daemon
-        if d._stop.is_set():
-            return False, "stopping"
-        if getattr(d.client, "_closed", False):
-            return False, "not logged in to the atServer"
-        if not d.monitor_running:
-            return False, "monitor not running"
-        return True, "ready"
+        return client_ready(d.client, d.monitor_running, d._stop.is_set())
 
     async def snapshot(self) -> Snapshot:
         d = self.daemon
@@ -179,7 +148,7 @@ class Observer:
                 "notifications in": self.notifications["in"],
                 "notifications out": self.notifications["out"],
                 "monitor running": d.monitor_running,
-                "uptime s": int(time.time() - self.started),
+                "uptime s": self.uptime(),
             },
             "sessions": sessions,
             "session_columns": ["session", "requester", "mode", "relay", "age_s"],
@@ -191,43 +160,19 @@ class Observer:
         }
 
 
-class _Collector:
-    """One snapshot per scrape, turned into metric families."""
-
-    def __init__(self, obs: Observer) -> None:
-        self.obs = obs
-
-    def collect(self) -> Any:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
-
-        ep = self.obs.endpoint
-        snap = ep.snapshot() if ep is not None else {}
-        info = InfoMetricFamily("noports_build", "Version and implementation of this daemon")
-        info.add_metric([], {"version": __version__, "implementation": _compat.implementation()})
-        yield info
-        yield GaugeMetricFamily(
+    def families(self, snap: Snapshot) -> Iterable[Any]:
+        yield gauge(
             "noports_sshnpd_sessions_active",
             "Tunnels running on this device now",
-            value=int(snap.get("tunnels", 0)),
+            int(snap.get("tunnels", 0)),
         )
-        yield GaugeMetricFamily(
+        yield gauge(
             "noports_sshnpd_monitor_running",
             "1 while the notification monitor runs",
-            value=1 if snap.get("monitor_running") else 0,
+            1 if snap.get("monitor_running") else 0,
         )
-        req = CounterMetricFamily(
-            "noports_sshnpd_session_requests",
-            "Session requests by result (granted, or the refusal reason)",
-            labels=["result"],
-        )
-        for result, n in sorted(snap.get("requests", {}).items()):
-            req.add_metric([result], n)
-        yield req
-        notes = CounterMetricFamily(
-            "noports_sshnpd_notifications",
-            "Notifications received (in) and sent (out)",
-            labels=["direction"],
-        )
-        for direction in ("in", "out"):
-            notes.add_metric([direction], int(snap.get("notifications", {}).get(direction, 0)))
-        yield notes
+        doc = "Session requests by result (granted, or the refusal reason)"
+        yield labelled("noports_sshnpd_session_requests", doc, "result", snap.get("requests", {}))
+        doc = "Notifications received (in) and sent (out)"
+        notes = snap.get("notifications", {})
+        yield labelled("noports_sshnpd_notifications", doc, "direction", notes, ("in", "out"))
