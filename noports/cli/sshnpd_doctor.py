@@ -110,7 +110,7 @@ def run_doctor(
         rep.add("Connectivity", "skipped", "no usable keys")
     else:
         from ..at.connection import connect_authenticated
-        from .common import root_of
+        from .options import root_of
 
         async def login() -> None:
             conn = await connect_authenticated(
