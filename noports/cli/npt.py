@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .. import _compat
     from ..npt.run import log, run
-    from ..session.background import run_detached
+    from .detach import run_detached
 
     def work(report: Reporter | None) -> int:
         try:

@@ -224,9 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     from .. import _compat
     from ..errors import NoPortsError
     from ..log import setup_logging
-    from ..session.background import run_detached
     from ..sshnp import args as sshnp_args
     from .common import fail
+    from .detach import run_detached
 
     if argv and argv[0] == "ssh-config":
         from ..sshnp import sshconfig
