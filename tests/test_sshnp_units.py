@@ -14,9 +14,9 @@ import pytest
 from noports.cli import npt as npt_run
 from noports.cli import sshnp as sshnp_cli
 from noports.cli.detach import run_detached
+from noports.cli.sshconfig import build_parser as sshconfig_parser
 from noports.npt.durations import NEVER_S, parse_duration
 from noports.sshnp.run import ssh_command
-from noports.sshnp.sshconfig import build_parser as sshconfig_parser
 from noports.sshnp.sshconfig import host_block
 
 BASE = ["-f", "@alice", "-t", "@bob", "-r", "@relay"]

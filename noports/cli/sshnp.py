@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     from .detach import run_detached
 
     if argv and argv[0] == "ssh-config":
-        from ..sshnp import sshconfig
+        from . import sshconfig
 
         return sshconfig.main(argv[1:])
     command: list[str] = []
