@@ -76,6 +76,7 @@ SANS_IO = {
     "noports.crypto.sshkey",
     "noports.session.features",
     "noports.session.errors",
+    "noports.cli.activate_steps",
     *(
         f"noports.atserver.{p.stem}"
         for p in (SRC / "atserver").glob("*.py")
