@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from noports.cli.at_activate import dart_str, expiry_ms, normalise_argv
+from noports.cli.activate_steps import dart_str, expiry_ms
+from noports.cli.at_activate import normalise_argv
 from noports.crypto.atkeys import AtKeys
 from noports.errors import ConfigError
 from tests.fixtures_at import REPO, AtServerProcess

@@ -79,6 +79,7 @@ SANS_IO = {
     "noports.session.features",
     "noports.session.errors",
     "noports.session.handshake",
+    "noports.cli.activate_steps",
     *(
         f"noports.atserver.{p.stem}"
         for p in (SRC / "atserver").glob("*.py")

@@ -104,7 +104,8 @@ def test_mistakes_found_before_any_network_step(tmp_path: Path) -> None:
 def test_ssh_config_pins_root_ca_and_absolute_paths(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from noports.sshnp.sshconfig import build_parser, host_block
+    from noports.cli.sshconfig import build_parser
+    from noports.sshnp.sshconfig import host_block
 
     ca = tmp_path / "ca.pem"
     ca.write_text("x")

@@ -13,10 +13,10 @@ import pytest
 
 from noports.cli import npt as npt_run
 from noports.cli import sshnp as sshnp_cli
+from noports.cli.detach import run_detached
+from noports.cli.sshconfig import build_parser as sshconfig_parser
 from noports.npt.durations import NEVER_S, parse_duration
-from noports.session.background import run_detached
 from noports.sshnp.run import ssh_command
-from noports.sshnp.sshconfig import build_parser as sshconfig_parser
 from noports.sshnp.sshconfig import host_block
 
 BASE = ["-f", "@alice", "-t", "@bob", "-r", "@relay"]
@@ -191,7 +191,7 @@ def test_detached_child_reports_then_outlives_parent(tmp_path: Path) -> None:
     marker = tmp_path / "alive"
     code = (
         "import sys, time, pathlib\n"
-        "from noports.session.background import run_detached\n"
+        "from noports.cli.detach import run_detached\n"
         "def ok(report):\n"
         "    report('PORT 4242')\n"
         "    time.sleep(0.5)\n"

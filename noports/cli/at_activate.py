@@ -38,7 +38,6 @@ import argparse
 import getpass
 import json
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -60,10 +59,11 @@ from ..errors import (
 )
 from ..fsutil import read_secret
 from ..log import setup_logging
-from ..npt.durations import parse_duration
+from . import activate_steps as steps
+from .activate_steps import dart_str
 from .common import VersionAction, fail
 
-PROG = "at_activate"
+PROG = steps.PROG
 ENV_SECRET = "AT_ACTIVATE_SECRET"
 ENV_SECRET_FILE = "AT_ACTIVATE_SECRET_FILE"
 ENV_OTP = "AT_ACTIVATE_OTP"
@@ -72,7 +72,6 @@ COMMANDS = (
     "help", "status", "onboard", "otp", "spp", "list", "fetch", "approve", "auto", "deny",
     "revoke", "unrevoke", "delete", "enroll",
 )  # fmt: skip
-SPP_RE = re.compile(r"[A-Za-z0-9]{6,16}")
 EXPIRY_HELP = 'a duration such as "2d,1h,10m,20s,999ms"'
 
 
@@ -359,29 +358,6 @@ def _read_secret_file(path: str) -> str:
     return lines[-1]  # `noports server add` prints the secret on its last line
 
 
-def expiry_ms(text: str | None) -> int | None:
-    """``-e/--expiry`` in milliseconds; None when absent or zero (= no expiry)."""
-    if text is None or not text.strip():
-        return None
-    seconds = parse_duration(text)  # ConfigError names a bad text
-    if not any(c in "123456789" for c in text):
-        return None  # "0", "0ms": no expiry (parse_duration reads 0 as "never" too)
-    return int(round(seconds * 1000))
-
-
-def dart_str(v: Any) -> str:
-    """A value as Dart's ``toString`` prints it (the official tool prints maps this way)."""
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{dart_str(k)}: {dart_str(x)}" for k, x in v.items()) + "}"
-    if isinstance(v, list):
-        return "[" + ", ".join(dart_str(x) for x in v) + "]"
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return str(v)
-
-
 def _pass_phrase(args: argparse.Namespace) -> str | None:
     return args.pass_phrase or os.environ.get(ENV_PASS_PHRASE) or None
 
@@ -401,15 +377,6 @@ def _emit(args: argparse.Namespace, obj: dict[str, Any], text: str | None) -> No
 def _info(args: argparse.Namespace, text: str) -> None:
     """Progress lines: stdout in text mode (as the official), stderr with --output json."""
     print(text, file=sys.stdout if args.output == "text" else sys.stderr, flush=True)
-
-
-def _regex(text: str | None, flag: str) -> re.Pattern[str] | None:
-    if text is None:
-        return None
-    try:
-        return re.compile(text)
-    except re.error as exc:
-        raise ConfigError(f"{flag}: bad regular expression {text!r}: {exc}") from exc
 
 
 async def _status(args: argparse.Namespace) -> int:
@@ -464,17 +431,8 @@ async def _select(
     """The enrollments ``-i`` / ``-A`` / ``-D`` name (as the official: -i wins)."""
     if args.enrollment_id:
         return [await mgr.fetch(args.enrollment_id)]
-    arx, drx = _regex(args.arx, "-A/--arx"), _regex(args.drx, "-D/--drx")
-    if arx is None and drx is None:
-        raise ConfigError(
-            f"{args.cmd}: at least one of -i/--enrollmentId, -A/--arx or -D/--drx is needed"
-        )
-    got = [
-        e
-        for e in await mgr.list(status)
-        if (arx is None or arx.search(e.app_name or ""))
-        and (drx is None or drx.search(e.device_name or ""))
-    ]
+    arx, drx = steps.selection_filters(args)
+    got = steps.matching(await mgr.list(status), arx, drx)
     if args.output == "text":
         print(f"Found {len(got)} matching enrollment records", flush=True)
     if not got:
@@ -482,27 +440,12 @@ async def _select(
     return got
 
 
-def _reply(status: str, eid: str) -> str:
-    return "data:" + json.dumps({"status": status, "enrollmentId": eid}, separators=(",", ":"))
-
-
 async def _approve_one(args: argparse.Namespace, mgr: ob.EnrollmentManager, eid: str) -> None:
-    e = await mgr.approve(eid)
-    _emit(
-        args,
-        {"enrollmentId": e.enrollment_id, "status": e.status, "namespaces": e.namespaces},
-        None,
-    )
-    if args.output == "text":
-        print(f"Server response: {_reply(e.status, e.enrollment_id)}", flush=True)
+    _emit(args, *steps.approved_event(await mgr.approve(eid)))
 
 
 async def _auto(args: argparse.Namespace, mgr: ob.EnrollmentManager, keys: AtKeys) -> int:
-    if args.limit < 1:
-        raise ConfigError("-L/--limit must be at least 1")
-    arx, drx = _regex(args.arx, "-A/--arx"), _regex(args.drx, "-D/--drx")
-    if arx is None and drx is None:
-        raise ConfigError("auto: you must supply -A/--arx and/or -D/--drx")
+    arx, drx = steps.auto_filters(args)
     approved = 0
     # listen first, so nothing made while existing ones are approved is missed
     conn = await connect_authenticated(
@@ -517,11 +460,7 @@ async def _auto(args: argparse.Namespace, mgr: ob.EnrollmentManager, keys: AtKey
             _info(args, "Approving any requests already there which are a match")
             try:
                 for e in await _select(args, mgr, "pending"):
-                    _info(
-                        args,
-                        f'Approving enrollmentId {e.enrollment_id} with appName "{e.app_name}" '
-                        f'and deviceName "{e.device_name}"',
-                    )
+                    _info(args, steps.action_line("approve", e))
                     await _approve_one(args, mgr, e.enrollment_id)
                     seen.add(e.enrollment_id)
                     approved += 1
@@ -533,21 +472,15 @@ async def _auto(args: argparse.Namespace, mgr: ob.EnrollmentManager, keys: AtKey
         _info(args, "Listening for new enrollment requests")
         while approved < args.limit:
             n = await conn.next_notification()
-            key = n.key.split(":", 1)[1] if n.key.startswith("@") else n.key
-            eid = key.split(".", 1)[0]
-            if eid in seen or ".new.enrollments.__manage" not in key:
+            new = steps.new_request(n.key, n.value, seen)
+            if new is None:
                 continue
-            seen.add(eid)
-            try:
-                er = json.loads(n.value or "{}")
-            except ValueError:
-                er = {}
-            app, dev = str(er.get("appName") or ""), str(er.get("deviceName") or "")
+            eid, app, dev = new
             _info(
                 args, f'Got enrollment request ID {eid} with appName "{app}" and deviceName "{dev}"'
             )
             filt = f'(app: "{args.arx}" and device: "{args.drx}" respectively)'
-            if (arx is None or arx.search(app)) and (drx is None or drx.search(dev)):
+            if steps.matches(arx, drx, app, dev):
                 _info(args, f"Approving enrollment request which matched the regex filters {filt}")
                 await _approve_one(args, mgr, eid)
                 approved += 1
@@ -562,145 +495,106 @@ async def _auto(args: argparse.Namespace, mgr: ob.EnrollmentManager, keys: AtKey
     return 0
 
 
+async def _onboard(args: argparse.Namespace, net: dict[str, Any]) -> None:
+    secret = _secret(args)
+    if args.output == "text":
+        print(
+            "[Information] Onboarding your atSign. This may take up to 2 minutes.",
+            file=sys.stderr,
+            flush=True,
+        )
+    done = await ob.onboard(
+        args.atsign,
+        secret,
+        app_name=args.app_name,
+        device_name=args.device_name,
+        keys_path=args.keys,
+        overwrite=args.force,
+        timeout=args.timeout,
+        pass_phrase=_pass_phrase(args),
+        **net,
+    )
+    _emit(args, *steps.onboarded_event(done))
+
+
+async def _enroll(args: argparse.Namespace, plan: steps.Plan, net: dict[str, Any]) -> None:
+    assert plan.namespaces is not None
+    otp = _passcode(args)
+
+    def pending(p: ob.PendingEnrollment) -> None:
+        _emit(args, *steps.pending_event(p))
+        if args.output == "text":
+            print(steps.waiting_hint(p, args.wait_timeout), file=sys.stderr, flush=True)
+
+    if args.output == "text":
+        print("Submitting enrollment request", file=sys.stderr, flush=True)
+    done = await ob.enroll(
+        args.atsign,
+        otp,
+        app_name=args.app_name,
+        device_name=args.device_name or ob.default_device_name(),
+        namespaces=plan.namespaces,
+        keys_path=args.keys,
+        overwrite=args.force,
+        wait_timeout=args.wait_timeout,
+        interval=args.poll_interval,
+        on_pending=pending,
+        timeout=args.timeout,
+        apkam_keys_expiry_ms=plan.ttl_ms,
+        pass_phrase=_pass_phrase(args),
+        **net,
+    )
+    _emit(args, *steps.enrolled_event(done))
+
+
+async def _manage(args: argparse.Namespace, plan: steps.Plan, mgr: ob.EnrollmentManager) -> None:
+    """otp, spp, list, fetch, delete, approve, deny, revoke, unrevoke (auto: :func:`_auto`)."""
+    cmd = plan.cmd
+    if cmd == "otp":
+        _emit(args, *steps.otp_event(await mgr.otp(plan.ttl_ms), plan.ttl_ms))
+    elif cmd == "spp":
+        _emit(args, *steps.spp_event(await mgr.spp(args.spp, plan.ttl_ms)))
+    elif cmd == "list":
+        arx, drx = steps.filters(args)
+        _print_list(args, steps.matching(await mgr.list(args.status), arx, drx))
+    elif cmd == "fetch":
+        body = await mgr._call("fetch", args.enrollment_id, {})
+        _emit(args, *steps.fetched_event(args.enrollment_id, body))
+    elif cmd == "delete":
+        _info(args, "Sending delete request")
+        st = await mgr.delete(args.enrollment_id)
+        _emit(args, *steps.deleted_event(args.enrollment_id, st))
+    else:  # approve, deny, revoke, unrevoke
+        for e in await _select(args, mgr, steps.SELECT_STATUS.get(cmd, "revoked")):
+            _info(args, steps.action_line(cmd, e))
+            if cmd == "approve":
+                await _approve_one(args, mgr, e.enrollment_id)
+                continue
+            if cmd == "deny":
+                st = await mgr.deny(e.enrollment_id)
+            elif cmd == "revoke":
+                st = await mgr.revoke(e.enrollment_id, force=args.force)
+            else:
+                st = await mgr.unrevoke(e.enrollment_id)
+            _emit(args, *steps.verdict_event(e.enrollment_id, st))
+
+
 async def _run(args: argparse.Namespace) -> int:
+    plan = steps.plan(args)  # every check before a secret is read or a socket opened
     net: dict[str, Any] = {"root": args.root, "ca_file": args.ca_file}
-    if args.cmd == "status":
+    if plan.cmd == "status":
         return await _status(args)
-    if args.cmd == "onboard":
-        secret = _secret(args)
-        if args.output == "text":
-            print(
-                "[Information] Onboarding your atSign. This may take up to 2 minutes.",
-                file=sys.stderr,
-                flush=True,
-            )
-        done = await ob.onboard(
-            args.atsign,
-            secret,
-            app_name=args.app_name,
-            device_name=args.device_name,
-            keys_path=args.keys,
-            overwrite=args.force,
-            timeout=args.timeout,
-            pass_phrase=_pass_phrase(args),
-            **net,
-        )
-        _emit(
-            args,
-            {
-                "atsign": done.keys.atsign,
-                "enrollmentId": done.enrollment_id,
-                "keysFile": str(done.path),
-                "status": "activated",
-            },
-            f"{done.keys.atsign} activated; keys saved to {done.path}",
-        )
+    if plan.cmd == "onboard":
+        await _onboard(args, net)
         return 0
-    if args.cmd == "enroll":
-        namespaces = ob.parse_namespaces(args.namespaces)
-        ttl = expiry_ms(args.expiry)
-        otp = _passcode(args)
-
-        def pending(p: ob.PendingEnrollment) -> None:
-            _emit(
-                args,
-                {"enrollmentId": p.enrollment_id, "status": "pending"},
-                f"Enrollment ID: {p.enrollment_id}",
-            )
-            if args.output == "text":
-                print(
-                    f"Waiting for approval (up to {args.wait_timeout:g}s); approve it with: "
-                    f"{PROG} approve -a {p.atsign} -i {p.enrollment_id}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-
-        if args.output == "text":
-            print("Submitting enrollment request", file=sys.stderr, flush=True)
-        done = await ob.enroll(
-            args.atsign,
-            otp,
-            app_name=args.app_name,
-            device_name=args.device_name or ob.default_device_name(),
-            namespaces=namespaces,
-            keys_path=args.keys,
-            overwrite=args.force,
-            wait_timeout=args.wait_timeout,
-            interval=args.poll_interval,
-            on_pending=pending,
-            timeout=args.timeout,
-            apkam_keys_expiry_ms=ttl,
-            pass_phrase=_pass_phrase(args),
-            **net,
-        )
-        _emit(
-            args,
-            {"enrollmentId": done.enrollment_id, "status": "approved", "keysFile": str(done.path)},
-            f"enrollment {done.enrollment_id} approved; keys saved to {done.path}",
-        )
+    if plan.cmd == "enroll":
+        await _enroll(args, plan, net)
         return 0
-    if args.cmd == "spp" and not SPP_RE.fullmatch(args.spp):
-        raise ConfigError("SPP must be alphanumeric and 6 to 16 characters long")
-    ttl_ms = expiry_ms(getattr(args, "expiry", None))
-    if args.cmd == "otp" and args.ttl is not None:
-        if args.ttl <= 0:
-            raise ConfigError("--ttl must be positive")
-        ttl_ms = args.ttl * 1000
     keys = _load_keys(args)
     async with await ob.EnrollmentManager.connect(keys, timeout=args.timeout, **net) as mgr:
-        if args.cmd == "otp":
-            code = await mgr.otp(ttl_ms)
-            _emit(args, {"otp": code, "ttlSeconds": None if ttl_ms is None else ttl_ms / 1000},
-                  code)  # fmt: skip
-        elif args.cmd == "spp":
-            r = await mgr.spp(args.spp, ttl_ms)
-            _emit(args, {"spp": "set", "response": r}, f"Server response: data:{r}")
-        elif args.cmd == "list":
-            arx, drx = _regex(args.arx, "-A/--arx"), _regex(args.drx, "-D/--drx")
-            items = [
-                e
-                for e in await mgr.list(args.status)
-                if (arx is None or arx.search(e.app_name or ""))
-                and (drx is None or drx.search(e.device_name or ""))
-            ]
-            _print_list(args, items)
-        elif args.cmd == "fetch":
-            body = await mgr._call("fetch", args.enrollment_id, {})
-            _emit(
-                args,
-                {"enrollmentId": args.enrollment_id, **body},
-                f"Fetched enrollment OK: {dart_str(body)}",
-            )
-        elif args.cmd == "delete":
-            _info(args, "Sending delete request")
-            st = await mgr.delete(args.enrollment_id)
-            _emit(
-                args,
-                {"enrollmentId": args.enrollment_id, "status": st},
-                "Server response: " + _reply(st, args.enrollment_id)[5:],
-            )
-        elif args.cmd == "auto":
+        if plan.cmd == "auto":
             return await _auto(args, mgr, keys)
-        else:
-            want = {"approve": "pending", "deny": "pending", "revoke": "approved"}
-            for e in await _select(args, mgr, want.get(args.cmd, "revoked")):
-                eid = e.enrollment_id
-                if args.cmd == "approve":
-                    _info(args, f'Approving enrollmentId {eid} with appName "{e.app_name}" '
-                                f'and deviceName "{e.device_name}"')  # fmt: skip
-                    await _approve_one(args, mgr, eid)
-                    continue
-                verb = {"deny": "Denying", "revoke": "Revoking", "unrevoke": "Un-Revoking"}
-                _info(args, f"{verb[args.cmd]} enrollmentId {eid}")
-                if args.cmd == "deny":
-                    st = await mgr.deny(eid)
-                elif args.cmd == "revoke":
-                    st = await mgr.revoke(eid, force=args.force)
-                else:
-                    st = await mgr.unrevoke(eid)
-                _emit(
-                    args, {"enrollmentId": eid, "status": st}, f"Server response: {_reply(st, eid)}"
-                )
+        await _manage(args, plan, mgr)
     return 0
 
 

@@ -14,6 +14,20 @@ from ..crypto import cryptography_text
 from ..errors import NoPortsError, exit_code_for
 from ..log import JsonFormatter, escape
 
+# the flag groups shared by the client programs live in options.py; re-exported for the
+# programs that import them from here
+from .options import DEFAULT_ROOT_DOMAIN, add_client_atsign_flags, add_root_flags, root_of
+
+__all__ = [
+    "DEFAULT_ROOT_DOMAIN",
+    "VersionAction",
+    "add_client_atsign_flags",
+    "add_common",
+    "add_root_flags",
+    "fail",
+    "root_of",
+]
+
 
 class VersionAction(argparse.Action):
     def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kw: Any) -> None:
@@ -58,68 +72,3 @@ def fail(prog: str, exc: BaseException) -> int:
         return code
     print(f"{prog}: error: {kind}{escape(msg)}", file=sys.stderr)
     return code
-
-
-# -- flag groups shared by the client programs (one definition, one help text) -----------
-def add_root_flags(parser: argparse.ArgumentParser, *, camel_alias: bool = False) -> None:
-    """``--root-domain`` (official, host only, port 64), ``--root-server``/``--root``
-    (``host[:port]`` or ``proxy:host:port``; wins) and ``--ca-file``."""
-    names = ["--root-domain", "--rootDomain"] if camel_alias else ["--root-domain"]
-    parser.add_argument(*names, default="root.atsign.org", help="atDirectory host (port 64)")
-    parser.add_argument(
-        "--root-server",
-        "--root",
-        dest="root",
-        default=None,
-        help="atDirectory host[:port] or proxy:host:port (env NOPORTS_ROOT; overrides "
-        "--root-domain)",
-    )
-    parser.add_argument(
-        "--ca-file", default=None, help="extra CA bundle to trust (env NOPORTS_CA_FILE)"
-    )
-
-
-def add_client_atsign_flags(parser: argparse.ArgumentParser) -> None:
-    """``-f/--from``, ``-t/--to``, ``-r/--srvd`` and ``-k/--key-file`` as the official clients."""
-    parser.add_argument(
-        "-f", "--from", dest="from_", required=True, metavar="@CLIENT", help="client atSign"
-    )
-    parser.add_argument(
-        "-t", "--to", required=True, metavar="@DEVICE_ATSIGN", help="device daemon atSign"
-    )
-    parser.add_argument(
-        "-r",
-        "--srvd",
-        default=None,
-        metavar="@RELAY",
-        help="relay (srvd) atSign; a comma list or empty: select the lowest-latency one",
-    )
-    parser.add_argument(
-        "-k",
-        "--key-file",
-        "--keyFile",
-        dest="key_file",
-        default=None,
-        help="atKeys file (default ~/.atsign/keys/<from>_key.atKeys)",
-    )
-    parser.add_argument(
-        "-P",
-        "--pass-phrase",
-        "--passPhrase",
-        dest="pass_phrase",
-        default=None,
-        help="pass phrase of a password-protected atKeys file (prefer the environment: "
-        f"NOPORTS_{(parser.prog or '').upper()}_PASS_PHRASE[_FILE])",
-    )
-
-
-DEFAULT_ROOT_DOMAIN = "root.atsign.org"
-
-
-def root_of(args: argparse.Namespace) -> str | None:
-    """``--root``/``--root-server`` when given, else a non-default ``--root-domain`` on port 64
-    (None: the default root, or NOPORTS_ROOT, is used)."""
-    root: str | None = args.root
-    if not root and args.root_domain and args.root_domain != DEFAULT_ROOT_DOMAIN:
-        root = f"{args.root_domain}:64"
-    return root

@@ -28,7 +28,7 @@ PAGES: dict[str, tuple[str, str]] = {
     "srv": ("noports.cli.srv", "build_parser"),
     "sshnpd": ("noports.cli.sshnpd", "build_parser"),
     "sshnp": ("noports.cli.sshnp", "build_parser"),
-    "sshnp-ssh-config": ("noports.sshnp.sshconfig", "build_parser"),
+    "sshnp-ssh-config": ("noports.cli.sshconfig", "build_parser"),
     "npt": ("noports.cli.npt", "build_parser"),
     "npa": ("noports.cli.npa", "build_parser"),
     "at_activate": ("noports.cli.at_activate", "build_parser"),

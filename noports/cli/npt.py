@@ -16,7 +16,16 @@ from .. import config
 from ..errors import ConfigError, NoPortsError
 from ..log import setup_logging
 from ..npt.durations import parse_duration
-from .common import add_client_atsign_flags, add_common, add_root_flags, fail
+from .common import add_common, fail
+from .options import (
+    add_aead_flags,
+    add_client_atsign_flags,
+    add_daemon_ping_timeout_flag,
+    add_output_flag,
+    add_relay_auth_flags,
+    add_root_flags,
+    client_parser,
+)
 
 if TYPE_CHECKING:
     from ..session.background import Reporter
@@ -36,14 +45,11 @@ or relay did not answer), 6 protocol, 7 network.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="npt",
-        add_help=False,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = client_parser(
+        "npt",
         description="Tunnel a local port to a TCP service a NoPorts device permits.",
+        epilog=EPILOG,
     )
-    p.add_argument("--help", action="help", help="show this help and exit")
     add_client_atsign_flags(p)
     p.add_argument("-d", "--device", required=True, help="device name (required, as official)")
     p.add_argument(
@@ -81,14 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default localhost = 127.0.0.1; 0 = all interfaces)",
     )
     add_root_flags(p)
-    p.add_argument(
-        "--dpt",
-        "--daemon-ping-timeout",
-        dest="dpt",
-        type=float,
-        default=20.0,
-        help="seconds to wait for the daemon's ping reply",
-    )
+    add_daemon_ping_timeout_flag(p)
     p.add_argument(
         "--pss",
         "--per-session-storage",
@@ -133,39 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="encrypt the tunnel end to end (default on)",
     )
-    p.add_argument(
-        "--aead",
-        dest="aead",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="offer the AEAD mode (default on)",
-    )
-    p.add_argument(
-        "--require-aead", action="store_true", help="refuse unless the daemon uses the AEAD mode"
-    )
-    p.add_argument(
-        "--relay-auth-mode",
-        "--ram",
-        dest="relay_auth_mode",
-        choices=("payload", "escr"),
-        default=None,
-        help="how both tunnel ends authenticate to the relay: escr (a fresh signed challenge "
-        "per socket) or payload (the official default). Default: escr, or payload when the "
-        "device daemon does not support escr",
-    )
-    p.add_argument(
-        "--443",
-        dest="only443",
-        action="store_true",
-        default=False,
-        help="use the relay's single port 443 (needs escr and a relay run with --443)",
-    )
-    p.add_argument(
-        "--output",
-        choices=("text", "json"),
-        default="text",
-        help="json: a one-line ready event on stdout",
-    )
+    add_aead_flags(p)
+    add_relay_auth_flags(p)
+    add_output_flag(p, help="json: a one-line ready event on stdout")
     add_common(p)
     return p
 
@@ -276,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .. import _compat
     from ..npt.run import log, run
-    from ..session.background import run_detached
+    from .detach import run_detached
 
     def work(report: Reporter | None) -> int:
         try:

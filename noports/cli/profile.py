@@ -26,7 +26,8 @@ from typing import Any
 
 from ..errors import EXIT_NOT_FOUND, ConfigError, LocalError, NoPortsError
 from ..log import setup_logging
-from .common import add_common, add_root_flags, fail, root_of
+from .common import add_common, fail
+from .options import add_root_flags, root_of
 
 PROG = "noports profile"
 DEFAULT_RELAY = "@rv_am"

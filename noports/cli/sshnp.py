@@ -29,15 +29,24 @@ exit codes: 0 ok (or ssh's own exit code when sshnp runs ssh), 1 error, 2 usage,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="sshnp",
-        add_help=False,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    from .common import add_common
+    from .options import (
+        add_aead_flags,
+        add_daemon_ping_timeout_flag,
+        add_output_flag,
+        add_pass_phrase_flag,
+        add_relay_auth_flags,
+        add_root_flags,
+        add_srvd_flag,
+        client_parser,
+    )
+
+    p = client_parser(
+        "sshnp",
         description="ssh to a NoPorts device (no open ports on the device).",
+        epilog=EPILOG,
     )
     B = argparse.BooleanOptionalAction
-    p.add_argument("--help", action="help", help="show this help and exit")
     p.add_argument(
         "-f", "--from", dest="from_", default=None, metavar="@CLIENT", help="client atSign"
     )
@@ -45,25 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
         "-t", "--to", default=None, metavar="@DEVICE_ATSIGN", help="device daemon atSign"
     )
     p.add_argument("-d", "--device", default=None, help="device name (default: default)")
-    p.add_argument(
-        "-r",
-        "--srvd",
-        default=None,
-        metavar="@RELAY",
-        help="relay (srvd) atSign; a comma list or empty: select the lowest-latency one",
-    )
+    add_srvd_flag(p)
     p.add_argument("-h", "--host", dest="host", default=None, help=argparse.SUPPRESS)
     p.add_argument("-l", "--local-port", type=int, default=0, help="local port (0 = any free port)")
     p.add_argument("-k", "--key-file", default=None, help="atKeys file")
-    p.add_argument(
-        "-P",
-        "--pass-phrase",
-        "--passPhrase",
-        dest="pass_phrase",
-        default=None,
-        help="pass phrase of a password-protected atKeys file (prefer the environment: "
-        "NOPORTS_SSHNP_PASS_PHRASE or NOPORTS_SSHNP_PASS_PHRASE_FILE)",
-    )
+    add_pass_phrase_flag(p, env_help="NOPORTS_SSHNP_PASS_PHRASE or NOPORTS_SSHNP_PASS_PHRASE_FILE")
     p.add_argument(
         "-i", "--identity-file", default=None, help="ssh private key for the user session"
     )
@@ -95,21 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the ssh command and leave the tunnel waiting in the background",
     )
     p.add_argument("--ssh-client", default="openssh", help="openssh (dart is not supported)")
-    p.add_argument(
-        "--root-domain", "--rootDomain", default="root.atsign.org", help="atDirectory host"
-    )
-    p.add_argument(
-        "--root-server",
-        "--root",
-        dest="root",
-        default=None,
-        help="atDirectory host[:port] or proxy:host:port (overrides --root-domain)",
-    )
+    add_root_flags(p, camel_alias=True, notes=False)
     p.add_argument("--rvd", dest="rvd_deprecated", default=None, help=argparse.SUPPRESS)
     p.add_argument(
         "--legacy-daemon", dest="legacy_daemon", action="store_true", help=argparse.SUPPRESS
     )
-    p.add_argument("--ca-file", default=None, help="extra CA bundle to trust")
     p.add_argument(
         "--remote-sshd-port", type=int, default=22, help="sshd port on the device (v4 flow)"
     )
@@ -166,23 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="the daemon's tunnel end authenticates to the relay",
     )
-    p.add_argument(
-        "--relay-auth-mode",
-        "--ram",
-        dest="relay_auth_mode",
-        choices=("payload", "escr"),
-        default=None,
-        help="how both tunnel ends authenticate to the relay: escr (a fresh signed challenge "
-        "per socket) or payload (the official default). Default: escr, or payload when the "
-        "device daemon does not support escr",
-    )
-    p.add_argument(
-        "--443",
-        dest="only443",
-        action="store_true",
-        default=False,
-        help="use the relay's single port 443 (needs escr and a relay run with --443)",
-    )
+    add_relay_auth_flags(p)
     p.add_argument(
         "--encrypt-rvd-traffic",
         "--et",
@@ -191,31 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="encrypt end to end (off: the v4 double-ssh flow)",
     )
-    p.add_argument(
-        "--daemon-ping-timeout",
-        "--dpt",
-        dest="dpt",
-        type=float,
-        default=20.0,
-        help="seconds to wait for the daemon's ping reply",
-    )
+    add_daemon_ping_timeout_flag(p, short_first=False)
     p.add_argument(
         "--stdio",
         action="store_true",
         help="carry the tunnel on stdin/stdout (ssh ProxyCommand); logs go to stderr",
     )
-    p.add_argument("--aead", dest="aead", action=B, default=True, help="offer the AEAD mode")
-    p.add_argument(
-        "--require-aead", action="store_true", help="refuse unless the daemon uses the AEAD mode"
-    )
-    p.add_argument(
-        "--output",
-        choices=("text", "json"),
-        default="text",
-        help="json: -x prints a JSON object with the command, port and session",
-    )
-    from .common import add_common
-
+    add_aead_flags(p, aead_help="offer the AEAD mode")
+    add_output_flag(p, help="json: -x prints a JSON object with the command, port and session")
     add_common(p)
     return p
 
@@ -272,12 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     from .. import _compat
     from ..errors import NoPortsError
     from ..log import setup_logging
-    from ..session.background import run_detached
     from ..sshnp import args as sshnp_args
     from .common import fail
+    from .detach import run_detached
 
     if argv and argv[0] == "ssh-config":
-        from ..sshnp import sshconfig
+        from . import sshconfig
 
         return sshconfig.main(argv[1:])
     command: list[str] = []

@@ -109,7 +109,7 @@ def run_doctor(
     if keys is None or args is None:
         rep.add("Connectivity", "skipped", "no usable keys")
     else:
-        from .common import root_of
+        from .options import root_of
 
         for c in checks.connectivity(keys, root_of(args), args.ca_file, timeout=10.0):
             rep.check("Connectivity", c)

@@ -2,6 +2,6 @@
 
 Modules: ``args`` (flags, official env-style config files and profiles), ``run`` (the v5 flow,
 the v4 "double ssh" flow, ``-x``), ``stdio`` (``--stdio`` for ``ProxyCommand``),
-``sshconfig`` (the ``ssh-config`` subcommand), ``listing`` (``--list-devices``),
-``background`` (detach a listening tunnel for ``-x``, shared with npt).
+``sshconfig`` (the ``ssh-config`` subcommand), ``listing`` (``--list-devices``). The ``-x``
+detach is :mod:`noports.cli.detach` (shared with npt).
 """

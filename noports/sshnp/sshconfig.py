@@ -8,46 +8,23 @@ notices a dead tunnel. ProxyCommand is run by ``$SHELL -c``: every argument is q
 ``%`` is doubled so ssh does not expand it. The block is usable from any shell: the sshnp
 program, keys, identity and CA paths are absolute, and the root and CA in use (flags, else
 ``NOPORTS_ROOT`` / ``NOPORTS_CA_FILE``) are written into the command.
+
+The command line (``sshnp ssh-config ...``) is :mod:`noports.cli.sshconfig`.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import shutil
-import sys
+from typing import TYPE_CHECKING
 
 from .._compat import python_module_argv
 from ..errors import ConfigError
-from ..fsutil import write_secret
 from ..names import validate_atsign, validate_device_name
 
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="sshnp ssh-config",
-        description="print (or --write) an ssh config Host block using sshnp --stdio",
-    )
-    p.add_argument("-f", "--from", dest="from_", required=True)
-    p.add_argument("-t", "--to", required=True)
-    p.add_argument("-d", "--device", required=True)
-    p.add_argument("-r", "--srvd", required=True)
-    p.add_argument("-u", "--remote-user-name", default=None)
-    p.add_argument("-i", "--identity-file", default=None)
-    p.add_argument("-k", "--key-file", default=None)
-    p.add_argument("--root-server", "--root", dest="root", default=None)
-    p.add_argument("--ca-file", default=None)
-    p.add_argument("--require-aead", action="store_true")
-    p.add_argument(
-        "--host",
-        dest="alias",
-        default=None,
-        help="the Host name to use (default <device>.<atSign without @>)",
-    )
-    p.add_argument("--sshnp", default=None, help="sshnp command (default: found on PATH)")
-    p.add_argument("--write", default=None, metavar="PATH", help="write the block to PATH (0600)")
-    return p
+if TYPE_CHECKING:
+    import argparse
 
 
 def _q(arg: str) -> str:
@@ -55,6 +32,7 @@ def _q(arg: str) -> str:
 
 
 def host_block(args: argparse.Namespace) -> str:
+    """The Host block for the options of ``sshnp ssh-config`` (ConfigError: a bad name)."""
     frm = validate_atsign(args.from_, add_at=True)
     to = validate_atsign(args.to, add_at=True)
     relay = validate_atsign(args.srvd, add_at=True)
@@ -94,18 +72,3 @@ def host_block(args: argparse.Namespace) -> str:
         ident = os.path.abspath(os.path.expanduser(args.identity_file))
         lines += [f"  IdentityFile {_q(ident)}", "  IdentitiesOnly yes"]
     return "\n".join(lines) + "\n"
-
-
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        block = host_block(args)
-    except ConfigError as exc:
-        print(f"sshnp ssh-config: error: {exc}", file=sys.stderr)
-        return 2
-    if args.write:
-        write_secret(args.write, block.encode())
-        print(f"wrote {args.write}", file=sys.stderr)
-    else:
-        sys.stdout.write(block)
-    return 0
