@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="npt",
         add_help=False,
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=config.RawFormatter,
         description="Tunnel a local port to a TCP service a NoPorts device permits.",
     )
     p.add_argument("--help", action="help", help="show this help and exit")
