@@ -292,12 +292,6 @@ async def establish(
             else None
         )
         side += [pk_task] + ([user_task] if user_task is not None else [])
-        # the notifications below are encrypted with the shared keys for the daemon and the
-        # relay (a look-up and an RSA decryption each): fetch them while the monitor starts
-        side += [
-            asyncio.ensure_future(client.shared_keys.outgoing(a))
-            for a in dict.fromkeys((spec.daemon, spec.relay))
-        ]
         await mon.started(10.0)
         mark("monitor")
 
