@@ -15,7 +15,13 @@ starts them (``python -m noports.cli.<prog>`` in an isolated HOME, ``tests/fixtu
   ``NOPORTS_BENCH_REF=<another checkout>`` (e.g. ``git worktree`` or ``git archive`` of an
   older revision, with its ``_speedups`` built) each round also runs the client from that
   checkout, alternating which goes first, and the table compares the two (the rig's
-  server, relay and daemon stay this checkout's).
+  server, relay and daemon stay this checkout's). ``npt`` is also run, interleaved, the way
+  a wheel user runs it: the test venv installs noports editable, and its import finder (a
+  ``.pth`` hook run by ``site``, ~14 ms per start) is something an installed wheel never
+  pays; ``python -S`` with ``PYTHONPATH=<checkout>:<site-packages>`` skips it (and the rest of
+  ``site``, ~2 ms a wheel user does pay), against ``python -S -c pass``. The pre-run row is
+  start to entering ``run`` (interpreter, imports, flags): the ready event's time minus the
+  in-process time.
 * **Bulk throughput**: ``BULK`` bytes from the sender helper (``bench._loads``) through
   ``npt --require-aead`` -> ``srvd`` -> ``sshnpd`` to a sink in this process, against
   ``ssh -L`` (aes128-gcm) through the same sshd to the same sink, interleaved, ``ROUNDS``
@@ -36,6 +42,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -166,10 +173,22 @@ def _banner(port: int, timeout: float = 10.0) -> float:
     return t
 
 
-def _bare_python(env: dict[str, str], cwd: str) -> float:
+def _bare_python(env: dict[str, str], cwd: str, *flags: str) -> float:
     t0 = time.monotonic()
-    subprocess.run([sys.executable, "-c", "pass"], env=env, cwd=cwd, check=True, timeout=30)
+    subprocess.run([sys.executable, *flags, "-c", "pass"], env=env, cwd=cwd, check=True, timeout=30)
     return (time.monotonic() - t0) * 1000
+
+
+#: PYTHONPATH for ``python -S``: this checkout, then the venv's packages (no ``.pth`` hooks)
+NO_SITE_PATH = os.pathsep.join(
+    (str(Path(__file__).resolve().parent.parent), sysconfig.get_paths()["purelib"])
+)
+
+
+def _no_site(argv: list[str]) -> list[str]:
+    """``argv`` (``python -m ...``) without ``site``: as a wheel install starts, less ``site``."""
+    assert argv[0] == sys.executable and argv[1] == "-m", argv
+    return [argv[0], "-S", *argv[1:]]
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -219,8 +238,22 @@ def _setup_rows(benchmark, scenario: str, runs: dict[str, list[float]]) -> None:
                 baseline_value=statistics.median(ref) if q is None else _pct(ref, q),
                 higher_is_better=False,
             )
+    if runs.get("nosite_total_ms"):
+        record(
+            benchmark,
+            scenario=scenario,
+            metric="start -> first byte, median, without the editable finder (python -S)",
+            value=statistics.median(runs["nosite_total_ms"]),
+            unit="ms",
+            baseline="python -S -c pass",
+            baseline_value=statistics.median(runs["nosite_python_ms"]),
+            target="<= 80 ms",
+            higher_is_better=False,
+        )
     for key, label in (
         ("cpu_ms", "client CPU to first byte (all threads), median"),
+        ("pre_run_ms", "pre-run (start -> run: interpreter, imports, flags), median"),
+        ("nosite_pre_run_ms", "pre-run without the editable finder (python -S), median"),
         ("in_process_ms", "in-process (run -> ready), median"),
         ("at_connect_ms", "atServer connect (keys, TLS, PKAM), median"),
         ("protocol_ms", "protocol set-up, median"),
@@ -262,6 +295,7 @@ def _npt_once(ar: AppRig, argv: list[str], pythonpath: str | None) -> dict[str, 
         "total_ms": (t1 - t0) * 1000,
         "first_byte_ms": (t1 - t_ready) * 1000,
         "in_process_ms": ev["setupMs"],
+        "pre_run_ms": (t_ready - t0) * 1000 - ev["setupMs"],
         "at_connect_ms": ev["timingsMs"]["atConnect"],
         "protocol_ms": ev["timingsMs"]["keys"],
     }
@@ -285,10 +319,13 @@ def _sshnp_once(ar: AppRig, argv: list[str], pythonpath: str | None) -> dict[str
     }
 
 
-def _setup_bench(benchmark, ar: AppRig, scenario: str, one, argv: list[str]) -> None:
+def _setup_bench(
+    benchmark, ar: AppRig, scenario: str, one, argv: list[str], no_site: bool = False
+) -> None:
     """``SETUP_RUNS`` measured rounds after one warm-up; each round also times the bare
     interpreter and, with ``NOPORTS_BENCH_REF``, the reference checkout's client (the two
-    alternate which goes first)."""
+    alternate which goes first); with ``no_site``, also the client and the bare interpreter
+    under ``python -S`` (no editable finder, see the module doc)."""
     runs: dict[str, list[float]] = {"total_ms": [], "python_ms": [], "ref_total_ms": []}
     n = [0]
 
@@ -306,6 +343,13 @@ def _setup_bench(benchmark, ar: AppRig, scenario: str, one, argv: list[str]) -> 
                 for k, v in got.items():
                     runs.setdefault(f"ref_{k}", []).append(v)
         runs["python_ms"].append(_bare_python(ar.env.env, str(ar.env.home)))
+        if no_site:
+            for k, v in one(ar, _no_site(argv), NO_SITE_PATH).items():
+                runs.setdefault(f"nosite_{k}", []).append(v)
+            env = {**ar.env.env, "PYTHONPATH": NO_SITE_PATH}
+            runs.setdefault("nosite_python_ms", []).append(
+                _bare_python(env, str(ar.env.home), "-S")
+            )
 
     once()  # warm-up: caches (shared keys on the server, page cache), not recorded
     for v in runs.values():
@@ -317,7 +361,7 @@ def _setup_bench(benchmark, ar: AppRig, scenario: str, one, argv: list[str]) -> 
 def test_setup_npt(benchmark, app_rig: AppRig) -> None:
     """npt start -> ready event -> the sshd banner through the tunnel."""
     argv = app_rig.npt_argv(app_rig.rig.sshd.port, "--output", "json", "-q", "-T", "5s")
-    _setup_bench(benchmark, app_rig, "session set-up, npt", _npt_once, argv)
+    _setup_bench(benchmark, app_rig, "session set-up, npt", _npt_once, argv, no_site=True)
 
 
 def test_setup_npt_require_aead(benchmark, app_rig: AppRig) -> None:
@@ -325,7 +369,9 @@ def test_setup_npt_require_aead(benchmark, app_rig: AppRig) -> None:
     argv = app_rig.npt_argv(
         app_rig.rig.sshd.port, "--output", "json", "-q", "-T", "5s", "--require-aead"
     )
-    _setup_bench(benchmark, app_rig, "session set-up, npt --require-aead", _npt_once, argv)
+    _setup_bench(
+        benchmark, app_rig, "session set-up, npt --require-aead", _npt_once, argv, no_site=True
+    )
 
 
 def test_setup_sshnp(benchmark, app_rig: AppRig) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
-import platform
 import sys
 from collections.abc import Coroutine
 from types import ModuleType
@@ -26,7 +25,7 @@ except ImportError:  # a source tree or an editable install: the environment dec
 NO_EXTENSIONS: bool = (
     BUILD == "pure"
     or bool(os.environ.get("NOPORTS_NO_EXTENSIONS"))
-    or platform.python_implementation() != "CPython"
+    or sys.implementation.name != "cpython"  # not ``platform``: 2 ms at every start
 )
 
 IMPLS = ("c", "py")
@@ -169,6 +168,8 @@ def openssl_version() -> str:
 def version_text(prog: str, crypto: str = "") -> str:
     """The ``--version`` line every program prints (``crypto``: the data plane's cryptography
     paths, from ``noports.crypto.cryptography_text``, which this layer may not import)."""
+    import platform
+
     from . import __version__
 
     return (

@@ -39,7 +39,6 @@ import logging
 import os
 import ssl
 import time
-import uuid
 from typing import Any
 
 from ..crypto import aes, rsa
@@ -402,7 +401,7 @@ class AtClient:
                 raise commands.CommandError(
                     "unencrypted notification values may not contain a newline"
                 )
-        nid = id or str(uuid.uuid4())
+        nid = id or commands.random_uuid()
         reply = await self.execute(
             commands.notify(
                 wire_key,

@@ -13,6 +13,7 @@ Key strings follow the wire forms of spec atprotocol 1.4/1.5: ``public:<k>@me``,
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -22,6 +23,17 @@ from ..crypto import rsa
 from ..crypto.encoding import canonical_json
 from ..errors import LocalError
 from ..names import InvalidNameError, normalise_atsign
+
+
+def random_uuid() -> str:
+    """``str(uuid.uuid4())`` without importing ``uuid`` (which imports ``platform``: ~3 ms
+    at every program start): 122 random bits, version 4, RFC 4122 variant."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
 
 # Metadata in the order of at_commons VerbSyntax (spec 1.5): (attribute, wire name, kind).
 _META_ORDER: tuple[tuple[str, str, str], ...] = (

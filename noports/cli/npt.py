@@ -7,6 +7,7 @@ loop is :mod:`noports.npt.run`; ``main`` adds the ``-x`` detach and the one-line
 from __future__ import annotations
 
 import argparse
+import gc
 import ipaddress
 import socket
 import sys
@@ -239,13 +240,21 @@ def main(argv: list[str] | None = None) -> int:
     from ..crypto import ephemeral
 
     ephemeral.prestart(sys.argv[1:] if argv is None else argv)
-    args = parse(argv)
-    setup_logging(args)
-    import signal
+    # no garbage collection while the session modules import (they make thousands of
+    # objects and no garbage; ~5 % of the start-up CPU): back on before the session runs
+    gc_was_on = gc.isenabled()
+    gc.disable()
+    try:
+        args = parse(argv)
+        setup_logging(args)
+        import signal
 
-    from .. import _compat
-    from ..npt.run import log, run
-    from .detach import run_detached
+        from .. import _compat
+        from ..npt.run import log, run
+        from .detach import run_detached
+    finally:
+        if gc_was_on:
+            gc.enable()
 
     def work(report: Reporter | None) -> int:
         try:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import RawFormatter
+
 DEFAULT_ROOT_DOMAIN = "root.atsign.org"
 
 
@@ -19,7 +21,7 @@ def client_parser(prog: str, *, description: str, epilog: str) -> argparse.Argum
         prog=prog,
         add_help=False,
         epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RawFormatter,  # argparse's, without importing shutil
         description=description,
     )
     p.add_argument("--help", action="help", help="show this help and exit")
