@@ -250,9 +250,9 @@ def _tree_sched_ns(root: int) -> int:
 
 
 def _tunnel_rtt(benchmark, impl, keys, tmp_path, size: int) -> None:
-    """``size``-byte ping-pong: direct vs full tunnel (AEAD and CTR) vs ssh -L (aes128-gcm),
-    interleaved in blocks; CPU per round trip of each tunnel end and of ssh and sshd, over
-    the timed round trips only (not the set-up)."""
+    """``size``-byte ping-pong: direct vs full tunnel (AEAD, CTR, and clear: the floor of the
+    three hops without a cipher) vs ssh -L (aes128-gcm), interleaved in blocks; CPU per round
+    trip of each AEAD tunnel end and of ssh and sshd, over the timed round trips only."""
     ka, kb = keys("@bench_a"), keys("@bench_b")
     out: dict[str, list[float]] = {}
     tunnels: dict[str, TunnelEnds] = {}
@@ -267,6 +267,7 @@ def _tunnel_rtt(benchmark, impl, keys, tmp_path, size: int) -> None:
         for name, make in (
             ("aead", lambda sid: AeadKeys.generate(sid)),
             ("ctr", lambda sid: CtrKeys.generate(twin=False)),
+            ("clear", lambda sid: None),  # no cipher: what the three hops cost by themselves
         ):
             (sess,), _ = relay.sessions(1, ka, kb, f"rtt{size}-{name}")
             ends = stack.enter_context(TunnelEnds(sess, make(sess.sid), impl, port))
@@ -331,6 +332,16 @@ def _tunnel_rtt(benchmark, impl, keys, tmp_path, size: int) -> None:
         baseline="ssh -L aes128-gcm",
         baseline_value=s["ssh"]["median"],
         target="<= ssh -L (<= 1x)",
+        higher_is_better=False,
+    )
+    record(
+        benchmark,
+        scenario=scen,
+        metric="median RTT, clear tunnel (no cipher)",
+        value=s["clear"]["median"],
+        unit="us",
+        baseline="ssh -L aes128-gcm",
+        baseline_value=s["ssh"]["median"],
         higher_is_better=False,
     )
     record(
