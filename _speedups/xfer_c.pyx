@@ -49,208 +49,6 @@ cdef extern from "sys/socket.h" nogil:
     ssize_t c_send "send" (int fd, const void *buf, size_t n, int flags)
     int MSG_NOSIGNAL
 
-cdef extern from "dlfcn.h" nogil:
-    void *dlopen(const char *filename, int flag)
-    void *dlsym(void *handle, const char *symbol)
-    int RTLD_NOW
-    int RTLD_LOCAL
-
-
-# ---- Direct OpenSSL AEAD ---------------------------------------------------------------
-# ``cryptography``'s AESGCM/ChaCha20Poly1305 ``*_into`` cost ~1.5 us per call whatever the
-# size (argument parsing, four buffer exports, and a copy of the keyed cipher context per
-# call), 3-4 us when the caches are cold, i.e. on every message of an interactive flow: the
-# largest single cost of a small round trip. With the record key, a pump keeps one keyed
-# OpenSSL context per direction and per record only sets the nonce. The library is the
-# process's libcrypto (the one Python's ``_hashlib``/``_ssl`` use), loaded with dlopen, so
-# the build needs no OpenSSL headers; when it is missing, or fails the known-answer check
-# against ``cryptography`` on first use, the pumps call ``cryptography`` as before. Same
-# algorithm, same bytes, same errors either way.
-
-ctypedef void *(*_f_new)() noexcept nogil
-ctypedef void (*_f_free)(void *ctx) noexcept nogil
-ctypedef const void *(*_f_cipher)() noexcept nogil
-ctypedef int (*_f_init)(void *ctx, const void *cipher, void *engine,
-                        const unsigned char *key, const unsigned char *iv) noexcept nogil
-ctypedef int (*_f_update)(void *ctx, unsigned char *out, int *outl,
-                          const unsigned char *inp, int inl) noexcept nogil
-ctypedef int (*_f_final)(void *ctx, unsigned char *out, int *outl) noexcept nogil
-ctypedef int (*_f_ctrl)(void *ctx, int type, int arg, void *ptr) noexcept nogil
-
-cdef _f_new _ctx_new = NULL
-cdef _f_free _ctx_free = NULL
-cdef _f_cipher _aes_256_gcm = NULL
-cdef _f_cipher _chacha20_poly1305 = NULL
-cdef _f_init _enc_init = NULL
-cdef _f_init _dec_init = NULL
-cdef _f_update _enc_update = NULL
-cdef _f_update _dec_update = NULL
-cdef _f_final _enc_final = NULL
-cdef _f_final _dec_final = NULL
-cdef _f_ctrl _ctx_ctrl = NULL
-
-cdef enum:
-    CTRL_AEAD_GET_TAG = 0x10
-    CTRL_AEAD_SET_TAG = 0x11
-    SUITE_AES_256_GCM = 1
-    SUITE_CHACHA20_POLY1305 = 2
-
-# None: not tried yet; then True/False. ``use_evp(False)`` turns the direct path off.
-cdef object _evp_state = None
-cdef bint _evp_wanted = True
-
-
-cdef void *_sym(void *h, const char *name) noexcept:
-    return dlsym(h, name) if h != NULL else NULL
-
-
-cdef bint _evp_load() noexcept:
-    global _ctx_new, _ctx_free, _aes_256_gcm, _chacha20_poly1305, _enc_init, _dec_init
-    global _enc_update, _dec_update, _enc_final, _dec_final, _ctx_ctrl
-    cdef void *h = dlopen(b"libcrypto.so.3", RTLD_NOW | RTLD_LOCAL)
-    if h == NULL:
-        h = dlopen(b"libcrypto.so.1.1", RTLD_NOW | RTLD_LOCAL)
-    if h == NULL:
-        return False
-    _ctx_new = <_f_new>_sym(h, b"EVP_CIPHER_CTX_new")
-    _ctx_free = <_f_free>_sym(h, b"EVP_CIPHER_CTX_free")
-    _aes_256_gcm = <_f_cipher>_sym(h, b"EVP_aes_256_gcm")
-    _chacha20_poly1305 = <_f_cipher>_sym(h, b"EVP_chacha20_poly1305")
-    _enc_init = <_f_init>_sym(h, b"EVP_EncryptInit_ex")
-    _dec_init = <_f_init>_sym(h, b"EVP_DecryptInit_ex")
-    _enc_update = <_f_update>_sym(h, b"EVP_EncryptUpdate")
-    _dec_update = <_f_update>_sym(h, b"EVP_DecryptUpdate")
-    _enc_final = <_f_final>_sym(h, b"EVP_EncryptFinal_ex")
-    _dec_final = <_f_final>_sym(h, b"EVP_DecryptFinal_ex")
-    _ctx_ctrl = <_f_ctrl>_sym(h, b"EVP_CIPHER_CTX_ctrl")
-    return (_ctx_new != NULL and _ctx_free != NULL and _aes_256_gcm != NULL
-            and _chacha20_poly1305 != NULL and _enc_init != NULL and _dec_init != NULL
-            and _enc_update != NULL and _dec_update != NULL and _enc_final != NULL
-            and _dec_final != NULL and _ctx_ctrl != NULL)
-
-
-cdef class _Evp:
-    """One keyed OpenSSL AEAD context (one direction of one connection)."""
-
-    cdef void *ctx
-    cdef bint enc
-
-    def __cinit__(self):
-        self.ctx = NULL
-
-    def __dealloc__(self):
-        if self.ctx != NULL:
-            _ctx_free(self.ctx)
-            self.ctx = NULL
-
-    cdef int setup(self, int suite, bytes key, bint enc) except -1:
-        cdef const void *cipher
-        if len(key) != 32 or suite not in (SUITE_AES_256_GCM, SUITE_CHACHA20_POLY1305):
-            raise ValueError("bad AEAD key or suite")
-        cipher = _aes_256_gcm() if suite == SUITE_AES_256_GCM else _chacha20_poly1305()
-        self.enc = enc
-        self.ctx = _ctx_new()
-        if self.ctx == NULL or cipher == NULL:
-            raise MemoryError()
-        # 12-byte nonces are both ciphers' default
-        if (_enc_init if enc else _dec_init)(self.ctx, cipher, NULL,
-                                             <const unsigned char *><char *>key, NULL) != 1:
-            raise ValueError("OpenSSL refused the AEAD key")
-        return 0
-
-    cdef bint seal(self, const char *nonce, const char *aad, int aadlen,
-                   const char *pt, int n, char *out) noexcept:
-        """ciphertext || tag (n + 16 bytes) at ``out``; False if OpenSSL failed."""
-        cdef int outl = 0, fin = 0
-        if _enc_init(self.ctx, NULL, NULL, NULL, <const unsigned char *>nonce) != 1:
-            return False
-        if _enc_update(self.ctx, NULL, &outl, <const unsigned char *>aad, aadlen) != 1:
-            return False
-        if n and _enc_update(self.ctx, <unsigned char *>out, &outl,
-                             <const unsigned char *>pt, n) != 1:
-            return False
-        if not n:
-            outl = 0
-        if _enc_final(self.ctx, <unsigned char *>out + outl, &fin) != 1 or outl + fin != n:
-            return False
-        return _ctx_ctrl(self.ctx, CTRL_AEAD_GET_TAG, TAG, out + n) == 1
-
-    cdef bint open(self, const char *nonce, const char *aad, int aadlen,
-                   const char *ct, int ctlen, char *out) noexcept:
-        """Verify and decrypt ciphertext || tag into ``out``; False if the tag fails."""
-        cdef int outl = 0, fin = 0, n = ctlen - TAG
-        if _dec_init(self.ctx, NULL, NULL, NULL, <const unsigned char *>nonce) != 1:
-            return False
-        if _dec_update(self.ctx, NULL, &outl, <const unsigned char *>aad, aadlen) != 1:
-            return False
-        if n and _dec_update(self.ctx, <unsigned char *>out, &outl,
-                             <const unsigned char *>ct, n) != 1:
-            return False
-        if not n:
-            outl = 0
-        if _ctx_ctrl(self.ctx, CTRL_AEAD_SET_TAG, TAG, <void *>(ct + n)) != 1:
-            return False
-        return _dec_final(self.ctx, <unsigned char *>out + outl, &fin) == 1 and outl + fin == n
-
-
-cdef bint _evp_selftest() except -1:
-    """Known answers against ``cryptography`` for both suites, and a forged tag refused."""
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
-
-    cdef _Evp e, d
-    cdef bytes key = bytes(range(32)), nonce = bytes(range(100, 112)), aad = b"noports aad"
-    cdef bytearray out, back
-    for suite, cls in ((SUITE_AES_256_GCM, AESGCM), (SUITE_CHACHA20_POLY1305, ChaCha20Poly1305)):
-        for pt in (b"", b"x" * 64, bytes(range(256)) * 5):
-            want = cls(key).encrypt(nonce, pt, aad)
-            e = _Evp()
-            e.setup(suite, key, True)
-            d = _Evp()
-            d.setup(suite, key, False)
-            out = bytearray(len(pt) + TAG)
-            if not e.seal(nonce, aad, len(aad), pt, len(pt), PyByteArray_AS_STRING(out)):
-                return False
-            if bytes(out) != want:
-                return False
-            back = bytearray(max(1, len(pt)))
-            if not d.open(nonce, aad, len(aad), PyByteArray_AS_STRING(out), len(out),
-                          PyByteArray_AS_STRING(back)) or bytes(back[:len(pt)]) != pt:
-                return False
-            out[len(out) - 1] ^= 1
-            if d.open(nonce, aad, len(aad), PyByteArray_AS_STRING(out), len(out),
-                      PyByteArray_AS_STRING(back)):
-                return False
-    return True
-
-
-cdef bint _evp_available() except -1:
-    global _evp_state
-    if not _evp_wanted:
-        return False
-    if _evp_state is None:
-        _evp_state = False
-        if _evp_load():
-            _evp_state = bool(_evp_selftest())
-    return _evp_state
-
-
-def use_evp(bint flag=True):
-    """Whether pumps created from now on may drive OpenSSL directly (tests, benchmarks);
-    returns whether they will."""
-    global _evp_wanted
-    _evp_wanted = flag
-    return bool(_evp_available())
-
-
-cdef _Evp _make_evp(int suite, object key, bint enc):
-    cdef _Evp e
-    if key is None or not _evp_available():
-        return None
-    e = _Evp()
-    e.setup(suite, bytes(key), enc)
-    return e
-
-
 WANT_READ = 1
 WANT_WRITE = 2
 DONE = 3
@@ -499,12 +297,10 @@ cdef class SealPump(_Base):
     cdef public Py_ssize_t inlen, maxlen
     cdef public bint grow
     cdef uint64_t seq
-    cdef _Evp evp
-    cdef Py_ssize_t aadlen
     cdef bint started
 
     def __init__(self, src, dst, sealer, Py_ssize_t bufsize=RECORDS_PER_READ * MAXPT,
-                 Py_ssize_t max_rounds=MAX_ROUNDS, key=None):
+                 Py_ssize_t max_rounds=MAX_ROUNDS):
         self.src = src
         self.dst = dst
         self.sfd = src.fileno()
@@ -520,19 +316,12 @@ cdef class SealPump(_Base):
         self.aad = sealer.aad
         self.noncep = PyByteArray_AS_STRING(self.nonce)
         self.aadp = PyByteArray_AS_STRING(self.aad)
-        self.aadlen = len(self.aad)
-        self.evp = _make_evp(sealer.suite, key, True)
         self.vin = _View()
         self.vout = _View()
         self.off = 0
         self.end = 0
         self.eof = False
         self.transferred = 0
-
-    @property
-    def direct(self):
-        """True when records are sealed by OpenSSL directly (see "Direct OpenSSL AEAD")."""
-        return self.evp is not None
 
     cdef int _alloc(self, Py_ssize_t inlen) except -1:
         """Plaintext buffer of ``inlen`` and a record buffer that always fits its records."""
@@ -556,13 +345,8 @@ cdef class SealPump(_Base):
         _put_u32(self.aadp, hdr)
         _put_u64(self.noncep + 4, self.seq)
         self.seq += 1
-        if self.evp is not None:
-            if not self.evp.seal(self.noncep, self.aadp, <int>self.aadlen, self.inp + ptoff,
-                                 <int>n, self.outp + pos + HDR):
-                raise IntegrityError("OpenSSL failed to seal a record")
-        else:
-            self.encrypt_into(self.nonce, _at(self.vin, self.inp + ptoff, n), self.aad,
-                              _at(self.vout, self.outp + pos + HDR, n + TAG))
+        self.encrypt_into(self.nonce, _at(self.vin, self.inp + ptoff, n), self.aad,
+                          _at(self.vout, self.outp + pos + HDR, n + TAG))
         return HDR + n + TAG
 
     cdef int _step(self) except -1:
@@ -636,15 +420,10 @@ cdef class OpenPump(_Base):
     cdef public Py_ssize_t inlen, outlen, maxout, istart, iend
     cdef public bint grow
     cdef uint64_t seq
-    cdef object key_for
-    cdef _Evp evp
-    cdef Py_ssize_t aadlen
 
     def __init__(self, src, dst, opener, Py_ssize_t bufsize=RECORDS_PER_READ * MAXPT,
-                 Py_ssize_t max_rounds=MAX_ROUNDS, key_for=None):
+                 Py_ssize_t max_rounds=MAX_ROUNDS):
         self.src = src
-        self.key_for = key_for
-        self.evp = None
         self.dst = dst
         self.sfd = src.fileno()
         self.dfd = dst.fileno()
@@ -698,16 +477,7 @@ cdef class OpenPump(_Base):
         self.aad = self.opener.aad
         self.noncep = PyByteArray_AS_STRING(self.nonce)
         self.aadp = PyByteArray_AS_STRING(self.aad)
-        self.aadlen = len(self.aad)
-        if self.key_for is not None:
-            self.evp = _make_evp(self.opener.suite, self.key_for(self.opener.suite), False)
-            self.key_for = None
         return 0
-
-    @property
-    def direct(self):
-        """True when records are opened by OpenSSL directly (known after the preamble)."""
-        return self.evp is not None
 
     cdef Py_ssize_t _decode(self) except -1:
         cdef Py_ssize_t pos = 0, avail, flen, ptlen
@@ -747,18 +517,12 @@ cdef class OpenPump(_Base):
                 return pos
             memcpy(self.aadp, self.inp + self.istart, HDR)
             _put_u64(self.noncep + 4, self.seq)
-            if self.evp is not None:
-                if not self.evp.open(self.noncep, self.aadp, <int>self.aadlen,
-                                     self.inp + self.istart + HDR, <int>ctlen, self.outp + pos):
-                    opener.failed = True
-                    raise IntegrityError(f"record {self.seq} failed authentication")
-            else:
-                try:
-                    self.decrypt_into(self.nonce, _at(self.vin, self.inp + self.istart + HDR, ctlen),
-                                      self.aad, _at(self.vout, self.outp + pos, ptlen))
-                except InvalidTag:
-                    opener.failed = True
-                    raise IntegrityError(f"record {self.seq} failed authentication") from None
+            try:
+                self.decrypt_into(self.nonce, _at(self.vin, self.inp + self.istart + HDR, ctlen),
+                                  self.aad, _at(self.vout, self.outp + pos, ptlen))
+            except InvalidTag:
+                opener.failed = True
+                raise IntegrityError(f"record {self.seq} failed authentication") from None
             self.seq += 1
             pos += ptlen
             self.istart += flen

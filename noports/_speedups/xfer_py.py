@@ -167,8 +167,6 @@ class CopyPump:
 class SealPump:
     """Plaintext src -> record stream on dst (``RecordSealer``); EOF becomes the close record."""
 
-    direct = False  # records through ``cryptography`` (the compiled twin may use OpenSSL directly)
-
     def __init__(
         self,
         src: socket.socket,
@@ -176,10 +174,7 @@ class SealPump:
         sealer: Any,
         bufsize: int = RECORDS_PER_READ * MAX_PLAINTEXT,
         max_rounds: int = MAX_ROUNDS,
-        key: bytes | None = None,
     ) -> None:
-        # ``key`` (the sealer's record key) lets the compiled twin keep one keyed OpenSSL
-        # context instead of calling ``cryptography`` per record; this twin has no use for it.
         self.src = src
         self.dst = dst
         self.sealer = sealer
@@ -278,8 +273,6 @@ class OpenPump:
     record raises ``TruncationError``; bytes after it raise ``IntegrityError``.
     """
 
-    direct = False  # as SealPump.direct
-
     def __init__(
         self,
         src: socket.socket,
@@ -287,10 +280,7 @@ class OpenPump:
         opener: Any,
         bufsize: int = RECORDS_PER_READ * MAX_PLAINTEXT,
         max_rounds: int = MAX_ROUNDS,
-        key_for: Any = None,
     ) -> None:
-        # ``key_for(suite)`` -> the record key once the preamble named the suite (compiled
-        # twin only, as ``SealPump``'s ``key``).
         self.src = src
         self.dst = dst
         self.opener = opener

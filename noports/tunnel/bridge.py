@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import _compat
-from ..crypto.records import C2D, D2C, RecordOpener, RecordSealer, derive_key
+from ..crypto.records import C2D, D2C, RecordOpener, RecordSealer
 from ..crypto.stream import CtrKeys
 from .keys import AeadKeys, TunnelCrypto
 
@@ -63,16 +63,7 @@ def make_pumps(
         send_dir, recv_dir = (C2D, D2C) if is_client else (D2C, C2D)
         sealer = RecordSealer(crypto.secret, crypto.session_id, send_dir, conn_id, crypto.suite)
         opener = RecordOpener(crypto.secret, crypto.session_id, recv_dir, conn_id)
-        # the record keys too, so the compiled pumps can keep one keyed OpenSSL context each
-        secret, sid = crypto.secret, crypto.session_id
-        key = derive_key(secret, sid, send_dir, conn_id, sealer.suite)
-
-        def key_for(suite: int) -> bytes:
-            return derive_key(secret, sid, recv_dir, conn_id, suite)
-
-        return x.SealPump(local, relay, sealer, key=key), x.OpenPump(
-            relay, local, opener, key_for=key_for
-        )
+        return x.SealPump(local, relay, sealer), x.OpenPump(relay, local, opener)
     raise TypeError(f"unknown tunnel crypto {type(crypto).__name__}")
 
 
