@@ -168,7 +168,7 @@ cdef class _Base:
     cdef int sfd, dfd
     cdef Py_ssize_t off, end
     cdef public bint eof
-    cdef public object transferred
+    cdef public long long transferred
     cdef public Py_ssize_t max_rounds
     cdef public Py_ssize_t budget
     cdef public long long budget_ns
@@ -297,6 +297,7 @@ cdef class SealPump(_Base):
     cdef public Py_ssize_t inlen, maxlen
     cdef public bint grow
     cdef uint64_t seq
+    cdef bint started
 
     def __init__(self, src, dst, sealer, Py_ssize_t bufsize=RECORDS_PER_READ * MAXPT,
                  Py_ssize_t max_rounds=MAX_ROUNDS):
@@ -382,10 +383,11 @@ cdef class SealPump(_Base):
                 elif self.inlen < self.maxlen:
                     self.grow = True
                 pos = 0
-                if not sealer.started:
+                if not self.started and not sealer.started:
                     self.outmv[0:PRE] = sealer.preamble
                     sealer.started = True
                     pos = PRE
+                self.started = True  # the sealer never un-starts
                 if n == 0:
                     pos += self._seal(0, 0, pos, RTYPE_CLOSE)
                     sealer.closed = True
@@ -621,7 +623,7 @@ cdef class Flow:
     def drive(self):
         global _light_until
         cdef int code
-        cdef long long now
+        cdef long long now, before, moved
         cdef object pump = self.pump
         if self.done:
             return
@@ -639,16 +641,18 @@ cdef class Flow:
         else:
             pump.budget = SOLO_BYTES
             pump.budget_ns = SOLO_NS
-        before = pump.transferred
         try:
             if self.cpump is not None:
+                before = self.cpump.transferred
                 code = self.cpump._step()
+                moved = self.cpump.transferred - before
             else:
+                before = pump.transferred
                 code = self.pystep()
+                moved = pump.transferred - before
         except BaseException as exc:  # every failure aborts the bridge
             self.on_fail(exc)
             return
-        moved = pump.transferred - before
         if 0 < moved < LIGHT_BYTES:
             _light_until = now + C_FAIR_WINDOW_NS
         if code == C_WANT_READ:

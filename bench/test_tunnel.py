@@ -13,6 +13,7 @@ import statistics
 
 from bench._loads import (
     GB,
+    PERIOD,
     QUICK,
     MultiEnds,
     Proc,
@@ -20,10 +21,10 @@ from bench._loads import (
     SshForward,
     TunnelEnds,
     connect,
-    interleave,
     listener,
     load_average,
     paced_pings,
+    pattern,
     pingpong,
     start_sshd,
     summary,
@@ -180,12 +181,78 @@ def test_tunnel_throughput_ctr(benchmark, impl, keys, tmp_path):
     )
 
 
-def test_tunnel_rtt(benchmark, impl, keys, tmp_path):
-    """64-byte ping-pong: direct vs full tunnel (AEAD and CTR) vs ssh -L (aes128-gcm).
+def _sized_pingpong(sock, n: int, size: int) -> list[float]:
+    """``n`` timed round trips of ``size`` bytes (``pingpong`` for any size); microseconds."""
+    import time
 
-    Hops added over direct: 3 processes for the tunnel (client end, relay, daemon end), 2 for
-    ``ssh -L`` (ssh, sshd).
-    """
+    sock.settimeout(10)
+    pat = pattern()
+    buf = bytearray(size)
+    mv = memoryview(buf)
+    perf = time.perf_counter_ns
+    out: list[float] = []
+    for i in range(n):
+        off = (i * 97) % PERIOD
+        msg = pat[off : off + size]
+        t0 = perf()
+        sock.sendall(msg)
+        got = 0
+        while got < size:
+            k = sock.recv_into(mv[got:])
+            if not k:
+                raise AssertionError("echo closed the connection")
+            got += k
+        t1 = perf()
+        if buf != msg:
+            raise AssertionError(f"round trip {i} came back altered")
+        out.append((t1 - t0) / 1000)
+    return out
+
+
+def _sched_ns(pid: int) -> int:
+    """CPU time (user + system, ns) of ``pid``'s threads: /proc/<pid>/task/*/schedstat is
+    exact where /proc/<pid>/stat counts 10 ms ticks (a round trip costs tens of us)."""
+    import os
+
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for t in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def _tree_sched_ns(root: int) -> int:
+    """``_sched_ns`` of ``root`` and its live descendants (sshd's per-connection processes)."""
+    import os
+
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    st = f.read()
+                kids.setdefault(int(st[st.rindex(")") + 2 :].split()[1]), []).append(int(d))
+            except (OSError, ValueError, IndexError):
+                pass
+    todo, total = [root], 0
+    while todo:
+        pid = todo.pop()
+        total += _sched_ns(pid)
+        todo += kids.get(pid, [])
+    return total
+
+
+def _tunnel_rtt(benchmark, impl, keys, tmp_path, size: int) -> None:
+    """``size``-byte ping-pong: direct vs full tunnel (AEAD, CTR, and clear: the floor of the
+    three hops without a cipher) vs ssh -L (aes128-gcm), interleaved in blocks; CPU per round
+    trip of each AEAD tunnel end and of ssh and sshd, over the timed round trips only."""
     ka, kb = keys("@bench_a"), keys("@bench_b")
     out: dict[str, list[float]] = {}
     tunnels: dict[str, TunnelEnds] = {}
@@ -200,28 +267,49 @@ def test_tunnel_rtt(benchmark, impl, keys, tmp_path):
         for name, make in (
             ("aead", lambda sid: AeadKeys.generate(sid)),
             ("ctr", lambda sid: CtrKeys.generate(twin=False)),
+            ("clear", lambda sid: None),  # no cipher: what the three hops cost by themselves
         ):
-            (sess,), _ = relay.sessions(1, ka, kb, f"rtt-{name}")
+            (sess,), _ = relay.sessions(1, ka, kb, f"rtt{size}-{name}")
             ends = stack.enter_context(TunnelEnds(sess, make(sess.sid), impl, port))
             tunnels[name] = ends
             socks[name] = stack.enter_context(connect("127.0.0.1", ends.port, nodelay=True))
         fwd = stack.enter_context(SshForward(sshd, port, SSH_CIPHERS[0]))
         socks["ssh"] = stack.enter_context(connect("127.0.0.1", fwd.port, nodelay=True))
-        interleave(1, socks, 200)  # warm-up: pairs formed, ssh channel open
+
+        def blocks(n: int, per: int) -> dict[str, list[float]]:
+            got: dict[str, list[float]] = {k: [] for k in socks}
+            for _ in range(n):
+                for name, sock in socks.items():
+                    got[name] += _sized_pingpong(sock, per, size)
+            return got
+
+        blocks(1, 200)  # warm-up: pairs formed, ssh channel open, buffers sized
+        pids = {
+            "client": tunnels["aead"].client.pid,
+            "daemon": tunnels["aead"].daemon.pid,
+            "ssh": fwd.proc.pid,
+        }
+        cpu0 = {k: _sched_ns(p) for k, p in pids.items()}
+        cpu0["sshd"] = _tree_sched_ns(sshd.proc.pid)
 
         def run():
-            out.update(interleave(RTT_BLOCKS, socks, RTT_PER_BLOCK))
+            out.update(blocks(RTT_BLOCKS, RTT_PER_BLOCK))
 
         benchmark.pedantic(run, rounds=1, iterations=1)
-        n_rt = 200 + RTT_BLOCKS * RTT_PER_BLOCK
+        n_rt = RTT_BLOCKS * RTT_PER_BLOCK
+        cpu1 = {k: _sched_ns(p) for k, p in pids.items()}
+        cpu1["sshd"] = _tree_sched_ns(sshd.proc.pid)
+        cpu_per_rt["aead"] = {k: (cpu1[k] - cpu0[k]) / n_rt / 1000 for k in cpu0}
         for name, ends in tunnels.items():  # end the tunnels: each end reports its CPU
             socks[name].close()
             c, d = ends.finish()
-            cpu_per_rt[name] = {"client": c["cpu"] / n_rt * 1e6, "daemon": d["cpu"] / n_rt * 1e6}
+            assert c["up"] == d["down"] == (200 + n_rt) * size, (c, d)
         relay.close_sessions()
     s = {k: summary(v, RTT_PER_BLOCK) for k, v in out.items()}
     d = s["direct"]["median"]
-    scen = "64 B round trip, tunnel"
+    scen = (
+        f"{size} B round trip, tunnel" if size < 1024 else f"{size // 1024} KiB round trip, tunnel"
+    )
     record(
         benchmark,
         scenario=scen,
@@ -244,6 +332,16 @@ def test_tunnel_rtt(benchmark, impl, keys, tmp_path):
         baseline="ssh -L aes128-gcm",
         baseline_value=s["ssh"]["median"],
         target="<= ssh -L (<= 1x)",
+        higher_is_better=False,
+    )
+    record(
+        benchmark,
+        scenario=scen,
+        metric="median RTT, clear tunnel (no cipher)",
+        value=s["clear"]["median"],
+        unit="us",
+        baseline="ssh -L aes128-gcm",
+        baseline_value=s["ssh"]["median"],
         higher_is_better=False,
     )
     record(
@@ -275,16 +373,36 @@ def test_tunnel_rtt(benchmark, impl, keys, tmp_path):
         unit="us",
         higher_is_better=False,
     )
-    for who in ("client", "daemon"):
+    rows = (
+        ("client", "client end CPU per round trip, AEAD"),
+        ("daemon", "daemon end CPU per round trip, AEAD"),
+        ("ssh", "ssh client CPU per round trip (aes128-gcm)"),
+        ("sshd", "sshd CPU per round trip (aes128-gcm)"),
+    )
+    for who, metric in rows:
         record(
             benchmark,
             scenario=scen,
-            metric=f"{who} end CPU per round trip, AEAD",
+            metric=metric,
             value=cpu_per_rt["aead"][who],
             unit="us",
             higher_is_better=False,
             cpu_per_rt=cpu_per_rt if who == "client" else None,
         )
+
+
+def test_tunnel_rtt(benchmark, impl, keys, tmp_path):
+    """64-byte ping-pong: direct vs full tunnel (AEAD and CTR) vs ssh -L (aes128-gcm).
+
+    Hops added over direct: 3 processes for the tunnel (client end, relay, daemon end), 2 for
+    ``ssh -L`` (ssh, sshd).
+    """
+    _tunnel_rtt(benchmark, impl, keys, tmp_path, 64)
+
+
+def test_tunnel_rtt_1k(benchmark, impl, keys, tmp_path):
+    """The same with 1 KiB messages (a screen update, a keystroke batch, an SMB request)."""
+    _tunnel_rtt(benchmark, impl, keys, tmp_path, 1024)
 
 
 MIXED_BULK = (256 << 20) if QUICK else (512 << 20)
