@@ -496,7 +496,10 @@ def test_relay_idle_pairs(benchmark, impl, keys):
                     sess, _ = r.sessions(each // PAIRS_PER_SESSION, ka, kb, "idle")
                     rows = [[s.host, s.port_a, s.port_b, s.line_a.decode(), s.line_b.decode()]
                             for s in sess]
-                    p.send({"op": "pair", "sessions": rows, "each": PAIRS_PER_SESSION})
+                    # batches of 50: a burst never has more than the session's 64 waiting
+                    # on one side (max_pending_per_side refuses the 65th with a reset)
+                    p.send({"op": "pair", "sessions": rows, "each": PAIRS_PER_SESSION,
+                            "batch": 50})
                 for p in pairers:
                     done = p.recv(timeout=180)
                     assert "error" not in done, done
