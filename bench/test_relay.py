@@ -259,7 +259,7 @@ def test_relay_pairing_cost(benchmark, impl, keys):
                 _pairing_cost(relay, ka, kb, PAIRINGS, f"u{len(got['noauth'])}", auth=False)
             )
 
-        benchmark.pedantic(run, rounds=2, iterations=1)
+        benchmark.pedantic(run, rounds=3, iterations=1)
     us = _median([g["pair_us"] for g in got["noports"]])
     base = _median([g["pair_us"] for g in got["streams"]])
     record(
