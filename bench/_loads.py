@@ -14,6 +14,7 @@ and none shares a GIL with another:
   the reference pattern, half-close, wait for the peer's EOF.
 * ``client_end`` / ``daemon_end``: the two tunnel ends in single mode
   (``open_client_single`` / ``run_daemon_single``).
+* ``pairer``: opens, holds and closes many relay pairs (the idle-pairs load).
 * ``echo``: a 64-byte ping-pong echo, listening or connecting out through a relay.
 * ``client_multi`` / ``daemon_multi``: the two tunnel ends in multi mode (``ClientMulti`` /
   ``DaemonMulti``, one relay pair per connection, as ``npt``), and ``service``: echo or sink
@@ -354,8 +355,9 @@ class RelayProc(Proc):
                 )
         return out, got["cpu"]
 
-    def stats(self) -> dict[str, Any]:
-        return self.call({"op": "stats"})
+    def stats(self, light: bool = False) -> dict[str, Any]:
+        """The relay's CPU, pair count and (unless ``light``) RSS, fds and session sums."""
+        return self.call({"op": "stats", "light": light})
 
     def wait_pairs(self, n: int, timeout: float = 60.0) -> dict[str, Any]:
         return self.call({"op": "wait_pairs", "n": n, "timeout": timeout}, timeout=timeout + 10)
@@ -1224,14 +1226,17 @@ def role_relay() -> None:
                 return streams.pairs
             return engine.pump.formed
 
-        def stats() -> dict[str, Any]:
+        def stats(light: bool = False) -> dict[str, Any]:
+            # ``light``: O(1), no per-session sums, so a CPU window that ends or starts
+            # with it (the pairing cost) does not count the bench's own bookkeeping
             d: dict[str, Any] = {
                 "cpu": time.process_time(),
                 "user_sys": list(os.times()[:2]),
-                "rss_kib": rss_kib(),
                 "pairs": pairs(),
-                "fds": len(os.listdir("/proc/self/fd")),
             }
+            if light:
+                return d
+            d.update(rss_kib=rss_kib(), fds=len(os.listdir("/proc/self/fd")))
             if engine is not None:
                 d.update(
                     sessions=len(engine.sessions),
@@ -1280,12 +1285,12 @@ def role_relay() -> None:
                             rows.append([sid, "127.0.0.1", pa, pb, rvd])
                     _reply({"sessions": rows, "cpu": time.process_time() - t0})
                 elif op == "stats":
-                    _reply(stats())
+                    _reply(stats(bool(cmd.get("light"))))
                 elif op == "wait_pairs":
                     end = loop.time() + cmd["timeout"]
                     while pairs() < cmd["n"] and loop.time() < end:
                         await asyncio.sleep(0.02)
-                    _reply(stats())
+                    _reply(stats(light=True))
                 elif op == "idle_cpu":  # the relay's own CPU over a quiet interval
                     t0 = time.process_time()
                     await asyncio.sleep(cmd["seconds"])
@@ -1311,7 +1316,56 @@ def role_relay() -> None:
     _compat.run(main())
 
 
+def role_pairer() -> None:
+    """The idle-pairs load: opens pairs through relay sessions, holds them, closes them.
+
+    ``{"op": "pair", "sessions": [[host, port_a, port_b, line_a, line_b], ...], "each": k}``
+    opens ``k`` pairs per session (A then B, each sending its auth line), ``batch`` pairs
+    at a time (under the relay's per-IP pre-auth cap), and checks every pair with 4 bytes
+    each way before the next batch, so each reply means every pair is formed and bridges.
+    ``{"op": "close"}`` closes them all with a reset (no TIME_WAIT left behind)."""
+    import struct
+
+    raise_nofile()
+    held: list[socket.socket] = []
+    reset = struct.pack("ii", 1, 0)
+    _reply({"ready": 1, "pid": os.getpid()})
+    for raw in sys.stdin:
+        cmd = json.loads(raw)
+        if cmd["op"] == "pair":
+            todo = [s for s in cmd["sessions"] for _ in range(cmd["each"])]
+            batch = int(cmd.get("batch", 100))
+            t0 = time.monotonic()
+            try:
+                for i in range(0, len(todo), batch):
+                    got = []
+                    for host, pa, pb, la, lb in todo[i : i + batch]:
+                        a = connect(host, pa, la.encode(), timeout=30)
+                        held.append(a)
+                        b = connect(host, pb, lb.encode(), timeout=30)
+                        held.append(b)
+                        got.append((a, b))
+                    for a, b in got:
+                        a.sendall(b"ping")
+                        b.sendall(b"pong")
+                    for a, b in got:
+                        if b.recv(4) != b"ping" or a.recv(4) != b"pong":
+                            raise RuntimeError("a pair does not bridge")
+                _reply({"pairs": len(held) // 2, "seconds": time.monotonic() - t0})
+            except Exception as exc:  # noqa: BLE001
+                _reply({"error": f"{type(exc).__name__}: {exc}", "pairs": len(held) // 2})
+        elif cmd["op"] == "close":
+            for sock in held:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, reset)
+                sock.close()
+            n = len(held) // 2
+            held.clear()
+            _reply({"closed": n})
+
+
 ROLES = {
+    "pairer": role_pairer,
     "sender": role_sender,
     "echo": role_echo,
     "client_end": role_client_end,

@@ -54,6 +54,14 @@ class AuthLine:
 
     __slots__ = ("_buf", "_expected", "_rvd_nonce", "_key", "_max", "_verdict", "_verified")
 
+    # The optional ESCR attributes ``Inbound`` reads with getattr: found here at once, where
+    # a miss on a slotted instance would raise and catch an AttributeError per socket.
+    greeting = None
+    ok_line = None
+    fail_line = None
+    target = None
+    cancel = None
+
     def __init__(
         self,
         session_id: str,

@@ -31,6 +31,7 @@ log = logging.getLogger("noports.relay")
 NONCE_BYTES = 24  # 192 bits, url-safe base64 text of 32 characters
 SIGNING_KEY_TTL = 60.0  # seconds a fetched ESCR signing key is trusted
 SIGNING_MISS_TTL = 1.0  # seconds a missing one is remembered as missing (it may be on its way)
+PARSED_KEYS_MAX = 1024  # distinct prefetched signing-key values kept parsed
 NOT_BOUND_443 = "Client requested port 443 but this relay is not bound to port 443"
 
 
@@ -103,6 +104,7 @@ class Relay:
         self._signing: dict[str, tuple[rsa.PublicKey | None, float]] = {}
         self._fetching: dict[str, list[Callable[[rsa.PublicKey | None], None]]] = {}
         self._fetch_tasks: set[asyncio.Task[None]] = set()
+        self._parsed: dict[str, rsa.PublicKey | None] = {}  # published value -> key
         self._single_port_arg = single_port
         self.single: SinglePort | None = None
         self._single_sessions: dict[str, Session] = {}
@@ -187,7 +189,7 @@ class Relay:
     def signing_key(self, uri: str, spec: SessionSpec) -> rsa.PublicKey | None | bool:
         """The key at ``uri`` if known (None = known missing), else False (fetch it)."""
         if spec.prefetched and uri in spec.prefetched:
-            return parse_signing_key(spec.prefetched[uri])
+            return self._parsed_key(spec.prefetched[uri])
         hit = self._signing.get(uri)
         if hit is not None:
             key, until = hit
@@ -197,6 +199,18 @@ class Relay:
         if self.lookup is None:
             return None
         return False
+
+    def _parsed_key(self, value: str) -> rsa.PublicKey | None:
+        """``parse_signing_key(value)``, parsed once per distinct value (not per socket:
+        every socket of a session repeats the same prefetched key)."""
+        cache = self._parsed
+        if value in cache:
+            return cache[value]
+        key = parse_signing_key(value)
+        if len(cache) >= PARSED_KEYS_MAX:
+            cache.clear()
+        cache[value] = key
+        return key
 
     def fetch_signing_key(self, uri: str, done: Callable[[rsa.PublicKey | None], None]) -> None:
         waiting = self._fetching.get(uri)
