@@ -42,6 +42,7 @@ LAYERS: dict[str, int] = {
     "config": 0,
     "metrics": 0,
     "sdnotify": 0,
+    "record": 0,  # issue 11: plain value classes in place of start-up dataclasses
     "crypto": 1,
     "_speedups": 1,
     "at": 2,
