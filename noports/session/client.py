@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -127,7 +126,7 @@ async def establish(
             progress=progress,
         )
         progress(f"Using relay {choice.relay} ({choice.reason})")
-        spec = dataclasses.replace(spec, relay=choice.relay)
+        spec = spec.replace(relay=choice.relay)
         mark("relaySelect")
     hs = ClientHandshake(
         spec, me=client.atsign, my_uri=relayauth.signing_uri(client), clock=loop.time
@@ -352,8 +351,7 @@ async def establish_any(
             raise
     log.info("the device daemon has no escr relay auth: falling back to payload mode")
     progress("Device daemon has no escr relay authentication; using payload mode")
-    again = dataclasses.replace(
-        spec,
+    again = spec.replace(
         relay_auth_mode="payload",
         required=[f for f in spec.required if f is not DaemonFeature.SUPPORTS_RAM_ESCR],
     )
