@@ -46,7 +46,18 @@ def _exact_update_into() -> bool:
     return True
 
 
-CTR_INTO: bool = _exact_update_into()
+def __getattr__(name: str) -> Any:
+    # ``CTR_INTO: bool``, probed on first use, not at import (1-2 ms of a program's start-up,
+    # and AEAD sessions never use CTR)
+    if name == "CTR_INTO":
+        value = globals()["CTR_INTO"] = _exact_update_into()
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _ctr_into() -> bool:
+    into = globals().get("CTR_INTO")
+    return __getattr__("CTR_INTO") if into is None else into
 
 
 class AllocatingCTR:
@@ -77,7 +88,7 @@ def ctr_context(key: bytes, iv: bytes) -> Any:
     if len(iv) != IV_LEN:
         raise ProtocolError(f"AES-CTR IV must be {IV_LEN} bytes, got {len(iv)}")
     ctx = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor()
-    return ctx if CTR_INTO else AllocatingCTR(ctx)
+    return ctx if _ctr_into() else AllocatingCTR(ctx)
 
 
 class CtrKeys(Frozen):
