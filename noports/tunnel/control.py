@@ -32,8 +32,10 @@ from ..record import Frozen, set_field
 MAX_LINE = 4096
 OLD_MESSAGE_LEN = 77  # "connect:" + 44 + ":" + 24
 
-_OLD = re.compile(rb"(?:connect:[A-Za-z0-9+/]{43}=:[A-Za-z0-9+/]{22}==|connect:no:encrypt)+")
-_OLD_ONE = re.compile(rb"connect:[A-Za-z0-9+/]{43}=:[A-Za-z0-9+/]{22}==|connect:no:encrypt")
+# compiled on first use (``re``'s cache), not at import: only a daemon facing old clients
+# parses unterminated messages
+_OLD = rb"(?:connect:[A-Za-z0-9+/]{43}=:[A-Za-z0-9+/]{22}==|connect:no:encrypt)+"
+_OLD_ONE = rb"connect:[A-Za-z0-9+/]{43}=:[A-Za-z0-9+/]{22}==|connect:no:encrypt"
 
 
 class Connect(Frozen):
@@ -134,8 +136,8 @@ class ControlParser:
             del self._buf[: nl + 1]
             if line.strip():
                 events.append(parse_message(line.decode("utf-8", "replace")))
-        if self._buf and self.accept_unterminated and _OLD.fullmatch(self._buf):
-            for m in _OLD_ONE.finditer(bytes(self._buf)):
+        if self._buf and self.accept_unterminated and re.fullmatch(_OLD, self._buf):
+            for m in re.finditer(_OLD_ONE, bytes(self._buf)):
                 events.append(parse_message(m.group().decode("ascii")))
             self._buf.clear()
         if len(self._buf) > self.max_line:
