@@ -55,7 +55,7 @@ class Record:
             return self._key() == other._key()  # type: ignore[attr-defined]
         return NotImplemented
 
-    __hash__ = None  # type: ignore[assignment]  # as a mutable dataclass with eq
+    # (defining __eq__ without __hash__ leaves the class unhashable, as a mutable dataclass)
 
     def replace(self: T, **changes: Any) -> T:
         """A copy with ``changes`` (the constructor runs again, as ``dataclasses.replace``)."""
