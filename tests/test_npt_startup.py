@@ -37,10 +37,16 @@ SSHNP_START = (
     "from noports.cli.sshnp import parse\n"
     "parse(['-f', '@a', '-t', '@b', '-r', '@c', '-d', 'dev'])\n"
 )
-#: our modules each client's start path does not need: the other tunnel mode, the daemon,
-#: relay and server sides
-NOT_FOR_NPT = ("noports.tunnel.single", "noports.sshnpd", "noports.srvd", "noports.atserver")
-NOT_FOR_SSHNP = ("noports.tunnel.multi", "noports.sshnpd", "noports.srvd", "noports.atserver")
+#: modules each client's start path does not need: the other tunnel mode, the daemon, relay
+#: and server sides, and the thread pool the RSA session key falls back to (made on first use)
+_NOT_FOR_CLIENTS = (
+    "noports.sshnpd",
+    "noports.srvd",
+    "noports.atserver",
+    "concurrent.futures.thread",
+)
+NOT_FOR_NPT = ("noports.tunnel.single", *_NOT_FOR_CLIENTS)
+NOT_FOR_SSHNP = ("noports.tunnel.multi", *_NOT_FOR_CLIENTS)
 
 _REPORT = (
     "import sys, json\n"
