@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -59,23 +60,25 @@ _REPORT = (
 )
 
 
-def _start_path(code: str) -> dict:
-    """What a fresh interpreter has loaded after ``code`` (``-S``: no editable finder)."""
+def _start_path(code: str, home: Path) -> dict:
+    """What a fresh interpreter has loaded after ``code`` (``-S``: no editable finder), in an
+    empty HOME (no config file of the user's changes what is imported)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOPORTS_")}
-    env["HOME"] = os.environ.get("HOME", "/nonexistent")
+    env["HOME"] = str(home)
     out = subprocess.run(
         [sys.executable, "-S", "-c", code + _REPORT],
         env={**env, "PYTHONPATH": os.pathsep.join(sys.path)},
         capture_output=True,
         text=True,
         timeout=60,
+        cwd=home,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_npt_path_imports_none_of_the_modules_it_does_not_need() -> None:
-    got = _start_path(NPT_START)
+def test_npt_path_imports_none_of_the_modules_it_does_not_need(tmp_path: Path) -> None:
+    got = _start_path(NPT_START, tmp_path)
     assert [m for m in NOT_AT_START if m in got["modules"]] == []
 
 
@@ -88,12 +91,12 @@ def test_npt_path_imports_none_of_the_modules_it_does_not_need() -> None:
     ids=["npt", "sshnp"],
 )
 def test_client_start_path_makes_no_dataclass_and_loads_one_tunnel_mode(
-    code: str, not_needed: tuple[str, ...], needed: str
+    code: str, not_needed: tuple[str, ...], needed: str, tmp_path: Path
 ) -> None:
     """Issue 11 target 4: making a dataclass costs ~1 ms (one ``exec`` per method); the
     start path's value classes are :mod:`noports.record` classes, the ``tunnel`` package
     loads only the mode in use, and the CTR capability probe waits for a CTR session."""
-    got = _start_path(code)
+    got = _start_path(code, tmp_path)
     assert got["dataclasses"] == [], "dataclasses on the start path"
     loaded = [m for m in got["modules"] if m.startswith(not_needed)]
     assert loaded == [], f"imported at start: {loaded}"
