@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from ..errors import ProtocolError
-from ..record import Frozen, set_field
+from ..record import Frozen, Record, set_field
 from . import aes, rsa
 from .encoding import b64d, b64e, canonical_bytes, canonical_json
 
@@ -119,7 +119,7 @@ def response_line(
 # -- the relay's checks ---------------------------------------------------------------------
 
 
-class Claim(Frozen):
+class Claim(Record):  # not frozen: made per socket on the relay (plain stores are cheaper)
     """A decrypted, well-formed response whose signature is still to be checked."""
 
     __slots__ = ("session_id", "side", "atsign", "signing_uri", "signed", "signature")
@@ -139,12 +139,12 @@ class Claim(Frozen):
         signed: bytes,
         signature: str,
     ) -> None:
-        set_field(self, "session_id", session_id)
-        set_field(self, "side", side)
-        set_field(self, "atsign", atsign)
-        set_field(self, "signing_uri", signing_uri)
-        set_field(self, "signed", signed)
-        set_field(self, "signature", signature)
+        self.session_id = session_id
+        self.side = side
+        self.atsign = atsign
+        self.signing_uri = signing_uri
+        self.signed = signed
+        self.signature = signature
 
 
 def split_response(line: bytes) -> tuple[str, str]:
