@@ -235,7 +235,7 @@ class Step(enum.Enum):
     FAILED = "failed"
 
 
-class Event(Frozen):
+class Event(Record):  # not frozen: made per socket on the relay (plain stores are cheaper)
     __slots__ = ("step", "reason", "data", "session_id", "uri")
     step: Step
     reason: str
@@ -251,11 +251,11 @@ class Event(Frozen):
         session_id: str = "",
         uri: str = "",
     ) -> None:
-        set_field(self, "step", step)
-        set_field(self, "reason", reason)
-        set_field(self, "data", data)
-        set_field(self, "session_id", session_id)
-        set_field(self, "uri", uri)
+        self.step = step
+        self.reason = reason
+        self.data = data
+        self.session_id = session_id
+        self.uri = uri
 
 
 NEED_MORE = Event(Step.NEED_MORE)
