@@ -1,7 +1,7 @@
 """The ``npt`` command: hand the request to a running ``noports agent``, else run npt here.
 
-This is the console script's entry point, so it imports only ``os``, ``sys`` and
-:mod:`noports.npt.agentwire` (``socket``, ``struct``, ``json``): with an agent, an npt start
+This is the console script's entry point, so it imports only ``os``, ``sys``, ``_signal`` and
+:mod:`noports.npt.agentwire` (``_socket``, ``struct``): with an agent, an npt start
 costs the interpreter and one round trip on a Unix socket instead of ~140 ms of imports and
 an atServer connection (see :mod:`noports.cli.agent` for the agent, its trust model and
 what it leaves to the in-process npt). Without an agent, or when the agent declines, this is
@@ -36,49 +36,50 @@ def _via_agent(argv: list[str]) -> int | None:
     env = wire.request_env()
     if env is None:
         return None
-    try:
-        sock = wire.connect(wire.default_socket_path())
-    except OSError:
-        return None
     from . import __version__
 
+    try:
+        request = wire.encode_request(
+            {
+                "op": "npt",
+                "v": wire.PROTOCOL,
+                "version": __version__,
+                "argv": argv,
+                "cwd": os.getcwd(),
+                "env": env,
+                "columns": wire.columns(),
+            }
+        )
+        sock = wire.connect(wire.default_socket_path())
+    except (OSError, ValueError):  # no agent (or not ours); UnicodeEncodeError: odd argv
+        return None
     answered = False
-    with sock:
-        try:
-            sock.sendall(
-                wire.encode(
-                    {
-                        "op": "npt",
-                        "v": wire.PROTOCOL,
-                        "version": __version__,
-                        "argv": argv,
-                        "cwd": os.getcwd(),
-                        "env": env,
-                        "columns": wire.columns(),
-                    }
-                )
-            )
-            lines = wire.Lines(sock)
-            while True:
-                msg = lines.next()
-                if msg is None:
-                    break
-                if not answered and "fallback" in msg:
-                    return None
-                answered = True
-                if "o" in msg:
-                    sys.stdout.write(str(msg["o"]))
-                    sys.stdout.flush()
-                elif "e" in msg:
-                    sys.stderr.write(str(msg["e"]))
-                    sys.stderr.flush()
-                elif "x" in msg:
-                    return int(msg["x"])  # type: ignore[call-overload]
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: closing the socket ends the session
-            return 1
-        except (OSError, ValueError):
-            if not answered:
+    try:
+        sock.sendall(request)
+        frames = wire.Frames(sock)
+        while True:
+            got = frames.next()
+            if got is None:
+                break
+            tag, text = got
+            if not answered and tag == "f":
                 return None
+            answered = True
+            if tag == "o":
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            elif tag == "e":
+                sys.stderr.write(text)
+                sys.stderr.flush()
+            elif tag == "x":
+                return int(text)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: closing the socket ends the session
+        return 1
+    except (OSError, ValueError):
+        if not answered:
+            return None
+    finally:
+        sock.close()
     if not answered:
         return None
     print("npt: error: lost the connection to the agent", file=sys.stderr)
@@ -92,13 +93,13 @@ def _terminate(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if os.environ.get("NOPORTS_NO_AGENT", "") in ("", "0") and not _local_only(args):
-        import signal
+        import _signal  # not ``signal``: its enums cost more than the rest of this file
 
-        old = signal.signal(signal.SIGTERM, _terminate)  # as npt: SIGTERM ends us like SIGINT
+        old = _signal.signal(_signal.SIGTERM, _terminate)  # as npt: SIGTERM is like SIGINT
         try:
             code = _via_agent(args)
         finally:
-            signal.signal(signal.SIGTERM, old)
+            _signal.signal(_signal.SIGTERM, old)
         if code is not None:
             return code
     from .cli import npt

@@ -1,35 +1,36 @@
 """The ``npt`` agent's socket: where it is, who may use it, and the messages on it.
 
 Shared by the resident agent (:mod:`noports.cli.agent`) and the thin ``npt`` front
-(:mod:`noports.npt_front`), so it imports only ``os``, ``socket``, ``struct`` and ``json``: the
-front must start in a few milliseconds.
+(:mod:`noports.npt_front`), so it imports only ``os``, ``stat``, ``_socket`` and ``_struct``
+(not ``socket``, ``json`` or ``signal``: their ``enum`` and ``re`` imports alone cost more
+than the rest of the front): an npt start through the agent must cost little more than the
+interpreter.
 
 Trust model (as ``ssh-agent``): the agent serves one user. Its socket lives in a directory
-that we own and that no one else can write or search (0700), the socket is 0600, and both
-ends check the other's uid with ``SO_PEERCRED``: the agent answers only processes of its own
-uid, and the front talks only to an agent of its own uid. A path that is not ours (a
+that we own and that no one else can write (0700 when we create it), the socket is 0600, and
+both ends check the other's uid with ``SO_PEERCRED``: the agent answers only processes of its
+own uid, and the front talks only to an agent of its own uid. A path that is not ours (a
 directory or socket owned by someone else, or a directory others can write) is refused, never
 "fixed". The agent holds the atKeys in memory like any running ``npt``; no secret crosses the
 socket (a pass phrase, in argv or the environment, makes the front run ``npt`` in-process).
 
-Messages are JSON objects, one a line (UTF-8). The front sends one request::
+The front sends one request, a JSON object on one line (UTF-8)::
 
     {"op": "npt", "v": <PROTOCOL>, "version": <noports version>, "argv": [...],
      "cwd": "...", "env": {...}, "columns": <int>}
 
-and the agent answers with any number of ``{"o": text}`` (stdout) and ``{"e": text}``
-(stderr) messages, then ``{"x": <exit code>}``; or, as its first and only message,
-``{"fallback": reason}``: run ``npt`` in-process instead. In the foreground the connection
-stays open while the tunnel runs: its end (the front exits or is killed) ends the session.
-``{"op": "status"}`` and ``{"op": "stop"}`` get one ``{"status": {...}}`` / ``{"stopping":
-true}`` answer.
+(``{"op": "status"}`` and ``{"op": "stop"}`` for ``noports agent status|stop``). The agent
+answers with frames: one tag byte, a 4-byte big-endian length, that many bytes of UTF-8:
+``o`` stdout text, ``e`` stderr text, then ``x`` the exit code (decimal); or, as its first
+and only frame, ``f`` (a reason): run ``npt`` in-process instead; ``s`` a JSON status object.
+In the foreground the connection stays open while the tunnel runs: its end (the front exits
+or is killed) ends the session.
 """
 
 from __future__ import annotations
 
-import json
+import _socket
 import os
-import socket
 import stat
 import struct
 
@@ -87,17 +88,17 @@ def check_socket(path: str) -> None:
         raise AgentPathError(f"{path} is owned by uid {st.st_uid}, not by us")
 
 
-def peer_uid(sock: socket.socket) -> int:
+def peer_uid(sock: _socket.socket) -> int:
     """The uid of the process at the other end of a connected AF_UNIX socket."""
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i"))
     return int(struct.unpack("3i", creds)[1])
 
 
-def connect(path: str, timeout: float = 2.0) -> socket.socket:
+def connect(path: str, timeout: float = 2.0) -> _socket.socket:
     """A connection to the agent at ``path`` after the path and uid checks; OSError (or
     :class:`AgentPathError`) when there is none or it is not ours."""
     check_socket(path)
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         s.settimeout(timeout)
         s.connect(path)
@@ -111,8 +112,36 @@ def connect(path: str, timeout: float = 2.0) -> socket.socket:
     return s
 
 
-def encode(msg: dict[str, object]) -> bytes:
-    return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+_JSON_ESCAPES = {ord('"'): '\\"', ord("\\"): "\\\\"} | {i: f"\\u{i:04x}" for i in range(32)}
+
+
+def _json(value: object) -> str:
+    """JSON for the request's types (str, int, list, dict) without importing ``json``."""
+    if isinstance(value, str):
+        return '"' + value.translate(_JSON_ESCAPES) + '"'
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_json(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(_json(str(k)) + ":" + _json(v) for k, v in value.items()) + "}"
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def encode_request(msg: dict[str, object]) -> bytes:
+    """One request line; UnicodeEncodeError for text that is not valid UTF-8 (e.g. an
+    undecodable argv byte: the front then runs npt in-process)."""
+    return _json(msg).encode("utf-8") + b"\n"
+
+
+_HEAD = struct.Struct("!cI")
+
+
+def frame(tag: str, text: str) -> bytes:
+    data = text.encode("utf-8", "replace")
+    return _HEAD.pack(tag.encode("ascii"), len(data)) + data
 
 
 def request_env(environ: dict[str, str] | None = None) -> dict[str, str] | None:
@@ -144,24 +173,29 @@ def columns() -> int:
     return n or 80
 
 
-class Lines:
-    """JSON messages from a blocking socket, one a line."""
+class Frames:
+    """Frames from a blocking socket."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
         self.buf = b""
 
-    def next(self) -> dict[str, object] | None:
-        """The next message; None at the end of the stream."""
-        while b"\n" not in self.buf:
-            if len(self.buf) > MAX_LINE:
-                raise ValueError("agent message too long")
+    def _fill(self, n: int) -> bool:
+        while len(self.buf) < n:
             chunk = self.sock.recv(65536)
             if not chunk:
-                return None
+                return False
             self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        msg = json.loads(line)
-        if not isinstance(msg, dict):
-            raise ValueError("agent message is not an object")
-        return msg
+        return True
+
+    def next(self) -> tuple[str, str] | None:
+        """The next ``(tag, text)``; None at the end of the stream."""
+        if not self._fill(_HEAD.size):
+            return None
+        tag, n = _HEAD.unpack_from(self.buf)
+        if n > MAX_LINE:
+            raise ValueError("agent frame too long")
+        if not self._fill(_HEAD.size + n):
+            return None
+        data, self.buf = self.buf[_HEAD.size : _HEAD.size + n], self.buf[_HEAD.size + n :]
+        return tag.decode("ascii", "replace"), data.decode("utf-8", "replace")

@@ -20,6 +20,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ..errors import NoPortsError
@@ -97,12 +98,14 @@ async def run(
     ephemeral: concurrent.futures.Future[rsa.PrivateKey] | None = None,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> int:
     """One npt invocation (``-K``: until cancelled). ``client``: an authenticated atClient
     the caller owns (``noports agent``: warm, and closed by the caller), else one is
     connected here and closed on return. ``ephemeral``: a key generation for the first
     session. ``stdout``/``stderr``: where the lines go (default ``sys.stdout``/``sys.stderr``
-    at the time of writing)."""
+    at the time of writing). ``on_ready``: called when a session listens (the agent starts
+    its background work then, off the set-up's critical path)."""
     started = time.monotonic()
     say = _progress(args, stderr)
 
@@ -173,6 +176,8 @@ async def run(
                     file=err(),
                     flush=True,
                 )
+            if on_ready is not None:
+                on_ready()
             if report is not None:
                 report(json.dumps(ev) if args.output == "json" else str(cm.port))
             elif args.output == "json":
