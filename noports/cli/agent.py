@@ -210,9 +210,7 @@ class Agent:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopped.set)
-        from ..session.client import start_ephemeral_keygen
-
-        self.rsa = start_ephemeral_keygen()  # the first session's key, made ahead
+        self._make_rsa()  # the first session's key, made ahead
         log.info("noports agent %d listening on %s", os.getpid(), self.path)
         print(f"noports agent listening on {self.path}", file=sys.stderr, flush=True)
         sdnotify.notify("READY=1", f"STATUS=listening on {self.path}")
@@ -310,7 +308,7 @@ class Agent:
 
     def _take_rsa(self) -> concurrent.futures.Future[rsa.PrivateKey]:
         """The key made ahead (the next one is started by :meth:`_make_rsa`, after the
-        set-up: RSA-2048 generation takes 50-250 ms of CPU)."""
+        set-up: RSA-2048 generation takes 50-250 ms of CPU), else one made now."""
         from ..session.client import start_ephemeral_keygen
 
         fut, self.rsa = self.rsa, None
@@ -322,10 +320,12 @@ class Agent:
             self._make_rsa()
 
     def _make_rsa(self) -> None:
-        from ..session.client import start_ephemeral_keygen
-
+        """Make the next session's RSA key ahead, in a thread at the lowest CPU priority
+        (``nice`` is per thread on Linux): tunnels and set-ups in flight come first."""
         if self.rsa is None:
-            self.rsa = start_ephemeral_keygen()
+            from ..crypto import rsa as rsa_mod
+
+            self.rsa = _background_pool().submit(rsa_mod.generate)
 
     # -- requests --------------------------------------------------------------------------
 
@@ -512,6 +512,25 @@ class Agent:
         except Exception as exc:  # noqa: BLE001 - one line and an exit code, as npt
             with contextlib.redirect_stderr(err):  # type: ignore[type-var]
                 return fail("npt", exc)
+
+
+_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _lower_priority() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, 0, 19)  # this thread only (Linux)
+
+
+def _background_pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        import concurrent.futures
+
+        _POOL = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="agent-rsa", initializer=_lower_priority
+        )
+    return _POOL
 
 
 def _unsupported_flags(args: argparse.Namespace) -> str | None:
