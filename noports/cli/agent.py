@@ -75,6 +75,7 @@ SPARE_MAX_AGE = 240.0  # a spare atClient older than this is replaced while idle
 #: first bytes through the new tunnel come first (2-core machines feel the contention)
 BACKGROUND_DELAY = 0.3
 MAINTAIN_EVERY = 5.0
+RSA_STOCK = 2  # ephemeral RSA-2048 keys made ahead (only sessions without --require-aead)
 EXIT_NO_AGENT = 7
 
 #: the stderr stream of the request a task serves (its warnings go there, as in npt)
@@ -180,7 +181,7 @@ class Agent:
         self.stopped = asyncio.Event()
         self.sessions: set[asyncio.Task[int]] = set()
         self.spares: dict[Key, _Spares] = {}
-        self.rsa: concurrent.futures.Future[rsa.PrivateKey] | None = None
+        self.rsa: list[concurrent.futures.Future[rsa.PrivateKey]] = []  # keys made ahead
         self.last_active = time.monotonic()
         self.started = time.time()
         self.served = 0
@@ -311,8 +312,13 @@ class Agent:
         set-up: RSA-2048 generation takes 50-250 ms of CPU), else one made now."""
         from ..session.client import start_ephemeral_keygen
 
-        fut, self.rsa = self.rsa, None
-        return fut or start_ephemeral_keygen()
+        for fut in self.rsa:
+            if fut.done() and fut.exception() is None:
+                self.rsa.remove(fut)
+                return fut
+        # none ready (a busy machine starves the nice-19 thread): one at normal priority now;
+        # the pending ones stay in stock
+        return start_ephemeral_keygen()
 
     def _background(self, key: Key) -> None:
         if not self.stopped.is_set():
@@ -322,10 +328,11 @@ class Agent:
     def _make_rsa(self) -> None:
         """Make the next session's RSA key ahead, in a thread at the lowest CPU priority
         (``nice`` is per thread on Linux): tunnels and set-ups in flight come first."""
-        if self.rsa is None:
-            from ..crypto import rsa as rsa_mod
+        from ..crypto import rsa as rsa_mod
 
-            self.rsa = _background_pool().submit(rsa_mod.generate)
+        self.rsa = [f for f in self.rsa if not (f.done() and f.exception() is not None)]
+        while len(self.rsa) < RSA_STOCK:
+            self.rsa.append(_background_pool().submit(rsa_mod.generate))
 
     # -- requests --------------------------------------------------------------------------
 
