@@ -254,3 +254,48 @@ def test_foreign_owned_socket_is_refused(arig: AgentRig, tmp_path: Path) -> None
             agentwire.connect(path)
     finally:
         srv.close()
+
+
+def test_relative_paths_and_flag_variables_are_the_front_s(arig: AgentRig) -> None:
+    """-k relative to the front's directory; NOPORTS_NPT_* from the front's environment."""
+    served = arig.status()["served"]
+    keys_dir = arig.rig.env.home / ".atsign"
+    argv = arig.front_argv("-p", str(arig.rig.sshd.port), "-x", "-T", "3s")
+    argv += ["-k", f"keys/{arig.rig.client}_key.atKeys"]
+    r = subprocess.run(
+        argv,
+        env={**arig.env, "NOPORTS_NPT_OUTPUT": "json"},
+        cwd=str(keys_dir),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 0, r.stderr
+    ev = json.loads(r.stdout)
+    assert ev["event"] == "ready"
+    banner_after_connect(ev["port"])
+    assert arig.status()["served"] == served + 1
+
+
+def test_another_environment_runs_in_process(arig: AgentRig) -> None:
+    served = arig.status()["served"]
+    r = arig.front("-p", str(arig.rig.sshd.port), "-x", "-T", "3s", env={"NOPORTS_OTHER": "1"})
+    assert r.returncode == 0, r.stderr
+    banner_after_connect(int(r.stdout.strip()))
+    assert arig.status()["served"] == served
+
+
+def test_idle_agent_exits(arig: AgentRig, tmp_path: Path) -> None:
+    d = tmp_path / "idle"
+    d.mkdir(mode=0o700)
+    path = str(d / "agent.sock")
+    p = Proc(
+        [sys.executable, "-m", "noports.cli.agent", "--socket", path, "--idle", "1s"],
+        arig.env,
+        str(tmp_path),
+        None,
+    )
+    arig.rig.env.procs.append(p)
+    p.wait_for("listening on", 20)
+    assert p.wait(15) == 0
+    assert not os.path.lexists(path)

@@ -256,7 +256,9 @@ class Agent:
         """Until stopped: exit when idle for ``idle_s``; replace old spares."""
         while not self.stopped.is_set():
             with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
-                await asyncio.wait_for(self.stopped.wait(), MAINTAIN_EVERY)
+                await asyncio.wait_for(
+                    self.stopped.wait(), min(MAINTAIN_EVERY, self.idle_s or MAINTAIN_EVERY)
+                )
             now = time.monotonic()
             if self.sessions:
                 self.last_active = now
