@@ -93,7 +93,8 @@ def _terminate(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if os.environ.get("NOPORTS_NO_AGENT", "") in ("", "0") and not _local_only(args):
-        import _signal  # not ``signal``: its enums cost more than the rest of this file
+        # not ``signal``: its enums cost more than the rest of this file
+        import _signal  # type: ignore[import-not-found, unused-ignore]
 
         old = _signal.signal(_signal.SIGTERM, _terminate)  # as npt: SIGTERM is like SIGINT
         try:

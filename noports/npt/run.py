@@ -21,7 +21,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import NoPortsError
 from ..log import escape
@@ -43,10 +43,19 @@ if TYPE_CHECKING:
     from ..crypto import rsa
 
 log = logging.getLogger("noports.npt")
+
+
+class TextSink(Protocol):
+    """Where a request's lines go (``sys.stdout``, or the agent's per-request stream)."""
+
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
 KEEP_ALIVE_DELAY = 5.0
 
 
-def _progress(args: argparse.Namespace, err: TextIO | None = None):
+def _progress(args: argparse.Namespace, err: TextSink | None = None):
     def say(msg: str) -> None:
         if not args.quiet and not args.verbose and not args.debug:
             print(
@@ -96,8 +105,8 @@ async def run(
     *,
     client: AtClient | None = None,
     ephemeral: concurrent.futures.Future[rsa.PrivateKey] | None = None,
-    stdout: TextIO | None = None,
-    stderr: TextIO | None = None,
+    stdout: TextSink | None = None,
+    stderr: TextSink | None = None,
     on_ready: Callable[[], None] | None = None,
 ) -> int:
     """One npt invocation (``-K``: until cancelled). ``client``: an authenticated atClient
@@ -109,10 +118,10 @@ async def run(
     started = time.monotonic()
     say = _progress(args, stderr)
 
-    def out() -> TextIO:
+    def out() -> TextSink:
         return stdout or sys.stdout
 
-    def err() -> TextIO:
+    def err() -> TextSink:
         return stderr or sys.stderr
 
     root = args.root or args.root_domain
