@@ -299,3 +299,24 @@ def test_idle_agent_exits(arig: AgentRig, tmp_path: Path) -> None:
     p.wait_for("listening on", 20)
     assert p.wait(15) == 0
     assert not os.path.lexists(path)
+
+
+def test_a_changed_keys_file_is_not_served_from_a_spare(arig: AgentRig, tmp_path: Path) -> None:
+    """The agent keeps a spare atClient per keys file; when the file goes away the next
+    request fails as in-process npt does, not on the old keys."""
+    import shutil
+
+    keys = tmp_path / "client.atKeys"
+    shutil.copy(arig.rig.env.home / ".atsign" / "keys" / f"{arig.rig.client}_key.atKeys", keys)
+    keys.chmod(0o600)
+    args = ("-p", str(arig.rig.sshd.port), "-x", "-T", "3s", "-k", str(keys))
+    r = arig.front(*args)
+    assert r.returncode == 0, r.stderr
+    deadline = time.monotonic() + 10
+    while arig.rig.client not in arig.status()["spares"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    keys.unlink()
+    via = arig.front(*args)
+    here = arig.front(*args, env={"NOPORTS_NO_AGENT": "1"})
+    assert via.returncode == here.returncode != 0, (via.stderr, here.stderr)
+    assert via.stderr == here.stderr and via.stdout == here.stdout == ""

@@ -169,6 +169,7 @@ class _Spares:
         self.task: asyncio.Task[AtClient] | None = None
         self.born = 0.0
         self.donor: AtClient | None = None  # the first client: its cache dicts are shared
+        self.stamp: tuple[int, int, int] | None = None  # the keys file the spare was made with
 
 
 Key = tuple[str, str | None, str | None, str | None]
@@ -285,8 +286,11 @@ class Agent:
         from ..session.client import connect_client
 
         atsign, keys_file, root, ca_file = key
-        client = await connect_client(atsign, keys_file=keys_file, root=root, ca_file=ca_file)
         sp = self.spares.setdefault(key, _Spares())
+        stamp = _keys_stamp(key)
+        if stamp != sp.stamp:  # new keys (or the first client): no cache carries over
+            sp.stamp, sp.donor = stamp, None
+        client = await connect_client(atsign, keys_file=keys_file, root=root, ca_file=ca_file)
         if sp.donor is None:
             sp.donor = client
         elif sp.donor is not client:
@@ -300,6 +304,10 @@ class Agent:
         task, client = (sp.task, None) if sp is not None else (None, None)
         if sp is not None:
             sp.task = None
+            if task is not None and _keys_stamp(key) != sp.stamp:
+                log.info("the keys file of %s changed: a new atClient", key[0])
+                await _close_spare(task)
+                task = None
         if task is not None:
             try:
                 client = await task
@@ -414,7 +422,7 @@ class Agent:
             for name in ("key_file", "ca_file", "config"):
                 value = getattr(args, name, None)
                 if value:
-                    setattr(args, name, os.path.abspath(os.path.expanduser(str(value))))
+                    setattr(args, name, os.path.abspath(str(value)))
             return 0, args
         finally:
             os.chdir(here)
@@ -521,6 +529,19 @@ class Agent:
         except Exception as exc:  # noqa: BLE001 - one line and an exit code, as npt
             with contextlib.redirect_stderr(err):  # type: ignore[type-var]
                 return fail("npt", exc)
+
+
+def _keys_stamp(key: Key) -> tuple[int, int, int] | None:
+    """Identity of the keys file a request names (the spare is replaced when it changes)."""
+    from ..crypto.atkeys import default_keys_path
+    from ..names import validate_atsign
+
+    try:
+        path = key[1] or default_keys_path(validate_atsign(key[0], add_at=True))
+        st = os.stat(path)
+    except (OSError, NoPortsError, ValueError):
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 _POOL: concurrent.futures.ThreadPoolExecutor | None = None
