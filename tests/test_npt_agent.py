@@ -320,3 +320,29 @@ def test_a_changed_keys_file_is_not_served_from_a_spare(arig: AgentRig, tmp_path
     here = arig.front(*args, env={"NOPORTS_NO_AGENT": "1"})
     assert via.returncode == here.returncode != 0, (via.stderr, here.stderr)
     assert via.stderr == here.stderr and via.stdout == here.stdout == ""
+
+
+def test_concurrent_requests(arig: AgentRig) -> None:
+    """Several fronts at once: each gets its own session (one takes the spare, the others
+    connect their own atClient), stdout and exit code."""
+    served = arig.status()["served"]
+    procs = [
+        subprocess.Popen(
+            arig.front_argv("-p", str(arig.echo.port), "-x", "-T", "5s", "--output", "json"),
+            env=arig.env,
+            cwd=str(arig.rig.env.home),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    ports = set()
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        ev = json.loads(out)
+        ports.add(ev["port"])
+        assert _echo_through(ev["port"], b"hello %d" % ev["port"]) == b"hello %d" % ev["port"]
+    assert len(ports) == 3
+    assert arig.status()["served"] == served + 3
