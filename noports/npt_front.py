@@ -55,6 +55,7 @@ def _via_agent(argv: list[str]) -> int | None:
         return None
     answered = False
     try:
+        sock.settimeout(wire.ANSWER_TIMEOUT)
         sock.sendall(request)
         frames = wire.Frames(sock)
         while True:
@@ -62,9 +63,11 @@ def _via_agent(argv: list[str]) -> int | None:
             if got is None:
                 break
             tag, text = got
-            if not answered and tag == "f":
-                return None
-            answered = True
+            if not answered:
+                if tag == "f":
+                    return None
+                answered = True
+                sock.settimeout(None)  # the session may last; its end closes the socket
             if tag == "o":
                 sys.stdout.write(text)
                 sys.stdout.flush()

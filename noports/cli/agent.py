@@ -456,6 +456,7 @@ class Agent:
             writer.write(wire.frame("f", reason))
             return
         self.served += 1
+        writer.write(wire.frame("a", ""))  # taken: the front stops waiting for an answer
         _REQUEST_ERR.set(err)
         detached = [False]
 

@@ -21,8 +21,10 @@ The front sends one request, a JSON object on one line (UTF-8)::
 
 (``{"op": "status"}`` and ``{"op": "stop"}`` for ``noports agent status|stop``). The agent
 answers with frames: one tag byte, a 4-byte big-endian length, that many bytes of UTF-8:
-``o`` stdout text, ``e`` stderr text, then ``x`` the exit code (decimal); or, as its first
-and only frame, ``f`` (a reason): run ``npt`` in-process instead; ``s`` a JSON status object.
+``a`` (empty) once it serves the request, ``o`` stdout text, ``e`` stderr text, then ``x``
+the exit code (decimal); or, as its first and only frame, ``f`` (a reason): run ``npt``
+in-process instead; ``s`` a JSON status object. The front waits :data:`ANSWER_TIMEOUT` for the
+first frame (a wedged agent: npt runs in-process), then as long as the session lasts.
 In the foreground the connection stays open while the tunnel runs: its end (the front exits
 or is killed) ends the session.
 """
@@ -38,6 +40,7 @@ PROTOCOL = 1
 ENV_SOCKET = "NOPORTS_AGENT_SOCKET"
 ENV_NO_AGENT = "NOPORTS_NO_AGENT"
 MAX_LINE = 1 << 20  # a request or a message larger than this is refused
+ANSWER_TIMEOUT = 10.0  # seconds the front waits for the agent's first frame
 
 #: environment variables the front sends besides ``NOPORTS_*`` (what npt reads)
 ENV_EXTRA = ("HOME", "XDG_CONFIG_HOME", "SSL_CERT_FILE", "SSL_CERT_DIR")
