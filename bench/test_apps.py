@@ -426,6 +426,9 @@ def _agent_bench(benchmark, ar: AppRig, scenario: str, *extra: str) -> None:
         assert agent.stderr is not None
         line = agent.stderr.readline()
         assert b"listening on" in line, line
+        import threading  # drain the agent's log: a full pipe would stall it
+
+        threading.Thread(target=agent.stderr.read, daemon=True).start()
         argv = [
             sys.executable,
             "-m",
