@@ -434,6 +434,7 @@ class Agent:
     async def _npt(
         self, req: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        t0 = time.perf_counter()
         reason = self._unsupported(req)
         if reason is None:
             try:
@@ -470,6 +471,7 @@ class Agent:
             err.detach()
             writer.close()
 
+        log.debug("request checked and parsed in %.1f ms", (time.perf_counter() - t0) * 1000)
         task = asyncio.ensure_future(self._session(args, report, out, err))
         self.sessions.add(task)
         task.add_done_callback(self._session_done)
@@ -512,8 +514,10 @@ class Agent:
                 asyncio.get_running_loop().call_later(BACKGROUND_DELAY, self._background, key)
 
         try:
+            t0 = time.perf_counter()
             eph = self._take_rsa() if self._run.wants_rsa(args) else None
             client = await self._take_client(key)
+            log.debug("atClient taken in %.1f ms", (time.perf_counter() - t0) * 1000)
             try:
                 return await self._run.run(
                     args,
