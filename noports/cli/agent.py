@@ -74,6 +74,7 @@ SPARE_MAX_AGE = 240.0  # a spare atClient older than this is replaced while idle
 #: after a session is ready, wait this long before making the next spare and RSA key: the
 #: first bytes through the new tunnel come first (2-core machines feel the contention)
 BACKGROUND_DELAY = 0.3
+SPARE_KEEP = 3600.0  # a spare not asked for this long is closed
 MAINTAIN_EVERY = 5.0
 RSA_STOCK = 2  # ephemeral RSA-2048 keys made ahead (only sessions without --require-aead)
 EXIT_NO_AGENT = 7
@@ -168,6 +169,7 @@ class _Spares:
     def __init__(self) -> None:
         self.task: asyncio.Task[AtClient] | None = None
         self.born = 0.0
+        self.used = time.monotonic()  # last asked for
         self.donor: AtClient | None = None  # the first client: its cache dicts are shared
         self.stamp: tuple[int, int, int] | None = None  # the keys file the spare was made with
 
@@ -266,8 +268,11 @@ class Agent:
             elif self.idle_s is not None and now - self.last_active >= self.idle_s:
                 log.info("no session for %g s: exiting", self.idle_s)
                 return
-            for key, sp in self.spares.items():
-                if sp.task is not None and sp.task.done() and now - sp.born > SPARE_MAX_AGE:
+            for key, sp in list(self.spares.items()):
+                if now - sp.used > SPARE_KEEP:  # not asked for in an hour: let it go
+                    del self.spares[key]
+                    await _close_spare(sp.task)
+                elif sp.task is not None and sp.task.done() and now - sp.born > SPARE_MAX_AGE:
                     old, sp.task = sp.task, None
                     await _close_spare(old)
                     self._refill(key)
@@ -301,6 +306,8 @@ class Agent:
         """The warm spare, else connect now (the caller starts the next spare, :meth:`_refill`,
         once its session is set up: a TLS handshake and PKAM beside the set-up slow it)."""
         sp = self.spares.get(key)
+        if sp is not None:
+            sp.used = time.monotonic()
         task, client = (sp.task, None) if sp is not None else (None, None)
         if sp is not None:
             sp.task = None
