@@ -346,3 +346,19 @@ def test_concurrent_requests(arig: AgentRig) -> None:
         assert _echo_through(ev["port"], b"hello %d" % ev["port"]) == b"hello %d" % ev["port"]
     assert len(ports) == 3
     assert arig.status()["served"] == served + 3
+
+
+def test_parse_lines_are_not_sent_before_a_fallback(arig: AgentRig) -> None:
+    """--lh with a list prints "Will bind to local host" while parsing; -v then sends the
+    request back to npt in-process, which prints it once."""
+    r = arig.front(
+        "-p", str(arig.rig.sshd.port), "-x", "-T", "3s", "-v", "--lh", "bogus.invalid,127.0.0.1"
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("Will bind to local host: 127.0.0.1") == 1, r.stderr
+    banner_after_connect(int(r.stdout.strip()))
+    r = arig.front(
+        "-p", str(arig.rig.sshd.port), "-x", "-T", "3s", "--lh", "bogus.invalid,127.0.0.1"
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("Will bind to local host: 127.0.0.1") == 1, r.stderr

@@ -115,14 +115,20 @@ class _Stream:
     """A request's stdout or stderr: each write is one message on the connection; after
     :meth:`detach` (``-x`` reported, or the front went away) writes are dropped."""
 
-    def __init__(self, writer: asyncio.StreamWriter | None, tag: str) -> None:
+    def __init__(
+        self, writer: asyncio.StreamWriter | None, tag: str, held: list[bytes] | None = None
+    ) -> None:
         self.writer = writer
         self.tag = tag
+        self.held = held  # frames kept back until the agent knows it serves the request
 
     def write(self, text: str) -> int:
         w = self.writer
         if w is not None and text and not w.is_closing():
-            w.write(wire.frame(self.tag, text))
+            if self.held is not None:
+                self.held.append(wire.frame(self.tag, text))
+            else:
+                w.write(wire.frame(self.tag, text))
         return len(text)
 
     def flush(self) -> None:
@@ -451,17 +457,18 @@ class Agent:
         if reason is not None:
             writer.write(wire.frame("f", reason))
             return
-        out, err = _Stream(writer, "o"), _Stream(writer, "e")
+        held: list[bytes] = []  # what parsing prints, sent once the request is served here
+        out, err = _Stream(writer, "o", held), _Stream(writer, "e", held)
         self.last_active = time.monotonic()
         code, args = self._parse(req, out, err)
+        reason = None if args is None else _unsupported_flags(args)
+        if reason is not None:  # npt runs in-process: it prints those lines itself
+            writer.write(wire.frame("f", reason))
+            return
+        writer.writelines(held)
+        out.held = err.held = None
         if args is None:
             writer.write(wire.frame("x", str(code)))
-            return
-        reason = _unsupported_flags(args)
-        if reason is not None:  # nothing was written yet: parse prints only on errors
-            out.detach()
-            err.detach()
-            writer.write(wire.frame("f", reason))
             return
         self.served += 1
         writer.write(wire.frame("a", ""))  # taken: the front stops waiting for an answer
