@@ -362,3 +362,27 @@ def test_parse_lines_are_not_sent_before_a_fallback(arig: AgentRig) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("Will bind to local host: 127.0.0.1") == 1, r.stderr
+
+
+def test_the_front_imports_almost_nothing() -> None:
+    """The npt console script's module stays light: no json, socket, signal, re, enum,
+    asyncio (each costs milliseconds at every npt start)."""
+    code = (
+        "import sys; before = set(sys.modules)\n"
+        "import noports.npt_front, noports.npt.agentwire\n"
+        "print(' '.join(sorted(set(sys.modules) - before)))\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        env={"PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 0, r.stderr
+    allowed = {
+        "__future__", "_collections_abc", "_socket", "_stat", "_struct", "genericpath",
+        "noports", "noports.npt", "noports.npt.agentwire", "noports.npt_front", "os",
+        "os.path", "posixpath", "stat", "struct",
+    }  # fmt: skip
+    assert set(r.stdout.split()) <= allowed, set(r.stdout.split()) - allowed
