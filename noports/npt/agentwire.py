@@ -74,11 +74,13 @@ def check_dir(path: str) -> None:
 
 
 def make_dir(path: str) -> None:
-    """Create the socket's directory 0700 (parents 0700 as well) or check an existing one."""
+    """Create the socket's directory 0700, or check an existing one (ours, writable by no
+    one else: see :func:`check_dir`) and take its group and other bits away."""
     if not os.path.lexists(path):
         os.makedirs(path, mode=0o700, exist_ok=True)
-        os.chmod(path, 0o700)
     check_dir(path)
+    if os.lstat(path).st_mode & 0o077:
+        os.chmod(path, 0o700)
 
 
 def check_socket(path: str) -> None:
