@@ -386,3 +386,14 @@ def test_the_front_imports_almost_nothing() -> None:
         "os.path", "posixpath", "stat", "struct",
     }  # fmt: skip
     assert set(r.stdout.split()) <= allowed, set(r.stdout.split()) - allowed
+
+
+@pytest.mark.parametrize("flag", ["--help", "--version"])
+def test_help_and_version_read_the_same(arig: AgentRig, flag: str) -> None:
+    served = arig.status()["served"]
+    via = arig.front(flag)
+    here = arig.front(flag, env={"NOPORTS_NO_AGENT": "1"})
+    assert via.returncode == here.returncode == 0, (via.stderr, here.stderr)
+    assert via.stdout == here.stdout and via.stderr == here.stderr
+    assert via.stdout.strip()
+    assert arig.status()["served"] == served  # answered while parsing: no session
