@@ -75,6 +75,7 @@ SPARE_MAX_AGE = 240.0  # a spare atClient older than this is replaced while idle
 #: first bytes through the new tunnel come first (2-core machines feel the contention)
 BACKGROUND_DELAY = 0.3
 SPARE_KEEP = 3600.0  # a spare not asked for this long is closed
+SPARES = 2  # spare atClients per (atSign, keys, root, CA): back-to-back npt starts stay warm
 MAINTAIN_EVERY = 5.0
 RSA_STOCK = 2  # ephemeral RSA-2048 keys made ahead (only sessions without --require-aead)
 EXIT_NO_AGENT = 7
@@ -169,12 +170,11 @@ def _exit_code(exc: SystemExit, err: _Stream) -> int:
 
 
 class _Spares:
-    """The spare atClient of one (atSign, keys file, root, CA file), and the caches the
-    successive clients share."""
+    """The spare atClients of one (atSign, keys file, root, CA file), oldest first, with when
+    each was started, and the caches the successive clients share."""
 
     def __init__(self) -> None:
-        self.task: asyncio.Task[AtClient] | None = None
-        self.born = 0.0
+        self.tasks: list[tuple[asyncio.Task[AtClient], float]] = []
         self.used = time.monotonic()  # last asked for
         self.donor: AtClient | None = None  # the first client: its cache dicts are shared
         self.stamp: tuple[int, int, int] | None = None  # the keys file the spare was made with
@@ -237,7 +237,8 @@ class Agent:
             if self.sessions:
                 await asyncio.gather(*self.sessions, return_exceptions=True)
             for sp in self.spares.values():
-                await _close_spare(sp.task)
+                for task, _born in sp.tasks:
+                    await _close_spare(task)
             with contextlib.suppress(Exception):
                 await server.wait_closed()
         return 0
@@ -277,21 +278,25 @@ class Agent:
             for key, sp in list(self.spares.items()):
                 if now - sp.used > SPARE_KEEP:  # not asked for in an hour: let it go
                     del self.spares[key]
-                    await _close_spare(sp.task)
-                elif sp.task is not None and sp.task.done() and now - sp.born > SPARE_MAX_AGE:
-                    old, sp.task = sp.task, None
-                    await _close_spare(old)
+                    for task, _born in sp.tasks:
+                        await _close_spare(task)
+                    continue
+                old = [(t, b) for t, b in sp.tasks if t.done() and now - b > SPARE_MAX_AGE]
+                if old:
+                    sp.tasks = [tb for tb in sp.tasks if tb not in old]
+                    for task, _born in old:
+                        await _close_spare(task)
                     self._refill(key)
 
     # -- spares ----------------------------------------------------------------------------
 
     def _refill(self, key: Key) -> None:
+        """Top the spares of ``key`` up to :data:`SPARES` (connecting in the background)."""
         sp = self.spares.setdefault(key, _Spares())
-        if sp.task is not None:
-            return
-        # in an empty context: the spare serves later requests, not this one's stderr
-        sp.task = contextvars.Context().run(asyncio.ensure_future, self._connect(key))
-        sp.born = time.monotonic()
+        while len(sp.tasks) < SPARES:
+            # in an empty context: a spare serves later requests, not this one's stderr
+            task = contextvars.Context().run(asyncio.ensure_future, self._connect(key))
+            sp.tasks.append((task, time.monotonic()))
 
     async def _connect(self, key: Key) -> AtClient:
         from ..session.client import connect_client
@@ -314,13 +319,21 @@ class Agent:
         sp = self.spares.get(key)
         if sp is not None:
             sp.used = time.monotonic()
-        task, client = (sp.task, None) if sp is not None else (None, None)
-        if sp is not None:
-            sp.task = None
-            if task is not None and _keys_stamp(key) != sp.stamp:
-                log.info("the keys file of %s changed: a new atClient", key[0])
-                await _close_spare(task)
-                task = None
+        task: asyncio.Task[AtClient] | None = None
+        client = None
+        if sp is not None and sp.tasks:
+            if _keys_stamp(key) != sp.stamp:
+                log.info("the keys file of %s changed: new atClients", key[0])
+                stale, sp.tasks = sp.tasks, []
+                for t, _born in stale:
+                    await _close_spare(t)
+            else:  # a connected one first, else the one started first; failed ones go
+                sp.tasks = [tb for tb in sp.tasks if not _failed(tb[0])]
+                ready = [tb for tb in sp.tasks if tb[0].done()]
+                if ready or sp.tasks:
+                    pick = (ready or sp.tasks)[0]
+                    sp.tasks.remove(pick)
+                    task = pick[0]
         if task is not None:
             try:
                 client = await task
@@ -397,9 +410,7 @@ class Agent:
             "served": self.served,
             "uptimeS": round(time.time() - self.started, 1),
             "idleS": self.idle_s,
-            "spares": sorted(
-                k[0] for k, sp in self.spares.items() if sp.task is not None
-            ),
+            "spares": sorted(k[0] for k, sp in self.spares.items() for _ in sp.tasks),
         }
 
     def _unsupported(self, req: dict[str, Any]) -> str | None:
@@ -548,6 +559,10 @@ class Agent:
         except Exception as exc:  # noqa: BLE001 - one line and an exit code, as npt
             with contextlib.redirect_stderr(err):  # type: ignore[type-var]
                 return fail("npt", exc)
+
+
+def _failed(task: asyncio.Task[Any]) -> bool:
+    return task.done() and (task.cancelled() or task.exception() is not None)
 
 
 def _keys_stamp(key: Key) -> tuple[int, int, int] | None:
