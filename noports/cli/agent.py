@@ -3,12 +3,14 @@
 A cold ``npt`` spends ~140 ms before its first packet (interpreter, asyncio, ssl, uvloop,
 cryptography, flags) and ~14 ms connecting to its atServer (keys file, root lookup, TLS,
 PKAM). The agent pays that once: it stays up with everything imported and, per (atSign,
-keys file, root, CA file), a connected and authenticated spare atClient. The ``npt`` console
+keys file, root, CA file), two connected and authenticated spare atClients. The ``npt`` console
 script (:mod:`noports.npt_front`) imports almost nothing, hands its argv, working directory
 and the environment npt reads to the agent over a Unix socket, and relays the agent's
 stdout/stderr lines and exit code. Like ``ssh``'s ControlMaster/ControlPersist, minus the
 shared connection: every session still gets its own atClient (the spare) and monitor, and the
-next spare connects in the background. Public and shared keys stay cached across sessions.
+next spare connects in the background once the set-up is done. Public and shared keys stay
+cached across sessions; a spare is dropped when its keys file changes, replaced after 4 min,
+and closed after an hour without a request for its atSign.
 
 The session is the same code as in-process npt: :func:`noports.cli.npt.parse` for the flags
 (usage errors print the same text, exit 2) and :func:`noports.npt.run.run` for the session,
