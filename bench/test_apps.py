@@ -333,7 +333,7 @@ def _setup_bench(
     no_site: bool = False,
     target: str = "<= 300 ms",
     ref: str | None = REF,
-) -> None:
+) -> dict[str, list[float]]:
     """``SETUP_RUNS`` measured rounds after one warm-up; each round also times the bare
     interpreter and, with ``NOPORTS_BENCH_REF``, the reference checkout's client (the two
     alternate which goes first); with ``no_site``, also the client and the bare interpreter
@@ -368,6 +368,7 @@ def _setup_bench(
         v.clear()
     benchmark.pedantic(once, rounds=SETUP_RUNS, iterations=1)
     _setup_rows(benchmark, scenario, runs, target)
+    return runs
 
 
 def test_setup_npt(benchmark, app_rig: AppRig) -> None:
@@ -419,9 +420,7 @@ def _agent_bench(benchmark, ar: AppRig, scenario: str, *extra: str) -> None:
     request: reported, not in the median), then ``SETUP_RUNS`` through the warm agent."""
     sock = str(ar.env.home / "agent-run" / "agent.sock")
     ar.env.env["NOPORTS_AGENT_SOCKET"] = sock
-    agent = ar.popen(
-        [sys.executable, "-m", "noports.cli.agent", "--socket", sock, "--idle", "0"]
-    )
+    agent = ar.popen([sys.executable, "-m", "noports.cli.agent", "--socket", sock, "--idle", "0"])
     try:
         assert agent.stderr is not None
         line = agent.stderr.readline()
@@ -444,12 +443,36 @@ def _agent_bench(benchmark, ar: AppRig, scenario: str, *extra: str) -> None:
             *extra,
         ]
         cold = _npt_agent_once(ar, argv, None, agent.pid)
+        inproc = ar.npt_argv(ar.rig.sshd.port, "--output", "json", "-q", "-T", "5s", *extra)
+        turn = [0]
 
         def one(ar: AppRig, argv: list[str], pp: str | None) -> dict[str, float]:
-            return _npt_agent_once(ar, argv, pp, agent.pid)
+            if pp is not None:  # the python -S variant
+                return _npt_agent_once(ar, argv, pp, agent.pid)
+            # side by side: the same npt in-process (python -m noports.cli.npt), alternating
+            # which goes first
+            turn[0] += 1
+            if turn[0] % 2:
+                got = _npt_agent_once(ar, argv, pp, agent.pid)
+                here = _npt_once(ar, inproc, None)
+            else:
+                here = _npt_once(ar, inproc, None)
+                got = _npt_agent_once(ar, argv, pp, agent.pid)
+            got["inproc_total_ms"] = here["total_ms"]
+            return got
 
-        _setup_bench(
+        runs = _setup_bench(
             benchmark, ar, scenario, one, argv, no_site=True, target="<= 80 ms", ref=None
+        )
+        record(
+            benchmark,
+            scenario=scenario,
+            metric="start -> first byte, median, vs in-process npt (interleaved)",
+            value=statistics.median(runs["total_ms"]),
+            unit="ms",
+            baseline="npt in-process, same rounds",
+            baseline_value=statistics.median(runs["inproc_total_ms"]),
+            higher_is_better=False,
         )
         record(
             benchmark,
@@ -472,7 +495,9 @@ def test_setup_npt_agent(benchmark, app_rig: AppRig) -> None:
 def test_setup_npt_agent_require_aead(benchmark, app_rig: AppRig) -> None:
     """The same with --require-aead (X25519 instead of the agent's pre-made RSA key)."""
     _agent_bench(
-        benchmark, app_rig, "session set-up, npt --require-aead via noports agent",
+        benchmark,
+        app_rig,
+        "session set-up, npt --require-aead via noports agent",
         "--require-aead",
     )
 
