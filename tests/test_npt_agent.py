@@ -397,3 +397,26 @@ def test_help_and_version_read_the_same(arig: AgentRig, flag: str) -> None:
     assert via.stdout == here.stdout and via.stderr == here.stderr
     assert via.stdout.strip()
     assert arig.status()["served"] == served  # answered while parsing: no session
+
+
+def test_a_wedged_agent_means_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An agent that accepts and never answers: the front gives up after ANSWER_TIMEOUT
+    and runs npt in-process (here: the front's hand-over returns None)."""
+    from noports import npt_front
+
+    d = tmp_path / "wedged"
+    d.mkdir(mode=0o700)
+    path = str(d / "agent.sock")
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen()
+    try:
+        monkeypatch.setenv("NOPORTS_AGENT_SOCKET", path)
+        monkeypatch.setattr(agentwire, "ANSWER_TIMEOUT", 0.3)
+        assert npt_front._via_agent(["--help"]) is None  # (the test's timeout: no hang)
+        conn, _ = srv.accept()  # it did connect and send its request
+        with conn:
+            conn.settimeout(5)
+            assert b'"op":"npt"' in conn.recv(65536)
+    finally:
+        srv.close()
