@@ -6,6 +6,8 @@ print ``npt is listening on <host>:<port>`` on stderr (plus a one-line ``ready``
 stdout with ``--output json``), run until the tunnel ends (control channel closed, or no
 connection for ``-T``). ``-K`` starts a new session 5 s after one ends, on the same port.
 ``-x`` prints the port on stdout and leaves the tunnel running in a detached child.
+``noports agent`` runs the same :func:`run` for the thin ``npt`` front, with a warm atClient,
+a key made ahead and the request's own output streams (``noports.cli.agent``).
 
 Exit codes: 0 done; 1 other failure; 2 usage; 3 refused (daemon permit-open or signature,
 relay nack, missing feature, --require-aead not met, authentication); 4 not found (keys file,
