@@ -420,3 +420,16 @@ def test_a_wedged_agent_means_in_process(tmp_path: Path, monkeypatch: pytest.Mon
             assert b'"op":"npt"' in conn.recv(65536)
     finally:
         srv.close()
+
+
+def test_default_socket_path() -> None:
+    home = os.path.expanduser("~")
+    assert agentwire.default_socket_path({"NOPORTS_AGENT_SOCKET": "/x/a.sock"}) == "/x/a.sock"
+    assert (
+        agentwire.default_socket_path({"XDG_RUNTIME_DIR": "/run/user/7"})
+        == "/run/user/7/noports/agent.sock"
+    )
+    assert agentwire.default_socket_path({"XDG_RUNTIME_DIR": "relative"}) == os.path.join(
+        home, ".atsign", "run", "agent.sock"
+    )
+    assert agentwire.default_socket_path({}) == os.path.join(home, ".atsign", "run", "agent.sock")
