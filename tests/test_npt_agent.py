@@ -433,3 +433,46 @@ def test_default_socket_path() -> None:
         home, ".atsign", "run", "agent.sock"
     )
     assert agentwire.default_socket_path({}) == os.path.join(home, ".atsign", "run", "agent.sock")
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to connect as another uid")
+def test_agent_serves_only_its_own_uid(arig: AgentRig) -> None:
+    """A socket opened up by mistake (0666 in a searchable directory): the agent still
+    answers no other uid (SO_PEERCRED), while it answers us."""
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="npt-agent-", dir="/tmp"))  # pytest's tmp is 0700
+    try:
+        _probe_as_nobody(arig, d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _probe_as_nobody(arig: AgentRig, d: Path) -> None:
+    path = str(d / "agent.sock")
+    p = arig.start_agent(path)
+    d.chmod(0o711)  # the agent made it 0700; "by mistake" opened up again
+    os.chmod(path, 0o666)
+    probe = (
+        "import socket, sys\n"
+        "s = socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect(sys.argv[1])\n"
+        "s.sendall(b'{\"op\":\"status\"}\\n')\n"
+        "print(repr(s.recv(65536)))\n"
+    )
+    r = subprocess.run(
+        ["/usr/bin/python3", "-S", "-c", probe, path],
+        user=65534,
+        group=65534,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd="/",
+        env={},
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "b''", r.stdout  # closed without a word
+    assert "refused a connection from uid 65534" in p.stderr
+    assert arig.agent_cmd("status", sock=path).returncode == 0
+    assert arig.agent_cmd("stop", sock=path).returncode == 0
+    p.wait(10)
