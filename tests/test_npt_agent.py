@@ -457,8 +457,11 @@ def _probe_as_nobody(arig: AgentRig, d: Path) -> None:
     probe = (
         "import socket, sys\n"
         "s = socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect(sys.argv[1])\n"
-        "s.sendall(b'{\"op\":\"status\"}\\n')\n"
-        "print(repr(s.recv(65536)))\n"
+        "try:\n"
+        "    s.sendall(b'{\"op\":\"status\"}\\n')\n"
+        "    print(repr(s.recv(65536)))\n"
+        "except (BrokenPipeError, ConnectionResetError):\n"  # closed before our request
+        "    print(repr(b''))\n"
     )
     r = subprocess.run(
         ["/usr/bin/python3", "-S", "-c", probe, path],
