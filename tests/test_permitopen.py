@@ -325,7 +325,7 @@ def test_ping_response_key_order_and_names() -> None:
         '"corePackageVersion":"6.2.0","supportedFeatures":{"srAuth":true,"srE2ee":true,'
         '"acceptsPublicKeys":false,"supportsPortChoice":true,"adjustableTimeout":true,'
         '"controlChannelHeartbeats":true,"supportsRamEscr":false,"twinKeys":true,'
-        '"noportsAead":true,"relayLatency":true},"authModes":["payload"],'
+        '"noportsAead":true,"relayLatency":true,"noportsKex":true},"authModes":["payload"],'
         '"allowedServices":["localhost:22","localhost:3389"],"npCpVersion":"1.5.0"}'
     )
     d = ping_response("x1", accepts_public_keys=True, allowed_services=["*:*"])

@@ -56,10 +56,16 @@ def test_event_logging_config_reaches_reply_and_relay(np_env) -> None:
                 remote_host="127.0.0.1",
                 remote_port=echo.port,
             )
+            # our daemon says noportsKex: by default the keys travel under X25519
+            kex = await establish(c, spec)
+            assert kex.payload["noportsKexPK"]
+            assert kex.payload["eventLoggingConfig"] is None  # not asked for yet
+            # with the RSA ephemeral key (as to official daemons: no AEAD offer, so no
+            # X25519) the request went out in the latest field order (signature verified by
+            # the daemon over its re-encoding); the reply names the keys per twinKeys
+            spec = spec.replace(offer_aead=False)
             before = await establish(c, spec)
-            assert before.payload["eventLoggingConfig"] is None  # not asked for yet
-            # the request went out in the latest field order (signature verified by the
-            # daemon over its re-encoding); the reply names the keys per twinKeys
+            assert "noportsKexPK" not in before.payload
             assert list(before.payload)[2:6] == ["aesKeyC2D", "ivC2D", "aesKeyD2C", "ivD2C"]
             assert "sessionAESKey" not in before.payload
             single = await establish(c, spec.replace(twin_keys=False))

@@ -270,7 +270,9 @@ class _Driver:
     async def send_request(self) -> rsa.PrivateKey | None:
         """Sign and send the session request; returns the ephemeral RSA key (if any)."""
         hs = self.hs
-        eph = await self.eph_task if self.eph_task is not None else None
+        # the key may have been made for nothing: our daemon took the X25519 exchange
+        wanted = self.eph_task is not None and hs.wants_ephemeral_rsa
+        eph = await self.eph_task if wanted else None
         req = hs.request(eph.public_key() if eph is not None else None)
         if self.publish is not None:  # the relay checks our answers with it: it must be there
             try:

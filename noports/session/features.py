@@ -52,6 +52,7 @@ class DaemonFeature(str, Enum):
     TWIN_KEYS = "twinKeys"
     NOPORTS_AEAD = "noportsAead"
     RELAY_LATENCY = "relayLatency"
+    NOPORTS_KEX = "noportsKex"
 
     @property
     def description(self) -> str:
@@ -69,6 +70,7 @@ _DESCRIPTIONS = {
     DaemonFeature.TWIN_KEYS: "support twin session keys",
     DaemonFeature.NOPORTS_AEAD: "support the noports AEAD encryption mode",
     DaemonFeature.RELAY_LATENCY: "answer relay latency requests",
+    DaemonFeature.NOPORTS_KEX: "accept an X25519 key exchange in place of the RSA ephemeral key",
 }
 
 #: The control-protocol version that introduced each official feature (spec-latest 8.1);
@@ -114,8 +116,9 @@ def ping_response(
 
     Features are truthful: ``supportsRamEscr`` and ``authModes`` list ESCR only when ``escr``
     (the daemon's tunnel ends can do it); ``publicSigningKeyUri`` is present only when given
-    (the signing key is published). Our additions: ``noportsAead`` and ``relayLatency`` (this
-    daemon answers ``relay_latency_request``, so clients need not guess from ``version``).
+    (the signing key is published). Our additions: ``noportsAead``, ``relayLatency`` (this
+    daemon answers ``relay_latency_request``, so clients need not guess from ``version``) and
+    ``noportsKex`` (it answers an X25519 offer, so our clients need no RSA ephemeral key).
     ``device`` and ``device_group`` must already be validated (``names``); ``allowed_services``
     is ``PermitOpen.allowed_services()``.
     """
@@ -130,6 +133,7 @@ def ping_response(
         DaemonFeature.TWIN_KEYS.value: True,
         DaemonFeature.NOPORTS_AEAD.value: bool(aead),
         DaemonFeature.RELAY_LATENCY.value: True,
+        DaemonFeature.NOPORTS_KEX.value: bool(aead),
     }
     cp = max(v for k, v in CONTROL_PROTOCOL_VERSIONS.items() if features.get(k))
     out: dict[str, Any] = {

@@ -633,6 +633,17 @@ class ClientHandshake:
                 require_features(info, spec.required)
             except UnsupportedFeatureError as exc:
                 raise FeatureRefusedError(str(exc)) from None
+            if (
+                self.kex is None
+                and spec.encrypt
+                and spec.offer_aead
+                and info.features.get(DaemonFeature.NOPORTS_KEX.value) is True
+            ):
+                # our daemon says it answers an X25519 offer: no RSA ephemeral key is needed
+                # (one made ahead is left unused); official peers never say so
+                from ..crypto.ephemeral import x25519_private
+
+                self.kex = x25519_private()
 
     def share_public_key(self) -> Notify | None:
         """sshnp -s: D6, our ssh public key for the device's authorized_keys."""
@@ -791,8 +802,10 @@ def _choose_crypto(
 
 
 # -- X25519 in place of the RSA ephemeral key, between our own programs -------------------
-# Only with ``require_aead``: the feature check has then confirmed our AEAD mode before the
-# request, so the daemon is ours; anything else keeps the RSA key official peers need.
+# From the start with ``require_aead`` (the feature check then confirms our AEAD mode before
+# the request, so the daemon is ours), else once the ping answer says ``noportsKex``
+# (:meth:`ClientHandshake.check_features`); anything else keeps the RSA key official peers
+# need.
 
 
 def _kex_private(spec: SessionSpec) -> Any:
@@ -814,12 +827,20 @@ def _kex_public(private: Any) -> bytes | None:
 def _choose_crypto_kex(
     spec: SessionSpec, sid: str, payload: dict[str, Any], private: Any
 ) -> TunnelCrypto:
+    if wire.KEX_PK_FIELD not in payload and not spec.require_aead:
+        raise ProtocolError(
+            "the device daemon advertised noportsKex but answered without its X25519 key"
+        )
     if wire.KEX_PK_FIELD not in payload:
         raise DowngradeRefusedError(
             "the device daemon did not accept the AEAD mode and --require-aead was given; refusing "
             "to fall back to AES-CTR"
         )
     keys = wire.kex_keys_from_response(payload, private, sid)
+    if keys.aead_secret is None and not spec.require_aead:
+        raise ProtocolError(
+            "the device daemon answered our X25519 offer without the AEAD mode it advertised"
+        )
     if keys.aead_secret is None:
         raise DowngradeRefusedError(
             "the device daemon did not accept the AEAD mode and --require-aead was given; refusing "
