@@ -590,6 +590,15 @@ cdef class OpenPump(_Base):
                 self.transferred += moved
 
 
+def urgent(long long ns=C_FAIR_WINDOW_NS):
+    """Give every flow of this process the fair budget for the next ``ns`` nanoseconds
+    (the pure twin's ``urgent``)."""
+    global _light_until
+    cdef long long until = _now_ns() + ns
+    if until > _light_until:
+        _light_until = until
+
+
 cdef class Flow:
     """One direction of a bridge: drives a pump from the event loop's readiness callbacks.
 

@@ -138,3 +138,32 @@ def test_flow_uses_the_fair_budget_while_an_interactive_flow_is_active(impl: str
             for s in group:
                 s.close()
         loop.close()
+
+
+def test_urgent_gives_every_flow_the_fair_budget_for_a_while(impl: str) -> None:
+    """``urgent()`` (a connection of the session is being set up) switches every flow of the
+    process to the fair budget for the given time, then the bulk budget comes back."""
+    x = _compat.speedups("xfer", impl)
+    loop = asyncio.new_event_loop()
+    w, src, dst, r = _pairs()
+    try:
+        time.sleep(x.FAIR_WINDOW_NS / 1e9 + 0.02)  # no light flow from an earlier test
+        p = x.CopyPump(src, dst)
+        f = x.Flow(loop, p, src, dst, lambda: None, lambda e: None)
+        _fill(w, 3 * x.LIGHT_BYTES)
+        f.drive()
+        assert (p.budget, p.budget_ns) == (x.SOLO_BYTES, x.SOLO_NS)
+        x.urgent(50_000_000)
+        f.drive()
+        assert (p.budget, p.budget_ns) == (x.FAIR_BYTES, x.FAIR_NS)
+        x.urgent(0)  # a shorter request never cuts a longer one short
+        f.drive()
+        assert (p.budget, p.budget_ns) == (x.FAIR_BYTES, x.FAIR_NS)
+        time.sleep(0.07)
+        f.drive()
+        assert (p.budget, p.budget_ns) == (x.SOLO_BYTES, x.SOLO_NS)
+        f.stop()
+    finally:
+        for s in (w, src, dst, r):
+            s.close()
+        loop.close()

@@ -24,6 +24,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import _compat
 from ..crypto.escr import EscrAuth
 from ..crypto.records import C2D, D2C, RecordOpener, RecordSealer
 from ..crypto.stream import CtrKeys
@@ -108,6 +109,9 @@ class _MultiBase:
         self.crypto = crypto
         self.timeout = timeout
         self.impl = impl
+        # urgent(): fair (short) bulk batches in this process while a connection is being
+        # set up, so each of its loop turns is quick (see noports._speedups.xfer_py)
+        self._urgent = _compat.speedups("xfer", impl).urgent
         self.stats = MultiStats()
         self._bridges: set[asyncio.Task[None]] = set()
         self._active = 0  # data connections being set up or bridged
@@ -279,6 +283,7 @@ class ClientMulti(_MultiBase):
         assert self.listener is not None
         while True:
             local, _ = await loop.sock_accept(self.listener)
+            self._urgent()
             self._activity(+1)
             task = loop.create_task(self._open_one(local))
             self._setups.add(task)
@@ -293,9 +298,11 @@ class ClientMulti(_MultiBase):
         spawned = False
         try:
             async with self._setup:
+                self._urgent()
                 relay = await connect_relay(
                     self.relay_host, self.relay_port, self.auth_line, timeout=self.relay_timeout
                 )
+                self._urgent()
                 self._next_id += 1
                 conn_id = self._next_id
                 crypto: TunnelCrypto
@@ -427,6 +434,7 @@ class DaemonMulti(_MultiBase):
                     if not isinstance(ev, Connect):
                         log.warning("Unknown request to control socket (%s)", ev.reason)
                         continue
+                    self._urgent()
                     why = self._accepts(ev)
                     if why:
                         self.stats.failed += 1
@@ -457,6 +465,7 @@ class DaemonMulti(_MultiBase):
             log.warning("could not connect a data socket to the relay: %s", exc)
             return
         self.stats.connections += 1
+        self._urgent()
         self._spawn(self._local_then_bridge(relay, crypto, conn_id))
 
     async def _local_then_bridge(
