@@ -44,6 +44,15 @@ cdef inline long long _now_ns() noexcept:
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return <long long>ts.tv_sec * 1000000000 + ts.tv_nsec
 
+cdef extern from "poll.h" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd *fds, unsigned long nfds, int timeout)
+    short POLLIN
+    short POLLNVAL
+
 cdef extern from "sys/socket.h" nogil:
     ssize_t c_recv "recv" (int fd, void *buf, size_t n, int flags)
     ssize_t c_send "send" (int fd, const void *buf, size_t n, int flags)
@@ -590,6 +599,43 @@ cdef class OpenPump(_Base):
                 self.transferred += moved
 
 
+# Interactive flows of this process, served first (the pure twin's _light_flows).
+cdef list _light_flows = []
+DEF MAX_LIGHT_POLL = 64
+
+
+cdef int _serve_light() except -1:
+    """Drive every interactive flow whose source is readable now (one ``poll``)."""
+    cdef pollfd fds[MAX_LIGHT_POLL]
+    cdef Flow f
+    cdef list polled = []
+    cdef int n = 0, i, got
+    for f in _light_flows:
+        if f.reading and not f.writing and n < MAX_LIGHT_POLL:
+            fds[n].fd = f.src_fd
+            fds[n].events = POLLIN
+            fds[n].revents = 0
+            polled.append(f)
+            n += 1
+    if n == 0:
+        return 0
+    got = poll(fds, n, 0)
+    if got <= 0:
+        return 0
+    for i in range(n):
+        if fds[i].revents == 0:
+            continue
+        f = polled[i]
+        if not (f.light and f.reading):  # an earlier one's failure stopped it
+            continue
+        if fds[i].revents & POLLNVAL:  # closed without stop(): forget it
+            f.light = False
+            _light_flows.remove(f)
+        else:
+            f.drive()
+    return 0
+
+
 def urgent(long long ns=C_FAIR_WINDOW_NS):
     """Give every flow of this process the fair budget for the next ``ns`` nanoseconds
     (the pure twin's ``urgent``)."""
@@ -613,7 +659,7 @@ cdef class Flow:
     cdef object loop, pump, dst, on_done, on_fail, pystep
     cdef _Base cpump
     cdef public int src_fd, dst_fd
-    cdef public bint reading, writing, done
+    cdef public bint reading, writing, done, light
 
     def __init__(self, loop, pump, src, dst, on_done, on_fail):
         self.loop = loop
@@ -628,6 +674,7 @@ cdef class Flow:
         self.reading = False
         self.writing = False
         self.done = False
+        self.light = False
 
     def drive(self):
         global _light_until
@@ -636,6 +683,10 @@ cdef class Flow:
         cdef object pump = self.pump
         if self.done:
             return
+        if _light_flows and not self.light:
+            _serve_light()
+            if self.done:  # a served flow of the same bridge failed
+                return
         now = _now_ns()
         if self.cpump is not None:
             if now < _light_until:
@@ -664,6 +715,12 @@ cdef class Flow:
             return
         if 0 < moved < LIGHT_BYTES:
             _light_until = now + C_FAIR_WINDOW_NS
+            if not self.light:
+                self.light = True
+                _light_flows.append(self)
+        elif moved >= LIGHT_BYTES and self.light:
+            self.light = False
+            _light_flows.remove(self)
         if code == C_WANT_READ:
             if self.reading and not self.writing:
                 return
@@ -691,6 +748,9 @@ cdef class Flow:
 
     def stop(self):
         """Unregister from the loop (idempotent)."""
+        if self.light:
+            self.light = False
+            _light_flows.remove(self)
         if self.reading:
             self.loop.remove_reader(self.src_fd)
             self.reading = False

@@ -167,3 +167,46 @@ def test_urgent_gives_every_flow_the_fair_budget_for_a_while(impl: str) -> None:
         for s in (w, src, dst, r):
             s.close()
         loop.close()
+
+
+def test_a_bulk_wakeup_first_serves_interactive_flows_that_are_readable(impl: str) -> None:
+    """A small message that arrived while the loop was busy does not wait for its own turn:
+    the next wake-up of any bulk flow of the process drives it first. A flow leaves the
+    interactive set once a wake-up of it moves LIGHT_BYTES or more, and when it stops."""
+    x = _compat.speedups("xfer", impl)
+    loop = asyncio.new_event_loop()
+    socks = [_pairs() for _ in range(2)]
+    try:
+        flows = []
+        for _w, src, dst, _r in socks:
+            p = x.CopyPump(src, dst)
+            flows.append((x.Flow(loop, p, src, dst, lambda: None, lambda e: None), p))
+        (bulk, pb), (light, pl) = flows
+        socks[1][0].sendall(b"a" * 64)
+        light.drive()  # a small message: now an interactive flow, waiting to read
+        assert pl.transferred == 64 and light.reading
+        _fill(socks[0][0], 3 * x.LIGHT_BYTES)
+        socks[1][0].sendall(b"b" * 64)
+        bulk.drive()  # the bulk flow's wake-up serves the waiting message, then its batch
+        assert pl.transferred == 128
+        assert pb.transferred >= x.LIGHT_BYTES
+        assert _read(socks[1][3], 128) == b"a" * 64 + b"b" * 64
+        _fill(socks[1][0], 2 * x.LIGHT_BYTES)
+        light.drive()  # a big wake-up: no longer interactive, so not served by others
+        assert pl.transferred >= 128 + x.LIGHT_BYTES
+        socks[1][0].sendall(b"c" * 64)
+        before = pl.transferred
+        bulk.drive()
+        assert pl.transferred == before
+        light.drive()  # small again: interactive again; after stop() it is never driven
+        assert pl.transferred == before + 64
+        light.stop()
+        socks[1][0].sendall(b"d" * 64)
+        bulk.drive()
+        assert pl.transferred == before + 64
+        bulk.stop()
+    finally:
+        for group in socks:
+            for s in group:
+                s.close()
+        loop.close()

@@ -49,6 +49,7 @@ from record streams. ``Flow`` drives one pump from the event loop's readiness ca
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
 from time import monotonic_ns
@@ -439,6 +440,31 @@ class OpenPump:
 _light_until = 0
 
 
+# Interactive flows of this process, served first (see ``Flow.drive``): a flow joins when a
+# wake-up of it moved a small message (0 < bytes < LIGHT_BYTES) and leaves when one moved
+# LIGHT_BYTES or more, or when it stops.
+_light_flows: list[Flow] = []
+
+
+def _serve_light() -> None:
+    """Drive every interactive flow whose source is readable now (one ``poll``)."""
+    fds = {f.src_fd: f for f in _light_flows if f.reading and not f.writing}
+    if not fds:
+        return
+    p = select.poll()
+    for fd in fds:
+        p.register(fd, select.POLLIN)
+    for fd, ev in p.poll(0):
+        f = fds[fd]
+        if not (f.light and f.reading):  # an earlier one's failure stopped it
+            continue
+        if ev & select.POLLNVAL:  # closed without stop(): forget it
+            f.light = False
+            _light_flows.remove(f)
+        else:
+            f.drive()
+
+
 def urgent(ns: int = FAIR_WINDOW_NS) -> None:
     """Give every flow of this process the fair budget for the next ``ns`` nanoseconds.
 
@@ -459,7 +485,10 @@ class Flow:
     never both (backpressure). The loop calls ``drive`` directly; the readiness callback is
     registered only when what the pump waits for changes, so a steady flow of small messages
     costs one callback per wakeup and no loop calls. Before each step it sets the pump's
-    budget for this wake-up (solo or fair, see the module docstring). On ``DONE`` the destination is
+    budget for this wake-up (solo or fair, see the module docstring). A flow that is not
+    interactive first drives every interactive flow of the process whose source is readable
+    (one ``poll`` of their sockets), so a small message that arrived while the loop was busy
+    never waits behind the bulk batches of that loop turn. On ``DONE`` the destination is
     half-closed and ``on_done()`` is called; any exception from the pump goes to
     ``on_fail(exc)`` (the caller tears everything down).
     """
@@ -484,11 +513,16 @@ class Flow:
         self.reading = False
         self.writing = False
         self.done = False
+        self.light = False
 
     def drive(self) -> None:
         global _light_until
         if self.done:
             return
+        if _light_flows and not self.light:
+            _serve_light()
+            if self.done:  # a served flow of the same bridge failed
+                return
         now = monotonic_ns()
         pump = self.pump
         if now < _light_until:
@@ -506,6 +540,12 @@ class Flow:
         moved = pump.transferred - before
         if 0 < moved < LIGHT_BYTES:
             _light_until = now + FAIR_WINDOW_NS
+            if not self.light:
+                self.light = True
+                _light_flows.append(self)
+        elif moved >= LIGHT_BYTES and self.light:
+            self.light = False
+            _light_flows.remove(self)
         if code == WANT_READ:
             if self.reading and not self.writing:
                 return
@@ -533,6 +573,9 @@ class Flow:
 
     def stop(self) -> None:
         """Unregister from the loop (idempotent)."""
+        if self.light:
+            self.light = False
+            _light_flows.remove(self)
         if self.reading:
             self.loop.remove_reader(self.src_fd)
             self.reading = False
