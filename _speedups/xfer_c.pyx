@@ -636,13 +636,26 @@ cdef int _serve_light() except -1:
     return 0
 
 
-def urgent(long long ns=C_FAIR_WINDOW_NS):
-    """Give every flow of this process the fair budget for the next ``ns`` nanoseconds
-    (the pure twin's ``urgent``)."""
-    global _light_until
-    cdef long long until = _now_ns() + ns
-    if until > _light_until:
-        _light_until = until
+# Connection set-ups in progress in this process (the pure twin's urgent_begin/_end).
+cdef long _urgent = 0
+
+
+def urgent_begin():
+    """Fair budget for every flow of this process until the matching ``urgent_end()``."""
+    global _urgent
+    _urgent += 1
+
+
+def urgent_end():
+    """End one ``urgent_begin()`` (never below none)."""
+    global _urgent
+    if _urgent > 0:
+        _urgent -= 1
+
+
+def urgent_pending():
+    """How many ``urgent_begin()`` are not ended yet (diagnostics and tests)."""
+    return _urgent
 
 
 cdef class Flow:
@@ -660,6 +673,7 @@ cdef class Flow:
     cdef _Base cpump
     cdef public int src_fd, dst_fd
     cdef public bint reading, writing, done, light
+    cdef long long bulk_until
 
     def __init__(self, loop, pump, src, dst, on_done, on_fail):
         self.loop = loop
@@ -675,6 +689,7 @@ cdef class Flow:
         self.writing = False
         self.done = False
         self.light = False
+        self.bulk_until = 0
 
     def drive(self):
         global _light_until
@@ -689,13 +704,13 @@ cdef class Flow:
                 return
         now = _now_ns()
         if self.cpump is not None:
-            if now < _light_until:
+            if now < _light_until or _urgent:
                 self.cpump.budget = C_FAIR_BYTES
                 self.cpump.budget_ns = C_FAIR_NS
             else:
                 self.cpump.budget = C_SOLO_BYTES
                 self.cpump.budget_ns = C_SOLO_NS
-        elif now < _light_until:
+        elif now < _light_until or _urgent:
             pump.budget = FAIR_BYTES
             pump.budget_ns = FAIR_NS
         else:
@@ -713,14 +728,17 @@ cdef class Flow:
         except BaseException as exc:  # every failure aborts the bridge
             self.on_fail(exc)
             return
-        if 0 < moved < LIGHT_BYTES:
+        if moved >= LIGHT_BYTES:
+            # a batch: bulk for a while, its short reads are not messages (the pure twin)
+            self.bulk_until = now + C_FAIR_WINDOW_NS
+            if self.light:
+                self.light = False
+                _light_flows.remove(self)
+        elif moved > 0 and now >= self.bulk_until:
             _light_until = now + C_FAIR_WINDOW_NS
             if not self.light:
                 self.light = True
                 _light_flows.append(self)
-        elif moved >= LIGHT_BYTES and self.light:
-            self.light = False
-            _light_flows.remove(self)
         if code == C_WANT_READ:
             if self.reading and not self.writing:
                 return

@@ -33,14 +33,19 @@ a connection that stopped on its budget is simply called again on the next turn 
 after every other ready connection had its turn: round-robin between the connections (and
 directions) of a session, and of every session in the process. ``Flow`` picks the budget
 for each wake-up: ``FAIR_BYTES``/``FAIR_NS`` while an interactive flow of this process (one
-whose wake-up moved fewer than ``LIGHT_BYTES``, more than nothing) woke within the last
-``FAIR_WINDOW_NS``, so an interactive message waits behind at most one small batch per busy
-connection in each end; else ``SOLO_BYTES``/``SOLO_NS``: bulk flows alone or among themselves
-keep large batches (fewer wake-ups and syscalls per GB) and are still served round-robin.
-``urgent()`` asks for the fair budget too, while a new connection of a multi-mode session is
-being set up (``noports.tunnel.multi``): each loop turn of its set-up then waits behind small
-batches, so 8 connections opened at once start within milliseconds of each other instead of
-one every ~35 ms behind the solo batches of those already streaming.
+whose wake-up moved fewer than ``LIGHT_BYTES``, more than nothing, and that moved no batch of
+``LIGHT_BYTES`` or more within ``FAIR_WINDOW_NS`` before: the short reads of a bulk flow are
+the tails of its batches, and counting them would keep fair mode on by itself) woke within
+the last ``FAIR_WINDOW_NS``, so an interactive message waits behind at most one small batch
+per busy connection in each end; else ``SOLO_BYTES``/``SOLO_NS``: bulk flows alone or among
+themselves keep large batches (fewer wake-ups and syscalls per GB), served round-robin.
+Interactive flows are also served *first*: a wake-up of any other flow begins by driving
+every interactive flow of the process whose source is readable (one ``poll`` of their
+sockets), so a message that arrived while the loop was busy waits for no further batch.
+``urgent_begin()``/``urgent_end()`` ask for the fair budget while a new connection of a
+multi-mode session is being set up (``noports.tunnel.multi``): each loop turn of its set-up
+then waits behind small batches, so 8 connections opened at once start milliseconds apart
+instead of one every ~35 ms behind the solo batches of those already streaming.
 
 Errors propagate: ``OSError`` from the sockets, ``IntegrityError``/``TruncationError``
 from record streams. ``Flow`` drives one pump from the event loop's readiness callbacks;
@@ -465,8 +470,12 @@ def _serve_light() -> None:
             f.drive()
 
 
-def urgent(ns: int = FAIR_WINDOW_NS) -> None:
-    """Give every flow of this process the fair budget for the next ``ns`` nanoseconds.
+# Connection set-ups in progress in this process (``urgent_begin``/``urgent_end``).
+_urgent = 0
+
+
+def urgent_begin() -> None:
+    """Give every flow of this process the fair budget until the matching ``urgent_end()``.
 
     For work that needs a few quick turns of the event loop while bulk flows run, such
     as setting up another connection of a session (accept, relay connect, auth line,
@@ -474,8 +483,20 @@ def urgent(ns: int = FAIR_WINDOW_NS) -> None:
     per busy flow instead of a solo one, so a new connection does not start tens of
     milliseconds late behind the ones already streaming.
     """
-    global _light_until
-    _light_until = max(_light_until, monotonic_ns() + ns)
+    global _urgent
+    _urgent += 1
+
+
+def urgent_end() -> None:
+    """End one ``urgent_begin()`` (never below none)."""
+    global _urgent
+    if _urgent > 0:
+        _urgent -= 1
+
+
+def urgent_pending() -> int:
+    """How many ``urgent_begin()`` are not ended yet (diagnostics and tests)."""
+    return _urgent
 
 
 class Flow:
@@ -514,6 +535,7 @@ class Flow:
         self.writing = False
         self.done = False
         self.light = False
+        self.bulk_until = 0
 
     def drive(self) -> None:
         global _light_until
@@ -525,7 +547,7 @@ class Flow:
                 return
         now = monotonic_ns()
         pump = self.pump
-        if now < _light_until:
+        if now < _light_until or _urgent:
             pump.budget = FAIR_BYTES
             pump.budget_ns = FAIR_NS
         else:
@@ -538,14 +560,19 @@ class Flow:
             self.on_fail(exc)
             return
         moved = pump.transferred - before
-        if 0 < moved < LIGHT_BYTES:
+        if moved >= LIGHT_BYTES:
+            # a batch: this flow is bulk for a while, and its short reads meanwhile are
+            # the ends of its batches, not interactive messages (else fair mode would feed
+            # itself: small batches drain sources, and drained reads look interactive)
+            self.bulk_until = now + FAIR_WINDOW_NS
+            if self.light:
+                self.light = False
+                _light_flows.remove(self)
+        elif moved and now >= self.bulk_until:
             _light_until = now + FAIR_WINDOW_NS
             if not self.light:
                 self.light = True
                 _light_flows.append(self)
-        elif moved >= LIGHT_BYTES and self.light:
-            self.light = False
-            _light_flows.remove(self)
         if code == WANT_READ:
             if self.reading and not self.writing:
                 return
