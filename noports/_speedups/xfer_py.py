@@ -451,15 +451,23 @@ _light_until = 0
 _light_flows: list[Flow] = []
 
 
+_poller: Any = None
+_poller_fds: tuple[int, ...] = ()
+
+
 def _serve_light() -> None:
     """Drive every interactive flow whose source is readable now (one ``poll``)."""
+    global _poller, _poller_fds
     fds = {f.src_fd: f for f in _light_flows if f.reading and not f.writing}
     if not fds:
         return
-    p = select.poll()
-    for fd in fds:
-        p.register(fd, select.POLLIN)
-    for fd, ev in p.poll(0):
+    key = tuple(fds)
+    if key != _poller_fds:  # the poll object is kept while the set of sockets is the same
+        _poller = select.poll()
+        for fd in key:
+            _poller.register(fd, select.POLLIN)
+        _poller_fds = key
+    for fd, ev in _poller.poll(0):
         f = fds[fd]
         if not (f.light and f.reading):  # an earlier one's failure stopped it
             continue
