@@ -664,9 +664,11 @@ cdef class Flow:
     Per direction: read readiness on the source, or write readiness on the destination,
     never both (backpressure). The loop calls ``drive`` directly; the readiness callback is
     registered only when what the pump waits for changes, so a steady flow of small messages
-    costs one callback per wakeup and no loop calls. On ``DONE`` the destination is
-    half-closed and ``on_done()`` is called; any exception from the pump goes to
-    ``on_fail(exc)`` (the caller tears everything down).
+    costs one callback per wakeup and no loop calls. A flow that is not interactive first
+    drives every interactive flow of the process whose source is readable (one ``poll``),
+    as in the pure twin. On ``DONE`` the destination is half-closed and ``on_done()`` is
+    called; any exception from the pump goes to ``on_fail(exc)`` (the caller tears
+    everything down).
     """
 
     cdef object loop, pump, dst, on_done, on_fail, pystep
