@@ -44,6 +44,15 @@ cdef inline long long _now_ns() noexcept:
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return <long long>ts.tv_sec * 1000000000 + ts.tv_nsec
 
+cdef extern from "poll.h" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd *fds, unsigned long nfds, int timeout)
+    short POLLIN
+    short POLLNVAL
+
 cdef extern from "sys/socket.h" nogil:
     ssize_t c_recv "recv" (int fd, void *buf, size_t n, int flags)
     ssize_t c_send "send" (int fd, const void *buf, size_t n, int flags)
@@ -590,21 +599,83 @@ cdef class OpenPump(_Base):
                 self.transferred += moved
 
 
+# Interactive flows of this process, served first (the pure twin's _light_flows).
+cdef list _light_flows = []
+DEF MAX_LIGHT_POLL = 64
+
+
+cdef int _serve_light() except -1:
+    """Drive every interactive flow whose source is readable now (one ``poll``)."""
+    cdef pollfd fds[MAX_LIGHT_POLL]
+    cdef Flow f
+    cdef list polled = []
+    cdef int n = 0, i, got
+    for f in _light_flows:
+        if f.reading and not f.writing and n < MAX_LIGHT_POLL:
+            fds[n].fd = f.src_fd
+            fds[n].events = POLLIN
+            fds[n].revents = 0
+            polled.append(f)
+            n += 1
+    if n == 0:
+        return 0
+    got = poll(fds, n, 0)
+    if got <= 0:
+        return 0
+    for i in range(n):
+        if fds[i].revents == 0:
+            continue
+        f = polled[i]
+        if not (f.light and f.reading):  # an earlier one's failure stopped it
+            continue
+        if fds[i].revents & POLLNVAL:  # closed without stop(): forget it
+            f.light = False
+            _light_flows.remove(f)
+        else:
+            f.drive()
+    return 0
+
+
+# Connection set-ups in progress in this process (the pure twin's urgent_begin/_end).
+cdef long _urgent = 0
+
+
+def urgent_begin():
+    """Fair budget for every flow of this process until the matching ``urgent_end()``."""
+    global _urgent
+    _urgent += 1
+
+
+def urgent_end():
+    """End one ``urgent_begin()`` (never below none)."""
+    global _urgent
+    if _urgent > 0:
+        _urgent -= 1
+
+
+def urgent_pending():
+    """How many ``urgent_begin()`` are not ended yet (diagnostics and tests)."""
+    return _urgent
+
+
 cdef class Flow:
     """One direction of a bridge: drives a pump from the event loop's readiness callbacks.
 
     Per direction: read readiness on the source, or write readiness on the destination,
     never both (backpressure). The loop calls ``drive`` directly; the readiness callback is
     registered only when what the pump waits for changes, so a steady flow of small messages
-    costs one callback per wakeup and no loop calls. On ``DONE`` the destination is
-    half-closed and ``on_done()`` is called; any exception from the pump goes to
-    ``on_fail(exc)`` (the caller tears everything down).
+    costs one callback per wakeup and no loop calls. A flow that is not interactive first
+    drives every interactive flow of the process whose source is readable (one ``poll``),
+    as in the pure twin. On ``DONE`` the destination is half-closed and ``on_done()`` is
+    called; any exception from the pump goes to ``on_fail(exc)`` (the caller tears
+    everything down).
     """
 
     cdef object loop, pump, dst, on_done, on_fail, pystep
     cdef _Base cpump
     cdef public int src_fd, dst_fd
-    cdef public bint reading, writing, done
+    cdef public bint reading, writing, done, light
+    cdef long long bulk_until
 
     def __init__(self, loop, pump, src, dst, on_done, on_fail):
         self.loop = loop
@@ -619,6 +690,8 @@ cdef class Flow:
         self.reading = False
         self.writing = False
         self.done = False
+        self.light = False
+        self.bulk_until = 0
 
     def drive(self):
         global _light_until
@@ -627,15 +700,19 @@ cdef class Flow:
         cdef object pump = self.pump
         if self.done:
             return
+        if _light_flows and not self.light:
+            _serve_light()
+            if self.done:  # a served flow of the same bridge failed
+                return
         now = _now_ns()
         if self.cpump is not None:
-            if now < _light_until:
+            if now < _light_until or _urgent:
                 self.cpump.budget = C_FAIR_BYTES
                 self.cpump.budget_ns = C_FAIR_NS
             else:
                 self.cpump.budget = C_SOLO_BYTES
                 self.cpump.budget_ns = C_SOLO_NS
-        elif now < _light_until:
+        elif now < _light_until or _urgent:
             pump.budget = FAIR_BYTES
             pump.budget_ns = FAIR_NS
         else:
@@ -653,8 +730,17 @@ cdef class Flow:
         except BaseException as exc:  # every failure aborts the bridge
             self.on_fail(exc)
             return
-        if 0 < moved < LIGHT_BYTES:
+        if moved >= LIGHT_BYTES:
+            # a batch: bulk for a while, its short reads are not messages (the pure twin)
+            self.bulk_until = now + C_FAIR_WINDOW_NS
+            if self.light:
+                self.light = False
+                _light_flows.remove(self)
+        elif moved > 0 and now >= self.bulk_until:
             _light_until = now + C_FAIR_WINDOW_NS
+            if not self.light:
+                self.light = True
+                _light_flows.append(self)
         if code == C_WANT_READ:
             if self.reading and not self.writing:
                 return
@@ -682,6 +768,9 @@ cdef class Flow:
 
     def stop(self):
         """Unregister from the loop (idempotent)."""
+        if self.light:
+            self.light = False
+            _light_flows.remove(self)
         if self.reading:
             self.loop.remove_reader(self.src_fd)
             self.reading = False

@@ -11,6 +11,7 @@ import socket
 
 import pytest
 
+from noports import _compat
 from noports.errors import PeerTimeoutError
 from noports.tunnel import (
     AeadKeys,
@@ -244,6 +245,55 @@ def test_multi_20_concurrent_connections(keys, impl, mode, run) -> None:
             assert stats.connections == 20 and stats.failed == 0, stats.errors
             assert stats.bytes_up == sum(map(len, datas)) == stats.bytes_down
             await echo.close()
+            # every set-up released its hold on the fair budget (noports._speedups.xfer)
+            assert _compat.speedups("xfer", impl).urgent_pending() == 0
+
+    run(go(), timeout=60)
+
+
+def test_multi_failed_setups_release_the_fair_budget(keys, impl, run) -> None:
+    """A connection whose local service refuses still ends its set-up's hold on the fair
+    budget (else every bulk flow of the process would keep small batches for good)."""
+
+    async def go() -> None:
+        async with relay_session(keys) as rc:
+            crypto = make_crypto("aead", rc.session_id)
+            closed = socket.socket()
+            closed.bind(("127.0.0.1", 0))
+            dead_port = closed.getsockname()[1]
+            closed.close()  # nothing listens there: the local connect is refused
+            dm = DaemonMulti(
+                rc.host,
+                rc.port_b,
+                auth_line=rc.auth_b,
+                crypto=crypto,
+                local_host="127.0.0.1",
+                local_port=dead_port,
+                timeout=30,
+                relay_timeout=5,
+                impl=impl,
+            )
+            await dm.connect()
+            dtask = asyncio.ensure_future(dm.run())
+            cm = await ClientMulti.open(
+                rc.host, rc.port_a, auth_line=rc.auth_a, crypto=crypto, timeout=30, impl=impl
+            )
+            for _ in range(3):
+                r, w = await asyncio.open_connection("127.0.0.1", cm.port)
+                w.write(b"x")
+                try:  # the connection ends (reset or EOF) with nothing echoed
+                    assert await asyncio.wait_for(r.read(1), 10) == b""
+                except ConnectionError:
+                    pass
+                w.close()
+            for _ in range(100):
+                if dm.stats.failed >= 3:
+                    break
+                await asyncio.sleep(0.05)
+            assert dm.stats.failed == 3, dm.stats.errors
+            assert _compat.speedups("xfer", impl).urgent_pending() == 0
+            await cm.close()
+            await asyncio.wait_for(dtask, 20)
 
     run(go(), timeout=60)
 

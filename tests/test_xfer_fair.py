@@ -138,3 +138,111 @@ def test_flow_uses_the_fair_budget_while_an_interactive_flow_is_active(impl: str
             for s in group:
                 s.close()
         loop.close()
+
+
+def test_urgent_gives_every_flow_the_fair_budget_until_it_ends(impl: str) -> None:
+    """``urgent_begin()`` (a connection of the session is being set up) switches every flow
+    of the process to the fair budget until the matching ``urgent_end()``; they nest."""
+    x = _compat.speedups("xfer", impl)
+    loop = asyncio.new_event_loop()
+    w, src, dst, r = _pairs()
+    try:
+        time.sleep(x.FAIR_WINDOW_NS / 1e9 + 0.02)  # no light flow from an earlier test
+        assert x.urgent_pending() == 0
+        p = x.CopyPump(src, dst)
+        f = x.Flow(loop, p, src, dst, lambda: None, lambda e: None)
+        _fill(w, 3 * x.LIGHT_BYTES)
+        f.drive()
+        assert (p.budget, p.budget_ns) == (x.SOLO_BYTES, x.SOLO_NS)
+        x.urgent_begin()
+        x.urgent_begin()
+        f.drive()
+        assert (p.budget, p.budget_ns) == (x.FAIR_BYTES, x.FAIR_NS)
+        x.urgent_end()
+        f.drive()
+        assert (p.budget, p.budget_ns) == (x.FAIR_BYTES, x.FAIR_NS)
+        x.urgent_end()
+        x.urgent_end()  # one too many: ignored
+        assert x.urgent_pending() == 0
+        f.drive()
+        assert (p.budget, p.budget_ns) == (x.SOLO_BYTES, x.SOLO_NS)
+        f.stop()
+    finally:
+        for s in (w, src, dst, r):
+            s.close()
+        loop.close()
+
+
+def test_a_bulk_wakeup_first_serves_interactive_flows_that_are_readable(impl: str) -> None:
+    """A small message that arrived while the loop was busy does not wait for its own turn:
+    the next wake-up of any bulk flow of the process drives it first. A flow leaves the
+    interactive set once a wake-up of it moves LIGHT_BYTES or more (and its short reads in
+    the next FAIR_WINDOW_NS do not count as messages), and when it stops."""
+    x = _compat.speedups("xfer", impl)
+    loop = asyncio.new_event_loop()
+    socks = [_pairs() for _ in range(2)]
+    try:
+        flows = []
+        for _w, src, dst, _r in socks:
+            p = x.CopyPump(src, dst)
+            flows.append((x.Flow(loop, p, src, dst, lambda: None, lambda e: None), p))
+        (bulk, pb), (light, pl) = flows
+        socks[1][0].sendall(b"a" * 64)
+        light.drive()  # a small message: now an interactive flow, waiting to read
+        assert pl.transferred == 64 and light.reading
+        _fill(socks[0][0], 3 * x.LIGHT_BYTES)
+        socks[1][0].sendall(b"b" * 64)
+        bulk.drive()  # the bulk flow's wake-up serves the waiting message, then its batch
+        assert pl.transferred == 128
+        assert pb.transferred >= x.LIGHT_BYTES
+        assert _read(socks[1][3], 128) == b"a" * 64 + b"b" * 64
+        _fill(socks[1][0], 2 * x.LIGHT_BYTES)
+        light.drive()  # a big wake-up: no longer interactive, so not served by others
+        assert pl.transferred >= 128 + x.LIGHT_BYTES
+        socks[1][0].sendall(b"c" * 64)
+        before = pl.transferred
+        bulk.drive()
+        assert pl.transferred == before
+        light.drive()  # small, but just after a batch: the tail of a batch, not a message
+        assert pl.transferred == before + 64 and not light.light
+        time.sleep(x.FAIR_WINDOW_NS / 1e9 + 0.02)
+        socks[1][0].sendall(b"d" * 64)
+        light.drive()  # a small message well after its last batch: interactive again
+        assert pl.transferred == before + 128 and light.light
+        light.stop()  # a stopped flow is never driven by others
+        assert not light.light
+        socks[1][0].sendall(b"e" * 64)
+        bulk.drive()
+        assert pl.transferred == before + 128
+        bulk.stop()
+    finally:
+        for group in socks:
+            for s in group:
+                s.close()
+        loop.close()
+
+
+def test_short_reads_of_a_bulk_flow_do_not_turn_fair_mode_on(impl: str) -> None:
+    """A bulk flow whose source is momentarily drained moves a few bytes in a wake-up; that
+    is the tail of its batches, not an interactive message, so the budget stays solo."""
+    x = _compat.speedups("xfer", impl)
+    loop = asyncio.new_event_loop()
+    w, src, dst, r = _pairs()
+    try:
+        time.sleep(x.FAIR_WINDOW_NS / 1e9 + 0.02)  # no light flow from an earlier test
+        p = x.CopyPump(src, dst)
+        f = x.Flow(loop, p, src, dst, lambda: None, lambda e: None)
+        _fill(w, 3 * x.LIGHT_BYTES)
+        f.drive()
+        f.drive()
+        assert p.transferred == 3 * x.LIGHT_BYTES
+        w.sendall(b"t" * 100)
+        f.drive()  # a short read right after batches
+        assert p.transferred == 3 * x.LIGHT_BYTES + 100 and not f.light
+        f.drive()
+        assert (p.budget, p.budget_ns) == (x.SOLO_BYTES, x.SOLO_NS)
+        f.stop()
+    finally:
+        for s in (w, src, dst, r):
+            s.close()
+        loop.close()
