@@ -18,7 +18,7 @@ from types import ModuleType
 from typing import Any, Protocol
 
 from ..crypto import rsa
-from ..crypto.envelope import relay_expected_bytes
+from ..crypto.envelope import RelayLineCheck
 from .auth import AuthLine
 from .escr_auth import EscrLine
 from .inbound import WAITING, Inbound
@@ -111,7 +111,7 @@ class Session:
 
     __slots__ = ("spec", "session_id", "rvd_nonce", "host", "port_a", "port_b", "_stats",
                  "_done_ab", "_done_ba", "limits", "_relay", "_loop", "_clock", "_gate",
-                 "_pump_mod", "_listeners", "_auth", "_keys", "_verified", "_expected",
+                 "_pump_mod", "_listeners", "_auth", "_keys", "_verified", "_line_check",
                  "_authenticating", "_pending", "_pumps", "_closed_fut", "_created", "_timer",
                  "_accept_paused", "closed")
 
@@ -146,7 +146,12 @@ class Session:
         self._auth = (spec.auth_a, spec.auth_b)
         self._keys = (spec.public_key_a, spec.public_key_b)
         self._verified: tuple[_Seen, _Seen] = (_Seen(), _Seen())
-        self._expected = relay_expected_bytes(spec.session_id, spec.client_nonce, rvd_nonce)
+        # The auth line's expected bytes, digest and exact spelling, once per session (payload
+        # mode; ESCR signs a fresh challenge per socket instead).
+        self._line_check = (
+            RelayLineCheck(spec.session_id, spec.client_nonce, rvd_nonce)
+            if (spec.auth_a or spec.auth_b) and spec.auth_mode != "escr" else None
+        )
         # Dicts and lists, not sets and deques: an idle session holds them empty (64 and
         # 56 bytes against 216 and 624), and a side never has more than a few dozen waiting.
         self._authenticating: dict[Inbound, None] = {}
@@ -290,7 +295,7 @@ class Session:
             assert key is not None
             verifier = AuthLine(self.session_id, self.spec.client_nonce, self.rvd_nonce, key,
                                 self.limits.max_auth_line, verified=self._verified[side],  # type: ignore[arg-type]
-                                expected=self._expected)
+                                check=self._line_check)
         inbound = Inbound(self, conn, side, ip, verifier, self._loop, self._clock,
                           gated=needs_auth)
         if needs_auth:
