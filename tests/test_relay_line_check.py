@@ -275,3 +275,80 @@ def test_pkcs1_shortcut_refuses_a_signature_stripped_of_its_leading_zero(a: AtKe
 def test_pkcs1_shortcut_matches_verify_on_random_bytes(a: AtKeys, sig: bytes) -> None:
     data = b"x"
     assert _shortcut_ok(a.encrypt_public, sig, data) == _verify_ok(a.encrypt_public, sig, data)
+
+
+# -- ESCR: the cheaper steps give the answers of the plain ones ----------------------------
+
+
+def _plain_split(line: bytes) -> object:
+    try:
+        text = line.decode("ascii").strip()
+    except UnicodeDecodeError:
+        return "malformed"
+    if not text.isprintable():
+        return "malformed"
+    parts = text.split(":")
+    if len(parts) != 2 or not parts[0]:
+        return "malformed"
+    return parts[0], parts[1]
+
+
+def _escr_outcome(fn: Callable[[], object]) -> object:
+    from noports.crypto.escr import EscrError
+
+    try:
+        return fn()
+    except EscrError as exc:
+        return exc.reason
+
+
+@settings(max_examples=400, deadline=None)
+@given(line=st.one_of(
+    st.binary(max_size=60),
+    st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=60).map(str.encode),
+    st.from_regex(rb"\s{0,2}[ -~]{1,20}:[ -~]{0,20}\s{0,2}", fullmatch=True),
+))
+def test_escr_split_response_matches_the_plain_checks(line: bytes) -> None:
+    from noports.crypto.escr import split_response
+
+    assert _escr_outcome(lambda: split_response(line)) == _plain_split(line)
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=st.one_of(
+    st.text(alphabet="ABCxyz019+/= \n\u00e9", max_size=14),
+    st.binary(max_size=12).map(lambda b: base64.b64encode(b).decode()),
+), length=st.sampled_from([None, 4, 16]))
+def test_escr_base64_matches_b64d(text: str, length: int | None) -> None:
+    from noports.crypto.encoding import b64d
+    from noports.crypto.escr import _b64
+
+    def plain() -> object:
+        try:
+            return b64d(text, what="x", length=length)
+        except ProtocolError:
+            return "malformed"
+
+    assert _escr_outcome(lambda: _b64(text, "x", length)) == plain()
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.one_of(
+    st.binary(max_size=20),
+    st.binary(max_size=20).map(lambda b: b"{" + b),
+    st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3).map(
+        lambda d: json.dumps(d, ensure_ascii=False).encode("utf-8")),
+    st.sampled_from([b"{\x00", b"{\x00\x00\x00", b'{"a":"\xed\xa0\x80"}', b"\xef\xbb\xbf{}",
+                     b'{"a":1}\x00']),
+))
+def test_escr_json_objects_match_json_loads(raw: bytes) -> None:
+    from noports.crypto.escr import _obj
+
+    def plain() -> object:
+        try:
+            obj = json.loads(raw)
+        except (ValueError, RecursionError):
+            return "malformed"
+        return obj if isinstance(obj, dict) else "malformed"
+
+    assert _escr_outcome(lambda: _obj(raw, "x")) == plain()

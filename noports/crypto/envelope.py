@@ -119,8 +119,8 @@ def check_pkcs1_sha256(key: rsa.PublicKey, sig: bytes, digest_info: bytes) -> No
         raise SignatureError("signature does not verify")
 
 
-def _loads_line(line: bytes) -> Any:
-    """``json.loads(line)`` without its per-call encoding sniff for the usual UTF-8 line."""
+def loads_utf8(line: bytes) -> Any:
+    """``json.loads(line)`` without its per-call encoding sniff for the usual UTF-8 object."""
     if line[:1] == b"{" and b"\x00" not in line[:4]:
         # What json.detect_encoding answers for such bytes: plain UTF-8 (no BOM, no NULs).
         return json.loads(line.decode("utf-8", "surrogatepass"))
@@ -139,7 +139,7 @@ def verify_relay_auth_line(
     ``check_pkcs1_sha256``.
     """
     try:
-        env = _loads_line(line)
+        env = loads_utf8(line)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError("signed envelope is not valid JSON") from exc
     if not isinstance(env, dict):
@@ -171,7 +171,7 @@ def verify_relay_auth_line(
 
 if sys.version_info >= (3, 11):
 
-    def _b64_exact(text: bytes) -> bytes | None:
+    def b64_exact(text: bytes) -> bytes | None:
         """Canonical base64 only (None otherwise): what ``b64d`` decodes to, when it is."""
         try:
             return binascii.a2b_base64(text, strict_mode=True)
@@ -180,7 +180,7 @@ if sys.version_info >= (3, 11):
 
 else:  # pragma: no cover - Python 3.10 has no strict mode: b64d's own rule
 
-    def _b64_exact(text: bytes) -> bytes | None:
+    def b64_exact(text: bytes) -> bytes | None:
         try:
             return base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
@@ -215,7 +215,7 @@ class RelayLineCheck:
 
     def verify(self, line: bytes, key: rsa.PublicKey) -> None:
         if len(line) >= self._min and line.startswith(self._head) and line.endswith(_LINE_TAIL):
-            sig = _b64_exact(line[len(self._head) : -len(_LINE_TAIL)])
+            sig = b64_exact(line[len(self._head) : -len(_LINE_TAIL)])
             if sig is not None:
                 check_pkcs1_sha256(key, sig, self.digest_info)
                 return

@@ -18,7 +18,9 @@ from types import ModuleType
 from typing import Any, Protocol
 
 from ..crypto import rsa
+from ..crypto.encoding import b64d
 from ..crypto.envelope import RelayLineCheck
+from ..errors import ProtocolError
 from .auth import AuthLine
 from .escr_auth import EscrLine
 from .inbound import WAITING, Inbound
@@ -113,7 +115,7 @@ class Session:
                  "_done_ab", "_done_ba", "limits", "_relay", "_loop", "_clock", "_gate",
                  "_pump_mod", "_listeners", "_auth", "_keys", "_verified", "_line_check",
                  "_authenticating", "_pending", "_pumps", "_closed_fut", "_created", "_timer",
-                 "_accept_paused", "closed")
+                 "_accept_paused", "closed", "escr_key")
 
     def __init__(
         self,
@@ -162,6 +164,14 @@ class Session:
         self._timer: asyncio.TimerHandle | None = None
         self._accept_paused = 0  # bit 1 << side: that listener backs off after an error
         self.closed = False
+        # ESCR: the relayAuthAesKey decoded once, not per socket (None: not usable, and then
+        # each socket is refused as before, by decoding the text again)
+        self.escr_key: bytes | None = None
+        if spec.auth_mode == "escr" and spec.relay_auth_aes_key:
+            try:
+                self.escr_key = b64d(spec.relay_auth_aes_key, what="relayAuthAesKey", length=32)
+            except ProtocolError:
+                pass
 
     # -- lifecycle ----------------------------------------------------------------------
 
