@@ -23,7 +23,7 @@ from ..crypto.envelope import RelayLineCheck
 from ..errors import ProtocolError
 from .auth import AuthLine
 from .escr_auth import EscrLine
-from .inbound import WAITING, Inbound
+from .inbound import WAITING, AuthDeadlines, Inbound
 from .limits import PreAuthGate, RelayLimits
 
 log = logging.getLogger("noports.relay")
@@ -115,7 +115,7 @@ class Session:
                  "_done_ab", "_done_ba", "limits", "_relay", "_loop", "_clock", "_gate",
                  "_pump_mod", "_listeners", "_auth", "_keys", "_verified", "_line_check",
                  "_authenticating", "_pending", "_pumps", "_closed_fut", "_created", "_timer",
-                 "_accept_paused", "closed", "escr_key")
+                 "_accept_paused", "closed", "escr_key", "_deadlines")
 
     def __init__(
         self,
@@ -143,6 +143,7 @@ class Session:
         self._loop: asyncio.AbstractEventLoop = relay.loop
         self._clock: Callable[[], float] = relay.clock
         self._gate: PreAuthGate = relay.gate
+        self._deadlines: AuthDeadlines | None = getattr(relay, "deadlines", None)
         self._pump_mod = pump_mod
         self._listeners: list[socket.socket | None] = list(listeners or (None, None))
         self._auth = (spec.auth_a, spec.auth_b)
@@ -307,7 +308,7 @@ class Session:
                                 self.limits.max_auth_line, verified=self._verified[side],  # type: ignore[arg-type]
                                 check=self._line_check)
         inbound = Inbound(self, conn, side, ip, verifier, self._loop, self._clock,
-                          gated=needs_auth)
+                          gated=needs_auth, deadlines=self._deadlines)
         if needs_auth:
             # A full gate sheds an older unauthenticated socket, never this one.
             self._gate.admit(ip, inbound)

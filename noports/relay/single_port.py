@@ -98,7 +98,8 @@ class SinglePort:
         except OSError:
             pass
         verifier = EscrLine(relay, relay.single_session, None, self.limits.max_auth_line)
-        inbound = Inbound(self, conn, -1, ip, verifier, relay.loop, relay.clock, gated=True)
+        inbound = Inbound(self, conn, -1, ip, verifier, relay.loop, relay.clock, gated=True,
+                          deadlines=relay.deadlines)
         # a full gate sheds an older unauthenticated socket, never this one
         relay.gate.admit(ip, inbound)
         self._authenticating[inbound] = None

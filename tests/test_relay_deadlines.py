@@ -1,0 +1,68 @@
+"""The relay's shared auth-deadline queue (one timer for every authenticating socket)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from noports.relay.inbound import AuthDeadlines
+
+
+class _Socket:
+    """What the queue needs of an Inbound: a deadline and the call when it is due."""
+
+    def __init__(self, deadline: float, log: list[tuple[str, float]], name: str,
+                 clock: Any) -> None:
+        self.deadline, self.log, self.name, self.clock = deadline, log, name, clock
+
+    def deadline_passed(self) -> None:
+        self.log.append((self.name, self.clock()))
+
+
+def test_due_sockets_expire_in_order_and_left_ones_never(run: Any) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        offset = [0.0]
+
+        def clock() -> float:  # an injected clock that runs behind the loop's at first
+            return loop.time() - offset[0]
+
+        offset[0] = 0.05
+        log: list[tuple[str, float]] = []
+        q = AuthDeadlines(loop, clock)
+        t0 = clock()
+        socks = {n: _Socket(t0 + d, log, n, clock) for n, d in
+                 (("a", 0.05), ("b", 0.06), ("c", 0.12), ("d", 0.30))}
+        for s in socks.values():
+            q.add(s)
+        q.discard(socks["b"])  # authenticated in time: never expires
+        early = _Socket(t0 + 0.02, log, "early", clock)
+        assert not q.add(early)  # out of order: refused (that socket keeps its own timer)
+        assert len(q) == 3
+        await asyncio.sleep(0.25)
+        names = [n for n, _ in log]
+        assert names == ["a", "c"], log
+        for name, at in log:  # never before its deadline, on the injected clock
+            assert at >= socks[name].deadline
+        q.close()  # the one left is dropped with the timer
+        await asyncio.sleep(0.1)
+        assert [n for n, _ in log] == ["a", "c"] and len(q) == 0
+
+    run(main(), timeout=10)
+
+
+def test_an_empty_queue_holds_no_timer(run: Any) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        log: list[tuple[str, float]] = []
+        q = AuthDeadlines(loop, loop.time)
+        s = _Socket(loop.time() + 0.01, log, "s", loop.time)
+        q.add(s)
+        q.discard(s)
+        await asyncio.sleep(0.05)  # the timer fired on an empty queue and was not re-armed
+        assert log == [] and q._timer is None
+        q.add(_Socket(loop.time() + 0.01, log, "t", loop.time))
+        await asyncio.sleep(0.05)
+        assert [n for n, _ in log] == ["t"] and q._timer is None
+
+    run(main(), timeout=10)
