@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import sys
 from collections.abc import Callable
 from typing import Protocol
 
@@ -23,6 +24,18 @@ DETACHED = 2
 CLOSED = 3
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
+
+# Linux copies TCP_NODELAY from a listening socket to the sockets it accepts: the relay sets
+# it on its listeners, and an accepted socket needs no setsockopt of its own there.
+NODELAY_INHERITED = sys.platform == "linux"
+
+
+def accept_fast(lsock: socket.socket, family: int) -> tuple[socket.socket, str]:
+    """``lsock.accept()`` (``family`` is the listener's) returning the peer's address only,
+    without ``socket.accept``'s per-call enum conversions of the listener's family and type.
+    Non-blocking listeners only; raises what ``accept`` raises."""
+    fd, addr = lsock._accept()  # type: ignore[attr-defined]  # what socket.accept calls
+    return socket.socket(family, socket.SOCK_STREAM, 0, fd), addr[0]
 
 
 class Verifier(Protocol):

@@ -282,6 +282,10 @@ class Relay:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             addr = (self._sockaddr[0], port, *self._sockaddr[2:])
             sock.bind(addr)
+            try:  # accepted sockets inherit it on Linux (inbound.NODELAY_INHERITED)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
             sock.listen(self.limits.listen_backlog)
             sock.setblocking(False)
         except BaseException:

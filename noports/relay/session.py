@@ -23,13 +23,12 @@ from ..crypto.envelope import RelayLineCheck
 from ..errors import ProtocolError
 from .auth import AuthLine
 from .escr_auth import EscrLine
-from .inbound import WAITING, AuthDeadlines, Inbound
+from .inbound import NODELAY_INHERITED, WAITING, AuthDeadlines, Inbound, accept_fast
 from .limits import PreAuthGate, RelayLimits
 
 log = logging.getLogger("noports.relay")
 
 SIDES = ("A", "B")
-_ACCEPTS_PER_WAKEUP = 64
 
 
 class SessionHost(Protocol):
@@ -115,7 +114,8 @@ class Session:
                  "_done_ab", "_done_ba", "limits", "_relay", "_loop", "_clock", "_gate",
                  "_pump_mod", "_listeners", "_auth", "_keys", "_verified", "_line_check",
                  "_authenticating", "_pending", "_pumps", "_closed_fut", "_created", "_timer",
-                 "_accept_paused", "closed", "escr_key", "_deadlines")
+                 "_accept_paused", "closed", "escr_key", "_deadlines",
+                 "_family")
 
     def __init__(
         self,
@@ -146,6 +146,7 @@ class Session:
         self._deadlines: AuthDeadlines | None = getattr(relay, "deadlines", None)
         self._pump_mod = pump_mod
         self._listeners: list[socket.socket | None] = list(listeners or (None, None))
+        self._family = int(listeners[0].family) if listeners else int(socket.AF_INET)
         self._auth = (spec.auth_a, spec.auth_b)
         self._keys = (spec.public_key_a, spec.public_key_b)
         self._verified: tuple[_Seen, _Seen] = (_Seen(), _Seen())
@@ -259,23 +260,23 @@ class Session:
     # -- accepting ----------------------------------------------------------------------
 
     def _on_accept(self, side: int) -> None:
+        """One connection per wake-up: the listener stays readable (level-triggered) while
+        more wait, so nothing is lost, and the usual single connection costs no second
+        ``accept`` that can only fail with EAGAIN (a syscall and an exception per wake-up)."""
         lsock = self._listeners[side]
         if lsock is None:
             return
-        for _ in range(_ACCEPTS_PER_WAKEUP):
-            try:
-                conn, addr = lsock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                # EMFILE/ENFILE/ENOBUFS: back off instead of spinning on a readable listener.
-                log.warning("session %s: accept failed on side %s: %s", self.session_id,
-                            SIDES[side], exc)
-                self._pause_accept(side)
-                return
-            self._admit(side, conn, addr[0])
-            if self.closed:
-                return
+        try:
+            conn, ip = accept_fast(lsock, self._family)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            # EMFILE/ENFILE/ENOBUFS: back off instead of spinning on a readable listener.
+            log.warning("session %s: accept failed on side %s: %s", self.session_id,
+                        SIDES[side], exc)
+            self._pause_accept(side)
+            return
+        self._admit(side, conn, ip)
 
     def _pause_accept(self, side: int) -> None:
         lsock = self._listeners[side]
@@ -294,10 +295,11 @@ class Session:
     def _admit(self, side: int, conn: socket.socket, ip: str) -> None:
         conn.setblocking(False)
         needs_auth = self._auth[side]
-        try:
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
+        if not NODELAY_INHERITED:
+            try:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
         verifier: Any = None
         if needs_auth and self.spec.auth_mode == "escr":
             verifier = EscrLine(self._relay, self._resolve, side, self.limits.max_auth_line)

@@ -17,24 +17,23 @@ import socket
 from typing import Any
 
 from .escr_auth import EscrLine
-from .inbound import Inbound
+from .inbound import NODELAY_INHERITED, Inbound, accept_fast
 from .limits import RelayLimits
 
 Relay = Any  # the relay.relay.Relay that owns this listener (it imports this module)
 
 log = logging.getLogger("noports.relay")
 
-_ACCEPTS_PER_WAKEUP = 64
-
 
 class SinglePort:
     __slots__ = ("relay", "sock", "port", "limits", "closed", "_authenticating", "auth_ok",
-                 "auth_failed", "failures", "refused", "_paused")
+                 "auth_failed", "failures", "refused", "_paused", "_family")
 
     def __init__(self, relay: Relay, sock: socket.socket) -> None:
         self.relay = relay
         self.sock = sock
         self.port: int = sock.getsockname()[1]
+        self._family = int(sock.family)
         self.limits: RelayLimits = relay.limits
         self.closed = False
         self._authenticating: dict[Inbound, None] = {}
@@ -64,18 +63,16 @@ class SinglePort:
         return len(self._authenticating)
 
     def _on_accept(self) -> None:
-        for _ in range(_ACCEPTS_PER_WAKEUP):
-            try:
-                conn, addr = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                log.warning("single port: accept failed: %s", exc)
-                self._pause()
-                return
-            self._admit(conn, addr[0])
-            if self.closed:
-                return
+        """One connection per wake-up, as a session's listener (``Session._on_accept``)."""
+        try:
+            conn, ip = accept_fast(self.sock, self._family)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.warning("single port: accept failed: %s", exc)
+            self._pause()
+            return
+        self._admit(conn, ip)
 
     def _pause(self) -> None:
         if self._paused or self.closed:
@@ -93,10 +90,11 @@ class SinglePort:
     def _admit(self, conn: socket.socket, ip: str) -> None:
         conn.setblocking(False)
         relay = self.relay
-        try:
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
+        if not NODELAY_INHERITED:
+            try:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
         verifier = EscrLine(relay, relay.single_session, None, self.limits.max_auth_line)
         inbound = Inbound(self, conn, -1, ip, verifier, relay.loop, relay.clock, gated=True,
                           deadlines=relay.deadlines)
