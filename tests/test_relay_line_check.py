@@ -352,3 +352,20 @@ def test_escr_json_objects_match_json_loads(raw: bytes) -> None:
         return obj if isinstance(obj, dict) else "malformed"
 
     assert _escr_outcome(lambda: _obj(raw, "x")) == plain()
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(obj=_JSON)
+def test_canonical_json_is_json_dumps_compact(obj: object) -> None:
+    """The shared encoder gives what the per-call ``json.dumps`` gave."""
+    from noports.crypto.encoding import canonical_json
+
+    assert canonical_json(obj) == json.dumps(obj, separators=(",", ":"), ensure_ascii=False,
+                                             allow_nan=False)
