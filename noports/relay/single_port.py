@@ -24,6 +24,8 @@ Relay = Any  # the relay.relay.Relay that owns this listener (it imports this mo
 
 log = logging.getLogger("noports.relay")
 
+_ACCEPTS_PER_WAKEUP = 64
+
 
 class SinglePort:
     __slots__ = ("relay", "sock", "port", "limits", "closed", "_authenticating", "auth_ok",
@@ -63,16 +65,21 @@ class SinglePort:
         return len(self._authenticating)
 
     def _on_accept(self) -> None:
-        """One connection per wake-up, as a session's listener (``Session._on_accept``)."""
-        try:
-            conn, ip = accept_fast(self.sock, self._family)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            log.warning("single port: accept failed: %s", exc)
-            self._pause()
-            return
-        self._admit(conn, ip)
+        """Up to ``_ACCEPTS_PER_WAKEUP`` connections per wake-up: the one port takes every
+        session's sockets, in bursts, so one wake-up serves many (and the last ``accept``
+        failing with EAGAIN is paid once per burst, not per connection)."""
+        for _ in range(_ACCEPTS_PER_WAKEUP):
+            try:
+                conn, ip = accept_fast(self.sock, self._family)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("single port: accept failed: %s", exc)
+                self._pause()
+                return
+            self._admit(conn, ip)
+            if self.closed:
+                return
 
     def _pause(self) -> None:
         if self._paused or self.closed:
