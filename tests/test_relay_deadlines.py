@@ -66,3 +66,40 @@ def test_an_empty_queue_holds_no_timer(run: Any) -> None:
         assert [n for n, _ in log] == ["t"] and q._timer is None
 
     run(main(), timeout=10)
+
+
+# -- accepting: one connection per wake-up, TCP_NODELAY from the listener -------------------
+
+
+def test_a_burst_on_one_listener_is_all_accepted_with_nodelay(run: Any, keys: Any) -> None:
+    """Twenty sockets queued on side A before the relay's loop runs: all are accepted (one per
+    wake-up; the listener stays readable), authenticate, wait in order, carry TCP_NODELAY."""
+    import socket
+
+    from tests.relay_support import A, line_for, spec, started_relay, wait_for
+
+    async def main() -> None:
+        relay = await started_relay()
+        try:
+            sess = await relay.create_session(spec(keys))
+            line = line_for(sess, keys("@relay_a"))
+            socks = []
+            for _ in range(20):  # blocking connects: the relay has not run in between
+                s = socket.create_connection((sess.host, sess.port_a))
+                s.sendall(line)
+                socks.append(s)
+            await wait_for(lambda: sess.pending_counts[1] == 20, 5)
+            assert sess.stats.auth_ok == 20 and relay.gate.total == 0
+            waiting = sess._pending[A]
+            assert all(w.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                       for w in waiting)
+            b = socket.create_connection((sess.host, sess.port_b))
+            b.sendall(line_for(sess, keys("@relay_b")) + b"hello")
+            await wait_for(lambda: sess.live_pairs == 1, 5)
+            assert sess.pending_counts == (0, 19, 0)
+            for s in [*socks, b]:
+                s.close()
+        finally:
+            await relay.close()
+
+    run(main(), timeout=20)
