@@ -103,3 +103,35 @@ def test_a_burst_on_one_listener_is_all_accepted_with_nodelay(run: Any, keys: An
             await relay.close()
 
     run(main(), timeout=20)
+
+
+def test_a_session_that_cannot_be_made_leaves_no_listener(run: Any) -> None:
+    """A session id with a lone surrogate cannot be encoded for the auth line: creation
+    fails, as it always did, and the two ports bound for it are closed again."""
+    import gc
+    import os
+    import warnings
+
+    import pytest
+
+    from noports.relay import SessionSpec
+    from tests.relay_support import started_relay
+
+    async def main() -> None:
+        relay = await started_relay()
+        try:
+            before = len(os.listdir("/proc/self/fd"))
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")
+                with pytest.raises(UnicodeEncodeError):
+                    await relay.create_session(SessionSpec("bad\ud800", "@a", "@b", "cn",
+                                                           auth_a=False, auth_b=False))
+                gc.collect()
+            # closed by the relay, not left to the garbage collector ("unclosed socket")
+            assert not [w for w in seen if issubclass(w.category, ResourceWarning)], seen
+            assert len(os.listdir("/proc/self/fd")) == before
+            assert not relay.sessions
+        finally:
+            await relay.close()
+
+    run(main(), timeout=10)

@@ -178,7 +178,13 @@ class Relay:
             self._single_sessions[spec.session_id] = session
         else:
             listeners = self._bind_pair()
-            session = Session(self, spec, rvd_nonce, listeners, self.advertise_host, self.pump)
+            try:
+                session = Session(self, spec, rvd_nonce, listeners, self.advertise_host,
+                                  self.pump)
+            except BaseException:  # e.g. a session id that cannot be encoded: no port leaks
+                for lsock in listeners:
+                    lsock.close()
+                raise
         self._sessions.add(session)
         session._start()
         return session

@@ -150,12 +150,10 @@ class Session:
         self._auth = (spec.auth_a, spec.auth_b)
         self._keys = (spec.public_key_a, spec.public_key_b)
         self._verified: tuple[_Seen, _Seen] = (_Seen(), _Seen())
-        # The auth line's expected bytes, digest and exact spelling, once per session (payload
-        # mode; ESCR signs a fresh challenge per socket instead).
-        self._line_check = (
-            RelayLineCheck(spec.session_id, spec.client_nonce, rvd_nonce)
-            if (spec.auth_a or spec.auth_b) and spec.auth_mode != "escr" else None
-        )
+        # The auth line's expected bytes, digest and exact spelling, once per session. Made
+        # for every session, as the expected bytes always were: a session id or nonce that
+        # cannot be encoded fails here, at creation, not in a socket's accept callback.
+        self._line_check = RelayLineCheck(spec.session_id, spec.client_nonce, rvd_nonce)
         # Dicts and lists, not sets and deques: an idle session holds them empty (64 and
         # 56 bytes against 216 and 624), and a side never has more than a few dozen waiting.
         self._authenticating: dict[Inbound, None] = {}
