@@ -27,12 +27,12 @@ import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
 from .log import escape
+from .record import Frozen, Record, set_field
 
 
 def _tomllib() -> Any:
@@ -90,11 +90,16 @@ def env_names(prog: str, dest: str) -> list[str]:
     return names
 
 
-@dataclass(frozen=True)
-class _Opt:
+class _Opt(Frozen):
+    __slots__ = ("dest", "action", "kind")
     dest: str
     action: argparse.Action
     kind: str  # "bool", "list" or "value"
+
+    def __init__(self, dest: str, action: argparse.Action, kind: str) -> None:
+        set_field(self, "dest", dest)
+        set_field(self, "action", action)
+        set_field(self, "kind", kind)
 
 
 def option_table(parser: argparse.ArgumentParser) -> dict[str, _Opt]:
@@ -244,13 +249,23 @@ def read_env(
     return out
 
 
-@dataclass
-class ConfigLayers:
+class ConfigLayers(Record):
     """Where each default came from; used by ``verify`` subcommands and tests."""
 
-    file: dict[str, Any] = field(default_factory=dict)
-    env: dict[str, Any] = field(default_factory=dict)
-    config_path: str | None = None
+    __slots__ = ("file", "env", "config_path")
+    file: dict[str, Any]
+    env: dict[str, Any]
+    config_path: str | None
+
+    def __init__(
+        self,
+        file: dict[str, Any] | None = None,
+        env: dict[str, Any] | None = None,
+        config_path: str | None = None,
+    ) -> None:
+        self.file = {} if file is None else file
+        self.env = {} if env is None else env
+        self.config_path = config_path
 
     def merged(self) -> dict[str, Any]:
         return {**self.file, **self.env}

@@ -51,9 +51,8 @@ _ATSIGN_ASCII = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-.")
 # Emoji atSigns exist; emoji sequences are built from symbols plus these joiners/selectors.
 _EMOJI_JOINERS = frozenset("\u200d\ufe0f\ufe0e") | {chr(c) for c in range(0x1F3FB, 0x1F400)}
 
-_UUID4_RE = re.compile(
-    r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", re.ASCII
-)
+# a pattern, compiled on first use (``re``'s cache) rather than at every program's start
+_UUID4_RE = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
 
 
 class InvalidNameError(ConfigError):
@@ -181,7 +180,7 @@ def validate_session_id(sid: str) -> str:
     if not isinstance(sid, str) or len(sid) != 36:
         raise InvalidNameError(f"session id {_short(sid)} is not a UUID v4")
     canon = sid.lower()
-    if _UUID4_RE.fullmatch(canon) is None:
+    if re.fullmatch(_UUID4_RE, canon, re.ASCII) is None:
         raise InvalidNameError(f"session id {_short(sid)} is not a UUID v4")
     return canon
 

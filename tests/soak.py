@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import os
 import sys
 import tempfile
@@ -140,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="np-soak-"))
     srv = AtServerProcess(tmp / "server").start()
-    keys = dataclasses.replace(AtKeys.generate("@soak"), atsign="@soak")
+    keys = AtKeys.generate("@soak").replace(atsign="@soak")
     srv.add_fast("@soak", keys)
     counts = {"pairs": 0, "pair_errors": 0, "conns": 0, "conn_errors": 0}
     tstop = threading.Event()

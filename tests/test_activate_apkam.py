@@ -3,7 +3,6 @@ background, list / approve / deny / revoke, and what the enrolled device can the
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import select
 import subprocess
@@ -267,7 +266,7 @@ def test_enroll_refuses_existing_keys_file_before_requesting(owner: Owner, tmp_p
 
 def test_manager_refuses_wrong_keys(owner: Owner, tmp_path: Path,
                                     keys: Callable[[str], AtKeys]) -> None:
-    stranger = dataclasses.replace(keys("@activate_stranger"), atsign=owner.atsign)  # wrong pair
+    stranger = keys("@activate_stranger").replace(atsign=owner.atsign)  # wrong pair
     path = stranger.save(tmp_path / "wrong.atKeys")
     p = cli(dict(owner.env), "list", "-a", owner.atsign, "-k", str(path))
     assert p.returncode == 3 and "AT0401" in one_line_error(p)

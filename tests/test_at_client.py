@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import uuid
 from collections.abc import Callable
@@ -38,7 +37,7 @@ def new_atsign(at_server, keys) -> NewAtSign:
 
     def make(base: str) -> AtKeys:
         name = f"@{base}{uuid.uuid4().hex[:8]}"
-        k = dataclasses.replace(keys("@" + base), atsign=name)
+        k = keys("@" + base).replace(atsign=name)
         at_server.add(name, k)
         return k
 
@@ -344,7 +343,7 @@ def test_apkam_enrollment_pkam(run, at_server) -> None:
         await c.put("x.test", "apkam")
         assert await c.get("x.test") == "apkam"
         await c.close()
-        bad = dataclasses.replace(k, enrollment_id=str(uuid.uuid4()))
+        bad = k.replace(enrollment_id=str(uuid.uuid4()))
         with pytest.raises(AtError):
             await AtClient.connect(name, keys=bad, root=at_server.root, ca_file=at_server.ca_file)
         conn = await AtConnection.open(
@@ -361,8 +360,8 @@ def test_apkam_enrollment_pkam(run, at_server) -> None:
 
 def test_monitor_resumes_after_server_restart(run, make_at_server, keys) -> None:
     srv = make_at_server("--stats-interval", "0.2")  # stats heartbeats must be ignored
-    alice = dataclasses.replace(keys("@alice"), atsign="@alice")
-    bob = dataclasses.replace(keys("@bob"), atsign="@bob")
+    alice = keys("@alice").replace(atsign="@alice")
+    bob = keys("@bob").replace(atsign="@bob")
     srv.add("@alice", alice)
     srv.add("@bob", bob)
 

@@ -9,7 +9,6 @@ blocks the calling thread, so it runs in a thread here.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import uuid
 from pathlib import Path
@@ -56,7 +55,7 @@ def home(tmp_path: Path) -> Path:
 
 def fresh(at_server, keys, base: str) -> AtKeys:
     name = f"@{base}{uuid.uuid4().hex[:8]}"
-    k = dataclasses.replace(keys("@" + base), atsign=name)
+    k = keys("@" + base).replace(atsign=name)
     at_server.add(name, k)
     return k
 

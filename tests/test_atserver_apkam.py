@@ -258,9 +258,8 @@ def test_namespace_enforcement(
     # monitor: only notifications in enrolled namespaces
     sender_name = "@apsend_" + uuid.uuid4().hex[:6]
     sender = keys("@apkam_sender")
-    import dataclasses
 
-    sender = dataclasses.replace(sender, atsign=sender_name)
+    sender = sender.replace(atsign=sender_name)
     at_server.add_fast(sender_name, sender)
     s = wire()
     assert s.pkam(sender) == "data:success"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import time
@@ -24,7 +23,7 @@ def ident(at_server: AtServerProcess, keys: Callable[[str], AtKeys]) -> Callable
 
     def make(base: str) -> AtKeys:
         name = f"@{base}_{uuid.uuid4().hex[:8]}"
-        k = dataclasses.replace(keys("@" + base), atsign=name)
+        k = keys("@" + base).replace(atsign=name)
         at_server.add_fast(name, k)
         return k
 

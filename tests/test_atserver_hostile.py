@@ -182,9 +182,8 @@ def test_notify_status_needs_auth_and_is_own(
     wire: Callable[..., Wire], at_server: AtServerProcess, keys
 ) -> None:
     name = f"@st_{uuid.uuid4().hex[:8]}"
-    import dataclasses
 
-    k: AtKeys = dataclasses.replace(keys("@alice"), atsign=name)
+    k: AtKeys = keys("@alice").replace(atsign=name)
     at_server.add_fast(name, k)
     a = wire()
     assert a.pkam(k) == "data:success"
@@ -341,9 +340,8 @@ def test_unauthenticated_deadline_is_not_extended_by_activity(make_at_server) ->
 
 
 def _fresh(at_server: AtServerProcess, keys, base: str) -> AtKeys:
-    import dataclasses
 
-    k: AtKeys = dataclasses.replace(keys("@" + base), atsign=f"@{base}_{uuid.uuid4().hex[:8]}")
+    k: AtKeys = keys("@" + base).replace(atsign=f"@{base}_{uuid.uuid4().hex[:8]}")
     at_server.add_fast(k.atsign, k)
     return k
 

@@ -7,7 +7,6 @@ It loads keys from ``~/.atsign/keys/@x_key.atKeys``: we write them with our own 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import uuid
 from pathlib import Path
@@ -74,8 +73,8 @@ def test_atsdk_against_our_server(
     at_server: AtServerProcess, atsdk_python, keys, tmp_path: Path
 ) -> None:
     tag = uuid.uuid4().hex[:6]
-    alice = dataclasses.replace(keys("@alice"), atsign=f"@sdka{tag}")
-    bob = dataclasses.replace(keys("@bob"), atsign=f"@sdkb{tag}")
+    alice = keys("@alice").replace(atsign=f"@sdka{tag}")
+    bob = keys("@bob").replace(atsign=f"@sdkb{tag}")
     home = tmp_path / "home"
     for k in (alice, bob):
         at_server.add(k.atsign, k)

@@ -330,9 +330,8 @@ def test_many_clients_on_one_engine(
 ) -> None:
     """Twenty atSigns, each sharing with the next: the engine keeps them apart."""
     base = keys("@alice")
-    import dataclasses
 
-    people = [dataclasses.replace(base, atsign=f"@p{i}") for i in range(20)]
+    people = [base.replace(atsign=f"@p{i}") for i in range(20)]
     for k in people:
         srv.host(k)
 

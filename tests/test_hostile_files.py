@@ -4,7 +4,6 @@ and no "Task exception was never retrieved" when the daemon does not answer."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gc
 import logging
 import os
@@ -70,7 +69,7 @@ def test_server_db_is_private(make_at_server) -> None:
 
 def test_deep_json_is_a_normal_syntax_error(at_server: AtServerProcess, keys) -> None:
     name = f"@deep_{uuid.uuid4().hex[:8]}"
-    k = dataclasses.replace(keys("@alice"), atsign=name)
+    k = keys("@alice").replace(atsign=name)
     at_server.add_fast(name, k)
     w = Wire(at_server.root, at_server.ca_file)
     try:
@@ -95,7 +94,7 @@ def test_deep_json_is_a_normal_syntax_error(at_server: AtServerProcess, keys) ->
 def test_no_unretrieved_task_exception_when_nobody_answers(
     run, at_server: AtServerProcess, keys, caplog: pytest.LogCaptureFixture
 ) -> None:
-    me = dataclasses.replace(keys("@alice"), atsign=f"@np_{uuid.uuid4().hex[:8]}")
+    me = keys("@alice").replace(atsign=f"@np_{uuid.uuid4().hex[:8]}")
     at_server.add_fast(me.atsign, me)
 
     async def main() -> None:

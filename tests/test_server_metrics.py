@@ -3,7 +3,6 @@ atSigns hosted, readiness = listening; scraped from a real server with real TLS 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,8 +34,8 @@ def test_server_metrics_connections_notifications_atsigns(
     assert metric(text, "noports_atserver_atsigns_hosted") == 0
     assert metric(text, "noports_atserver_notifications_delivered_total") == 0
 
-    alice = dataclasses.replace(keys("@alice"), atsign="@malice")
-    bob = dataclasses.replace(keys("@bob"), atsign="@mbob")
+    alice = keys("@alice").replace(atsign="@malice")
+    bob = keys("@bob").replace(atsign="@mbob")
     srv.add_fast(alice.atsign, alice)
     srv.add_fast(bob.atsign, bob)
     opened: list[Wire] = []
@@ -139,8 +138,8 @@ def test_a_real_prometheus_scrapes_noports_server(
     """Prometheus scrapes ``noports server`` while clients are connected and notify."""
     port = free_port()
     srv = make_at_server("--metrics", str(port))
-    alice = dataclasses.replace(keys("@alice"), atsign="@palice")
-    bob = dataclasses.replace(keys("@bob"), atsign="@pbob")
+    alice = keys("@alice").replace(atsign="@palice")
+    bob = keys("@bob").replace(atsign="@pbob")
     srv.add_fast(alice.atsign, alice)
     srv.add_fast(bob.atsign, bob)
     opened: list[Wire] = []

@@ -5,7 +5,6 @@ daemon names it in its session replies and hands it to the session's relay
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
@@ -63,7 +62,7 @@ def test_event_logging_config_reaches_reply_and_relay(np_env) -> None:
             # daemon over its re-encoding); the reply names the keys per twinKeys
             assert list(before.payload)[2:6] == ["aesKeyC2D", "ivC2D", "aesKeyD2C", "ivD2C"]
             assert "sessionAESKey" not in before.payload
-            single = await establish(c, dataclasses.replace(spec, twin_keys=False))
+            single = await establish(c, spec.replace(twin_keys=False))
             assert list(single.payload)[2:6] == ["sessionAESKey", "sessionIV", "aesKeyD2C", "ivD2C"]
             assert single.payload["aesKeyD2C"] is None and single.payload["ivD2C"] is None
             await p.notify(

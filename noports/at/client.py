@@ -217,6 +217,14 @@ class AtClient:
             await m.close()
         await self._conn.close()
 
+    def adopt_caches(self, other: AtClient) -> None:
+        """Share ``other``'s public-key and shared-key caches (the same atSign and keys: a
+        resident program's successive clients keep what earlier ones looked up)."""
+        if other.atsign != self.atsign:
+            raise ValueError(f"caches of {other.atsign} cannot serve {self.atsign}")
+        self._pubkeys = other._pubkeys
+        self.shared_keys.adopt(other.shared_keys)
+
     async def __aenter__(self) -> AtClient:
         return self
 

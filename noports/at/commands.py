@@ -16,13 +16,13 @@ import hashlib
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
 from typing import Any
 
 from ..crypto import rsa
 from ..crypto.encoding import canonical_json
 from ..errors import LocalError
 from ..names import InvalidNameError, normalise_atsign
+from ..record import Frozen, set_field
 
 
 def random_uuid() -> str:
@@ -63,33 +63,89 @@ class CommandError(LocalError, ValueError):
     """A command could not be built from the given arguments (our misuse, not the server)."""
 
 
-@dataclass(frozen=True)
-class Metadata:
+class Metadata(Frozen):
     """Key/notification metadata that travels on ``update`` and ``notify`` commands.
 
     Only the fields set (not None) are sent, in the fixed Dart order. :meth:`from_json`
     reads the JSON the server returns for ``llookup:meta`` and inside notifications.
     """
 
-    ttl: int | None = None
-    ttb: int | None = None
-    ttr: int | None = None
-    ccd: bool | None = None
-    data_signature: str | None = None
-    shared_key_status: str | None = None
-    is_binary: bool | None = None
-    is_encrypted: bool | None = None
-    shared_key_enc: str | None = None
-    pub_key_cs: str | None = None
-    encoding: str | None = None
-    enc_key_name: str | None = None
-    enc_algo: str | None = None
-    iv_nonce: str | None = None
-    ske_enc_key_name: str | None = None
-    ske_enc_algo: str | None = None
+    __slots__ = (
+        "ttl",
+        "ttb",
+        "ttr",
+        "ccd",
+        "data_signature",
+        "shared_key_status",
+        "is_binary",
+        "is_encrypted",
+        "shared_key_enc",
+        "pub_key_cs",
+        "encoding",
+        "enc_key_name",
+        "enc_algo",
+        "iv_nonce",
+        "ske_enc_key_name",
+        "ske_enc_algo",
+        "immutable",
+    )
+    ttl: int | None
+    ttb: int | None
+    ttr: int | None
+    ccd: bool | None
+    data_signature: str | None
+    shared_key_status: str | None
+    is_binary: bool | None
+    is_encrypted: bool | None
+    shared_key_enc: str | None
+    pub_key_cs: str | None
+    encoding: str | None
+    enc_key_name: str | None
+    enc_algo: str | None
+    iv_nonce: str | None
+    ske_enc_key_name: str | None
+    ske_enc_algo: str | None
     #: a record that cannot be overwritten while it lives (the atServer refuses the update);
     #: redundant srvd/sshnpd instances race for one with it (session mutexes)
-    immutable: bool | None = None
+    immutable: bool | None
+
+    def __init__(
+        self,
+        ttl: int | None = None,
+        ttb: int | None = None,
+        ttr: int | None = None,
+        ccd: bool | None = None,
+        data_signature: str | None = None,
+        shared_key_status: str | None = None,
+        is_binary: bool | None = None,
+        is_encrypted: bool | None = None,
+        shared_key_enc: str | None = None,
+        pub_key_cs: str | None = None,
+        encoding: str | None = None,
+        enc_key_name: str | None = None,
+        enc_algo: str | None = None,
+        iv_nonce: str | None = None,
+        ske_enc_key_name: str | None = None,
+        ske_enc_algo: str | None = None,
+        immutable: bool | None = None,
+    ) -> None:
+        set_field(self, "ttl", ttl)
+        set_field(self, "ttb", ttb)
+        set_field(self, "ttr", ttr)
+        set_field(self, "ccd", ccd)
+        set_field(self, "data_signature", data_signature)
+        set_field(self, "shared_key_status", shared_key_status)
+        set_field(self, "is_binary", is_binary)
+        set_field(self, "is_encrypted", is_encrypted)
+        set_field(self, "shared_key_enc", shared_key_enc)
+        set_field(self, "pub_key_cs", pub_key_cs)
+        set_field(self, "encoding", encoding)
+        set_field(self, "enc_key_name", enc_key_name)
+        set_field(self, "enc_algo", enc_algo)
+        set_field(self, "iv_nonce", iv_nonce)
+        set_field(self, "ske_enc_key_name", ske_enc_key_name)
+        set_field(self, "ske_enc_algo", ske_enc_algo)
+        set_field(self, "immutable", immutable)
 
     def wire(self) -> str:
         """``:ttl:5:ttr:-1:…`` (empty when nothing is set)."""
@@ -137,11 +193,11 @@ class Metadata:
 
     def merged(self, other: Metadata) -> Metadata:
         """Fields of ``other`` that are set win over ours."""
-        kw = {f.name: getattr(self, f.name) for f in fields(self)}
-        for f in fields(other):
-            v = getattr(other, f.name)
+        kw = {n: getattr(self, n) for n in self._fields}
+        for n in other._fields:
+            v = getattr(other, n)
             if v is not None:
-                kw[f.name] = v
+                kw[n] = v
         return Metadata(**kw)
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import logging
 import random
 import time
@@ -313,5 +312,5 @@ class Monitor:
                     exc,
                 )
                 return
-            n = dataclasses.replace(n, value=plain, decrypted=True)
+            n = n.replace(value=plain, decrypted=True)
         await self._q.put(n)

@@ -26,10 +26,10 @@ import enum
 import json
 import re
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import AtError, BufferLimitError, LocalError, ProtocolError
+from ..record import Frozen, set_field
 from . import commands
 from .commands import *  # noqa: F401,F403  (builders are part of this module's API)
 from .commands import Metadata
@@ -56,38 +56,50 @@ class _NeedData:
 NEED_DATA = _NeedData()
 
 
-class Event:
+class Event(Frozen):
     """Base class of every event (values, not behaviour)."""
 
     __slots__ = ()
 
 
-@dataclass(frozen=True)
 class Prompt(Event):
     """The server is ready: ``@`` (unauthenticated) or ``@alice@``."""
 
+    __slots__ = ("text",)
     text: str
+
+    def __init__(self, text: str) -> None:
+        set_field(self, "text", text)
 
     @property
     def atsign(self) -> str | None:
         return self.text[:-1] if len(self.text) > 1 else None
 
 
-@dataclass(frozen=True)
 class Data(Event):
     """``data:<text>``; ``verb`` is the verb of the command it answers (None if unsolicited)."""
 
+    __slots__ = ("text", "verb")
     text: str
-    verb: str | None = None
+    verb: str | None
+
+    def __init__(self, text: str, verb: str | None = None) -> None:
+        set_field(self, "text", text)
+        set_field(self, "verb", verb)
 
 
-@dataclass(frozen=True)
 class ErrorReply(Event):
     """``error:…`` in any of its three forms; :meth:`exception` gives the AtError subclass."""
 
+    __slots__ = ("code", "description", "verb")
     code: str | None
     description: str
-    verb: str | None = None
+    verb: str | None
+
+    def __init__(self, code: str | None, description: str, verb: str | None = None) -> None:
+        set_field(self, "code", code)
+        set_field(self, "description", description)
+        set_field(self, "verb", verb)
 
     def exception(self) -> AtError:
         if self.code is None:
@@ -95,22 +107,42 @@ class ErrorReply(Event):
         return AtError.for_code(self.code, self.description)
 
 
-@dataclass(frozen=True)
 class RootReply(Event):
     """The root directory's answer: ``host:port``, or None/None for ``null``."""
 
+    __slots__ = ("host", "port")
     host: str | None
     port: int | None
+
+    def __init__(self, host: str | None, port: int | None) -> None:
+        set_field(self, "host", host)
+        set_field(self, "port", port)
 
     @property
     def found(self) -> bool:
         return self.host is not None
 
 
-@dataclass(frozen=True)
 class Notification(Event):
-    """One ``notification:`` push, as sent (the value is still ciphertext if encrypted)."""
+    """One ``notification:`` push, as sent (the value is still ciphertext if encrypted).
 
+    ``raw`` (the JSON as received) is left out of the repr and the comparison."""
+
+    __slots__ = (
+        "id",
+        "from_atsign",
+        "to_atsign",
+        "key",
+        "value",
+        "operation",
+        "epoch_millis",
+        "message_type",
+        "is_encrypted",
+        "metadata",
+        "raw",
+        "decrypted",
+    )
+    _hidden = ("raw",)
     id: str
     from_atsign: str
     to_atsign: str
@@ -121,8 +153,36 @@ class Notification(Event):
     message_type: str
     is_encrypted: bool
     metadata: Metadata
-    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
-    decrypted: bool = False
+    raw: dict[str, Any]
+    decrypted: bool
+
+    def __init__(
+        self,
+        id: str,
+        from_atsign: str,
+        to_atsign: str,
+        key: str,
+        value: str | None,
+        operation: str,
+        epoch_millis: int,
+        message_type: str,
+        is_encrypted: bool,
+        metadata: Metadata,
+        raw: dict[str, Any] | None = None,
+        decrypted: bool = False,
+    ) -> None:
+        set_field(self, "id", id)
+        set_field(self, "from_atsign", from_atsign)
+        set_field(self, "to_atsign", to_atsign)
+        set_field(self, "key", key)
+        set_field(self, "value", value)
+        set_field(self, "operation", operation)
+        set_field(self, "epoch_millis", epoch_millis)
+        set_field(self, "message_type", message_type)
+        set_field(self, "is_encrypted", is_encrypted)
+        set_field(self, "metadata", metadata)
+        set_field(self, "raw", {} if raw is None else raw)
+        set_field(self, "decrypted", decrypted)
 
     @property
     def is_stats(self) -> bool:
@@ -170,9 +230,10 @@ class Notification(Event):
         )
 
 
-@dataclass(frozen=True)
 class Closed(Event):
     """The peer closed the connection (``receive_data(b"")``)."""
+
+    __slots__ = ()
 
 
 # ---------------------------------------------------------------------------------------

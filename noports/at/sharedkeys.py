@@ -91,6 +91,12 @@ class SharedKeys:
         self._unwrapped: dict[str, tuple[str, str]] = {}  # other -> (wrapped, K): skip RSA
         self._locks: dict[str, asyncio.Lock] = {}
 
+    def adopt(self, other: SharedKeys) -> None:
+        """Use ``other``'s cache entries (same atSign; see ``AtClient.adopt_caches``)."""
+        self._out = other._out
+        self._in = other._in
+        self._unwrapped = other._unwrapped
+
     def _lock(self, name: str) -> asyncio.Lock:
         lock = self._locks.get(name)
         if lock is None:

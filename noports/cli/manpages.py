@@ -39,6 +39,7 @@ PAGES: dict[str, tuple[str, str]] = {
     "noports-ui": ("noports.cli.ui", "build_parser"),
     "noports-doctor": ("noports.cli.doctor", "build_parser"),
     "noports-profile": ("noports.cli.profile", "build_parser"),
+    "noports-agent": ("noports.cli.agent", "build_parser"),
 }
 
 

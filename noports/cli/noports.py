@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "ui": ("ui", "local web app: profiles, one-click tunnels, onboarding, approvals"),
     "doctor": ("doctor", "check keys, root, TLS, atServer, clock, local service, daemon"),
     "profile": ("profile", "desktop-app profiles: list, import, export, run"),
+    "agent": ("agent", "resident npt agent: tunnels start in tens of ms (stop, status)"),
 }
 
 

@@ -11,6 +11,7 @@ import gc
 import ipaddress
 import socket
 import sys
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from .. import config
@@ -136,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_aead_flags(p)
     add_relay_auth_flags(p)
     add_output_flag(p, help="json: a one-line ready event on stdout")
+    p.add_argument(
+        "--no-agent",
+        dest="no_agent",
+        action="store_true",
+        help="run in this process even when a `noports agent` is running "
+        "(also NOPORTS_NO_AGENT=1)",
+    )
     add_common(p)
     return p
 
@@ -166,13 +174,14 @@ def resolve_local_host(text: str) -> str:
     raise NoLocalHostError(f"Error: No valid IP addresses found in: {text}")
 
 
-def parse(argv: list[str] | None) -> argparse.Namespace:
+def parse(argv: list[str] | None, environ: Mapping[str, str] | None = None) -> argparse.Namespace:
+    """The flags (command line > ``environ`` (default ``os.environ``) > config file)."""
     from ..session.client import SessionSpec
     from ..session.features import npt_required_features
     from ..session.relays import parse_relay_option
 
     parser = build_parser()
-    args = config.parse_args(parser, "npt", argv)
+    args = config.parse_args(parser, "npt", argv, environ=environ)
     try:
         if not 1 <= args.remote_port <= 65535:
             raise ConfigError("--remote-port must be 1..65535")

@@ -11,7 +11,6 @@ Only parsing and the process contract live here; the work is ``noports.tunnel``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
@@ -173,7 +172,7 @@ def crypto_from_env(
         if crypto is None:
             raise ConfigError("--rv-aead required, but RV_AEAD_SECRET is not in environment")
         if isinstance(auth, EscrAuth) and env.get("RV_SESSION_ID") is None:
-            crypto = dataclasses.replace(crypto, session_id=auth.session_id)
+            crypto = crypto.replace(session_id=auth.session_id)
     return auth, crypto
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import KeyFileError, ProtocolError
 from ..fsutil import read_secret, write_secret
+from ..record import Record
 from . import aes, rsa
 
 
@@ -34,17 +34,49 @@ def default_keys_path(atsign: str, home: str | os.PathLike[str] | None = None) -
     return base / ".atsign" / "keys" / f"{keyfile_atsign(atsign)}_key.atKeys"
 
 
-@dataclass
-class AtKeys:
+class AtKeys(Record):
+    __slots__ = (
+        "atsign",
+        "pkam_private",
+        "pkam_public",
+        "encrypt_private",
+        "encrypt_public",
+        "self_encryption_key",
+        "apkam_symmetric_key",
+        "enrollment_id",
+        "extra",
+    )
     atsign: str
     pkam_private: rsa.PrivateKey
     pkam_public: rsa.PublicKey
     encrypt_private: rsa.PrivateKey
     encrypt_public: rsa.PublicKey
     self_encryption_key: str  # base64 AES-256
-    apkam_symmetric_key: str | None = None
-    enrollment_id: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)  # unknown fields, kept on save
+    apkam_symmetric_key: str | None
+    enrollment_id: str | None
+    extra: dict[str, str]  # unknown fields, kept on save
+
+    def __init__(
+        self,
+        atsign: str,
+        pkam_private: rsa.PrivateKey,
+        pkam_public: rsa.PublicKey,
+        encrypt_private: rsa.PrivateKey,
+        encrypt_public: rsa.PublicKey,
+        self_encryption_key: str,
+        apkam_symmetric_key: str | None = None,
+        enrollment_id: str | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        self.atsign = atsign
+        self.pkam_private = pkam_private
+        self.pkam_public = pkam_public
+        self.encrypt_private = encrypt_private
+        self.encrypt_public = encrypt_public
+        self.self_encryption_key = self_encryption_key
+        self.apkam_symmetric_key = apkam_symmetric_key
+        self.enrollment_id = enrollment_id
+        self.extra = {} if extra is None else extra
 
     @classmethod
     def generate(cls, atsign: str) -> AtKeys:

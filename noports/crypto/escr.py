@@ -27,10 +27,10 @@ from __future__ import annotations
 import enum
 import json
 import os
-from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ProtocolError, SignatureError
+from ..record import Frozen, Record, set_field
 from . import aes, rsa
 from .encoding import b64d, b64e, canonical_bytes, canonical_json
 from .envelope import b64_exact, check_pkcs1_sha256, loads_utf8, sha256_digest_info
@@ -113,16 +113,32 @@ def response_line(
 # -- the relay's checks ---------------------------------------------------------------------
 
 
-@dataclass(slots=True)  # not frozen: made per socket, and a frozen __init__ costs 3x
-class Claim:
+class Claim(Record):  # not frozen: made per socket on the relay (plain stores are cheaper)
     """A decrypted, well-formed response whose signature is still to be checked."""
 
+    __slots__ = ("session_id", "side", "atsign", "signing_uri", "signed", "signature")
     session_id: str
     side: str  # "a" or "b"
     atsign: str  # from ``sk``, lower-case
     signing_uri: str
     signed: bytes  # the verifier's compact re-encoding of ``p``
     signature: str
+
+    def __init__(
+        self,
+        session_id: str,
+        side: str,
+        atsign: str,
+        signing_uri: str,
+        signed: bytes,
+        signature: str,
+    ) -> None:
+        self.session_id = session_id
+        self.side = side
+        self.atsign = atsign
+        self.signing_uri = signing_uri
+        self.signed = signed
+        self.signature = signature
 
 
 _PRINTABLE_ASCII = bytes(range(0x20, 0x7F))
@@ -232,13 +248,27 @@ class Step(enum.Enum):
     FAILED = "failed"
 
 
-@dataclass(slots=True)  # not frozen: made per socket, and a frozen __init__ costs 3x
-class Event:
+class Event(Record):  # not frozen: made per socket on the relay (plain stores are cheaper)
+    __slots__ = ("step", "reason", "data", "session_id", "uri")
     step: Step
-    reason: str = ""
-    data: bytes = b""  # SEND: bytes to write; OK: bytes that followed the final line
-    session_id: str = ""
-    uri: str = ""
+    reason: str
+    data: bytes  # SEND: bytes to write; OK: bytes that followed the final line
+    session_id: str
+    uri: str
+
+    def __init__(
+        self,
+        step: Step,
+        reason: str = "",
+        data: bytes = b"",
+        session_id: str = "",
+        uri: str = "",
+    ) -> None:
+        self.step = step
+        self.reason = reason
+        self.data = data
+        self.session_id = session_id
+        self.uri = uri
 
 
 NEED_MORE = Event(Step.NEED_MORE)
@@ -444,19 +474,33 @@ class EscrProver:
         return self._done
 
 
-@dataclass(frozen=True)
-class EscrAuth:
+class EscrAuth(Frozen):
     """What a tunnel end needs to answer ESCR challenges on every relay socket it opens.
 
     Given as ``auth_line`` to the tunnel functions (``noports.tunnel``), it replaces the
     static payload-mode line: each socket waits for its own challenge. ``repr`` hides keys.
     """
 
+    __slots__ = ("session_id", "aes_key_b64", "signing_uri", "private_key", "side_a")
     session_id: str
     aes_key_b64: str
     signing_uri: str
     private_key: rsa.PrivateKey
     side_a: bool
+
+    def __init__(
+        self,
+        session_id: str,
+        aes_key_b64: str,
+        signing_uri: str,
+        private_key: rsa.PrivateKey,
+        side_a: bool,
+    ) -> None:
+        set_field(self, "session_id", session_id)
+        set_field(self, "aes_key_b64", aes_key_b64)
+        set_field(self, "signing_uri", signing_uri)
+        set_field(self, "private_key", private_key)
+        set_field(self, "side_a", side_a)
 
     def __repr__(self) -> str:
         return f"EscrAuth(session_id={self.session_id!r}, side={'a' if self.side_a else 'b'})"

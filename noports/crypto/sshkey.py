@@ -24,13 +24,13 @@ import base64
 import binascii
 import re
 import struct
-from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
 from ..errors import RemoteError
+from ..record import Frozen, set_field
 
 __all__ = [
     "MAX_KEY_TEXT",
@@ -145,13 +145,18 @@ def _load_sk_key(blob_type: str, blob: bytes) -> Any:
         raise _bad(f"key does not parse: {exc}") from None
 
 
-@dataclass(frozen=True)
-class SshPublicKey:
+class SshPublicKey(Frozen):
     """A validated public key. ``key_type`` is the blob type (``rsa-sha2-*`` → ``ssh-rsa``)."""
 
+    __slots__ = ("key_type", "blob_b64", "comment")
     key_type: str
     blob_b64: str
-    comment: str = ""
+    comment: str
+
+    def __init__(self, key_type: str, blob_b64: str, comment: str = "") -> None:
+        set_field(self, "key_type", key_type)
+        set_field(self, "blob_b64", blob_b64)
+        set_field(self, "comment", comment)
 
     def key_text(self) -> str:
         """``<type> <base64>``: the identity of the key (what idempotency compares)."""

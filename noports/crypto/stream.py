@@ -20,12 +20,12 @@ Two keyings exist:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ..errors import ConfigError, ProtocolError
+from ..record import Frozen, set_field
 from .encoding import b64d, b64e
 
 KEY_LEN = 32
@@ -46,7 +46,18 @@ def _exact_update_into() -> bool:
     return True
 
 
-CTR_INTO: bool = _exact_update_into()
+def __getattr__(name: str) -> Any:
+    # ``CTR_INTO: bool``, probed on first use, not at import (1-2 ms of a program's start-up,
+    # and AEAD sessions never use CTR)
+    if name == "CTR_INTO":
+        value = globals()["CTR_INTO"] = _exact_update_into()
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _ctr_into() -> bool:
+    into = globals().get("CTR_INTO")
+    return __getattr__("CTR_INTO") if into is None else into
 
 
 class AllocatingCTR:
@@ -77,21 +88,34 @@ def ctr_context(key: bytes, iv: bytes) -> Any:
     if len(iv) != IV_LEN:
         raise ProtocolError(f"AES-CTR IV must be {IV_LEN} bytes, got {len(iv)}")
     ctx = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor()
-    return ctx if CTR_INTO else AllocatingCTR(ctx)
+    return ctx if _ctr_into() else AllocatingCTR(ctx)
 
 
-@dataclass(frozen=True)
-class CtrKeys:
+class CtrKeys(Frozen):
     """Key material for one CTR tunnel (or one multi-mode data connection).
 
     ``key_d2c``/``iv_d2c`` are None in legacy mode, where both directions use the C2D pair.
     ``repr`` never shows key bytes, so a CtrKeys can appear in logs safely.
     """
 
+    __slots__ = ("key_c2d", "iv_c2d", "key_d2c", "iv_d2c")
     key_c2d: bytes
     iv_c2d: bytes
-    key_d2c: bytes | None = None
-    iv_d2c: bytes | None = None
+    key_d2c: bytes | None
+    iv_d2c: bytes | None
+
+    def __init__(
+        self,
+        key_c2d: bytes,
+        iv_c2d: bytes,
+        key_d2c: bytes | None = None,
+        iv_d2c: bytes | None = None,
+    ) -> None:
+        set_field(self, "key_c2d", key_c2d)
+        set_field(self, "iv_c2d", iv_c2d)
+        set_field(self, "key_d2c", key_d2c)
+        set_field(self, "iv_d2c", iv_d2c)
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         for name in ("key_c2d", "key_d2c"):

@@ -2,4 +2,6 @@
 
 Modules: ``durations`` (``-T`` human durations), ``run`` (flags, the session loop, ``-x``
 detaching, ``-K`` keep-alive, multi mode via ``noports.tunnel.ClientMulti``).
+``agentwire``: the socket of ``noports agent`` (path, ownership checks, messages), shared by
+the agent (``noports.cli.agent``) and the thin ``npt`` front (``noports.npt_front``).
 """

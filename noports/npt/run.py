@@ -6,6 +6,8 @@ print ``npt is listening on <host>:<port>`` on stderr (plus a one-line ``ready``
 stdout with ``--output json``), run until the tunnel ends (control channel closed, or no
 connection for ``-T``). ``-K`` starts a new session 5 s after one ends, on the same port.
 ``-x`` prints the port on stdout and leaves the tunnel running in a detached child.
+``noports agent`` runs the same :func:`run` for the thin ``npt`` front, with a warm atClient,
+a key made ahead and the request's own output streams (``noports.cli.agent``).
 
 Exit codes: 0 done; 1 other failure; 2 usage; 3 refused (daemon permit-open or signature,
 relay nack, missing feature, --require-aead not met, authentication); 4 not found (keys file,
@@ -20,7 +22,8 @@ import json
 import logging
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import NoPortsError
 from ..log import escape
@@ -35,14 +38,33 @@ from ..session.client import (
 from ..session.features import FEATURE_CHECK_TIMEOUT_MESSAGE, DaemonFeature
 from ..tunnel import ClientMulti
 
+if TYPE_CHECKING:
+    import concurrent.futures
+
+    from ..at.client import AtClient
+    from ..crypto import rsa
+
 log = logging.getLogger("noports.npt")
+
+
+class TextSink(Protocol):
+    """Where a request's lines go (``sys.stdout``, or the agent's per-request stream)."""
+
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
 KEEP_ALIVE_DELAY = 5.0
 
 
-def _progress(args: argparse.Namespace):
+def _progress(args: argparse.Namespace, err: TextSink | None = None):
     def say(msg: str) -> None:
         if not args.quiet and not args.verbose and not args.debug:
-            print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} : {msg}", file=sys.stderr, flush=True)
+            print(
+                f"{time.strftime('%Y-%m-%d %H:%M:%S')} : {msg}",
+                file=err or sys.stderr,
+                flush=True,
+            )
 
     return say
 
@@ -74,21 +96,51 @@ def ready_event(est: Established, host: str, port: int, started: float) -> dict[
     }
 
 
-async def run(args: argparse.Namespace, report: Reporter | None = None) -> int:
+def wants_rsa(args: argparse.Namespace) -> bool:
+    """Whether the session makes an ephemeral RSA key (``--require-aead``: X25519 instead)."""
+    return bool(args.encrypt and not args.require_aead)
+
+
+async def run(
+    args: argparse.Namespace,
+    report: Reporter | None = None,
+    *,
+    client: AtClient | None = None,
+    ephemeral: concurrent.futures.Future[rsa.PrivateKey] | None = None,
+    stdout: TextSink | None = None,
+    stderr: TextSink | None = None,
+    on_ready: Callable[[], None] | None = None,
+) -> int:
+    """One npt invocation (``-K``: until cancelled). ``client``: an authenticated atClient
+    the caller owns (``noports agent``: warm, and closed by the caller), else one is
+    connected here and closed on return. ``ephemeral``: a key generation for the first
+    session. ``stdout``/``stderr``: where the lines go (default ``sys.stdout``/``sys.stderr``
+    at the time of writing). ``on_ready``: called when a session listens (the agent starts
+    its background work then, off the set-up's critical path)."""
     started = time.monotonic()
-    say = _progress(args)
+    say = _progress(args, stderr)
+
+    def out() -> TextSink:
+        return stdout or sys.stdout
+
+    def err() -> TextSink:
+        return stderr or sys.stderr
+
     root = args.root or args.root_domain
     # --require-aead: an X25519 key in the request instead (session.client)
-    eph = start_ephemeral_keygen() if args.encrypt and not args.require_aead else None
-    t_connect = time.monotonic()
-    client = await connect_client(
-        args.from_,
-        keys_file=args.key_file,
-        root=root,
-        ca_file=args.ca_file,
-        pass_phrase=getattr(args, "pass_phrase", None),
-    )
-    connect_ms: float | None = round((time.monotonic() - t_connect) * 1000, 1)
+    eph = (ephemeral or start_ephemeral_keygen()) if wants_rsa(args) else None
+    own_client = client is None
+    connect_ms: float | None = None
+    if client is None:
+        t_connect = time.monotonic()
+        client = await connect_client(
+            args.from_,
+            keys_file=args.key_file,
+            root=root,
+            ca_file=args.ca_file,
+            pass_phrase=getattr(args, "pass_phrase", None),
+        )
+        connect_ms = round((time.monotonic() - t_connect) * 1000, 1)
     port = args.local_port
     try:
         while True:
@@ -118,7 +170,7 @@ async def run(args: argparse.Namespace, report: Reporter | None = None) -> int:
                     raise
                 print(
                     f"npt: session failed: {escape(str(exc))}; retrying in {KEEP_ALIVE_DELAY:g} s",
-                    file=sys.stderr,
+                    file=err(),
                     flush=True,
                 )
                 await asyncio.sleep(KEEP_ALIVE_DELAY)
@@ -126,19 +178,21 @@ async def run(args: argparse.Namespace, report: Reporter | None = None) -> int:
             port = cm.port
             if connect_ms is not None:  # keys file, root lookup, TLS and PKAM (first session)
                 est.timings["atConnect"], connect_ms = connect_ms, None
-            if args.keep_alive and args.encrypt and not args.require_aead:
+            if args.keep_alive and wants_rsa(args):
                 eph = start_ephemeral_keygen()  # ready for the next session
             ev = ready_event(est, args.bind_host, cm.port, started)
             if not args.quiet:
                 print(
                     f"npt is listening on {args.bind_host}:{cm.port} ({est.mode})",
-                    file=sys.stderr,
+                    file=err(),
                     flush=True,
                 )
+            if on_ready is not None:
+                on_ready()
             if report is not None:
                 report(json.dumps(ev) if args.output == "json" else str(cm.port))
             elif args.output == "json":
-                print(json.dumps(ev), flush=True)
+                print(json.dumps(ev), file=out(), flush=True)
             try:
                 stats = await cm.wait()
             finally:
@@ -154,10 +208,11 @@ async def run(args: argparse.Namespace, report: Reporter | None = None) -> int:
                 return 0
             print(
                 f"npt: session ended; starting a new one in {KEEP_ALIVE_DELAY:g} s",
-                file=sys.stderr,
+                file=err(),
                 flush=True,
             )
             await asyncio.sleep(KEEP_ALIVE_DELAY)
             started = time.monotonic()
     finally:
-        await client.close()
+        if own_client:
+            await client.close()

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -86,14 +85,25 @@ def _noop(_msg: str) -> None:
     return None
 
 
-_KEYGEN = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ephemeral-rsa")
+# made on first use: concurrent.futures.thread (with queue) is ~1 ms of start-up, and a
+# session with an X25519 key (--require-aead) never makes an RSA one
+_KEYGEN: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _keygen() -> concurrent.futures.ThreadPoolExecutor:
+    global _KEYGEN
+    if _KEYGEN is None:
+        _KEYGEN = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="ephemeral-rsa"
+        )
+    return _KEYGEN
 
 
 def start_ephemeral_keygen() -> concurrent.futures.Future[rsa.PrivateKey]:
     """Start making the session's ephemeral RSA-2048 key now (it takes 50-250 ms): callers
     start it before connecting to the atServer so it overlaps the TLS and PKAM round trips.
     The first call takes the key the program started at launch (``crypto.ephemeral``)."""
-    return ephemeral.take() or _KEYGEN.submit(rsa.generate)
+    return ephemeral.take() or _keygen().submit(rsa.generate)
 
 
 async def establish(
@@ -127,7 +137,7 @@ async def establish(
             progress=progress,
         )
         progress(f"Using relay {choice.relay} ({choice.reason})")
-        spec = dataclasses.replace(spec, relay=choice.relay)
+        spec = spec.replace(relay=choice.relay)
         mark("relaySelect")
     hs = ClientHandshake(
         spec, me=client.atsign, my_uri=relayauth.signing_uri(client), clock=loop.time
@@ -352,8 +362,7 @@ async def establish_any(
             raise
     log.info("the device daemon has no escr relay auth: falling back to payload mode")
     progress("Device daemon has no escr relay authentication; using payload mode")
-    again = dataclasses.replace(
-        spec,
+    again = spec.replace(
         relay_auth_mode="payload",
         required=[f for f in spec.required if f is not DaemonFeature.SUPPORTS_RAM_ESCR],
     )

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from .. import __version__
 from ..errors import ProtocolError, RemoteError
+from ..record import Frozen, set_field
 
 __all__ = [
     "DaemonFeature",
@@ -153,19 +153,49 @@ def ping_response_json(**kw: Any) -> str:
     return json.dumps(ping_response(device, **kw), separators=(",", ":"), ensure_ascii=False)
 
 
-@dataclass(frozen=True)
-class DaemonInfo:
+class DaemonInfo(Frozen):
     """A peer's ping response, read tolerantly. Unknown keys are ignored."""
 
+    __slots__ = (
+        "features",
+        "device",
+        "device_group",
+        "version",
+        "core_version",
+        "allowed_services",
+        "legacy",
+        "raw",
+    )
+    _hidden = ("raw",)
     features: Mapping[str, bool]
-    device: str | None = None
-    device_group: str | None = None
-    version: str | None = None
-    core_version: str | None = None
-    allowed_services: tuple[str, ...] = ()
+    device: str | None
+    device_group: str | None
+    version: str | None
+    core_version: str | None
+    allowed_services: tuple[str, ...]
     #: True when ``supportedFeatures`` was absent (a v4 daemon).
-    legacy: bool = False
-    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    legacy: bool
+    raw: Mapping[str, Any]
+
+    def __init__(
+        self,
+        features: Mapping[str, bool],
+        device: str | None = None,
+        device_group: str | None = None,
+        version: str | None = None,
+        core_version: str | None = None,
+        allowed_services: tuple[str, ...] = (),
+        legacy: bool = False,
+        raw: Mapping[str, Any] | None = None,
+    ) -> None:
+        set_field(self, "features", features)
+        set_field(self, "device", device)
+        set_field(self, "device_group", device_group)
+        set_field(self, "version", version)
+        set_field(self, "core_version", core_version)
+        set_field(self, "allowed_services", allowed_services)
+        set_field(self, "legacy", legacy)
+        set_field(self, "raw", {} if raw is None else raw)
 
     def answers_relay_latency(self) -> bool:
         """Whether this daemon answers ``relay_latency_request`` (spec-latest 1.4): ours say so

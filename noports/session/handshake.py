@@ -29,7 +29,6 @@ import enum
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..crypto import rsa
@@ -44,6 +43,7 @@ from ..errors import (
     SignatureError,
 )
 from ..names import validate_atsign, validate_device_name
+from ..record import Frozen, Record, set_field
 from ..tunnel.keys import AeadKeys, TunnelCrypto
 from . import relayauth, wire
 from .errors import (
@@ -72,39 +72,117 @@ NACK_GRACE = 1.0  # seconds another relay instance has to grant after one refuse
 NOTIFY_TTLN_MS = 60_000
 
 
-@dataclass
-class SessionSpec:
+class SessionSpec(Record):
     """What to ask for. ``kind`` is ``"ssh"`` (D3) or ``"npt"`` (D4)."""
 
+    __slots__ = (
+        "kind",
+        "daemon",
+        "device",
+        "relay",
+        "auth_client",
+        "auth_device",
+        "encrypt",
+        "offer_aead",
+        "require_aead",
+        "twin_keys",
+        "required",
+        "ping_timeout",
+        "relay_timeout",
+        "daemon_timeout",
+        "remote_host",
+        "remote_port",
+        "timeout_ms",
+        "fetch_username",
+        "public_key",
+        "relay_auth_mode",
+        "only443",
+        "ram_fallback",
+        "relay_candidates",
+        "root",
+    )
     kind: str
     daemon: str
     device: str
     relay: str  # "" = select one (latest spec 1): from relay_candidates, else the standard list
-    auth_client: bool = True  # --ac: our tunnel end authenticates to the relay
-    auth_device: bool = True  # --ad: the daemon's end authenticates to the relay
-    encrypt: bool = True  # --et
-    offer_aead: bool = True  # our strong mode offer
-    require_aead: bool = False  # refuse anything weaker
-    twin_keys: bool = True
-    required: list[DaemonFeature] = field(default_factory=list)
-    ping_timeout: float = PING_TIMEOUT
-    relay_timeout: float = RELAY_TIMEOUT
-    daemon_timeout: float = DAEMON_TIMEOUT
+    auth_client: bool  # --ac: our tunnel end authenticates to the relay
+    auth_device: bool  # --ad: the daemon's end authenticates to the relay
+    encrypt: bool  # --et
+    offer_aead: bool  # our strong mode offer
+    require_aead: bool  # refuse anything weaker
+    twin_keys: bool
+    required: list[DaemonFeature]
+    ping_timeout: float
+    relay_timeout: float
+    daemon_timeout: float
     # npt
-    remote_host: str = "localhost"
-    remote_port: int = 22
-    timeout_ms: int = 30_000
+    remote_host: str
+    remote_port: int
+    timeout_ms: int
     # sshnp: resolve the remote username from the daemon's shared record
-    fetch_username: bool = False
+    fetch_username: bool
     # sshnp -s: "<type> <base64>" sent as D6 once the feature check passed
-    public_key: str | None = None
+    public_key: str | None
     # --ram: how both tunnel ends authenticate to the relay; --443: the single-port relay
-    relay_auth_mode: str = "escr"
-    only443: bool = False
-    ram_fallback: bool = False  # --ram not given: payload with a daemon that lacks escr
+    relay_auth_mode: str
+    only443: bool
+    ram_fallback: bool  # --ram not given: payload with a daemon that lacks escr
     # relay auto-selection (when ``relay`` is empty)
-    relay_candidates: list[str] | None = None
-    root: str | None = None  # the root domain, for the standard relay list's address
+    relay_candidates: list[str] | None
+    root: str | None  # the root domain, for the standard relay list's address
+
+    def __init__(
+        self,
+        kind: str,
+        daemon: str,
+        device: str,
+        relay: str,
+        auth_client: bool = True,
+        auth_device: bool = True,
+        encrypt: bool = True,
+        offer_aead: bool = True,
+        require_aead: bool = False,
+        twin_keys: bool = True,
+        required: list[DaemonFeature] | None = None,
+        ping_timeout: float = PING_TIMEOUT,
+        relay_timeout: float = RELAY_TIMEOUT,
+        daemon_timeout: float = DAEMON_TIMEOUT,
+        remote_host: str = "localhost",
+        remote_port: int = 22,
+        timeout_ms: int = 30_000,
+        fetch_username: bool = False,
+        public_key: str | None = None,
+        relay_auth_mode: str = "escr",
+        only443: bool = False,
+        ram_fallback: bool = False,
+        relay_candidates: list[str] | None = None,
+        root: str | None = None,
+    ) -> None:
+        self.kind = kind
+        self.daemon = daemon
+        self.device = device
+        self.relay = relay
+        self.auth_client = auth_client
+        self.auth_device = auth_device
+        self.encrypt = encrypt
+        self.offer_aead = offer_aead
+        self.require_aead = require_aead
+        self.twin_keys = twin_keys
+        self.required = [] if required is None else required
+        self.ping_timeout = ping_timeout
+        self.relay_timeout = relay_timeout
+        self.daemon_timeout = daemon_timeout
+        self.remote_host = remote_host
+        self.remote_port = remote_port
+        self.timeout_ms = timeout_ms
+        self.fetch_username = fetch_username
+        self.public_key = public_key
+        self.relay_auth_mode = relay_auth_mode
+        self.only443 = only443
+        self.ram_fallback = ram_fallback
+        self.relay_candidates = relay_candidates
+        self.root = root
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         self.daemon = validate_atsign(self.daemon, add_at=True)
@@ -128,8 +206,19 @@ class SessionSpec:
                 self.required.append(DaemonFeature.NOPORTS_AEAD)
 
 
-@dataclass
-class Established:
+class Established(Record):
+    __slots__ = (
+        "session_id",
+        "relay_host",
+        "relay_port",
+        "auth_line",
+        "crypto",
+        "payload",
+        "info",
+        "username",
+        "timings",
+        "relay",
+    )
     session_id: str
     relay_host: str
     relay_port: int  # portA (client side)
@@ -137,9 +226,33 @@ class Established:
     crypto: TunnelCrypto
     payload: dict[str, Any]  # the daemon's verified success payload
     info: DaemonInfo | None
-    username: str | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-    relay: str | None = None  # the relay atSign used (chosen when -r was empty or a list)
+    username: str | None
+    timings: dict[str, float]
+    relay: str | None  # the relay atSign used (chosen when -r was empty or a list)
+
+    def __init__(
+        self,
+        session_id: str,
+        relay_host: str,
+        relay_port: int,
+        auth_line: str | EscrAuth | None,
+        crypto: TunnelCrypto,
+        payload: dict[str, Any],
+        info: DaemonInfo | None,
+        username: str | None = None,
+        timings: dict[str, float] | None = None,
+        relay: str | None = None,
+    ) -> None:
+        self.session_id = session_id
+        self.relay_host = relay_host
+        self.relay_port = relay_port
+        self.auth_line = auth_line
+        self.crypto = crypto
+        self.payload = payload
+        self.info = info
+        self.username = username
+        self.timings = {} if timings is None else timings
+        self.relay = relay
 
     @property
     def mode(self) -> str:
@@ -151,10 +264,10 @@ class Established:
 # -- what the driver does (out) and what it hands back (in) ---------------------------------
 
 
-@dataclass(frozen=True)
-class Notify:
+class Notify(Frozen):
     """Send this notification (``AtClient.notify``)."""
 
+    __slots__ = ("to", "key", "value", "namespace", "ttl_ms", "ttln_ms")
     to: str
     key: str
     value: str
@@ -162,11 +275,27 @@ class Notify:
     ttl_ms: int | None
     ttln_ms: int
 
+    def __init__(
+        self,
+        to: str,
+        key: str,
+        value: str,
+        namespace: str,
+        ttl_ms: int | None,
+        ttln_ms: int,
+    ) -> None:
+        set_field(self, "to", to)
+        set_field(self, "key", key)
+        set_field(self, "value", value)
+        set_field(self, "namespace", namespace)
+        set_field(self, "ttl_ms", ttl_ms)
+        set_field(self, "ttln_ms", ttln_ms)
 
-@dataclass(frozen=True)
-class SignedNotify:
+
+class SignedNotify(Frozen):
     """Sign ``payload`` and send it (``AtClient.send_signed``)."""
 
+    __slots__ = ("to", "key", "payload", "namespace", "ttl_ms", "ttln_ms")
     to: str
     key: str
     payload: dict[str, Any]
@@ -174,29 +303,58 @@ class SignedNotify:
     ttl_ms: int
     ttln_ms: int
 
+    def __init__(
+        self,
+        to: str,
+        key: str,
+        payload: dict[str, Any],
+        namespace: str,
+        ttl_ms: int,
+        ttln_ms: int,
+    ) -> None:
+        set_field(self, "to", to)
+        set_field(self, "key", key)
+        set_field(self, "payload", payload)
+        set_field(self, "namespace", namespace)
+        set_field(self, "ttl_ms", ttl_ms)
+        set_field(self, "ttln_ms", ttln_ms)
 
-@dataclass(frozen=True)
-class NeedKey:
+
+class NeedKey(Frozen):
     """Fetch ``public:publickey@<atsign>`` (bypassing caches when ``refresh``) and pass it to
     :meth:`ClientHandshake.key_received`."""
 
+    __slots__ = ("atsign", "refresh")
     atsign: str
-    refresh: bool = False
+    refresh: bool
+
+    def __init__(self, atsign: str, refresh: bool = False) -> None:
+        set_field(self, "atsign", atsign)
+        set_field(self, "refresh", refresh)
 
 
-@dataclass(frozen=True)
-class RelayAnswered:
+class RelayAnswered(Frozen):
+    __slots__ = ("reply",)
     reply: wire.RelayReply
 
+    def __init__(self, reply: wire.RelayReply) -> None:
+        set_field(self, "reply", reply)
 
-@dataclass(frozen=True)
-class PingAnswered:
+
+class PingAnswered(Frozen):
+    __slots__ = ("info",)
     info: DaemonInfo | None  # None: no feature was needed, so no ping was sent
 
+    def __init__(self, info: DaemonInfo | None) -> None:
+        set_field(self, "info", info)
 
-@dataclass(frozen=True)
-class Verified:
+
+class Verified(Frozen):
+    __slots__ = ("payload",)
     payload: dict[str, Any]  # the daemon's verified success payload
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        set_field(self, "payload", payload)
 
 
 class _NeedData:

@@ -34,12 +34,12 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..at.client import AtClient
 from ..errors import ConfigError, NoPortsError, PeerTimeoutError
 from ..names import InvalidNameError, validate_atsign
+from ..record import Record
 from .features import parse_ping_response
 
 log = logging.getLogger("noports.session.relays")
@@ -141,16 +141,32 @@ async def probe_latency(entry: Any, timeout: float = PROBE_TIMEOUT) -> int:
     return ms
 
 
-@dataclass
-class Choice:
+class Choice(Record):
     """The outcome, with the figures behind it (for ``-v`` and tests)."""
 
+    __slots__ = ("relay", "reason", "answered", "client_ms", "device_ms", "answer_ms")
     relay: str
     reason: str
-    answered: dict[str, dict[str, Any]] = field(default_factory=dict)
-    client_ms: dict[str, int] = field(default_factory=dict)
-    device_ms: dict[str, int] | None = None
-    answer_ms: dict[str, float] = field(default_factory=dict)
+    answered: dict[str, dict[str, Any]]
+    client_ms: dict[str, int]
+    device_ms: dict[str, int] | None
+    answer_ms: dict[str, float]
+
+    def __init__(
+        self,
+        relay: str,
+        reason: str,
+        answered: dict[str, dict[str, Any]] | None = None,
+        client_ms: dict[str, int] | None = None,
+        device_ms: dict[str, int] | None = None,
+        answer_ms: dict[str, float] | None = None,
+    ) -> None:
+        self.relay = relay
+        self.reason = reason
+        self.answered = {} if answered is None else answered
+        self.client_ms = {} if client_ms is None else client_ms
+        self.device_ms = device_ms
+        self.answer_ms = {} if answer_ms is None else answer_ms
 
 
 def _load(info: dict[str, Any]) -> float | None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..at.commands import random_uuid
@@ -37,6 +36,7 @@ from ..crypto import rsa
 from ..crypto.encoding import b64d, b64e
 from ..crypto.stream import CtrKeys
 from ..errors import ProtocolError
+from ..record import Frozen, set_field
 from ..tunnel.keys import AeadKeys
 
 if TYPE_CHECKING:
@@ -77,12 +77,16 @@ def unwrap(private_key: rsa.PrivateKey, wrapped_b64: str, *, what: str, length: 
     return b64d(inner, what=what, length=length)
 
 
-@dataclass(frozen=True)
-class SessionKeys:
+class SessionKeys(Frozen):
     """What the daemon hands the client for one session's data plane."""
 
-    ctr: CtrKeys | None = None  # legacy (same both ways) or twin keys
-    aead_secret: bytes | None = None
+    __slots__ = ("ctr", "aead_secret")
+    ctr: CtrKeys | None  # legacy (same both ways) or twin keys
+    aead_secret: bytes | None
+
+    def __init__(self, ctr: CtrKeys | None = None, aead_secret: bytes | None = None) -> None:
+        set_field(self, "ctr", ctr)
+        set_field(self, "aead_secret", aead_secret)
 
     @classmethod
     def generate(cls, *, encrypt: bool, twin: bool, aead: bool) -> SessionKeys:
@@ -324,10 +328,31 @@ def kex_keys_from_response(payload: dict[str, Any], private: Any, session_id: st
     return SessionKeys.from_getter(get)
 
 
-@dataclass(frozen=True)
-class SessionRequest:
+class SessionRequest(Frozen):
     """A validated ssh_request or npt_request as the daemon sees it."""
 
+    __slots__ = (
+        "kind",
+        "session_id",
+        "relay_host",
+        "relay_port",
+        "client_nonce",
+        "rvd_nonce",
+        "auth_to_rvd",
+        "encrypt",
+        "ephemeral_pk",
+        "target_host",
+        "target_port",
+        "timeout_ms",
+        "twin_keys",
+        "aead",
+        "direct",
+        "raw",
+        "relay_auth_mode",
+        "relay_auth_aes_key",
+        "relay_atsign",
+        "kex_pk",
+    )
     kind: str  # "ssh" or "npt"
     session_id: str
     relay_host: str
@@ -344,10 +369,54 @@ class SessionRequest:
     aead: bool
     direct: bool
     raw: dict[str, Any]
-    relay_auth_mode: str = "payload"  # the mode the daemon's relay sockets use
-    relay_auth_aes_key: str | None = None  # ESCR: base64 of the 32-byte session key
-    relay_atsign: str | None = None  # informational (event logging)
-    kex_pk: bytes | None = None  # the client's X25519 public key (our own clients)
+    relay_auth_mode: str  # the mode the daemon's relay sockets use
+    relay_auth_aes_key: str | None  # ESCR: base64 of the 32-byte session key
+    relay_atsign: str | None  # informational (event logging)
+    kex_pk: bytes | None  # the client's X25519 public key (our own clients)
+
+    def __init__(
+        self,
+        kind: str,
+        session_id: str,
+        relay_host: str,
+        relay_port: int,
+        client_nonce: str | None,
+        rvd_nonce: str | None,
+        auth_to_rvd: bool,
+        encrypt: bool,
+        ephemeral_pk: rsa.PublicKey | None,
+        target_host: str | None,
+        target_port: int | None,
+        timeout_ms: int | None,
+        twin_keys: bool,
+        aead: bool,
+        direct: bool,
+        raw: dict[str, Any],
+        relay_auth_mode: str = "payload",
+        relay_auth_aes_key: str | None = None,
+        relay_atsign: str | None = None,
+        kex_pk: bytes | None = None,
+    ) -> None:
+        set_field(self, "kind", kind)
+        set_field(self, "session_id", session_id)
+        set_field(self, "relay_host", relay_host)
+        set_field(self, "relay_port", relay_port)
+        set_field(self, "client_nonce", client_nonce)
+        set_field(self, "rvd_nonce", rvd_nonce)
+        set_field(self, "auth_to_rvd", auth_to_rvd)
+        set_field(self, "encrypt", encrypt)
+        set_field(self, "ephemeral_pk", ephemeral_pk)
+        set_field(self, "target_host", target_host)
+        set_field(self, "target_port", target_port)
+        set_field(self, "timeout_ms", timeout_ms)
+        set_field(self, "twin_keys", twin_keys)
+        set_field(self, "aead", aead)
+        set_field(self, "direct", direct)
+        set_field(self, "raw", raw)
+        set_field(self, "relay_auth_mode", relay_auth_mode)
+        set_field(self, "relay_auth_aes_key", relay_auth_aes_key)
+        set_field(self, "relay_atsign", relay_atsign)
+        set_field(self, "kex_pk", kex_pk)
 
 
 def parse_request(kind: str, p: dict[str, Any]) -> SessionRequest:
@@ -500,8 +569,22 @@ def relay_request(
     }
 
 
-@dataclass(frozen=True)
-class RelayRequest:
+class RelayRequest(Frozen):
+    __slots__ = (
+        "session_id",
+        "atsign_a",
+        "atsign_b",
+        "auth_a",
+        "auth_b",
+        "client_nonce",
+        "json_response",
+        "legacy",
+        "relay_auth_mode",
+        "relay_auth_aes_key",
+        "only443",
+        "multiple_acks_ok",
+        "pre_fetch",
+    )
     session_id: str
     atsign_a: str
     atsign_b: str
@@ -511,11 +594,41 @@ class RelayRequest:
     json_response: bool
     legacy: bool
     # later fields, with the relay's defaults for requests that lack them (spec-latest 2.1)
-    relay_auth_mode: str = "payload"
-    relay_auth_aes_key: str | None = None
-    only443: bool = False
-    multiple_acks_ok: bool = False
-    pre_fetch: tuple[str, ...] = ()
+    relay_auth_mode: str
+    relay_auth_aes_key: str | None
+    only443: bool
+    multiple_acks_ok: bool
+    pre_fetch: tuple[str, ...]
+
+    def __init__(
+        self,
+        session_id: str,
+        atsign_a: str,
+        atsign_b: str,
+        auth_a: bool,
+        auth_b: bool,
+        client_nonce: str | None,
+        json_response: bool,
+        legacy: bool,
+        relay_auth_mode: str = "payload",
+        relay_auth_aes_key: str | None = None,
+        only443: bool = False,
+        multiple_acks_ok: bool = False,
+        pre_fetch: tuple[str, ...] = (),
+    ) -> None:
+        set_field(self, "session_id", session_id)
+        set_field(self, "atsign_a", atsign_a)
+        set_field(self, "atsign_b", atsign_b)
+        set_field(self, "auth_a", auth_a)
+        set_field(self, "auth_b", auth_b)
+        set_field(self, "client_nonce", client_nonce)
+        set_field(self, "json_response", json_response)
+        set_field(self, "legacy", legacy)
+        set_field(self, "relay_auth_mode", relay_auth_mode)
+        set_field(self, "relay_auth_aes_key", relay_auth_aes_key)
+        set_field(self, "only443", only443)
+        set_field(self, "multiple_acks_ok", multiple_acks_ok)
+        set_field(self, "pre_fetch", pre_fetch)
 
 
 def parse_relay_request(value: str, *, sender: str, legacy: bool) -> RelayRequest:
@@ -562,12 +675,18 @@ def parse_relay_request(value: str, *, sender: str, legacy: bool) -> RelayReques
     )
 
 
-@dataclass(frozen=True)
-class RelayReply:
+class RelayReply(Frozen):
+    __slots__ = ("host", "port_a", "port_b", "rvd_nonce")
     host: str
     port_a: int
     port_b: int
     rvd_nonce: str | None
+
+    def __init__(self, host: str, port_a: int, port_b: int, rvd_nonce: str | None) -> None:
+        set_field(self, "host", host)
+        set_field(self, "port_a", port_a)
+        set_field(self, "port_b", port_b)
+        set_field(self, "rvd_nonce", rvd_nonce)
 
 
 def relay_reply(

@@ -49,13 +49,60 @@ sent first on every relay socket; None when the relay does not authenticate that
 the local socket is reset, never closed in order.
 """
 
-from ..crypto.stream import CtrKeys
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+# eager: both tunnel modes use it, and the submodule's name is also the function's (a lazy
+# name would be shadowed by the submodule once another part imports it)
 from .bridge import BridgeStats, bridge, make_pumps
-from .control import Connect, ControlParser, Heartbeat, Unknown, format_connect, parse_message
-from .keys import AeadKeys, TunnelCrypto, mode_name, session_id_from_auth
-from .multi import ClientMulti, ControlChannel, DaemonMulti, MultiStats, run_daemon_multi
-from .net import client_bind_host, connect_relay, connect_tcp, listen
-from .single import SingleClient, open_client_single, run_daemon_single
+
+if TYPE_CHECKING:
+    from ..crypto.stream import CtrKeys
+    from .control import (
+        Connect,
+        ControlParser,
+        Heartbeat,
+        Unknown,
+        format_connect,
+        parse_message,
+    )
+    from .keys import AeadKeys, TunnelCrypto, mode_name, session_id_from_auth
+    from .multi import ClientMulti, ControlChannel, DaemonMulti, MultiStats, run_daemon_multi
+    from .net import client_bind_host, connect_relay, connect_tcp, listen
+    from .single import SingleClient, open_client_single, run_daemon_single
+
+# Each name is imported from its module on first use (PEP 562), so a program imports only
+# the parts it uses: npt the multi mode, sshnp the single mode (issue 11: start-up).
+_WHERE = {
+    "CtrKeys": "noports.crypto.stream",
+    **dict.fromkeys(
+        ("Connect", "ControlParser", "Heartbeat", "Unknown", "format_connect", "parse_message"),
+        ".control",
+    ),
+    **dict.fromkeys(("AeadKeys", "TunnelCrypto", "mode_name", "session_id_from_auth"), ".keys"),
+    **dict.fromkeys(
+        ("ClientMulti", "ControlChannel", "DaemonMulti", "MultiStats", "run_daemon_multi"),
+        ".multi",
+    ),
+    **dict.fromkeys(("client_bind_host", "connect_relay", "connect_tcp", "listen"), ".net"),
+    **dict.fromkeys(("SingleClient", "open_client_single", "run_daemon_single"), ".single"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(where, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __all__ = [
     "AeadKeys",

@@ -22,12 +22,12 @@ import asyncio
 import logging
 import socket
 import struct
-from dataclasses import dataclass
 from typing import Any
 
 from .. import _compat
 from ..crypto.records import C2D, D2C, RecordOpener, RecordSealer
 from ..crypto.stream import CtrKeys
+from ..record import Record
 from .keys import AeadKeys, TunnelCrypto
 
 log = logging.getLogger("noports.tunnel")
@@ -35,12 +35,16 @@ log = logging.getLogger("noports.tunnel")
 _LINGER_RST = struct.pack("ii", 1, 0)
 
 
-@dataclass
-class BridgeStats:
+class BridgeStats(Record):
     """Plaintext bytes moved each way (local->relay is ``up``)."""
 
-    up: int = 0
-    down: int = 0
+    __slots__ = ("up", "down")
+    up: int
+    down: int
+
+    def __init__(self, up: int = 0, down: int = 0) -> None:
+        self.up = up
+        self.down = down
 
 
 def make_pumps(

@@ -24,24 +24,30 @@ newline-less buffer made of whole 77-byte old messages (the official "exact mult
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from ..crypto.stream import CtrKeys
 from ..errors import BufferLimitError, ProtocolError
+from ..record import Frozen, set_field
 
 MAX_LINE = 4096
 OLD_MESSAGE_LEN = 77  # "connect:" + 44 + ":" + 24
 
-_OLD = re.compile(rb"(?:connect:[A-Za-z0-9+/]{43}=:[A-Za-z0-9+/]{22}==|connect:no:encrypt)+")
-_OLD_ONE = re.compile(rb"connect:[A-Za-z0-9+/]{43}=:[A-Za-z0-9+/]{22}==|connect:no:encrypt")
+# compiled on first use (``re``'s cache), not at import: only a daemon facing old clients
+# parses unterminated messages
+_OLD = rb"(?:connect:[A-Za-z0-9+/]{43}=:[A-Za-z0-9+/]{22}==|connect:no:encrypt)+"
+_OLD_ONE = rb"connect:[A-Za-z0-9+/]{43}=:[A-Za-z0-9+/]{22}==|connect:no:encrypt"
 
 
-@dataclass(frozen=True)
-class Connect:
+class Connect(Frozen):
     """Open one data connection. Exactly one of: clear (both None), ``keys``, ``conn_id``."""
 
-    keys: CtrKeys | None = None
-    conn_id: int | None = None
+    __slots__ = ("keys", "conn_id")
+    keys: CtrKeys | None
+    conn_id: int | None
+
+    def __init__(self, keys: CtrKeys | None = None, conn_id: int | None = None) -> None:
+        set_field(self, "keys", keys)
+        set_field(self, "conn_id", conn_id)
 
     @property
     def kind(self) -> str:
@@ -52,17 +58,24 @@ class Connect:
         return "twin" if self.keys.twin else "legacy"
 
 
-@dataclass(frozen=True)
-class Heartbeat:
+class Heartbeat(Frozen):
+    __slots__ = ("value",)
     value: str
 
+    def __init__(self, value: str) -> None:
+        set_field(self, "value", value)
 
-@dataclass(frozen=True)
-class Unknown:
+
+class Unknown(Frozen):
     """Anything else (logged by the daemon as ``Unknown request to control socket``)."""
 
+    __slots__ = ("text", "reason")
     text: str
-    reason: str = "unknown request"
+    reason: str
+
+    def __init__(self, text: str, reason: str = "unknown request") -> None:
+        set_field(self, "text", text)
+        set_field(self, "reason", reason)
 
 
 Event = Connect | Heartbeat | Unknown
@@ -123,8 +136,8 @@ class ControlParser:
             del self._buf[: nl + 1]
             if line.strip():
                 events.append(parse_message(line.decode("utf-8", "replace")))
-        if self._buf and self.accept_unterminated and _OLD.fullmatch(self._buf):
-            for m in _OLD_ONE.finditer(bytes(self._buf)):
+        if self._buf and self.accept_unterminated and re.fullmatch(_OLD, self._buf):
+            for m in re.finditer(_OLD_ONE, bytes(self._buf)):
                 events.append(parse_message(m.group().decode("ascii")))
             self._buf.clear()
         if len(self._buf) > self.max_line:

@@ -9,25 +9,31 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from ..crypto import records
 from ..crypto.encoding import b64d, b64e, loads_object
 from ..crypto.stream import CtrKeys
 from ..errors import ConfigError, ProtocolError
+from ..record import Frozen, set_field
 
 
-@dataclass(frozen=True)
-class AeadKeys:
+class AeadKeys(Frozen):
     """Strong-mode session settings: a 32-byte secret and the session id bound into AAD.
 
     ``suite`` is what *we* send with (None: AES-GCM if the CPU has AES instructions, else
     ChaCha20-Poly1305, or env ``NOPORTS_AEAD_SUITE``); we accept either from the peer.
     """
 
+    __slots__ = ("secret", "session_id", "suite")
     secret: bytes
-    session_id: str = ""
-    suite: int | None = None
+    session_id: str
+    suite: int | None
+
+    def __init__(self, secret: bytes, session_id: str = "", suite: int | None = None) -> None:
+        set_field(self, "secret", secret)
+        set_field(self, "session_id", session_id)
+        set_field(self, "suite", suite)
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         if len(self.secret) != records.SECRET_LEN:

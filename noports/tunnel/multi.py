@@ -21,13 +21,13 @@ import asyncio
 import contextlib
 import logging
 import socket
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..crypto.escr import EscrAuth
 from ..crypto.records import C2D, D2C, RecordOpener, RecordSealer
 from ..crypto.stream import CtrKeys
 from ..errors import NoPortsError
+from ..record import Record
 from .bridge import bridge
 from .control import Connect, ControlParser, Heartbeat, format_connect, format_heartbeat
 from .keys import AeadKeys, TunnelCrypto, mode_name
@@ -36,13 +36,27 @@ from .net import RELAY_CONNECT_TIMEOUT, client_bind_host, connect_relay, connect
 log = logging.getLogger("noports.tunnel")
 
 
-@dataclass
-class MultiStats:
-    connections: int = 0
-    failed: int = 0
-    bytes_up: int = 0
-    bytes_down: int = 0
-    errors: list[str] = field(default_factory=list)
+class MultiStats(Record):
+    __slots__ = ("connections", "failed", "bytes_up", "bytes_down", "errors")
+    connections: int
+    failed: int
+    bytes_up: int
+    bytes_down: int
+    errors: list[str]
+
+    def __init__(
+        self,
+        connections: int = 0,
+        failed: int = 0,
+        bytes_up: int = 0,
+        bytes_down: int = 0,
+        errors: list[str] | None = None,
+    ) -> None:
+        self.connections = connections
+        self.failed = failed
+        self.bytes_up = bytes_up
+        self.bytes_down = bytes_down
+        self.errors = [] if errors is None else errors
 
 
 class ControlChannel:
