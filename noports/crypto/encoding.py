@@ -17,7 +17,12 @@ def canonical_json(obj: Any) -> str:
     contains one would not verify across languages.
     """
     _reject_floats(obj)
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _CANONICAL.encode(obj)
+
+
+# ``json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)`` without
+# building an encoder per call (the same output: dumps makes this very encoder each time).
+_CANONICAL = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def canonical_bytes(obj: Any) -> bytes:

@@ -7,11 +7,14 @@ and key order kept), which is what the official Dart and C verifiers do.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import json
+import sys
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from ..errors import ProtocolError, SignatureError
@@ -84,11 +87,40 @@ def relay_expected_bytes(session_id: str, client_nonce: str, rvd_nonce: str) -> 
 
 
 _PKCS1 = padding.PKCS1v15()
-_SHA256 = hashes.SHA256()
+# The DER DigestInfo header of a SHA-256 digest (RFC 8017 9.2 note 1): what an RSASSA-PKCS1-v1_5
+# signature over SHA-256 holds after its padding, followed by the 32-byte digest.
+SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
 
 
-def _loads_line(line: bytes) -> Any:
-    """``json.loads(line)`` without its per-call encoding sniff for the usual UTF-8 line."""
+def sha256_digest_info(data: bytes) -> bytes:
+    """The exact bytes a valid RSASSA-PKCS1-v1_5/SHA-256 signature over ``data`` recovers to."""
+    return SHA256_DIGEST_INFO + hashlib.sha256(data).digest()
+
+
+def check_pkcs1_sha256(key: rsa.PublicKey, sig: bytes, digest_info: bytes) -> None:
+    """``key.verify(sig, data, PKCS1v15(), SHA256())`` for ``digest_info =
+    sha256_digest_info(data)``, accepting and refusing exactly the same signatures.
+
+    OpenSSL's PKCS#1 v1.5 verify (``ossl_rsa_verify``) checks the signature length, applies
+    the public key, checks the type-1 padding, then compares the whole recovered DigestInfo
+    with its own encoding. ``recover_data_from_signature`` with no algorithm does the same
+    public operation and padding check, and the comparison happens here (the length check
+    too: the recover path does not make it). Half the cost in OpenSSL 3: no digest fetch
+    and no per-call hashing set-up (the digest is the caller's, often made once per session).
+    Raises SignatureError.
+    """
+    if len(sig) != (key.key_size + 7) // 8:
+        raise SignatureError("signature does not verify")
+    try:
+        recovered = key.recover_data_from_signature(sig, _PKCS1, None)
+    except InvalidSignature:
+        raise SignatureError("signature does not verify") from None
+    if recovered != digest_info:
+        raise SignatureError("signature does not verify")
+
+
+def loads_utf8(line: bytes) -> Any:
+    """``json.loads(line)`` without its per-call encoding sniff for the usual UTF-8 object."""
     if line[:1] == b"{" and b"\x00" not in line[:4]:
         # What json.detect_encoding answers for such bytes: plain UTF-8 (no BOM, no NULs).
         return json.loads(line.decode("utf-8", "surrogatepass"))
@@ -96,16 +128,18 @@ def _loads_line(line: bytes) -> Any:
 
 
 def verify_relay_auth_line(
-    line: bytes, expected: bytes, rvd_nonce: str, key: rsa.PublicKey
+    line: bytes, expected: bytes, rvd_nonce: str, key: rsa.PublicKey,
+    digest_info: bytes | None = None,
 ) -> None:
     """Check one auth line (no newline) as srvd does. Raises ProtocolError/SignatureError.
 
     The same checks, in the same order, as ``parse_envelope`` then ``rsa.verify``: one JSON
-    parse, no re-encoding (``expected`` is the relay's own encoding), and the padding and
-    hash objects made once per process instead of per line.
+    parse, no re-encoding (``expected`` is the relay's own encoding; ``digest_info``, when
+    given, is ``sha256_digest_info(expected)``), and the signature checked by
+    ``check_pkcs1_sha256``.
     """
     try:
-        env = _loads_line(line)
+        env = loads_utf8(line)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError("signed envelope is not valid JSON") from exc
     if not isinstance(env, dict):
@@ -132,7 +166,57 @@ def verify_relay_auth_line(
         sig = b64d(sig_b64, what="signature")
     except ProtocolError as exc:
         raise SignatureError(str(exc)) from exc
-    try:
-        key.verify(sig, expected, _PKCS1, _SHA256)
-    except InvalidSignature as exc:
-        raise SignatureError("signature does not verify") from exc
+    check_pkcs1_sha256(key, sig, digest_info or sha256_digest_info(expected))
+
+
+if sys.version_info >= (3, 11):
+
+    def b64_exact(text: bytes) -> bytes | None:
+        """Canonical base64 only (None otherwise): what ``b64d`` decodes to, when it is."""
+        try:
+            return binascii.a2b_base64(text, strict_mode=True)
+        except binascii.Error:
+            return None
+
+else:  # pragma: no cover - Python 3.10 has no strict mode: b64d's own rule
+
+    def b64_exact(text: bytes) -> bytes | None:
+        try:
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            return None
+
+
+# What follows the signature in a line spelled as our tunnel ends and the official Dart and C
+# clients spell it (``{"payload":...,"signature":...,"hashingAlgo":...,"signingAlgo":...}``).
+_LINE_TAIL = b'","hashingAlgo":"sha256","signingAlgo":"rsa2048"}'
+
+
+class RelayLineCheck:
+    """One session's auth-line check, with everything per session computed once.
+
+    ``verify(line, key)`` accepts and refuses exactly what ``verify_relay_auth_line`` does,
+    raising the same exceptions. A line spelled exactly as the relay would spell it (its own
+    compact encoding of the expected payload, then a canonical base64 signature, then the
+    sha256/rsa2048 names) needs no JSON parse: such bytes can only parse to that payload,
+    that signature and those names, so the checks before the signature all pass, and the
+    signature is checked against the DigestInfo made once here. Any other spelling (spaces,
+    another key order, escapes, extra fields, a non-canonical base64) takes the full parse.
+    """
+
+    __slots__ = ("expected", "rvd_nonce", "digest_info", "_head", "_min")
+
+    def __init__(self, session_id: str, client_nonce: str, rvd_nonce: str) -> None:
+        self.expected = relay_expected_bytes(session_id, client_nonce, rvd_nonce)
+        self.rvd_nonce = rvd_nonce
+        self.digest_info = sha256_digest_info(self.expected)
+        self._head = b'{"payload":' + self.expected + b',"signature":"'
+        self._min = len(self._head) + len(_LINE_TAIL)
+
+    def verify(self, line: bytes, key: rsa.PublicKey) -> None:
+        if len(line) >= self._min and line.startswith(self._head) and line.endswith(_LINE_TAIL):
+            sig = b64_exact(line[len(self._head) : -len(_LINE_TAIL)])
+            if sig is not None:
+                check_pkcs1_sha256(key, sig, self.digest_info)
+                return
+        verify_relay_auth_line(line, self.expected, self.rvd_nonce, key, self.digest_info)

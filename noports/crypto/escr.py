@@ -29,14 +29,11 @@ import json
 import os
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding
-
-from ..errors import ProtocolError
+from ..errors import ProtocolError, SignatureError
 from ..record import Frozen, Record, set_field
 from . import aes, rsa
 from .encoding import b64d, b64e, canonical_bytes, canonical_json
+from .envelope import b64_exact, check_pkcs1_sha256, loads_utf8, sha256_digest_info
 
 CHALLENGE_BYTES = 32
 MAX_LINE = 4096
@@ -45,9 +42,6 @@ FAIL_LINE = b"Socket auth failed\n"
 APSK_NAMESPACE = "a.__e"  # EnrollmentConstants.perEnrollmentApproved
 HASHING = "sha256"
 SIGNING = "rsa2048"
-
-_PKCS1 = padding.PKCS1v15()
-_SHA256 = hashes.SHA256()
 
 
 class EscrError(Exception):
@@ -147,14 +141,22 @@ class Claim(Record):  # not frozen: made per socket on the relay (plain stores a
         self.signature = signature
 
 
+_PRINTABLE_ASCII = bytes(range(0x20, 0x7F))
+
+
 def split_response(line: bytes) -> tuple[str, str]:
     """``(sessionId, authPayload64)`` of a response line (newline already removed)."""
-    try:
+    if not line.translate(None, _PRINTABLE_ASCII):
+        # Only printable ASCII (the usual line): strip() can only remove spaces, and what
+        # is left is printable; one C pass instead of decode, strip and isprintable checks.
         text = line.decode("ascii").strip()
-    except UnicodeDecodeError:
-        raise EscrError("malformed", "response is not printable ASCII") from None
-    if not text.isprintable():  # ASCII already: no control characters, no DEL
-        raise EscrError("malformed", "response has unprintable characters")
+    else:
+        try:
+            text = line.decode("ascii").strip()
+        except UnicodeDecodeError:
+            raise EscrError("malformed", "response is not printable ASCII") from None
+        if not text.isprintable():  # ASCII already: no control characters, no DEL
+            raise EscrError("malformed", "response has unprintable characters")
     parts = text.split(":")
     if len(parts) != 2 or not parts[0]:
         raise EscrError("malformed", "expected <sessionId>:<payload>")
@@ -163,7 +165,7 @@ def split_response(line: bytes) -> tuple[str, str]:
 
 def _obj(raw: bytes | str, what: str) -> dict[str, Any]:
     try:
-        obj = json.loads(raw)
+        obj = loads_utf8(raw) if isinstance(raw, bytes) else json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise EscrError("malformed", f"{what} is not JSON") from None
     if not isinstance(obj, dict):
@@ -174,6 +176,10 @@ def _obj(raw: bytes | str, what: str) -> dict[str, Any]:
 def _b64(text: Any, what: str, length: int | None = None) -> bytes:
     if not isinstance(text, str):
         raise EscrError("malformed", f"{what} is missing")
+    if text.isascii():
+        raw = b64_exact(text.encode("ascii"))  # canonical base64: one strict C pass
+        if raw is not None and (length is None or len(raw) == length):
+            return raw
     try:
         return b64d(text, what=what, length=length)
     except ProtocolError:
@@ -189,7 +195,10 @@ def open_response(session_id: str, payload64: str, aes_key: bytes, challenge: st
         envelope64 = aes.decrypt(aes_key, ciphertext, iv)
     except ProtocolError:
         raise EscrError("decrypt", "cannot decrypt the auth envelope") from None
-    envelope = _obj(_b64(envelope64.decode("ascii", "replace"), "envelope"), "envelope")
+    raw = b64_exact(envelope64)  # canonical base64 bytes: no decode, no regex
+    if raw is None:
+        raw = _b64(envelope64.decode("ascii", "replace"), "envelope")
+    envelope = _obj(raw, "envelope")
     p = envelope.get("p")
     if not isinstance(p, dict):
         raise EscrError("malformed", "envelope has no signed payload")
@@ -216,10 +225,14 @@ def open_response(session_id: str, payload64: str, aes_key: bytes, challenge: st
 
 
 def verify_claim(claim: Claim, key: rsa.PublicKey) -> None:
+    """``key.verify(s, signed, PKCS1v15, SHA256)``, done as ``check_pkcs1_sha256`` (the same
+    signatures pass; no OpenSSL digest set-up per socket)."""
+    sig = b64_exact(claim.signature.encode("ascii")) if claim.signature.isascii() else None
     try:
-        sig = b64d(claim.signature, what="signature")
-        key.verify(sig, claim.signed, _PKCS1, _SHA256)
-    except (ProtocolError, InvalidSignature):
+        if sig is None:
+            sig = b64d(claim.signature, what="signature")
+        check_pkcs1_sha256(key, sig, sha256_digest_info(claim.signed))
+    except (ProtocolError, SignatureError):
         raise EscrError("bad_sig", "signature does not verify") from None
 
 
@@ -353,15 +366,18 @@ class EscrVerifier:
         return self._end(Event(Step.FAILED, reason))
 
     def claim(
-        self, aes_key_b64: str | None, atsigns: tuple[str, str], side: str | None = None
+        self, aes_key_b64: str | bytes | None, atsigns: tuple[str, str], side: str | None = None
     ) -> Event:
-        """Check the response against its session (``atsigns`` = (A, B), lower-case)."""
+        """Check the response against its session (``atsigns`` = (A, B), lower-case).
+
+        ``aes_key_b64`` may be given decoded (32 bytes, e.g. once per session)."""
         if self._done is not None:
             return self._done
         if self._line is None or aes_key_b64 is None:
             return self.fail("session")
         try:
-            key = b64d(aes_key_b64, what="relayAuthAesKey", length=32)
+            key = (aes_key_b64 if isinstance(aes_key_b64, bytes) and len(aes_key_b64) == 32
+                   else b64d(aes_key_b64, what="relayAuthAesKey", length=32))
             claim = open_response(self._line[0], self._line[1], key, self.challenge)
         except ProtocolError:
             return self.fail("session")

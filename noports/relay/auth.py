@@ -17,7 +17,7 @@ import hashlib
 from dataclasses import dataclass
 
 from ..crypto import rsa
-from ..crypto.envelope import relay_expected_bytes, verify_relay_auth_line
+from ..crypto.envelope import RelayLineCheck
 from ..errors import SignatureError
 
 DEFAULT_MAX_LINE = 4096
@@ -39,6 +39,7 @@ class Verdict:
 
 
 NEED_MORE = Verdict(Outcome.NEED_MORE)
+OK = Verdict(Outcome.OK)  # the usual success: nothing followed the line in its read
 
 
 class AuthLine:
@@ -52,7 +53,9 @@ class AuthLine:
     stale one), ``bad_sig`` (signature does not verify with this side's key).
     """
 
-    __slots__ = ("_buf", "_expected", "_rvd_nonce", "_key", "_max", "_verdict", "_verified")
+    _buf: bytes | bytearray
+
+    __slots__ = ("_buf", "_check_line", "_key", "_max", "_verdict", "_verified")
 
     # The optional ESCR attributes ``Inbound`` reads with getattr: found here at once, where
     # a miss on a slotted instance would raise and catch an AttributeError per socket.
@@ -70,14 +73,14 @@ class AuthLine:
         key: rsa.PublicKey,
         max_line: int = DEFAULT_MAX_LINE,
         verified: set[bytes] | None = None,
-        expected: bytes | None = None,
+        check: RelayLineCheck | None = None,
     ) -> None:
         if max_line < 2:
             raise ValueError("max_line must allow at least one byte and a newline")
-        self._buf = bytearray()
-        # ``expected`` lets a session encode its signed bytes once instead of per socket.
-        self._expected = expected or relay_expected_bytes(session_id, client_nonce, rvd_nonce)
-        self._rvd_nonce = rvd_nonce
+        self._buf = b""
+        # ``check`` lets a session encode its signed bytes (and their digest) once, not per
+        # socket; it must be made from the same session id and nonces.
+        self._check_line = check or RelayLineCheck(session_id, client_nonce, rvd_nonce)
         self._key = key
         self._max = max_line
         self._verdict = NEED_MORE
@@ -95,28 +98,33 @@ class AuthLine:
 
     def feed(self, data: bytes) -> Verdict:
         """Add received bytes. Bytes beyond ``want()`` are an adapter bug, still handled."""
-        if self._verdict.outcome is not Outcome.NEED_MORE:
+        if self._verdict is not NEED_MORE:
             return self._verdict
-        start = len(self._buf)
-        self._buf += data
-        nl = self._buf.find(b"\n", start)
+        buf = self._buf
+        if buf:  # an earlier read ended mid-line (rare: the line usually comes whole)
+            start = len(buf)
+            buf += data  # the bytearray kept below: linear in the line, however it is cut
+            nl = buf.find(b"\n", start)
+        else:
+            buf = data
+            nl = data.find(b"\n")
         if nl < 0 or nl >= self._max:
-            if len(self._buf) >= self._max:
+            if len(buf) >= self._max:
                 return self._decide(Verdict(Outcome.FAILED, "oversize"))
+            if not self._buf:
+                self._buf = bytearray(data)
             return NEED_MORE
-        line = bytes(self._buf[:nl])
-        rest = bytes(self._buf[nl + 1 :])
-        return self._decide(self._check(line, rest))
+        return self._decide(self._check(bytes(buf[:nl]), bytes(buf[nl + 1 :])))
 
     def eof(self) -> Verdict:
         """The peer closed (or half-closed) before finishing its line."""
-        if self._verdict.outcome is NEED_MORE.outcome:
+        if self._verdict is NEED_MORE:
             return self._decide(Verdict(Outcome.FAILED, "eof"))
         return self._verdict
 
     def _decide(self, verdict: Verdict) -> Verdict:
         self._verdict = verdict
-        self._buf = bytearray()  # the line is a bearer token: do not keep it around
+        self._buf = b""  # the line is a bearer token: do not keep it around
         return verdict
 
     def _check(self, line: bytes, rest: bytes) -> Verdict:
@@ -126,9 +134,9 @@ class AuthLine:
             # session and side already verified needs no second RSA operation.
             digest = hashlib.sha256(line).digest()
             if digest in self._verified:
-                return Verdict(Outcome.OK, "", rest)
+                return Verdict(Outcome.OK, "", rest) if rest else OK
         try:
-            verify_relay_auth_line(line, self._expected, self._rvd_nonce, self._key)
+            self._check_line.verify(line, self._key)
         except SignatureError as exc:
             reason = "nonce" if "rvdNonce" in str(exc) else "bad_sig"
             return Verdict(Outcome.FAILED, reason)
@@ -137,5 +145,4 @@ class AuthLine:
         if digest is not None and self._verified is not None:
             if len(self._verified) < MAX_REMEMBERED:  # distinct valid lines: a key holder's
                 self._verified.add(digest)
-
-        return Verdict(Outcome.OK, "", rest)
+        return Verdict(Outcome.OK, "", rest) if rest else OK

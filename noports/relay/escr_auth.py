@@ -88,8 +88,8 @@ class EscrLine:
             return self._from(self._v.fail("session"))
         spec = session.spec
         want_side = None if self._side is None else "ab"[self._side]
-        ev = self._v.claim(spec.relay_auth_aes_key, (spec.atsign_a.lower(),
-                                                     spec.atsign_b.lower()), want_side)
+        ev = self._v.claim(session.escr_key or spec.relay_auth_aes_key,
+                           (spec.atsign_a.lower(), spec.atsign_b.lower()), want_side)
         if ev.step is not escr.Step.LOOKUP:
             return self._from(ev)
         self.target = session

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import sys
 from collections.abc import Callable
 from typing import Protocol
 
@@ -23,6 +24,18 @@ DETACHED = 2
 CLOSED = 3
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
+
+# Linux copies TCP_NODELAY from a listening socket to the sockets it accepts: the relay sets
+# it on its listeners, and an accepted socket needs no setsockopt of its own there.
+NODELAY_INHERITED = sys.platform == "linux"
+
+
+def accept_fast(lsock: socket.socket, family: int) -> tuple[socket.socket, str]:
+    """``lsock.accept()`` (``family`` is the listener's) returning the peer's address only,
+    without ``socket.accept``'s per-call enum conversions of the listener's family and type.
+    Non-blocking listeners only; raises what ``accept`` raises."""
+    fd, addr = lsock._accept()  # type: ignore[attr-defined]  # what socket.accept calls
+    return socket.socket(family, socket.SOCK_STREAM, 0, fd), addr[0]
 
 
 class Verifier(Protocol):
@@ -63,11 +76,71 @@ def reset_close(sock: socket.socket) -> None:
     sock.close()
 
 
+class AuthDeadlines:
+    """The auth deadlines of a relay's authenticating sockets, behind one timer.
+
+    A per-socket ``call_later`` costs a timer handle made and cancelled for every socket that
+    does not authenticate within its first read (every ESCR socket: the relay speaks first).
+    Every deadline is its accept time plus the same ``auth_timeout``, so they arrive in
+    order and the queue (a dict, in insertion order) is in deadline order: the one timer
+    waits for the oldest and, when it fires, expires every socket that is due and waits for
+    the next. Leaving the queue is a dict pop. ``add`` refuses (False) a deadline earlier
+    than one already queued; that socket keeps a timer of its own, so none is ever late.
+    """
+
+    __slots__ = ("_loop", "_clock", "_queue", "_timer", "_last")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, clock: Callable[[], float]) -> None:
+        self._loop = loop
+        self._clock = clock
+        self._queue: dict[Inbound, None] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._last = float("-inf")  # the latest deadline queued so far
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def add(self, inbound: Inbound) -> bool:
+        deadline = inbound.deadline
+        if deadline < self._last:
+            return False
+        self._last = deadline
+        self._queue[inbound] = None
+        if self._timer is None:
+            self._arm(deadline)
+        return True
+
+    def discard(self, inbound: Inbound) -> None:
+        self._queue.pop(inbound, None)
+
+    def _arm(self, when: float) -> None:
+        self._timer = self._loop.call_later(max(0.0, when - self._clock()), self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        queue = self._queue
+        now = self._clock()
+        while queue:
+            head = next(iter(queue))
+            if head.deadline > now:  # not due (or the injected clock runs behind the loop's)
+                self._arm(head.deadline)
+                return
+            del queue[head]
+            head.deadline_passed()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._queue.clear()
+
+
 class Inbound:
     """An accepted socket on side 0 (A) or 1 (B) of a session, until paired or closed."""
 
     __slots__ = ("session", "sock", "fd", "side", "peer_ip", "state", "verifier", "buf",
-                 "eof", "deadline", "_timer", "_reading", "_loop", "_clock", "_gated")
+                 "eof", "deadline", "_timer", "_reading", "_loop", "_clock", "_gated",
+                 "_deadlines", "_queued")
 
     def __init__(
         self,
@@ -79,6 +152,7 @@ class Inbound:
         loop: asyncio.AbstractEventLoop,
         clock: Callable[[], float],
         gated: bool,
+        deadlines: AuthDeadlines | None = None,
     ) -> None:
         self.session = session
         self.sock = sock
@@ -95,6 +169,8 @@ class Inbound:
         self._loop = loop
         self._clock = clock
         self._gated = gated  # holds a PreAuthGate slot until it leaves AUTHENTICATING
+        self._deadlines = deadlines  # the relay's shared deadline queue (else a timer each)
+        self._queued = False
 
     def start(self, auth_timeout: float) -> None:
         """Start reading now (the deadline, when authenticating, runs from this call)."""
@@ -108,17 +184,23 @@ class Inbound:
         """Read the line if it is already there; otherwise arm the deadline and a reader.
 
         ``deadline`` must be set (at accept). The line usually arrives with the connection,
-        so most sockets never cost a timer or an fd registration.
+        so most sockets never cost a timer or an fd registration. A verifier that speaks
+        first (ESCR's challenge) has no answer to read yet: no read is tried (it could only
+        fail with EAGAIN), the reader is armed at once.
         """
         if self.state != AUTHENTICATING:
             return
-        self._read_auth()
+        if getattr(self.verifier, "greeting", None) is None:
+            self._read_auth()
         if self.state == AUTHENTICATING:
             left = self.deadline - self._clock()
             if left <= 0:
                 self._fail("timeout")
                 return
-            self._timer = self._loop.call_later(left, self._check_deadline)
+            if self._deadlines is not None and self._deadlines.add(self):
+                self._queued = True
+            else:
+                self._timer = self._loop.call_later(left, self._check_deadline)
             if self.verifier is not None and self.verifier.want() <= 0:
                 return  # ESCR: waiting for the signing key, not for bytes
         elif self.state != WAITING or len(self.buf) >= self.session.limits.prepair_buffer:
@@ -247,6 +329,12 @@ class Inbound:
 
     # -- deadline -----------------------------------------------------------------------
 
+    def deadline_passed(self) -> None:
+        """``AuthDeadlines``: this socket's deadline is due (it has left the queue)."""
+        self._queued = False
+        if self.state == AUTHENTICATING:
+            self._fail("timeout")
+
     def _check_deadline(self) -> None:
         self._timer = None
         if self.state != AUTHENTICATING:
@@ -260,6 +348,9 @@ class Inbound:
     # -- endings ------------------------------------------------------------------------
 
     def _leave_auth(self) -> None:
+        if self._queued:
+            self._queued = False
+            self._deadlines.discard(self)  # type: ignore[union-attr]
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -21,7 +21,7 @@ from types import ModuleType
 from .. import _compat
 from ..crypto import rsa
 from ..errors import ConfigError, LocalError, PortsExhaustedError
-from .inbound import Inbound
+from .inbound import AuthDeadlines, Inbound
 from .limits import PreAuthGate, RelayLimits, raise_nofile_limit
 from .session import Session, SessionSpec
 from .single_port import SinglePort
@@ -98,6 +98,7 @@ class Relay:
         self._family: int | None = None
         self._closing = False
         self._fresh: list[Inbound] = []  # accepted this loop pass, first read still to do
+        self.deadlines: AuthDeadlines | None = None  # every socket's auth deadline (at start)
         # ESCR: ``lookup(uri)`` fetches a public signing key's value (srvd: over the control
         # link, a plookup); results are cached briefly, concurrent fetches share one call.
         self.lookup = lookup
@@ -132,6 +133,7 @@ class Relay:
         if self._loop is not None:
             raise LocalError("relay already started")
         self._loop = asyncio.get_running_loop()
+        self.deadlines = AuthDeadlines(self._loop, self.clock)
         infos = await self._loop.getaddrinfo(self.bind_host, 0, type=socket.SOCK_STREAM,
                                              flags=socket.AI_PASSIVE)
         if not infos:
@@ -176,7 +178,13 @@ class Relay:
             self._single_sessions[spec.session_id] = session
         else:
             listeners = self._bind_pair()
-            session = Session(self, spec, rvd_nonce, listeners, self.advertise_host, self.pump)
+            try:
+                session = Session(self, spec, rvd_nonce, listeners, self.advertise_host,
+                                  self.pump)
+            except BaseException:  # e.g. a session id that cannot be encoded: no port leaks
+                for lsock in listeners:
+                    lsock.close()
+                raise
         self._sessions.add(session)
         session._start()
         return session
@@ -246,6 +254,8 @@ class Relay:
             task.cancel()
         for session in list(self._sessions):
             session.close("cancelled")
+        if self.deadlines is not None:
+            self.deadlines.close()
         # Spare pipes belong to no pair; closing them leaves no fd behind the relay.
         self.pump.trim_spare_pipes(0)
         await asyncio.sleep(0)
@@ -278,6 +288,10 @@ class Relay:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             addr = (self._sockaddr[0], port, *self._sockaddr[2:])
             sock.bind(addr)
+            try:  # accepted sockets inherit it on Linux (inbound.NODELAY_INHERITED)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
             sock.listen(self.limits.listen_backlog)
             sock.setblocking(False)
         except BaseException:

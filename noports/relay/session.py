@@ -18,16 +18,17 @@ from types import ModuleType
 from typing import Any, Protocol
 
 from ..crypto import rsa
-from ..crypto.envelope import relay_expected_bytes
+from ..crypto.encoding import b64d
+from ..crypto.envelope import RelayLineCheck
+from ..errors import ProtocolError
 from .auth import AuthLine
 from .escr_auth import EscrLine
-from .inbound import WAITING, Inbound
+from .inbound import NODELAY_INHERITED, WAITING, AuthDeadlines, Inbound, accept_fast
 from .limits import PreAuthGate, RelayLimits
 
 log = logging.getLogger("noports.relay")
 
 SIDES = ("A", "B")
-_ACCEPTS_PER_WAKEUP = 64
 
 
 class SessionHost(Protocol):
@@ -111,9 +112,10 @@ class Session:
 
     __slots__ = ("spec", "session_id", "rvd_nonce", "host", "port_a", "port_b", "_stats",
                  "_done_ab", "_done_ba", "limits", "_relay", "_loop", "_clock", "_gate",
-                 "_pump_mod", "_listeners", "_auth", "_keys", "_verified", "_expected",
+                 "_pump_mod", "_listeners", "_auth", "_keys", "_verified", "_line_check",
                  "_authenticating", "_pending", "_pumps", "_closed_fut", "_created", "_timer",
-                 "_accept_paused", "closed")
+                 "_accept_paused", "closed", "escr_key", "_deadlines",
+                 "_family")
 
     def __init__(
         self,
@@ -141,12 +143,17 @@ class Session:
         self._loop: asyncio.AbstractEventLoop = relay.loop
         self._clock: Callable[[], float] = relay.clock
         self._gate: PreAuthGate = relay.gate
+        self._deadlines: AuthDeadlines | None = getattr(relay, "deadlines", None)
         self._pump_mod = pump_mod
         self._listeners: list[socket.socket | None] = list(listeners or (None, None))
+        self._family = int(listeners[0].family) if listeners else int(socket.AF_INET)
         self._auth = (spec.auth_a, spec.auth_b)
         self._keys = (spec.public_key_a, spec.public_key_b)
         self._verified: tuple[_Seen, _Seen] = (_Seen(), _Seen())
-        self._expected = relay_expected_bytes(spec.session_id, spec.client_nonce, rvd_nonce)
+        # The auth line's expected bytes, digest and exact spelling, once per session. Made
+        # for every session, as the expected bytes always were: a session id or nonce that
+        # cannot be encoded fails here, at creation, not in a socket's accept callback.
+        self._line_check = RelayLineCheck(spec.session_id, spec.client_nonce, rvd_nonce)
         # Dicts and lists, not sets and deques: an idle session holds them empty (64 and
         # 56 bytes against 216 and 624), and a side never has more than a few dozen waiting.
         self._authenticating: dict[Inbound, None] = {}
@@ -157,6 +164,14 @@ class Session:
         self._timer: asyncio.TimerHandle | None = None
         self._accept_paused = 0  # bit 1 << side: that listener backs off after an error
         self.closed = False
+        # ESCR: the relayAuthAesKey decoded once, not per socket (None: not usable, and then
+        # each socket is refused as before, by decoding the text again)
+        self.escr_key: bytes | None = None
+        if spec.auth_mode == "escr" and spec.relay_auth_aes_key:
+            try:
+                self.escr_key = b64d(spec.relay_auth_aes_key, what="relayAuthAesKey", length=32)
+            except ProtocolError:
+                pass
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -243,23 +258,23 @@ class Session:
     # -- accepting ----------------------------------------------------------------------
 
     def _on_accept(self, side: int) -> None:
+        """One connection per wake-up: the listener stays readable (level-triggered) while
+        more wait, so nothing is lost, and the usual single connection costs no second
+        ``accept`` that can only fail with EAGAIN (a syscall and an exception per wake-up)."""
         lsock = self._listeners[side]
         if lsock is None:
             return
-        for _ in range(_ACCEPTS_PER_WAKEUP):
-            try:
-                conn, addr = lsock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                # EMFILE/ENFILE/ENOBUFS: back off instead of spinning on a readable listener.
-                log.warning("session %s: accept failed on side %s: %s", self.session_id,
-                            SIDES[side], exc)
-                self._pause_accept(side)
-                return
-            self._admit(side, conn, addr[0])
-            if self.closed:
-                return
+        try:
+            conn, ip = accept_fast(lsock, self._family)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            # EMFILE/ENFILE/ENOBUFS: back off instead of spinning on a readable listener.
+            log.warning("session %s: accept failed on side %s: %s", self.session_id,
+                        SIDES[side], exc)
+            self._pause_accept(side)
+            return
+        self._admit(side, conn, ip)
 
     def _pause_accept(self, side: int) -> None:
         lsock = self._listeners[side]
@@ -278,10 +293,11 @@ class Session:
     def _admit(self, side: int, conn: socket.socket, ip: str) -> None:
         conn.setblocking(False)
         needs_auth = self._auth[side]
-        try:
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
+        if not NODELAY_INHERITED:
+            try:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
         verifier: Any = None
         if needs_auth and self.spec.auth_mode == "escr":
             verifier = EscrLine(self._relay, self._resolve, side, self.limits.max_auth_line)
@@ -290,9 +306,9 @@ class Session:
             assert key is not None
             verifier = AuthLine(self.session_id, self.spec.client_nonce, self.rvd_nonce, key,
                                 self.limits.max_auth_line, verified=self._verified[side],  # type: ignore[arg-type]
-                                expected=self._expected)
+                                check=self._line_check)
         inbound = Inbound(self, conn, side, ip, verifier, self._loop, self._clock,
-                          gated=needs_auth)
+                          gated=needs_auth, deadlines=self._deadlines)
         if needs_auth:
             # A full gate sheds an older unauthenticated socket, never this one.
             self._gate.admit(ip, inbound)

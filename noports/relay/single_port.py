@@ -17,7 +17,7 @@ import socket
 from typing import Any
 
 from .escr_auth import EscrLine
-from .inbound import Inbound
+from .inbound import NODELAY_INHERITED, Inbound, accept_fast
 from .limits import RelayLimits
 
 Relay = Any  # the relay.relay.Relay that owns this listener (it imports this module)
@@ -29,12 +29,13 @@ _ACCEPTS_PER_WAKEUP = 64
 
 class SinglePort:
     __slots__ = ("relay", "sock", "port", "limits", "closed", "_authenticating", "auth_ok",
-                 "auth_failed", "failures", "refused", "_paused")
+                 "auth_failed", "failures", "refused", "_paused", "_family")
 
     def __init__(self, relay: Relay, sock: socket.socket) -> None:
         self.relay = relay
         self.sock = sock
         self.port: int = sock.getsockname()[1]
+        self._family = int(sock.family)
         self.limits: RelayLimits = relay.limits
         self.closed = False
         self._authenticating: dict[Inbound, None] = {}
@@ -64,16 +65,19 @@ class SinglePort:
         return len(self._authenticating)
 
     def _on_accept(self) -> None:
+        """Up to ``_ACCEPTS_PER_WAKEUP`` connections per wake-up: the one port takes every
+        session's sockets, in bursts, so one wake-up serves many (and the last ``accept``
+        failing with EAGAIN is paid once per burst, not per connection)."""
         for _ in range(_ACCEPTS_PER_WAKEUP):
             try:
-                conn, addr = self.sock.accept()
+                conn, ip = accept_fast(self.sock, self._family)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 log.warning("single port: accept failed: %s", exc)
                 self._pause()
                 return
-            self._admit(conn, addr[0])
+            self._admit(conn, ip)
             if self.closed:
                 return
 
@@ -93,12 +97,14 @@ class SinglePort:
     def _admit(self, conn: socket.socket, ip: str) -> None:
         conn.setblocking(False)
         relay = self.relay
-        try:
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
+        if not NODELAY_INHERITED:
+            try:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
         verifier = EscrLine(relay, relay.single_session, None, self.limits.max_auth_line)
-        inbound = Inbound(self, conn, -1, ip, verifier, relay.loop, relay.clock, gated=True)
+        inbound = Inbound(self, conn, -1, ip, verifier, relay.loop, relay.clock, gated=True,
+                          deadlines=relay.deadlines)
         # a full gate sheds an older unauthenticated socket, never this one
         relay.gate.admit(ip, inbound)
         self._authenticating[inbound] = None
