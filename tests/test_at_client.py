@@ -358,6 +358,48 @@ def test_apkam_enrollment_pkam(run, at_server) -> None:
     run(main())
 
 
+def test_monitor_close_ends_a_loop_that_swallowed_its_cancellation(
+    run, at_server, new_atsign, monkeypatch
+) -> None:
+    """Python 3.11's wait_for returns a result that lands with a cancellation and drops the
+    cancellation (the monitor's key look-ups use it); close() must still end the loop, not
+    wait for it forever (seen as a web-app Stop that never returned)."""
+    alice = new_atsign("alice")
+    swallowed: list[bool] = []
+    entered: list[asyncio.Event] = []
+
+    async def stubborn(self, timeout=None):  # what the race leaves: cancelled once, waits on
+        entered[0].set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            swallowed.append(True)
+        await asyncio.sleep(3600)
+
+    async def main() -> None:
+        entered.append(asyncio.Event())
+        a = await connect(at_server, alice)
+        mon = a.monitor(r"\.nothing")
+        await mon.started(5)
+        monkeypatch.setattr(AtConnection, "next_notification", stubborn)
+        mon.connection._notes.put_nowait(None)  # the running read ends; the next is stubborn
+        await asyncio.wait_for(entered[0].wait(), 10)  # reconnected, in the stubborn read
+        loop_task = mon._task
+        assert loop_task is not None
+        closing = asyncio.ensure_future(mon.close())
+        done, _ = await asyncio.wait((closing,), timeout=10)  # no cancel of its own
+        try:
+            assert done and swallowed == [True], "close() waited on the loop for ever"
+        finally:
+            for _ in range(2):  # a failed run leaves both behind: end them
+                loop_task.cancel()
+                closing.cancel()
+                await asyncio.wait((loop_task, closing), timeout=1)
+            await a.close()
+
+    run(main())
+
+
 def test_monitor_resumes_after_server_restart(run, make_at_server, keys) -> None:
     srv = make_at_server("--stats-interval", "0.2")  # stats heartbeats must be ignored
     alice = keys("@alice").replace(atsign="@alice")

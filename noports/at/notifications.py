@@ -73,6 +73,7 @@ log = logging.getLogger("noports.at.monitor")
 
 RESUME_MARGIN_MS = 2_000
 _SEEN_MAX = 20_000
+CLOSE_RECANCEL_S = 1.0  # close(): cancel the loop again if it has not ended by then
 _FATAL = (ClientAuthFailedError, ApkamDeniedError, ApkamRevokedError)
 
 
@@ -198,9 +199,15 @@ class Monitor:
         self._closing = True
         task, self._task = self._task, None
         if task is not None:
+            # Python 3.11's wait_for returns a result that lands with the cancellation and
+            # drops the cancellation (the key look-ups of _handle use it): cancel again until
+            # the task has ended, and _run also checks _closing after every notification
             task.cancel()
+            while not task.done():
+                await asyncio.wait((task,), timeout=CLOSE_RECANCEL_S)
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+                task.result()
         if self.connection is not None:
             await self.connection.close()
         self._end(MonitorClosed("monitor is closed"))
@@ -242,7 +249,7 @@ class Monitor:
                 backoff = 0.25
                 hb = asyncio.get_running_loop().create_task(self._heartbeats(conn))
                 try:
-                    while True:
+                    while not self._closing:
                         await self._handle(await conn.next_notification())
                 finally:
                     hb.cancel()
