@@ -110,6 +110,9 @@ BASELINE = HERE / "baseline.json"
 # relative tolerance before a change counts as a regression: CPU figures held within ~15%
 # between runs on a shared 2-core VM, ratios of wall times moved by up to 2x
 TOLERANCE = {"cpu": 0.35, "ratio": 0.6}
+# and an absolute one for memory (KiB per pair or session): RSS moves in 4 KiB pages, so a
+# figure near zero (an idle pair's share of a session) has no meaningful relative tolerance
+KIB_SLACK = 0.5
 
 
 def rows_of(data: dict) -> list[dict]:
@@ -198,6 +201,8 @@ def check(data: dict, baseline_path: Path = BASELINE) -> tuple[int, str]:
             # moved from the baseline (a loaded machine moves ratios of wall times by 2x)
             bound = tb[1] * (1 - tol) if tb[0] == ">=" else tb[1] * (1 + tol)
             limit = min(limit, bound) if tb[0] == ">=" else max(limit, bound)
+        if row.get("unit") == "KiB" and not hib:
+            limit = max(limit, ref["figure"] + KIB_SLACK)
         regressed = fig < limit if hib else fig > limit
         bad += regressed
         verdict = "REGRESSED" if regressed else "ok"

@@ -59,3 +59,19 @@ def test_check_flags_a_regression_beyond_tolerance_and_target(tmp_path: Path) ->
 def test_check_without_baseline_fails(tmp_path: Path) -> None:
     bad, report = run.check(_data(ROWS), tmp_path / "missing.json")
     assert bad and "no baseline" in report
+
+
+def test_memory_near_zero_has_an_absolute_slack(tmp_path: Path) -> None:
+    """RSS moves in 4 KiB pages: an idle pair's share that went from 0.02 to 0.03 KiB is not
+    a regression, while a KiB figure that grew beyond tolerance and slack is."""
+    base = tmp_path / "b.json"
+    rows = [_row("RSS per idle pair", 0.02, "KiB", higher_is_better=False),
+            _row("RSS per pair", 5.0, "KiB", higher_is_better=False)]
+    run.update_baseline(_data(rows), base)
+    later = json.loads(json.dumps(rows))
+    later[0]["value"] = 0.02 + run.KIB_SLACK * 0.9
+    bad, report = run.check(_data(later), base)
+    assert bad == 0, report
+    later[1]["value"] = 5.0 * (1 + run.TOLERANCE["cpu"]) + 0.1
+    bad, report = run.check(_data(later), base)
+    assert bad == 1 and "RSS per pair:" in report, report
