@@ -271,8 +271,8 @@ class _Driver:
         """Sign and send the session request; returns the ephemeral RSA key (if any)."""
         hs = self.hs
         # the key may have been made for nothing: our daemon took the X25519 exchange
-        wanted = self.eph_task is not None and hs.wants_ephemeral_rsa
-        eph = await self.eph_task if wanted else None
+        task = self.eph_task if hs.wants_ephemeral_rsa else None
+        eph = await task if task is not None else None
         req = hs.request(eph.public_key() if eph is not None else None)
         if self.publish is not None:  # the relay checks our answers with it: it must be there
             try:
