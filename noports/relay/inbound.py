@@ -374,12 +374,22 @@ class Inbound:
         if self.state == AUTHENTICATING:
             self._fail("shed")
 
-    def detach(self) -> tuple[socket.socket, bytes, bool]:
-        """Hand the socket, its buffered data and its EOF flag to a pump."""
-        self._pause()
+    def detach(self, keep_reader: bool = False) -> tuple[socket.socket, bytes, bool]:
+        """Hand the socket, its buffered data and its EOF flag to a pump.
+
+        ``keep_reader``: leave a waiting socket's reader registered for the pump, whose
+        ``add_reader`` on the same fd, in the same callback, replaces the callback (uvloop
+        and asyncio alike). A removal and a new registration cost two fd-registry misses
+        and three ``epoll_ctl`` calls in uvloop. The caller passes it only when the pump's
+        first act on this socket is to read it: nothing buffered and no EOF on either side.
+        """
+        if keep_reader:
+            self._reading = False  # the registration, if any, is the pump's now
+        else:
+            self._pause()
         self._leave_auth()
         self.state = DETACHED
-        data = bytes(self.buf)
+        data = bytes(self.buf) if self.buf else b""
         self.buf = bytearray()
         return self.sock, data, self.eof
 

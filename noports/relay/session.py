@@ -384,8 +384,12 @@ class Session:
                     if x.state == WAITING:
                         self._pending[x.side].insert(0, x)
                 continue
-            sock_a, head_ab, eof_a = a.detach()
-            sock_b, head_ba, eof_b = b.detach()
+            # Nothing buffered and no EOF on either side: each pump direction starts by
+            # reading its source, so a waiting socket's reader is handed over, not removed
+            # and registered again (see ``Inbound.detach``).
+            handover = not (a.buf or b.buf or a.eof or b.eof)
+            sock_a, head_ab, eof_a = a.detach(handover)
+            sock_b, head_ba, eof_b = b.detach(handover)
             pump = self._pump_mod.Pump(
                 self._loop, sock_a, sock_b, self._on_pump_done,
                 head_ab=head_ab, head_ba=head_ba, eof_a=eof_a, eof_b=eof_b,
