@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..errors import ConfigError
 
@@ -70,8 +70,8 @@ class PreAuthGate:
     ``admit`` always takes a slot; the caller must ``release`` it exactly once.
     """
 
-    __slots__ = ("_max", "_max_ip", "_items", "_pos", "_per_ip", "shed", "refused", "_rng",
-                 "_seq", "_next", "_ip")
+    __slots__ = ("_max", "_max_ip", "_items", "_slots", "_per_ip", "shed", "refused", "_rng",
+                 "_next")
 
     PICKS = 4
 
@@ -79,9 +79,9 @@ class PreAuthGate:
         self._max = max_total
         self._max_ip = max_per_ip
         self._items: list[Sheddable] = []
-        self._pos: dict[Sheddable, int] = {}
-        self._seq: dict[Sheddable, int] = {}  # admission order
-        self._ip: dict[Sheddable, str] = {}
+        # holder -> [index in _items, admission order, source address]: one dict entry per
+        # holder to add and pop (the socket pays it twice on every authentication)
+        self._slots: dict[Sheddable, list[Any]] = {}
         self._next = 0
         self._per_ip: dict[str, dict[Sheddable, None]] = {}
         self.shed = 0
@@ -101,51 +101,58 @@ class PreAuthGate:
         self._max_ip = max_per_ip
 
     def admit(self, ip: str, holder: Sheddable) -> bool:
-        mine = self._per_ip.get(ip)
+        per_ip = self._per_ip
+        mine = per_ip.get(ip)
         if mine is not None and len(mine) >= self._max_ip:
             self._shed(next(iter(mine)), ip)
+            mine = per_ip.get(ip)  # gone if that was the source's last socket
         items = self._items
-        while len(items) >= self._max:
-            picks = [items[self._rng.randrange(len(items))] for _ in range(self.PICKS)]
-            self._shed(max(picks, key=self._weight), None)
+        if len(items) >= self._max:
+            while len(items) >= self._max:
+                picks = [items[self._rng.randrange(len(items))] for _ in range(self.PICKS)]
+                self._shed(max(picks, key=self._weight), None)
+            mine = per_ip.get(ip)
         self._next += 1
-        self._seq[holder] = self._next
-        self._ip[holder] = ip
-        self._pos[holder] = len(self._items)
-        self._items.append(holder)
-        self._per_ip.setdefault(ip, {})[holder] = None
+        self._slots[holder] = [len(items), self._next, ip]
+        items.append(holder)
+        if mine is None:
+            per_ip[ip] = {holder: None}
+        else:
+            mine[holder] = None
         return True
 
     def _weight(self, h: Sheddable) -> tuple[int, int]:
-        return len(self._per_ip[self._ip[h]]), -self._seq[h]
+        slot = self._slots[h]
+        return len(self._per_ip[slot[2]]), -slot[1]
 
     def _shed(self, victim: Sheddable, ip: str | None) -> None:
         self.shed += 1
         n = len(self._items)
         victim.shed()
         if len(self._items) == n:  # the holder did not release: drop it here
-            self._forget(victim, ip)
+            self._forget(victim)
 
     def release(self, ip: str, holder: Sheddable) -> None:
-        if holder not in self._pos:
+        if not self._forget(holder):
             raise RuntimeError(f"pre-auth slot released twice for {ip}")
-        self._forget(holder, ip)
 
-    def _forget(self, holder: Sheddable, ip: str | None) -> None:
-        i = self._pos.pop(holder, None)
-        if i is None:
-            return
-        del self._seq[holder]
-        ip = self._ip.pop(holder, ip)
-        last = self._items.pop()
+    def _forget(self, holder: Sheddable) -> bool:
+        slot = self._slots.pop(holder, None)
+        if slot is None:
+            return False
+        items = self._items
+        last = items.pop()
         if last is not holder:
-            self._items[i] = last
-            self._pos[last] = i
-        d = self._per_ip.get(ip or "")
+            i = slot[0]
+            items[i] = last
+            self._slots[last][0] = i
+        ip = slot[2]
+        d = self._per_ip.get(ip)
         if d is not None:
             d.pop(holder, None)
             if not d:
-                del self._per_ip[ip or ""]
+                del self._per_ip[ip]
+        return True
 
 
 def raise_nofile_limit() -> int | None:
