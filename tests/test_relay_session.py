@@ -53,6 +53,39 @@ def test_pair_forwards_data_after_the_newline_both_ways(impl: str, run: Any, key
     run(main(), timeout=20)
 
 
+def test_waiting_sides_reader_passes_to_the_pump(impl: str, run: Any, keys: Keys) -> None:
+    """A waits (reading, nothing buffered), B pairs with nothing after its line: the waiting
+    socket's registration is handed to the pump (``Inbound.detach(keep_reader=True)``); both
+    directions, several rounds and a half-close still go through, on uvloop and asyncio."""
+
+    async def main() -> None:
+        relay = await started_relay(impl)
+        try:
+            sess = await relay.create_session(spec(keys))
+            ra, wa = await authed(sess, A, keys)
+            await wait_for(lambda: sess.pending_counts == (0, 1, 0))
+            rb, wb = await authed(sess, B, keys)
+            await wait_for(lambda: sess.stats.pairs == 1)
+            for i in range(3):
+                wa.write(b"a%d" % i)
+                wb.write(b"b%d" % i)
+                assert await rb.readexactly(2) == b"a%d" % i
+                assert await ra.readexactly(2) == b"b%d" % i
+            wa.write_eof()
+            assert await rb.read() == b""
+            wb.write(b"late")
+            wb.write_eof()
+            assert await ra.read() == b"late"
+            stats = await asyncio.wait_for(sess.wait_closed(), 5)
+            assert stats.outcome == "happy" and stats.bytes_a_to_b == 6
+            wa.close()
+            wb.close()
+        finally:
+            await relay.close()
+
+    run(main(), timeout=20)
+
+
 def test_prepairing_buffer_is_delivered_and_bounded(impl: str, run: Any, keys: Keys) -> None:
     """B talks first (like sshd's banner); A arrives later and gets every byte, in order."""
     early = blob(12 << 20, 7)  # more than socket buffers hold, against a 64 KiB cap
