@@ -217,6 +217,11 @@ class MemoryAtServer:
 
     # -- hosting (what ``noports server add`` does, on the injected clock) -----------------
 
+    def hosted(self, keys: AtKeys) -> AtKeys:
+        """``host(keys)``, returning the keys (for fixtures)."""
+        self.host(keys)
+        return keys
+
     def host(self, who: str | AtKeys) -> str | None:
         """Host an atSign: with ``AtKeys`` (PKAM key and public key installed, returns None),
         or by name only (returns the CRAM secret, as ``noports server add`` prints it)."""

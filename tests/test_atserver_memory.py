@@ -36,16 +36,12 @@ def srv(tmp_path: Path, clock: ManualClock) -> Iterator[MemoryAtServer]:
 
 @pytest.fixture
 def alice(srv: MemoryAtServer, keys: Callable[[str], AtKeys]) -> AtKeys:
-    k = keys("@alice")
-    srv.host(k)
-    return k
+    return srv.hosted(keys("@alice"))
 
 
 @pytest.fixture
 def bob(srv: MemoryAtServer, keys: Callable[[str], AtKeys]) -> AtKeys:
-    k = keys("@bob")
-    srv.host(k)
-    return k
+    return srv.hosted(keys("@bob"))
 
 
 def authed(srv: MemoryAtServer, k: AtKeys) -> Wire:
