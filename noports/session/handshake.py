@@ -665,39 +665,30 @@ class ClientHandshake:
         self._expect(State.REQUEST)
         spec, reply = self.spec, self.reply
         assert reply is not None
-        kex_pk = _kex_public(self.kex)
+        common: dict[str, Any] = {
+            "session_id": self.sid,
+            "client_nonce": self.nonce,
+            "rvd_nonce": reply.rvd_nonce,
+            "ephemeral_pk": eph_pub,
+            "encrypt": spec.encrypt,
+            "twin_keys": spec.twin_keys and spec.encrypt,
+            "aead": spec.offer_aead and spec.encrypt,
+            "relay_atsign": spec.relay,
+            "kex_pk": _kex_public(self.kex),
+        }
         if spec.kind == "ssh":
             payload = wire.ssh_request(
-                session_id=self.sid,
-                host=reply.host,
-                port=reply.port_b,
-                client_nonce=self.nonce,
-                rvd_nonce=reply.rvd_nonce,
-                ephemeral_pk=eph_pub,
-                auth_to_rvd=spec.auth_device,
-                encrypt=spec.encrypt,
-                twin_keys=spec.twin_keys and spec.encrypt,
-                aead=spec.offer_aead and spec.encrypt,
-                relay_atsign=spec.relay,
-                kex_pk=kex_pk,
+                host=reply.host, port=reply.port_b, auth_to_rvd=spec.auth_device, **common
             )
             key = f"ssh_request.{spec.device}"
         else:
             payload = wire.npt_request(
-                session_id=self.sid,
                 rvd_host=reply.host,
                 rvd_port=reply.port_b,
                 requested_port=spec.remote_port,
                 requested_host=spec.remote_host,
-                client_nonce=self.nonce,
-                rvd_nonce=reply.rvd_nonce,
-                ephemeral_pk=eph_pub,
-                encrypt=spec.encrypt,
                 timeout_ms=spec.timeout_ms,
-                twin_keys=spec.twin_keys and spec.encrypt,
-                aead=spec.offer_aead and spec.encrypt,
-                relay_atsign=spec.relay,
-                kex_pk=kex_pk,
+                **common,
             )
             key = f"npt_request.{spec.device}"
         if self.escr_mode:
